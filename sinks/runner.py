@@ -1,0 +1,124 @@
+"""The sink loop: consume one topic under its own group, buffer, write a batch per transaction,
+commit offsets only after the commit. If PostgreSQL is down the batch is kept and retried with
+backoff while fetching is paused; nothing is committed until it lands."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from datetime import UTC, datetime
+
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+
+from sinks.batching import Batch, BatchBuffer
+from sinks.tables import Source, TableSpec, sink_failure_row, table_specs
+from sinks.writer import PostgresWriter
+from streams.codec import Codec, default_codec
+from streams.errors import CodecError, SinkUnavailableError
+from streams.settings import Settings
+
+__all__ = ["SinkRunner", "run_sinks"]
+
+log = logging.getLogger("postwire.sinks")
+
+
+class SinkRunner:
+    def __init__(self, settings: Settings, spec: TableSpec, codec: Codec, writer: PostgresWriter) -> None:
+        self.settings = settings
+        self.spec = spec
+        self.codec = codec
+        self.writer = writer
+        self.group = f"{settings.app_id}-sink-{spec.table}"
+        self.buffer = BatchBuffer(settings.sink_batch_size, settings.sink_linger)
+        self.rows_written = 0
+
+    def _map(self, msg: ConsumerRecord[bytes, bytes]) -> tuple[str, tuple[object, ...]]:
+        src = Source(msg.topic, msg.partition, msg.offset)
+        raw = msg.value or b""
+        try:
+            _, record = self.codec.decode(raw, expected=self.spec.record)
+            return self.spec.table, self.spec.to_row(record, src)
+        except (CodecError, KeyError, TypeError, ValueError) as exc:
+            code = exc.code if isinstance(exc, CodecError) else "sink.unmappable"
+            stage = f"sink.{self.spec.table}"
+            log.warning("dead-lettering %s:%d:%d: %s", msg.topic, msg.partition, msg.offset, exc)
+            return "rejections", sink_failure_row(src, stage, code, str(exc), raw, datetime.now(UTC))
+
+    async def run(self, stop: asyncio.Event) -> None:
+        consumer = AIOKafkaConsumer(
+            self.spec.topic,
+            bootstrap_servers=self.settings.bootstrap,
+            group_id=self.group,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_records=self.settings.sink_batch_size,
+            session_timeout_ms=int(self.settings.session_timeout * 1000),
+            heartbeat_interval_ms=int(self.settings.heartbeat_interval * 1000),
+        )
+        await consumer.start()
+        try:
+            while not stop.is_set():
+                fetched = await consumer.getmany(timeout_ms=int(self.settings.sink_linger * 1000))
+                now = time.monotonic()
+                for tp, messages in fetched.items():
+                    for msg in messages:
+                        table, row = self._map(msg)
+                        self.buffer.add(tp, msg.offset, table, row, now)
+                if self.buffer.due(time.monotonic()):
+                    await self._flush(consumer, stop)
+            if self.buffer.due(float("inf")):
+                await self._flush(consumer, stop)
+        finally:
+            await consumer.stop()
+            log.info("sink %s stopped after %d rows", self.spec.table, self.rows_written)
+
+    async def _flush(self, consumer: AIOKafkaConsumer, stop: asyncio.Event) -> None:
+        batch = self.buffer.take()
+        delay = 0.5
+        while True:
+            try:
+                await self.writer.write(batch)
+                break
+            except SinkUnavailableError as exc:
+                if stop.is_set():
+                    log.warning("sink %s stopping with an unwritten batch; it will be re-read", self.spec.table)
+                    return
+                wait = min(max(delay, exc.retry_after), self.settings.sink_retry_max)
+                log.warning("sink %s: %s; retrying in %.1fs", self.spec.table, exc, wait)
+                await self._idle(consumer, wait)
+                delay = min(delay * 2, self.settings.sink_retry_max)
+        await self._commit(consumer, batch)
+        self.rows_written += len(batch)
+
+    async def _idle(self, consumer: AIOKafkaConsumer, seconds: float) -> None:
+        # keep polling (paused) so the group does not think this consumer died
+        assigned = consumer.assignment()
+        consumer.pause(*assigned)
+        try:
+            await consumer.getmany(timeout_ms=int(seconds * 1000))
+        finally:
+            consumer.resume(*[tp for tp in assigned if tp in consumer.assignment()])
+
+    async def _commit(self, consumer: AIOKafkaConsumer, batch: Batch) -> None:
+        offsets = {tp: off for tp, off in batch.offsets.items() if isinstance(tp, TopicPartition)}
+        owned = {tp: off for tp, off in offsets.items() if tp in consumer.assignment()}
+        if owned:
+            await consumer.commit(owned)
+
+
+async def run_sinks(settings: Settings, tables: tuple[str, ...] | None = None, stop: asyncio.Event | None = None) -> None:
+    specs = table_specs(settings)
+    chosen = tables or tuple(specs)
+    unknown = set(chosen) - set(specs)
+    if unknown:
+        raise ValueError(f"unknown sink table(s) {sorted(unknown)}; known: {', '.join(specs)}")
+    stop = stop or asyncio.Event()
+    codec = default_codec()
+    writer = PostgresWriter(settings.dsn, specs)
+    try:
+        await asyncio.gather(
+            *(SinkRunner(settings, specs[t], codec, writer).run(stop) for t in chosen)
+        )
+    finally:
+        await writer.close()

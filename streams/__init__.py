@@ -1,0 +1,3 @@
+"""postwire stream processors: settings, codec, topics, embedded stack, faust stages, CLI."""
+
+__all__: list[str] = []

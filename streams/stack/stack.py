@@ -1,0 +1,165 @@
+"""The whole local stack under one data dir: Kafka, PostgreSQL, topics, migrations, the faust
+worker and the sinks. Foreground (`postwire up`) supervises the children and stops them all in
+order on Ctrl-C/SIGTERM; detached (`up --detach`) leaves them running for `postwire down`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sinks.migrate import apply_migrations
+from streams.errors import StackError
+from streams.settings import Settings
+from streams.stack.kafka import EmbeddedKafka
+from streams.stack.postgres import EmbeddedPostgres
+from streams.stack.process import ManagedProcess, pid_alive, stop_pid
+from streams.topics import ensure_topics
+
+__all__ = ["STOP_ORDER", "Stack", "StackInfo", "stop_detached"]
+
+# applications first so they flush and commit while Kafka and PostgreSQL are still there
+STOP_ORDER = ("sinks", "worker", "kafka", "postgres")
+
+
+@dataclass
+class StackInfo:
+    bootstrap: str
+    database_url: str
+    data_dir: Path
+    pids: dict[str, int] = field(default_factory=dict)
+    started_in: float = 0.0
+    topics_created: list[str] = field(default_factory=list)
+
+
+def _run_dir(settings: Settings) -> Path:
+    return settings.data_dir / "run"
+
+
+def _live_pids(settings: Settings) -> dict[str, int]:
+    live = {}
+    for name in STOP_ORDER:
+        path = _run_dir(settings) / f"{name}.pid"
+        try:
+            pid = int(path.read_text().strip())
+        except (OSError, ValueError):
+            continue
+        if pid_alive(pid):
+            live[name] = pid
+        else:
+            path.unlink(missing_ok=True)
+    return live
+
+
+def stop_detached(settings: Settings) -> dict[str, int]:
+    """Stop a stack started with ``up --detach`` from its pid files; return what was stopped."""
+    stopped = {}
+    live = _live_pids(settings)
+    for name in STOP_ORDER:
+        if name in live:
+            sig = signal.SIGINT if name == "postgres" else signal.SIGTERM
+            stop_pid(live[name], sig, timeout=30.0)
+            (_run_dir(settings) / f"{name}.pid").unlink(missing_ok=True)
+            stopped[name] = live[name]
+    (_run_dir(settings) / "stack.json").unlink(missing_ok=True)
+    return stopped
+
+
+class Stack:
+    def __init__(self, settings: Settings, *, workers: bool = True) -> None:
+        self.settings = settings
+        self.workers = workers
+        self.kafka = EmbeddedKafka(settings) if settings.embedded_kafka else None
+        self.postgres = EmbeddedPostgres(settings) if settings.embedded_postgres else None
+        self.apps: list[ManagedProcess] = []
+        self.info = StackInfo(settings.bootstrap, settings.dsn, settings.data_dir)
+
+    def _child_env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["POSTWIRE_KAFKA_BOOTSTRAP"] = self.settings.bootstrap
+        env["POSTWIRE_DATABASE_URL"] = self.settings.dsn
+        env["POSTWIRE_DATA_DIR"] = str(self.settings.data_dir)
+        return env
+
+    def _app(self, name: str, *args: str) -> ManagedProcess:
+        return ManagedProcess(
+            name=name,
+            argv=[sys.executable, "-m", "streams", *args],
+            log_path=self.settings.data_dir / "logs" / f"{name}.log",
+            pid_path=_run_dir(self.settings) / f"{name}.pid",
+            env=self._child_env(),
+            stop_timeout=30.0,
+        )
+
+    def _all(self) -> dict[str, ManagedProcess]:
+        found = {p.name: p for p in self.apps}
+        if self.kafka is not None:
+            found["kafka"] = self.kafka.process
+        if self.postgres is not None:
+            found["postgres"] = self.postgres.process
+        return found
+
+    async def start(self, *, detach: bool) -> StackInfo:
+        began = time.monotonic()
+        live = _live_pids(self.settings)
+        if live:
+            names = ", ".join(f"{n} (pid {p})" for n, p in live.items())
+            raise StackError(
+                f"a stack is already running from {self.settings.data_dir}: {names}; "
+                "run `postwire down` first."
+            )
+        self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            # start both servers before waiting on either: their start-ups overlap
+            if self.kafka is not None:
+                self.kafka.start(detach=detach)
+            if self.postgres is not None:
+                self.postgres.start(detach=detach)
+            waits = []
+            if self.kafka is not None:
+                waits.append(self.kafka.wait_ready())
+            if self.postgres is not None:
+                waits.append(self.postgres.wait_ready())
+            await asyncio.gather(*waits)
+            self.info.topics_created = await ensure_topics(self.settings)
+            await apply_migrations(self.settings.dsn)
+            if self.workers:
+                self.apps = [self._app("worker", "worker"), self._app("sinks", "sink")]
+                for app in self.apps:
+                    app.start(detach=detach)
+        except BaseException:
+            self.stop()
+            raise
+        self.info.pids = {name: p.pid for name, p in self._all().items() if p.pid is not None}
+        self.info.started_in = time.monotonic() - began
+        self._write_state()
+        return self.info
+
+    def _write_state(self) -> None:
+        state = {
+            "bootstrap": self.info.bootstrap,
+            "database_url": self.info.database_url,
+            "pids": self.info.pids,
+            "supervisor": os.getpid(),
+        }
+        path = _run_dir(self.settings) / "stack.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(state, indent=2))
+
+    def dead_child(self) -> ManagedProcess | None:
+        for proc in self._all().values():
+            if not proc.running():
+                return proc
+        return None
+
+    def stop(self) -> None:
+        procs = self._all()
+        for name in STOP_ORDER:
+            if name in procs:
+                procs[name].stop()
+        (_run_dir(self.settings) / "stack.json").unlink(missing_ok=True)

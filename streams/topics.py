@@ -1,0 +1,74 @@
+"""The topics postwire owns, and their idempotent creation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+
+from streams.errors import StackError
+from streams.settings import Settings
+
+__all__ = ["TopicSpec", "ensure_topics", "topic_specs"]
+
+_WEEK_MS = 7 * 24 * 3600 * 1000
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    partitions: int
+    config: dict[str, str] = field(default_factory=dict)
+    purpose: str = ""
+
+    @property
+    def compacted(self) -> bool:
+        return self.config.get("cleanup.policy") == "compact"
+
+
+def topic_specs(settings: Settings) -> list[TopicSpec]:
+    t, n = settings.topics, settings.partitions
+    log = {"cleanup.policy": "delete", "retention.ms": str(_WEEK_MS)}
+    # latest value per key is the truth (like a table changelog): compaction keeps it forever
+    table = {"cleanup.policy": "compact", "min.compaction.lag.ms": "60000"}
+    return [
+        TopicSpec(t.requests, n, log, "EmailRequest from producers, key = tenant"),
+        TopicSpec(t.accepted, n, log, "EmailRequest that passed the gate, key = tenant"),
+        TopicSpec(t.rejections, n, {**log, "retention.ms": str(4 * _WEEK_MS)}, "dead letters"),
+        TopicSpec(t.verify, n, log, "addresses to verify, key = recipient domain"),
+        TopicSpec(t.verifications, n, log, "VerificationResult"),
+        TopicSpec(t.deliveries, n, log, "DeliveryTask, key = recipient domain"),
+        TopicSpec(t.events, n, log, "DeliveryEvent"),
+        TopicSpec(t.control, 1, log, "queue control commands the workers obey"),
+        TopicSpec(t.suppressions, n, table, "suppression list, key = tenant + address digest"),
+        TopicSpec(t.tenants, 1, table, "tenant settings, key = tenant"),
+    ]
+
+
+async def ensure_topics(settings: Settings) -> list[str]:
+    """Create missing topics; return the names created. Existing topics are left as they are."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap, request_timeout_ms=10000)
+    try:
+        await admin.start()
+        existing = set(await admin.list_topics())
+        missing = [s for s in topic_specs(settings) if s.name not in existing]
+        if missing:
+            new = [
+                NewTopic(s.name, s.partitions, settings.replication_factor, topic_configs=s.config)
+                for s in missing
+            ]
+            response = await admin.create_topics(new)
+            # per-topic failures come back as error codes, not exceptions
+            failed = [
+                f"{err[0]}: error {err[1]}"
+                for err in response.topic_errors
+                if err[1] not in (0, TopicAlreadyExistsError.errno)
+            ]
+            if failed:
+                raise StackError(f"could not create topics: {', '.join(failed)}")
+        return [s.name for s in missing]
+    except KafkaError as exc:
+        raise StackError(f"could not create topics on {settings.bootstrap}: {exc}") from exc
+    finally:
+        await admin.close()

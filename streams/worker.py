@@ -1,0 +1,54 @@
+"""The faust application, configured from Settings, with the stages registered."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import faust
+
+from streams.codec import default_codec
+from streams.settings import Settings
+from streams.stages import gate
+
+__all__ = ["STAGES", "create_app", "run_worker"]
+
+STAGES = ("gate",)
+
+
+def create_app(settings: Settings, stages: tuple[str, ...] = STAGES) -> faust.App:
+    app = faust.App(
+        settings.app_id,
+        broker=f"kafka://{settings.bootstrap}",
+        store="memory://",
+        autodiscover=False,
+        topic_partitions=settings.partitions,
+        topic_replication_factor=settings.replication_factor,
+        broker_session_timeout=settings.session_timeout,
+        broker_heartbeat_interval=settings.heartbeat_interval,
+        broker_rebalance_timeout=settings.rebalance_timeout,
+        broker_commit_interval=settings.commit_interval,
+        consumer_auto_offset_reset="earliest",
+        producer_acks=-1,
+        web_host="127.0.0.1",
+        web_port=settings.worker_web_port,
+        datadir=str(settings.data_dir / "faust"),
+    )
+    codec = default_codec()
+    unknown = set(stages) - set(STAGES)
+    if unknown:
+        raise ValueError(f"unknown stage(s) {sorted(unknown)}; known: {', '.join(STAGES)}")
+    if "gate" in stages:
+        gate.register(app, settings, codec)
+    return app
+
+
+def run_worker(settings: Settings, stages: tuple[str, ...] = STAGES) -> None:
+    """Run the faust worker in this process until SIGINT/SIGTERM."""
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    app = create_app(settings, stages)
+    worker = faust.Worker(app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False)
+    worker.execute_from_commandline()
