@@ -53,9 +53,18 @@ def up(
     """Start Kafka, PostgreSQL, topics, migrations, the worker and the sinks; run until Ctrl-C."""
     from streams.stack.stack import Stack
 
-    settings = _settings()
-    stack = Stack(settings, workers=workers)
-    info = _run(stack.start(detach=detach))
+    stack = Stack(_settings(), workers=workers)
+    raise typer.Exit(_run(_up(stack, detach=detach)))
+
+
+async def _up(stack: Any, *, detach: bool) -> int:
+    stop = asyncio.Event()
+    if not detach:
+        # installed before anything starts: a Ctrl-C at any moment goes through the orderly stop
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+    info = await stack.start(detach=detach)
     out.print(f"[bold green]postwire is up[/] in {info.started_in:.1f}s")
     out.print(f"  kafka bootstrap : {info.bootstrap}")
     out.print(f"  database url    : {info.database_url}")
@@ -64,17 +73,8 @@ def up(
         out.print(f"  {name:<16}: pid {pid}")
     if detach:
         out.print("stop it with `postwire down`")
-        return
+        return 0
     out.print("press Ctrl-C to stop")
-    code = _run(_supervise(stack))
-    raise typer.Exit(code)
-
-
-async def _supervise(stack: Any) -> int:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
     code = 0
     try:
         while not stop.is_set():

@@ -82,6 +82,18 @@ class Settings(BaseSettings):
     sink_linger: float = Field(default=0.2, gt=0)
     sink_retry_max: float = Field(default=30.0, gt=0)
 
+    def to_env(self) -> dict[str, str]:
+        """These settings as ``POSTWIRE_*`` variables, so a child process sees exactly them."""
+        env = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
+            env[f"POSTWIRE_{name.upper()}"] = str(value)
+        return env
+
     @cached_property
     def topics(self) -> TopicNames:
         return TopicNames(self.topic_prefix)

@@ -80,10 +80,10 @@ class Stack:
         self.info = StackInfo(settings.bootstrap, settings.dsn, settings.data_dir)
 
     def _child_env(self) -> dict[str, str]:
-        env = dict(os.environ)
+        env = {**os.environ, **self.settings.to_env()}
+        # the children use the servers this stack runs, never start their own
         env["POSTWIRE_KAFKA_BOOTSTRAP"] = self.settings.bootstrap
         env["POSTWIRE_DATABASE_URL"] = self.settings.dsn
-        env["POSTWIRE_DATA_DIR"] = str(self.settings.data_dir)
         return env
 
     def _app(self, name: str, *args: str) -> ManagedProcess:

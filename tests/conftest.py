@@ -1,0 +1,69 @@
+"""Shared fixtures. Integration tests share one embedded stack per session (real Kafka, real
+PostgreSQL, the real faust worker and sinks as subprocesses), or the cluster and database named by
+POSTWIRE_KAFKA_BOOTSTRAP / POSTWIRE_DATABASE_URL, isolated by a per-session topic prefix."""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from streams.codec import Codec, default_codec
+from streams.settings import Settings
+from streams.stack.stack import Stack
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def stack_settings(data_dir: Path, **overrides: object) -> Settings:
+    """Settings for a throwaway stack: its own data dir, free ports, a unique topic prefix."""
+    suffix = uuid.uuid4().hex[:8]
+    values: dict[str, object] = {
+        "data_dir": data_dir,
+        "kafka_port": free_port(),
+        "kafka_controller_port": free_port(),
+        "postgres_port": free_port(),
+        "worker_web_port": free_port(),
+        "topic_prefix": f"pwtest{suffix}",
+        "app_id": f"pwtest{suffix}",
+        "partitions": 2,
+        "sink_linger": 0.1,
+    }
+    values.update(overrides)
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="session")
+def codec() -> Codec:
+    return default_codec()
+
+
+@pytest.fixture(scope="session")
+async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Settings]:
+    """The session's running pipeline; yields the settings that point at it."""
+    data_dir = tmp_path_factory.mktemp("stack")
+    overrides: dict[str, object] = {}
+    if os.environ.get("POSTWIRE_KAFKA_BOOTSTRAP"):
+        overrides["kafka_bootstrap"] = os.environ["POSTWIRE_KAFKA_BOOTSTRAP"]
+    if os.environ.get("POSTWIRE_DATABASE_URL"):
+        overrides["database_url"] = os.environ["POSTWIRE_DATABASE_URL"]
+    settings = stack_settings(data_dir, **overrides)
+    running = Stack(settings, workers=True)
+    await running.start(detach=False)
+    try:
+        yield settings
+    finally:
+        running.stop()
+
+
+@pytest.fixture
+def tmp_settings(tmp_path: Path) -> Iterator[Settings]:
+    yield stack_settings(tmp_path)
