@@ -29,7 +29,9 @@ class BatchBuffer:
         self._count = 0
         self._first_at: float | None = None
 
-    def add(self, partition: Hashable, offset: int, table: str, row: tuple[Any, ...] | None, now: float) -> None:
+    def add(
+        self, partition: Hashable, offset: int, table: str, row: tuple[Any, ...] | None, now: float
+    ) -> None:
         """Buffer ``row`` (None: nothing to write, but the offset still counts as handled)."""
         if row is not None:
             self._rows.setdefault(table, []).append(row)

@@ -82,8 +82,11 @@ async def apply_migrations(dsn: str, directory: Path = MIGRATIONS_DIR) -> list[M
                 async with conn.transaction():
                     await conn.execute(migration.sql)
                     await conn.execute(
-                        "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
-                        migration.version, migration.name, migration.checksum,
+                        "INSERT INTO schema_migrations (version, name, checksum)"
+                        " VALUES ($1, $2, $3)",
+                        migration.version,
+                        migration.name,
+                        migration.checksum,
                     )
                 applied.append(migration)
     except asyncpg.PostgresError as exc:

@@ -24,7 +24,9 @@ log = logging.getLogger("postwire.sinks")
 
 
 class SinkRunner:
-    def __init__(self, settings: Settings, spec: TableSpec, codec: Codec, writer: PostgresWriter) -> None:
+    def __init__(
+        self, settings: Settings, spec: TableSpec, codec: Codec, writer: PostgresWriter
+    ) -> None:
         self.settings = settings
         self.spec = spec
         self.codec = codec
@@ -43,7 +45,9 @@ class SinkRunner:
             code = exc.code if isinstance(exc, CodecError) else "sink.unmappable"
             stage = f"sink.{self.spec.table}"
             log.warning("dead-lettering %s:%d:%d: %s", msg.topic, msg.partition, msg.offset, exc)
-            return "rejections", sink_failure_row(src, stage, code, str(exc), raw, datetime.now(UTC))
+            return "rejections", sink_failure_row(
+                src, stage, code, str(exc), raw, datetime.now(UTC)
+            )
 
     async def run(self, stop: asyncio.Event) -> None:
         consumer = AIOKafkaConsumer(
@@ -82,7 +86,10 @@ class SinkRunner:
                 break
             except SinkUnavailableError as exc:
                 if stop.is_set():
-                    log.warning("sink %s stopping with an unwritten batch; it will be re-read", self.spec.table)
+                    log.warning(
+                        "sink %s stopping with an unwritten batch; it will be re-read",
+                        self.spec.table,
+                    )
                     return
                 wait = min(max(delay, exc.retry_after), self.settings.sink_retry_max)
                 log.warning("sink %s: %s; retrying in %.1fs", self.spec.table, exc, wait)
@@ -107,7 +114,9 @@ class SinkRunner:
             await consumer.commit(owned)
 
 
-async def run_sinks(settings: Settings, tables: tuple[str, ...] | None = None, stop: asyncio.Event | None = None) -> None:
+async def run_sinks(
+    settings: Settings, tables: tuple[str, ...] | None = None, stop: asyncio.Event | None = None
+) -> None:
     specs = table_specs(settings)
     chosen = tables or tuple(specs)
     unknown = set(chosen) - set(specs)

@@ -44,26 +44,50 @@ class TableSpec:
 
 def _request_row(r: Record, src: Source) -> Row:
     return (
-        r["request_id"], r["tenant"], r["operation"], r["idempotency_key"], r["priority"],
-        len(r["recipients"]), r["categories"], r["created_at"],
-        src.topic, src.partition, src.offset,
+        r["request_id"],
+        r["tenant"],
+        r["operation"],
+        r["idempotency_key"],
+        r["priority"],
+        len(r["recipients"]),
+        r["categories"],
+        r["created_at"],
+        src.topic,
+        src.partition,
+        src.offset,
     )
 
 
 REJECTION_COLUMNS = (
-    "source_topic", "source_partition", "source_offset", "stage", "error_code", "error",
-    "tenant_id", "raw", "rejected_at",
+    "source_topic",
+    "source_partition",
+    "source_offset",
+    "stage",
+    "error_code",
+    "error",
+    "tenant_id",
+    "raw",
+    "rejected_at",
 )
 
 
 def rejection_row(r: Record, _src: Source | None = None) -> Row:
     return (
-        r["source_topic"], r["source_partition"], r["source_offset"], r["stage"],
-        r["error_code"], r["error"], r["tenant"], r["raw"], r["rejected_at"],
+        r["source_topic"],
+        r["source_partition"],
+        r["source_offset"],
+        r["stage"],
+        r["error_code"],
+        r["error"],
+        r["tenant"],
+        r["raw"],
+        r["rejected_at"],
     )
 
 
-def sink_failure_row(src: Source, stage: str, code: str, error: str, raw: bytes, now: datetime) -> Row:
+def sink_failure_row(
+    src: Source, stage: str, code: str, error: str, raw: bytes, now: datetime
+) -> Row:
     """A record a sink could not map lands in ``rejections`` in the same transaction."""
     return (src.topic, src.partition, src.offset, stage, code, error, None, raw, now)
 
@@ -76,9 +100,17 @@ def table_specs(settings: Settings) -> dict[str, TableSpec]:
             topic=t.accepted,
             record="EmailRequest",
             columns=(
-                "request_id", "tenant_id", "operation", "idempotency_key", "priority",
-                "recipient_count", "categories", "created_at",
-                "source_topic", "source_partition", "source_offset",
+                "request_id",
+                "tenant_id",
+                "operation",
+                "idempotency_key",
+                "priority",
+                "recipient_count",
+                "categories",
+                "created_at",
+                "source_topic",
+                "source_partition",
+                "source_offset",
             ),
             key=("request_id",),
             to_row=_request_row,

@@ -16,16 +16,19 @@ __all__ = ["PostgresWriter", "upsert_sql"]
 _REJECTIONS_KEY = ("source_topic", "source_partition", "source_offset")
 
 
-def upsert_sql(table: str, columns: tuple[str, ...], key: tuple[str, ...], update: tuple[str, ...]) -> str:
-    cols = ", ".join(columns)
+def upsert_sql(
+    table: str, columns: tuple[str, ...], key: tuple[str, ...], update: tuple[str, ...]
+) -> str:
+    # identifiers come from the TableSpec constants in sinks/tables.py, never from input
+    cols, keys = ", ".join(columns), ", ".join(key)
     if update:
         sets = ", ".join(f"{c} = EXCLUDED.{c}" for c in update)
         # DISTINCT ON: a key twice in one batch would make ON CONFLICT DO UPDATE fail
-        select = f"SELECT DISTINCT ON ({', '.join(key)}) {cols} FROM _pw_{table}"
-        return f"INSERT INTO {table} ({cols}) {select} ON CONFLICT ({', '.join(key)}) DO UPDATE SET {sets}"
+        select = f"SELECT DISTINCT ON ({keys}) {cols} FROM _pw_{table}"  # noqa: S608
+        return f"INSERT INTO {table} ({cols}) {select} ON CONFLICT ({keys}) DO UPDATE SET {sets}"
     return (
-        f"INSERT INTO {table} ({cols}) SELECT {cols} FROM _pw_{table} "
-        f"ON CONFLICT ({', '.join(key)}) DO NOTHING"
+        f"INSERT INTO {table} ({cols}) SELECT {cols} FROM _pw_{table} "  # noqa: S608
+        f"ON CONFLICT ({keys}) DO NOTHING"
     )
 
 
@@ -42,7 +45,9 @@ class PostgresWriter:
             try:
                 self._pool = await asyncpg.create_pool(self.dsn, min_size=1, max_size=2)
             except (OSError, asyncpg.PostgresError) as exc:
-                raise SinkUnavailableError(f"cannot connect to PostgreSQL: {exc}", retry_after=1.0) from exc
+                raise SinkUnavailableError(
+                    f"cannot connect to PostgreSQL: {exc}", retry_after=1.0
+                ) from exc
 
     async def close(self) -> None:
         if self._pool is not None:
@@ -64,8 +69,14 @@ class PostgresWriter:
                     )
                     await conn.copy_records_to_table(f"_pw_{table}", records=rows, columns=columns)
                     await conn.execute(upsert_sql(table, columns, key, update))
-        except (OSError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError,
-                asyncpg.CannotConnectNowError, asyncpg.AdminShutdownError, TimeoutError) as exc:
+        except (
+            OSError,
+            asyncpg.InterfaceError,
+            asyncpg.PostgresConnectionError,
+            asyncpg.CannotConnectNowError,
+            asyncpg.AdminShutdownError,
+            TimeoutError,
+        ) as exc:
             # the pool may hold dead connections; start over on the next attempt
             await self._reset()
             raise SinkUnavailableError(f"PostgreSQL unavailable: {exc}", retry_after=1.0) from exc

@@ -47,8 +47,12 @@ def _settings() -> Settings:
 
 @app.command()
 def up(
-    detach: Annotated[bool, typer.Option("--detach", "-d", help="Start in the background and return.")] = False,
-    workers: Annotated[bool, typer.Option(help="Also start the faust worker and the sinks.")] = True,
+    detach: Annotated[
+        bool, typer.Option("--detach", "-d", help="Start in the background and return.")
+    ] = False,
+    workers: Annotated[
+        bool, typer.Option(help="Also start the faust worker and the sinks.")
+    ] = True,
 ) -> None:
     """Start Kafka, PostgreSQL, topics, migrations, the worker and the sinks; run until Ctrl-C."""
     from streams.stack.stack import Stack
@@ -82,7 +86,9 @@ async def _up(stack: Any, *, detach: bool) -> int:
                 await asyncio.wait_for(stop.wait(), timeout=0.5)
             dead = stack.dead_child()
             if dead is not None and not stop.is_set():
-                err.print(f"[bold red]error:[/] {dead.name} exited; its log ({dead.log_path}) ends:")
+                err.print(
+                    f"[bold red]error:[/] {dead.name} exited; its log ({dead.log_path}) ends:"
+                )
                 err.print(dead.log_tail(), markup=False, highlight=False)
                 code = 1
                 break
@@ -123,7 +129,9 @@ def sink(
     from sinks.runner import run_sinks
 
     settings = _settings()
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -145,8 +153,11 @@ def topics() -> None:
     grid = Table("topic", "partitions", "cleanup", "purpose", "")
     for spec in topic_specs(settings):
         grid.add_row(
-            spec.name, str(spec.partitions), "compact" if spec.compacted else "delete",
-            spec.purpose, "created" if spec.name in created else "",
+            spec.name,
+            str(spec.partitions),
+            "compact" if spec.compacted else "delete",
+            spec.purpose,
+            "created" if spec.name in created else "",
         )
     out.print(grid)
 

@@ -94,6 +94,8 @@ class Codec:
             raise TrailingBytesError(
                 f"{writer.record} decoded with {len(data) - buf.tell()} bytes left over"
             )
+        if not isinstance(record, dict):
+            raise InvalidRecordError(f"{writer.record} did not decode to a record")
         return writer.record, record
 
 

@@ -111,7 +111,9 @@ def inline_named_types(schema: Any, named: dict[str, Any]) -> Any:
                 return {**node, "items": walk(node["items"], namespace)}
             if kind == "map":
                 return {**node, "values": walk(node["values"], namespace)}
-            return {**node, "type": walk(kind, namespace)} if isinstance(kind, (dict, list)) else node
+            return (
+                {**node, "type": walk(kind, namespace)} if isinstance(kind, (dict, list)) else node
+            )
         return node
 
     def walk_named(node: dict[str, Any], namespace: str | None) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""The one settings object. Every knob reads ``POSTWIRE_<NAME>`` from the environment or ``.env``."""
+"""The settings object: each knob reads ``POSTWIRE_<NAME>`` from the environment or ``.env``."""
 
 from __future__ import annotations
 
@@ -114,9 +114,7 @@ class Settings(BaseSettings):
     def dsn(self) -> str:
         if self.database_url is not None:
             return self.database_url.get_secret_value()
-        return (
-            f"postgresql://postgres@{self.postgres_host}:{self.postgres_port}/{self.postgres_db}"
-        )
+        return f"postgresql://postgres@{self.postgres_host}:{self.postgres_port}/{self.postgres_db}"
 
     @property
     def kafka_jars_dir(self) -> Path:

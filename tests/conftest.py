@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import socket
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -62,8 +62,3 @@ async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Setti
         yield settings
     finally:
         running.stop()
-
-
-@pytest.fixture
-def tmp_settings(tmp_path: Path) -> Iterator[Settings]:
-    yield stack_settings(tmp_path)

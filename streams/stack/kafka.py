@@ -1,8 +1,9 @@
-"""Embedded single-node Apache Kafka in KRaft mode, run from Maven Central jars on the local Java."""
+"""Embedded single-node Apache Kafka (KRaft), run from Maven Central jars on the local Java."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import shutil
 import subprocess
@@ -30,7 +31,10 @@ __all__ = [
 def locate_pom() -> Path:
     """The pom listing the broker artifacts: in a checkout under compose/, in a wheel packaged."""
     here = Path(__file__).resolve()
-    for candidate in (here.parents[2] / "compose" / "kafka" / "pom.xml", here.with_name("kafka-pom.xml")):
+    for candidate in (
+        here.parents[2] / "compose" / "kafka" / "pom.xml",
+        here.with_name("kafka-pom.xml"),
+    ):
         if candidate.is_file():
             return candidate
     raise StackError("the Kafka pom (compose/kafka/pom.xml) is missing from this installation")
@@ -44,14 +48,21 @@ def fetch_kafka_jars(settings: Settings) -> Path:
     mvn = shutil.which("mvn")
     if mvn is None:
         raise StackError(
-            "Maven (mvn) is needed once to fetch the Kafka jars; install it (apt-get install maven) "
+            "Maven (mvn) is needed once to fetch the Kafka jars; install it "
+            "(apt-get install maven) "
             "or set POSTWIRE_KAFKA_BOOTSTRAP to use an existing Kafka cluster."
         )
     partial = target.with_name(f"{target.name}.partial-{os.getpid()}")
     shutil.rmtree(partial, ignore_errors=True)
     cmd = [
-        mvn, "-B", "-q", "-f", str(locate_pom()), "dependency:copy-dependencies",
-        f"-Dkafka.version={settings.kafka_version}", f"-DoutputDirectory={partial}",
+        mvn,
+        "-B",
+        "-q",
+        "-f",
+        str(locate_pom()),
+        "dependency:copy-dependencies",
+        f"-Dkafka.version={settings.kafka_version}",
+        f"-DoutputDirectory={partial}",
         "-DincludeScope=runtime",
     ]
     result = subprocess.run(cmd, capture_output=True, text=True, check=False)
@@ -114,24 +125,33 @@ def render_log4j(log_file: Path) -> str:
     )
 
 
-async def wait_for_kafka(bootstrap: str, timeout: float, alive: ManagedProcess | None = None) -> None:
+async def wait_for_kafka(
+    bootstrap: str, timeout: float, alive: ManagedProcess | None = None
+) -> None:
     """Return once a metadata request succeeds; fail fast if the broker process dies."""
     deadline = time.monotonic() + timeout
     last: Exception | None = None
-    while time.monotonic() < deadline:
-        if alive is not None and not alive.running():
-            raise StackError(f"Kafka exited during start-up; its log ends:\n{alive.log_tail()}")
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=3000)
-        try:
-            await admin.start()
-            await admin.describe_cluster()
-        except (KafkaError, OSError) as exc:
-            last = exc
-            await asyncio.sleep(0.2)
-        else:
-            return
-        finally:
-            await admin.close()
+    # connection refusals are expected while the broker boots; aiokafka logs each one
+    quiet = logging.getLogger("aiokafka")
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)
+    try:
+        while time.monotonic() < deadline:
+            if alive is not None and not alive.running():
+                raise StackError(f"Kafka exited during start-up; its log ends:\n{alive.log_tail()}")
+            admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=3000)
+            try:
+                await admin.start()
+                await admin.describe_cluster()
+            except (KafkaError, OSError) as exc:
+                last = exc
+                await asyncio.sleep(0.2)
+            else:
+                return
+            finally:
+                await admin.close()
+    finally:
+        quiet.setLevel(level)
     raise StackError(f"Kafka at {bootstrap} did not answer within {timeout:.0f}s ({last})")
 
 
@@ -160,7 +180,8 @@ class EmbeddedKafka:
             if port_in_use(self.settings.kafka_host, port):
                 raise StackError(
                     f"port {port} on {self.settings.kafka_host} is already taken; stop what uses "
-                    "it, or pick free ones with POSTWIRE_KAFKA_PORT / POSTWIRE_KAFKA_CONTROLLER_PORT."
+                    "it, or pick free ones with POSTWIRE_KAFKA_PORT / "
+                    "POSTWIRE_KAFKA_CONTROLLER_PORT."
                 )
         jars = fetch_kafka_jars(self.settings)
         self.root.mkdir(parents=True, exist_ok=True)
@@ -169,10 +190,16 @@ class EmbeddedKafka:
         log4j = self.root / "log4j.properties"
         log4j.write_text(render_log4j(self.root / "server.log"))
         base = [
-            java, f"-Xmx{self.settings.kafka_heap}", f"-Xms{self.settings.kafka_heap}",
-            "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20", "-XX:+ExitOnOutOfMemoryError",
-            "-Djava.awt.headless=true", f"-Dlog4j.configuration=file:{log4j}",
-            "-cp", f"{jars}/*",
+            java,
+            f"-Xmx{self.settings.kafka_heap}",
+            f"-Xms{self.settings.kafka_heap}",
+            "-XX:+UseG1GC",
+            "-XX:MaxGCPauseMillis=20",
+            "-XX:+ExitOnOutOfMemoryError",
+            "-Djava.awt.headless=true",
+            f"-Dlog4j.configuration=file:{log4j}",
+            "-cp",
+            f"{jars}/*",
         ]
         if not (self.log_dir / "meta.properties").exists():
             self._format(base, props)

@@ -38,10 +38,12 @@ async def wait_for_postgres(dsn: str, timeout: float, alive: ManagedProcess | No
     last: Exception | None = None
     while time.monotonic() < deadline:
         if alive is not None and not alive.running():
-            raise StackError(f"PostgreSQL exited during start-up; its log ends:\n{alive.log_tail()}")
+            raise StackError(
+                f"PostgreSQL exited during start-up; its log ends:\n{alive.log_tail()}"
+            )
         try:
             conn = await asyncpg.connect(dsn, timeout=2)
-        except (OSError, asyncpg.PostgresError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
             last = exc
             await asyncio.sleep(0.1)
         else:
@@ -55,7 +57,9 @@ async def ensure_database(settings: Settings) -> None:
     admin_dsn = f"postgresql://postgres@{settings.postgres_host}:{settings.postgres_port}/postgres"
     conn = await asyncpg.connect(admin_dsn)
     try:
-        exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", settings.postgres_db)
+        exists = await conn.fetchval(
+            "SELECT 1 FROM pg_database WHERE datname = $1", settings.postgres_db
+        )
         if not exists:
             await conn.execute(f'CREATE DATABASE "{settings.postgres_db}"')
     finally:
@@ -111,17 +115,39 @@ class EmbeddedPostgres:
         bin_dir = _bin_dir()
         if not (self.pgdata / "PG_VERSION").exists():
             result = subprocess.run(
-                [str(bin_dir / "initdb"), "-D", str(self.pgdata), "--auth=trust",
-                 "--encoding=UTF8", "--locale=C", "-U", "postgres"],
-                capture_output=True, text=True, user=user, check=False,
+                [
+                    str(bin_dir / "initdb"),
+                    "-D",
+                    str(self.pgdata),
+                    "--auth=trust",
+                    "--encoding=UTF8",
+                    "--locale=C",
+                    "-U",
+                    "postgres",
+                ],
+                capture_output=True,
+                text=True,
+                user=user,
+                check=False,
             )
             if result.returncode != 0:
                 raise StackError(f"initdb failed: {result.stdout}{result.stderr}")
         return [
-            str(bin_dir / "postgres"), "-D", str(self.pgdata),
-            "-h", host, "-p", str(port), "-k", str(self.pgdata),
-            "-c", "max_connections=200",
-            "-c", "shared_buffers=256MB", "-c", "log_min_messages=warning",
+            str(bin_dir / "postgres"),
+            "-D",
+            str(self.pgdata),
+            "-h",
+            host,
+            "-p",
+            str(port),
+            "-k",
+            str(self.pgdata),
+            "-c",
+            "max_connections=200",
+            "-c",
+            "shared_buffers=256MB",
+            "-c",
+            "log_min_messages=warning",
         ]
 
     def start(self, *, detach: bool) -> int:
@@ -129,9 +155,7 @@ class EmbeddedPostgres:
         return self.process.start(detach=detach)
 
     async def wait_ready(self) -> None:
-        admin = (
-            f"postgresql://postgres@{self.settings.postgres_host}:{self.settings.postgres_port}/postgres"
-        )
+        admin = f"postgresql://postgres@{self.settings.postgres_host}:{self.settings.postgres_port}/postgres"
         await wait_for_postgres(admin, 30.0, alive=self.process)
         await ensure_database(self.settings)
 

@@ -48,7 +48,7 @@ def pid_alive(pid: int) -> bool:
 
 
 def stop_pid(pid: int, sig: int = signal.SIGTERM, timeout: float = 30.0) -> bool:
-    """Signal ``pid`` and wait for it to exit; SIGKILL after ``timeout``. True if it had to be killed."""
+    """Signal ``pid``, wait for it to exit, SIGKILL after ``timeout``; True if it was killed."""
     if not pid_alive(pid):
         return False
     with contextlib.suppress(ProcessLookupError):

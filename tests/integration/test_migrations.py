@@ -38,8 +38,17 @@ async def test_migrations_apply_once(scratch_dsn: str) -> None:
             r["tablename"]
             for r in await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
         }
-        assert {"tenants", "api_keys", "requests", "verifications", "messages", "events",
-                "rejections", "suppressions", "schema_migrations"} <= tables
+        assert {
+            "tenants",
+            "api_keys",
+            "requests",
+            "verifications",
+            "messages",
+            "events",
+            "rejections",
+            "suppressions",
+            "schema_migrations",
+        } <= tables
     finally:
         await conn.close()
 

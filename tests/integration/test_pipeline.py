@@ -37,13 +37,15 @@ async def test_requests_and_rejections_land_in_postgres(stack: Settings, codec: 
         {"event_id": "e1", "tenant": tenant, "type": "opened", "occurred_at": datetime.now(UTC)},
     )
     good = codec.encode("EmailRequest", requests[0])
-    bad_values = [b"{\"not\": \"avro\"}", good[:20], wrong_type, good + b"\x00"]
+    bad_values = [b'{"not": "avro"}', good[:20], wrong_type, good + b"\x00"]
 
     producer = AIOKafkaProducer(bootstrap_servers=stack.bootstrap, acks="all")
     await producer.start()
     try:
         for r in requests:
-            await producer.send(stack.topics.requests, codec.encode("EmailRequest", r), key=tenant.encode())
+            await producer.send(
+                stack.topics.requests, codec.encode("EmailRequest", r), key=tenant.encode()
+            )
         for value in bad_values:
             await producer.send(stack.topics.requests, value, key=tenant.encode())
         await producer.flush()
@@ -53,6 +55,7 @@ async def test_requests_and_rejections_land_in_postgres(stack: Settings, codec: 
     ids = [str(r["request_id"]) for r in requests]
     conn = await asyncpg.connect(stack.dsn)
     try:
+
         async def landed() -> tuple[int, list[asyncpg.Record]]:
             count = await conn.fetchval(
                 "SELECT count(*) FROM requests WHERE request_id = ANY($1::text[])", ids
@@ -72,6 +75,7 @@ async def test_requests_and_rejections_land_in_postgres(stack: Settings, codec: 
         assert {bytes(r["raw"]) for r in rejected} == set(bad_values)
         assert {r["stage"] for r in rejected} == {"gate"}
         row = await conn.fetchrow("SELECT * FROM requests WHERE request_id = $1", ids[3])
+        assert row is not None
         assert row["tenant_id"] == tenant
         assert row["operation"] == "verify"
         assert row["priority"] == "bulk"
@@ -88,17 +92,24 @@ async def test_replaying_the_same_records_adds_no_rows(stack: Settings, codec: C
     await producer.start()
     conn = await asyncpg.connect(stack.dsn)
     try:
+
         async def count() -> int:
-            return int(await conn.fetchval("SELECT count(*) FROM requests WHERE tenant_id = $1", tenant))
+            return int(
+                await conn.fetchval("SELECT count(*) FROM requests WHERE tenant_id = $1", tenant)
+            )
 
         for _ in range(2):  # the second pass is a replay of the same records
             for r in requests:
-                await producer.send(stack.topics.requests, codec.encode("EmailRequest", r), key=tenant.encode())
+                await producer.send(
+                    stack.topics.requests, codec.encode("EmailRequest", r), key=tenant.encode()
+                )
             await producer.flush()
             assert await eventually(count, lambda n: n == 50) == 50
         # give the replayed copies time to reach the sink; the count must stay put
         marker = _request(tenant, 999)
-        await producer.send_and_wait(stack.topics.requests, codec.encode("EmailRequest", marker), key=tenant.encode())
+        await producer.send_and_wait(
+            stack.topics.requests, codec.encode("EmailRequest", marker), key=tenant.encode()
+        )
         assert await eventually(count, lambda n: n == 51) == 51
     finally:
         await conn.close()

@@ -37,7 +37,12 @@ def _pids(settings: Settings) -> dict[str, int]:
 
 def _cli(settings: Settings, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [*CLI, *args], env=_env(settings), capture_output=True, text=True, timeout=timeout, check=False
+        [*CLI, *args],
+        env=_env(settings),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
     )
 
 
@@ -66,10 +71,14 @@ async def test_data_survives_down_and_up(tmp_path: Path) -> None:
     assert again.returncode == 0, again.stderr
     try:
         conn = await asyncpg.connect(settings.dsn)
-        assert await conn.fetchval("SELECT name FROM tenants WHERE tenant_id = 't-restart'") == "kept"
+        assert (
+            await conn.fetchval("SELECT name FROM tenants WHERE tenant_id = 't-restart'") == "kept"
+        )
         await conn.close()
         consumer = AIOKafkaConsumer(
-            settings.topics.events, bootstrap_servers=settings.bootstrap, auto_offset_reset="earliest"
+            settings.topics.events,
+            bootstrap_servers=settings.bootstrap,
+            auto_offset_reset="earliest",
         )
         await consumer.start()
         try:
@@ -86,7 +95,11 @@ async def test_data_survives_down_and_up(tmp_path: Path) -> None:
 async def test_foreground_up_stops_every_child_on_sigint(tmp_path: Path) -> None:
     settings = stack_settings(tmp_path / "data")
     proc = subprocess.Popen(
-        [*CLI, "up"], env=_env(settings), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        [*CLI, "up"],
+        env=_env(settings),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     assert proc.stdout is not None
     lines = []
@@ -125,7 +138,9 @@ def test_a_taken_port_is_one_clear_sentence(tmp_path: Path) -> None:
         sock.listen()
         port = sock.getsockname()[1]
         settings = stack_settings(tmp_path, kafka_port=port)
-        with pytest.raises(StackError, match=rf"port {port} on 127.0.0.1 is already taken.*POSTWIRE_KAFKA_PORT"):
+        with pytest.raises(
+            StackError, match=rf"port {port} on 127.0.0.1 is already taken.*POSTWIRE_KAFKA_PORT"
+        ):
             EmbeddedKafka(settings).prepare()
 
 

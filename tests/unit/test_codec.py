@@ -90,7 +90,7 @@ def test_fingerprints_are_distinct_and_in_the_header(codec: Codec) -> None:
         (b"", TruncatedError),
         (b"\xc3", TruncatedError),
         (b"\xc3\x01\x00\x01", TruncatedError),
-        (b"{\"json\": true}", NotAvroError),
+        (b'{"json": true}', NotAvroError),
         (b"\x00\x00\x00\x00\x01hello", NotAvroError),
         (MAGIC + b"\x01\x02\x03\x04\x05\x06\x07\x08body", UnknownSchemaError),
     ],

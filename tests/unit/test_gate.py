@@ -27,7 +27,9 @@ def test_garbage_becomes_a_rejection_with_its_origin(codec: Codec) -> None:
     assert record["error_code"] == "codec.not_avro"
     assert record["raw"] == b"not avro at all"
     assert (record["source_topic"], record["source_partition"], record["source_offset"]) == (
-        "postwire.requests", 3, 1234,
+        "postwire.requests",
+        3,
+        1234,
     )
     assert record["stage"] == "gate"
     # the rejection itself must be encodable for the dead-letter topic

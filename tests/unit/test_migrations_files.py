@@ -23,7 +23,7 @@ def test_gap_in_versions_is_refused(tmp_path: Path) -> None:
 
 def test_badly_named_file_is_refused(tmp_path: Path) -> None:
     (tmp_path / "1_init.sql").write_text("SELECT 1;")
-    with pytest.raises(MigrationError, match="NNNN_name.sql"):
+    with pytest.raises(MigrationError, match=r"NNNN_name\.sql"):
         load_migrations(tmp_path)
 
 

@@ -12,6 +12,8 @@ def test_insert_only_tables_do_nothing_on_conflict() -> None:
 
 
 def test_state_tables_update_once_per_key() -> None:
-    sql = upsert_sql("messages", ("message_id", "recipient", "state"), ("message_id", "recipient"), ("state",))
+    sql = upsert_sql(
+        "messages", ("message_id", "recipient", "state"), ("message_id", "recipient"), ("state",)
+    )
     assert "SELECT DISTINCT ON (message_id, recipient)" in sql
     assert sql.endswith("ON CONFLICT (message_id, recipient) DO UPDATE SET state = EXCLUDED.state")
