@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import orjson
+
 from streams.codec import Record
 from streams.settings import Settings
 
@@ -55,6 +57,49 @@ def _request_row(r: Record, src: Source) -> Row:
         src.topic,
         src.partition,
         src.offset,
+    )
+
+
+def _verification_row(r: Record, _src: Source) -> Row:
+    return (
+        r["request_id"],
+        r["address"],
+        r["tenant"],
+        r["normalized"],
+        r["is_reachable"],
+        r["score"],
+        r["reasons"],
+        orjson.dumps(r).decode(),
+        r["cached"],
+        r["verified_at"],
+        r["requested_at"],
+    )
+
+
+_EVENT_DETAIL = (
+    "smtp",
+    "bounce_class",
+    "retry_after_ms",
+    "attempt",
+    "url",
+    "user_agent",
+    "categories",
+    "custom_args",
+)
+
+
+def _event_row(r: Record, _src: Source) -> Row:
+    detail = {k: r[k] for k in _EVENT_DETAIL if r.get(k) not in (None, [], {})}
+    return (
+        r["event_id"],
+        r["tenant"],
+        r["type"],
+        r["request_id"],
+        r["message_id"],
+        r["recipient"],
+        r["reason"],
+        orjson.dumps(detail).decode(),
+        r["occurred_at"],
     )
 
 
@@ -114,6 +159,44 @@ def table_specs(settings: Settings) -> dict[str, TableSpec]:
             ),
             key=("request_id",),
             to_row=_request_row,
+        ),
+        TableSpec(
+            table="verifications",
+            topic=t.verifications,
+            record="VerificationResult",
+            columns=(
+                "request_id",
+                "address",
+                "tenant_id",
+                "normalized",
+                "is_reachable",
+                "score",
+                "reasons",
+                "result",
+                "cached",
+                "verified_at",
+                "requested_at",
+            ),
+            key=("request_id", "address"),
+            to_row=_verification_row,
+        ),
+        TableSpec(
+            table="events",
+            topic=t.events,
+            record="DeliveryEvent",
+            columns=(
+                "event_id",
+                "tenant_id",
+                "type",
+                "request_id",
+                "message_id",
+                "recipient",
+                "reason",
+                "detail",
+                "occurred_at",
+            ),
+            key=("event_id",),
+            to_row=_event_row,
         ),
         TableSpec(
             table="rejections",

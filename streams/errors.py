@@ -9,6 +9,7 @@ whether the same operation may succeed later (a broker not up yet) or never will
 from __future__ import annotations
 
 __all__ = [
+    "AuthError",
     "CodecError",
     "ConfigError",
     "InvalidRecordError",
@@ -39,6 +40,16 @@ class StackError(PostwireError):
     """The embedded Kafka/PostgreSQL stack could not be fetched, started or stopped."""
 
     code = "stack"
+
+
+class AuthError(PostwireError):
+    """The request's tenant or API key is not accepted; ``code`` says which check failed."""
+
+    code = "auth"
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class MigrationError(PostwireError):

@@ -32,6 +32,7 @@ RECORD_NAMES: tuple[str, ...] = (
     "DeliveryTask",
     "DeliveryEvent",
     "Rejection",
+    "VerifyTask",
 )
 _NAMESPACE = "io.postwire"
 _PRIMITIVES = {"null", "boolean", "int", "long", "float", "double", "bytes", "string"}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import cached_property
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -34,6 +35,7 @@ class TopicNames:
         self.control = f"{prefix}.control"
         self.suppressions = f"{prefix}.suppressions"
         self.tenants = f"{prefix}.tenants"
+        self.deferred = f"{prefix}.deferred"
 
 
 class Settings(BaseSettings):
@@ -77,6 +79,32 @@ class Settings(BaseSettings):
     commit_interval: float = 1.0
     log_level: str = "info"
 
+    # gate: tenants, API keys and suppressions are reloaded from PostgreSQL this often, so a
+    # revoked key stops working within this many seconds
+    directory_refresh: float = Field(default=5.0, gt=0)
+    dedup_ttl: float = Field(default=24 * 3600.0, gt=0)
+
+    # rate limits per tenant (tenants.limit_per_* override them); over the limit a request is
+    # deferred until the window ends (policy "defer") or answered with `throttled` ("reject")
+    rate_per_second: int = Field(default=2000, ge=1)
+    rate_per_minute: int = Field(default=60000, ge=1)
+    rate_per_hour: int = Field(default=1000000, ge=1)
+    throttle_policy: Literal["defer", "reject"] = "defer"
+
+    # verification
+    dns_nameservers: str = ""  # comma-separated host[:port]; empty: the system resolver
+    dns_timeout: float = Field(default=2.0, gt=0)
+    dns_tries: int = Field(default=2, ge=1)
+    mx_cache_max_ttl: int = Field(default=3600, ge=0)
+    mx_cache_min_ttl: int = Field(default=300, ge=0)
+    smtp_probe_default: bool = False
+    smtp_probe_port: int = 25
+    smtp_probe_timeout: float = Field(default=10.0, gt=0)
+    smtp_probe_helo: str = "postwire.localhost"
+    smtp_probe_from: str = "verify@postwire.localhost"
+    verify_concurrency: int = Field(default=32, ge=1)
+    lists_dir: Path | None = None  # extra disposable/role/free lists, see streams/verify/lists.py
+
     # sinks
     sink_batch_size: int = Field(default=2000, ge=1)
     sink_linger: float = Field(default=0.2, gt=0)
@@ -115,6 +143,10 @@ class Settings(BaseSettings):
         if self.database_url is not None:
             return self.database_url.get_secret_value()
         return f"postgresql://postgres@{self.postgres_host}:{self.postgres_port}/{self.postgres_db}"
+
+    @property
+    def nameservers(self) -> list[str]:
+        return [s.strip() for s in self.dns_nameservers.split(",") if s.strip()]
 
     @property
     def kafka_jars_dir(self) -> Path:

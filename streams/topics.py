@@ -40,6 +40,9 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         TopicSpec(t.verifications, n, log, "VerificationResult"),
         TopicSpec(t.deliveries, n, log, "DeliveryTask, key = recipient domain"),
         TopicSpec(t.events, n, log, "DeliveryEvent"),
+        TopicSpec(
+            t.deferred, n, log, "rate-limited requests waiting for their window, key = tenant"
+        ),
         TopicSpec(t.control, 1, log, "queue control commands the workers obey"),
         TopicSpec(t.suppressions, n, table, "suppression list, key = tenant + address digest"),
         TopicSpec(t.tenants, 1, table, "tenant settings, key = tenant"),

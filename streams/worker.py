@@ -9,14 +9,17 @@ import faust
 
 from streams.codec import default_codec
 from streams.settings import Settings
-from streams.stages import gate
+from streams.stages import gate, verify
+from streams.stages.shell import Clock, DirectoryHolder, Outputs, wall_clock
 
 __all__ = ["STAGES", "create_app", "run_worker"]
 
-STAGES = ("gate",)
+STAGES = ("gate", "verify")
 
 
-def create_app(settings: Settings, stages: tuple[str, ...] = STAGES) -> faust.App:
+def create_app(
+    settings: Settings, stages: tuple[str, ...] = STAGES, clock: Clock = wall_clock
+) -> faust.App:
     app = faust.App(
         settings.app_id,
         broker=f"kafka://{settings.bootstrap}",
@@ -38,8 +41,13 @@ def create_app(settings: Settings, stages: tuple[str, ...] = STAGES) -> faust.Ap
     unknown = set(stages) - set(STAGES)
     if unknown:
         raise ValueError(f"unknown stage(s) {sorted(unknown)}; known: {', '.join(STAGES)}")
+    outputs = Outputs(app, settings, codec)
+    directory = DirectoryHolder(settings)
+    directory.install(app)
     if "gate" in stages:
-        gate.register(app, settings, codec)
+        gate.register(app, settings, codec, outputs, directory, clock)
+    if "verify" in stages:
+        verify.register(app, settings, codec, outputs, directory, clock)
     return app
 
 

@@ -1,25 +1,28 @@
-"""Gate (foundation version): decode every request with the contract; good ones pass on
-untouched to ``accepted``, anything undecodable goes to ``rejections`` with its reason.
+"""Gate: decode, authenticate, deduplicate, rate-limit; then fan verify requests out per address.
 
-The raw bytes are forwarded, never re-encoded: a record is decoded once here and once by
-whoever needs its fields downstream.
+``decide`` is the pure core (state and time in, decisions out); ``register`` is the faust shell
+that reads the tables, calls it, applies the updates and sends the outputs.
+
+Every request leaves the gate as exactly one of: admitted (``processed`` event), ``dropped``
+(duplicate), ``throttled`` (reject policy), deferred (comes back after its window), or a
+dead letter on ``rejections`` - the books always balance.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from streams.codec import Codec, Record
 from streams.deadletter import SourcePosition, rejection
-from streams.errors import CodecError
-from streams.settings import Settings
+from streams.errors import AuthError, CodecError
+from streams.events import make_event
+from streams.stages.admission import Dedup, Throttle, dedup_decide, rate_decide
+from streams.tenants import Directory
+from streams.verify.syntax import split_domain
 
-if TYPE_CHECKING:
-    import faust
-
-__all__ = ["Accept", "Reject", "admit", "register"]
+__all__ = ["STAGE", "Accept", "GateResult", "Reject", "admit", "decide", "verify_tasks"]
 
 STAGE = "gate"
 
@@ -37,6 +40,7 @@ class Reject:
 def admit(
     codec: Codec, raw: bytes | None, key: bytes | None, source: SourcePosition, now: datetime
 ) -> Accept | Reject:
+    """Decode; anything undecodable becomes a Rejection record."""
     try:
         if raw is None:
             raise CodecError("record has no value (a tombstone is not a request)")
@@ -46,21 +50,217 @@ def admit(
     return Accept(request)
 
 
-def register(app: faust.App, settings: Settings, codec: Codec) -> Any:
-    topics = settings.topics
-    source = app.topic(topics.requests, key_serializer="raw", value_serializer="raw")
-    accepted = app.topic(topics.accepted, key_serializer="raw", value_serializer="raw")
-    rejected = app.topic(topics.rejections, key_serializer="raw", value_serializer="raw")
+@dataclass
+class GateResult:
+    outcome: str  # admitted | duplicate | throttled | deferred | rejected
+    events: list[Record] = field(default_factory=list)
+    tasks: list[tuple[str, Record]] = field(default_factory=list)  # (domain, VerifyTask)
+    rejection: Record | None = None
+    dedup_key: str | None = None
+    dedup_entry: dict[str, Any] | None = None
+    count: bool = False
+    defer_for: float | None = None
 
-    @app.agent(source, name=f"{settings.app_id}.gate")
+
+def verify_tasks(request: Record, smtp_probe: bool) -> list[tuple[str, Record]]:
+    seen: set[str] = set()
+    tasks = []
+    for recipient in request["recipients"]:
+        address = recipient["email"]
+        if address in seen:
+            continue
+        seen.add(address)
+        tasks.append(
+            (
+                split_domain(address),
+                {
+                    "request_id": request["request_id"],
+                    "tenant": request["tenant"],
+                    "address": address,
+                    "operation": request["operation"],
+                    "smtp_probe": smtp_probe and request["operation"] == "verify",
+                    "priority": request["priority"],
+                    "requested_at": request["created_at"],
+                },
+            )
+        )
+    return tasks
+
+
+def decide(
+    request: Record,
+    directory: Directory,
+    dedup_entry: dict[str, Any] | None,
+    counts: dict[str, int],
+    now: datetime,
+    *,
+    dedup_ttl: float,
+    source: SourcePosition,
+    raw: bytes,
+    key: bytes | None,
+    deferrals: int = 0,
+) -> GateResult:
+    tenant_id = request["tenant"]
+    try:
+        tenant = directory.authenticate(tenant_id, request["api_key"], request["operation"])
+    except AuthError as exc:
+        return GateResult(
+            "rejected", rejection=rejection(source, STAGE, exc, key, raw, now, tenant_id)
+        )
+    ts = now.timestamp()
+    request_id = request["request_id"]
+    common = {
+        "request_id": request_id,
+        "categories": request["categories"],
+        "custom_args": request["custom_args"],
+    }
+    dedup_key = None
+    new_entry = None
+    if request["idempotency_key"]:
+        dedup_key = f"{tenant_id}\x1f{request['idempotency_key']}"
+        verdict, new_entry = dedup_decide(dedup_entry, request_id, ts, dedup_ttl)
+        if verdict is Dedup.DUPLICATE:
+            event = make_event("dropped", tenant_id, now, reason="duplicate", **common)
+            return GateResult("duplicate", events=[event])
+    decision = rate_decide(counts, tenant.limits, ts)
+    if isinstance(decision, Throttle):
+        retry_ms = int(decision.retry_after * 1000) + 1
+        reason = f"rate_limit:{decision.window}"
+        if tenant.throttle_policy == "reject":
+            event = make_event(
+                "throttled", tenant_id, now, reason=reason, retry_after_ms=retry_ms, **common
+            )
+            return GateResult("throttled", events=[event])
+        event = make_event(
+            "deferred",
+            tenant_id,
+            now,
+            reason=reason,
+            retry_after_ms=retry_ms,
+            attempt=deferrals + 1,
+            **common,
+        )
+        # the idempotency key is taken now: the deferred request owns it when it comes back
+        return GateResult(
+            "deferred",
+            events=[event],
+            dedup_key=dedup_key,
+            dedup_entry=new_entry,
+            defer_for=decision.retry_after,
+        )
+    processed = make_event("processed", tenant_id, now, **common)
+    tasks = []
+    if request["operation"] in ("verify", "validate"):
+        probe = request["smtp_probe"] if request["smtp_probe"] is not None else tenant.smtp_probe
+        tasks = verify_tasks(request, probe)
+    return GateResult(
+        "admitted",
+        events=[processed],
+        tasks=tasks,
+        dedup_key=dedup_key,
+        dedup_entry=new_entry,
+        count=True,
+    )
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def register(
+    app: Any, settings: Any, codec: Codec, outputs: Any, directory: Any, clock: Any
+) -> Any:
+    """The faust shell: tables for dedup and the rate windows, the gate and deferral agents."""
+    import asyncio
+
+    from streams.stages.admission import WINDOWS
+    from streams.stages.shell import header, raw_topic
+
+    topics = settings.topics
+    dedup = app.Table(f"{settings.app_id}-dedup", default=None, partitions=settings.partitions)
+    windows = {
+        name: app.Table(
+            f"{settings.app_id}-rate-{name}", default=int, partitions=settings.partitions
+        )
+        .tumbling(size, expires=size * 2)
+        .relative_to(lambda _event: clock().timestamp())
+        for name, size in WINDOWS
+    }
+
+    @app.agent(raw_topic(app, topics.requests), name=f"{settings.app_id}.gate")
     async def gate(stream: Any) -> None:
         async for event in stream.events():
             msg = event.message
             position = SourcePosition(msg.topic, msg.partition, msg.offset)
-            outcome = admit(codec, event.value, event.key, position, datetime.now(UTC))
-            if isinstance(outcome, Accept):
-                await accepted.send(key=event.key, value=event.value)
-            else:
-                await rejected.send(key=event.key, value=codec.encode("Rejection", outcome.record))
+            now = clock()
+            decoded = admit(codec, event.value, event.key, position, now)
+            if isinstance(decoded, Reject):
+                await outputs.rejection(decoded.record)
+                continue
+            request = decoded.request
+            if not directory.ready.is_set():
+                await directory.ready.wait()
+            tenant = request["tenant"]
+            idem = request["idempotency_key"]
+            entry = dedup.get(f"{tenant}\x1f{idem}") if idem else None
+            counts = {name: windows[name][tenant].value() for name, _ in WINDOWS}
+            deferrals = int(header(event.headers, "postwire-deferrals") or b"0")
+            result = decide(
+                request,
+                directory.current,
+                entry,
+                counts,
+                now,
+                dedup_ttl=settings.dedup_ttl,
+                source=position,
+                raw=event.value,
+                key=event.key,
+                deferrals=deferrals,
+            )
+            if result.dedup_key is not None and result.dedup_entry is not None:
+                dedup[result.dedup_key] = result.dedup_entry
+            if result.count:
+                for name, _ in WINDOWS:
+                    windows[name][tenant] += 1
+                await outputs.accepted.send(key=event.key, value=event.value)
+            if result.rejection is not None:
+                await outputs.rejection(result.rejection)
+            for ev in result.events:
+                await outputs.event(ev)
+            for domain, task in result.tasks:
+                await outputs.verify.send(
+                    key=domain.encode(), value=codec.encode("VerifyTask", task)
+                )
+            if result.defer_for is not None:
+                not_before = int((now.timestamp() + result.defer_for) * 1000)
+                await outputs.deferred.send(
+                    key=event.key,
+                    value=event.value,
+                    headers={
+                        "postwire-not-before": str(not_before).encode(),
+                        "postwire-deferrals": str(deferrals + 1).encode(),
+                    },
+                )
 
-    return gate
+    @app.agent(raw_topic(app, topics.deferred), name=f"{settings.app_id}.deferral")
+    async def deferral(stream: Any) -> None:
+        # records in a partition are deferred in time order, so sleeping on the head is fair
+        async for event in stream.events():
+            not_before = int(header(event.headers, "postwire-not-before") or b"0") / 1000
+            wait = not_before - clock().timestamp()
+            if wait > 0:
+                await asyncio.sleep(min(wait, 3600))
+            await outputs.requests.send(
+                key=event.key,
+                value=event.value,
+                headers={"postwire-deferrals": header(event.headers, "postwire-deferrals") or b"1"},
+            )
+
+    @app.timer(60.0)
+    async def purge_dedup() -> None:
+        now = clock().timestamp()
+        expired = [k for k, v in list(dedup.items()) if v and float(v["expires"]) <= now]
+        for k in expired:
+            del dedup[k]
+
+    return gate, deferral

@@ -1,0 +1,92 @@
+"""What every faust shell shares: raw topics, typed outputs, the tenant directory, the clock."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import faust
+
+from streams.codec import Codec, Record
+from streams.settings import Settings
+from streams.tenants import Directory, load_directory
+
+__all__ = ["Clock", "DirectoryHolder", "Outputs", "header", "raw_topic", "wall_clock"]
+
+log = logging.getLogger("postwire.stages")
+Clock = Callable[[], datetime]
+
+
+def wall_clock() -> datetime:
+    return datetime.now(UTC)
+
+
+def raw_topic(app: faust.App, name: str) -> Any:
+    return app.topic(name, key_serializer="raw", value_serializer="raw")
+
+
+def header(headers: Any, name: str) -> bytes | None:
+    """Kafka headers arrive as a mapping or as (name, value) pairs depending on the path."""
+    if not headers:
+        return None
+    items = headers.items() if isinstance(headers, Mapping) else headers
+    for key, value in items:
+        if key == name:
+            return bytes(value) if value is not None else None
+    return None
+
+
+class Outputs:
+    """Encode once and send to the result topics; keys chosen for ordering per message."""
+
+    def __init__(self, app: faust.App, settings: Settings, codec: Codec) -> None:
+        t = settings.topics
+        self.codec = codec
+        self.events = raw_topic(app, t.events)
+        self.rejections = raw_topic(app, t.rejections)
+        self.verify = raw_topic(app, t.verify)
+        self.verifications = raw_topic(app, t.verifications)
+        self.accepted = raw_topic(app, t.accepted)
+        self.deferred = raw_topic(app, t.deferred)
+        self.requests = raw_topic(app, t.requests)
+
+    async def event(self, record: Record) -> None:
+        key = (record["message_id"] or record["request_id"] or record["tenant"]).encode()
+        await self.events.send(key=key, value=self.codec.encode("DeliveryEvent", record))
+
+    async def rejection(self, record: Record) -> None:
+        await self.rejections.send(key=record["key"], value=self.codec.encode("Rejection", record))
+
+
+class DirectoryHolder:
+    """The current tenant directory, reloaded from PostgreSQL every ``directory_refresh`` s."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.current = Directory()
+        self.ready = asyncio.Event()
+        self._pool: asyncpg.Pool[Any] | None = None
+
+    async def refresh(self) -> None:
+        try:
+            if self._pool is None:
+                self._pool = await asyncpg.create_pool(self.settings.dsn, min_size=1, max_size=1)
+            async with self._pool.acquire() as conn:
+                self.current = await load_directory(conn, self.settings)
+            self.ready.set()
+        except (OSError, asyncpg.PostgresError) as exc:
+            # keep serving the last snapshot; a gate without any snapshot waits on `ready`
+            log.warning("tenant directory refresh failed, keeping the previous one: %s", exc)
+
+    def install(self, app: faust.App) -> None:
+        @app.timer(self.settings.directory_refresh, on_leader=False)
+        async def refresh_directory() -> None:
+            await self.refresh()
+
+        @app.task
+        async def first_directory() -> None:
+            await self.refresh()

@@ -1,0 +1,84 @@
+"""Verify stage (faust shell): VerifyTask in, VerificationResult out; the work is in
+streams/verify/service.py. Partitioned by recipient domain, so the MX and verdict tables are
+co-partitioned with the stream and each domain's probes share one worker's connection pool."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from streams.codec import Codec
+from streams.deadletter import SourcePosition, rejection
+from streams.errors import CodecError
+from streams.settings import Settings
+from streams.stages.shell import Clock, DirectoryHolder, Outputs, raw_topic
+from streams.verify.dns import MxResolver
+from streams.verify.lists import load_lists
+from streams.verify.probe import SmtpProber
+from streams.verify.service import Verifier
+
+__all__ = ["STAGE", "build_verifier", "register"]
+
+STAGE = "verify"
+
+
+def build_verifier(
+    settings: Settings, mx_cache: Any, verdict_cache: Any, directory: DirectoryHolder | None
+) -> Verifier:
+    prober = SmtpProber(
+        port=settings.smtp_probe_port,
+        helo_name=settings.smtp_probe_helo,
+        mail_from=settings.smtp_probe_from,
+        timeout=settings.smtp_probe_timeout,
+    )
+
+    def suppressed(tenant: str, address: str) -> bool:
+        return directory is not None and directory.current.is_suppressed(tenant, address)
+
+    return Verifier(
+        load_lists(settings.lists_dir),
+        MxResolver(settings.nameservers, settings.dns_timeout, settings.dns_tries),
+        prober,
+        mx_cache,
+        verdict_cache,
+        mx_min_ttl=settings.mx_cache_min_ttl,
+        mx_max_ttl=settings.mx_cache_max_ttl,
+        suppressed=suppressed,
+    )
+
+
+def register(
+    app: Any,
+    settings: Settings,
+    codec: Codec,
+    outputs: Outputs,
+    directory: DirectoryHolder,
+    clock: Clock,
+) -> Any:
+    mx_table = app.Table(f"{settings.app_id}-mx", default=None, partitions=settings.partitions)
+    verdicts = app.Table(
+        f"{settings.app_id}-verdicts", default=None, partitions=settings.partitions
+    )
+    verifier = build_verifier(settings, mx_table, verdicts, directory)
+
+    @app.agent(
+        raw_topic(app, settings.topics.verify),
+        name=f"{settings.app_id}.verify",
+        concurrency=settings.verify_concurrency,
+    )
+    async def verify(stream: Any) -> None:
+        async for event in stream.events():
+            msg = event.message
+            try:
+                _, task = codec.decode(event.value or b"", expected="VerifyTask")
+            except CodecError as exc:
+                source = SourcePosition(msg.topic, msg.partition, msg.offset)
+                await outputs.rejection(
+                    rejection(source, STAGE, exc, event.key, event.value or b"", clock())
+                )
+                continue
+            result = await verifier.verify(task, clock())
+            await outputs.verifications.send(
+                key=task["request_id"].encode(), value=codec.encode("VerificationResult", result)
+            )
+
+    return verify

@@ -1,0 +1,112 @@
+"""Verify one address: caches first, then syntax, lists, MX, optional SMTP probe, verdict.
+
+The caches are plain mutable mappings: faust tables in the worker (they survive restarts through
+their changelogs), dicts in tests. Values are JSON-safe dicts with an ``expires`` epoch.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, MutableMapping
+from datetime import UTC, datetime
+from typing import Any
+
+from streams.codec import Record
+from streams.verify.dns import MxAnswer, MxResolver
+from streams.verify.lists import Lists
+from streams.verify.probe import ProbeResult, SmtpProber
+from streams.verify.syntax import check_syntax
+from streams.verify.verdict import apply_suppression, build_result, cache_ttl, judge
+
+__all__ = ["Verifier"]
+
+_NOT_CACHED = {"timeout", "error"}  # a flaky resolver must not pin a domain as unknown
+
+
+def _to_ms(value: datetime | None) -> int | None:
+    return None if value is None else int(value.timestamp() * 1000)
+
+
+def _from_ms(value: int | None) -> datetime | None:
+    return None if value is None else datetime.fromtimestamp(value / 1000, UTC)
+
+
+class Verifier:
+    def __init__(
+        self,
+        lists: Lists,
+        resolver: MxResolver,
+        prober: SmtpProber | None,
+        mx_cache: MutableMapping[str, Any],
+        verdict_cache: MutableMapping[str, Any],
+        *,
+        mx_min_ttl: int,
+        mx_max_ttl: int,
+        suppressed: Callable[[str, str], bool] = lambda _t, _a: False,
+    ) -> None:
+        self.lists = lists
+        self.resolver = resolver
+        self.prober = prober
+        self.mx_cache = mx_cache
+        self.verdict_cache = verdict_cache
+        self.mx_min_ttl = mx_min_ttl
+        self.mx_max_ttl = mx_max_ttl
+        self.suppressed = suppressed
+        self._catch_all: dict[str, tuple[bool, float]] = {}
+
+    async def mx(self, domain: str, now: float) -> MxAnswer:
+        hit = self.mx_cache.get(domain)
+        if hit is not None and hit["expires"] > now:
+            return MxAnswer.from_json(hit["answer"])
+        answer = await self.resolver.lookup(domain)
+        if answer.status not in _NOT_CACHED:
+            ttl = min(max(answer.ttl, self.mx_min_ttl), self.mx_max_ttl)
+            self.mx_cache[domain] = {"answer": answer.to_json(), "expires": now + ttl}
+        return answer
+
+    async def _probe(self, mx: MxAnswer, address: str, domain: str) -> ProbeResult:
+        assert self.prober is not None
+        known = self._catch_all.get(domain)
+        catch_all = known[0] if known and known[1] > time.monotonic() else None
+        result = await self.prober.probe(mx.hosts, address, domain, catch_all=catch_all)
+        if catch_all is None and result.catch_all is not None:
+            self._catch_all[domain] = (result.catch_all, time.monotonic() + 3600)
+        return result
+
+    async def verify(self, task: Record, now: datetime) -> Record:
+        ts = now.timestamp()
+        probe = bool(task["smtp_probe"]) and self.prober is not None
+        syntax = check_syntax(task["address"])
+        cache_key = f"{(syntax.normalized or task['address']).lower()}\x1f{int(probe)}"
+        hit = self.verdict_cache.get(cache_key)
+        if hit is not None and hit["expires"] > ts:
+            result = dict(hit["result"])
+            result.update(
+                request_id=task["request_id"],
+                tenant=task["tenant"],
+                address=task["address"],
+                cached=True,
+                requested_at=task["requested_at"],
+                verified_at=_from_ms(result["verified_at"]),
+            )
+        else:
+            mx = misc = smtp = None
+            if syntax.valid:
+                assert syntax.ascii_domain is not None
+                assert syntax.local_part is not None
+                mx = await self.mx(syntax.ascii_domain, ts)
+                misc = self.lists.flags(syntax.local_part, syntax.ascii_domain)
+                if probe and mx.accepts_mail and mx.hosts:
+                    smtp = await self._probe(
+                        mx, syntax.normalized or task["address"], syntax.ascii_domain
+                    )
+            verdict = judge(syntax, mx, misc, smtp)
+            result = build_result(task, syntax, mx, misc, smtp, verdict, now)
+            stored = {**result, "verified_at": _to_ms(now), "requested_at": None}
+            self.verdict_cache[cache_key] = {
+                "result": stored,
+                "expires": ts + cache_ttl(verdict, smtp is not None),
+            }
+        if self.suppressed(task["tenant"], syntax.normalized or task["address"]):
+            result = apply_suppression(result)
+        return result

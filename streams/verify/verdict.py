@@ -1,0 +1,177 @@
+"""Combine the sections into Reacher-style ``is_reachable``, a 0-100 score and reasons, and
+decide how long the verdict may be cached (pure)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from streams.verify.dns import MxAnswer
+from streams.verify.lists import MiscFlags
+from streams.verify.probe import ProbeResult, RcptOutcome, enhanced_code
+from streams.verify.syntax import SyntaxResult
+
+__all__ = ["Verdict", "apply_suppression", "build_result", "cache_ttl", "judge"]
+
+_MINUTE, _HOUR, _DAY = 60, 3600, 86400
+
+
+@dataclass(frozen=True)
+class Verdict:
+    is_reachable: str  # safe | risky | invalid | unknown
+    score: int
+    reasons: tuple[str, ...]
+
+
+def judge(
+    syntax: SyntaxResult,
+    mx: MxAnswer | None,
+    misc: MiscFlags | None,
+    smtp: ProbeResult | None,
+) -> Verdict:
+    if not syntax.valid:
+        return Verdict("invalid", 0, ("invalid_syntax",))
+    assert mx is not None
+    assert misc is not None
+    mx_reasons = {
+        "null_mx": "null_mx",
+        "nxdomain": "no_such_domain",
+        "no_mail": "no_mail_server",
+    }
+    if mx.status in mx_reasons:
+        return Verdict("invalid", 2, (mx_reasons[mx.status],))
+    reasons: list[str] = []
+    if smtp is not None:
+        outcome = smtp.outcome
+        if not smtp.can_connect:
+            reasons.append("smtp_unreachable")
+        elif outcome is RcptOutcome.INVALID:
+            return Verdict("invalid", 5, ("mailbox_unknown",))
+        elif outcome is RcptOutcome.DISABLED:
+            return Verdict("invalid", 5, ("mailbox_disabled",))
+        elif outcome is RcptOutcome.FULL:
+            reasons.append("mailbox_full")
+        elif outcome is RcptOutcome.TEMPORARY:
+            reasons.append("smtp_temporary_failure")
+        elif outcome is RcptOutcome.BLOCKED:
+            reasons.append("smtp_blocked")
+        elif outcome is RcptOutcome.UNKNOWN:
+            reasons.append("smtp_unknown_reply")
+        if smtp.catch_all:
+            reasons.append("catch_all")
+    if mx.status in ("timeout", "error"):
+        reasons.append("dns_unavailable")
+    unknown = {
+        "smtp_unreachable",
+        "smtp_temporary_failure",
+        "smtp_blocked",
+        "smtp_unknown_reply",
+        "dns_unavailable",
+    }
+    risky = []
+    if misc.is_disposable:
+        risky.append("disposable")
+    if misc.is_role_account:
+        risky.append("role_account")
+    if misc.suggestion:
+        risky.append("possible_typo")
+    reasons.extend(risky)
+    if any(r in unknown for r in reasons):
+        return Verdict("unknown", 50 - 10 * len(risky), tuple(reasons))
+    if risky or "mailbox_full" in reasons or "catch_all" in reasons:
+        penalty = 15 * len(risky) + (20 if "mailbox_full" in reasons else 0)
+        penalty += 15 if "catch_all" in reasons else 0
+        return Verdict("risky", max(10, 75 - penalty), tuple(reasons))
+    # without a probe MX is the best evidence we have: safe, but not as sure as a 250
+    score = 99 if smtp is not None else 85
+    return Verdict("safe", score, tuple(reasons))
+
+
+def cache_ttl(verdict: Verdict, probed: bool) -> int:
+    """Seconds a verdict may be reused: long when confident, short when we did not learn much."""
+    if verdict.is_reachable == "unknown":
+        return 10 * _MINUTE
+    if verdict.reasons == ("invalid_syntax",):
+        return 30 * _DAY  # syntax never changes
+    if verdict.is_reachable == "invalid":
+        return _DAY
+    if verdict.is_reachable == "safe" and probed:
+        return 7 * _DAY
+    return 12 * _HOUR
+
+
+def build_result(
+    task: dict[str, Any],
+    syntax: SyntaxResult,
+    mx: MxAnswer | None,
+    misc: MiscFlags | None,
+    smtp: ProbeResult | None,
+    verdict: Verdict,
+    now: datetime,
+) -> dict[str, Any]:
+    """The VerificationResult record (schemas/VerificationResult.avsc)."""
+    return {
+        "request_id": task["request_id"],
+        "tenant": task["tenant"],
+        "address": task["address"],
+        "normalized": syntax.normalized,
+        "is_reachable": verdict.is_reachable,
+        "score": verdict.score,
+        "reasons": list(verdict.reasons),
+        "syntax": {
+            "is_valid_syntax": syntax.valid,
+            "username": syntax.local_part,
+            "domain": syntax.domain,
+            "ascii_domain": syntax.ascii_domain,
+            "suggestion": None
+            if misc is None or misc.suggestion is None
+            else f"{syntax.local_part}@{misc.suggestion}",
+            "error": syntax.error,
+        },
+        "mx": {
+            "accepts_mail": None if mx is None else mx.accepts_mail,
+            "records": [] if mx is None else list(mx.hosts),
+            "null_mx": mx is not None and mx.status == "null_mx",
+            "implicit_mx": mx is not None and mx.status == "implicit",
+            "error": None if mx is None else mx.error,
+        },
+        "misc": {
+            "is_disposable": bool(misc and misc.is_disposable),
+            "is_role_account": bool(misc and misc.is_role_account),
+            "is_free_provider": bool(misc and misc.is_free_provider),
+            "is_suppressed": False,
+        },
+        "smtp": None
+        if smtp is None
+        else {
+            "can_connect_smtp": smtp.can_connect,
+            "is_deliverable": None
+            if not smtp.can_connect
+            else smtp.outcome is RcptOutcome.DELIVERABLE,
+            "is_catch_all": smtp.catch_all,
+            "has_full_inbox": smtp.outcome is RcptOutcome.FULL,
+            "is_disabled": smtp.outcome is RcptOutcome.DISABLED,
+            "reply": None
+            if not smtp.code
+            else {
+                "code": smtp.code,
+                "enhanced_code": enhanced_code(smtp.message),
+                "message": smtp.message,
+            },
+        },
+        "cached": False,
+        "requested_at": task.get("requested_at"),
+        "verified_at": now,
+    }
+
+
+def apply_suppression(result: dict[str, Any]) -> dict[str, Any]:
+    """The tenant suppressed this address: never better than risky, and say why. Kept out of the
+    cached verdict because suppression is per tenant while the cache is per address."""
+    result = {**result, "misc": {**result["misc"], "is_suppressed": True}}
+    result["reasons"] = [*result["reasons"], "suppressed"]
+    if result["is_reachable"] == "safe":
+        result["is_reachable"] = "risky"
+    result["score"] = max(0, min(result["score"], 60) - 15)
+    return result
