@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import socket
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -15,6 +15,7 @@ import pytest
 from streams.codec import Codec, default_codec
 from streams.settings import Settings
 from streams.stack.stack import Stack
+from tests.peers.world import World, start_world
 
 
 def free_port() -> int:
@@ -47,7 +48,17 @@ def codec() -> Codec:
 
 
 @pytest.fixture(scope="session")
-async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Settings]:
+def world() -> Iterator[World]:
+    """DNS and SMTP peers on loopback for the fake domains (see tests/peers/world.py)."""
+    running = start_world()
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+@pytest.fixture(scope="session")
+async def stack(tmp_path_factory: pytest.TempPathFactory, world: World) -> AsyncIterator[Settings]:
     """The session's running pipeline; yields the settings that point at it."""
     data_dir = tmp_path_factory.mktemp("stack")
     overrides: dict[str, object] = {}
@@ -55,6 +66,14 @@ async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Setti
         overrides["kafka_bootstrap"] = os.environ["POSTWIRE_KAFKA_BOOTSTRAP"]
     if os.environ.get("POSTWIRE_DATABASE_URL"):
         overrides["database_url"] = os.environ["POSTWIRE_DATABASE_URL"]
+    overrides.update(
+        dns_nameservers=world.dns.nameserver,
+        dns_timeout=0.5,
+        dns_tries=1,
+        smtp_probe_port=world.smtp_port,
+        smtp_probe_timeout=1.5,
+        directory_refresh=0.3,
+    )
     settings = stack_settings(data_dir, **overrides)
     running = Stack(settings, workers=True)
     await running.start(detach=False)

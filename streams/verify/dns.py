@@ -100,6 +100,22 @@ class MxResolver:
             return await self._implicit(domain)
         return classify_mx(records, ttl)
 
+    async def addresses(self, host: str) -> list[str]:
+        """IPv4 then IPv6 addresses of an MX host, through the same nameservers."""
+        resolver = self._get()
+        found: list[str] = []
+        for qtype in ("A", "AAAA"):
+            try:
+                result = await resolver.query_dns(host, qtype)
+            except aiodns.error.DNSError:
+                continue
+            found.extend(
+                r.data.addr
+                for r in result.answer
+                if isinstance(r.data, (pycares.ARecordData, pycares.AAAARecordData))
+            )
+        return found
+
     async def _implicit(self, domain: str) -> MxAnswer:
         resolver = self._get()
         answers = await asyncio.gather(

@@ -68,7 +68,8 @@ class Lists:
         return any(".".join(parts[i:]) in self.disposable for i in range(len(parts) - 1))
 
     def _suggest(self, domain: str) -> str | None:
-        if domain in self._known or domain in self.disposable:
+        # a typo domain may be a disposable/typosquat one too (gmial.com is listed): still suggest
+        if domain in self._known:
             return None
         limit = 1 if len(domain) <= 8 else 2
         best: tuple[int, str] | None = None

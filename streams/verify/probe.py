@@ -141,10 +141,11 @@ class SmtpProber:
         return reply.code, reply.message
 
     async def probe(
-        self, hosts: tuple[str, ...], address: str, domain: str, *, catch_all: bool | None
+        self, hosts: list[str], address: str, domain: str, *, catch_all: bool | None
     ) -> ProbeResult:
-        """Probe ``address`` on the first MX host that answers; with ``catch_all`` None, also
-        ask for a random local part at ``domain`` to detect a catch-all server."""
+        """Probe ``address`` on the first MX address that answers (``hosts``: IP addresses in MX
+        preference order); with ``catch_all`` None, also ask for a random local part at
+        ``domain`` to detect a catch-all server."""
         last_error = "no MX host to probe"
         for host in hosts[:3]:
             try:

@@ -68,12 +68,16 @@ class Verifier:
         assert self.prober is not None
         known = self._catch_all.get(domain)
         catch_all = known[0] if known and known[1] > time.monotonic() else None
-        result = await self.prober.probe(mx.hosts, address, domain, catch_all=catch_all)
+        addresses: list[str] = []
+        for host in mx.hosts[:3]:
+            addresses.extend((await self.resolver.addresses(host))[:1])
+        result = await self.prober.probe(addresses, address, domain, catch_all=catch_all)
         if catch_all is None and result.catch_all is not None:
             self._catch_all[domain] = (result.catch_all, time.monotonic() + 3600)
         return result
 
     async def verify(self, task: Record, now: datetime) -> Record:
+        now = now.replace(microsecond=now.microsecond // 1000 * 1000)  # Avro keeps milliseconds
         ts = now.timestamp()
         probe = bool(task["smtp_probe"]) and self.prober is not None
         syntax = check_syntax(task["address"])

@@ -1,0 +1,88 @@
+"""A small authoritative DNS server on loopback (dnslib), serving the fake domains' zone."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+
+from dnslib import AAAA, MX, QTYPE, RCODE, RR, TXT, A, DNSRecord
+from dnslib.server import BaseResolver, DNSLogger, DNSServer
+
+__all__ = ["Zone", "ZoneServer"]
+
+
+@dataclass
+class Zone:
+    mx: dict[str, list[tuple[int, str]]] = field(default_factory=dict)
+    a: dict[str, str] = field(default_factory=dict)
+    aaaa: dict[str, str] = field(default_factory=dict)
+    txt: dict[str, str] = field(default_factory=dict)
+    # names that exist but have no records of the asked type are answered NOERROR/NODATA;
+    # names listed here are never answered (the client times out)
+    silent: set[str] = field(default_factory=set)
+
+    def exists(self, name: str) -> bool:
+        return any(name in table for table in (self.mx, self.a, self.aaaa, self.txt))
+
+
+class _Resolver(BaseResolver):  # type: ignore[misc]
+    def __init__(
+        self, zone: Zone, counts: dict[tuple[str, str], int], lock: threading.Lock
+    ) -> None:
+        self.zone = zone
+        self.counts = counts
+        self.lock = lock
+
+    def resolve(self, request: DNSRecord, handler: object) -> DNSRecord:
+        reply = request.reply()
+        q = request.q
+        name = str(q.qname).rstrip(".").lower()
+        qtype = QTYPE[q.qtype]
+        with self.lock:
+            self.counts[(name, qtype)] = self.counts.get((name, qtype), 0) + 1
+        if name in self.zone.silent:
+            time.sleep(5)  # longer than any client timeout in the tests
+            return reply
+        if not self.zone.exists(name):
+            reply.header.rcode = RCODE.NXDOMAIN
+            return reply
+        if qtype == "MX":
+            for pref, host in self.zone.mx.get(name, []):
+                reply.add_answer(RR(q.qname, QTYPE.MX, rdata=MX(host, pref), ttl=300))
+        elif qtype == "A" and name in self.zone.a:
+            reply.add_answer(RR(q.qname, QTYPE.A, rdata=A(self.zone.a[name]), ttl=300))
+        elif qtype == "AAAA" and name in self.zone.aaaa:
+            reply.add_answer(RR(q.qname, QTYPE.AAAA, rdata=AAAA(self.zone.aaaa[name]), ttl=300))
+        elif qtype == "TXT" and name in self.zone.txt:
+            reply.add_answer(RR(q.qname, QTYPE.TXT, rdata=TXT(self.zone.txt[name]), ttl=300))
+        return reply
+
+
+class ZoneServer:
+    """UDP DNS server on ``host:port`` answering from ``zone``; counts queries per (name, type)."""
+
+    def __init__(self, zone: Zone, host: str = "127.0.0.53", port: int = 0) -> None:
+        self.zone = zone
+        self.counts: dict[tuple[str, str], int] = {}
+        self._lock = threading.Lock()
+        quiet = DNSLogger("-request,-reply,-truncated,-error,-recv,-send,-data")
+        self.server = DNSServer(
+            _Resolver(zone, self.counts, self._lock), port=port, address=host, logger=quiet
+        )
+        self.host = host
+        self.port = self.server.server.server_address[1]
+
+    @property
+    def nameserver(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def queries(self, name: str, qtype: str) -> int:
+        with self._lock:
+            return self.counts.get((name, qtype), 0)
+
+    def start(self) -> None:
+        self.server.start_thread()
+
+    def stop(self) -> None:
+        self.server.stop()

@@ -1,0 +1,164 @@
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from streams.deadletter import SourcePosition
+from streams.errors import AuthError
+from streams.stages.admission import Limits
+from streams.stages.gate import decide
+from streams.tenants import ApiKey, Directory, Tenant, hash_key
+
+NOW = datetime(2026, 11, 23, 12, 0, 0, 250000, tzinfo=UTC)
+SRC = SourcePosition("postwire.requests", 0, 7)
+
+
+def directory(policy: str = "defer", probe: bool = False) -> Directory:
+    d = Directory()
+    d.tenants["acme"] = Tenant("acme", Limits(2, 100, 1000), policy, probe)
+    d.tenants["other"] = Tenant("other", Limits(2, 100, 1000), policy, probe)
+    d.keys[hash_key("good")] = ApiKey(
+        "k1", "acme", hash_key("good"), frozenset({"send", "verify"}), False
+    )
+    d.keys[hash_key("sendonly")] = ApiKey(
+        "k2", "acme", hash_key("sendonly"), frozenset({"send"}), False
+    )
+    d.keys[hash_key("old")] = ApiKey("k3", "acme", hash_key("old"), frozenset({"verify"}), True)
+    return d
+
+
+def request(**extra: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "request_id": "r1",
+        "tenant": "acme",
+        "api_key": "good",
+        "operation": "verify",
+        "idempotency_key": None,
+        "priority": "normal",
+        "smtp_probe": None,
+        "recipients": [
+            {"email": "a@x.example"},
+            {"email": "b@y.example"},
+            {"email": "a@x.example"},
+        ],
+        "categories": ["c"],
+        "custom_args": {},
+        "created_at": NOW,
+    }
+    base.update(extra)
+    return base
+
+
+def run(
+    req: dict[str, Any],
+    d: Directory | None = None,
+    entry: Any = None,
+    counts: dict[str, int] | None = None,
+) -> Any:
+    return decide(
+        req,
+        d or directory(),
+        entry,
+        counts or {},
+        NOW,
+        dedup_ttl=60,
+        source=SRC,
+        raw=b"raw",
+        key=b"acme",
+    )
+
+
+@pytest.mark.parametrize(
+    ("key", "tenant", "operation", "code"),
+    [
+        (None, "acme", "verify", "auth.missing_key"),
+        ("nope", "acme", "verify", "auth.bad_key"),
+        ("good", "other", "verify", "auth.bad_key"),  # another tenant's key
+        ("old", "acme", "verify", "auth.revoked_key"),
+        ("sendonly", "acme", "verify", "auth.scope"),
+    ],
+)
+def test_authentication_failures_are_dead_lettered(
+    key: str | None, tenant: str, operation: str, code: str
+) -> None:
+    result = run(request(api_key=key, tenant=tenant, operation=operation))
+    assert result.outcome == "rejected"
+    assert result.rejection["error_code"] == code
+    assert result.rejection["tenant"] == tenant
+    assert result.rejection["raw"] == b"raw"
+    assert not result.count
+
+
+def test_directory_authenticate_unknown_tenant() -> None:
+    d = directory()
+    d.keys[hash_key("ghost")] = ApiKey(
+        "k9", "ghost", hash_key("ghost"), frozenset({"verify"}), False
+    )
+    with pytest.raises(AuthError) as info:
+        d.authenticate("ghost", "ghost", "verify")
+    assert info.value.code == "auth.unknown_tenant"
+
+
+def test_admitted_verify_request_fans_out_one_task_per_distinct_address() -> None:
+    result = run(request())
+    assert result.outcome == "admitted"
+    assert result.count
+    assert [e["type"] for e in result.events] == ["processed"]
+    assert [(domain, t["address"]) for domain, t in result.tasks] == [
+        ("x.example", "a@x.example"),
+        ("y.example", "b@y.example"),
+    ]
+    assert all(t["smtp_probe"] is False for _, t in result.tasks)
+    assert result.dedup_key is None  # no idempotency key, nothing to remember
+
+
+def test_probe_flag_from_request_or_tenant_default() -> None:
+    assert all(t["smtp_probe"] for _, t in run(request(), directory(probe=True)).tasks)
+    assert not any(
+        t["smtp_probe"] for _, t in run(request(smtp_probe=False), directory(probe=True)).tasks
+    )
+    # validate never probes
+    assert not any(
+        t["smtp_probe"] for _, t in run(request(operation="validate", smtp_probe=True)).tasks
+    )
+
+
+def test_duplicate_idempotency_key_is_dropped() -> None:
+    entry = {"request_id": "r0", "expires": NOW.timestamp() + 10}
+    result = run(request(idempotency_key="k"), entry=entry)
+    assert result.outcome == "duplicate"
+    assert [(e["type"], e["reason"]) for e in result.events] == [("dropped", "duplicate")]
+    assert not result.tasks
+
+
+def test_first_idempotency_key_is_remembered() -> None:
+    result = run(request(idempotency_key="k"))
+    assert result.dedup_key == "acme\x1fk"
+    assert result.dedup_entry == {"request_id": "r1", "expires": NOW.timestamp() + 60}
+
+
+def test_over_the_limit_defers_by_default() -> None:
+    result = run(request(idempotency_key="k"), counts={"second": 2})
+    assert result.outcome == "deferred"
+    assert result.defer_for == pytest.approx(0.75)
+    assert result.events[0]["type"] == "deferred"
+    assert result.events[0]["retry_after_ms"] == 751
+    assert result.dedup_entry is not None  # the key is owned by the deferred request
+    assert not result.count
+
+
+def test_over_the_limit_with_reject_policy_is_throttled() -> None:
+    result = run(request(), directory(policy="reject"), counts={"second": 2})
+    assert result.outcome == "throttled"
+    event = result.events[0]
+    assert (event["type"], event["reason"]) == ("throttled", "rate_limit:second")
+    assert event["retry_after_ms"] == 751
+
+
+def test_event_ids_are_stable() -> None:
+    assert run(request()).events[0]["event_id"] == run(request()).events[0]["event_id"]
+    assert (
+        run(request()).events[0]["event_id"] != run(request(request_id="r2")).events[0]["event_id"]
+    )
