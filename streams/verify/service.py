@@ -6,6 +6,7 @@ their changelogs), dicts in tests. Values are JSON-safe dicts with an ``expires`
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, MutableMapping
 from datetime import UTC, datetime
@@ -15,7 +16,7 @@ from streams.codec import Record
 from streams.verify.dns import MxAnswer, MxResolver
 from streams.verify.lists import Lists
 from streams.verify.probe import ProbeResult, SmtpProber
-from streams.verify.syntax import check_syntax
+from streams.verify.syntax import SyntaxResult, check_syntax
 from streams.verify.verdict import apply_suppression, build_result, cache_ttl, judge
 
 __all__ = ["Verifier"]
@@ -53,6 +54,8 @@ class Verifier:
         self.mx_max_ttl = mx_max_ttl
         self.suppressed = suppressed
         self._catch_all: dict[str, tuple[bool, float]] = {}
+        # concurrent checks of one address share the first one's work (and its SMTP probe)
+        self._inflight: dict[str, asyncio.Future[None]] = {}
 
     async def mx(self, domain: str, now: float) -> MxAnswer:
         hit = self.mx_cache.get(domain)
@@ -82,6 +85,9 @@ class Verifier:
         probe = bool(task["smtp_probe"]) and self.prober is not None
         syntax = check_syntax(task["address"])
         cache_key = f"{(syntax.normalized or task['address']).lower()}\x1f{int(probe)}"
+        pending = self._inflight.get(cache_key)
+        if pending is not None:
+            await asyncio.shield(pending)
         hit = self.verdict_cache.get(cache_key)
         if hit is not None and hit["expires"] > ts:
             result = dict(hit["result"])
@@ -94,23 +100,36 @@ class Verifier:
                 verified_at=_from_ms(result["verified_at"]),
             )
         else:
-            mx = misc = smtp = None
-            if syntax.valid:
-                assert syntax.ascii_domain is not None
-                assert syntax.local_part is not None
-                mx = await self.mx(syntax.ascii_domain, ts)
-                misc = self.lists.flags(syntax.local_part, syntax.ascii_domain)
-                if probe and mx.accepts_mail and mx.hosts:
-                    smtp = await self._probe(
-                        mx, syntax.normalized or task["address"], syntax.ascii_domain
-                    )
-            verdict = judge(syntax, mx, misc, smtp)
-            result = build_result(task, syntax, mx, misc, smtp, verdict, now)
-            stored = {**result, "verified_at": _to_ms(now), "requested_at": None}
-            self.verdict_cache[cache_key] = {
-                "result": stored,
-                "expires": ts + cache_ttl(verdict, smtp is not None),
-            }
+            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._inflight[cache_key] = done
+            try:
+                result = await self._fresh(task, syntax, now, probe, cache_key)
+            finally:
+                del self._inflight[cache_key]
+                done.set_result(None)
         if self.suppressed(task["tenant"], syntax.normalized or task["address"]):
             result = apply_suppression(result)
+        return result
+
+    async def _fresh(
+        self, task: Record, syntax: SyntaxResult, now: datetime, probe: bool, cache_key: str
+    ) -> Record:
+        ts = now.timestamp()
+        mx = misc = smtp = None
+        if syntax.valid:
+            assert syntax.ascii_domain is not None
+            assert syntax.local_part is not None
+            mx = await self.mx(syntax.ascii_domain, ts)
+            misc = self.lists.flags(syntax.local_part, syntax.ascii_domain)
+            if probe and mx.accepts_mail and mx.hosts:
+                smtp = await self._probe(
+                    mx, syntax.normalized or task["address"], syntax.ascii_domain
+                )
+        verdict = judge(syntax, mx, misc, smtp)
+        result = build_result(task, syntax, mx, misc, smtp, verdict, now)
+        stored = {**result, "verified_at": _to_ms(now), "requested_at": None}
+        self.verdict_cache[cache_key] = {
+            "result": stored,
+            "expires": ts + cache_ttl(verdict, smtp is not None),
+        }
         return result

@@ -151,3 +151,16 @@ async def test_probes_never_send_data(world: World, verifier: Verifier) -> None:
     for address in ("alice@normal.example", "anyone@catchall.example", "full@full.example"):
         await check(verifier, address)
     assert all(server.count("data") == 0 for server in world.mx.values())
+
+
+async def test_concurrent_checks_of_one_address_share_one_probe(
+    verifier: Verifier, world: World
+) -> None:
+    import asyncio
+
+    server = world.mx["amx"]
+    before = server.count("rcpt")
+    results = await asyncio.gather(*(check(verifier, "carol@amx.example") for _ in range(5)))
+    assert sorted(r["cached"] for r in results) == [False, True, True, True, True]
+    assert {r["is_reachable"] for r in results} == {"safe"}
+    assert server.count("rcpt") - before <= 2  # the address, plus at most one catch-all check
