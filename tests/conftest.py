@@ -58,8 +58,14 @@ def world() -> Iterator[World]:
 
 
 @pytest.fixture(scope="session")
-async def stack(tmp_path_factory: pytest.TempPathFactory, world: World) -> AsyncIterator[Settings]:
-    """The session's running pipeline; yields the settings that point at it."""
+async def stack(pipeline: Stack) -> Settings:
+    """Settings pointing at the session's running pipeline."""
+    return pipeline.settings
+
+
+@pytest.fixture(scope="session")
+async def pipeline(tmp_path_factory: pytest.TempPathFactory, world: World) -> AsyncIterator[Stack]:
+    """The session's running pipeline: Kafka, PostgreSQL, the worker and the sinks."""
     data_dir = tmp_path_factory.mktemp("stack")
     overrides: dict[str, object] = {}
     if os.environ.get("POSTWIRE_KAFKA_BOOTSTRAP"):
@@ -78,6 +84,6 @@ async def stack(tmp_path_factory: pytest.TempPathFactory, world: World) -> Async
     running = Stack(settings, workers=True)
     await running.start(detach=False)
     try:
-        yield settings
+        yield running
     finally:
         running.stop()

@@ -207,7 +207,15 @@ class EmbeddedKafka:
 
     def _format(self, base: list[str], props: Path) -> None:
         cluster_id = _kafka_cluster_id()
-        cmd = [*base, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props)]
+        # "--cluster-id=X": an id may start with "-", which argparse would take for an option
+        cmd = [
+            *base,
+            "kafka.tools.StorageTool",
+            "format",
+            f"--cluster-id={cluster_id}",
+            "-c",
+            str(props),
+        ]
         result = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if result.returncode != 0:
             raise StackError(f"formatting Kafka storage failed: {result.stdout}{result.stderr}")

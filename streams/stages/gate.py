@@ -18,13 +18,15 @@ from streams.codec import Codec, Record
 from streams.deadletter import SourcePosition, rejection
 from streams.errors import AuthError, CodecError
 from streams.events import make_event
-from streams.stages.admission import Dedup, Throttle, dedup_decide, rate_decide
+from streams.stages.admission import Admit, Dedup, Throttle, dedup_decide, rate_decide
 from streams.tenants import Directory
 from streams.verify.syntax import split_domain
 
 __all__ = ["STAGE", "Accept", "GateResult", "Reject", "admit", "decide", "verify_tasks"]
 
 STAGE = "gate"
+# how long a rate decision is remembered for replays; redeliveries come within minutes
+MEMO_TTL = 3600.0
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,7 @@ class GateResult:
     dedup_entry: dict[str, Any] | None = None
     count: bool = False
     defer_for: float | None = None
+    memo_entry: dict[str, Any] | None = None
 
 
 def verify_tasks(request: Record, smtp_probe: bool) -> list[tuple[str, Record]]:
@@ -99,7 +102,11 @@ def decide(
     raw: bytes,
     key: bytes | None,
     deferrals: int = 0,
+    memo: dict[str, Any] | None = None,
 ) -> GateResult:
+    """``memo``: the rate decision already taken for this request and attempt, when it is being
+    processed again (a redelivery after a crash or rebalance). Reusing it keeps the window
+    counts exact: a replayed request is neither counted twice nor throttled by its own count."""
     tenant_id = request["tenant"]
     try:
         tenant = directory.authenticate(tenant_id, request["api_key"], request["operation"])
@@ -122,7 +129,21 @@ def decide(
         if verdict is Dedup.DUPLICATE:
             event = make_event("dropped", tenant_id, now, reason="duplicate", **common)
             return GateResult("duplicate", events=[event])
-    decision = rate_decide(counts, tenant.limits, ts)
+    if memo is not None:
+        decision: Admit | Throttle = (
+            Admit() if memo["window"] is None else Throttle(memo["window"], memo["retry_after"])
+        )
+    else:
+        decision = rate_decide(counts, tenant.limits, ts)
+    memo_entry = (
+        None
+        if memo is not None
+        else {
+            "window": decision.window if isinstance(decision, Throttle) else None,
+            "retry_after": decision.retry_after if isinstance(decision, Throttle) else 0.0,
+            "expires": ts + MEMO_TTL,
+        }
+    )
     if isinstance(decision, Throttle):
         retry_ms = int(decision.retry_after * 1000) + 1
         reason = f"rate_limit:{decision.window}"
@@ -130,7 +151,7 @@ def decide(
             event = make_event(
                 "throttled", tenant_id, now, reason=reason, retry_after_ms=retry_ms, **common
             )
-            return GateResult("throttled", events=[event])
+            return GateResult("throttled", events=[event], memo_entry=memo_entry)
         event = make_event(
             "deferred",
             tenant_id,
@@ -147,6 +168,7 @@ def decide(
             dedup_key=dedup_key,
             dedup_entry=new_entry,
             defer_for=decision.retry_after,
+            memo_entry=memo_entry,
         )
     processed = make_event("processed", tenant_id, now, **common)
     tasks = []
@@ -159,7 +181,8 @@ def decide(
         tasks=tasks,
         dedup_key=dedup_key,
         dedup_entry=new_entry,
-        count=True,
+        count=memo is None,
+        memo_entry=memo_entry,
     )
 
 
@@ -178,6 +201,7 @@ def register(
 
     topics = settings.topics
     dedup = app.Table(f"{settings.app_id}-dedup", default=None, partitions=settings.partitions)
+    memos = app.Table(f"{settings.app_id}-decisions", default=None, partitions=settings.partitions)
     windows = {
         name: app.Table(
             f"{settings.app_id}-rate-{name}", default=int, partitions=settings.partitions
@@ -205,6 +229,10 @@ def register(
             entry = dedup.get(f"{tenant}\x1f{idem}") if idem else None
             counts = {name: windows[name][tenant].value() for name, _ in WINDOWS}
             deferrals = int(header(event.headers, "postwire-deferrals") or b"0")
+            memo_key = f"{request['request_id']}\x1f{deferrals}"
+            memo = memos.get(memo_key)
+            if memo is not None and float(memo["expires"]) <= now.timestamp():
+                memo = None
             result = decide(
                 request,
                 directory.current,
@@ -216,12 +244,16 @@ def register(
                 raw=event.value,
                 key=event.key,
                 deferrals=deferrals,
+                memo=memo,
             )
+            if result.memo_entry is not None:
+                memos[memo_key] = result.memo_entry
             if result.dedup_key is not None and result.dedup_entry is not None:
                 dedup[result.dedup_key] = result.dedup_entry
             if result.count:
                 for name, _ in WINDOWS:
                     windows[name][tenant] += 1
+            if result.outcome == "admitted":
                 await outputs.accepted.send(key=event.key, value=event.value)
             if result.rejection is not None:
                 await outputs.rejection(result.rejection)
@@ -259,8 +291,9 @@ def register(
     @app.timer(60.0)
     async def purge_dedup() -> None:
         now = clock().timestamp()
-        expired = [k for k, v in list(dedup.items()) if v and float(v["expires"]) <= now]
-        for k in expired:
-            del dedup[k]
+        for table in (dedup, memos):
+            expired = [k for k, v in list(table.items()) if v and float(v["expires"]) <= now]
+            for k in expired:
+                del table[k]
 
     return gate, deferral

@@ -162,3 +162,44 @@ def test_event_ids_are_stable() -> None:
     assert (
         run(request()).events[0]["event_id"] != run(request(request_id="r2")).events[0]["event_id"]
     )
+
+
+def test_a_replayed_request_repeats_its_decision_without_counting_again() -> None:
+    first = run(request())
+    assert first.memo_entry is not None
+    assert first.memo_entry["window"] is None
+    # the window is now full, but this is the same request processed again
+    again = decide(
+        request(),
+        directory(),
+        None,
+        {"second": 2},
+        NOW,
+        dedup_ttl=60,
+        source=SRC,
+        raw=b"raw",
+        key=b"acme",
+        memo=first.memo_entry,
+    )
+    assert again.outcome == "admitted"
+    assert not again.count
+    assert again.memo_entry is None
+    assert again.events[0]["event_id"] == first.events[0]["event_id"]
+
+
+def test_a_replayed_throttle_stays_throttled() -> None:
+    first = run(request(), directory(policy="reject"), counts={"second": 2})
+    again = decide(
+        request(),
+        directory(policy="reject"),
+        None,
+        {},
+        NOW,
+        dedup_ttl=60,
+        source=SRC,
+        raw=b"raw",
+        key=b"acme",
+        memo=first.memo_entry,
+    )
+    assert again.outcome == "throttled"
+    assert again.events[0]["event_id"] == first.events[0]["event_id"]
