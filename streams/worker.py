@@ -18,7 +18,10 @@ STAGES = ("gate", "verify")
 
 
 def create_app(
-    settings: Settings, stages: tuple[str, ...] = STAGES, clock: Clock = wall_clock
+    settings: Settings,
+    stages: tuple[str, ...] = STAGES,
+    clock: Clock = wall_clock,
+    directory: DirectoryHolder | None = None,
 ) -> faust.App:
     app = faust.App(
         settings.app_id,
@@ -42,7 +45,7 @@ def create_app(
     if unknown:
         raise ValueError(f"unknown stage(s) {sorted(unknown)}; known: {', '.join(STAGES)}")
     outputs = Outputs(app, settings, codec)
-    directory = DirectoryHolder(settings)
+    directory = directory or DirectoryHolder(settings)
     directory.install(app)
     if "gate" in stages:
         gate.register(app, settings, codec, outputs, directory, clock)
@@ -57,6 +60,8 @@ def run_worker(settings: Settings, stages: tuple[str, ...] = STAGES) -> None:
         import uvloop
 
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    app = create_app(settings, stages)
+    directory = DirectoryHolder(settings)
+    directory.preload()
+    app = create_app(settings, stages, directory=directory)
     worker = faust.Worker(app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False)
     worker.execute_from_commandline()

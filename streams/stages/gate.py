@@ -186,8 +186,40 @@ def decide(
     )
 
 
+def unknown_credentials(result: GateResult) -> bool:
+    """A rejection that a fresher tenant directory might turn into an admission."""
+    return result.rejection is not None and result.rejection["error_code"] in (
+        "auth.bad_key",
+        "auth.unknown_tenant",
+    )
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+async def emit(
+    outputs: Any, codec: Codec, event: Any, result: GateResult, now: datetime, deferrals: int
+) -> None:
+    """Send what one gate decision produced; the raw request is forwarded, never re-encoded."""
+    if result.outcome == "admitted":
+        await outputs.accepted.send(key=event.key, value=event.value)
+    if result.rejection is not None:
+        await outputs.rejection(result.rejection)
+    for ev in result.events:
+        await outputs.event(ev)
+    for domain, task in result.tasks:
+        await outputs.verify.send(key=domain.encode(), value=codec.encode("VerifyTask", task))
+    if result.defer_for is not None:
+        not_before = int((now.timestamp() + result.defer_for) * 1000)
+        await outputs.deferred.send(
+            key=event.key,
+            value=event.value,
+            headers={
+                "postwire-not-before": str(not_before).encode(),
+                "postwire-deferrals": str(deferrals + 1).encode(),
+            },
+        )
 
 
 def register(
@@ -233,19 +265,24 @@ def register(
             memo = memos.get(memo_key)
             if memo is not None and float(memo["expires"]) <= now.timestamp():
                 memo = None
-            result = decide(
-                request,
-                directory.current,
-                entry,
-                counts,
-                now,
-                dedup_ttl=settings.dedup_ttl,
-                source=position,
-                raw=event.value,
-                key=event.key,
-                deferrals=deferrals,
-                memo=memo,
-            )
+            for attempt in (1, 2):
+                result = decide(
+                    request,
+                    directory.current,
+                    entry,
+                    counts,
+                    now,
+                    dedup_ttl=settings.dedup_ttl,
+                    source=position,
+                    raw=event.value,
+                    key=event.key,
+                    deferrals=deferrals,
+                    memo=memo,
+                )
+                if not (attempt == 1 and unknown_credentials(result)):
+                    break
+                if not await directory.refresh_for_miss():
+                    break
             if result.memo_entry is not None:
                 memos[memo_key] = result.memo_entry
             if result.dedup_key is not None and result.dedup_entry is not None:
@@ -253,26 +290,7 @@ def register(
             if result.count:
                 for name, _ in WINDOWS:
                     windows[name][tenant] += 1
-            if result.outcome == "admitted":
-                await outputs.accepted.send(key=event.key, value=event.value)
-            if result.rejection is not None:
-                await outputs.rejection(result.rejection)
-            for ev in result.events:
-                await outputs.event(ev)
-            for domain, task in result.tasks:
-                await outputs.verify.send(
-                    key=domain.encode(), value=codec.encode("VerifyTask", task)
-                )
-            if result.defer_for is not None:
-                not_before = int((now.timestamp() + result.defer_for) * 1000)
-                await outputs.deferred.send(
-                    key=event.key,
-                    value=event.value,
-                    headers={
-                        "postwire-not-before": str(not_before).encode(),
-                        "postwire-deferrals": str(deferrals + 1).encode(),
-                    },
-                )
+            await emit(outputs, codec, event, result, now, deferrals)
 
     @app.agent(raw_topic(app, topics.deferred), name=f"{settings.app_id}.deferral")
     async def deferral(stream: Any) -> None:

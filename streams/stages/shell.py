@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -19,6 +20,7 @@ __all__ = ["Clock", "DirectoryHolder", "Outputs", "header", "raw_topic", "wall_c
 
 log = logging.getLogger("postwire.stages")
 Clock = Callable[[], datetime]
+MISS_RELOAD_GAP = 1.0
 
 
 def wall_clock() -> datetime:
@@ -70,6 +72,17 @@ class DirectoryHolder:
         self.current = Directory()
         self.ready = asyncio.Event()
         self._pool: asyncpg.Pool[Any] | None = None
+        self._loaded_at = 0.0
+
+    async def refresh_for_miss(self) -> bool:
+        """Reload now because a key or tenant was not found: a key created a moment ago must work
+        at once. At most one such reload per ``MISS_RELOAD_GAP`` s, so a flood of bad keys cannot
+        hammer PostgreSQL. True when a newer snapshot was loaded."""
+        if time.monotonic() - self._loaded_at < MISS_RELOAD_GAP:
+            return False
+        before = self._loaded_at
+        await self.refresh()
+        return self._loaded_at != before
 
     async def refresh(self) -> None:
         try:
@@ -77,10 +90,33 @@ class DirectoryHolder:
                 self._pool = await asyncpg.create_pool(self.settings.dsn, min_size=1, max_size=1)
             async with self._pool.acquire() as conn:
                 self.current = await load_directory(conn, self.settings)
+            self._loaded_at = time.monotonic()
             self.ready.set()
         except (OSError, asyncpg.PostgresError) as exc:
             # keep serving the last snapshot; a gate without any snapshot waits on `ready`
             log.warning("tenant directory refresh failed, keeping the previous one: %s", exc)
+
+    def preload(self) -> None:
+        """Load the first snapshot before the worker consumes anything (blocking, own loop).
+
+        Requests that arrive while a fresh worker recovers its tables would otherwise wait on
+        ``ready`` inside the agent, and faust's seek to the committed offsets at the end of
+        recovery can leave such a stream stalled."""
+
+        async def load() -> None:
+            conn = await asyncpg.connect(self.settings.dsn)
+            try:
+                self.current = await load_directory(conn, self.settings)
+            finally:
+                await conn.close()
+
+        try:
+            asyncio.run(load())
+        except (OSError, asyncpg.PostgresError) as exc:
+            log.warning("tenant directory not loaded at start, the gate waits for it: %s", exc)
+            return
+        self._loaded_at = time.monotonic()
+        self.ready.set()
 
     def install(self, app: faust.App) -> None:
         @app.timer(self.settings.directory_refresh, on_leader=False)

@@ -8,7 +8,7 @@ import pytest
 from streams.deadletter import SourcePosition
 from streams.errors import AuthError
 from streams.stages.admission import Limits
-from streams.stages.gate import decide
+from streams.stages.gate import decide, unknown_credentials
 from streams.tenants import ApiKey, Directory, Tenant, hash_key
 
 NOW = datetime(2026, 11, 23, 12, 0, 0, 250000, tzinfo=UTC)
@@ -89,6 +89,23 @@ def test_authentication_failures_are_dead_lettered(
     assert result.rejection["tenant"] == tenant
     assert result.rejection["raw"] == b"raw"
     assert not result.count
+
+
+@pytest.mark.parametrize(
+    ("key", "tenant", "retry"),
+    [
+        ("nope", "acme", True),
+        ("good", "other", True),
+        ("old", "acme", False),
+        (None, "acme", False),
+    ],
+)
+def test_only_unknown_credentials_ask_for_a_fresh_directory(
+    key: str | None, tenant: str, retry: bool
+) -> None:
+    # a key created a moment ago may be missing from the snapshot; a revoked or absent one is not
+    assert unknown_credentials(run(request(api_key=key, tenant=tenant))) is retry
+    assert not unknown_credentials(run(request()))
 
 
 def test_directory_authenticate_unknown_tenant() -> None:
