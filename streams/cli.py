@@ -27,6 +27,12 @@ db_app = typer.Typer(help="Database commands.", no_args_is_help=True)
 schemas_app = typer.Typer(help="Avro contract commands.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(schemas_app, name="schemas")
+bench_app = typer.Typer(
+    help="Benchmarks, with baselines measured in the same run.", no_args_is_help=True
+)
+app.add_typer(bench_app, name="bench")
+tenant_app = typer.Typer(help="Tenants and their API keys.", no_args_is_help=True)
+app.add_typer(tenant_app, name="tenant")
 
 out = Console()
 err = Console(stderr=True)
@@ -172,6 +178,133 @@ def db_migrate() -> None:
         out.print("database is up to date")
     for m in applied:
         out.print(f"applied {m.version:04d}_{m.name}")
+
+
+async def _with_db(work: Any) -> Any:
+    import asyncpg
+
+    conn = await asyncpg.connect(_settings().dsn)
+    try:
+        return await work(conn)
+    finally:
+        await conn.close()
+
+
+@tenant_app.command("add")
+def tenant_add(
+    tenant_id: Annotated[str, typer.Argument(help="Tenant id, as producers put it in requests.")],
+    per_second: Annotated[int | None, typer.Option(help="Override the default limit.")] = None,
+    per_minute: Annotated[int | None, typer.Option(help="Override the default limit.")] = None,
+    per_hour: Annotated[int | None, typer.Option(help="Override the default limit.")] = None,
+    policy: Annotated[
+        str, typer.Option(help="Over the limit: defer (retry after the window) or reject.")
+    ] = "defer",
+    smtp_probe: Annotated[bool, typer.Option(help="Probe SMTP by default on verify.")] = False,
+    key: Annotated[bool, typer.Option(help="Also create an API key and print it.")] = True,
+) -> None:
+    """Create or update a tenant (limits, throttle policy), optionally with a new API key."""
+    from streams.tenants import create_api_key, create_tenant
+
+    if policy not in ("defer", "reject"):
+        err.print(f"[bold red]error:[/] --policy must be defer or reject, not {policy!r}")
+        raise typer.Exit(2)
+
+    async def work(conn: Any) -> tuple[str, str] | None:
+        await create_tenant(
+            conn,
+            tenant_id,
+            policy=policy,
+            per_second=per_second,
+            per_minute=per_minute,
+            per_hour=per_hour,
+            smtp_probe=smtp_probe,
+        )
+        return await create_api_key(conn, tenant_id) if key else None
+
+    created = _run(_with_db(work))
+    out.print(f"tenant {tenant_id} saved; the gate picks it up within a few seconds")
+    if created:
+        key_id, secret = created
+        out.print(f"api key {key_id}: {secret}")
+        err.print("[dim]only its sha256 is stored: keep the key now, it cannot be shown again[/]")
+
+
+@tenant_app.command("key")
+def tenant_key(tenant_id: Annotated[str, typer.Argument(help="An existing tenant.")]) -> None:
+    """Create another API key for a tenant (keys are rotated by adding, then revoking)."""
+    import asyncpg
+
+    from streams.tenants import create_api_key
+
+    async def work(conn: Any) -> tuple[str, str]:
+        return await create_api_key(conn, tenant_id)
+
+    try:
+        key_id, secret = _run(_with_db(work))
+    except asyncpg.ForeignKeyViolationError:
+        err.print(
+            f"[bold red]error:[/] no tenant {tenant_id!r}; create it with `postwire tenant add`"
+        )
+        raise typer.Exit(1) from None
+    out.print(f"api key {key_id}: {secret}")
+
+
+@tenant_app.command("revoke")
+def tenant_revoke(key_id: Annotated[str, typer.Argument(help="The key id (k_...).")]) -> None:
+    """Revoke an API key; the gate refuses it after its next directory refresh."""
+
+    async def work(conn: Any) -> str:
+        return str(
+            await conn.execute(
+                "UPDATE api_keys SET revoked_at = now() WHERE key_id = $1 AND revoked_at IS NULL",
+                key_id,
+            )
+        )
+
+    if _run(_with_db(work)) == "UPDATE 0":
+        err.print(f"[bold red]error:[/] no active key {key_id!r}")
+        raise typer.Exit(1)
+    out.print(f"revoked {key_id}")
+
+
+@bench_app.command("verify")
+def bench_verify(
+    requests: Annotated[int, typer.Option(help="Requests to measure.")] = 20000,
+    rate: Annotated[float | None, typer.Option(help="Publish at this many requests/s.")] = None,
+    workers: Annotated[int, typer.Option(help="faust worker processes.")] = 2,
+    partitions: Annotated[int, typer.Option(help="Partitions per topic.")] = 4,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
+) -> None:
+    """Throughput and request-to-row latency of the verification pipeline (MX warm)."""
+    import dataclasses
+    import json
+
+    from streams.bench.verify import run_verify_bench
+
+    def progress(message: str) -> None:
+        if not as_json:
+            err.print(f"[dim]{message}[/]")
+
+    result = _run(run_verify_bench(requests, rate, workers, partitions, progress))
+    if as_json:
+        figures = dataclasses.asdict(result)
+        figures.update(vs_passthrough=result.vs_passthrough, vs_copy=result.vs_copy)
+        out.print_json(json.dumps(figures))
+        return
+    grid = Table("measure", "value")
+    grid.add_row("requests", f"{result.requests:,}")
+    grid.add_row("publish rate", "as fast as possible" if rate is None else f"{rate:,.0f}/s")
+    grid.add_row("worker processes", str(result.workers))
+    grid.add_row("pipeline requests/s", f"{result.requests_per_s:,.0f}")
+    grid.add_row(
+        "latency p50 / p95 / p99",
+        f"{result.p50_ms:,.0f} / {result.p95_ms:,.0f} / {result.p99_ms:,.0f} ms",
+    )
+    grid.add_row("aiokafka pass-through msg/s", f"{result.passthrough_per_s:,.0f}")
+    grid.add_row("asyncpg COPY rows/s", f"{result.copy_per_s:,.0f}")
+    grid.add_row("pipeline / pass-through", f"{result.vs_passthrough:.2f}")
+    grid.add_row("pipeline / COPY", f"{result.vs_copy:.2f}")
+    out.print(grid)
 
 
 @schemas_app.command("snapshot")
