@@ -70,6 +70,8 @@ class Settings(BaseSettings):
 
     # faust worker
     app_id: str = "postwire"
+    # faust worker processes `postwire up` starts; partitions spread over them (one per core)
+    worker_processes: int = Field(default=1, ge=1)
     worker_web_port: int = 6066
     # a single-node cluster rebalances in well under a second; the 60 s faust defaults only
     # make restarts and tests slow

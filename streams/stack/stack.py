@@ -24,7 +24,7 @@ from streams.topics import ensure_topics
 __all__ = ["STOP_ORDER", "Stack", "StackInfo", "stop_detached"]
 
 # applications first so they flush and commit while Kafka and PostgreSQL are still there
-STOP_ORDER = ("sinks", "worker", "kafka", "postgres")
+STOP_ORDER = ("sinks", "worker", *(f"worker{i}" for i in range(1, 16)), "kafka", "postgres")
 
 
 @dataclass
@@ -86,15 +86,25 @@ class Stack:
         env["POSTWIRE_DATABASE_URL"] = self.settings.dsn
         return env
 
-    def _app(self, name: str, *args: str) -> ManagedProcess:
+    def _app(self, name: str, *args: str, env: dict[str, str] | None = None) -> ManagedProcess:
         return ManagedProcess(
             name=name,
             argv=[sys.executable, "-m", "streams", *args],
             log_path=self.settings.data_dir / "logs" / f"{name}.log",
             pid_path=_run_dir(self.settings) / f"{name}.pid",
-            env=self._child_env(),
+            env={**self._child_env(), **(env or {})},
             stop_timeout=30.0,
         )
+
+    def _workers(self) -> list[ManagedProcess]:
+        workers = [self._app("worker", "worker")]
+        for i in range(1, self.settings.worker_processes):
+            # each faust worker serves its own web port (metrics, health)
+            port = str(self.settings.worker_web_port + i)
+            workers.append(
+                self._app(f"worker{i}", "worker", env={"POSTWIRE_WORKER_WEB_PORT": port})
+            )
+        return workers
 
     def _all(self) -> dict[str, ManagedProcess]:
         found = {p.name: p for p in self.apps}
@@ -129,7 +139,7 @@ class Stack:
             self.info.topics_created = await ensure_topics(self.settings)
             await apply_migrations(self.settings.dsn)
             if self.workers:
-                self.apps = [self._app("worker", "worker"), self._app("sinks", "sink")]
+                self.apps = [*self._workers(), self._app("sinks", "sink")]
                 for app in self.apps:
                     app.start(detach=detach)
         except BaseException:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import UTC, datetime
 
@@ -11,15 +12,29 @@ from aiokafka import AIOKafkaProducer
 
 from streams.codec import Codec
 from streams.settings import Settings
+from streams.tenants import create_api_key, create_tenant
 from tests.integration.helpers import eventually
 
 pytestmark = pytest.mark.integration
 
 
-def _request(tenant: str, i: int) -> dict[str, object]:
+async def _tenant(settings: Settings) -> tuple[str, str]:
+    tenant = f"tenant-{uuid.uuid4().hex[:6]}"
+    conn = await asyncpg.connect(settings.dsn)
+    try:
+        await create_tenant(conn, tenant)
+        _, key = await create_api_key(conn, tenant)
+    finally:
+        await conn.close()
+    await asyncio.sleep(settings.directory_refresh * 2)  # the gate's directory picks it up
+    return tenant, key
+
+
+def _request(tenant: str, i: int, key: str) -> dict[str, object]:
     return {
         "request_id": str(uuid.uuid4()),
         "tenant": tenant,
+        "api_key": key,
         "operation": "verify" if i % 2 else "send",
         "idempotency_key": f"k{i}",
         "priority": "bulk" if i % 3 == 0 else "normal",
@@ -30,8 +45,8 @@ def _request(tenant: str, i: int) -> dict[str, object]:
 
 
 async def test_requests_and_rejections_land_in_postgres(stack: Settings, codec: Codec) -> None:
-    tenant = f"tenant-{uuid.uuid4().hex[:6]}"
-    requests = [_request(tenant, i) for i in range(200)]
+    tenant, key = await _tenant(stack)
+    requests = [_request(tenant, i, key) for i in range(200)]
     wrong_type = codec.encode(
         "DeliveryEvent",
         {"event_id": "e1", "tenant": tenant, "type": "opened", "occurred_at": datetime.now(UTC)},
@@ -86,8 +101,8 @@ async def test_requests_and_rejections_land_in_postgres(stack: Settings, codec: 
 
 
 async def test_replaying_the_same_records_adds_no_rows(stack: Settings, codec: Codec) -> None:
-    tenant = f"tenant-{uuid.uuid4().hex[:6]}"
-    requests = [_request(tenant, i) for i in range(50)]
+    tenant, key = await _tenant(stack)
+    requests = [_request(tenant, i, key) for i in range(50)]
     producer = AIOKafkaProducer(bootstrap_servers=stack.bootstrap, acks="all")
     await producer.start()
     conn = await asyncpg.connect(stack.dsn)
@@ -106,7 +121,7 @@ async def test_replaying_the_same_records_adds_no_rows(stack: Settings, codec: C
             await producer.flush()
             assert await eventually(count, lambda n: n == 50) == 50
         # give the replayed copies time to reach the sink; the count must stay put
-        marker = _request(tenant, 999)
+        marker = _request(tenant, 999, key)
         await producer.send_and_wait(
             stack.topics.requests, codec.encode("EmailRequest", marker), key=tenant.encode()
         )

@@ -144,7 +144,7 @@ async def test_mixed_batch_books_balance(stack: Settings, codec: Codec) -> None:
         *(e["request_id"] for e in throttled),
     ]
     assert len(buckets) == len(set(buckets))
-    assert len(b["admitted"]) == len(requests) + 1 + 5 + 6
+    assert len(b["admitted"]) == len(requests) + 1 + 5 + 6, [r["error_code"] for r in b["rejected"]]
     assert [e["request_id"] for e in dropped] == [second["request_id"]]
     assert dropped[0]["reason"] == "duplicate"
     assert len(throttled) == 3

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from tests.peers.dns_server import Zone, ZoneServer
+from streams.bench.dns_server import Zone, ZoneServer
 from tests.peers.smtp_servers import MxBehaviour, MxServer, StallServer, free_port_on
 
 __all__ = ["World", "start_world"]

@@ -1,0 +1,190 @@
+"""`postwire bench verify`: the whole verification pipeline on a throwaway embedded stack with a
+loopback DNS server, MX answers warm in the cache; throughput and request-to-row latency, next
+to raw aiokafka pass-through and asyncpg COPY measured in the same run."""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+from aiokafka import AIOKafkaProducer
+
+from streams.bench.baselines import aiokafka_passthrough_rate, copy_rate
+from streams.bench.dns_server import Zone, ZoneServer
+from streams.codec import default_codec
+from streams.settings import Settings
+from streams.stack.stack import Stack
+from streams.tenants import create_api_key, create_tenant
+
+__all__ = ["VerifyBenchResult", "run_verify_bench"]
+
+DOMAINS = 50
+
+
+@dataclass
+class VerifyBenchResult:
+    requests: int
+    rate_target: float | None
+    seconds: float
+    requests_per_s: float
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    passthrough_per_s: float
+    copy_per_s: float
+    workers: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def vs_passthrough(self) -> float:
+        return self.requests_per_s / self.passthrough_per_s
+
+    @property
+    def vs_copy(self) -> float:
+        return self.requests_per_s / self.copy_per_s
+
+
+def _zone() -> Zone:
+    zone = Zone()
+    for i in range(DOMAINS):
+        zone.mx[f"d{i}.bench.example"] = [(10, "mx.bench.example")]
+    zone.a["mx.bench.example"] = "127.0.0.1"
+    return zone
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def _publish(
+    settings: Settings, records: list[bytes], tenant: str, rate: float | None
+) -> float:
+    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap, acks="all", linger_ms=2)
+    await producer.start()
+    began = time.perf_counter()
+    try:
+        for i, value in enumerate(records):
+            await producer.send(settings.topics.requests, value, key=tenant.encode())
+            if rate is not None and i % 50 == 49:
+                ahead = began + (i + 1) / rate - time.perf_counter()
+                if ahead > 0:
+                    await asyncio.sleep(ahead)
+        await producer.flush()
+    finally:
+        await producer.stop()
+    return began
+
+
+def _requests(tenant: str, key: str, n: int, run: str) -> list[bytes]:
+    codec = default_codec()
+    out = []
+    for i in range(n):
+        out.append(
+            codec.encode(
+                "EmailRequest",
+                {
+                    "request_id": f"{run}-{i}",
+                    "tenant": tenant,
+                    "api_key": key,
+                    "operation": "validate",
+                    "recipients": [{"email": f"user{i}@d{i % DOMAINS}.bench.example"}],
+                    "created_at": datetime.now(UTC),
+                },
+            )
+        )
+    return out
+
+
+async def _wait_rows(conn: asyncpg.Connection[Any], prefix: str, n: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = await conn.fetchval(
+            "SELECT count(*) FROM verifications WHERE request_id LIKE $1", f"{prefix}-%"
+        )
+        if got >= n:
+            return
+        await asyncio.sleep(0.1)
+    raise TimeoutError(f"only {got} of {n} results landed within {timeout:.0f}s")
+
+
+async def run_verify_bench(
+    requests: int, rate: float | None, workers: int, partitions: int, progress: Any = None
+) -> VerifyBenchResult:
+    data_dir = Path(tempfile.mkdtemp(prefix="postwire-bench-"))
+    dns = ZoneServer(_zone(), host="127.0.0.1")
+    dns.start()
+    settings = Settings(
+        data_dir=data_dir,
+        kafka_port=_free_port(),
+        kafka_controller_port=_free_port(),
+        postgres_port=_free_port(),
+        worker_web_port=_free_port(),
+        partitions=partitions,
+        worker_processes=workers,
+        dns_nameservers=dns.nameserver,
+        topic_prefix="bench",
+        app_id="bench",
+        rate_per_second=10**7,
+        rate_per_minute=10**8,
+        rate_per_hour=10**9,
+        log_level="warning",
+    )
+    stack = Stack(settings, workers=True)
+    await stack.start(detach=False)
+    try:
+        conn = await asyncpg.connect(settings.dsn)
+        try:
+            await create_tenant(conn, "bench")
+            _, key = await create_api_key(conn, "bench")
+            # warm-up: every domain's MX into the cache, workers joined and recovered
+            await asyncio.sleep(settings.directory_refresh + 1)
+            await _publish(settings, _requests("bench", key, DOMAINS * 4, "warm"), "bench", None)
+            await _wait_rows(conn, "warm", DOMAINS * 4, 180)
+            if progress:
+                progress("warm-up done; measuring the pipeline")
+            run = uuid.uuid4().hex[:8]
+            payload = _requests("bench", key, requests, run)
+            began = await _publish(settings, payload, "bench", rate)
+            await _wait_rows(conn, run, requests, 600)
+            row = await conn.fetchrow(
+                "SELECT max(landed_at) AS last,"
+                " percentile_cont(0.5) WITHIN GROUP (ORDER BY landed_at - requested_at) AS p50,"
+                " percentile_cont(0.95) WITHIN GROUP (ORDER BY landed_at - requested_at) AS p95,"
+                " percentile_cont(0.99) WITHIN GROUP (ORDER BY landed_at - requested_at) AS p99"
+                " FROM verifications WHERE request_id LIKE $1",
+                f"{run}-%",
+            )
+            elapsed = time.perf_counter() - began
+        finally:
+            await conn.close()
+        if progress:
+            progress("measuring baselines: aiokafka pass-through, asyncpg COPY")
+        passthrough = await aiokafka_passthrough_rate(settings.bootstrap, requests)
+        copy = await copy_rate(settings.dsn, requests)
+    finally:
+        await asyncio.to_thread(stack.stop)
+        dns.stop()
+    assert row is not None
+    return VerifyBenchResult(
+        requests=requests,
+        rate_target=rate,
+        seconds=elapsed,
+        requests_per_s=requests / elapsed,
+        p50_ms=row["p50"].total_seconds() * 1000,
+        p95_ms=row["p95"].total_seconds() * 1000,
+        p99_ms=row["p99"].total_seconds() * 1000,
+        passthrough_per_s=passthrough,
+        copy_per_s=copy,
+        workers=workers,
+    )
