@@ -21,6 +21,7 @@ __all__ = [
     "create_api_key",
     "create_tenant",
     "hash_key",
+    "load_credentials",
     "load_directory",
 ]
 
@@ -78,36 +79,53 @@ class Directory:
         return (tenant_id, address.lower()) in self.suppressed
 
 
+def _tenant(r: Any, settings: Settings) -> Tenant:
+    return Tenant(
+        r["tenant_id"],
+        Limits(
+            r["limit_per_second"] or settings.rate_per_second,
+            r["limit_per_minute"] or settings.rate_per_minute,
+            r["limit_per_hour"] or settings.rate_per_hour,
+        ),
+        r["throttle_policy"],
+        r["smtp_probe"] or settings.smtp_probe_default,
+        r["disabled_at"] is not None,
+    )
+
+
+def _key(r: Any) -> ApiKey:
+    return ApiKey(
+        r["key_id"],
+        r["tenant_id"],
+        bytes(r["key_sha256"]),
+        frozenset(r["scopes"]),
+        r["revoked_at"] is not None,
+    )
+
+
 async def load_directory(conn: Any, settings: Settings) -> Directory:
     tenants = {
-        r["tenant_id"]: Tenant(
-            r["tenant_id"],
-            Limits(
-                r["limit_per_second"] or settings.rate_per_second,
-                r["limit_per_minute"] or settings.rate_per_minute,
-                r["limit_per_hour"] or settings.rate_per_hour,
-            ),
-            r["throttle_policy"],
-            r["smtp_probe"] or settings.smtp_probe_default,
-            r["disabled_at"] is not None,
-        )
-        for r in await conn.fetch("SELECT * FROM tenants")
+        r["tenant_id"]: _tenant(r, settings) for r in await conn.fetch("SELECT * FROM tenants")
     }
-    keys = {
-        bytes(r["key_sha256"]): ApiKey(
-            r["key_id"],
-            r["tenant_id"],
-            bytes(r["key_sha256"]),
-            frozenset(r["scopes"]),
-            r["revoked_at"] is not None,
-        )
-        for r in await conn.fetch("SELECT * FROM api_keys")
-    }
+    keys = {bytes(r["key_sha256"]): _key(r) for r in await conn.fetch("SELECT * FROM api_keys")}
     suppressed = {
         (r["tenant_id"], r["address"].lower())
         for r in await conn.fetch("SELECT tenant_id, address FROM suppressions")
     }
     return Directory(tenants, keys, suppressed)
+
+
+async def load_credentials(
+    conn: Any, settings: Settings, key_sha256: bytes
+) -> tuple[ApiKey, Tenant] | None:
+    """One key and its tenant, for a key the snapshot does not know yet (an indexed lookup)."""
+    row = await conn.fetchrow("SELECT * FROM api_keys WHERE key_sha256 = $1", key_sha256)
+    if row is None:
+        return None
+    tenant = await conn.fetchrow("SELECT * FROM tenants WHERE tenant_id = $1", row["tenant_id"])
+    if tenant is None:
+        return None
+    return _key(row), _tenant(tenant, settings)
 
 
 async def create_tenant(

@@ -281,7 +281,7 @@ def register(
                 )
                 if not (attempt == 1 and unknown_credentials(result)):
                     break
-                if not await directory.refresh_for_miss():
+                if not await directory.lookup_miss(request["api_key"]):
                     break
             if result.memo_entry is not None:
                 memos[memo_key] = result.memo_entry

@@ -14,13 +14,32 @@ import faust
 
 from streams.codec import Codec, Record
 from streams.settings import Settings
-from streams.tenants import Directory, load_directory
+from streams.tenants import Directory, hash_key, load_credentials, load_directory
 
 __all__ = ["Clock", "DirectoryHolder", "Outputs", "header", "raw_topic", "wall_clock"]
 
 log = logging.getLogger("postwire.stages")
 Clock = Callable[[], datetime]
-MISS_RELOAD_GAP = 1.0
+MISS_MEMORY = 1.0
+MISS_LOOKUPS_PER_SECOND = 50
+
+
+class _Budget:
+    """At most ``per_second`` takes in any one-second slot."""
+
+    def __init__(self, per_second: int) -> None:
+        self.per_second = per_second
+        self._slot = 0
+        self._used = 0
+
+    def take(self, now: float) -> bool:
+        slot = int(now)
+        if slot != self._slot:
+            self._slot, self._used = slot, 0
+        if self._used >= self.per_second:
+            return False
+        self._used += 1
+        return True
 
 
 def wall_clock() -> datetime:
@@ -72,25 +91,44 @@ class DirectoryHolder:
         self.current = Directory()
         self.ready = asyncio.Event()
         self._pool: asyncpg.Pool[Any] | None = None
-        self._loaded_at = 0.0
+        self._misses: dict[bytes, float] = {}  # key digest -> monotonic time it was not found
+        self._lookups = _Budget(MISS_LOOKUPS_PER_SECOND)
 
-    async def refresh_for_miss(self) -> bool:
-        """Reload now because a key or tenant was not found: a key created a moment ago must work
-        at once. At most one such reload per ``MISS_RELOAD_GAP`` s, so a flood of bad keys cannot
-        hammer PostgreSQL. True when a newer snapshot was loaded."""
-        if time.monotonic() - self._loaded_at < MISS_RELOAD_GAP:
+    async def _connections(self) -> asyncpg.Pool[Any]:
+        if self._pool is None:
+            self._pool = await asyncpg.create_pool(self.settings.dsn, min_size=1, max_size=1)
+        return self._pool
+
+    async def lookup_miss(self, api_key: str) -> bool:
+        """Fetch one key the snapshot lacks (a key created a moment ago must work at once) and
+        add it with its tenant; True when found. A digest not found is not looked up again for
+        ``MISS_MEMORY`` s, and lookups are capped per second, so a flood of bad keys cannot
+        hammer PostgreSQL."""
+        digest = hash_key(api_key)
+        now = time.monotonic()
+        recently_missed = now - self._misses.get(digest, -MISS_MEMORY) < MISS_MEMORY
+        if recently_missed or not self._lookups.take(now):
             return False
-        before = self._loaded_at
-        await self.refresh()
-        return self._loaded_at != before
+        try:
+            async with (await self._connections()).acquire() as conn:
+                found = await load_credentials(conn, self.settings, digest)
+        except (OSError, asyncpg.PostgresError) as exc:
+            log.warning("api key lookup failed: %s", exc)
+            return False
+        if found is None:
+            if len(self._misses) > 100_000:
+                self._misses.clear()
+            self._misses[digest] = now
+            return False
+        key, tenant = found
+        self.current.keys[digest] = key
+        self.current.tenants[tenant.tenant_id] = tenant
+        return True
 
     async def refresh(self) -> None:
         try:
-            if self._pool is None:
-                self._pool = await asyncpg.create_pool(self.settings.dsn, min_size=1, max_size=1)
-            async with self._pool.acquire() as conn:
+            async with (await self._connections()).acquire() as conn:
                 self.current = await load_directory(conn, self.settings)
-            self._loaded_at = time.monotonic()
             self.ready.set()
         except (OSError, asyncpg.PostgresError) as exc:
             # keep serving the last snapshot; a gate without any snapshot waits on `ready`
@@ -115,7 +153,6 @@ class DirectoryHolder:
         except (OSError, asyncpg.PostgresError) as exc:
             log.warning("tenant directory not loaded at start, the gate waits for it: %s", exc)
             return
-        self._loaded_at = time.monotonic()
         self.ready.set()
 
     def install(self, app: faust.App) -> None:

@@ -220,3 +220,12 @@ def test_a_replayed_throttle_stays_throttled() -> None:
     )
     assert again.outcome == "throttled"
     assert again.events[0]["event_id"] == first.events[0]["event_id"]
+
+
+def test_key_lookups_are_capped_per_second() -> None:
+    from streams.stages.shell import _Budget
+
+    budget = _Budget(3)
+    assert [budget.take(10.1) for _ in range(4)] == [True, True, True, False]
+    assert budget.take(10.9) is False
+    assert budget.take(11.0) is True
