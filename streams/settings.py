@@ -80,6 +80,8 @@ class Settings(BaseSettings):
     rebalance_timeout: float = 10.0
     commit_interval: float = 1.0
     log_level: str = "info"
+    producer_linger_ms: int = Field(default=2, ge=0)
+    changelog_buffer: int = Field(default=10_000, ge=100)
 
     # gate: tenants, API keys and suppressions are reloaded from PostgreSQL this often, so a
     # revoked key stops working within this many seconds

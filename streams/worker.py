@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 
 import faust
 
@@ -36,6 +37,8 @@ def create_app(
         broker_commit_interval=settings.commit_interval,
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
+        # a few ms of linger turns one produce request per record into one per batch
+        producer_linger_ms=settings.producer_linger_ms,
         web_host="127.0.0.1",
         web_port=settings.worker_web_port,
         datadir=str(settings.data_dir / "faust"),
@@ -54,14 +57,25 @@ def create_app(
     return app
 
 
+def tune_producer_buffer(settings: Settings) -> None:
+    """faust parks an agent whenever more than 100 table-changelog records wait to be produced,
+    so every agent that writes a table stalls every few ms under load; let a burst through."""
+    from faust.transport.producer import ProducerBuffer
+
+    ProducerBuffer.max_messages = settings.changelog_buffer
+
+
 def run_worker(settings: Settings, stages: tuple[str, ...] = STAGES) -> None:
     """Run the faust worker in this process until SIGINT/SIGTERM."""
     with contextlib.suppress(ImportError):
         import uvloop
 
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    # faust and aiokafka build debug records on every send even when nobody prints them
+    logging.disable(logging.DEBUG)
     directory = DirectoryHolder(settings)
     directory.preload()
     app = create_app(settings, stages, directory=directory)
+    tune_producer_buffer(settings)
     worker = faust.Worker(app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False)
     worker.execute_from_commandline()

@@ -56,6 +56,7 @@ def run(
     d: Directory | None = None,
     entry: Any = None,
     counts: dict[str, int] | None = None,
+    memo: dict[str, Any] | None = None,
 ) -> Any:
     return decide(
         req,
@@ -67,6 +68,7 @@ def run(
         source=SRC,
         raw=b"raw",
         key=b"acme",
+        memo=memo,
     )
 
 
@@ -186,18 +188,7 @@ def test_a_replayed_request_repeats_its_decision_without_counting_again() -> Non
     assert first.memo_entry is not None
     assert first.memo_entry["window"] is None
     # the window is now full, but this is the same request processed again
-    again = decide(
-        request(),
-        directory(),
-        None,
-        {"second": 2},
-        NOW,
-        dedup_ttl=60,
-        source=SRC,
-        raw=b"raw",
-        key=b"acme",
-        memo=first.memo_entry,
-    )
+    again = run(request(), counts={"second": 2}, memo=first.memo_entry)
     assert again.outcome == "admitted"
     assert not again.count
     assert again.memo_entry is None
@@ -206,18 +197,7 @@ def test_a_replayed_request_repeats_its_decision_without_counting_again() -> Non
 
 def test_a_replayed_throttle_stays_throttled() -> None:
     first = run(request(), directory(policy="reject"), counts={"second": 2})
-    again = decide(
-        request(),
-        directory(policy="reject"),
-        None,
-        {},
-        NOW,
-        dedup_ttl=60,
-        source=SRC,
-        raw=b"raw",
-        key=b"acme",
-        memo=first.memo_entry,
-    )
+    again = run(request(), directory(policy="reject"), memo=first.memo_entry)
     assert again.outcome == "throttled"
     assert again.events[0]["event_id"] == first.events[0]["event_id"]
 
