@@ -15,6 +15,8 @@ class Batch:
 
     rows: dict[str, list[tuple[Any, ...]]] = field(default_factory=dict)
     offsets: dict[Hashable, int] = field(default_factory=dict)
+    # where each row came from, parallel to ``rows``, so one bad row can be dead-lettered
+    origins: dict[str, list[Any]] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return sum(len(r) for r in self.rows.values())
@@ -25,16 +27,24 @@ class BatchBuffer:
         self.max_rows = max_rows
         self.linger = linger
         self._rows: dict[str, list[tuple[Any, ...]]] = {}
+        self._origins: dict[str, list[Any]] = {}
         self._offsets: dict[Hashable, int] = {}
         self._count = 0
         self._first_at: float | None = None
 
     def add(
-        self, partition: Hashable, offset: int, table: str, row: tuple[Any, ...] | None, now: float
+        self,
+        partition: Hashable,
+        offset: int,
+        table: str,
+        row: tuple[Any, ...] | None,
+        now: float,
+        origin: Any = None,
     ) -> None:
         """Buffer ``row`` (None: nothing to write, but the offset still counts as handled)."""
         if row is not None:
             self._rows.setdefault(table, []).append(row)
+            self._origins.setdefault(table, []).append(origin)
             self._count += 1
         self._offsets[partition] = offset + 1
         if self._first_at is None:
@@ -48,8 +58,9 @@ class BatchBuffer:
         return self._first_at is not None and now - self._first_at >= self.linger
 
     def take(self) -> Batch:
-        batch = Batch(self._rows, self._offsets)
-        self._rows, self._offsets, self._count, self._first_at = {}, {}, 0, None
+        batch = Batch(self._rows, self._offsets, self._origins)
+        self._rows, self._origins, self._offsets = {}, {}, {}
+        self._count, self._first_at = 0, None
         return batch
 
     def __len__(self) -> int:

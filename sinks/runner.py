@@ -8,6 +8,7 @@ import asyncio
 import logging
 import time
 from datetime import UTC, datetime
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
@@ -23,6 +24,10 @@ __all__ = ["SinkRunner", "run_sinks"]
 log = logging.getLogger("postwire.sinks")
 
 
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
 class SinkRunner:
     def __init__(
         self, settings: Settings, spec: TableSpec, codec: Codec, writer: PostgresWriter
@@ -34,6 +39,15 @@ class SinkRunner:
         self.group = f"{settings.app_id}-sink-{spec.table}"
         self.buffer = BatchBuffer(settings.sink_batch_size, settings.sink_linger)
         self.rows_written = 0
+
+    def _dead_letter(self, table: str, origin: Any, exc: Exception) -> tuple[object, ...] | None:
+        if origin is None:
+            return None
+        src, raw = origin
+        log.warning("dead-lettering %s:%d:%d: %s", src.topic, src.partition, src.offset, exc)
+        # PostgreSQL text cannot hold NUL, and the message may quote the offending value
+        error = str(exc).replace("\x00", "\\x00")
+        return sink_failure_row(src, f"sink.{table}", "sink.rejected_row", error, raw, _now())
 
     def _map(self, msg: ConsumerRecord[bytes, bytes]) -> tuple[str, tuple[object, ...]]:
         src = Source(msg.topic, msg.partition, msg.offset)
@@ -68,7 +82,8 @@ class SinkRunner:
                 for tp, messages in fetched.items():
                     for msg in messages:
                         table, row = self._map(msg)
-                        self.buffer.add(tp, msg.offset, table, row, now)
+                        origin = (Source(msg.topic, msg.partition, msg.offset), msg.value or b"")
+                        self.buffer.add(tp, msg.offset, table, row, now, origin)
                 if self.buffer.due(time.monotonic()):
                     await self._flush(consumer, stop)
             if self.buffer.due(float("inf")):
@@ -82,7 +97,7 @@ class SinkRunner:
         delay = 0.5
         while True:
             try:
-                await self.writer.write(batch)
+                await self.writer.write(batch, self._dead_letter)
                 break
             except SinkUnavailableError as exc:
                 if stop.is_set():

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from typing import Any
 
 import asyncpg
@@ -14,6 +16,11 @@ from streams.errors import SinkUnavailableError
 __all__ = ["PostgresWriter", "upsert_sql"]
 
 _REJECTIONS_KEY = ("source_topic", "source_partition", "source_offset")
+log = logging.getLogger("postwire.sinks")
+# the row is at fault, not the database: retrying the batch would fail forever
+ROW_ERRORS = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
+# (table, origin of the row, the error) -> a rejections row, or None to skip with a log line
+DeadLetter = Callable[[str, Any, Exception], tuple[Any, ...] | None]
 
 
 def upsert_sql(
@@ -54,21 +61,23 @@ class PostgresWriter:
             await self._pool.close()
             self._pool = None
 
-    async def write(self, batch: Batch) -> None:
+    async def write(self, batch: Batch, dead_letter: DeadLetter | None = None) -> None:
+        """Write the batch in one transaction. If a row is bad (a value PostgreSQL refuses), write
+        the batch again row by row, each under a savepoint, and dead-letter the rows that fail,
+        still in one transaction: one poison record never blocks a partition."""
         if not batch.rows:
             return
         await self.start()
         assert self._pool is not None
         try:
-            async with self._pool.acquire() as conn, conn.transaction():
-                for table, rows in batch.rows.items():
-                    columns, key, update = self._columns[table]
-                    await conn.execute(
-                        f"CREATE TEMP TABLE IF NOT EXISTS _pw_{table} "
-                        f"(LIKE {table} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
-                    )
-                    await conn.copy_records_to_table(f"_pw_{table}", records=rows, columns=columns)
-                    await conn.execute(upsert_sql(table, columns, key, update))
+            async with self._pool.acquire() as conn:
+                try:
+                    async with conn.transaction():
+                        for table, rows in batch.rows.items():
+                            await self._upsert(conn, table, rows)
+                except ROW_ERRORS as exc:
+                    log.warning("a batch holds a bad row (%s); writing it row by row", exc)
+                    await self._write_each(conn, batch, dead_letter)
         except (
             OSError,
             asyncpg.InterfaceError,
@@ -80,6 +89,35 @@ class PostgresWriter:
             # the pool may hold dead connections; start over on the next attempt
             await self._reset()
             raise SinkUnavailableError(f"PostgreSQL unavailable: {exc}", retry_after=1.0) from exc
+
+    async def _upsert(self, conn: Any, table: str, rows: list[tuple[Any, ...]]) -> None:
+        columns, key, update = self._columns[table]
+        await conn.execute(
+            f"CREATE TEMP TABLE IF NOT EXISTS _pw_{table} "
+            f"(LIKE {table} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+        )
+        await conn.copy_records_to_table(f"_pw_{table}", records=rows, columns=columns)
+        await conn.execute(upsert_sql(table, columns, key, update))
+        # rows stay in the temp table until commit; a savepoint-per-row pass must not see them
+        await conn.execute(f"TRUNCATE _pw_{table}")
+
+    async def _write_each(self, conn: Any, batch: Batch, dead_letter: DeadLetter | None) -> None:
+        rejected: list[tuple[Any, ...]] = []
+        async with conn.transaction():
+            for table, rows in batch.rows.items():
+                origins = batch.origins.get(table) or [None] * len(rows)
+                for row, origin in zip(rows, origins, strict=True):
+                    try:
+                        async with conn.transaction():
+                            await self._upsert(conn, table, [row])
+                    except ROW_ERRORS as exc:
+                        dead = dead_letter(table, origin, exc) if dead_letter else None
+                        if dead is None or table == "rejections":
+                            log.exception("dropping a %s row PostgreSQL refuses", table)
+                        else:
+                            rejected.append(dead)
+            if rejected:
+                await self._upsert(conn, "rejections", rejected)
 
     async def _reset(self) -> None:
         pool, self._pool = self._pool, None

@@ -129,3 +129,47 @@ async def test_replaying_the_same_records_adds_no_rows(stack: Settings, codec: C
     finally:
         await conn.close()
         await producer.stop()
+
+
+async def test_a_row_postgres_refuses_is_dead_lettered_and_the_rest_land(
+    stack: Settings, codec: Codec
+) -> None:
+    tenant = f"nul-{uuid.uuid4().hex[:6]}"
+    good = [_request(tenant, i, "k") for i in range(20)]
+    # valid Avro, but PostgreSQL text cannot hold NUL: a poison row, not an outage
+    poison = _request(tenant, 99, "k") | {"idempotency_key": "bad\x00key"}
+    poison_bytes = codec.encode("EmailRequest", poison)
+    producer = AIOKafkaProducer(bootstrap_servers=stack.bootstrap, acks="all")
+    await producer.start()
+    try:
+        for r in good[:10]:
+            await producer.send(stack.topics.accepted, codec.encode("EmailRequest", r), key=b"t")
+        await producer.send(stack.topics.accepted, poison_bytes, key=b"t")
+        for r in good[10:]:
+            await producer.send(stack.topics.accepted, codec.encode("EmailRequest", r), key=b"t")
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+    conn = await asyncpg.connect(stack.dsn)
+    try:
+
+        async def landed() -> int:
+            return int(
+                await conn.fetchval("SELECT count(*) FROM requests WHERE tenant_id = $1", tenant)
+            )
+
+        assert await eventually(landed, lambda n: n >= 20) == 20
+        rows = await eventually(
+            lambda: conn.fetch(
+                "SELECT stage, error_code, error, raw FROM rejections WHERE raw = $1",
+                poison_bytes,
+            ),
+            lambda r: len(r) > 0,
+        )
+        assert len(rows) == 1
+        assert rows[0]["stage"] == "sink.requests"
+        assert rows[0]["error_code"] == "sink.rejected_row"
+        assert "0x00" in rows[0]["error"]
+    finally:
+        await conn.close()

@@ -40,3 +40,19 @@ def test_a_skipped_record_still_advances_the_offset() -> None:
     assert len(buf) == 0
     assert buf.due(now=1.0)
     assert buf.take().offsets == {"p0": 4}
+
+
+def test_origins_stay_parallel_to_rows() -> None:
+    from sinks.batching import BatchBuffer
+
+    buf = BatchBuffer(10, 1.0)
+    buf.add(0, 5, "requests", ("a",), 0.0, origin="o5")
+    buf.add(0, 6, "requests", None, 0.0, origin="skipped")  # nothing written, nothing to trace
+    buf.add(1, 2, "rejections", ("b",), 0.0, origin="o2")
+    buf.add(0, 7, "requests", ("c",), 0.0, origin="o7")
+    batch = buf.take()
+    assert batch.rows["requests"] == [("a",), ("c",)]
+    assert batch.origins["requests"] == ["o5", "o7"]
+    assert batch.origins["rejections"] == ["o2"]
+    assert batch.offsets == {0: 8, 1: 3}
+    assert buf.take().origins == {}
