@@ -25,8 +25,27 @@ from streams.verify.syntax import split_domain
 __all__ = ["STAGE", "Accept", "GateResult", "Reject", "admit", "decide", "verify_tasks"]
 
 STAGE = "gate"
-# how long a rate decision is remembered for replays; redeliveries come within minutes
-MEMO_TTL = 3600.0
+# how long a throttle/defer decision is remembered for replays (admissions need no memo, see
+# `replayed_memo`); memos are as rare as throttled requests, so a day costs little
+MEMO_TTL = 24 * 3600.0
+# what a replayed request that left no memo was: admitted (and counted) the first time
+ADMITTED: dict[str, Any] = {"window": None, "retry_after": 0.0, "expires": float("inf")}
+
+
+def replayed_memo(
+    offset: int, watermark: int | None, memo: dict[str, Any] | None, now: float
+) -> dict[str, Any] | None:
+    """The decision to repeat for a record the gate has already decided, or None for a new one.
+
+    The gate keeps, per source partition, the last offset it decided (``watermark``). A record at
+    or below it is a redelivery after a crash or rebalance, or a deliberate replay: it must not be
+    counted again. Throttles and deferrals left a memo; a record without one was admitted. This
+    keeps state O(partitions + throttled) instead of a memo per request."""
+    if watermark is None or offset > watermark:
+        return None
+    if memo is not None and float(memo["expires"]) > now:
+        return memo
+    return ADMITTED
 
 
 @dataclass(frozen=True)
@@ -136,13 +155,9 @@ def decide(
     else:
         decision = rate_decide(counts, tenant.limits, ts)
     memo_entry = (
-        None
-        if memo is not None
-        else {
-            "window": decision.window if isinstance(decision, Throttle) else None,
-            "retry_after": decision.retry_after if isinstance(decision, Throttle) else 0.0,
-            "expires": ts + MEMO_TTL,
-        }
+        {"window": decision.window, "retry_after": decision.retry_after, "expires": ts + MEMO_TTL}
+        if memo is None and isinstance(decision, Throttle)
+        else None
     )
     if isinstance(decision, Throttle):
         retry_ms = int(decision.retry_after * 1000) + 1
@@ -194,6 +209,17 @@ def unknown_credentials(result: GateResult) -> bool:
     )
 
 
+async def decide_with_fresh_keys(
+    directory: Any, request: Record, *args: Any, **kw: Any
+) -> GateResult:
+    """``decide`` against the current directory; if the key or tenant is unknown, look the key
+    up once (it may have been created after the last refresh) and decide again."""
+    result = decide(request, directory.current, *args, **kw)
+    if unknown_credentials(result) and await directory.lookup_miss(request["api_key"]):
+        result = decide(request, directory.current, *args, **kw)
+    return result
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -234,6 +260,9 @@ def register(
     topics = settings.topics
     dedup = app.Table(f"{settings.app_id}-dedup", default=None, partitions=settings.partitions)
     memos = app.Table(f"{settings.app_id}-decisions", default=None, partitions=settings.partitions)
+    watermarks = app.Table(
+        f"{settings.app_id}-gate-offsets", default=None, partitions=settings.partitions
+    )
     windows = {
         name: app.Table(
             f"{settings.app_id}-rate-{name}", default=int, partitions=settings.partitions
@@ -262,29 +291,32 @@ def register(
             counts = {name: windows[name][tenant].value() for name, _ in WINDOWS}
             deferrals = int(header(event.headers, "postwire-deferrals") or b"0")
             memo_key = f"{request['request_id']}\x1f{deferrals}"
-            memo = memos.get(memo_key)
-            if memo is not None and float(memo["expires"]) <= now.timestamp():
-                memo = None
-            for attempt in (1, 2):
-                result = decide(
-                    request,
-                    directory.current,
-                    entry,
-                    counts,
-                    now,
-                    dedup_ttl=settings.dedup_ttl,
-                    source=position,
-                    raw=event.value,
-                    key=event.key,
-                    deferrals=deferrals,
-                    memo=memo,
-                )
-                if not (attempt == 1 and unknown_credentials(result)):
-                    break
-                if not await directory.lookup_miss(request["api_key"]):
-                    break
+            mark_key = f"{msg.topic}:{msg.partition}"
+            watermark = watermarks.get(mark_key)
+            memo = replayed_memo(
+                msg.offset,
+                watermark,
+                memos.get(memo_key) if watermark is not None else None,
+                now.timestamp(),
+            )
+            result = await decide_with_fresh_keys(
+                directory,
+                request,
+                entry,
+                counts,
+                now,
+                dedup_ttl=settings.dedup_ttl,
+                source=position,
+                raw=event.value,
+                key=event.key,
+                deferrals=deferrals,
+                memo=memo,
+            )
             if result.memo_entry is not None:
                 memos[memo_key] = result.memo_entry
+            if watermark is None or msg.offset > watermark:
+                # co-partitioned: faust writes it to this record's changelog partition
+                watermarks[mark_key] = msg.offset
             if result.dedup_key is not None and result.dedup_entry is not None:
                 dedup[result.dedup_key] = result.dedup_entry
             if result.count:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from sinks.runner import run_sinks
 from streams.codec import Codec
@@ -77,6 +77,55 @@ async def test_rate_windows_survive_a_worker_restart(pipeline: Stack, codec: Cod
         await _publish(settings, codec, [_request(tenant, key) for _ in range(3)])
         # 3 counted before the restart + 1 more = the limit of 4; the other 2 are throttled
         assert await eventually(outcomes, lambda v: v[0] + v[1] == 6, timeout=90) == (4, 2)
+    finally:
+        await conn.close()
+
+
+async def _rewind(settings: Settings, topic: str) -> None:
+    """Move the stopped worker's group back to the start of ``topic``: a deliberate replay."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.bootstrap, group_id=settings.app_id, enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        partitions = [TopicPartition(topic, p) for p in range(settings.partitions)]
+        consumer.assign(partitions)
+        await consumer.commit(dict.fromkeys(partitions, 0))
+    finally:
+        await consumer.stop()
+
+
+async def test_a_replay_from_the_start_counts_nothing_twice(pipeline: Stack, codec: Codec) -> None:
+    settings = pipeline.settings
+    tenant = f"rep-{uuid.uuid4().hex[:6]}"
+    conn = await asyncpg.connect(settings.dsn)
+    try:
+        await create_tenant(conn, tenant, policy="reject", per_hour=6)
+        _, key = await create_api_key(conn, tenant)
+
+        async def outcomes() -> tuple[int, int]:
+            admitted = await conn.fetchval(
+                "SELECT count(*) FROM requests WHERE tenant_id = $1", tenant
+            )
+            throttled = await conn.fetchval(
+                "SELECT count(*) FROM events WHERE tenant_id = $1 AND type = 'throttled'", tenant
+            )
+            return int(admitted), int(throttled)
+
+        await _publish(settings, codec, [_request(tenant, key) for _ in range(3)])
+        assert await eventually(outcomes, lambda v: v == (3, 0)) == (3, 0)
+
+        worker = next(p for p in pipeline.apps if p.name == "worker")
+        worker.stop()
+        await _rewind(settings, settings.topics.requests)
+        worker.start(detach=False)
+
+        # every request since the topic began is decided again; had the 3 been counted twice,
+        # the window (6 per hour) would be full and these 3 throttled
+        await _publish(settings, codec, [_request(tenant, key) for _ in range(3)])
+        assert await eventually(outcomes, lambda v: sum(v) >= 6, timeout=90) == (6, 0)
+        await asyncio.sleep(2)
+        assert await outcomes() == (6, 0)
     finally:
         await conn.close()
 

@@ -8,7 +8,7 @@ import pytest
 from streams.deadletter import SourcePosition
 from streams.errors import AuthError
 from streams.stages.admission import Limits
-from streams.stages.gate import decide, unknown_credentials
+from streams.stages.gate import ADMITTED, decide, replayed_memo, unknown_credentials
 from streams.tenants import ApiKey, Directory, Tenant, hash_key
 
 NOW = datetime(2026, 11, 23, 12, 0, 0, 250000, tzinfo=UTC)
@@ -185,14 +185,24 @@ def test_event_ids_are_stable() -> None:
 
 def test_a_replayed_request_repeats_its_decision_without_counting_again() -> None:
     first = run(request())
-    assert first.memo_entry is not None
-    assert first.memo_entry["window"] is None
+    assert first.outcome == "admitted"
+    assert first.count
+    assert first.memo_entry is None  # admissions leave no memo; the offset watermark suffices
     # the window is now full, but this is the same request processed again
-    again = run(request(), counts={"second": 2}, memo=first.memo_entry)
+    again = run(request(), counts={"second": 2}, memo=ADMITTED)
     assert again.outcome == "admitted"
     assert not again.count
     assert again.memo_entry is None
     assert again.events[0]["event_id"] == first.events[0]["event_id"]
+
+
+def test_replays_are_recognised_by_the_partition_watermark() -> None:
+    throttled = {"window": "second", "retry_after": 0.5, "expires": 100.0}
+    assert replayed_memo(8, None, None, 50.0) is None  # nothing decided yet on this partition
+    assert replayed_memo(8, 7, None, 50.0) is None  # beyond the watermark: a new record
+    assert replayed_memo(7, 7, None, 50.0) is ADMITTED  # decided, no memo: it was admitted
+    assert replayed_memo(3, 7, throttled, 50.0) is throttled
+    assert replayed_memo(3, 7, throttled, 150.0) is ADMITTED  # the memo expired
 
 
 def test_a_replayed_throttle_stays_throttled() -> None:
