@@ -111,7 +111,7 @@ class Settings(BaseSettings):
 
     # sinks
     sink_batch_size: int = Field(default=2000, ge=1)
-    sink_linger: float = Field(default=0.2, gt=0)
+    sink_linger: float = Field(default=0.05, gt=0)
     sink_retry_max: float = Field(default=30.0, gt=0)
 
     def to_env(self) -> dict[str, str]:
