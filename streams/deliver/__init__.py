@@ -1,0 +1,1 @@
+"""Delivery: render a send request into messages, DKIM-sign them, hand them to SMTP."""
