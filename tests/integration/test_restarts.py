@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Awaitable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -49,6 +50,15 @@ async def _publish(settings: Settings, codec: Codec, records: list[dict[str, obj
         await producer.stop()
 
 
+async def _outcomes(conn: asyncpg.Connection, tenant: str) -> tuple[int, int]:
+    """(admitted, throttled) requests of ``tenant`` so far."""
+    admitted = await conn.fetchval("SELECT count(*) FROM requests WHERE tenant_id = $1", tenant)
+    throttled = await conn.fetchval(
+        "SELECT count(*) FROM events WHERE tenant_id = $1 AND type = 'throttled'", tenant
+    )
+    return int(admitted), int(throttled)
+
+
 async def test_rate_windows_survive_a_worker_restart(pipeline: Stack, codec: Codec) -> None:
     settings = pipeline.settings
     tenant = f"win-{uuid.uuid4().hex[:6]}"
@@ -58,14 +68,8 @@ async def test_rate_windows_survive_a_worker_restart(pipeline: Stack, codec: Cod
         _, key = await create_api_key(conn, tenant)
         await asyncio.sleep(1.0)  # the directory refresh picks the tenant up
 
-        async def outcomes() -> tuple[int, int]:
-            admitted = await conn.fetchval(
-                "SELECT count(*) FROM requests WHERE tenant_id = $1", tenant
-            )
-            throttled = await conn.fetchval(
-                "SELECT count(*) FROM events WHERE tenant_id = $1 AND type = 'throttled'", tenant
-            )
-            return int(admitted), int(throttled)
+        def outcomes() -> Awaitable[tuple[int, int]]:
+            return _outcomes(conn, tenant)
 
         await _publish(settings, codec, [_request(tenant, key) for _ in range(3)])
         assert await eventually(outcomes, lambda v: v == (3, 0)) == (3, 0)
@@ -103,14 +107,8 @@ async def test_a_replay_from_the_start_counts_nothing_twice(pipeline: Stack, cod
         await create_tenant(conn, tenant, policy="reject", per_hour=6)
         _, key = await create_api_key(conn, tenant)
 
-        async def outcomes() -> tuple[int, int]:
-            admitted = await conn.fetchval(
-                "SELECT count(*) FROM requests WHERE tenant_id = $1", tenant
-            )
-            throttled = await conn.fetchval(
-                "SELECT count(*) FROM events WHERE tenant_id = $1 AND type = 'throttled'", tenant
-            )
-            return int(admitted), int(throttled)
+        def outcomes() -> Awaitable[tuple[int, int]]:
+            return _outcomes(conn, tenant)
 
         await _publish(settings, codec, [_request(tenant, key) for _ in range(3)])
         assert await eventually(outcomes, lambda v: v == (3, 0)) == (3, 0)
