@@ -128,6 +128,42 @@ async def test_a_replay_from_the_start_counts_nothing_twice(pipeline: Stack, cod
         await conn.close()
 
 
+async def test_worker_restarts_mid_verification_lose_nothing(pipeline: Stack, codec: Codec) -> None:
+    settings = pipeline.settings
+    tenant = f"mid-{uuid.uuid4().hex[:6]}"
+    conn = await asyncpg.connect(settings.dsn)
+    try:
+        await create_tenant(conn, tenant, per_second=100_000)
+        _, key = await create_api_key(conn, tenant)
+        requests = [_request(tenant, key) for _ in range(600)]
+        ids = {str(r["request_id"]) for r in requests}
+
+        async def verified() -> int:
+            return int(
+                await conn.fetchval(
+                    "SELECT count(DISTINCT request_id) FROM verifications WHERE tenant_id = $1",
+                    tenant,
+                )
+            )
+
+        await _publish(settings, codec, requests)
+        worker = next(p for p in pipeline.apps if p.name == "worker")
+        for pause in (0.5, 2.0):  # once while the gate is busy, once mid-verification
+            await asyncio.sleep(pause)
+            worker.stop()
+            worker.start(detach=False)
+        assert await eventually(verified, lambda n: n == len(ids), timeout=120) == len(ids)
+        landed = {
+            r["request_id"]
+            for r in await conn.fetch(
+                "SELECT request_id FROM verifications WHERE tenant_id = $1", tenant
+            )
+        }
+        assert landed == ids
+    finally:
+        await conn.close()
+
+
 async def test_sink_rides_out_a_postgres_outage(tmp_path: Path, codec: Codec) -> None:
     settings = stack_settings(tmp_path / "data", sink_retry_max=1.0)
     stack = Stack(settings, workers=False)
