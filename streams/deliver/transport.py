@@ -1,0 +1,447 @@
+"""SMTP delivery of one message to one recipient: through a relay, or straight to the recipient
+domain's MX hosts, over pooled connections (``pool.py``).
+
+``send`` never raises for trouble on the network or at the peer: every aiosmtplib, socket, TLS
+and timeout error is turned into an ``Outcome`` here, at the edge, with the stage it happened in,
+so the stage above deals in outcomes only.
+
+The session is spoken command by command rather than through ``SMTP.sendmail`` so that each
+reply is classified with its own stage (a 5xx to RCPT is about the recipient, a 5xx to the final
+"." about the message) and the session stays usable after a refused recipient.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import ssl
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import aiosmtplib
+
+from streams.deliver.bounce import (
+    Category,
+    Disposition,
+    Outcome,
+    Stage,
+    TransportErrorKind,
+    classify,
+    transport_error,
+)
+from streams.deliver.pool import Connection, MxCache, Pool
+from streams.deliver.throttle import Throttle
+from streams.errors import ConfigError
+from streams.verify.dns import MxAnswer, MxResolver
+
+__all__ = [
+    "Delivery",
+    "Transport",
+    "TransportConfig",
+    "data_payload",
+    "envelope_address",
+    "mx_route",
+]
+
+MAX_MX_HOSTS = 5  # Postfix's smtp_mx_address_limit: past that, the domain is broken anyway
+_STAGES_TO_FALL_BACK = frozenset({Stage.CONNECT, Stage.EHLO, Stage.STARTTLS})
+# controls would inject commands, angle brackets would end the path early
+_BAD_ADDRESS_CHARS = re.compile(r"[\x00-\x1f\x7f<>]")
+
+
+@dataclass(frozen=True)
+class TransportConfig:
+    mode: Literal["relay", "mx"]
+    relay_host: str = ""
+    relay_port: int = 25
+    username: str | None = None
+    password: str | None = None
+    # opportunistic: STARTTLS when the server offers it, plain text when it does not; a server
+    # that offers it and then fails the handshake or the certificate check is deferred, not
+    # downgraded (that is what an attacker in the path would arrange). MX deliveries usually
+    # want tls_verify off, as Postfix's "may" level: many MX certificates are self-signed or
+    # name another host.
+    tls: Literal["none", "opportunistic", "required"] = "opportunistic"
+    tls_verify: bool = True
+    ca_file: str | None = None  # trusted instead of the system CAs
+    mx_port: int = 25
+    helo_name: str = "postwire.localhost"
+    connect_timeout: float = 30
+    command_timeout: float = 60
+    data_timeout: float = 120  # for the reply to the final ".": the server may scan the message
+    max_messages_per_connection: int = 100
+    idle_timeout: float = 30
+    pool_wait: float = 30  # for a connection slot when the destination is at its limit
+
+    def __post_init__(self) -> None:
+        if self.mode == "relay" and not self.relay_host:
+            raise ConfigError("transport: relay mode needs a relay_host")
+        if (self.username is None) != (self.password is None):
+            raise ConfigError("transport: username and password go together")
+        if self.max_messages_per_connection < 1:
+            raise ConfigError("transport: max_messages_per_connection must be at least 1")
+        timeouts = (self.connect_timeout, self.command_timeout, self.data_timeout)
+        if min(timeouts) <= 0 or self.idle_timeout < 0 or self.pool_wait < 0:
+            raise ConfigError("transport: timeouts must be positive")
+
+
+@dataclass(frozen=True)
+class Delivery:
+    outcome: Outcome
+    host: str = ""  # the relay or MX host that answered; "" when none was reached (DNS)
+    address: str = ""  # the address connected to
+    tls: bool = False  # whether the session was encrypted
+
+
+def _local(
+    disposition: Disposition, category: Category, stage: Stage, enhanced: str, text: str
+) -> Outcome:
+    """A decision taken here, without a server reply (so no reply code)."""
+    return Outcome(disposition, category, stage, None, enhanced, text, False)
+
+
+def mx_route(answer: MxAnswer, domain: str) -> tuple[str, ...] | Outcome:
+    """The hosts to try for ``domain``, best first, or the outcome if there are none."""
+    if answer.status in ("ok", "implicit") and answer.hosts:
+        return answer.hosts[:MAX_MX_HOSTS]
+    if answer.status == "null_mx":
+        text = f"{domain} publishes a null MX: it accepts no mail"
+        return _local(Disposition.BOUNCED, Category.DOMAIN_NOT_FOUND, Stage.CONNECT, "5.1.10", text)
+    if answer.status in ("nxdomain", "no_mail"):
+        text = f"{domain}: no such domain"
+        if answer.status == "no_mail":
+            text = f"{domain} has no MX and no address record"
+        return _local(Disposition.BOUNCED, Category.DOMAIN_NOT_FOUND, Stage.CONNECT, "5.1.2", text)
+    detail = answer.error or answer.status
+    return transport_error(
+        TransportErrorKind.DNS, Stage.CONNECT, f"MX lookup of {domain}: {detail}"
+    )
+
+
+def envelope_address(address: str, smtputf8: bool) -> tuple[bytes, bool] | None:
+    """``address`` as it goes in MAIL FROM/RCPT TO, and whether it needs SMTPUTF8; None if it
+    cannot be sent to this server. A non-ASCII domain with an ASCII local part travels as its
+    A-label, which every server understands."""
+    if _BAD_ADDRESS_CHARS.search(address):
+        return None
+    if address.isascii():
+        return address.encode("ascii"), False
+    local, at, domain = address.rpartition("@")
+    if at and local.isascii():
+        try:
+            return f"{local}@{domain.encode('idna').decode('ascii')}".encode("ascii"), False
+        except UnicodeError:
+            pass  # not a valid IDN; SMTPUTF8 can still carry it as it is
+    if smtputf8:
+        return address.encode("utf-8"), True
+    return None
+
+
+def data_payload(message: bytes) -> bytes:
+    """``message`` (CRLF line endings) dot-stuffed and terminated for DATA. Line endings are not
+    rewritten: that would break a DKIM signature, and the renderer already guarantees CRLF."""
+    if message.startswith(b"."):
+        message = b"." + message
+    if b"\n." in message:
+        message = message.replace(b"\n.", b"\n..")
+    if not message.endswith(b"\r\n"):
+        message += b"\r\n"
+    return message + b".\r\n"
+
+
+def _failure(exc: BaseException, stage: Stage) -> Outcome:
+    """What an exception from aiosmtplib, the socket or TLS means, in ``stage``."""
+    if isinstance(exc, aiosmtplib.SMTPResponseException):
+        return classify(exc.code, None, exc.message, stage)
+    text = f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, ssl.SSLError | ssl.CertificateError):
+        return transport_error(TransportErrorKind.TLS, stage, text)
+    if isinstance(exc, TimeoutError):  # aiosmtplib's timeouts are TimeoutErrors too
+        return transport_error(TransportErrorKind.TIMEOUT, stage, text)
+    if isinstance(exc, aiosmtplib.SMTPConnectError):
+        cause = exc.__cause__
+        if isinstance(cause, ssl.SSLError):
+            return transport_error(TransportErrorKind.TLS, stage, text)
+        if isinstance(cause, ConnectionRefusedError):
+            return transport_error(TransportErrorKind.REFUSED, stage, text)
+        if isinstance(cause, aiosmtplib.SMTPServerDisconnected | ConnectionResetError):
+            return transport_error(TransportErrorKind.RESET, stage, text)
+        return transport_error(TransportErrorKind.UNREACHABLE, stage, text)
+    if isinstance(exc, aiosmtplib.SMTPServerDisconnected | ConnectionError):
+        return transport_error(TransportErrorKind.RESET, stage, text)
+    if isinstance(exc, OSError):
+        return transport_error(TransportErrorKind.UNREACHABLE, stage, text)
+    # a reply-less refusal by the client library: AUTH or STARTTLS not offered, and the like
+    category = Category.AUTH_FAILED if stage is Stage.AUTH else Category.PROTOCOL
+    return Outcome(Disposition.DEFERRED, category, stage, None, None, text, True)
+
+
+_PEER_ERRORS = (aiosmtplib.SMTPException, OSError)  # OSError covers ssl and timeouts
+
+
+def _tls_context(config: TransportConfig) -> ssl.SSLContext | None:
+    if config.tls == "none":
+        return None
+    try:
+        context = ssl.create_default_context(cafile=config.ca_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"transport: cannot load CA file {config.ca_file!r}: {exc}") from exc
+    if not config.tls_verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def _ascii_domain(domain: str) -> str | None:
+    name = domain.strip().rstrip(".").lower()
+    if name.isascii():
+        return name or None
+    try:
+        return name.encode("idna").decode("ascii")
+    except UnicodeError:
+        return None
+
+
+async def _reset(client: aiosmtplib.SMTP) -> bool:
+    """RSET after a refused transaction; whether the session can carry on."""
+    if not client.is_connected:
+        return False
+    try:
+        reply = await client.execute_command(b"RSET")
+    except _PEER_ERRORS:
+        return False
+    return reply.code == 250
+
+
+def _unsendable(address: str, stage: Stage, host: str) -> Outcome:
+    """An address this session cannot carry: a decision taken before any command is sent."""
+    if address.isascii() or _BAD_ADDRESS_CHARS.search(address):
+        category = Category.SENDER_REJECTED if stage is Stage.MAIL else Category.USER_UNKNOWN
+        return _local(Disposition.BOUNCED, category, stage, "5.1.3", f"bad address {address!r}")
+    text = f"{address!r} needs SMTPUTF8, which {host} does not offer"
+    return _local(Disposition.BOUNCED, Category.CONTENT_REJECTED, stage, "5.6.7", text)
+
+
+class Transport:
+    def __init__(
+        self, config: TransportConfig, throttle: Throttle, resolver: MxResolver | None
+    ) -> None:
+        if config.mode == "mx" and resolver is None:
+            raise ConfigError("transport: mx mode needs an MX resolver")
+        self.config = config
+        self._tls = _tls_context(config)
+        self.pool = Pool(
+            throttle,
+            max_messages=config.max_messages_per_connection,
+            idle_timeout=config.idle_timeout,
+            wait=config.pool_wait,
+            quit_timeout=min(config.command_timeout, 5.0),
+        )
+        self._mx = MxCache(resolver) if resolver is not None else None
+        self._relay_key = f"{config.relay_host}:{config.relay_port}"
+        self._reaper: asyncio.Task[None] | None = None
+
+    async def send(self, domain: str, mail_from: str, rcpt: str, message: bytes) -> Delivery:
+        """Deliver ``message`` (CRLF, already signed) from ``mail_from`` to ``rcpt``, whose
+        domain is ``domain``. Peer and network trouble come back as the Delivery's outcome."""
+        if self._reaper is None:
+            self._reaper = asyncio.get_running_loop().create_task(self._reap())
+        config = self.config
+        if config.mode == "relay":
+            host, port = config.relay_host, config.relay_port
+            return await self._via(self._relay_key, host, port, (host,), mail_from, rcpt, message)
+        return await self._direct(domain, mail_from, rcpt, message)
+
+    async def _direct(self, domain: str, mail_from: str, rcpt: str, message: bytes) -> Delivery:
+        assert self._mx is not None
+        name = _ascii_domain(domain)
+        if name is None:
+            text = f"{domain!r} is not a domain name"
+            outcome = _local(
+                Disposition.BOUNCED, Category.DOMAIN_NOT_FOUND, Stage.CONNECT, "5.1.2", text
+            )
+            return Delivery(outcome)
+        route = mx_route(await self._mx.lookup(name), name)
+        if isinstance(route, Outcome):
+            return Delivery(route)
+        port = self.config.mx_port
+        last: Delivery | None = None
+        for host in route:
+            addresses = await self._mx.addresses(host)
+            if not addresses:
+                text = f"MX host {host} has no address"
+                last = Delivery(transport_error(TransportErrorKind.DNS, Stage.CONNECT, text), host)
+                continue
+            last = await self._via(
+                f"{host}:{port}", host, port, addresses, mail_from, rcpt, message
+            )
+            outcome = last.outcome
+            # the next MX only for a host that is down or refuses sessions, as Postfix does;
+            # a reply about the message would be the same everywhere
+            if not (
+                outcome.disposition is Disposition.DEFERRED
+                and outcome.destination_failure
+                and outcome.stage in _STAGES_TO_FALL_BACK
+            ):
+                return last
+        assert last is not None
+        return last
+
+    async def _via(
+        self,
+        key: str,
+        host: str,
+        port: int,
+        addresses: Sequence[str],
+        mail_from: str,
+        rcpt: str,
+        message: bytes,
+    ) -> Delivery:
+        delivery: Delivery | None = None
+        for _ in range(2):
+            conn = await self.pool.acquire(key, host)
+            if conn is None:
+                wait = self.config.pool_wait
+                text = f"connection limit: no session to {host} came free in {wait:g}s"
+                outcome = Outcome(
+                    Disposition.DEFERRED, Category.RATE_LIMITED, Stage.CONNECT, text=text
+                )
+                return Delivery(outcome, host)
+            reused = conn.client is not None
+            try:
+                if not reused:
+                    failure = await self._open(conn, port, addresses)
+                    if failure is not None:
+                        self.pool.release(conn, reusable=False)
+                        return Delivery(failure, host, conn.address)
+                outcome, reusable = await self._transaction(conn, mail_from, rcpt, message)
+            except BaseException:
+                self.pool.release(conn, reusable=False)  # cancelled mid-session: state unknown
+                raise
+            delivery = Delivery(outcome, host, conn.address, conn.tls)
+            self.pool.release(conn, reusable=reusable)
+            # a server may drop a session we kept idle (its own timeout) without our noticing
+            # until the next command: that one goes again on a new session
+            stale = (
+                reused
+                and outcome.stage is Stage.MAIL
+                and (outcome.code == 421 or outcome.category is Category.CONNECTION)
+            )
+            if not stale:
+                break
+        assert delivery is not None
+        return delivery
+
+    async def _open(self, conn: Connection, port: int, addresses: Sequence[str]) -> Outcome | None:
+        failure: Outcome | None = None
+        for address in addresses[:2]:
+            failure = await self._session(conn, address, port)
+            # another address of the same host only when this one did not even answer
+            if failure is None or failure.stage is not Stage.CONNECT or failure.code is not None:
+                return failure
+        return failure
+
+    async def _session(self, conn: Connection, address: str, port: int) -> Outcome | None:
+        config = self.config
+        client = aiosmtplib.SMTP(
+            hostname=address,
+            port=port,
+            local_hostname=config.helo_name,
+            timeout=config.command_timeout,
+            use_tls=False,
+            start_tls=False,
+            tls_context=self._tls,
+        )
+        conn.address, conn.tls = address, False
+        stage = Stage.CONNECT
+        try:
+            await client.connect(timeout=config.connect_timeout)
+            stage = Stage.EHLO
+            await client.ehlo()
+            if self._tls is not None and client.supports_extension("starttls"):
+                stage = Stage.STARTTLS
+                await client.starttls(server_hostname=conn.host, timeout=config.connect_timeout)
+                conn.tls = True
+                stage = Stage.EHLO
+                await client.ehlo()  # RFC 3207: what was said before TLS no longer counts
+            elif config.tls == "required":
+                with contextlib.suppress(*_PEER_ERRORS):
+                    await client.quit()
+                client.close()
+                text = f"{conn.host} does not offer STARTTLS, and TLS is required"
+                return Outcome(
+                    Disposition.DEFERRED, Category.TLS, Stage.STARTTLS, None, None, text, True
+                )
+            if config.username is not None:
+                stage = Stage.AUTH
+                await client.login(config.username, config.password or "")
+        except _PEER_ERRORS as exc:
+            client.close()
+            return _failure(exc, stage)
+        conn.client = client
+        conn.smtputf8 = client.supports_extension("smtputf8")
+        conn.size_limit = client.supports_extension("size")
+        return None
+
+    async def _transaction(
+        self, conn: Connection, mail_from: str, rcpt: str, message: bytes
+    ) -> tuple[Outcome, bool]:
+        """One MAIL/RCPT/DATA exchange: the outcome, and whether the session is still usable."""
+        client = conn.client
+        assert client is not None
+        conn.sent += 1
+        sender = envelope_address(mail_from, conn.smtputf8)
+        if sender is None:
+            return _unsendable(mail_from, Stage.MAIL, conn.host), True
+        recipient = envelope_address(rcpt, conn.smtputf8)
+        if recipient is None:
+            return _unsendable(rcpt, Stage.RCPT, conn.host), True
+        stage = Stage.MAIL
+        try:
+            args = [b"FROM:<" + sender[0] + b">"]
+            if conn.size_limit:
+                args.append(b"SIZE=%d" % len(message))
+            if sender[1] or recipient[1]:
+                args.append(b"SMTPUTF8")
+            reply = await client.execute_command(b"MAIL", *args)
+            if reply.code != 250:
+                return classify(reply.code, None, reply.message, stage), await _reset(client)
+            stage = Stage.RCPT
+            reply = await client.execute_command(b"RCPT", b"TO:<" + recipient[0] + b">")
+            if reply.code not in (250, 251):
+                return classify(reply.code, None, reply.message, stage), await _reset(client)
+            stage = Stage.DATA
+            reply = await client.execute_command(b"DATA")
+            if reply.code != 354:
+                return classify(reply.code, None, reply.message, stage), await _reset(client)
+            # the body and its reply straight on the protocol: SMTP.data would rewrite line
+            # endings (breaking DKIM) and not tell a refused DATA from a refused message
+            protocol = client.protocol
+            if protocol is None:
+                raise aiosmtplib.SMTPServerDisconnected("connection lost before the message")
+            protocol.write(data_payload(message))
+            reply = await protocol.read_response(timeout=self.config.data_timeout)
+        except _PEER_ERRORS as exc:
+            return _failure(exc, stage), False
+        outcome = classify(reply.code, None, reply.message, Stage.AFTER_DATA)
+        return outcome, reply.code != 421
+
+    async def _reap(self) -> None:
+        interval = min(max(self.config.idle_timeout / 2, 0.05), 5.0)
+        while True:
+            await asyncio.sleep(interval)
+            self.pool.prune()
+
+    def prune(self) -> int:
+        """Close the sessions idle past the idle timeout now (the reaper does it periodically)."""
+        return self.pool.prune()
+
+    async def close(self) -> None:
+        if self._reaper is not None:
+            self._reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reaper
+            self._reaper = None
+        await self.pool.close()
