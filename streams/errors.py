@@ -10,18 +10,30 @@ from __future__ import annotations
 
 __all__ = [
     "AuthError",
+    "BareLineEndingError",
+    "BenchError",
     "CodecError",
     "ConfigError",
+    "DkimError",
+    "DkimKeyError",
+    "DkimMessageError",
+    "HeaderInjectionError",
+    "InvalidContentError",
     "InvalidRecordError",
     "MigrationError",
     "NotAvroError",
     "PostwireError",
+    "RenderError",
     "SchemaMismatchError",
     "SinkUnavailableError",
     "StackError",
+    "StageCrashError",
+    "TemplateRenderError",
     "TrailingBytesError",
     "TruncatedError",
+    "UndefinedVariableError",
     "UnknownSchemaError",
+    "UnknownTemplateError",
 ]
 
 
@@ -107,3 +119,82 @@ class InvalidRecordError(CodecError):
     """The body does not decode with its writer schema, or a record to encode does not fit."""
 
     code = "codec.invalid"
+
+
+class RenderError(PostwireError):
+    """A send request cannot become a message; ``field`` names the part of the request at fault.
+
+    Never retriable: the same request renders the same way every time."""
+
+    code = "render"
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+class HeaderInjectionError(RenderError):
+    """A header value holds CR or LF, before or after substitution (header/SMTP injection)."""
+
+    code = "render.header_injection"
+
+
+class BareLineEndingError(RenderError):
+    """A body holds CR or LF outside a CRLF pair (SMTP smuggling)."""
+
+    code = "render.bare_line_ending"
+
+
+class UndefinedVariableError(RenderError):
+    """A template uses a variable that the substitutions do not define."""
+
+    code = "render.undefined"
+
+
+class TemplateRenderError(RenderError):
+    """A template does not parse, breaks the sandbox, fails at run time or renders too much."""
+
+    code = "render.template"
+
+
+class UnknownTemplateError(RenderError):
+    """The request names a stored template the template store does not hold."""
+
+    code = "render.unknown_template"
+
+
+class InvalidContentError(RenderError):
+    """Missing sender or content, an unusable address, a reserved header or a bad attachment."""
+
+    code = "render.invalid"
+
+
+class DkimError(PostwireError):
+    """A message could not be DKIM-signed."""
+
+    code = "dkim"
+
+
+class DkimKeyError(DkimError):
+    """The private key does not load or is not RSA (>= 1024 bits) or Ed25519."""
+
+    code = "dkim.key"
+
+
+class DkimMessageError(DkimError):
+    """The message is not in SMTP form (CRLF only, header block then body)."""
+
+    code = "dkim.message"
+
+
+class StageCrashError(PostwireError):
+    """A stage failed on a record in a way nobody planned for (a bug). The record is
+    dead-lettered with the error rather than lost with the crashed agent."""
+
+    code = "stage.crashed"
+
+
+class BenchError(PostwireError):
+    """A benchmark's peers could not be found, started or stopped."""
+
+    code = "bench"

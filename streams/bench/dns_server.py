@@ -27,6 +27,13 @@ class Zone:
         return any(name in table for table in (self.mx, self.a, self.aaaa, self.txt))
 
 
+def _character_strings(value: str) -> list[bytes]:
+    """A TXT value as the character-strings of at most 255 bytes it must be sent as (RFC 1035);
+    a reader joins them back (a DKIM key record is about 400 bytes)."""
+    data = value.encode()
+    return [data[i : i + 255] for i in range(0, len(data), 255)] or [b""]
+
+
 class _Resolver(BaseResolver):  # type: ignore[misc]  # dnslib ships no types
     def __init__(
         self, zone: Zone, counts: dict[tuple[str, str], int], lock: threading.Lock
@@ -56,7 +63,8 @@ class _Resolver(BaseResolver):  # type: ignore[misc]  # dnslib ships no types
         elif qtype == "AAAA" and name in self.zone.aaaa:
             reply.add_answer(RR(q.qname, QTYPE.AAAA, rdata=AAAA(self.zone.aaaa[name]), ttl=300))
         elif qtype == "TXT" and name in self.zone.txt:
-            reply.add_answer(RR(q.qname, QTYPE.TXT, rdata=TXT(self.zone.txt[name]), ttl=300))
+            rdata = TXT(_character_strings(self.zone.txt[name]))
+            reply.add_answer(RR(q.qname, QTYPE.TXT, rdata=rdata, ttl=300))
         return reply
 
 

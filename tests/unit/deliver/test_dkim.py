@@ -1,0 +1,212 @@
+"""DKIM signing, checked by an independent verifier (dkimpy) with the key served by a dnsfunc."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import dkim
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from streams.deliver import dkim as signing
+from streams.deliver.dkim import DkimKey, Signer, canonical_body, keygen, load_keys
+from streams.deliver.mime import Prepared, prepare
+from streams.errors import DkimKeyError, DkimMessageError
+
+NOW = datetime(2024, 5, 6, 7, 8, 9, tzinfo=UTC)
+DOMAIN = "shop.example"
+KEYS = {algorithm: keygen(algorithm) for algorithm in ("rsa", "ed25519")}
+
+
+@cache
+def prepared(text: str) -> Prepared:
+    # one Prepared per body: a new one would pick new MIME boundaries, so a new body
+    task = {
+        "from": {"email": f"news@{DOMAIN}", "name": "Shop News"},
+        "content": {
+            "subject": "Weekly news",
+            "text": text,
+            "html": "<p>Hello</p>",
+            "headers": {"List-Unsubscribe": "<mailto:u@shop.example>", "X-Campaign": "c1"},
+        },
+        "created_at": NOW,
+    }
+    return prepare(task)
+
+
+def message(text: str = "Hello there,\r\nthe weekly news.  \r\n\r\n", **extra: Any) -> bytes:
+    rcpt = {"email": "ann@example.com", "name": "Ann"} | extra
+    return prepared(text).render(rcpt, "m1")
+
+
+def signer(algorithm: str, **kw: Any) -> Signer:
+    return Signer({DOMAIN: DkimKey.from_pem(DOMAIN, "s1", KEYS[algorithm][0])}, **kw)
+
+
+def verify(signed: bytes, algorithm: str) -> bool:
+    asked: list[bytes] = []
+
+    def dnsfunc(name: bytes, timeout: int = 5) -> bytes:
+        asked.append(name)
+        return KEYS[algorithm][1].encode()
+
+    ok = bool(dkim.verify(signed, dnsfunc=dnsfunc))
+    assert asked == [b"s1._domainkey.shop.example."]
+    return ok
+
+
+def tags(signed: bytes) -> dict[str, str]:
+    header = signed.partition(b"\r\nFrom:")[0].decode()
+    value = header.removeprefix("DKIM-Signature:").replace("\r\n", "")
+    pairs = (tag.strip().partition("=") for tag in value.split(";"))
+    return {k: "".join(v.split()) for k, _, v in pairs}
+
+
+@pytest.mark.parametrize("algorithm", ["rsa", "ed25519"])
+def test_signature_verifies_with_dkimpy(algorithm: str) -> None:
+    signed = signer(algorithm).sign(message(), DOMAIN, NOW)
+    assert signed.endswith(message())
+    assert verify(signed, algorithm)
+    found = tags(signed)
+    assert found["a"] == f"{algorithm}-sha256"
+    assert (found["d"], found["s"], found["c"]) == (DOMAIN, "s1", "relaxed/relaxed")
+    assert found["t"] == str(int(NOW.timestamp()))
+    assert found["h"].split(":") == [
+        "from", "to", "subject", "date", "message-id", "mime-version", "content-type",
+        "list-unsubscribe",
+    ]  # fmt: skip
+    head = signed.partition(b"\r\n\r\n")[0]
+    assert max(len(line) for line in head.split(b"\r\n")) <= 78
+
+
+@pytest.mark.parametrize("algorithm", ["rsa", "ed25519"])
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        (b"the weekly news.", b"the weekly NEWS."),  # body
+        (b"Subject: Weekly news", b"Subject: Weekly newz"),  # signed header
+        (b"To: Ann <ann@", b"To: Bob <ann@"),
+    ],
+)
+def test_tampering_breaks_the_signature(algorithm: str, old: bytes, new: bytes) -> None:
+    signed = signer(algorithm).sign(message(), DOMAIN, NOW)
+    assert old in signed
+    assert not verify(signed.replace(old, new), algorithm)
+
+
+@pytest.mark.parametrize("algorithm", ["rsa", "ed25519"])
+def test_relaxed_canonicalisation_tolerates_relay_whitespace(algorithm: str) -> None:
+    signed = signer(algorithm).sign(message(), DOMAIN, NOW)
+    relayed = signed.replace(b"Subject: Weekly news", b"Subject:  Weekly\r\n\tnews ")
+    relayed = relayed.replace(b"Hello there,", b"Hello   there,") + b"\r\n\r\n"
+    assert verify(relayed, algorithm)
+
+
+def test_unsigned_headers_may_change() -> None:
+    signed = signer("rsa").sign(message(), DOMAIN, NOW)
+    assert verify(signed.replace(b"X-Campaign: c1", b"X-Campaign: c2"), "rsa")
+
+
+def test_unknown_domain_is_left_unsigned() -> None:
+    assert signer("rsa").sign(message(), "other.example", NOW) == message()
+
+
+@pytest.mark.parametrize("algorithm", ["rsa", "ed25519"])
+def test_body_hash_cache_signs_like_no_cache(
+    algorithm: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[int] = []
+
+    def counting(body: bytes) -> bytes:
+        calls.append(len(body))
+        return canonical_body(body)
+
+    monkeypatch.setattr(signing, "canonical_body", counting)
+    cached, uncached = signer(algorithm), signer(algorithm, body_cache=0)
+    for name in ("Ann", "Bob", "Cleo"):
+        msg = message(name=name)
+        assert cached.sign(msg, DOMAIN, NOW) == uncached.sign(msg, DOMAIN, NOW)
+    assert len(calls) == 1 + 3  # the cached signer hashed the shared body once
+    other = message(text="another body")
+    assert cached.sign(other, DOMAIN, NOW) == uncached.sign(other, DOMAIN, NOW)
+    assert verify(cached.sign(other, DOMAIN, NOW), algorithm)
+
+
+def test_canonical_body_follows_rfc_6376_example() -> None:
+    assert canonical_body(b" C \r\nD \t E\r\n\r\n\r\n") == b" C\r\nD E\r\n"
+    assert canonical_body(b"") == b""
+    assert canonical_body(b"\r\n\r\n") == b""
+    assert canonical_body(b"last line  ") == b"last line\r\n"
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        b"From: a@shop.example\nSubject: x\n\nbody\n",  # LF only
+        b"From: a@shop.example\r\nSubject: x\r\nbody\rmore\r\n",  # bare CR
+        b"From: a@shop.example\r\nSubject: no body separator\r\n",
+        b"Subject: no from\r\n\r\nbody\r\n",
+        b" continuation first\r\nFrom: a@shop.example\r\n\r\nbody\r\n",
+    ],
+)
+def test_malformed_messages_are_refused(bad: bytes) -> None:
+    with pytest.raises(DkimMessageError):
+        signer("ed25519").sign(bad, DOMAIN, NOW)
+
+
+def test_keygen_records() -> None:
+    for algorithm, (pem, record) in KEYS.items():
+        key = DkimKey.from_pem(DOMAIN, "s1", pem)
+        assert record.startswith(f"v=DKIM1; k={algorithm}; p=")
+        assert key.dns_record() == record
+        assert key.record_name == "s1._domainkey.shop.example"
+    with pytest.raises(DkimKeyError):
+        keygen("rsa", bits=512)
+
+
+def test_load_keys(tmp_path: Path) -> None:
+    (tmp_path / "s2024._domainkey.shop.example.pem").write_bytes(KEYS["rsa"][0])
+    (tmp_path / "ed._domainkey.Mail.Other.example.pem").write_bytes(KEYS["ed25519"][0])
+    (tmp_path / "s2024._domainkey.shop.example.txt").write_text(KEYS["rsa"][1])  # ignored
+    keys = load_keys(tmp_path)
+    assert sorted(keys) == ["mail.other.example", "shop.example"]
+    assert (keys["shop.example"].selector, keys["shop.example"].algorithm) == (
+        "s2024",
+        "rsa-sha256",
+    )
+    assert keys["mail.other.example"].algorithm == "ed25519-sha256"
+
+
+def ec_pem() -> bytes:
+    return ec.generate_private_key(ec.SECP256R1()).private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "match"),
+    [
+        ("s1._domainkey.shop.example.pem", b"not a key", "not an unencrypted PEM"),
+        ("s1._domainkey.shop.example.pem", ec_pem(), "RSA or Ed25519"),
+        ("shop.example.pem", KEYS["rsa"][0], "name it"),
+        ("bad selector._domainkey.shop.example.pem", KEYS["rsa"][0], "selector"),
+    ],
+)
+def test_bad_key_files_name_the_file(tmp_path: Path, name: str, content: bytes, match: str) -> None:
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(DkimKeyError, match=match) as raised:
+        load_keys(tmp_path)
+    assert name in str(raised.value)
+
+
+def test_two_keys_for_one_domain_are_refused(tmp_path: Path) -> None:
+    (tmp_path / "a._domainkey.shop.example.pem").write_bytes(KEYS["rsa"][0])
+    (tmp_path / "b._domainkey.shop.example.pem").write_bytes(KEYS["ed25519"][0])
+    with pytest.raises(DkimKeyError, match="second key"):
+        load_keys(tmp_path)
