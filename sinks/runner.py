@@ -49,10 +49,12 @@ class SinkRunner:
         error = str(exc).replace("\x00", "\\x00")
         return sink_failure_row(src, f"sink.{table}", "sink.rejected_row", error, raw, _now())
 
-    def _map(self, msg: ConsumerRecord[bytes, bytes]) -> tuple[str, tuple[object, ...]]:
-        src = Source(msg.topic, msg.partition, msg.offset)
+    def _map(self, msg: ConsumerRecord[bytes, bytes]) -> tuple[str, tuple[object, ...] | None]:
+        src = Source(msg.topic, msg.partition, msg.offset, msg.timestamp)
         raw = msg.value or b""
         try:
+            if msg.value is None:
+                return self.spec.table, self.spec.tombstone(msg.key, src)
             _, record = self.codec.decode(raw, expected=self.spec.record)
             return self.spec.table, self.spec.to_row(record, src)
         except (CodecError, KeyError, TypeError, ValueError) as exc:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -19,6 +19,7 @@ __all__ = [
     "TableSpec",
     "rejection_row",
     "sink_failure_row",
+    "suppression_key",
     "table_specs",
 ]
 
@@ -30,6 +31,11 @@ class Source:
     topic: str
     partition: int
     offset: int
+    timestamp_ms: int = 0  # the Kafka record's timestamp
+
+
+def _no_tombstones(key: bytes | None, src: Source) -> Row | None:
+    raise ValueError("a tombstone (null value) where a record was expected")
 
 
 @dataclass(frozen=True)
@@ -39,9 +45,14 @@ class TableSpec:
     record: str
     columns: tuple[str, ...]
     key: tuple[str, ...]
-    to_row: Callable[[Record, Source], Row]
+    to_row: Callable[[Record, Source], Row | None]  # None: this record has no row here
     # columns overwritten when a row with the same key arrives again; empty: first write wins
     update: tuple[str, ...] = ()
+    # with ``update``: only overwrite a row whose ``newest`` column is not newer (out-of-order
+    # and replayed records never roll a row back); within a batch the newest row wins
+    newest: str | None = None
+    # the row for a null value (a tombstone on a compacted topic), from the record key
+    tombstone: Callable[[bytes | None, Source], Row | None] = _no_tombstones
 
 
 def _request_row(r: Record, src: Source) -> Row:
@@ -137,6 +148,53 @@ def sink_failure_row(
     return (src.topic, src.partition, src.offset, stage, code, error, None, raw, now)
 
 
+def _message_row(r: Record, _src: Source) -> Row | None:
+    """Latest state per message and recipient: every event about one becomes its state."""
+    if r["message_id"] is None or r["recipient"] is None:
+        return None
+    smtp = r["smtp"]
+    reply = None
+    if smtp is not None:
+        enhanced = f" {smtp['enhanced_code']}" if smtp["enhanced_code"] else ""
+        reply = f"{smtp['code']}{enhanced} {smtp['message']}".strip()
+    retry_ms = r["retry_after_ms"]
+    next_attempt = (
+        r["occurred_at"] + timedelta(milliseconds=retry_ms)
+        if r["type"] == "deferred" and retry_ms is not None
+        else None
+    )
+    return (
+        r["message_id"],
+        r["recipient"],
+        r["tenant"],
+        r["request_id"] or "",
+        r["type"],
+        r["attempt"],
+        reply,
+        r["reason"],
+        r["bounce_class"],
+        next_attempt,
+        r["occurred_at"],
+    )
+
+
+def _suppression_row(r: Record, _src: Source) -> Row:
+    at = r["created_at"]
+    return (r["tenant"], r["address"].lower(), r["reason"], r["source"], r["detail"], at, None, at)
+
+
+def suppression_key(tenant: str, address: str) -> bytes:
+    return f"{tenant}\x1f{address.lower()}".encode()
+
+
+def _suppression_removed(key: bytes | None, src: Source) -> Row:
+    tenant, sep, address = (key or b"").decode().partition("\x1f")
+    if not sep or not tenant or not address:
+        raise ValueError(f"a suppression tombstone needs a key tenant\\x1faddress, not {key!r}")
+    at = datetime.fromtimestamp(src.timestamp_ms / 1000, UTC)
+    return (tenant, address, "removed", "tombstone", None, at, at, at)
+
+
 def table_specs(settings: Settings) -> dict[str, TableSpec]:
     t = settings.topics
     specs = [
@@ -197,6 +255,56 @@ def table_specs(settings: Settings) -> dict[str, TableSpec]:
             ),
             key=("event_id",),
             to_row=_event_row,
+        ),
+        TableSpec(
+            table="messages",
+            topic=t.events,
+            record="DeliveryEvent",
+            columns=(
+                "message_id",
+                "recipient",
+                "tenant_id",
+                "request_id",
+                "state",
+                "attempts",
+                "last_reply",
+                "reason",
+                "bounce_class",
+                "next_attempt_at",
+                "updated_at",
+            ),
+            key=("message_id", "recipient"),
+            to_row=_message_row,
+            update=(
+                "state",
+                "attempts",
+                "last_reply",
+                "reason",
+                "bounce_class",
+                "next_attempt_at",
+                "updated_at",
+            ),
+            newest="updated_at",
+        ),
+        TableSpec(
+            table="suppressions",
+            topic=t.suppressions,
+            record="Suppression",
+            columns=(
+                "tenant_id",
+                "address",
+                "reason",
+                "source",
+                "detail",
+                "created_at",
+                "removed_at",
+                "updated_at",
+            ),
+            key=("tenant_id", "address"),
+            to_row=_suppression_row,
+            update=("reason", "source", "detail", "created_at", "removed_at", "updated_at"),
+            newest="updated_at",
+            tombstone=_suppression_removed,
         ),
         TableSpec(
             table="rejections",

@@ -13,7 +13,7 @@ from sinks.batching import Batch
 from sinks.tables import REJECTION_COLUMNS, TableSpec
 from streams.errors import SinkUnavailableError
 
-__all__ = ["PostgresWriter", "upsert_sql"]
+__all__ = ["PostgresWriter", "newest_per_key", "upsert_sql"]
 
 _REJECTIONS_KEY = ("source_topic", "source_partition", "source_offset")
 log = logging.getLogger("postwire.sinks")
@@ -24,7 +24,11 @@ DeadLetter = Callable[[str, Any, Exception], tuple[Any, ...] | None]
 
 
 def upsert_sql(
-    table: str, columns: tuple[str, ...], key: tuple[str, ...], update: tuple[str, ...]
+    table: str,
+    columns: tuple[str, ...],
+    key: tuple[str, ...],
+    update: tuple[str, ...],
+    newest: str | None = None,
 ) -> str:
     # identifiers come from the TableSpec constants in sinks/tables.py, never from input
     cols, keys = ", ".join(columns), ", ".join(key)
@@ -32,19 +36,38 @@ def upsert_sql(
         sets = ", ".join(f"{c} = EXCLUDED.{c}" for c in update)
         # DISTINCT ON: a key twice in one batch would make ON CONFLICT DO UPDATE fail
         select = f"SELECT DISTINCT ON ({keys}) {cols} FROM _pw_{table}"  # noqa: S608
-        return f"INSERT INTO {table} ({cols}) {select} ON CONFLICT ({keys}) DO UPDATE SET {sets}"
+        guard = f" WHERE {table}.{newest} <= EXCLUDED.{newest}" if newest else ""
+        return (
+            f"INSERT INTO {table} ({cols}) {select} "
+            f"ON CONFLICT ({keys}) DO UPDATE SET {sets}{guard}"
+        )
     return (
         f"INSERT INTO {table} ({cols}) SELECT {cols} FROM _pw_{table} "  # noqa: S608
         f"ON CONFLICT ({keys}) DO NOTHING"
     )
 
 
+def newest_per_key(
+    rows: list[tuple[Any, ...]], columns: tuple[str, ...], key: tuple[str, ...], newest: str | None
+) -> list[tuple[Any, ...]]:
+    """One row per key: the newest by ``newest`` (ties: the later one), else the last one."""
+    at = [columns.index(k) for k in key]
+    by = columns.index(newest) if newest else None
+    kept: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+    for row in rows:
+        k = tuple(row[i] for i in at)
+        old = kept.get(k)
+        if old is None or by is None or row[by] >= old[by]:
+            kept[k] = row
+    return list(kept.values())
+
+
 class PostgresWriter:
     def __init__(self, dsn: str, specs: dict[str, TableSpec]) -> None:
         self.dsn = dsn
-        self._columns = {name: (s.columns, s.key, s.update) for name, s in specs.items()}
+        self._columns = {name: (s.columns, s.key, s.update, s.newest) for name, s in specs.items()}
         # every sink may dead-letter rows it cannot map into rejections
-        self._columns.setdefault("rejections", (REJECTION_COLUMNS, _REJECTIONS_KEY, ()))
+        self._columns.setdefault("rejections", (REJECTION_COLUMNS, _REJECTIONS_KEY, (), None))
         self._pool: asyncpg.Pool[Any] | None = None
 
     async def start(self) -> None:
@@ -91,13 +114,15 @@ class PostgresWriter:
             raise SinkUnavailableError(f"PostgreSQL unavailable: {exc}", retry_after=1.0) from exc
 
     async def _upsert(self, conn: Any, table: str, rows: list[tuple[Any, ...]]) -> None:
-        columns, key, update = self._columns[table]
+        columns, key, update, newest = self._columns[table]
+        if update:
+            rows = newest_per_key(rows, columns, key, newest)
         await conn.execute(
             f"CREATE TEMP TABLE IF NOT EXISTS _pw_{table} "
             f"(LIKE {table} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
         )
         await conn.copy_records_to_table(f"_pw_{table}", records=rows, columns=columns)
-        await conn.execute(upsert_sql(table, columns, key, update))
+        await conn.execute(upsert_sql(table, columns, key, update, newest))
         # rows stay in the temp table until commit; a savepoint-per-row pass must not see them
         await conn.execute(f"TRUNCATE _pw_{table}")
 

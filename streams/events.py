@@ -30,9 +30,13 @@ def make_event(
     attempt: int = 0,
     categories: Sequence[str] = (),
     custom_args: Mapping[str, str] | None = None,
+    smtp: Mapping[str, object] | None = None,
+    bounce_class: str | None = None,
 ) -> Record:
     return {
         "event_id": digest(event_type, tenant, request_id, message_id, recipient, reason, attempt),
+        "smtp": dict(smtp) if smtp is not None else None,
+        "bounce_class": bounce_class,
         "tenant": tenant,
         "type": event_type,
         "request_id": request_id,

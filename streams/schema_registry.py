@@ -33,6 +33,7 @@ RECORD_NAMES: tuple[str, ...] = (
     "DeliveryEvent",
     "Rejection",
     "VerifyTask",
+    "Suppression",
 )
 _NAMESPACE = "io.postwire"
 _PRIMITIVES = {"null", "boolean", "int", "long", "float", "double", "bytes", "string"}

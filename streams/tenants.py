@@ -55,6 +55,10 @@ class Directory:
     tenants: dict[str, Tenant] = field(default_factory=dict)
     keys: dict[bytes, ApiKey] = field(default_factory=dict)
     suppressed: set[tuple[str, str]] = field(default_factory=set)
+    # (tenant, template id) -> (subject, html, text)
+    templates: dict[tuple[str, str], tuple[str | None, str | None, str | None]] = field(
+        default_factory=dict
+    )
 
     def authenticate(self, tenant_id: str, api_key: str | None, operation: str) -> Tenant:
         if not api_key:
@@ -110,9 +114,17 @@ async def load_directory(conn: Any, settings: Settings) -> Directory:
     keys = {bytes(r["key_sha256"]): _key(r) for r in await conn.fetch("SELECT * FROM api_keys")}
     suppressed = {
         (r["tenant_id"], r["address"].lower())
-        for r in await conn.fetch("SELECT tenant_id, address FROM suppressions")
+        for r in await conn.fetch(
+            "SELECT tenant_id, address FROM suppressions WHERE removed_at IS NULL"
+        )
     }
-    return Directory(tenants, keys, suppressed)
+    templates = {
+        (r["tenant_id"], r["template_id"]): (r["subject"], r["html"], r["text"])
+        for r in await conn.fetch(
+            "SELECT tenant_id, template_id, subject, html, text FROM templates"
+        )
+    }
+    return Directory(tenants, keys, suppressed, templates)
 
 
 async def load_credentials(
