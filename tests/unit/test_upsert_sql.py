@@ -17,3 +17,21 @@ def test_state_tables_update_once_per_key() -> None:
     )
     assert "SELECT DISTINCT ON (message_id, recipient)" in sql
     assert sql.endswith("ON CONFLICT (message_id, recipient) DO UPDATE SET state = EXCLUDED.state")
+
+
+def test_update_tables_never_roll_back_and_keep_the_newest_row_of_a_batch() -> None:
+    from sinks.writer import newest_per_key
+
+    sql = upsert_sql("messages", ("id", "state", "at"), ("id",), ("state", "at"), "at")
+    assert sql.endswith("WHERE messages.at <= EXCLUDED.at")
+    rows = [
+        ("m1", "deferred", 1),
+        ("m2", "delivered", 5),
+        ("m1", "delivered", 3),
+        ("m1", "late", 2),
+    ]
+    kept = newest_per_key(rows, ("id", "state", "at"), ("id",), "at")
+    assert sorted(kept) == [("m1", "delivered", 3), ("m2", "delivered", 5)]
+    # without an order column the last one wins (a tombstone after an add on one topic)
+    last = newest_per_key(rows, ("id", "state", "at"), ("id",), None)
+    assert sorted(last) == [("m1", "late", 2), ("m2", "delivered", 5)]
