@@ -6,8 +6,13 @@ from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
+import orjson
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from streams.deliver.breaker import BreakerPolicy
+from streams.deliver.retry import RetryPolicy
+from streams.deliver.throttle import DestinationLimits, Limit
 
 __all__ = ["Settings", "TopicNames"]
 
@@ -36,6 +41,14 @@ class TopicNames:
         self.suppressions = f"{prefix}.suppressions"
         self.tenants = f"{prefix}.tenants"
         self.deferred = f"{prefix}.deferred"
+        # the transactional lane (critical/high): its own topic and consumers, so a bulk
+        # backlog on ``deliveries`` never stands in front of a password reset
+        self.deliveries_tx = f"{prefix}.deliveries.tx"
+        # the mail queue as operators see it (mailq): latest state per deferred or held task
+        self.queue = f"{prefix}.queue"
+
+    def lane(self, lane: str) -> str:
+        return self.deliveries_tx if lane == "tx" else self.deliveries
 
 
 class Settings(BaseSettings):
@@ -109,6 +122,49 @@ class Settings(BaseSettings):
     verify_concurrency: int = Field(default=32, ge=1)
     lists_dir: Path | None = None  # extra disposable/role/free lists, see streams/verify/lists.py
 
+    # delivery: "mx" looks up each recipient domain's MX; "relay" hands everything to a smarthost
+    delivery_mode: Literal["mx", "relay"] = "mx"
+    relay_host: str = ""
+    relay_port: int = 25
+    relay_username: str | None = None
+    relay_password: SecretStr | None = None
+    smtp_port: int = 25  # the port of remote MX hosts (tests and benchmarks use another)
+    smtp_tls: Literal["none", "opportunistic", "required"] = "opportunistic"
+    # unset: check certificates only when TLS is required; opportunistic TLS does not, like
+    # Postfix's "may" level (many MX certificates are self-signed or name another host)
+    smtp_tls_verify: bool | None = None
+    smtp_ca_file: Path | None = None
+    smtp_helo: str = "postwire.localhost"
+    # Postfix's smtp_connect_timeout / smtp_*_timeout / smtp_data_done_timeout, shortened
+    smtp_connect_timeout: float = Field(default=30.0, gt=0)
+    smtp_command_timeout: float = Field(default=60.0, gt=0)
+    smtp_data_timeout: float = Field(default=120.0, gt=0)
+    smtp_max_messages_per_connection: int = Field(default=100, ge=1)
+    smtp_idle_timeout: float = Field(default=30.0, gt=0)
+    # per destination (domain or MX host): open connections, messages/s and burst; overrides as
+    # JSON, e.g. {"gmail.com": {"connections": 20, "rate": 100, "burst": 20}}
+    dest_connections: int = Field(default=10, ge=1)
+    dest_rate: float = Field(default=50.0, gt=0)
+    dest_burst: int = Field(default=10, ge=1)
+    dest_overrides: str = ""
+    tenant_send_rate: float = Field(default=500.0, gt=0)
+    tenant_send_burst: int = Field(default=50, ge=1)
+    # a throttle wait up to this long is waited out in place; longer ones go to a delay topic
+    throttle_max_wait: float = Field(default=5.0, ge=0)
+    # retry ladder (Postfix: 300 s doubling, at most 4 h apart, 5 days) and its delay topics
+    retry_first: float = Field(default=300.0, gt=0)
+    retry_factor: float = Field(default=2.0, ge=1)
+    retry_cap: float = Field(default=14400.0, gt=0)
+    retry_max_age: float = Field(default=432000.0, gt=0)
+    retry_tiers: str = "300,600,1200,2400,4800,9600,14400"
+    # consecutive connection failures that pause a destination, and the first pause
+    breaker_threshold: int = Field(default=5, ge=1)
+    breaker_cool_down: float = Field(default=60.0, gt=0)
+    deliver_concurrency: int = Field(default=64, ge=1)
+    dkim_keys_dir: Path | None = (
+        None  # <selector>._domainkey.<domain>.pem files; default data_dir/dkim
+    )
+
     # sinks
     sink_batch_size: int = Field(default=2000, ge=1)
     sink_linger: float = Field(default=0.05, gt=0)
@@ -129,6 +185,36 @@ class Settings(BaseSettings):
     @cached_property
     def topics(self) -> TopicNames:
         return TopicNames(self.topic_prefix)
+
+    @cached_property
+    def retry_policy(self) -> RetryPolicy:
+        tiers = tuple(int(t) for t in self.retry_tiers.split(",") if t.strip())
+        return RetryPolicy(
+            self.retry_first, self.retry_factor, self.retry_cap, self.retry_max_age, tiers
+        )
+
+    @cached_property
+    def destination_limits(self) -> DestinationLimits:
+        overrides = None
+        if self.dest_overrides.strip():
+            raw = orjson.loads(self.dest_overrides)
+            overrides = {name: Limit(**limit) for name, limit in raw.items()}
+        default = Limit(self.dest_connections, self.dest_rate, self.dest_burst)
+        kwargs = {} if overrides is None else {"overrides": overrides}
+        return DestinationLimits(
+            default,
+            tenant_rate=self.tenant_send_rate,
+            tenant_burst=self.tenant_send_burst,
+            **kwargs,
+        )
+
+    @cached_property
+    def breaker_policy(self) -> BreakerPolicy:
+        return BreakerPolicy(threshold=self.breaker_threshold, cool_down=self.breaker_cool_down)
+
+    @property
+    def dkim_dir(self) -> Path:
+        return self.dkim_keys_dir or self.data_dir / "dkim"
 
     @property
     def embedded_kafka(self) -> bool:

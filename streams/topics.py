@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
+from streams.deliver.retry import tier_topics
 from streams.errors import StackError
 from streams.settings import Settings
 
@@ -38,12 +39,24 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         TopicSpec(t.rejections, n, {**log, "retention.ms": str(4 * _WEEK_MS)}, "dead letters"),
         TopicSpec(t.verify, n, log, "addresses to verify, key = recipient domain"),
         TopicSpec(t.verifications, n, log, "VerificationResult"),
-        TopicSpec(t.deliveries, n, log, "DeliveryTask, key = recipient domain"),
+        TopicSpec(t.deliveries, n, log, "DeliveryTask, bulk lane (normal/bulk), key = domain"),
+        TopicSpec(t.deliveries_tx, n, log, "DeliveryTask, transactional lane, key = domain"),
+        *(
+            TopicSpec(name, n, log, "DeliveryTask waiting for its next attempt, key = domain")
+            for name in tier_topics(settings.retry_policy, t.prefix)
+        ),
+        TopicSpec(t.queue, n, table, "deferred and held tasks (mailq), key = task id"),
         TopicSpec(t.events, n, log, "DeliveryEvent"),
         TopicSpec(
             t.deferred, n, log, "rate-limited requests waiting for their window, key = tenant"
         ),
-        TopicSpec(t.control, 1, log, "queue control commands the workers obey"),
+        # kept forever: a hold stays in force until released, however long that takes
+        TopicSpec(
+            t.control,
+            1,
+            {"cleanup.policy": "delete", "retention.ms": "-1"},
+            "queue control commands the workers obey",
+        ),
         TopicSpec(t.suppressions, n, table, "suppression list, key = tenant + address digest"),
         TopicSpec(t.tenants, 1, table, "tenant settings, key = tenant"),
     ]

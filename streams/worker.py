@@ -9,13 +9,14 @@ import logging
 import faust
 
 from streams.codec import default_codec
+from streams.deliver.queue import ControlFeed
 from streams.settings import Settings
-from streams.stages import gate, verify
+from streams.stages import deliver, gate, verify
 from streams.stages.shell import Clock, DirectoryHolder, Outputs, wall_clock
 
 __all__ = ["STAGES", "create_app", "run_worker"]
 
-STAGES = ("gate", "verify")
+STAGES = ("gate", "verify", "deliver")
 
 
 def create_app(
@@ -23,6 +24,7 @@ def create_app(
     stages: tuple[str, ...] = STAGES,
     clock: Clock = wall_clock,
     directory: DirectoryHolder | None = None,
+    control: ControlFeed | None = None,
 ) -> faust.App:
     app = faust.App(
         settings.app_id,
@@ -54,6 +56,8 @@ def create_app(
         gate.register(app, settings, codec, outputs, directory, clock)
     if "verify" in stages:
         verify.register(app, settings, codec, outputs, directory, clock)
+    if "deliver" in stages:
+        deliver.register(app, settings, codec, outputs, directory, clock, control)
     return app
 
 
@@ -75,7 +79,11 @@ def run_worker(settings: Settings, stages: tuple[str, ...] = STAGES) -> None:
     logging.disable(logging.DEBUG)
     directory = DirectoryHolder(settings)
     directory.preload()
-    app = create_app(settings, stages, directory=directory)
+    control = None
+    if "deliver" in stages:
+        control = ControlFeed(settings)
+        control.preload()
+    app = create_app(settings, stages, directory=directory, control=control)
     tune_producer_buffer(settings)
     worker = faust.Worker(app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False)
     worker.execute_from_commandline()

@@ -42,6 +42,20 @@ def stack_settings(data_dir: Path, **overrides: object) -> Settings:
     return Settings(**values)  # type: ignore[arg-type]
 
 
+SENDER_DOMAIN = "acme.example"
+DKIM_SELECTOR = "pw1"
+
+
+def install_dkim_key(world: World, directory: Path) -> None:
+    """An RSA key for the test sender's domain, its public half served by the world's DNS."""
+    from streams.deliver.dkim import keygen
+
+    pem, txt = keygen("rsa")
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / f"{DKIM_SELECTOR}._domainkey.{SENDER_DOMAIN}.pem").write_bytes(pem)
+    world.dns.zone.txt[f"{DKIM_SELECTOR}._domainkey.{SENDER_DOMAIN}"] = txt
+
+
 @pytest.fixture(scope="session")
 def codec() -> Codec:
     return default_codec()
@@ -72,7 +86,22 @@ async def pipeline(tmp_path_factory: pytest.TempPathFactory, world: World) -> As
         overrides["kafka_bootstrap"] = os.environ["POSTWIRE_KAFKA_BOOTSTRAP"]
     if os.environ.get("POSTWIRE_DATABASE_URL"):
         overrides["database_url"] = os.environ["POSTWIRE_DATABASE_URL"]
+    dkim_dir = data_dir / "dkim"
+    install_dkim_key(world, dkim_dir)
     overrides.update(
+        # delivery against the fake MXs: short timeouts and a ladder of seconds, not minutes
+        smtp_port=world.smtp_port,
+        smtp_tls="none",
+        smtp_connect_timeout=1.5,
+        smtp_command_timeout=2.0,
+        smtp_data_timeout=3.0,
+        retry_first=1.0,
+        retry_cap=4.0,
+        retry_max_age=60.0,
+        retry_tiers="1,2,4",
+        breaker_threshold=50,
+        deliver_concurrency=16,
+        dkim_keys_dir=dkim_dir,
         dns_nameservers=world.dns.nameserver,
         dns_timeout=0.5,
         dns_tries=1,

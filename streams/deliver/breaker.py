@@ -68,6 +68,10 @@ class Breaker:
             return BreakerState.CLOSED
         return BreakerState.OPEN if now < self._open_until else BreakerState.HALF_OPEN
 
+    def idle(self, now: float) -> bool:
+        """Closed with no failures counted: indistinguishable from a new breaker."""
+        return self.state(now) is BreakerState.CLOSED and not self._failures
+
     def allow(self, now: float) -> bool:
         """May a connection be opened now? In half-open, ``True`` hands out the one probe."""
         state = self.state(now)

@@ -16,7 +16,8 @@ from typing import Any
 
 from streams.codec import Codec, Record
 from streams.deadletter import SourcePosition, rejection
-from streams.errors import AuthError, CodecError
+from streams.deliver.expand import Expansion, expand
+from streams.errors import AuthError, CodecError, InvalidContentError
 from streams.events import make_event
 from streams.stages.admission import Admit, Dedup, Throttle, dedup_decide, rate_decide
 from streams.tenants import Directory
@@ -76,6 +77,8 @@ class GateResult:
     outcome: str  # admitted | duplicate | throttled | deferred | rejected
     events: list[Record] = field(default_factory=list)
     tasks: list[tuple[str, Record]] = field(default_factory=list)  # (domain, VerifyTask)
+    deliveries: list[tuple[str, str, Record]] = field(default_factory=list)  # (domain, lane, task)
+    suppressions: list[Record] = field(default_factory=list)
     rejection: Record | None = None
     dedup_key: str | None = None
     dedup_entry: dict[str, Any] | None = None
@@ -133,6 +136,14 @@ def decide(
         return GateResult(
             "rejected", rejection=rejection(source, STAGE, exc, key, raw, now, tenant_id)
         )
+    expansion = Expansion()
+    if request["operation"] == "send":
+        try:
+            expansion = expand(request, now, directory.is_suppressed)
+        except InvalidContentError as exc:
+            return GateResult(
+                "rejected", rejection=rejection(source, STAGE, exc, key, raw, now, tenant_id)
+            )
     ts = now.timestamp()
     request_id = request["request_id"]
     common = {
@@ -190,15 +201,53 @@ def decide(
     if request["operation"] in ("verify", "validate"):
         probe = request["smtp_probe"] if request["smtp_probe"] is not None else tenant.smtp_probe
         tasks = verify_tasks(request, probe)
+    tracked, suppressions = track_outcome(request, now)
     return GateResult(
         "admitted",
-        events=[processed],
+        events=[processed, *expansion.events, *tracked],
+        suppressions=suppressions,
         tasks=tasks,
+        deliveries=expansion.tasks,
         dedup_key=dedup_key,
         dedup_entry=new_entry,
         count=memo is None,
         memo_entry=memo_entry,
     )
+
+
+# a complaint or an unsubscribe means: never again (SendGrid and SES suppress on both)
+SUPPRESSING = {"complained": "complaint", "unsubscribed": "unsubscribe"}
+
+
+def track_outcome(request: Record, now: datetime) -> tuple[list[Record], list[Record]]:
+    """A track request records its engagement event; complaints and unsubscribes also put the
+    address on the tenant's suppression list."""
+    track = request.get("track")
+    if request["operation"] != "track" or track is None:
+        return [], []
+    event = make_event(
+        track["event_type"],
+        request["tenant"],
+        track["occurred_at"],
+        request_id=request["request_id"],
+        message_id=track["message_id"],
+        recipient=track["recipient"],
+        categories=request["categories"],
+        custom_args=request["custom_args"],
+    )
+    event["url"], event["user_agent"] = track["url"], track["user_agent"]
+    reason = SUPPRESSING.get(track["event_type"])
+    if reason is None:
+        return [event], []
+    suppression = {
+        "tenant": request["tenant"],
+        "address": track["recipient"].lower(),
+        "reason": reason,
+        "source": "track",
+        "detail": f"message {track['message_id']}",
+        "created_at": now,
+    }
+    return [event], [suppression]
 
 
 def unknown_credentials(result: GateResult) -> bool:
@@ -236,6 +285,15 @@ async def emit(
         await outputs.event(ev)
     for domain, task in result.tasks:
         await outputs.verify.send(key=domain.encode(), value=codec.encode("VerifyTask", task))
+    for suppression in result.suppressions:
+        await outputs.suppressions.send(
+            key=f"{suppression['tenant']}\x1f{suppression['address']}".encode(),
+            value=codec.encode("Suppression", suppression),
+        )
+    for domain, lane, task in result.deliveries:
+        await outputs.lanes[lane].send(
+            key=domain.encode(), value=codec.encode("DeliveryTask", task)
+        )
     if result.defer_for is not None:
         not_before = int((now.timestamp() + result.defer_for) * 1000)
         await outputs.deferred.send(

@@ -89,6 +89,9 @@ class Outputs:
         self.accepted = OutputTopic(app, t.accepted)
         self.deferred = OutputTopic(app, t.deferred)
         self.requests = OutputTopic(app, t.requests)
+        self.lanes = {lane: OutputTopic(app, t.lane(lane)) for lane in ("tx", "bulk")}
+        self.queue = OutputTopic(app, t.queue)
+        self.suppressions = OutputTopic(app, t.suppressions)
 
     async def event(self, record: Record) -> None:
         key = (record["message_id"] or record["request_id"] or record["tenant"]).encode()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from datetime import UTC, datetime
 
@@ -12,22 +11,13 @@ from aiokafka import AIOKafkaProducer
 
 from streams.codec import Codec
 from streams.settings import Settings
-from streams.tenants import create_api_key, create_tenant
-from tests.integration.helpers import eventually
+from tests.integration.helpers import eventually, new_tenant
 
 pytestmark = pytest.mark.integration
 
 
 async def _tenant(settings: Settings) -> tuple[str, str]:
-    tenant = f"tenant-{uuid.uuid4().hex[:6]}"
-    conn = await asyncpg.connect(settings.dsn)
-    try:
-        await create_tenant(conn, tenant)
-        _, key = await create_api_key(conn, tenant)
-    finally:
-        await conn.close()
-    await asyncio.sleep(settings.directory_refresh * 2)  # the gate's directory picks it up
-    return tenant, key
+    return await new_tenant(settings, "tenant", settle=True)
 
 
 def _request(tenant: str, i: int, key: str) -> dict[str, object]:
@@ -39,6 +29,9 @@ def _request(tenant: str, i: int, key: str) -> dict[str, object]:
         "idempotency_key": f"k{i}",
         "priority": "bulk" if i % 3 == 0 else "normal",
         "recipients": [{"email": f"user{i}@example.test"}],
+        # sends need a sender and content; example.test has no MX, so they bounce quietly
+        "from": {"email": "it@acme.example"},
+        "content": {"subject": "it", "text": "it"},
         "categories": ["it"],
         "created_at": datetime.now(UTC),
     }

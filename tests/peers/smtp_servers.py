@@ -28,13 +28,23 @@ class MxBehaviour:
     catch_all: bool = False
     rcpt_reply: str | None = None
     replies: dict[str, str] = field(default_factory=dict)  # per-address fixed replies
+    # answer 451 to the first RCPT of each address, accept it afterwards (greylisting that lets go)
+    defer_first: bool = False
 
 
 class _Handler:
-    def __init__(self, behaviour: MxBehaviour, stats: dict[str, int], lock: threading.Lock) -> None:
+    def __init__(
+        self,
+        behaviour: MxBehaviour,
+        stats: dict[str, int],
+        lock: threading.Lock,
+        received: list[tuple[list[str], bytes]],
+    ) -> None:
         self.behaviour = behaviour
         self.stats = stats
         self.lock = lock
+        self.received = received
+        self.seen: set[str] = set()
 
     def _bump(self, key: str) -> None:
         with self.lock:
@@ -57,6 +67,9 @@ class _Handler:
             return b.replies[address.lower()]
         if b.rcpt_reply is not None:
             return b.rcpt_reply
+        if b.defer_first and address.lower() not in self.seen:
+            self.seen.add(address.lower())
+            return "451 4.7.1 Greylisted, come back later"
         if b.catch_all or local in b.users:
             envelope.rcpt_tos.append(address)
             return "250 2.1.5 OK"
@@ -64,6 +77,8 @@ class _Handler:
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         self._bump("data")
+        with self.lock:
+            self.received.append((list(envelope.rcpt_tos), bytes(envelope.original_content)))
         return "250 2.0.0 OK"
 
 
@@ -72,9 +87,10 @@ class MxServer:
         self.host = host
         self.port = port
         self.stats: dict[str, int] = {}
+        self.received: list[tuple[list[str], bytes]] = []
         self._lock = threading.Lock()
         self.controller = Controller(
-            _Handler(behaviour, self.stats, self._lock),
+            _Handler(behaviour, self.stats, self._lock, self.received),
             hostname=host,
             port=port,
             server_hostname=f"mx.{host}",
@@ -84,6 +100,10 @@ class MxServer:
     def count(self, key: str) -> int:
         with self._lock:
             return self.stats.get(key, 0)
+
+    def messages_to(self, address: str) -> list[bytes]:
+        with self._lock:
+            return [data for rcpts, data in self.received if address in rcpts]
 
     def start(self) -> None:
         self.controller.start()

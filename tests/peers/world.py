@@ -18,6 +18,7 @@ HOSTS = {
     "stall": "127.0.0.15",
     "full": "127.0.0.16",
     "dead": "127.0.0.17",  # nothing listens here
+    "flaky": "127.0.0.18",
 }
 
 
@@ -50,6 +51,7 @@ def build_zone() -> Zone:
     mx_to("grey.example", "grey")
     mx_to("stall.example", "stall")
     mx_to("full.example", "full")
+    mx_to("flaky.example", "flaky")
     # the preferred MX is down: the probe must fall back to the next one
     mx_to("backup.example", "dead", pref=5)
     mx_to("backup.example", "normal", pref=20)
@@ -72,6 +74,7 @@ def start_world() -> World:
         "catchall": MxBehaviour(catch_all=True),
         "grey": MxBehaviour(rcpt_reply="451 4.7.1 Greylisted, please try again later"),
         "amx": MxBehaviour(users={"carol"}),
+        "flaky": MxBehaviour(users={"fred"}, defer_first=True),
         "full": MxBehaviour(
             users={"dave"},
             replies={"full@full.example": "452 4.2.2 Mailbox full"},

@@ -1,0 +1,109 @@
+"""A send request becomes one DeliveryTask per recipient (pure).
+
+The gate applies the send policy here, before anything is queued: the request must have a sender
+and content (else it is a dead letter as a whole), every recipient must be a syntactically valid
+address (else a ``dropped`` event with reason ``invalid_address``), and a recipient on the
+tenant's suppression list is ``dropped`` with reason ``suppressed``. What remains is keyed by the
+recipient's ASCII domain and put on the lane its priority chooses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from streams.codec import Record
+from streams.deliver.core import lane_of, task_id
+from streams.errors import InvalidContentError
+from streams.events import make_event
+from streams.verify.syntax import check_syntax
+
+__all__ = ["Expansion", "expand"]
+
+
+@dataclass
+class Expansion:
+    tasks: list[tuple[str, str, Record]] = field(default_factory=list)  # (domain, lane, task)
+    events: list[Record] = field(default_factory=list)
+
+
+def _check_request(request: Record) -> None:
+    sender = request["from"]
+    if sender is None or not sender["email"]:
+        raise InvalidContentError("from", "a send request needs a from address")
+    if not check_syntax(sender["email"]).valid:
+        raise InvalidContentError("from", f"{sender['email']!r} is not a valid address")
+    content = request["content"]
+    if content is None or not (content["text"] or content["html"] or content["template_id"]):
+        raise InvalidContentError("content", "a send request needs text, html or a template_id")
+    if not request["recipients"]:
+        raise InvalidContentError("recipients", "a send request needs at least one recipient")
+
+
+def expand(request: Record, now: datetime, suppressed: Callable[[str, str], bool]) -> Expansion:
+    """Raises InvalidContentError for a request that cannot be sent to anyone."""
+    _check_request(request)
+    tenant = request["tenant"]
+    message_id = request["request_id"]
+    lane = lane_of(request["priority"])
+    common = {"request_id": message_id, "message_id": message_id}
+    out = Expansion()
+    seen: set[str] = set()
+    for recipient in request["recipients"]:
+        syntax = check_syntax(recipient["email"])
+        if not syntax.valid or syntax.normalized is None or syntax.ascii_domain is None:
+            out.events.append(
+                make_event(
+                    "dropped",
+                    tenant,
+                    now,
+                    recipient=recipient["email"],
+                    reason=f"invalid_address: {syntax.error}",
+                    categories=request["categories"],
+                    custom_args={**request["custom_args"], **recipient["custom_args"]},
+                    **common,
+                )
+            )
+            continue
+        local = syntax.local_part or ""
+        # the ASCII (IDNA) form on the envelope; only a non-ASCII local part needs SMTPUTF8
+        address = f"{local}@{syntax.ascii_domain}" if local.isascii() else syntax.normalized
+        if address.lower() in seen:
+            continue
+        seen.add(address.lower())
+        if suppressed(tenant, address):
+            out.events.append(
+                make_event(
+                    "dropped",
+                    tenant,
+                    now,
+                    recipient=address,
+                    reason="suppressed",
+                    categories=request["categories"],
+                    custom_args={**request["custom_args"], **recipient["custom_args"]},
+                    **common,
+                )
+            )
+            continue
+        task = {
+            "task_id": task_id(message_id, address),
+            "message_id": message_id,
+            "request_id": request["request_id"],
+            "tenant": tenant,
+            "priority": request["priority"],
+            "domain": syntax.ascii_domain,
+            "from": request["from"],
+            "reply_to": request["reply_to"],
+            "recipient": {**recipient, "email": address},
+            "content": request["content"],
+            "substitutions": request["substitutions"],
+            "categories": request["categories"],
+            "custom_args": request["custom_args"],
+            "attempt": 0,
+            "not_before": request["send_at"],
+            "first_attempt_at": None,
+            "created_at": request["created_at"],
+        }
+        out.tasks.append((syntax.ascii_domain, lane, task))
+    return out

@@ -1,0 +1,226 @@
+"""The mail queue as Kafka topics: the control feed every worker folds, and the queue index.
+
+``ControlFeed`` reads the single-partition control topic from its start in every worker (no
+consumer group: each worker must obey every command) and keeps a ``ControlState``.
+
+The queue index (``postwire.queue``, compacted, key = task id) holds the latest state of each
+deferred or held task, and for a held task the task itself, since a held task sits in no other
+topic until it is released. ``postwire queue list`` is a read of it to its end, like mailq
+scanning the queue directories.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import KafkaError
+
+from streams.codec import Record
+from streams.deliver.control import Command, ControlState, TaskMeta
+from streams.errors import StackError
+from streams.settings import Settings
+
+__all__ = [
+    "ControlFeed",
+    "index_entry",
+    "publish_command",
+    "read_compacted",
+    "task_meta_of_entry",
+]
+
+log = logging.getLogger("postwire.deliver")
+
+
+def index_entry(
+    task: Record,
+    state: str,
+    *,
+    lane: str,
+    reason: str | None,
+    next_attempt_ms: int | None,
+    raw: bytes | None = None,
+) -> bytes:
+    """The queue index value of a task: what mailq shows, plus the task itself when held."""
+    entry: dict[str, Any] = {
+        "state": state,
+        "task_id": task["task_id"],
+        "message_id": task["message_id"],
+        "tenant": task["tenant"],
+        "domain": task["domain"],
+        "recipient": task["recipient"]["email"],
+        "sender": task["from"]["email"],
+        "lane": lane,
+        "attempt": task["attempt"],
+        "reason": reason,
+        "next_attempt_ms": next_attempt_ms,
+        "created_ms": int(task["created_at"].timestamp() * 1000),
+    }
+    if raw is not None:
+        entry["task"] = base64.b64encode(raw).decode()
+    return orjson.dumps(entry)
+
+
+def task_meta_of_entry(entry: dict[str, Any]) -> TaskMeta:
+    return TaskMeta(
+        entry["task_id"], entry["message_id"], entry["tenant"], entry["domain"], entry["created_ms"]
+    )
+
+
+async def read_all(settings: Settings, topic: str) -> list[bytes]:
+    """Every value of ``topic`` from its start to its current end, in order per partition."""
+    values: list[bytes] = []
+
+    def keep(raw: bytes) -> bytes:
+        values.append(raw)
+        return raw
+
+    await read_compacted(settings, topic, keep, keyed=False)
+    return values
+
+
+async def read_compacted(
+    settings: Settings,
+    topic: str,
+    decode: Callable[[bytes], Any] = orjson.loads,
+    *,
+    keyed: bool = True,
+) -> dict[bytes, Any]:
+    """Latest value per key of ``topic`` from its start to its current end; tombstones remove."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.bootstrap, enable_auto_commit=False, group_id=None
+    )
+    latest: dict[bytes, Any] = {}
+    try:
+        await consumer.start()
+        # a consumer's own metadata covers only the topics it asked about: ask the cluster
+        cluster = await consumer._client.fetch_all_metadata()
+        partitions = cluster.partitions_for_topic(topic)
+        if not partitions:
+            raise StackError(f"topic {topic} does not exist on {settings.bootstrap}")
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        pending = {tp for tp in tps if ends[tp] > 0}
+        while pending:
+            batches = await consumer.getmany(*pending, timeout_ms=1000)
+            for tp, records in batches.items():
+                for rec in records:
+                    if not keyed and rec.value is not None:
+                        decode(rec.value)
+                    elif rec.key is None:
+                        pass
+                    elif rec.value is None:
+                        latest.pop(rec.key, None)
+                    else:
+                        latest[rec.key] = decode(rec.value)
+                    if rec.offset + 1 >= ends[tp]:
+                        pending.discard(tp)
+            for tp in list(pending):
+                if await consumer.position(tp) >= ends[tp]:
+                    pending.discard(tp)
+    except KafkaError as exc:
+        raise StackError(f"cannot read {topic} from {settings.bootstrap}: {exc}") from exc
+    finally:
+        await consumer.stop()
+    return latest
+
+
+async def publish_command(settings: Settings, command: Command) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap, acks="all")
+    try:
+        await producer.start()
+        await producer.send_and_wait(settings.topics.control, command.encode(), key=b"control")
+    except KafkaError as exc:
+        raise StackError(f"cannot publish to {settings.topics.control}: {exc}") from exc
+    finally:
+        await producer.stop()
+
+
+class ControlFeed:
+    """Every control command, folded into ``state``; ``ready`` once the backlog is read."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.state = ControlState()
+        self.ready = asyncio.Event()
+        self._changed = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="postwire-control-feed")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def wait_changed(self, timeout: float) -> None:
+        """Sleep up to ``timeout`` s, waking early when a command arrives (a flush, a hold)."""
+        self._changed.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._changed.wait(), timeout)
+
+    def preload(self) -> None:
+        """Read every command so far before the worker consumes anything (blocking, own loop).
+
+        A stage that waited for this inside its faust agent could stall: faust seeks the
+        agent's stream to its committed offsets at the end of table recovery, and a stream
+        parked on an event at that moment may never be woken again."""
+
+        async def load() -> None:
+            for raw in await read_all(self.settings, self.settings.topics.control):
+                self.apply(raw)
+
+        try:
+            asyncio.run(load())
+        except StackError as exc:
+            log.warning("control commands not loaded at start, delivery waits for them: %s", exc)
+            return
+        self.ready.set()
+
+    def apply(self, raw: bytes) -> None:
+        try:
+            command = Command.decode(raw)
+        except ValueError as exc:
+            log.warning("ignoring a control record: %s", exc)
+            return
+        if self.state.apply(command):
+            self._changed.set()
+
+    async def _run(self) -> None:
+        topic = self.settings.topics.control
+        tp = TopicPartition(topic, 0)
+        while True:
+            consumer = AIOKafkaConsumer(
+                bootstrap_servers=self.settings.bootstrap, enable_auto_commit=False, group_id=None
+            )
+            try:
+                await consumer.start()
+                consumer.assign([tp])
+                await consumer.seek_to_beginning(tp)
+                end = (await consumer.end_offsets([tp]))[tp]
+                if end == 0:
+                    self.ready.set()
+                while True:
+                    batches = await consumer.getmany(tp, timeout_ms=500)
+                    for rec in batches.get(tp, []):
+                        if rec.value is not None:
+                            self.apply(rec.value)
+                    if not self.ready.is_set() and await consumer.position(tp) >= end:
+                        self.ready.set()
+            except KafkaError as exc:
+                log.warning("control feed: %s; reconnecting", exc)
+                await asyncio.sleep(1.0)
+            finally:
+                await consumer.stop()

@@ -1,0 +1,124 @@
+"""One delivery attempt: render, sign, respect the breaker and the throttles, send, conclude.
+
+The pure decisions live in core.py, bounce.py, retry.py, breaker.py and throttle.py; this is the
+I/O glue around them, free of faust so it can be driven directly in tests and benchmarks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict
+from collections.abc import Callable
+from datetime import datetime, timedelta
+
+from streams.codec import Record
+from streams.deliver.breaker import Breaker, BreakerPolicy
+from streams.deliver.core import Conclusion, conclude, postpone
+from streams.deliver.dkim import Signer
+from streams.deliver.mime import Prepared, StoredTemplate, prepare
+from streams.deliver.retry import RetryPolicy
+from streams.deliver.throttle import Throttle
+from streams.deliver.transport import Transport
+
+__all__ = ["Deliverer"]
+
+Clock = Callable[[], datetime]
+TemplateLookup = Callable[[str, str], StoredTemplate | None]
+PREPARED_CACHE = 256  # requests whose invariant part is kept; a bulk campaign needs one
+
+
+class Deliverer:
+    def __init__(
+        self,
+        transport: Transport,
+        signer: Signer,
+        throttle: Throttle,
+        policy: RetryPolicy,
+        *,
+        breaker_policy: BreakerPolicy | None = None,
+        destination: Callable[[str], str] = lambda domain: domain,
+        throttle_max_wait: float = 5.0,
+        templates: TemplateLookup | None = None,
+        clock: Clock,
+    ) -> None:
+        self.transport = transport
+        self.signer = signer
+        self.throttle = throttle
+        self.policy = policy
+        self.breaker_policy = breaker_policy or BreakerPolicy()
+        self.destination = destination
+        self.throttle_max_wait = throttle_max_wait
+        self.templates = templates or (lambda _tenant, _template_id: None)
+        self.clock = clock
+        self.breakers: dict[str, Breaker] = {}
+        self._prepared: OrderedDict[str, Prepared] = OrderedDict()
+
+    def prepared(self, task: Record) -> Prepared:
+        """The request's invariant part, built once and shared by all its recipients. Raises
+        RenderError (never retriable: the same request renders the same way every time)."""
+        key = task["message_id"]
+        found = self._prepared.get(key)
+        if found is not None:
+            self._prepared.move_to_end(key)
+            return found
+        template_id = task["content"]["template_id"]
+        template = self.templates(task["tenant"], template_id) if template_id else None
+        found = prepare(task, template)
+        self._prepared[key] = found
+        if len(self._prepared) > PREPARED_CACHE:
+            self._prepared.popitem(last=False)
+        return found
+
+    def breaker(self, destination: str) -> Breaker:
+        breaker = self.breakers.get(destination)
+        if breaker is None:
+            breaker = self.breakers[destination] = Breaker(self.breaker_policy)
+        return breaker
+
+    async def attempt(self, task: Record) -> Conclusion:
+        """Try ``task`` once. Raises RenderError / DkimError for a message that cannot be built."""
+        prepared = self.prepared(task)
+        destination = self.destination(task["domain"])
+        breaker = self.breaker(destination)
+        now = self.clock()
+        if not breaker.allow(now.timestamp()):
+            wait = max(breaker.retry_after(now.timestamp()), 1.0)
+            return postpone(
+                task,
+                now + timedelta(seconds=wait),
+                f"circuit_open: {destination} is paused after repeated connection failures",
+                now,
+            )
+        while True:
+            wait = self.throttle.take(task["tenant"], destination, now.timestamp())
+            if wait <= 0:
+                break
+            if wait > self.throttle_max_wait:
+                return postpone(
+                    task, now + timedelta(seconds=wait), f"throttled: {destination} rate", now
+                )
+            await asyncio.sleep(wait)
+            now = self.clock()
+        header_id = f"<{task['task_id']}@{prepared.sender_domain}>"
+        message = prepared.render(task["recipient"], header_id)
+        signed = self.signer.sign(message, prepared.sender_domain, now)
+        delivery = await self.transport.send(
+            task["domain"], task["from"]["email"], task["recipient"]["email"], signed
+        )
+        outcome = delivery.outcome
+        done = self.clock()
+        if outcome.destination_failure:
+            breaker.record_failure(done.timestamp())
+        else:
+            breaker.record_success(done.timestamp())
+        return conclude(task, outcome, done, self.policy, delivery.host)
+
+    def prune(self) -> None:
+        now = self.clock().timestamp()
+        self.throttle.prune(now)
+        idle = [d for d, b in self.breakers.items() if b.idle(now)]
+        for destination in idle:
+            del self.breakers[destination]
+
+    async def close(self) -> None:
+        await self.transport.close()
