@@ -6,15 +6,13 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Coroutine
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from streams.errors import PostwireError
-from streams.settings import Settings
+from streams.cli_common import err, out, run, settings, with_db
+from streams.cli_mail import dkim_app, queue_app, suppression_app, template_app
 
 __all__ = ["app", "main"]
 
@@ -33,22 +31,14 @@ bench_app = typer.Typer(
 app.add_typer(bench_app, name="bench")
 tenant_app = typer.Typer(help="Tenants and their API keys.", no_args_is_help=True)
 app.add_typer(tenant_app, name="tenant")
+app.add_typer(queue_app, name="queue")
+app.add_typer(suppression_app, name="suppression")
+app.add_typer(dkim_app, name="dkim")
+app.add_typer(template_app, name="template")
 
-out = Console()
-err = Console(stderr=True)
-T = TypeVar("T")
-
-
-def _run(coro: Coroutine[Any, Any, T]) -> T:
-    try:
-        return asyncio.run(coro)
-    except PostwireError as exc:
-        err.print(f"[bold red]error:[/] {exc}")
-        raise typer.Exit(1) from None
-
-
-def _settings() -> Settings:
-    return Settings()
+_run = run
+_settings = settings
+_with_db = with_db
 
 
 @app.command()
@@ -180,16 +170,6 @@ def db_migrate() -> None:
         out.print(f"applied {m.version:04d}_{m.name}")
 
 
-async def _with_db(work: Any) -> Any:
-    import asyncpg
-
-    conn = await asyncpg.connect(_settings().dsn)
-    try:
-        return await work(conn)
-    finally:
-        await conn.close()
-
-
 @tenant_app.command("add")
 def tenant_add(
     tenant_id: Annotated[str, typer.Argument(help="Tenant id, as producers put it in requests.")],
@@ -304,6 +284,61 @@ def bench_verify(
     grid.add_row("asyncpg COPY rows/s", f"{result.copy_per_s:,.0f}")
     grid.add_row("pipeline / pass-through", f"{result.vs_passthrough:.2f}")
     grid.add_row("pipeline / COPY", f"{result.vs_copy:.2f}")
+    out.print(grid)
+
+
+@bench_app.command("deliver")
+def bench_deliver(
+    messages: Annotated[int, typer.Option(help="Messages to deliver (multiple of 100).")] = 20000,
+    workers: Annotated[int, typer.Option(help="faust worker processes.")] = 2,
+    partitions: Annotated[int, typer.Option(help="Partitions per topic.")] = 4,
+    peers: Annotated[bool, typer.Option(help="Also run raw aiosmtplib and Postfix.")] = True,
+    lane_backlog: Annotated[
+        int, typer.Option(help="Bulk backlog for the priority-lane figure (0: skip).")
+    ] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
+) -> None:
+    """DKIM-signed delivery to smtp-sink vs raw aiosmtplib and Postfix (needs the postfix
+    package)."""
+    import dataclasses
+    import json
+
+    from streams.bench.deliver import run_deliver_bench
+
+    def progress(message: str) -> None:
+        if not as_json:
+            err.print(f"[dim]{message}[/]")
+
+    result = _run(
+        run_deliver_bench(
+            messages,
+            workers,
+            partitions,
+            peers=peers,
+            lane_backlog=lane_backlog,
+            progress=progress,
+        )
+    )
+    if as_json:
+        figures = dataclasses.asdict(result)
+        figures.update(vs_raw=result.vs_raw, vs_postfix=result.vs_postfix)
+        out.print_json(json.dumps(figures))
+        return
+    grid = Table("measure", "value")
+    grid.add_row("messages", f"{result.messages:,}")
+    grid.add_row("worker processes", str(result.workers))
+    grid.add_row("pipeline msg/s (at the sink)", f"{result.per_s:,.0f}")
+    grid.add_row("until every row landed", f"{result.rows_seconds:,.1f} s")
+    if result.raw_per_s and result.postfix_per_s:
+        grid.add_row("raw aiosmtplib msg/s", f"{result.raw_per_s:,.0f}")
+        grid.add_row("Postfix relay msg/s", f"{result.postfix_per_s:,.0f}")
+        grid.add_row("pipeline / raw", f"{result.vs_raw:.2f}")
+        grid.add_row("pipeline / Postfix", f"{result.vs_postfix:.2f}")
+    if result.lane_latencies_ms:
+        grid.add_row(
+            "high priority under bulk backlog",
+            f"p50 {result.extra['lane_p50_ms']:,.0f} ms, max {result.extra['lane_max_ms']:,.0f} ms",
+        )
     out.print(grid)
 
 
