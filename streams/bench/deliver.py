@@ -1,0 +1,268 @@
+"""`postwire bench deliver`: DKIM-signed delivery through the whole pipeline (gate, lanes,
+deliver stage, events, sinks) to Postfix's ``smtp-sink`` on loopback, in relay mode. In the same
+run: raw aiosmtplib to the same kind of sink (the ceiling) and Postfix relaying the same number
+of messages (the peer). Optionally, the priority-lane figure: how long a high-priority message
+takes to reach the messages table while a bulk backlog drains."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import statistics
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+from aiokafka import AIOKafkaProducer
+
+from streams.bench.smtp_peers import SmtpSink, ensure_postfix, free_port, run_baselines
+from streams.codec import default_codec
+from streams.deliver.dkim import keygen
+from streams.settings import Settings
+from streams.stack.stack import Stack
+from streams.tenants import create_api_key, create_tenant
+
+__all__ = ["DeliverBenchResult", "run_deliver_bench"]
+
+SENDER = "news@bench.example"
+SELECTOR = "pw1"
+PER_REQUEST = 100  # recipients per send request: a campaign's shape
+BODY_LINE = "The quick brown fox jumps over the lazy dog, again and again and again.\r\n"
+
+
+@dataclass
+class DeliverBenchResult:
+    messages: int
+    seconds: float
+    per_s: float
+    rows_seconds: float
+    workers: int
+    raw_per_s: float | None = None
+    postfix_per_s: float | None = None
+    postfix_inject_per_s: float | None = None
+    lane_backlog: int = 0
+    lane_latencies_ms: list[float] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def vs_raw(self) -> float | None:
+        return self.per_s / self.raw_per_s if self.raw_per_s else None
+
+    @property
+    def vs_postfix(self) -> float | None:
+        return self.per_s / self.postfix_per_s if self.postfix_per_s else None
+
+
+def _request(tenant: str, key: str, run: str, i: int, n: int, priority: str) -> dict[str, Any]:
+    return {
+        "request_id": f"{run}-{i}",
+        "tenant": tenant,
+        "api_key": key,
+        "operation": "send",
+        "priority": priority,
+        "from": {"email": SENDER, "name": "Bench"},
+        "recipients": [{"email": f"u{i}x{j}@d{j % 50}.bench.example"} for j in range(n)],
+        "content": {"subject": "bench message", "text": BODY_LINE * 65},
+        "categories": ["bench"],
+        "created_at": datetime.now(UTC),
+    }
+
+
+async def _publish(settings: Settings, requests: list[dict[str, Any]]) -> None:
+    codec = default_codec()
+    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap, acks="all", linger_ms=5)
+    await producer.start()
+    try:
+        for r in requests:
+            r["created_at"] = datetime.now(UTC)
+            await producer.send(
+                settings.topics.requests, codec.encode("EmailRequest", r), key=r["tenant"].encode()
+            )
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+
+async def _rows(conn: asyncpg.Connection[Any], run: str) -> int:
+    return int(
+        await conn.fetchval(
+            "SELECT count(*) FROM messages WHERE request_id LIKE $1 AND state = 'delivered'",
+            f"{run}-%",
+        )
+    )
+
+
+def _settings(data_dir: Path, sink: SmtpSink, workers: int, partitions: int) -> Settings:
+    return Settings(
+        data_dir=data_dir,
+        kafka_port=free_port("127.0.0.1"),
+        kafka_controller_port=free_port("127.0.0.1"),
+        postgres_port=free_port("127.0.0.1"),
+        worker_web_port=free_port("127.0.0.1"),
+        partitions=partitions,
+        worker_processes=workers,
+        topic_prefix="bench",
+        app_id="bench",
+        rate_per_second=10**7,
+        rate_per_minute=10**8,
+        rate_per_hour=10**9,
+        log_level="warning",
+        delivery_mode="relay",
+        relay_host=sink.host,
+        relay_port=sink.port,
+        smtp_tls="none",
+        dest_connections=32,
+        dest_rate=10**6,
+        dest_burst=10**6,
+        tenant_send_rate=10**6,
+        tenant_send_burst=10**6,
+        dkim_keys_dir=data_dir / "dkim",
+    )
+
+
+async def _lane_probe(
+    settings: Settings, conn: asyncpg.Connection[Any], tenant: str, key: str, backlog: int
+) -> list[float]:
+    """Publish a bulk backlog, then one high-priority message every 0.5 s while it drains;
+    each probe's request-to-delivered-row latency (ms)."""
+    run = uuid.uuid4().hex[:8]
+    bulk = [
+        _request(tenant, key, f"{run}b", i, PER_REQUEST, "bulk")
+        for i in range(backlog // PER_REQUEST)
+    ]
+    await _publish(settings, bulk)
+    # the backlog is measured from the lanes on: wait until the gate has fanned it out
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        admitted = await conn.fetchval(
+            "SELECT count(*) FROM requests WHERE request_id LIKE $1", f"{run}b-%"
+        )
+        if admitted >= len(bulk):
+            break
+        await asyncio.sleep(0.1)
+    probes = []
+    for i in range(20):
+        probe = _request(tenant, key, f"{run}p", i, 1, "high")
+        await _publish(settings, [probe])
+        probes.append(probe)
+        await asyncio.sleep(0.5)
+    latencies: list[float] = []
+    deadline = time.monotonic() + 120
+    while len(latencies) < len(probes) and time.monotonic() < deadline:
+        rows = await conn.fetch(
+            "SELECT m.landed_at, m.request_id FROM messages m WHERE m.request_id LIKE $1 "
+            "AND m.state = 'delivered'",
+            f"{run}p-%",
+        )
+        if len(rows) == len(probes):
+            sent = {p["request_id"]: p["created_at"] for p in probes}
+            latencies = [
+                (r["landed_at"] - sent[r["request_id"]]).total_seconds() * 1000 for r in rows
+            ]
+        await asyncio.sleep(0.2)
+    remaining = backlog - await _rows(conn, f"{run}b")
+    if remaining <= 0:
+        latencies.append(float("nan"))  # the backlog was gone before the probes: not a test
+    return latencies
+
+
+def _setup(workers: int, partitions: int) -> tuple[Path, SmtpSink, Settings]:
+    """A fresh data dir, a running smtp-sink and a DKIM key for the bench sender's domain."""
+    binaries = ensure_postfix()
+    data_dir = Path(tempfile.mkdtemp(prefix="postwire-bench-deliver-"))
+    data_dir.chmod(0o755)  # smtp-sink drops to the postfix user and writes its counter here
+    sink = SmtpSink(binaries, data_dir)
+    sink.start()
+    settings = _settings(data_dir, sink, workers, partitions)
+    pem, _txt = keygen("rsa")
+    settings.dkim_dir.mkdir(parents=True)
+    (settings.dkim_dir / f"{SELECTOR}._domainkey.bench.example.pem").write_bytes(pem)
+    return data_dir, sink, settings
+
+
+async def _wait_rows(conn: asyncpg.Connection[Any], run: str, n: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while (got := await _rows(conn, run)) < n:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"only {got} of {n} delivered rows landed within {timeout:.0f}s")
+        await asyncio.sleep(0.1)
+
+
+async def _measure(
+    settings: Settings, conn: asyncpg.Connection[Any], sink: SmtpSink, key: str, n: int, say: Any
+) -> tuple[float, float]:
+    """(seconds until the sink had all ``n``, seconds until every delivered row landed)."""
+    say("warm-up: 1,000 messages (workers joined, connections open)")
+    warm = uuid.uuid4().hex[:8]
+    base = sink.accepted()
+    await _publish(
+        settings, [_request("bench", key, warm, i, PER_REQUEST, "bulk") for i in range(10)]
+    )
+    await sink.wait_for(base + 1000, 300)
+    say(f"measuring {n:,} DKIM-signed messages through the pipeline")
+    run = uuid.uuid4().hex[:8]
+    base = sink.accepted()
+    requests = [
+        _request("bench", key, run, i, PER_REQUEST, "bulk") for i in range(n // PER_REQUEST)
+    ]
+    began = time.perf_counter()
+    await _publish(settings, requests)
+    done = await sink.wait_for(base + n, 1800)
+    await _wait_rows(conn, run, n, 600)
+    return done - began, time.perf_counter() - began
+
+
+async def run_deliver_bench(
+    messages: int,
+    workers: int,
+    partitions: int,
+    *,
+    peers: bool = True,
+    lane_backlog: int = 0,
+    progress: Any = None,
+) -> DeliverBenchResult:
+    say = progress or (lambda _m: None)
+    data_dir, sink, settings = await asyncio.to_thread(_setup, workers, partitions)
+    stack = Stack(settings, workers=True)
+    lanes: list[float] = []
+    try:
+        await stack.start(detach=False)
+        conn = await asyncpg.connect(settings.dsn)
+        try:
+            await create_tenant(conn, "bench")
+            _, key = await create_api_key(conn, "bench")
+            await asyncio.sleep(settings.directory_refresh + 1)
+            seconds, rows_seconds = await _measure(settings, conn, sink, key, messages, say)
+            if lane_backlog:
+                say(f"priority lanes: {lane_backlog:,} bulk messages, then 20 high-priority ones")
+                lanes = await _lane_probe(settings, conn, "bench", key, lane_backlog)
+        finally:
+            await conn.close()
+    finally:
+        await asyncio.to_thread(stack.stop)
+        sink.stop()
+        await asyncio.to_thread(shutil.rmtree, data_dir, True)
+    result = DeliverBenchResult(
+        messages=messages,
+        seconds=seconds,
+        per_s=messages / seconds,
+        rows_seconds=rows_seconds,
+        workers=workers,
+        lane_backlog=lane_backlog,
+        lane_latencies_ms=lanes,
+    )
+    if peers:
+        say("baselines: raw aiosmtplib and Postfix relaying the same number of messages")
+        base_results = await run_baselines(messages, message_bytes=5000)
+        result.raw_per_s = base_results["raw_per_s"]
+        result.postfix_per_s = base_results["postfix_per_s"]
+        result.postfix_inject_per_s = base_results["postfix_inject_per_s"]
+    if lanes:
+        result.extra["lane_p50_ms"] = statistics.median(lanes)
+        result.extra["lane_max_ms"] = max(lanes)
+    return result
