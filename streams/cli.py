@@ -296,6 +296,9 @@ def bench_deliver(
     lane_backlog: Annotated[
         int, typer.Option(help="Bulk backlog for the priority-lane figure (0: skip).")
     ] = 0,
+    dkim: Annotated[
+        str, typer.Option(help="DKIM key of the bench sender: rsa (2048) or ed25519.")
+    ] = "rsa",
     as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
 ) -> None:
     """DKIM-signed delivery to smtp-sink vs raw aiosmtplib and Postfix (needs the postfix
@@ -304,6 +307,13 @@ def bench_deliver(
     import json
 
     from streams.bench.deliver import run_deliver_bench
+    from streams.deliver.dkim import key_type
+    from streams.errors import DkimKeyError
+
+    try:
+        kind = key_type(dkim)
+    except DkimKeyError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--dkim") from None
 
     def progress(message: str) -> None:
         if not as_json:
@@ -316,6 +326,7 @@ def bench_deliver(
             partitions,
             peers=peers,
             lane_backlog=lane_backlog,
+            dkim=kind,
             progress=progress,
         )
     )
@@ -327,6 +338,7 @@ def bench_deliver(
     grid = Table("measure", "value")
     grid.add_row("messages", f"{result.messages:,}")
     grid.add_row("worker processes", str(result.workers))
+    grid.add_row("DKIM", result.dkim)
     grid.add_row("pipeline msg/s (at the sink)", f"{result.per_s:,.0f}")
     grid.add_row("until every row landed", f"{result.rows_seconds:,.1f} s")
     if result.raw_per_s and result.postfix_per_s:

@@ -213,15 +213,18 @@ def dkim_keygen(
     algorithm: Annotated[str, typer.Option(help="rsa (2048 bits) or ed25519.")] = "rsa",
 ) -> None:
     """Create a signing key in the DKIM keys dir and print the DNS TXT record to publish."""
-    from streams.deliver.dkim import keygen
+    from streams.deliver.dkim import key_type, keygen
+    from streams.errors import DkimKeyError
 
-    if algorithm not in ("rsa", "ed25519"):
-        raise fail(f"--algorithm must be rsa or ed25519, not {algorithm!r}", 2)
+    try:
+        kind = key_type(algorithm)
+    except DkimKeyError as exc:
+        raise fail(f"--algorithm: {exc}", 2) from None
     directory = settings().dkim_dir
     path = directory / f"{selector}._domainkey.{domain.lower()}.pem"
     if path.exists():
         raise fail(f"{path} exists; pick another selector to rotate keys", 1)
-    pem, txt = keygen(algorithm)  # type: ignore[arg-type]
+    pem, txt = keygen(kind)
     directory.mkdir(parents=True, exist_ok=True)
     path.touch(mode=0o600)
     path.write_bytes(pem)

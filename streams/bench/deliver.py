@@ -22,7 +22,7 @@ from aiokafka import AIOKafkaProducer
 
 from streams.bench.smtp_peers import SmtpSink, ensure_postfix, free_port, run_baselines
 from streams.codec import default_codec
-from streams.deliver.dkim import keygen
+from streams.deliver.dkim import KeyType, keygen
 from streams.settings import Settings
 from streams.stack.stack import Stack
 from streams.tenants import create_api_key, create_tenant
@@ -42,6 +42,7 @@ class DeliverBenchResult:
     per_s: float
     rows_seconds: float
     workers: int
+    dkim: str = "rsa"
     raw_per_s: float | None = None
     postfix_per_s: float | None = None
     postfix_inject_per_s: float | None = None
@@ -171,7 +172,7 @@ async def _lane_probe(
     return latencies
 
 
-def _setup(workers: int, partitions: int) -> tuple[Path, SmtpSink, Settings]:
+def _setup(workers: int, partitions: int, dkim: KeyType) -> tuple[Path, SmtpSink, Settings]:
     """A fresh data dir, a running smtp-sink and a DKIM key for the bench sender's domain."""
     binaries = ensure_postfix()
     data_dir = Path(tempfile.mkdtemp(prefix="postwire-bench-deliver-"))
@@ -179,7 +180,7 @@ def _setup(workers: int, partitions: int) -> tuple[Path, SmtpSink, Settings]:
     sink = SmtpSink(binaries, data_dir)
     sink.start()
     settings = _settings(data_dir, sink, workers, partitions)
-    pem, _txt = keygen("rsa")
+    pem, _txt = keygen(dkim)
     settings.dkim_dir.mkdir(parents=True)
     (settings.dkim_dir / f"{SELECTOR}._domainkey.bench.example.pem").write_bytes(pem)
     return data_dir, sink, settings
@@ -224,10 +225,11 @@ async def run_deliver_bench(
     *,
     peers: bool = True,
     lane_backlog: int = 0,
+    dkim: KeyType = "rsa",
     progress: Any = None,
 ) -> DeliverBenchResult:
     say = progress or (lambda _m: None)
-    data_dir, sink, settings = await asyncio.to_thread(_setup, workers, partitions)
+    data_dir, sink, settings = await asyncio.to_thread(_setup, workers, partitions, dkim)
     stack = Stack(settings, workers=True)
     lanes: list[float] = []
     try:
@@ -253,6 +255,7 @@ async def run_deliver_bench(
         per_s=messages / seconds,
         rows_seconds=rows_seconds,
         workers=workers,
+        dkim=dkim,
         lane_backlog=lane_backlog,
         lane_latencies_ms=lanes,
     )

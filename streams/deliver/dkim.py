@@ -110,7 +110,19 @@ def _dns_record(key: PrivateKey) -> str:
     return f"v=DKIM1; k={kind}; p={b64encode(public).decode('ascii')}"
 
 
-def keygen(algorithm: Literal["rsa", "ed25519"], bits: int = 2048) -> tuple[bytes, str]:
+KeyType = Literal["rsa", "ed25519"]
+KEY_TYPES: Final[tuple[KeyType, ...]] = ("rsa", "ed25519")
+
+
+def key_type(name: str) -> KeyType:
+    """``name`` as a key type, or a DkimKeyError that lists the ones there are."""
+    for known in KEY_TYPES:
+        if name == known:
+            return known
+    raise DkimKeyError(f"unknown DKIM key type {name!r}: use rsa or ed25519")
+
+
+def keygen(algorithm: KeyType, bits: int = 2048) -> tuple[bytes, str]:
     """A new key: its PKCS8 PEM, and the TXT record value to publish at the selector."""
     key: PrivateKey
     if algorithm == "rsa":

@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from streams.deliver import dkim as signing
-from streams.deliver.dkim import DkimKey, Signer, canonical_body, keygen, load_keys
+from streams.deliver.dkim import DkimKey, Signer, canonical_body, key_type, keygen, load_keys
 from streams.deliver.mime import Prepared, prepare
 from streams.errors import DkimKeyError, DkimMessageError
 
@@ -166,6 +166,12 @@ def test_keygen_records() -> None:
         assert key.record_name == "s1._domainkey.shop.example"
     with pytest.raises(DkimKeyError):
         keygen("rsa", bits=512)
+
+
+def test_key_type_names_the_choices() -> None:
+    assert key_type("ed25519") == "ed25519"
+    with pytest.raises(DkimKeyError, match="use rsa or ed25519"):
+        key_type("dsa")
 
 
 def test_load_keys(tmp_path: Path) -> None:
