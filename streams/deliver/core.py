@@ -25,6 +25,7 @@ __all__ = [
     "Conclusion",
     "Triage",
     "conclude",
+    "flush_now",
     "lane_of",
     "postpone",
     "task_id",
@@ -194,3 +195,12 @@ def postpone(task: Record, until: datetime, reason: str, now: datetime) -> Concl
         task, "deferred", now, reason=reason, retry_after_ms=wait_ms, attempt=task["attempt"]
     )
     return Conclusion(event, retry=retry, final=False)
+
+
+def flush_now(task: Record) -> Record | None:
+    """The task as an operator's flush sends it: deferred mail (tried at least once) loses its
+    wait; a scheduled send never tried keeps its ``send_at``, as Postfix's flush only moves
+    deferred mail. None when the flush does not apply."""
+    if task["attempt"] == 0:
+        return None
+    return {**task, "not_before": None}

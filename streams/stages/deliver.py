@@ -25,7 +25,7 @@ from typing import Any
 from streams.codec import Codec, Record
 from streams.deadletter import SourcePosition, rejection
 from streams.deliver.control import Command
-from streams.deliver.core import Conclusion, lane_of, task_meta, triage
+from streams.deliver.core import Conclusion, flush_now, lane_of, task_meta, triage
 from streams.deliver.dkim import Signer, load_keys
 from streams.deliver.mime import StoredTemplate
 from streams.deliver.queue import ControlFeed, index_entry, read_compacted, task_meta_of_entry
@@ -309,7 +309,10 @@ class DeliverShell:
         while True:
             now = self.clock().timestamp()
             if self.control.state.flushed(meta, enqueued):
-                break
+                flushed = flush_now(task)
+                if flushed is not None:
+                    raw = self.codec.encode("DeliveryTask", flushed)
+                    break
             remaining = not_before.timestamp() - now
             if now >= due and remaining > smallest:
                 # due in this tier but early for its own time: the tier for what is left

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Awaitable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -20,8 +20,10 @@ from streams.codec import Codec
 from streams.deliver.control import Command, Selector
 from streams.deliver.expand import expand
 from streams.deliver.queue import publish_command, read_compacted
+from streams.deliver.retry import tier_topics
 from streams.settings import Settings
 from streams.stack.stack import Stack
+from streams.stages.deliver import ENQUEUED
 from tests.conftest import SENDER_DOMAIN
 from tests.integration.helpers import eventually, new_tenant
 from tests.peers.world import World
@@ -228,6 +230,49 @@ async def test_unreachable_mx_is_deferred_and_listed_in_the_queue(
     want = {"alice@stall.example": "dropped"}
     assert await eventually(states, lambda s: s == want) == want
     assert await eventually(queued, lambda es: not es) == []
+
+
+async def test_flush_sends_deferred_mail_now(
+    stack: Settings, codec: Codec, world: World, db: asyncpg.Connection
+) -> None:
+    tenant, key = await _tenant(stack)
+    before = len(world.mx["normal"].messages_to("joe@normal.example"))
+    request = send_request(tenant, key, ["joe@normal.example"])
+    now = datetime.now(UTC)
+    [(domain, _lane, task)] = expand(
+        {**request, "send_at": None, "reply_to": None, "substitutions": {}}, now, lambda *_: False
+    ).tasks
+    # deferred once, next attempt an hour away: it waits in the longest delay topic
+    deferred = {
+        **task,
+        "attempt": 1,
+        "first_attempt_at": now,
+        "not_before": now + timedelta(hours=1),
+    }
+    longest = tier_topics(stack.retry_policy, stack.topics.prefix)[-1]
+    producer = AIOKafkaProducer(bootstrap_servers=stack.bootstrap, acks="all")
+    await producer.start()
+    try:
+        await producer.send_and_wait(
+            longest,
+            codec.encode("DeliveryTask", deferred),
+            key=domain.encode(),
+            headers=[(ENQUEUED, str(_now_ms()).encode())],
+        )
+    finally:
+        await producer.stop()
+    await asyncio.sleep(3)
+    assert len(world.mx["normal"].messages_to("joe@normal.example")) == before
+    await publish_command(
+        stack, Command("flush", Selector(message_id=request["request_id"]), _now_ms())
+    )
+
+    def states() -> Awaitable[dict[str, str]]:
+        return _states(db, request["request_id"])
+
+    want = {"joe@normal.example": "delivered"}
+    assert await eventually(states, lambda s: s == want) == want
+    assert len(world.mx["normal"].messages_to("joe@normal.example")) == before + 1
 
 
 def _now_ms() -> int:

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from streams.deliver.bounce import Stage, TransportErrorKind, classify, transport_error
-from streams.deliver.core import conclude, lane_of, postpone, task_id, triage
+from streams.deliver.core import conclude, flush_now, lane_of, postpone, task_id, triage
 from streams.deliver.retry import RetryPolicy
 
 T0 = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
@@ -167,6 +167,19 @@ def test_postpone_keeps_the_attempt() -> None:
     assert c.retry["attempt"] == 2
     assert c.event["retry_after_ms"] == 90_000
     assert c.event["reason"] == "throttled: x"
+
+
+def test_flush_sends_deferred_mail_now_but_keeps_a_schedule() -> None:
+    deferred = task(attempt=1, not_before=T0 + timedelta(hours=1))
+    flushed = flush_now(deferred)
+    assert flushed is not None
+    assert flushed["not_before"] is None
+    assert flushed["attempt"] == 1
+    kw: dict[str, Any] = {"already_sent": False, "suppressed": False, "policy": POLICY}
+    assert triage(deferred, T0, verdict="deliver", **kw).step == "wait"
+    assert triage(flushed, T0, verdict="deliver", **kw).step == "send"
+    scheduled = task(attempt=0, not_before=T0 + timedelta(hours=1))
+    assert flush_now(scheduled) is None
 
 
 def test_event_ids_differ_per_attempt_and_repeat_for_a_replay() -> None:
