@@ -351,6 +351,18 @@ def bench_deliver(
             "high priority under bulk backlog",
             f"p50 {result.extra['lane_p50_ms']:,.0f} ms, max {result.extra['lane_max_ms']:,.0f} ms",
         )
+    if "lane_accepted_p50_ms" in result.extra:
+        grid.add_row(
+            "  of which until the receiver's 250",
+            f"p50 {result.extra['lane_accepted_p50_ms']:,.0f} ms, "
+            f"max {result.extra['lane_accepted_max_ms']:,.0f} ms",
+        )
+    if "lane_admitted_p50_ms" in result.extra:
+        grid.add_row(
+            "  of which until the gate let it in",
+            f"p50 {result.extra['lane_admitted_p50_ms']:,.0f} ms, "
+            f"max {result.extra['lane_admitted_max_ms']:,.0f} ms",
+        )
     out.print(grid)
 
 

@@ -12,11 +12,10 @@ from streams.codec import default_codec
 from streams.deliver.queue import ControlFeed
 from streams.settings import Settings
 from streams.stages import deliver, gate, verify
+from streams.stages.names import DELIVER_PARTS, KNOWN_STAGES, STAGES
 from streams.stages.shell import Clock, DirectoryHolder, Outputs, wall_clock
 
 __all__ = ["STAGES", "create_app", "run_worker"]
-
-STAGES = ("gate", "verify", "deliver")
 
 
 def create_app(
@@ -46,9 +45,9 @@ def create_app(
         datadir=str(settings.data_dir / "faust"),
     )
     codec = default_codec()
-    unknown = set(stages) - set(STAGES)
+    unknown = set(stages) - set(KNOWN_STAGES)
     if unknown:
-        raise ValueError(f"unknown stage(s) {sorted(unknown)}; known: {', '.join(STAGES)}")
+        raise ValueError(f"unknown stage(s) {sorted(unknown)}; known: {', '.join(KNOWN_STAGES)}")
     outputs = Outputs(app, settings, codec)
     directory = directory or DirectoryHolder(settings)
     directory.install(app)
@@ -56,8 +55,20 @@ def create_app(
         gate.register(app, settings, codec, outputs, directory, clock)
     if "verify" in stages:
         verify.register(app, settings, codec, outputs, directory, clock)
-    if "deliver" in stages:
-        deliver.register(app, settings, codec, outputs, directory, clock, control)
+    lanes = tuple(lane for part in stages for lane in DELIVER_PARTS.get(part, ()))
+    if lanes:
+        # the delay topics and queue commands go with the bulk lane: one process group
+        # re-queues released mail, so it is not re-queued twice
+        deliver.register(
+            app,
+            settings,
+            codec,
+            outputs,
+            directory,
+            clock,
+            control,
+            lanes=tuple(sorted(set(lanes))),
+        )
     return app
 
 
@@ -80,7 +91,7 @@ def run_worker(settings: Settings, stages: tuple[str, ...] = STAGES) -> None:
     directory = DirectoryHolder(settings)
     directory.preload()
     control = None
-    if "deliver" in stages:
+    if any(part in DELIVER_PARTS for part in stages):
         control = ControlFeed(settings)
         control.preload()
     app = create_app(settings, stages, directory=directory, control=control)

@@ -19,12 +19,25 @@ from streams.settings import Settings
 from streams.stack.kafka import EmbeddedKafka
 from streams.stack.postgres import EmbeddedPostgres
 from streams.stack.process import ManagedProcess, pid_alive, stop_pid
+from streams.stages.names import BULK_STAGES, FRONT_STAGES
 from streams.topics import ensure_topics
 
 __all__ = ["STOP_ORDER", "Stack", "StackInfo", "stop_detached"]
 
 # applications first so they flush and commit while Kafka and PostgreSQL are still there
-STOP_ORDER = ("sinks", "worker", *(f"worker{i}" for i in range(1, 16)), "kafka", "postgres")
+STOP_ORDER = (
+    "sinks",
+    "worker",
+    *(f"worker{i}" for i in range(1, 16)),
+    "bulk",
+    *(f"bulk{i}" for i in range(1, 16)),
+    "kafka",
+    "postgres",
+)
+
+
+def _stages(stages: tuple[str, ...]) -> list[str]:
+    return [arg for stage in stages for arg in ("--stage", stage)]
 
 
 @dataclass
@@ -97,13 +110,24 @@ class Stack:
         )
 
     def _workers(self) -> list[ManagedProcess]:
-        workers = [self._app("worker", "worker")]
-        for i in range(1, self.settings.worker_processes):
+        """Per worker slot two processes: ``worker`` (gate, verify, transactional lane) and
+        ``bulk`` (bulk lane, delay topics, queue commands) in a consumer group of its own. One
+        process would hand both lanes the same fetches and the same event loop, and a bulk
+        backlog would stand in front of a password reset."""
+        workers = []
+        n = self.settings.worker_processes
+        for i in range(n):
+            suffix = str(i) if i else ""
             # each faust worker serves its own web port (metrics, health)
-            port = str(self.settings.worker_web_port + i)
+            front = {"POSTWIRE_WORKER_WEB_PORT": str(self.settings.worker_web_port + i)}
+            bulk = {
+                "POSTWIRE_WORKER_WEB_PORT": str(self.settings.worker_web_port + n + i),
+                "POSTWIRE_APP_ID": f"{self.settings.app_id}-bulk",
+            }
             workers.append(
-                self._app(f"worker{i}", "worker", env={"POSTWIRE_WORKER_WEB_PORT": port})
+                self._app(f"worker{suffix}", "worker", *_stages(FRONT_STAGES), env=front)
             )
+            workers.append(self._app(f"bulk{suffix}", "worker", *_stages(BULK_STAGES), env=bulk))
         return workers
 
     def _all(self) -> dict[str, ManagedProcess]:

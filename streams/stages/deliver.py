@@ -368,7 +368,11 @@ def register(
     directory: DirectoryHolder,
     clock: Clock,
     control: ControlFeed | None = None,
+    *,
+    lanes: tuple[str, ...] = ("bulk", "tx"),
 ) -> Any:
+    """The lane agents named; with the bulk lane also the delay-topic agents, the queue-command
+    agent (mail leaves the delay topics into either lane)."""
     from streams.stages.shell import OutputTopic
 
     # day windows kept a day longer than a message can live: faust expires old windows itself,
@@ -427,8 +431,17 @@ def register(
 
         return app.agent(raw_topic(app, topic), name=f"{settings.app_id}.delay.{seconds}")(wait)
 
-    for lane in ("tx", "bulk"):
+    for lane in lanes:
         agents.append(lane_agent(lane))
+
+    @app.timer(30.0)
+    async def housekeeping() -> None:
+        shell.deliverer.prune()
+        now_ms = int(clock().timestamp() * 1000)
+        control.state.prune(now_ms, int((settings.retry_max_age + 86400) * 1000))
+
+    if "bulk" not in lanes:
+        return agents
     for seconds, topic in shell.tiers.items():
         agents.append(tier_agent(seconds, topic))
 
@@ -441,11 +454,5 @@ def register(
                 log.warning("ignoring a control record: %s", exc)
                 continue
             await shell.obey(command)
-
-    @app.timer(30.0)
-    async def housekeeping() -> None:
-        shell.deliverer.prune()
-        now_ms = int(clock().timestamp() * 1000)
-        control.state.prune(now_ms, int((settings.retry_max_age + 86400) * 1000))
 
     return [*agents, obey]

@@ -1,0 +1,18 @@
+"""Which stages a worker process can run, and how `postwire up` splits them between processes
+(kept free of faust so the supervisor does not import it)."""
+
+from __future__ import annotations
+
+__all__ = ["BULK_STAGES", "DELIVER_PARTS", "FRONT_STAGES", "KNOWN_STAGES", "STAGES"]
+
+STAGES = ("gate", "verify", "deliver")
+# ``deliver`` is both lanes plus the delay topics and queue control; the halves let a bulk
+# backlog run in a process (and consumer group) of its own, away from transactional mail
+DELIVER_PARTS = {
+    "deliver": ("tx", "bulk"),
+    "deliver.tx": ("tx",),
+    "deliver.bulk": ("bulk",),
+}
+KNOWN_STAGES = (*STAGES, "deliver.tx", "deliver.bulk")
+FRONT_STAGES = ("gate", "verify", "deliver.tx")
+BULK_STAGES = ("deliver.bulk",)
