@@ -47,10 +47,11 @@ def up(
         bool, typer.Option("--detach", "-d", help="Start in the background and return.")
     ] = False,
     workers: Annotated[
-        bool, typer.Option(help="Also start the faust worker and the sinks.")
+        bool, typer.Option(help="Also start the workers, the sinks and the HTTP ingress.")
     ] = True,
 ) -> None:
-    """Start Kafka, PostgreSQL, topics, migrations, the worker and the sinks; run until Ctrl-C."""
+    """Start Kafka, PostgreSQL, topics, migrations, the workers, the sinks and the HTTP
+    ingress; run until Ctrl-C."""
     from streams.stack.stack import Stack
 
     stack = Stack(_settings(), workers=workers)
@@ -68,6 +69,9 @@ async def _up(stack: Any, *, detach: bool) -> int:
     out.print(f"[bold green]postwire is up[/] in {info.started_in:.1f}s")
     out.print(f"  kafka bootstrap : {info.bootstrap}")
     out.print(f"  database url    : {info.database_url}")
+    if stack.workers:
+        api = f"http://{stack.settings.api_host}:{stack.settings.api_port}"
+        out.print(f"  http ingress    : {api}/v3/mail/send")
     out.print(f"  data dir        : {info.data_dir}")
     for name, pid in info.pids.items():
         out.print(f"  {name:<16}: pid {pid}")
@@ -105,6 +109,22 @@ def down() -> None:
         out.print("nothing was running")
     for name, pid in stopped.items():
         out.print(f"stopped {name} (pid {pid})")
+
+
+@app.command()
+def api(
+    port: Annotated[int | None, typer.Option(help="Port; default POSTWIRE_API_PORT.")] = None,
+) -> None:
+    """Serve the HTTP ingress (SendGrid-compatible /v3/mail/send) until SIGINT/SIGTERM."""
+    from streams.api.server import run_api
+
+    settings = _settings()
+    if port is not None:
+        settings = settings.model_copy(update={"api_port": port})
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    run_api(settings)
 
 
 @app.command()

@@ -198,3 +198,13 @@ class BenchError(PostwireError):
     """A benchmark's peers could not be found, started or stopped."""
 
     code = "bench"
+
+
+class IngressValidationError(PostwireError):
+    """An HTTP request body the ingress cannot accept; every problem, as (field, message)."""
+
+    code = "ingress.invalid"
+
+    def __init__(self, problems: list[tuple[str | None, str]]) -> None:
+        super().__init__("; ".join(f"{f or 'body'}: {m}" for f, m in problems))
+        self.problems = problems

@@ -86,6 +86,17 @@ class Settings(BaseSettings):
     # faust worker processes `postwire up` starts; partitions spread over them (one per core)
     worker_processes: int = Field(default=1, ge=1)
     worker_web_port: int = 6066
+
+    # HTTP ingress (`postwire api`, started by `postwire up`)
+    api_host: str = "127.0.0.1"
+    api_port: int = 8080
+    api_max_body: int = Field(default=30 * 1024 * 1024, ge=1024)  # SendGrid's 30 MB
+    api_rate: float = Field(default=200.0, gt=0)  # requests per second per tenant
+    api_burst: int = Field(default=400, ge=1)
+    # SendGrid callers do not say; most API sends are transactional. Campaigns set
+    # X-Postwire-Priority: bulk.
+    api_priority: Literal["critical", "high", "normal", "bulk"] = "high"
+    api_produce_timeout: float = Field(default=10.0, gt=0)
     # a single-node cluster rebalances in well under a second; the 60 s faust defaults only
     # make restarts and tests slow
     session_timeout: float = 10.0

@@ -33,6 +33,7 @@ def stack_settings(data_dir: Path, **overrides: object) -> Settings:
         "kafka_controller_port": free_port(),
         "postgres_port": free_port(),
         "worker_web_port": free_port(),
+        "api_port": free_port(),
         "topic_prefix": f"pwtest{suffix}",
         "app_id": f"pwtest{suffix}",
         "partitions": 2,
@@ -108,6 +109,10 @@ async def pipeline(tmp_path_factory: pytest.TempPathFactory, world: World) -> As
         smtp_probe_port=world.smtp_port,
         smtp_probe_timeout=1.5,
         directory_refresh=0.3,
+        # small enough that the ingress tests can cross them cheaply
+        api_max_body=256 * 1024,
+        api_rate=5.0,
+        api_burst=10,
     )
     settings = stack_settings(data_dir, **overrides)
     running = Stack(settings, workers=True)

@@ -125,6 +125,7 @@ async def run_verify_bench(
         kafka_controller_port=_free_port(),
         postgres_port=_free_port(),
         worker_web_port=_free_port(),
+        api_port=_free_port(),
         partitions=partitions,
         worker_processes=workers,
         dns_nameservers=dns.nameserver,

@@ -26,6 +26,7 @@ __all__ = ["STOP_ORDER", "Stack", "StackInfo", "stop_detached"]
 
 # applications first so they flush and commit while Kafka and PostgreSQL are still there
 STOP_ORDER = (
+    "api",
     "sinks",
     "worker",
     *(f"worker{i}" for i in range(1, 16)),
@@ -163,7 +164,7 @@ class Stack:
             self.info.topics_created = await ensure_topics(self.settings)
             await apply_migrations(self.settings.dsn)
             if self.workers:
-                self.apps = [*self._workers(), self._app("sinks", "sink")]
+                self.apps = [*self._workers(), self._app("sinks", "sink"), self._app("api", "api")]
                 for app in self.apps:
                     app.start(detach=detach)
         except BaseException:

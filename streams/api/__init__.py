@@ -1,0 +1,1 @@
+"""The HTTP front door: SendGrid-compatible ingress."""

@@ -1,0 +1,297 @@
+"""SendGrid v3 ``/v3/mail/send`` bodies to EmailRequest records, and SendGrid-shaped errors.
+
+Pure: no I/O, time and ids as parameters. One personalization becomes one EmailRequest (each
+personalization may carry its own subject, headers and data, which our request holds once);
+with a single personalization the request id is the message id, else ``<message id>.<n>``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import uuid
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import orjson
+
+from streams.errors import IngressValidationError
+
+__all__ = [
+    "MAX_PERSONALIZATIONS",
+    "MAX_RECIPIENTS",
+    "message_id_for",
+    "translate",
+]
+
+MAX_PERSONALIZATIONS: Final = 1000  # SendGrid's limits
+MAX_RECIPIENTS: Final = 1000
+MAX_CATEGORIES: Final = 10
+MAX_CUSTOM_ARGS_BYTES: Final = 10_000
+PRIORITIES: Final = ("critical", "high", "normal", "bulk")
+# set by the pipeline itself; SendGrid refuses them in `headers` too
+RESERVED_HEADERS: Final = frozenset(
+    {
+        "bcc",
+        "cc",
+        "content-transfer-encoding",
+        "content-type",
+        "date",
+        "dkim-signature",
+        "from",
+        "message-id",
+        "mime-version",
+        "received",
+        "reply-to",
+        "return-path",
+        "subject",
+        "to",
+        "x-sg-eid",
+        "x-sg-id",
+    }
+)
+_IDEMPOTENT_IDS: Final = uuid.UUID("6c1f3f9e-52a4-4d5e-9a59-2a4b0d1cb0e1")
+
+
+def message_id_for(tenant: str, idempotency_key: str | None) -> str:
+    """The X-Message-Id: random, or fixed by the tenant's idempotency key so that a retried
+    request gets the same id (and the gate drops the copy)."""
+    if idempotency_key is None:
+        return uuid.uuid4().hex
+    return uuid.uuid5(_IDEMPOTENT_IDS, f"{tenant}\x1f{idempotency_key}").hex
+
+
+class _Check:
+    """Collects every problem of a body, as SendGrid reports them all at once."""
+
+    def __init__(self) -> None:
+        self.errors: list[tuple[str | None, str]] = []
+
+    def fail(self, field: str | None, message: str) -> None:
+        self.errors.append((field, message))
+
+    def obj(self, value: Any, field: str, *, required: bool = False) -> dict[str, Any] | None:
+        if value is None:
+            if required:
+                self.fail(field, f"The {field} parameter is required.")
+            return None
+        if not isinstance(value, dict):
+            self.fail(field, f"The {field} parameter must be an object.")
+            return None
+        return value
+
+    def items(self, value: Any, field: str) -> list[Any]:
+        if value is None:
+            return []
+        if not isinstance(value, list):
+            self.fail(field, f"The {field} parameter must be an array.")
+            return []
+        return value
+
+    def text(self, value: Any, field: str) -> str | None:
+        if value is None:
+            return None
+        if not isinstance(value, str):
+            self.fail(field, f"The {field} parameter must be a string.")
+            return None
+        return value
+
+    def strings(self, value: Any, field: str) -> dict[str, str]:
+        """A map of strings (headers, custom args, substitutions)."""
+        found = self.obj(value, field) or {}
+        out: dict[str, str] = {}
+        for key, item in found.items():
+            if isinstance(item, str):
+                out[str(key)] = item
+            elif isinstance(item, (int, float, bool)):
+                out[str(key)] = orjson.dumps(item).decode()
+            else:
+                self.fail(f"{field}.{key}", "Values must be strings.")
+        return out
+
+    def address(self, value: Any, field: str, *, required: bool = False) -> dict[str, Any] | None:
+        found = self.obj(value, field, required=required)
+        if found is None:
+            return None
+        email = self.text(found.get("email"), f"{field}.email")
+        if not email or "@" not in email:
+            self.fail(f"{field}.email", "Does not contain a valid address.")
+            return None
+        return {"email": email, "name": self.text(found.get("name"), f"{field}.name")}
+
+    def send_at(self, value: Any, field: str) -> datetime | None:
+        if value is None:
+            return None
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            self.fail(field, "send_at must be a UNIX timestamp in seconds.")
+            return None
+        return datetime.fromtimestamp(value, UTC)
+
+
+def _template_data(check: _Check, value: Any, field: str) -> dict[str, str]:
+    """dynamic_template_data may nest; our substitutions are strings, so nested values travel
+    as JSON text."""
+    found = check.obj(value, field) or {}
+    return {str(k): v if isinstance(v, str) else orjson.dumps(v).decode() for k, v in found.items()}
+
+
+def _content(check: _Check, body: dict[str, Any]) -> tuple[str | None, str | None]:
+    text = html = None
+    for i, raw in enumerate(check.items(body.get("content"), "content")):
+        field = f"content.{i}"
+        part = check.obj(raw, field) or {}
+        kind = (check.text(part.get("type"), f"{field}.type") or "").lower()
+        value = check.text(part.get("value"), f"{field}.value")
+        if not value:
+            check.fail(f"{field}.value", "The content value must be at least one character.")
+        elif kind == "text/plain":
+            text = value
+        elif kind == "text/html":
+            html = value
+        else:
+            check.fail(f"{field}.type", "Only text/plain and text/html are supported.")
+    return text, html
+
+
+def _attachments(check: _Check, body: dict[str, Any]) -> list[dict[str, Any]]:
+    out = []
+    for i, raw in enumerate(check.items(body.get("attachments"), "attachments")):
+        field = f"attachments.{i}"
+        item = check.obj(raw, field) or {}
+        filename = check.text(item.get("filename"), f"{field}.filename")
+        encoded = check.text(item.get("content"), f"{field}.content")
+        if not filename:
+            check.fail(f"{field}.filename", "The attachment filename is required.")
+        if not encoded:
+            check.fail(f"{field}.content", "The attachment content is required.")
+            continue
+        try:
+            content = base64.b64decode(encoded, validate=True)
+        except (binascii.Error, ValueError):
+            check.fail(f"{field}.content", "The attachment content must be base64 encoded.")
+            continue
+        out.append(
+            {
+                "filename": filename or "attachment",
+                "content_type": check.text(item.get("type"), f"{field}.type")
+                or "application/octet-stream",
+                "content": content,
+                "disposition": check.text(item.get("disposition"), f"{field}.disposition")
+                or "attachment",
+                "content_id": check.text(item.get("content_id"), f"{field}.content_id"),
+            }
+        )
+    return out
+
+
+def _headers(check: _Check, value: Any, field: str) -> dict[str, str]:
+    headers = check.strings(value, field)
+    for name in headers:
+        if name.lower() in RESERVED_HEADERS:
+            check.fail(f"{field}.{name}", f"The {name} header is reserved.")
+    return headers
+
+
+def _recipients(check: _Check, p: dict[str, Any], field: str) -> list[dict[str, Any]]:
+    subs = {**check.strings(p.get("substitutions"), f"{field}.substitutions")}
+    subs.update(
+        _template_data(check, p.get("dynamic_template_data"), f"{field}.dynamic_template_data")
+    )
+    out = []
+    for kind in ("to", "cc", "bcc"):
+        for j, item in enumerate(check.items(p.get(kind), f"{field}.{kind}")):
+            address = check.address(item, f"{field}.{kind}.{j}")
+            if address is not None:
+                out.append({**address, "kind": kind, "substitutions": subs, "custom_args": {}})
+    if not any(r["kind"] == "to" for r in out):
+        check.fail(f"{field}.to", "The to array is required for all personalization objects.")
+    return out
+
+
+def translate(
+    body: Any,
+    *,
+    tenant: str,
+    api_key: str,
+    message_id: str,
+    idempotency_key: str | None,
+    priority: str,
+    now: datetime,
+) -> list[dict[str, Any]]:
+    """The EmailRequest records for a SendGrid v3 mail/send body. Raises
+    IngressValidationError listing every problem found."""
+    check = _Check()
+    root = check.obj(body, "body", required=True) or {}
+    if priority not in PRIORITIES:
+        check.fail("X-Postwire-Priority", f"priority must be one of {', '.join(PRIORITIES)}.")
+    sender = check.address(root.get("from"), "from", required=True)
+    reply_to = check.address(root.get("reply_to"), "reply_to")
+    subject = check.text(root.get("subject"), "subject")
+    template_id = check.text(root.get("template_id"), "template_id")
+    text, html = _content(check, root)
+    if not (text or html or template_id):
+        check.fail("content", "Unless a valid template_id is provided, content is required.")
+    attachments = _attachments(check, root)
+    headers = _headers(check, root.get("headers"), "headers")
+    categories = [str(c) for c in check.items(root.get("categories"), "categories")]
+    if len(categories) > MAX_CATEGORIES:
+        check.fail("categories", f"You may not have more than {MAX_CATEGORIES} categories.")
+    custom_args = check.strings(root.get("custom_args"), "custom_args")
+    send_at = check.send_at(root.get("send_at"), "send_at")
+    batch_id = check.text(root.get("batch_id"), "batch_id")
+    personalizations = check.items(root.get("personalizations"), "personalizations")
+    if not personalizations:
+        check.fail("personalizations", "The personalizations field is required.")
+    if len(personalizations) > MAX_PERSONALIZATIONS:
+        check.fail("personalizations", f"At most {MAX_PERSONALIZATIONS} personalizations.")
+    records: list[dict[str, Any]] = []
+    total = 0
+    for i, raw in enumerate(personalizations[:MAX_PERSONALIZATIONS]):
+        field = f"personalizations.{i}"
+        p = check.obj(raw, field) or {}
+        recipients = _recipients(check, p, field)
+        total += len(recipients)
+        own_subject = check.text(p.get("subject"), f"{field}.subject") or subject
+        if not own_subject and not template_id:
+            check.fail(f"{field}.subject", "The subject is required (here or at the top level).")
+        args = {**custom_args, **check.strings(p.get("custom_args"), f"{field}.custom_args")}
+        if batch_id:
+            args["batch_id"] = batch_id
+        if len(orjson.dumps(args)) > MAX_CUSTOM_ARGS_BYTES:
+            check.fail(f"{field}.custom_args", "custom_args may not exceed 10,000 bytes.")
+        single = len(personalizations) == 1
+        records.append(
+            {
+                "request_id": message_id if single else f"{message_id}.{i}",
+                "tenant": tenant,
+                "api_key": api_key,
+                "operation": "send",
+                "idempotency_key": None
+                if idempotency_key is None
+                else (idempotency_key if single else f"{idempotency_key}.{i}"),
+                "priority": priority,
+                "from": sender,
+                "reply_to": reply_to,
+                "recipients": recipients,
+                "content": {
+                    "subject": own_subject,
+                    "text": text,
+                    "html": html,
+                    "template_id": template_id,
+                    "headers": {**headers, **_headers(check, p.get("headers"), f"{field}.headers")},
+                    "attachments": attachments,
+                },
+                "substitutions": {},
+                "categories": categories,
+                "custom_args": args,
+                "send_at": check.send_at(p.get("send_at"), f"{field}.send_at") or send_at,
+                "smtp_probe": None,
+                "track": None,
+                "created_at": now,
+            }
+        )
+    if total > MAX_RECIPIENTS:
+        check.fail("personalizations", f"At most {MAX_RECIPIENTS} recipients per request.")
+    if check.errors:
+        raise IngressValidationError(check.errors)
+    return records
