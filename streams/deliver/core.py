@@ -25,6 +25,7 @@ __all__ = [
     "Conclusion",
     "Triage",
     "conclude",
+    "failed",
     "flush_now",
     "lane_of",
     "postpone",
@@ -74,6 +75,11 @@ def _event(task: Record, event_type: str, now: datetime, **kw: object) -> Record
         custom_args=args,
         **kw,  # type: ignore[arg-type]
     )
+
+
+def failed(task: Record, now: datetime, reason: str) -> Record:
+    """The event of a task that can never be sent as it is (cannot be rendered or signed)."""
+    return _event(task, "failed", now, reason=reason, attempt=task["attempt"])
 
 
 @dataclass(frozen=True)

@@ -25,11 +25,11 @@ from typing import Any
 from streams.codec import Codec, Record
 from streams.deadletter import SourcePosition, rejection
 from streams.deliver.control import Command
-from streams.deliver.core import Conclusion, flush_now, lane_of, task_meta, triage
+from streams.deliver.core import Conclusion, failed, flush_now, lane_of, task_meta, triage
 from streams.deliver.dkim import Signer, load_keys
 from streams.deliver.mime import StoredTemplate
 from streams.deliver.queue import ControlFeed, index_entry, read_compacted, task_meta_of_entry
-from streams.deliver.retry import delay_tier, tier_topic
+from streams.deliver.retry import delay_tier, tier_name, tier_topic
 from streams.deliver.service import Deliverer
 from streams.deliver.throttle import Throttle
 from streams.deliver.transport import Transport, TransportConfig
@@ -145,15 +145,11 @@ class DeliverShell:
         self.control = control
         self.deliverer = deliverer
         self.policy = settings.retry_policy
-        self.tiers = {s: tier_topic(settings.topics.prefix, n) for n, s in self._tier_names()}
+        prefix = settings.topics.prefix
+        self.tiers = {s: tier_topic(prefix, tier_name(s)) for s in self.policy.tiers}
         self.tier_outputs: dict[str, Any] = {}
         self._local_suppressed: dict[tuple[str, str], float] = {}
         self._inflight: set[str] = set()
-
-    def _tier_names(self) -> list[tuple[str, int]]:
-        from streams.deliver.retry import tier_name
-
-        return [(tier_name(s), s) for s in self.policy.tiers]
 
     def suppressed(self, tenant: str, address: str) -> bool:
         key = (tenant, address.lower())
@@ -253,20 +249,7 @@ class DeliverShell:
             await self.outputs.rejection(
                 rejection(position, STAGE, exc, task["domain"].encode(), raw, now, task["tenant"])
             )
-            await self.outputs.event(
-                make_event(
-                    "failed",
-                    task["tenant"],
-                    now,
-                    request_id=task["request_id"],
-                    message_id=task["message_id"],
-                    recipient=task["recipient"]["email"],
-                    reason=f"{exc.code}: {exc}",
-                    attempt=task["attempt"],
-                    categories=task["categories"],
-                    custom_args=task["custom_args"],
-                )
-            )
+            await self.outputs.event(failed(task, now, f"{exc.code}: {exc}"))
             if queued:
                 await self.index(task, None)
             return

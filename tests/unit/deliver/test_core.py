@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from streams.deliver.bounce import Stage, TransportErrorKind, classify, transport_error
-from streams.deliver.core import conclude, flush_now, lane_of, postpone, task_id, triage
+from streams.deliver.core import conclude, failed, flush_now, lane_of, postpone, task_id, triage
 from streams.deliver.retry import RetryPolicy
 
 T0 = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
@@ -109,6 +109,15 @@ def test_delivered_carries_the_reply_and_args() -> None:
     assert c.event["custom_args"] == {"campaign": "c1", "r": "1"}
     assert c.event["categories"] == ["welcome"]
     assert c.event["attempt"] == 1
+
+
+def test_a_failed_event_carries_the_args_like_every_other() -> None:
+    e = failed(task(attempt=2), T0, "render.undefined: name")
+    assert e["type"] == "failed"
+    assert e["reason"] == "render.undefined: name"
+    assert e["attempt"] == 2
+    assert e["custom_args"] == {"campaign": "c1", "r": "1"}
+    assert e["categories"] == ["welcome"]
 
 
 def test_hard_bounce_suppresses_soft_policy_bounce_does_not() -> None:
