@@ -366,23 +366,15 @@ def bench_deliver(
         grid.add_row("Postfix relay msg/s", f"{result.postfix_per_s:,.0f}")
         grid.add_row("pipeline / raw", f"{result.vs_raw:.2f}")
         grid.add_row("pipeline / Postfix", f"{result.vs_postfix:.2f}")
-    if result.lane_latencies_ms:
-        grid.add_row(
-            "high priority under bulk backlog",
-            f"p50 {result.extra['lane_p50_ms']:,.0f} ms, max {result.extra['lane_max_ms']:,.0f} ms",
-        )
-    if "lane_accepted_p50_ms" in result.extra:
-        grid.add_row(
-            "  of which until the receiver's 250",
-            f"p50 {result.extra['lane_accepted_p50_ms']:,.0f} ms, "
-            f"max {result.extra['lane_accepted_max_ms']:,.0f} ms",
-        )
-    if "lane_admitted_p50_ms" in result.extra:
-        grid.add_row(
-            "  of which until the gate let it in",
-            f"p50 {result.extra['lane_admitted_p50_ms']:,.0f} ms, "
-            f"max {result.extra['lane_admitted_max_ms']:,.0f} ms",
-        )
+    lane_rows = (
+        ("lane", "high priority under bulk backlog"),
+        ("lane_accepted", "  of which until the receiver's 250"),
+        ("lane_admitted", "  of which until the gate let it in"),
+    )
+    for name, label in lane_rows:
+        if f"{name}_p50_ms" in result.extra:
+            p50, worst = result.extra[f"{name}_p50_ms"], result.extra[f"{name}_max_ms"]
+            grid.add_row(label, f"p50 {p50:,.0f} ms, max {worst:,.0f} ms")
     out.print(grid)
 
 

@@ -127,18 +127,17 @@ def _settings(data_dir: Path, sink: SmtpSink, workers: int, partitions: int) -> 
     )
 
 
+def _ms_after(sent: dict[str, datetime], rows: list[Any], column: str) -> list[float]:
+    """Per row, milliseconds from its request's ``created_at`` to the row's ``column``."""
+    return [(r[column] - sent[r["request_id"]]).total_seconds() * 1000 for r in rows]
+
+
 async def _lane_probe(
-    settings: Settings,
-    conn: asyncpg.Connection[Any],
-    tenant: str,
-    key: str,
-    backlog: int,
-    accepted: list[float],
-    through_gate: list[float],
-) -> list[float]:
-    """Publish a bulk backlog, then one high-priority message every 0.5 s while it drains;
-    each probe's request-to-delivered-row latency (ms). ``accepted`` gets each probe's
-    request-to-250 latency, ``through_gate`` its request-to-gate latency."""
+    settings: Settings, conn: asyncpg.Connection[Any], tenant: str, key: str, backlog: int
+) -> dict[str, list[float]]:
+    """Publish a bulk backlog, then one high-priority message every 0.5 s while it drains.
+    Per probe, in ms from its request: to the delivered row (``lane``), to the receiver's 250
+    (``lane_accepted``) and through the gate (``lane_admitted``)."""
     run = uuid.uuid4().hex[:8]
     bulk = [
         _request(tenant, key, f"{run}b", i, PER_REQUEST, "bulk")
@@ -160,36 +159,31 @@ async def _lane_probe(
         await _publish(settings, [probe])
         probes.append(probe)
         await asyncio.sleep(0.5)
-    latencies: list[float] = []
+    sent = {p["request_id"]: p["created_at"] for p in probes}
+    figures: dict[str, list[float]] = {"lane": [], "lane_accepted": [], "lane_admitted": []}
     deadline = time.monotonic() + 120
-    while len(latencies) < len(probes) and time.monotonic() < deadline:
+    while not figures["lane"] and time.monotonic() < deadline:
         rows = await conn.fetch(
             "SELECT m.landed_at, m.updated_at, m.request_id FROM messages m "
             "WHERE m.request_id LIKE $1 AND m.state = 'delivered'",
             f"{run}p-%",
         )
         if len(rows) == len(probes):
-            sent = {p["request_id"]: p["created_at"] for p in probes}
-            latencies = [
-                (r["landed_at"] - sent[r["request_id"]]).total_seconds() * 1000 for r in rows
-            ]
-            # the same path cut where the receiver said 250: the rest is events -> sink -> row
-            accepted.extend(
-                (r["updated_at"] - sent[r["request_id"]]).total_seconds() * 1000 for r in rows
-            )
             gated = await conn.fetch(
                 "SELECT request_id, occurred_at FROM events WHERE request_id LIKE $1 "
                 "AND type = 'processed'",
                 f"{run}p-%",
             )
-            through_gate.extend(
-                (r["occurred_at"] - sent[r["request_id"]]).total_seconds() * 1000 for r in gated
-            )
+            figures["lane"] = _ms_after(sent, rows, "landed_at")
+            # the same path cut where the receiver said 250: the rest is events -> sink -> row
+            figures["lane_accepted"] = _ms_after(sent, rows, "updated_at")
+            figures["lane_admitted"] = _ms_after(sent, gated, "occurred_at")
         await asyncio.sleep(0.2)
     remaining = backlog - await _rows(conn, f"{run}b")
     if remaining <= 0:
-        latencies.append(float("nan"))  # the backlog was gone before the probes: not a test
-    return latencies
+        # the backlog was gone before the probes: not a test
+        figures["lane"].append(float("nan"))
+    return figures
 
 
 def _setup(workers: int, partitions: int, dkim: KeyType) -> tuple[Path, SmtpSink, Settings]:
@@ -251,9 +245,7 @@ async def run_deliver_bench(
     say = progress or (lambda _m: None)
     data_dir, sink, settings = await asyncio.to_thread(_setup, workers, partitions, dkim)
     stack = Stack(settings, workers=True)
-    lanes: list[float] = []
-    accepted: list[float] = []
-    admitted: list[float] = []
+    lanes: dict[str, list[float]] = {}
     try:
         await stack.start(detach=False)
         conn = await asyncpg.connect(settings.dsn)
@@ -264,9 +256,7 @@ async def run_deliver_bench(
             seconds, rows_seconds = await _measure(settings, conn, sink, key, messages, say)
             if lane_backlog:
                 say(f"priority lanes: {lane_backlog:,} bulk messages, then 20 high-priority ones")
-                lanes = await _lane_probe(
-                    settings, conn, "bench", key, lane_backlog, accepted, admitted
-                )
+                lanes = await _lane_probe(settings, conn, "bench", key, lane_backlog)
         finally:
             await conn.close()
     finally:
@@ -281,7 +271,7 @@ async def run_deliver_bench(
         workers=workers,
         dkim=dkim,
         lane_backlog=lane_backlog,
-        lane_latencies_ms=lanes,
+        lane_latencies_ms=lanes.get("lane", []),
     )
     if peers:
         say("baselines: raw aiosmtplib and Postfix relaying the same number of messages")
@@ -289,13 +279,8 @@ async def run_deliver_bench(
         result.raw_per_s = base_results["raw_per_s"]
         result.postfix_per_s = base_results["postfix_per_s"]
         result.postfix_inject_per_s = base_results["postfix_inject_per_s"]
-    if lanes:
-        result.extra["lane_p50_ms"] = statistics.median(lanes)
-        result.extra["lane_max_ms"] = max(lanes)
-    if accepted:
-        result.extra["lane_accepted_p50_ms"] = statistics.median(accepted)
-        result.extra["lane_accepted_max_ms"] = max(accepted)
-    if admitted:
-        result.extra["lane_admitted_p50_ms"] = statistics.median(admitted)
-        result.extra["lane_admitted_max_ms"] = max(admitted)
+    for name, values in lanes.items():
+        if values:
+            result.extra[f"{name}_p50_ms"] = statistics.median(values)
+            result.extra[f"{name}_max_ms"] = max(values)
     return result
