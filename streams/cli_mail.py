@@ -12,6 +12,7 @@ import typer
 from rich.table import Table
 
 from streams.cli_common import err, fail, out, run, settings, with_db
+from streams.events import make_suppression
 
 __all__ = ["dkim_app", "queue_app", "suppression_app", "template_app"]
 
@@ -151,14 +152,7 @@ def suppression_add(
     reason: Annotated[str, typer.Option(help="Why: manual, complaint, unsubscribe...")] = "manual",
 ) -> None:
     """Add an address to a tenant's suppression list; sends to it are dropped from then on."""
-    record = {
-        "tenant": tenant,
-        "address": address.lower(),
-        "reason": reason,
-        "source": "cli",
-        "detail": None,
-        "created_at": datetime.now(UTC),
-    }
+    record = make_suppression(tenant, address, reason, "cli", datetime.now(UTC))
     run(_publish_suppression(tenant, address, record))
     out.print(f"suppressed {address.lower()} for {tenant}")
 

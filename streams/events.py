@@ -8,7 +8,7 @@ from datetime import datetime
 
 from streams.codec import Record
 
-__all__ = ["digest", "make_event"]
+__all__ = ["digest", "make_event", "make_suppression"]
 
 
 def digest(*parts: object) -> str:
@@ -48,4 +48,18 @@ def make_event(
         "categories": list(categories),
         "custom_args": dict(custom_args or {}),
         "occurred_at": now,
+    }
+
+
+def make_suppression(
+    tenant: str, address: str, reason: str, source: str, now: datetime, detail: str | None = None
+) -> Record:
+    """A Suppression record for the compacted topic; addresses are kept lower-cased."""
+    return {
+        "tenant": tenant,
+        "address": address.lower(),
+        "reason": reason,
+        "source": source,
+        "detail": detail,
+        "created_at": now,
     }

@@ -97,6 +97,14 @@ class Settings(BaseSettings):
     # X-Postwire-Priority: bulk.
     api_priority: Literal["critical", "high", "normal", "bulk"] = "high"
     api_produce_timeout: float = Field(default=10.0, gt=0)
+    api_db_pool: int = Field(default=10, ge=1)
+    # POST /v1/verify waits this long for the verdict when the body does not say, then answers
+    # 202 with the id to poll
+    api_verify_wait: float = Field(default=10.0, ge=0, le=30)
+    # the URL `postwire send|verify|status` talk to; empty: http://api_host:api_port
+    api_url: str = ""
+    # the key those commands use when --key is not given
+    api_key: SecretStr | None = None
     # a single-node cluster rebalances in well under a second; the 60 s faust defaults only
     # make restarts and tests slow
     session_timeout: float = 10.0
@@ -238,6 +246,10 @@ class Settings(BaseSettings):
     @property
     def bootstrap(self) -> str:
         return self.kafka_bootstrap or f"{self.kafka_host}:{self.kafka_port}"
+
+    @property
+    def api_base(self) -> str:
+        return (self.api_url or f"http://{self.api_host}:{self.api_port}").rstrip("/")
 
     @property
     def dsn(self) -> str:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any, Final
 
+from streams.api.tracking import TRACK_TYPES
+
 __all__ = ["SPEC"]
 
 _ADDRESS: Final[dict[str, Any]] = {
@@ -97,51 +99,225 @@ _MAIL_SEND: Final[dict[str, Any]] = {
     },
 }
 
+_IDEMPOTENCY: Final[dict[str, Any]] = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+}
+_PRIORITY: Final[dict[str, Any]] = {
+    "name": "X-Postwire-Priority",
+    "in": "header",
+    "schema": {"type": "string", "enum": ["critical", "high", "normal", "bulk"]},
+}
+_OBJECT: Final[dict[str, Any]] = {"type": "object"}
+_EMAIL: Final[dict[str, Any]] = {"type": "string", "minLength": 1, "maxLength": 320}
+_JOB: Final[dict[str, Any]] = {
+    "type": "object",
+    "properties": {
+        "id": {"type": "string"},
+        "status": {"type": "string", "enum": ["pending", "done"]},
+        "url": {"type": "string"},
+    },
+}
+_WEBHOOK_EVENT: Final[dict[str, Any]] = {
+    "type": "object",
+    "required": ["event", "email"],
+    "properties": {
+        "event": {"type": "string", "enum": sorted(TRACK_TYPES)},
+        "email": {"type": "string", "format": "email"},
+        "message_id": {"type": "string"},
+        "sg_message_id": {"type": "string"},
+        "timestamp": {"type": ["integer", "string"]},
+        "url": {"type": "string"},
+        "user_agent": {"type": "string"},
+        "ip": {"type": "string"},
+    },
+}
+
+
+def _query(name: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"name": name, "in": "query", "schema": schema}
+
+
+def _path(name: str) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+
+
+def _op(
+    summary: str,
+    ok: dict[str, Any],
+    *,
+    body: dict[str, Any] | None = None,
+    parameters: tuple[dict[str, Any], ...] = (),
+    not_found: bool = False,
+) -> dict[str, Any]:
+    """An operation with the answers every guarded route can give."""
+    responses: dict[str, Any] = {
+        **ok,
+        "400": _ERRORS,
+        "401": _ERRORS,
+        "403": _ERRORS,
+        "429": {**_ERRORS, "headers": {"Retry-After": {"schema": {"type": "integer"}}}},
+        "503": _ERRORS,
+    }
+    if body is not None:
+        responses["413"] = _ERRORS
+    if not_found:
+        responses["404"] = _ERRORS
+    op: dict[str, Any] = {
+        "summary": summary,
+        "parameters": list(parameters),
+        "responses": responses,
+    }
+    if body is not None:
+        op["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
+    return op
+
+
+def _json(description: str, schema: dict[str, Any] = _OBJECT) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+_PAGE = (_query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}),)
+
 SPEC: Final[dict[str, Any]] = {
     "openapi": "3.1.0",
-    "info": {"title": "postwire ingress", "version": "1"},
+    "info": {"title": "postwire API", "version": "1"},
     "components": {
         "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
     },
     "security": [{"bearer": []}],
     "paths": {
         "/v3/mail/send": {
-            "post": {
-                "summary": "Send mail (SendGrid v3 body)",
-                "parameters": [
-                    {"name": "Idempotency-Key", "in": "header", "schema": {"type": "string"}},
-                    {
-                        "name": "X-Postwire-Priority",
-                        "in": "header",
-                        "schema": {
-                            "type": "string",
-                            "enum": ["critical", "high", "normal", "bulk"],
-                        },
-                    },
-                ],
-                "requestBody": {
-                    "required": True,
-                    "content": {"application/json": {"schema": _MAIL_SEND}},
-                },
-                "responses": {
+            "post": _op(
+                "Send mail (SendGrid v3 body); scope send",
+                {
                     "202": {
                         "description": "Stored in Kafka (acks=all); the pipeline owns it now",
                         "headers": {"X-Message-Id": {"schema": {"type": "string"}}},
-                    },
-                    "400": _ERRORS,
-                    "401": _ERRORS,
-                    "403": _ERRORS,
-                    "413": _ERRORS,
-                    "429": {**_ERRORS, "headers": {"Retry-After": {"schema": {"type": "integer"}}}},
-                    "503": _ERRORS,
+                    }
                 },
-            }
+                body=_MAIL_SEND,
+                parameters=(_IDEMPOTENCY, _PRIORITY),
+            )
+        },
+        "/v1/verify": {
+            "post": _op(
+                "Verify one address, waiting up to `timeout` s for the verdict; scope verify",
+                {
+                    "200": _json("The verdict (Reacher-like sections)"),
+                    "202": _json("Not ready within the timeout; poll the url", _JOB),
+                },
+                body={
+                    "type": "object",
+                    "required": ["email"],
+                    "properties": {
+                        "email": _EMAIL,
+                        "smtp_probe": {"type": ["boolean", "null"]},
+                        "timeout": {"type": "number", "minimum": 0, "maximum": 30},
+                    },
+                },
+                parameters=(_IDEMPOTENCY, _PRIORITY),
+            )
+        },
+        "/v1/verify/batch": {
+            "post": _op(
+                "Verify many addresses as a job; scope verify",
+                {"202": _json("The job to poll", _JOB)},
+                body={
+                    "type": "object",
+                    "required": ["emails"],
+                    "properties": {
+                        "emails": {"type": "array", "items": _EMAIL, "minItems": 1},
+                        "smtp_probe": {"type": ["boolean", "null"]},
+                    },
+                },
+                parameters=(_IDEMPOTENCY, _PRIORITY),
+            )
+        },
+        "/v1/verify/batch/{job_id}": {
+            "get": _op(
+                "A verification job's progress and a page of its results; scope verify",
+                {"200": _json("Progress, counts per verdict, results")},
+                parameters=(
+                    _path("job_id"),
+                    _query("offset", {"type": "integer", "minimum": 0}),
+                    _query("limit", {"type": "integer", "minimum": 1, "maximum": 10000}),
+                ),
+                not_found=True,
+            )
+        },
+        "/v1/messages/{message_id}": {
+            "get": _op(
+                "State and event timeline per recipient of a message; scope read",
+                {"200": _json("The message")},
+                parameters=(_path("message_id"),),
+                not_found=True,
+            )
+        },
+        "/v1/events": {
+            "get": _op(
+                "Events in landing order; pass next_cursor back as cursor; scope read",
+                {"200": _json("A page of events")},
+                parameters=(
+                    *_PAGE,
+                    _query("cursor", {"type": "string", "pattern": "^[0-9]+$"}),
+                    _query("since", {"type": "string", "format": "date-time"}),
+                    _query("type", {"type": "string"}),
+                ),
+            )
+        },
+        "/v1/events/webhook": {
+            "post": _op(
+                "Record opens, clicks, complaints, unsubscribes; scope send",
+                {"202": _json("Stored in Kafka")},
+                body={"type": "array", "items": _WEBHOOK_EVENT, "minItems": 1, "maxItems": 1000},
+            )
+        },
+        "/v1/suppressions": {
+            "get": _op(
+                "The tenant's suppressed addresses, in address order; scope read",
+                {"200": _json("A page of suppressions")},
+                parameters=(*_PAGE, _query("after", {"type": "string"})),
+            ),
+            "post": _op(
+                "Suppress addresses; scope send",
+                {"201": _json("Stored in Kafka")},
+                body={
+                    "type": "object",
+                    "required": ["emails"],
+                    "properties": {
+                        "emails": {"type": "array", "items": _EMAIL, "minItems": 1},
+                        "reason": {"type": "string"},
+                    },
+                },
+            ),
+        },
+        "/v1/suppressions/{email}": {
+            "get": _op(
+                "One suppressed address; scope read",
+                {"200": _json("The suppression")},
+                parameters=(_path("email"),),
+                not_found=True,
+            ),
+            "delete": _op(
+                "Lift a suppression; scope send",
+                {"204": {"description": "Stored in Kafka"}},
+                parameters=(_path("email"),),
+            ),
         },
         "/healthz": {
             "get": {
-                "summary": "Ready: Kafka producer started and tenant directory loaded",
+                "summary": "Ready: Kafka producer, database pool, tenant directory",
                 "security": [],
                 "responses": {"200": {"description": "ready"}, "503": {"description": "not yet"}},
+            }
+        },
+        "/openapi.json": {
+            "get": {
+                "summary": "This document",
+                "security": [],
+                "responses": {"200": _json("OpenAPI 3.1")},
             }
         },
     },

@@ -10,11 +10,12 @@ from __future__ import annotations
 import base64
 import binascii
 import uuid
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Final
 
 import orjson
 
+from streams.api.check import Check
 from streams.errors import IngressValidationError
 
 __all__ = [
@@ -61,81 +62,14 @@ def message_id_for(tenant: str, idempotency_key: str | None) -> str:
     return uuid.uuid5(_IDEMPOTENT_IDS, f"{tenant}\x1f{idempotency_key}").hex
 
 
-class _Check:
-    """Collects every problem of a body, as SendGrid reports them all at once."""
-
-    def __init__(self) -> None:
-        self.errors: list[tuple[str | None, str]] = []
-
-    def fail(self, field: str | None, message: str) -> None:
-        self.errors.append((field, message))
-
-    def obj(self, value: Any, field: str, *, required: bool = False) -> dict[str, Any] | None:
-        if value is None:
-            if required:
-                self.fail(field, f"The {field} parameter is required.")
-            return None
-        if not isinstance(value, dict):
-            self.fail(field, f"The {field} parameter must be an object.")
-            return None
-        return value
-
-    def items(self, value: Any, field: str) -> list[Any]:
-        if value is None:
-            return []
-        if not isinstance(value, list):
-            self.fail(field, f"The {field} parameter must be an array.")
-            return []
-        return value
-
-    def text(self, value: Any, field: str) -> str | None:
-        if value is None:
-            return None
-        if not isinstance(value, str):
-            self.fail(field, f"The {field} parameter must be a string.")
-            return None
-        return value
-
-    def strings(self, value: Any, field: str) -> dict[str, str]:
-        """A map of strings (headers, custom args, substitutions)."""
-        found = self.obj(value, field) or {}
-        out: dict[str, str] = {}
-        for key, item in found.items():
-            if isinstance(item, str):
-                out[str(key)] = item
-            elif isinstance(item, (int, float, bool)):
-                out[str(key)] = orjson.dumps(item).decode()
-            else:
-                self.fail(f"{field}.{key}", "Values must be strings.")
-        return out
-
-    def address(self, value: Any, field: str, *, required: bool = False) -> dict[str, Any] | None:
-        found = self.obj(value, field, required=required)
-        if found is None:
-            return None
-        email = self.text(found.get("email"), f"{field}.email")
-        if not email or "@" not in email:
-            self.fail(f"{field}.email", "Does not contain a valid address.")
-            return None
-        return {"email": email, "name": self.text(found.get("name"), f"{field}.name")}
-
-    def send_at(self, value: Any, field: str) -> datetime | None:
-        if value is None:
-            return None
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            self.fail(field, "send_at must be a UNIX timestamp in seconds.")
-            return None
-        return datetime.fromtimestamp(value, UTC)
-
-
-def _template_data(check: _Check, value: Any, field: str) -> dict[str, str]:
+def _template_data(check: Check, value: Any, field: str) -> dict[str, str]:
     """dynamic_template_data may nest; our substitutions are strings, so nested values travel
     as JSON text."""
     found = check.obj(value, field) or {}
     return {str(k): v if isinstance(v, str) else orjson.dumps(v).decode() for k, v in found.items()}
 
 
-def _content(check: _Check, body: dict[str, Any]) -> tuple[str | None, str | None]:
+def _content(check: Check, body: dict[str, Any]) -> tuple[str | None, str | None]:
     text = html = None
     for i, raw in enumerate(check.items(body.get("content"), "content")):
         field = f"content.{i}"
@@ -153,7 +87,7 @@ def _content(check: _Check, body: dict[str, Any]) -> tuple[str | None, str | Non
     return text, html
 
 
-def _attachments(check: _Check, body: dict[str, Any]) -> list[dict[str, Any]]:
+def _attachments(check: Check, body: dict[str, Any]) -> list[dict[str, Any]]:
     out = []
     for i, raw in enumerate(check.items(body.get("attachments"), "attachments")):
         field = f"attachments.{i}"
@@ -184,7 +118,7 @@ def _attachments(check: _Check, body: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-def _headers(check: _Check, value: Any, field: str) -> dict[str, str]:
+def _headers(check: Check, value: Any, field: str) -> dict[str, str]:
     headers = check.strings(value, field)
     for name in headers:
         if name.lower() in RESERVED_HEADERS:
@@ -192,7 +126,7 @@ def _headers(check: _Check, value: Any, field: str) -> dict[str, str]:
     return headers
 
 
-def _recipients(check: _Check, p: dict[str, Any], field: str) -> list[dict[str, Any]]:
+def _recipients(check: Check, p: dict[str, Any], field: str) -> list[dict[str, Any]]:
     subs = {**check.strings(p.get("substitutions"), f"{field}.substitutions")}
     subs.update(
         _template_data(check, p.get("dynamic_template_data"), f"{field}.dynamic_template_data")
@@ -220,7 +154,7 @@ def translate(
 ) -> list[dict[str, Any]]:
     """The EmailRequest records for a SendGrid v3 mail/send body. Raises
     IngressValidationError listing every problem found."""
-    check = _Check()
+    check = Check()
     root = check.obj(body, "body", required=True) or {}
     if priority not in PRIORITIES:
         check.fail("X-Postwire-Priority", f"priority must be one of {', '.join(PRIORITIES)}.")

@@ -34,7 +34,7 @@ from streams.deliver.service import Deliverer
 from streams.deliver.throttle import Throttle
 from streams.deliver.transport import Transport, TransportConfig
 from streams.errors import CodecError, DkimError, RenderError, StageCrashError
-from streams.events import make_event
+from streams.events import make_event, make_suppression
 from streams.settings import Settings
 from streams.stages.shell import Clock, DirectoryHolder, Outputs, header, raw_topic
 from streams.verify.dns import MxResolver
@@ -161,14 +161,7 @@ class DeliverShell:
     async def suppress(self, task: Record, reason: str, detail: str | None) -> None:
         tenant, address = task["tenant"], task["recipient"]["email"].lower()
         self._local_suppressed[(tenant, address)] = time.monotonic()
-        record = {
-            "tenant": tenant,
-            "address": address,
-            "reason": reason,
-            "source": "deliver",
-            "detail": detail,
-            "created_at": self.clock(),
-        }
+        record = make_suppression(tenant, address, reason, "deliver", self.clock(), detail)
         await self.outputs.suppressions.send(
             key=f"{tenant}\x1f{address}".encode(), value=self.codec.encode("Suppression", record)
         )

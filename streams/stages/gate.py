@@ -18,7 +18,7 @@ from streams.codec import Codec, Record
 from streams.deadletter import SourcePosition, rejection
 from streams.deliver.expand import Expansion, expand
 from streams.errors import AuthError, CodecError, InvalidContentError
-from streams.events import make_event
+from streams.events import make_event, make_suppression
 from streams.stages.admission import Admit, Dedup, Throttle, dedup_decide, rate_decide
 from streams.tenants import Directory
 from streams.verify.syntax import split_domain
@@ -239,14 +239,14 @@ def track_outcome(request: Record, now: datetime) -> tuple[list[Record], list[Re
     reason = SUPPRESSING.get(track["event_type"])
     if reason is None:
         return [event], []
-    suppression = {
-        "tenant": request["tenant"],
-        "address": track["recipient"].lower(),
-        "reason": reason,
-        "source": "track",
-        "detail": f"message {track['message_id']}",
-        "created_at": now,
-    }
+    suppression = make_suppression(
+        request["tenant"],
+        track["recipient"],
+        reason,
+        "track",
+        now,
+        f"message {track['message_id']}",
+    )
     return [event], [suppression]
 
 

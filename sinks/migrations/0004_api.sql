@@ -1,0 +1,24 @@
+-- The HTTP API's reads: verification jobs, paging events in landing order, message ids by prefix.
+
+-- A verification job (one address or a batch) and the request ids it was split into; written by
+-- the ingress before the requests go to Kafka, so progress is known from the first poll.
+CREATE TABLE verify_jobs (
+    job_id      text PRIMARY KEY,
+    tenant_id   text NOT NULL,
+    total       integer NOT NULL CHECK (total > 0),
+    request_ids text[] NOT NULL,
+    smtp_probe  boolean,
+    created_at  timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX verify_jobs_tenant ON verify_jobs (tenant_id, created_at);
+
+-- GET /v1/events pages by landing order: a client that polls with the last cursor sees every
+-- event once, including late ones whose occurred_at is older than what it already has.
+ALTER TABLE events ADD COLUMN seq bigserial;
+CREATE INDEX events_tenant_seq ON events (tenant_id, seq);
+
+-- A message with several personalizations has one id per personalization, <id>.<n>;
+-- pattern_ops lets `message_id LIKE '<id>.%'` use an index whatever the database collation.
+CREATE INDEX messages_message_prefix ON messages (message_id text_pattern_ops);
+CREATE INDEX events_message_prefix ON events (message_id text_pattern_ops)
+    WHERE message_id IS NOT NULL;

@@ -1,0 +1,85 @@
+"""Checks of JSON request bodies that collect every problem, as SendGrid reports them all at once
+(``errors[]`` of field + message)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from streams.errors import IngressValidationError
+
+__all__ = ["Check"]
+
+
+class Check:
+    """Collects every problem of a body, as SendGrid reports them all at once."""
+
+    def __init__(self) -> None:
+        self.errors: list[tuple[str | None, str]] = []
+
+    def fail(self, field: str | None, message: str) -> None:
+        self.errors.append((field, message))
+
+    def done(self) -> None:
+        """Raise IngressValidationError with every problem found, if any."""
+        if self.errors:
+            raise IngressValidationError(self.errors)
+
+    def obj(self, value: Any, field: str, *, required: bool = False) -> dict[str, Any] | None:
+        if value is None:
+            if required:
+                self.fail(field, f"The {field} parameter is required.")
+            return None
+        if not isinstance(value, dict):
+            self.fail(field, f"The {field} parameter must be an object.")
+            return None
+        return value
+
+    def items(self, value: Any, field: str) -> list[Any]:
+        if value is None:
+            return []
+        if not isinstance(value, list):
+            self.fail(field, f"The {field} parameter must be an array.")
+            return []
+        return value
+
+    def text(self, value: Any, field: str) -> str | None:
+        if value is None:
+            return None
+        if not isinstance(value, str):
+            self.fail(field, f"The {field} parameter must be a string.")
+            return None
+        return value
+
+    def strings(self, value: Any, field: str) -> dict[str, str]:
+        """A map of strings (headers, custom args, substitutions)."""
+        found = self.obj(value, field) or {}
+        out: dict[str, str] = {}
+        for key, item in found.items():
+            if isinstance(item, str):
+                out[str(key)] = item
+            elif isinstance(item, (int, float, bool)):
+                out[str(key)] = orjson.dumps(item).decode()
+            else:
+                self.fail(f"{field}.{key}", "Values must be strings.")
+        return out
+
+    def address(self, value: Any, field: str, *, required: bool = False) -> dict[str, Any] | None:
+        found = self.obj(value, field, required=required)
+        if found is None:
+            return None
+        email = self.text(found.get("email"), f"{field}.email")
+        if not email or "@" not in email:
+            self.fail(f"{field}.email", "Does not contain a valid address.")
+            return None
+        return {"email": email, "name": self.text(found.get("name"), f"{field}.name")}
+
+    def send_at(self, value: Any, field: str) -> datetime | None:
+        if value is None:
+            return None
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            self.fail(field, "send_at must be a UNIX timestamp in seconds.")
+            return None
+        return datetime.fromtimestamp(value, UTC)

@@ -1,0 +1,188 @@
+"""What every API handler shares: the Kafka producer, the database pool, the tenant directory,
+and one guard that authenticates, rate-limits and turns errors into SendGrid-shaped answers."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import orjson
+from aiohttp import web
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+
+from streams.codec import Codec, default_codec
+from streams.deliver.throttle import TokenBucket
+from streams.errors import AuthError, IngressValidationError
+from streams.settings import Settings
+from streams.stages.shell import DirectoryHolder
+from streams.tenants import hash_key
+
+__all__ = ["Api", "Caller", "Handler", "json_body", "problem", "reply"]
+
+log = logging.getLogger(__name__)
+
+BAD_GRANT = "The provided authorization grant is invalid, expired, or revoked"
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    tenant: str
+    key: str
+
+
+Handler = Callable[["Api", web.Request, Caller], Awaitable[web.StreamResponse]]
+
+
+def problem(status: int, *problems: tuple[str | None, str], **headers: str) -> web.Response:
+    """SendGrid's error body: ``{"errors": [{"field", "message", "help"}]}``."""
+    body = {"errors": [{"field": f, "message": m, "help": None} for f, m in problems]}
+    return web.Response(
+        status=status, body=orjson.dumps(body), content_type="application/json", headers=headers
+    )
+
+
+def reply(body: Any, status: int = 200, **headers: str) -> web.Response:
+    return web.Response(
+        status=status, body=orjson.dumps(body), content_type="application/json", headers=headers
+    )
+
+
+async def json_body(request: web.Request) -> Any:
+    """The parsed JSON body; IngressValidationError when it is not JSON."""
+    raw = await request.read()
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise IngressValidationError(
+            [(None, f"the request body is not valid JSON: {exc}")]
+        ) from exc
+
+
+class Api:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        codec: Codec | None = None,
+        directory: DirectoryHolder | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.settings = settings
+        self.codec = codec or default_codec()
+        self.directory = directory or DirectoryHolder(settings)
+        self.clock = clock
+        self.producer: AIOKafkaProducer | None = None
+        self.pool: asyncpg.Pool[Any] | None = None
+        self.buckets: dict[tuple[str, str], TokenBucket] = {}
+        self._refresher: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self.producer = AIOKafkaProducer(
+            bootstrap_servers=self.settings.bootstrap,
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=1,
+            max_request_size=self.settings.api_max_body + 1024 * 1024,
+        )
+        await self.producer.start()
+        self.pool = await asyncpg.create_pool(
+            self.settings.dsn, min_size=1, max_size=self.settings.api_db_pool
+        )
+        await self.directory.refresh()
+        self._refresher = asyncio.create_task(self._refresh_forever())
+
+    async def _refresh_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.directory_refresh)
+            await self.directory.refresh()
+
+    async def stop(self) -> None:
+        if self._refresher is not None:
+            self._refresher.cancel()
+        if self.producer is not None:
+            await self.producer.stop()
+        if self.pool is not None:
+            await self.pool.close()
+
+    @property
+    def db(self) -> asyncpg.Pool[Any]:
+        if self.pool is None:
+            raise OSError("the database pool is not started")
+        return self.pool
+
+    async def authorize(self, request: web.Request, scope: str) -> Caller:
+        """The caller of a ``Bearer <API key>`` request; AuthError when it is not good."""
+        header = request.headers.get("Authorization", "")
+        scheme, _, key = header.partition(" ")
+        if scheme.lower() != "bearer" or not key.strip():
+            raise AuthError("auth.missing_key", "no Authorization: Bearer <API key> header")
+        key = key.strip()
+        found = self.directory.current.keys.get(hash_key(key))
+        if found is None and await self.directory.lookup_miss(key):
+            found = self.directory.current.keys.get(hash_key(key))
+        if found is None:
+            raise AuthError("auth.bad_key", BAD_GRANT)
+        self.directory.current.authenticate(found.tenant_id, key, scope)
+        return Caller(found.tenant_id, key)
+
+    def over_rate(self, tenant: str, scope: str) -> float:
+        """Seconds to wait before the tenant's next request; 0 when it may go now. Each scope
+        has its own bucket, so polling for status never eats into the sending rate."""
+        bucket = self.buckets.get((tenant, scope))
+        if bucket is None:
+            bucket = TokenBucket(self.settings.api_rate, self.settings.api_burst)
+            self.buckets[(tenant, scope)] = bucket
+        return bucket.take(time.monotonic())
+
+    async def publish(self, topic: str, records: Sequence[tuple[bytes, bytes | None]]) -> None:
+        """Produce (key, value) records and wait until Kafka acknowledged all of them."""
+        producer = self.producer
+        if producer is None:
+            raise KafkaError("the producer is not started")
+        sends = [await producer.send(topic, value, key=key) for key, value in records]
+        async with asyncio.timeout(self.settings.api_produce_timeout):
+            await asyncio.gather(*sends)
+
+    async def publish_requests(self, tenant: str, records: list[dict[str, Any]]) -> None:
+        encoded = [(tenant.encode(), self.codec.encode("EmailRequest", r)) for r in records]
+        await self.publish(self.settings.topics.requests, encoded)
+
+    def guard(self, scope: str, handler: Handler) -> Callable[[web.Request], Awaitable[Any]]:
+        """The aiohttp handler: authenticate for ``scope``, rate-limit per tenant, run, and
+        answer every expected failure with its status instead of a 500."""
+
+        async def run(request: web.Request) -> web.StreamResponse:
+            try:
+                caller = await self.authorize(request, scope)
+            except AuthError as exc:
+                if exc.code == "auth.scope":
+                    return problem(403, (None, str(exc)))
+                return problem(401, (None, BAD_GRANT))
+            wait = self.over_rate(caller.tenant, scope)
+            if wait > 0:
+                retry = str(max(1, math.ceil(wait)))
+                return problem(429, (None, "too many requests"), **{"Retry-After": retry})
+            try:
+                return await handler(self, request, caller)
+            except IngressValidationError as exc:
+                return problem(400, *exc.problems)
+            except web.HTTPRequestEntityTooLarge:
+                limit = self.settings.api_max_body
+                return problem(413, (None, f"the request body is larger than {limit} bytes"))
+            except (KafkaError, TimeoutError) as exc:
+                # nothing is promised: the caller retries (safely, with an Idempotency-Key)
+                log.warning("api: Kafka did not acknowledge %s: %s", request.path, exc)
+                return problem(503, (None, "the request could not be stored; retry"))
+            except (OSError, asyncpg.PostgresError) as exc:
+                log.warning("api: the database is unavailable for %s: %s", request.path, exc)
+                return problem(503, (None, "the database is unavailable; retry"))
+
+        return run

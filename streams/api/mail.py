@@ -1,0 +1,41 @@
+"""``POST /v3/mail/send`` (SendGrid v3) onto ``postwire.requests``: 202 means Kafka (acks=all)
+has the request, from there the pipeline owns it."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from streams.api.context import Api, Caller, json_body, problem
+from streams.api.sendgrid import message_id_for, translate
+
+__all__ = ["MAX_IDEMPOTENCY_KEY", "idempotency_key", "mail_send"]
+
+MAX_IDEMPOTENCY_KEY = 255
+
+
+def idempotency_key(request: web.Request) -> str | web.Response | None:
+    """The request's Idempotency-Key, or the 400 answer when it is malformed."""
+    key = request.headers.get("Idempotency-Key")
+    if key is not None and not 0 < len(key) <= MAX_IDEMPOTENCY_KEY:
+        return problem(400, ("Idempotency-Key", "must be 1 to 255 characters"))
+    return key
+
+
+async def mail_send(api: Api, request: web.Request, caller: Caller) -> web.StreamResponse:
+    key = idempotency_key(request)
+    if isinstance(key, web.Response):
+        return key
+    body = await json_body(request)
+    message_id = message_id_for(caller.tenant, key)
+    priority = request.headers.get("X-Postwire-Priority", api.settings.api_priority)
+    records = translate(
+        body,
+        tenant=caller.tenant,
+        api_key=caller.key,
+        message_id=message_id,
+        idempotency_key=key,
+        priority=priority.lower(),
+        now=api.clock(),
+    )
+    await api.publish_requests(caller.tenant, records)
+    return web.Response(status=202, headers={"X-Message-Id": message_id})

@@ -1,0 +1,68 @@
+"""Message status, the event feed and the tracking webhook."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from streams.api import params, queries
+from streams.api.context import Api, Caller, json_body, problem, reply
+from streams.api.tracking import TRACK_TYPES, translate_webhook
+
+__all__ = ["event_feed", "message_status", "tracking_webhook"]
+
+EVENT_TYPES = (
+    "processed",
+    "dropped",
+    "throttled",
+    "deferred",
+    "delivered",
+    "bounced",
+    "failed",
+    "opened",
+    "clicked",
+    "complained",
+    "unsubscribed",
+)
+
+
+async def message_status(api: Api, request: web.Request, caller: Caller) -> web.StreamResponse:
+    """Latest state and timeline per recipient; an X-Message-Id covers all personalizations."""
+    message_id = request.match_info["message_id"]
+    async with api.db.acquire() as conn:
+        found = await queries.message_timeline(conn, caller.tenant, message_id)
+    if found is None:
+        # also the answer for another tenant's message: its existence is not ours to reveal
+        return problem(404, ("message_id", "no message with this id yet"))
+    return reply(found)
+
+
+async def event_feed(api: Api, request: web.Request, caller: Caller) -> web.StreamResponse:
+    """Events in the order they landed. Pass ``next_cursor`` back as ``cursor`` to get every
+    later event exactly once; ``since`` filters by when events occurred."""
+    limit = params.limit(request.query)
+    after = params.cursor(request.query)
+    since = params.since(request.query)
+    types = [t for t in request.query.get("type", "").split(",") if t]
+    unknown = sorted(set(types) - set(EVENT_TYPES))
+    if unknown:
+        return problem(400, ("type", f"unknown event type(s): {', '.join(unknown)}"))
+    async with api.db.acquire() as conn:
+        events, last = await queries.event_page(
+            conn, caller.tenant, after_seq=after, since=since, types=types, limit=limit
+        )
+    return reply(
+        {
+            "events": events,
+            "next_cursor": None if last is None else str(last),
+            "has_more": len(events) == limit,
+        }
+    )
+
+
+async def tracking_webhook(api: Api, request: web.Request, caller: Caller) -> web.StreamResponse:
+    """Opens, clicks, complaints and unsubscribes reported by a tracker or a provider."""
+    records = translate_webhook(
+        await json_body(request), tenant=caller.tenant, api_key=caller.key, now=api.clock()
+    )
+    await api.publish_requests(caller.tenant, records)
+    return reply({"accepted": len(records), "types": sorted(set(TRACK_TYPES.values()))}, 202)

@@ -1,0 +1,77 @@
+"""A tenant's suppression list: read from PostgreSQL, changed through the compacted
+``postwire.suppressions`` topic like every other writer (the gate, deliver, the CLI)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from sinks.tables import suppression_key
+from streams.api import params, queries
+from streams.api.check import Check
+from streams.api.context import Api, Caller, json_body, problem, reply
+from streams.events import make_suppression
+
+__all__ = ["add_suppressions", "get_suppression", "list_suppressions", "remove_suppression"]
+
+MAX_ADD = 1000
+
+
+async def list_suppressions(api: Api, request: web.Request, caller: Caller) -> web.StreamResponse:
+    limit = params.limit(request.query)
+    async with api.db.acquire() as conn:
+        rows, last = await queries.suppression_page(
+            conn, caller.tenant, after=request.query.get("after"), limit=limit
+        )
+    return reply({"suppressions": rows, "next_after": last if len(rows) == limit else None})
+
+
+async def get_suppression(api: Api, request: web.Request, caller: Caller) -> web.StreamResponse:
+    async with api.db.acquire() as conn:
+        found = await queries.suppression(conn, caller.tenant, request.match_info["email"])
+    if found is None:
+        return problem(404, ("email", "this address is not suppressed"))
+    return reply(found)
+
+
+def _addresses(body: object) -> tuple[list[str], str]:
+    """(addresses, reason) of ``{"emails" | "recipient_emails": [...], "reason"?}``."""
+    check = Check()
+    root = check.obj(body, "body", required=True) or {}
+    field = "recipient_emails" if "recipient_emails" in root else "emails"
+    items = check.items(root.get(field), field)
+    if not items and not check.errors:
+        check.fail(field, "The emails array is required and may not be empty.")
+    if len(items) > MAX_ADD:
+        check.fail(field, f"At most {MAX_ADD} addresses per call.")
+    found = []
+    for i, value in enumerate(items[:MAX_ADD]):
+        if not isinstance(value, str) or "@" not in value:
+            check.fail(f"{field}.{i}", "Does not contain a valid address.")
+        else:
+            found.append(value.strip().lower())
+    reason = check.text(root.get("reason"), "reason") or "manual"
+    check.done()
+    return list(dict.fromkeys(found)), reason
+
+
+async def add_suppressions(api: Api, request: web.Request, caller: Caller) -> web.StreamResponse:
+    addresses, reason = _addresses(await json_body(request))
+    now = api.clock()
+    records = [
+        (
+            suppression_key(caller.tenant, a),
+            api.codec.encode("Suppression", make_suppression(caller.tenant, a, reason, "api", now)),
+        )
+        for a in addresses
+    ]
+    await api.publish(api.settings.topics.suppressions, records)
+    return reply({"recipient_emails": addresses}, 201)
+
+
+async def remove_suppression(api: Api, request: web.Request, caller: Caller) -> web.StreamResponse:
+    """A tombstone: later sends to the address go out again."""
+    address = request.match_info["email"].strip().lower()
+    await api.publish(
+        api.settings.topics.suppressions, [(suppression_key(caller.tenant, address), None)]
+    )
+    return web.Response(status=204)

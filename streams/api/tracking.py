@@ -1,0 +1,118 @@
+"""``POST /v1/events/webhook`` bodies to ``track`` EmailRequests.
+
+Takes an array of engagement events in SendGrid's event-webhook vocabulary (``open``, ``click``,
+``spamreport``, ``unsubscribe``) or ours (``opened``, ``clicked``, ``complained``,
+``unsubscribed``). Each event gets an id derived from its content, used as the request's
+idempotency key, so a provider that posts the same batch twice records each event once.
+Pure: time is a parameter.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any, Final
+
+from streams.api.check import Check
+
+__all__ = ["MAX_EVENTS", "TRACK_TYPES", "translate_webhook"]
+
+MAX_EVENTS: Final = 1000
+TRACK_TYPES: Final = {
+    "open": "opened",
+    "opened": "opened",
+    "click": "clicked",
+    "clicked": "clicked",
+    "spamreport": "complained",
+    "complaint": "complained",
+    "complained": "complained",
+    "unsubscribe": "unsubscribed",
+    "unsubscribed": "unsubscribed",
+}
+_EVENT_IDS: Final = uuid.UUID("a3d6e1b2-7c4f-4f0e-9b1a-5e2d8c7f6a30")
+
+
+def _when(check: Check, value: Any, field: str, now: datetime) -> datetime:
+    """UNIX seconds (SendGrid's ``timestamp``) or ISO 8601; absent means now."""
+    if value is None:
+        return now
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < 1e11:
+        return datetime.fromtimestamp(value, UTC)
+    if isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            pass
+        else:
+            return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    check.fail(field, "must be UNIX seconds or an ISO 8601 time")
+    return now
+
+
+def translate_webhook(
+    body: Any, *, tenant: str, api_key: str, now: datetime
+) -> list[dict[str, Any]]:
+    """The track EmailRequest records for a webhook body; IngressValidationError lists every
+    problem."""
+    check = Check()
+    if isinstance(body, dict):
+        body = [body]
+    items = check.items(body, "body")
+    if not items and not check.errors:
+        check.fail("body", "expected a non-empty array of events")
+    if len(items) > MAX_EVENTS:
+        check.fail("body", f"At most {MAX_EVENTS} events per call.")
+        items = []
+    records: list[dict[str, Any]] = []
+    for i, raw in enumerate(items):
+        field = str(i)
+        event = check.obj(raw, field) or {}
+        kind = TRACK_TYPES.get(str(event.get("event", "")).lower())
+        if kind is None:
+            check.fail(f"{field}.event", f"must be one of {', '.join(sorted(TRACK_TYPES))}")
+        message_id = event.get("message_id", event.get("sg_message_id"))
+        if not isinstance(message_id, str) or not message_id:
+            check.fail(f"{field}.message_id", "The message_id (or sg_message_id) is required.")
+        email = event.get("email")
+        if not isinstance(email, str) or "@" not in email:
+            check.fail(f"{field}.email", "Does not contain a valid address.")
+        url = check.text(event.get("url"), f"{field}.url")
+        agent = check.text(event.get("user_agent", event.get("useragent")), f"{field}.user_agent")
+        ip = check.text(event.get("ip"), f"{field}.ip")
+        at = _when(check, event.get("timestamp"), f"{field}.timestamp", now)
+        if kind is None or not isinstance(message_id, str) or not isinstance(email, str):
+            continue
+        event_id = uuid.uuid5(
+            _EVENT_IDS, "\x1f".join((tenant, kind, message_id, email.lower(), at.isoformat()))
+        ).hex
+        records.append(
+            {
+                "request_id": event_id,
+                "tenant": tenant,
+                "api_key": api_key,
+                "operation": "track",
+                "idempotency_key": f"track:{event_id}",
+                "priority": "normal",
+                "from": None,
+                "reply_to": None,
+                "recipients": [],
+                "content": None,
+                "substitutions": {},
+                "categories": [],
+                "custom_args": {},
+                "send_at": None,
+                "smtp_probe": None,
+                "track": {
+                    "event_type": kind,
+                    "message_id": message_id,
+                    "recipient": email,
+                    "url": url,
+                    "user_agent": agent,
+                    "ip": ip,
+                    "occurred_at": at,
+                },
+                "created_at": now,
+            }
+        )
+    check.done()
+    return records

@@ -1,0 +1,126 @@
+"""The API's pure parts: verify jobs, webhook translation, query parameters."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from streams.api import params
+from streams.api.tracking import translate_webhook
+from streams.api.verifyjobs import CHUNK, job_id_for, parse_batch, parse_single, plan, requests
+from streams.codec import default_codec
+from streams.errors import IngressValidationError
+
+NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+
+
+def fields(exc: pytest.ExceptionInfo[IngressValidationError]) -> set[str | None]:
+    return {f for f, _ in exc.value.problems}
+
+
+def test_single_verify_body() -> None:
+    assert parse_single({"email": " a@b.example "}, 10.0) == ("a@b.example", None, 10.0)
+    assert parse_single({"email": "x", "smtp_probe": True, "timeout": 0}, 10.0) == ("x", True, 0.0)
+    with pytest.raises(IngressValidationError) as exc:
+        parse_single({"email": "", "smtp_probe": "yes", "timeout": True}, 10.0)
+    assert fields(exc) == {"email", "smtp_probe", "timeout"}
+    with pytest.raises(IngressValidationError) as exc:
+        parse_single([], 10.0)
+    assert fields(exc) == {"body", "email"}
+
+
+def test_batch_body_dedups_in_order_and_reports_every_bad_item() -> None:
+    emails, probe = parse_batch({"emails": ["b@x", "a@x", "b@x"], "smtp_probe": False})
+    assert (emails, probe) == (["b@x", "a@x"], False)
+    with pytest.raises(IngressValidationError) as exc:
+        parse_batch({"emails": ["ok@x", 3, " ", "y" * 400]})
+    assert fields(exc) == {"emails.1", "emails.2", "emails.3"}
+    with pytest.raises(IngressValidationError) as exc:
+        parse_batch({"emails": []})
+    assert fields(exc) == {"emails"}
+
+
+def test_a_job_is_split_into_requests_the_gate_accepts() -> None:
+    addresses = [f"u{i}@x.example" for i in range(CHUNK + 1)]
+    job = plan("j1", addresses, None)
+    assert job.request_ids == ["j1.0", "j1.1"]
+    records = requests(job, tenant="t", api_key="k", priority="high", now=NOW)
+    assert [len(r["recipients"]) for r in records] == [CHUNK, 1]
+    assert {r["idempotency_key"] for r in records} == {"verify:j1.0", "verify:j1.1"}
+    codec = default_codec()
+    for r in records:
+        _, decoded = codec.decode(codec.encode("EmailRequest", r), expected="EmailRequest")
+        assert decoded["operation"] == "verify"
+    assert plan("j2", ["a@x"], True).request_ids == ["j2"]
+
+
+def test_job_ids_are_fixed_by_idempotency_keys_per_tenant() -> None:
+    assert job_id_for("t", "k") == job_id_for("t", "k")
+    assert job_id_for("t", "k") != job_id_for("u", "k")
+    assert job_id_for("t", None) != job_id_for("t", None)
+
+
+def test_webhook_events_map_to_track_requests_with_stable_ids() -> None:
+    body = [
+        {
+            "event": "open",
+            "email": "a@x.example",
+            "sg_message_id": "m1",
+            "timestamp": 1_700_000_000,
+        },
+        {
+            "event": "spamreport",
+            "email": "a@x.example",
+            "message_id": "m1",
+            "timestamp": "2026-11-23T10:00:00",
+        },
+    ]
+    first = translate_webhook(body, tenant="t", api_key="k", now=NOW)
+    again = translate_webhook(body, tenant="t", api_key="k", now=NOW)
+    assert [r["track"]["event_type"] for r in first] == ["opened", "complained"]
+    assert [r["request_id"] for r in first] == [r["request_id"] for r in again]
+    assert first[1]["track"]["occurred_at"] == datetime(2026, 11, 23, 10, tzinfo=UTC)
+    other = translate_webhook(body, tenant="u", api_key="k", now=NOW)
+    assert other[0]["request_id"] != first[0]["request_id"]
+    codec = default_codec()
+    for r in first:
+        codec.encode("EmailRequest", r)
+
+
+def test_webhook_problems_are_all_reported() -> None:
+    with pytest.raises(IngressValidationError) as exc:
+        translate_webhook(
+            [
+                {"event": "bounce"},
+                {
+                    "event": "click",
+                    "email": "a@x",
+                    "message_id": "m",
+                    "timestamp": "soon",
+                    "url": 5,
+                },
+            ],
+            tenant="t",
+            api_key="k",
+            now=NOW,
+        )
+    assert fields(exc) == {"0.event", "0.message_id", "0.email", "1.timestamp", "1.url"}
+    with pytest.raises(IngressValidationError):
+        translate_webhook([], tenant="t", api_key="k", now=NOW)
+
+
+def test_query_parameters() -> None:
+    assert params.limit({}) == 100
+    assert params.limit({"limit": "5"}) == 5
+    for bad in ("0", "-1", "x", "1001"):
+        with pytest.raises(IngressValidationError):
+            params.limit({"limit": bad})
+    assert params.cursor({"cursor": "42"}) == 42
+    with pytest.raises(IngressValidationError):
+        params.cursor({"cursor": "4x"})
+    assert params.since({"since": "2026-11-23T10:00:00"}) == datetime(2026, 11, 23, 10, tzinfo=UTC)
+    assert params.since({"since": "0"}) == datetime(1970, 1, 1, tzinfo=UTC)
+    with pytest.raises(IngressValidationError):
+        params.since({"since": "yesterday"})
+    assert params.offset({"offset": "3"}) == 3
