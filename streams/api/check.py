@@ -82,4 +82,8 @@ class Check:
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
             self.fail(field, "send_at must be a UNIX timestamp in seconds.")
             return None
-        return datetime.fromtimestamp(value, UTC)
+        try:
+            return datetime.fromtimestamp(value, UTC)
+        except (OverflowError, OSError, ValueError):
+            self.fail(field, "send_at is out of range.")
+            return None

@@ -97,12 +97,7 @@ class Api:
             self.settings.dsn, min_size=1, max_size=self.settings.api_db_pool
         )
         await self.directory.refresh()
-        self._refresher = asyncio.create_task(self._refresh_forever())
-
-    async def _refresh_forever(self) -> None:
-        while True:
-            await asyncio.sleep(self.settings.directory_refresh)
-            await self.directory.refresh()
+        self._refresher = asyncio.create_task(self.directory.refresh_forever())
 
     async def stop(self) -> None:
         if self._refresher is not None:
@@ -111,6 +106,7 @@ class Api:
             await self.producer.stop()
         if self.pool is not None:
             await self.pool.close()
+        await self.directory.close()
 
     @property
     def db(self) -> asyncpg.Pool[Any]:

@@ -24,7 +24,7 @@ from streams.api.suppression_routes import (
     list_suppressions,
     remove_suppression,
 )
-from streams.api.verify_routes import ResultWaiter, verify_batch, verify_job, verify_one
+from streams.api.verify_routes import WAITER, ResultWaiter, verify_batch, verify_job, verify_one
 from streams.settings import Settings
 
 __all__ = ["ROUTES", "Ingress", "run_api"]
@@ -54,7 +54,7 @@ class Ingress(Api):
             app.router.add_route(method, path, self.guard(scope, handler))
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/openapi.json", self.openapi)
-        app["waiter"] = ResultWaiter(self)
+        app[WAITER] = ResultWaiter(self)
         app.on_startup.append(self._start)
         app.on_cleanup.append(self._stop)
         return app
@@ -63,7 +63,7 @@ class Ingress(Api):
         await self.start()
 
     async def _stop(self, app: web.Application) -> None:
-        app["waiter"].stop()
+        app[WAITER].stop()
         await self.stop()
 
     async def healthz(self, _request: web.Request) -> web.Response:

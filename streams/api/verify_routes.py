@@ -14,7 +14,7 @@ from streams.api.context import Api, Caller, json_body, problem, reply
 from streams.api.mail import idempotency_key
 from streams.api.verifyjobs import Job, job_id_for, parse_batch, parse_single, plan, requests
 
-__all__ = ["ResultWaiter", "verify_batch", "verify_job", "verify_one"]
+__all__ = ["WAITER", "ResultWaiter", "verify_batch", "verify_job", "verify_one"]
 
 Json = dict[str, Any]
 
@@ -68,6 +68,9 @@ class ResultWaiter:
             self._poller.cancel()
 
 
+WAITER = web.AppKey("waiter", ResultWaiter)
+
+
 async def _submit(api: Api, caller: Caller, job: Job, request: web.Request) -> None:
     """Record the job, then publish its requests. A retried POST (same Idempotency-Key)
     publishes again: the gate drops the copies of requests that made it the first time."""
@@ -95,7 +98,7 @@ async def verify_one(api: Api, request: web.Request, caller: Caller) -> web.Stre
     address, probe, wait = parse_single(await json_body(request), api.settings.api_verify_wait)
     job = plan(job_id_for(caller.tenant, key), [address], probe)
     await _submit(api, caller, job, request)
-    waiter: ResultWaiter = request.app["waiter"]
+    waiter = request.app[WAITER]
     result = await waiter.wait(job.job_id, wait) if wait > 0 else None
     if result is None:
         url = _job_url(job.job_id)

@@ -152,6 +152,17 @@ class DirectoryHolder:
             # keep serving the last snapshot; a gate without any snapshot waits on `ready`
             log.warning("tenant directory refresh failed, keeping the previous one: %s", exc)
 
+    async def refresh_forever(self) -> None:
+        """The refresh loop of a process without faust timers (the API)."""
+        while True:
+            await asyncio.sleep(self.settings.directory_refresh)
+            await self.refresh()
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
     def preload(self) -> None:
         """Load the first snapshot before the worker consumes anything (blocking, own loop).
 

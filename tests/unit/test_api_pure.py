@@ -124,3 +124,11 @@ def test_query_parameters() -> None:
     with pytest.raises(IngressValidationError):
         params.since({"since": "yesterday"})
     assert params.offset({"offset": "3"}) == 3
+
+
+def test_every_route_is_described_in_the_spec() -> None:
+    from streams.api.openapi import SPEC
+    from streams.api.server import ROUTES
+
+    for method, path, _scope, _handler in ROUTES:
+        assert method.lower() in SPEC["paths"][path], (method, path)
