@@ -11,6 +11,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from streams.cli_api import register as register_api_commands
 from streams.cli_common import err, out, run, settings, with_db
 from streams.cli_mail import dkim_app, queue_app, suppression_app, template_app
 
@@ -35,6 +36,7 @@ app.add_typer(queue_app, name="queue")
 app.add_typer(suppression_app, name="suppression")
 app.add_typer(dkim_app, name="dkim")
 app.add_typer(template_app, name="template")
+register_api_commands(app)
 
 _run = run
 _settings = settings

@@ -208,3 +208,20 @@ class IngressValidationError(PostwireError):
     def __init__(self, problems: list[tuple[str | None, str]]) -> None:
         super().__init__("; ".join(f"{f or 'body'}: {m}" for f, m in problems))
         self.problems = problems
+
+
+class ApiClientError(PostwireError):
+    """A `postwire send|verify|status` call the API refused or could not be reached for;
+    ``status`` is the HTTP status (0 when there was no answer)."""
+
+    code = "api.client"
+
+    def __init__(self, message: str, status: int = 0) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class InputFileError(PostwireError):
+    """An input file a command cannot read: missing, wrong format, no address column."""
+
+    code = "input.file"
