@@ -309,6 +309,45 @@ def bench_verify(
     out.print(grid)
 
 
+@bench_app.command("api")
+def bench_api(
+    requests: Annotated[int, typer.Option(help="POST /v3/mail/send requests.")] = 5000,
+    concurrency: Annotated[int, typer.Option(help="Requests in flight.")] = 32,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
+) -> None:
+    """The HTTP API into Kafka vs a raw aiokafka producer writing the same records."""
+    import dataclasses
+    import json
+
+    from streams.bench.api import run_api_bench
+
+    def progress(message: str) -> None:
+        if not as_json:
+            err.print(f"[dim]{message}[/]")
+
+    result = _run(run_api_bench(requests, concurrency, progress))
+    if as_json:
+        out.print(json.dumps({**dataclasses.asdict(result), "vs_raw": result.vs_raw}))
+        return
+    grid = Table(
+        "", "requests/s", "p50", "p99", title=f"{requests:,} sends, {concurrency} at a time"
+    )
+    grid.add_row(
+        "HTTP API",
+        f"{result.api_per_s:,.0f}",
+        f"{result.api_p50_ms:.1f} ms",
+        f"{result.api_p99_ms:.1f} ms",
+    )
+    grid.add_row(
+        "raw aiokafka",
+        f"{result.raw_per_s:,.0f}",
+        f"{result.raw_p50_ms:.1f} ms",
+        f"{result.raw_p99_ms:.1f} ms",
+    )
+    grid.add_row("API / raw", f"{result.vs_raw:.2f}", "", "")
+    out.print(grid)
+
+
 @bench_app.command("deliver")
 def bench_deliver(
     messages: Annotated[int, typer.Option(help="Messages to deliver (multiple of 100).")] = 20000,

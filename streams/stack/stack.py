@@ -100,7 +100,8 @@ class Stack:
         env["POSTWIRE_DATABASE_URL"] = self.settings.dsn
         return env
 
-    def _app(self, name: str, *args: str, env: dict[str, str] | None = None) -> ManagedProcess:
+    def process(self, name: str, *args: str, env: dict[str, str] | None = None) -> ManagedProcess:
+        """A ``python -m streams <args>`` child with this stack's servers in its environment."""
         return ManagedProcess(
             name=name,
             argv=[sys.executable, "-m", "streams", *args],
@@ -126,9 +127,9 @@ class Stack:
                 "POSTWIRE_APP_ID": f"{self.settings.app_id}-bulk",
             }
             workers.append(
-                self._app(f"worker{suffix}", "worker", *_stages(FRONT_STAGES), env=front)
+                self.process(f"worker{suffix}", "worker", *_stages(FRONT_STAGES), env=front)
             )
-            workers.append(self._app(f"bulk{suffix}", "worker", *_stages(BULK_STAGES), env=bulk))
+            workers.append(self.process(f"bulk{suffix}", "worker", *_stages(BULK_STAGES), env=bulk))
         return workers
 
     def _all(self) -> dict[str, ManagedProcess]:
@@ -164,7 +165,11 @@ class Stack:
             self.info.topics_created = await ensure_topics(self.settings)
             await apply_migrations(self.settings.dsn)
             if self.workers:
-                self.apps = [*self._workers(), self._app("sinks", "sink"), self._app("api", "api")]
+                self.apps = [
+                    *self._workers(),
+                    self.process("sinks", "sink"),
+                    self.process("api", "api"),
+                ]
                 for app in self.apps:
                     app.start(detach=detach)
         except BaseException:
