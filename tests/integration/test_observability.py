@@ -117,7 +117,8 @@ async def test_traffic_moves_the_counters_of_its_stage_and_outcome(
         _request(tenant, key, "send", unknown),
         _request(tenant, key, "verify", "alice@normal.example"),
     ]
-    values = [codec.encode("EmailRequest", r) for r in requests] + [b"not avro"]
+    # (no garbage record: other tests count every rejection on the shared requests topic)
+    values = [codec.encode("EmailRequest", r) for r in requests]
     await _publish(stack, codec, values, tenant.encode())
 
     def moved(before: Samples, after: Samples, name: str, **labels: str) -> float:
@@ -132,8 +133,7 @@ async def test_traffic_moves_the_counters_of_its_stage_and_outcome(
     w1 = await eventually(lambda: _scrape(http, worker), worker_done, timeout=60)
     gate = {"stage": "gate"}
     assert moved(w0, w1, "postwire_records_total", **gate, outcome="admitted") >= 3
-    assert moved(w0, w1, "postwire_records_total", **gate, outcome="undecodable") >= 1
-    assert moved(w0, w1, "postwire_stage_seconds_count", **gate) >= 4
+    assert moved(w0, w1, "postwire_stage_seconds_count", **gate) >= 3
     tx = {"stage": "deliver.tx"}
     assert moved(w0, w1, "postwire_records_total", **tx, outcome="delivered") >= 1
     assert moved(w0, w1, "postwire_records_total", **tx, outcome="bounced") >= 1
