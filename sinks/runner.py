@@ -17,11 +17,22 @@ from sinks.tables import Source, TableSpec, sink_failure_row, table_specs
 from sinks.writer import PostgresWriter
 from streams.codec import Codec, default_codec
 from streams.errors import CodecError, SinkUnavailableError
+from streams.obs.http import metrics_app, serve
+from streams.obs.lag import LagMonitor
+from streams.obs.metrics import (
+    SINK_BATCH_ROWS,
+    SINK_FLUSH_SECONDS,
+    SINK_WRITE_FAILURES,
+    EndToEnd,
+    StageMeter,
+)
 from streams.settings import Settings
 
 __all__ = ["SinkRunner", "run_sinks"]
 
 log = logging.getLogger("postwire.sinks")
+# the record field holding its request's created_at, for tables whose rows end a request's path
+BORN = {"EmailRequest": "created_at", "VerificationResult": "requested_at"}
 
 
 def _now() -> datetime:
@@ -39,6 +50,16 @@ class SinkRunner:
         self.group = f"{settings.app_id}-sink-{spec.table}"
         self.buffer = BatchBuffer(settings.sink_batch_size, settings.sink_linger)
         self.rows_written = 0
+        self.started = False
+        self.failing = False  # PostgreSQL refused the last write; the batch waits
+        # epoch seconds of the requests behind the buffered rows, for end-to-end latency
+        self._born: list[float] = []
+        self._born_field = BORN.get(spec.record)
+        self._row_latency = EndToEnd(f"row.{spec.table}")
+        self._meter = StageMeter(f"sink.{spec.table}")
+        self._batch_rows = SINK_BATCH_ROWS.labels(spec.table)
+        self._flush_seconds = SINK_FLUSH_SECONDS.labels(spec.table)
+        self._write_failures = SINK_WRITE_FAILURES.labels(spec.table)
 
     def _dead_letter(self, table: str, origin: Any, exc: Exception) -> tuple[object, ...] | None:
         if origin is None:
@@ -56,7 +77,7 @@ class SinkRunner:
             if msg.value is None:
                 return self.spec.table, self.spec.tombstone(msg.key, src)
             _, record = self.codec.decode(raw, expected=self.spec.record)
-            return self.spec.table, self.spec.to_row(record, src)
+            row = self.spec.to_row(record, src)
         except (CodecError, KeyError, TypeError, ValueError) as exc:
             code = exc.code if isinstance(exc, CodecError) else "sink.unmappable"
             stage = f"sink.{self.spec.table}"
@@ -64,6 +85,10 @@ class SinkRunner:
             return "rejections", sink_failure_row(
                 src, stage, code, str(exc), raw, datetime.now(UTC)
             )
+        born = record.get(self._born_field) if self._born_field and row else None
+        if born is not None:
+            self._born.append(born.timestamp())
+        return self.spec.table, row
 
     async def run(self, stop: asyncio.Event) -> None:
         consumer = AIOKafkaConsumer(
@@ -77,6 +102,7 @@ class SinkRunner:
             heartbeat_interval_ms=int(self.settings.heartbeat_interval * 1000),
         )
         await consumer.start()
+        self.started = True
         try:
             while not stop.is_set():
                 fetched = await consumer.getmany(timeout_ms=int(self.settings.sink_linger * 1000))
@@ -91,17 +117,24 @@ class SinkRunner:
             if self.buffer.due(float("inf")):
                 await self._flush(consumer, stop)
         finally:
+            self.started = False
             await consumer.stop()
             log.info("sink %s stopped after %d rows", self.spec.table, self.rows_written)
 
     async def _flush(self, consumer: AIOKafkaConsumer, stop: asyncio.Event) -> None:
         batch = self.buffer.take()
+        born, self._born = self._born, []
         delay = 0.5
         while True:
             try:
+                began = time.perf_counter()
                 await self.writer.write(batch, self._dead_letter)
+                self._flush_seconds.observe(time.perf_counter() - began)
+                self.failing = False
                 break
             except SinkUnavailableError as exc:
+                self.failing = True
+                self._write_failures.inc()
                 if stop.is_set():
                     log.warning(
                         "sink %s stopping with an unwritten batch; it will be re-read",
@@ -114,6 +147,16 @@ class SinkRunner:
                 delay = min(delay * 2, self.settings.sink_retry_max)
         await self._commit(consumer, batch)
         self.rows_written += len(batch)
+        self._observe(batch, born)
+
+    def _observe(self, batch: Batch, born: list[float]) -> None:
+        self._batch_rows.observe(len(batch))
+        written = len(batch.rows.get(self.spec.table, ()))
+        self._meter.count("written", written)
+        self._meter.count("dead_lettered", len(batch) - written)
+        now = time.time()
+        for created in born:
+            self._row_latency.since_epoch(created, now)
 
     async def _idle(self, consumer: AIOKafkaConsumer, seconds: float) -> None:
         # keep polling (paused) so the group does not think this consumer died
@@ -142,9 +185,27 @@ async def run_sinks(
     stop = stop or asyncio.Event()
     codec = default_codec()
     writer = PostgresWriter(settings.dsn, specs)
-    try:
-        await asyncio.gather(
-            *(SinkRunner(settings, specs[t], codec, writer).run(stop) for t in chosen)
+    runners = [SinkRunner(settings, specs[t], codec, writer) for t in chosen]
+    web = None
+    if settings.sinks_web_port:
+        web = await serve(
+            metrics_app(lambda: sinks_health(runners)), settings.web_host, settings.sinks_web_port
         )
+    work = [runner.run(stop) for runner in runners]
+    if settings.lag_interval:
+        work.append(LagMonitor(settings, settings.lag_interval).run(stop))
+    try:
+        await asyncio.gather(*work)
     finally:
+        if web is not None:
+            await web.cleanup()
         await writer.close()
+
+
+def sinks_health(runners: list[SinkRunner]) -> tuple[bool, dict[str, Any]]:
+    """Healthy when every sink consumes and none is waiting for PostgreSQL to come back."""
+    states = {
+        r.spec.table: "failing" if r.failing else "running" if r.started else "starting"
+        for r in runners
+    }
+    return all(state == "running" for state in states.values()), {"sinks": states}

@@ -145,11 +145,10 @@ def sink(
 ) -> None:
     """Run the Kafka -> PostgreSQL sinks until SIGINT/SIGTERM."""
     from sinks.runner import run_sinks
+    from streams.obs.logs import configure_logging
 
     settings = _settings()
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
+    configure_logging(settings, "sinks")
 
     async def main() -> None:
         stop = asyncio.Event()

@@ -86,6 +86,9 @@ class Settings(BaseSettings):
     # faust worker processes `postwire up` starts; partitions spread over them (one per core)
     worker_processes: int = Field(default=1, ge=1)
     worker_web_port: int = 6066
+    # where the workers' and the sinks' web servers (/metrics, /healthz) listen; 0.0.0.0 in
+    # containers so Prometheus can scrape them
+    web_host: str = "127.0.0.1"
 
     # HTTP ingress (`postwire api`, started by `postwire up`)
     api_host: str = "127.0.0.1"
@@ -112,6 +115,12 @@ class Settings(BaseSettings):
     rebalance_timeout: float = 10.0
     commit_interval: float = 1.0
     log_level: str = "info"
+    # one JSON object per line (json) or aligned text for a terminal (console); both redacted
+    log_format: Literal["json", "console"] = "json"
+    # HMAC key for the address hashes in logs; unset: a random key made once under data_dir,
+    # so every process of one install hashes an address the same way. Set it to correlate
+    # across machines (and keep it secret: with it, a guessed address can be confirmed).
+    log_hash_key: SecretStr | None = None
     producer_linger_ms: int = Field(default=2, ge=0)
     changelog_buffer: int = Field(default=10_000, ge=100)
 
@@ -188,6 +197,10 @@ class Settings(BaseSettings):
     sink_batch_size: int = Field(default=2000, ge=1)
     sink_linger: float = Field(default=0.05, gt=0)
     sink_retry_max: float = Field(default=30.0, gt=0)
+    # the sinks process serves /metrics and /healthz here (0: no web server)
+    sinks_web_port: int = Field(default=6065, ge=0)
+    # how often the sinks process asks Kafka for every consumer group's lag (0: never)
+    lag_interval: float = Field(default=15.0, ge=0)
 
     def to_env(self) -> dict[str, str]:
         """These settings as ``POSTWIRE_*`` variables, so a child process sees exactly them."""

@@ -10,6 +10,8 @@ import faust
 
 from streams.codec import default_codec
 from streams.deliver.queue import ControlFeed
+from streams.obs.faust_web import install_pages
+from streams.obs.logs import configure_logging
 from streams.settings import Settings
 from streams.stages import deliver, gate, verify
 from streams.stages.names import DELIVER_PARTS, KNOWN_STAGES, STAGES
@@ -40,7 +42,7 @@ def create_app(
         producer_acks=-1,
         # a few ms of linger turns one produce request per record into one per batch
         producer_linger_ms=settings.producer_linger_ms,
-        web_host="127.0.0.1",
+        web_host=settings.web_host,
         web_port=settings.worker_web_port,
         datadir=str(settings.data_dir / "faust"),
     )
@@ -51,6 +53,10 @@ def create_app(
     outputs = Outputs(app, settings, codec)
     directory = directory or DirectoryHolder(settings)
     directory.install(app)
+    checks = {"directory_loaded": directory.ready.is_set}
+    if control is not None:
+        checks["queue_control_loaded"] = control.ready.is_set
+    install_pages(app, checks)
     if "gate" in stages:
         gate.register(app, settings, codec, outputs, directory, clock)
     if "verify" in stages:
@@ -82,6 +88,7 @@ def tune_producer_buffer(settings: Settings) -> None:
 
 def run_worker(settings: Settings, stages: tuple[str, ...] = STAGES) -> None:
     """Run the faust worker in this process until SIGINT/SIGTERM."""
+    configure_logging(settings, "worker", app=settings.app_id, stages=",".join(stages))
     with contextlib.suppress(ImportError):
         import uvloop
 
@@ -96,5 +103,10 @@ def run_worker(settings: Settings, stages: tuple[str, ...] = STAGES) -> None:
         control.preload()
     app = create_app(settings, stages, directory=directory, control=control)
     tune_producer_buffer(settings)
-    worker = faust.Worker(app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False)
+    # override_logging=False: mode's Worker would otherwise replace our root handler with its
+    # own text formatter when it starts (configure_logging above set the level)
+    worker = faust.Worker(app, quiet=True, redirect_stdouts=False, override_logging=False)
+    # the terminal spinner mode's logging set-up would have switched off: it writes cursor
+    # escapes to stdout, into the middle of the JSON lines; without it faust logs "Ready"
+    worker.spinner = None
     worker.execute_from_commandline()

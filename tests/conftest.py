@@ -34,6 +34,8 @@ def stack_settings(data_dir: Path, **overrides: object) -> Settings:
         "postgres_port": free_port(),
         "worker_web_port": free_port(),
         "api_port": free_port(),
+        "sinks_web_port": free_port(),
+        "lag_interval": 1.0,
         "topic_prefix": f"pwtest{suffix}",
         "app_id": f"pwtest{suffix}",
         "partitions": 2,

@@ -106,6 +106,7 @@ def _settings(data_dir: Path, sink: SmtpSink, workers: int, partitions: int) -> 
         postgres_port=free_port("127.0.0.1"),
         worker_web_port=free_port("127.0.0.1"),
         api_port=free_port("127.0.0.1"),
+        sinks_web_port=free_port("127.0.0.1"),
         partitions=partitions,
         worker_processes=workers,
         topic_prefix="bench",

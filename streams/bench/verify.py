@@ -126,6 +126,7 @@ async def run_verify_bench(
         postgres_port=_free_port(),
         worker_web_port=_free_port(),
         api_port=_free_port(),
+        sinks_web_port=_free_port(),
         partitions=partitions,
         worker_processes=workers,
         dns_nameservers=dns.nameserver,

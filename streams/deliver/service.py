@@ -19,6 +19,7 @@ from streams.deliver.mime import Prepared, StoredTemplate, prepare
 from streams.deliver.retry import RetryPolicy
 from streams.deliver.throttle import Throttle
 from streams.deliver.transport import Transport
+from streams.obs.metrics import smtp_result
 
 __all__ = ["Deliverer"]
 
@@ -106,6 +107,7 @@ class Deliverer:
             task["domain"], task["from"]["email"], task["recipient"]["email"], signed
         )
         outcome = delivery.outcome
+        smtp_result(str(outcome.disposition), outcome.category)
         done = self.clock()
         if outcome.destination_failure:
             breaker.record_failure(done.timestamp())

@@ -35,6 +35,7 @@ from streams.deliver.throttle import Throttle
 from streams.deliver.transport import Transport, TransportConfig
 from streams.errors import CodecError, DkimError, RenderError, StageCrashError
 from streams.events import make_event, make_suppression
+from streams.obs.metrics import EndToEnd, StageMeter
 from streams.settings import Settings
 from streams.stages.shell import Clock, DirectoryHolder, Outputs, header, raw_topic
 from streams.verify.dns import MxResolver
@@ -46,6 +47,14 @@ log = logging.getLogger("postwire.deliver")
 RELEASED = "postwire-released-at"
 ENQUEUED = "postwire-enqueued-at"
 LOCAL_SUPPRESSION_TTL = 120.0  # until the sink and the directory refresh know it everywhere
+# what became of a task that was not sent, for postwire_records_total{outcome}
+_NOT_SENT = {
+    "drop": "dropped",
+    "hold": "held",
+    "skip": "skipped",
+    "wait": "waiting",
+    "expire": "expired",
+}
 
 
 def transport_config(settings: Settings) -> TransportConfig:
@@ -150,6 +159,7 @@ class DeliverShell:
         self.tier_outputs: dict[str, Any] = {}
         self._local_suppressed: dict[tuple[str, str], float] = {}
         self._inflight: set[str] = set()
+        self._delivered = EndToEnd("delivered")
 
     def suppressed(self, tenant: str, address: str) -> bool:
         key = (tenant, address.lower())
@@ -161,6 +171,8 @@ class DeliverShell:
     async def suppress(self, task: Record, reason: str, detail: str | None) -> None:
         tenant, address = task["tenant"], task["recipient"]["email"].lower()
         self._local_suppressed[(tenant, address)] = time.monotonic()
+        # rare and worth an operator's eye; the address is hashed by the log handler
+        log.info("suppressing %s for tenant %s (%s): %s", address, tenant, reason, detail)
         record = make_suppression(tenant, address, reason, "deliver", self.clock(), detail)
         await self.outputs.suppressions.send(
             key=f"{tenant}\x1f{address}".encode(), value=self.codec.encode("Suppression", record)
@@ -181,31 +193,33 @@ class DeliverShell:
 
     async def handle(
         self, raw: bytes | None, key: bytes | None, position: SourcePosition, headers: Any
-    ) -> None:
+    ) -> str:
+        """Deal with one task; return what became of it (an event type or a step name)."""
         now = self.clock()
         try:
             _, task = self.codec.decode(raw or b"", expected="DeliveryTask")
         except CodecError as exc:
             await self.outputs.rejection(rejection(position, STAGE, exc, key, raw or b"", now))
-            return
+            return "undecodable"
         tid = task["task_id"]
         if tid in self._inflight:
-            return  # the same task twice at once (a redelivery racing a release): one wins
+            return "in_flight"  # the same task twice at once (a redelivery racing a release)
         self._inflight.add(tid)
         try:
-            await self._handle(task, raw or b"", position, headers, now)
+            return await self._handle(task, raw or b"", position, headers, now)
         except Exception as exc:  # a crashed faust agent would drop the record
             log.exception("deliver: unexpected failure on %s:%d:%d", *position.__dict__.values())
             crash = StageCrashError(f"{type(exc).__name__}: {exc}")
             await self.outputs.rejection(
                 rejection(position, STAGE, crash, key, raw or b"", now, task["tenant"])
             )
+            return "crashed"
         finally:
             self._inflight.discard(tid)
 
     async def _handle(
         self, task: Record, raw: bytes, position: SourcePosition, headers: Any, now: datetime
-    ) -> None:
+    ) -> str:
         released = int(header(headers, RELEASED) or b"0")
         queued = task["attempt"] > 0 or released > 0
         step = triage(
@@ -218,8 +232,7 @@ class DeliverShell:
         )
         lane = lane_of(task["priority"])
         if step.step == "send":
-            await self._send(task, raw, position, lane, queued)
-            return
+            return await self._send(task, raw, position, lane, queued)
         if step.event is not None:
             await self.outputs.event(step.event)
         if step.step == "wait" and step.until is not None:
@@ -231,10 +244,11 @@ class DeliverShell:
             await self.index(task, value)
         elif queued:
             await self.index(task, None)
+        return _NOT_SENT[step.step]
 
     async def _send(
         self, task: Record, raw: bytes, position: SourcePosition, lane: str, queued: bool
-    ) -> None:
+    ) -> str:
         try:
             result: Conclusion = await self.deliverer.attempt(task)
         except (RenderError, DkimError) as exc:
@@ -245,10 +259,11 @@ class DeliverShell:
             await self.outputs.event(failed(task, now, f"{exc.code}: {exc}"))
             if queued:
                 await self.index(task, None)
-            return
+            return "failed"
         if result.delivered:
             # before the event: the ledger is what stops a second send
             self.ledger[task["task_id"]] = {"at": result.event["occurred_at"].timestamp()}
+            self._delivered.since(task["created_at"], result.event["occurred_at"])
         await self.outputs.event(result.event)
         if result.suppress:
             await self.suppress(
@@ -268,6 +283,7 @@ class DeliverShell:
             await self.index(result.retry, entry)
         elif queued:
             await self.index(task, None)
+        return str(result.event["type"])  # delivered, deferred, bounced
 
     async def delay(self, seconds: int, raw: bytes, key: bytes | None, headers: Any) -> None:
         """Hold the head record of a tier until it is due, then send it back to its lane."""
@@ -384,13 +400,17 @@ def register(
         control.start()
 
     def lane_agent(lane: str) -> Any:
+        meter = StageMeter(f"{STAGE}.{lane}")
+
         async def deliver(stream: Any) -> None:
             if not control.ready.is_set():
                 await control.ready.wait()
             async for event in stream.events():
+                started = time.perf_counter()
                 msg = event.message
                 position = SourcePosition(msg.topic, msg.partition, msg.offset)
-                await shell.handle(event.value, event.key, position, event.headers)
+                outcome = await shell.handle(event.value, event.key, position, event.headers)
+                meter.done(outcome, started)
 
         return app.agent(
             raw_topic(app, settings.topics.lane(lane)),

@@ -10,6 +10,7 @@ dead letter on ``rejections`` - the books always balance.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -19,6 +20,7 @@ from streams.deadletter import SourcePosition, rejection
 from streams.deliver.expand import Expansion, expand
 from streams.errors import AuthError, CodecError, InvalidContentError
 from streams.events import make_event, make_suppression
+from streams.obs.metrics import StageMeter
 from streams.stages.admission import Admit, Dedup, Throttle, dedup_decide, rate_decide
 from streams.tenants import Directory
 from streams.verify.syntax import split_domain
@@ -31,6 +33,7 @@ STAGE = "gate"
 MEMO_TTL = 24 * 3600.0
 # what a replayed request that left no memo was: admitted (and counted) the first time
 ADMITTED: dict[str, Any] = {"window": None, "retry_after": 0.0, "expires": float("inf")}
+METER = StageMeter(STAGE)
 
 
 def replayed_memo(
@@ -74,7 +77,7 @@ def admit(
 
 @dataclass
 class GateResult:
-    outcome: str  # admitted | duplicate | throttled | deferred | rejected
+    outcome: str  # admitted | duplicate | throttled | deferred | rejected | undecodable
     events: list[Record] = field(default_factory=list)
     tasks: list[tuple[str, Record]] = field(default_factory=list)  # (domain, VerifyTask)
     deliveries: list[tuple[str, str, Record]] = field(default_factory=list)  # (domain, lane, task)
@@ -274,9 +277,16 @@ def utcnow() -> datetime:
 
 
 async def emit(
-    outputs: Any, codec: Codec, event: Any, result: GateResult, now: datetime, deferrals: int
+    outputs: Any,
+    codec: Codec,
+    event: Any,
+    result: GateResult,
+    now: datetime,
+    deferrals: int,
+    started: float,
 ) -> None:
-    """Send what one gate decision produced; the raw request is forwarded, never re-encoded."""
+    """Send what one gate decision produced (the raw request is forwarded, never re-encoded)
+    and count it; ``started``: when the gate took the record (``time.perf_counter()``)."""
     if result.outcome == "admitted":
         await outputs.accepted.send(key=event.key, value=event.value)
     if result.rejection is not None:
@@ -304,6 +314,7 @@ async def emit(
                 "postwire-deferrals": str(deferrals + 1).encode(),
             },
         )
+    METER.done(result.outcome, started)
 
 
 def register(
@@ -333,12 +344,21 @@ def register(
     @app.agent(raw_topic(app, topics.requests), name=f"{settings.app_id}.gate")
     async def gate(stream: Any) -> None:
         async for event in stream.events():
+            started = time.perf_counter()
             msg = event.message
             position = SourcePosition(msg.topic, msg.partition, msg.offset)
             now = clock()
             decoded = admit(codec, event.value, event.key, position, now)
             if isinstance(decoded, Reject):
-                await outputs.rejection(decoded.record)
+                await emit(
+                    outputs,
+                    codec,
+                    event,
+                    GateResult("undecodable", rejection=decoded.record),
+                    now,
+                    0,
+                    started,
+                )
                 continue
             request = decoded.request
             if not directory.ready.is_set():
@@ -380,7 +400,7 @@ def register(
             if result.count:
                 for name, _ in WINDOWS:
                     windows[name][tenant] += 1
-            await emit(outputs, codec, event, result, now, deferrals)
+            await emit(outputs, codec, event, result, now, deferrals, started)
 
     @app.agent(raw_topic(app, topics.deferred), name=f"{settings.app_id}.deferral")
     async def deferral(stream: Any) -> None:

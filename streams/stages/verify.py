@@ -4,11 +4,13 @@ co-partitioned with the stream and each domain's probes share one worker's conne
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from streams.codec import Codec
 from streams.deadletter import SourcePosition, rejection
 from streams.errors import CodecError
+from streams.obs.metrics import EndToEnd, StageMeter
 from streams.settings import Settings
 from streams.stages.shell import Clock, DirectoryHolder, Outputs, raw_topic
 from streams.verify.dns import MxResolver
@@ -59,6 +61,8 @@ def register(
         f"{settings.app_id}-verdicts", default=None, partitions=settings.partitions
     )
     verifier = build_verifier(settings, mx_table, verdicts, directory)
+    meter = StageMeter(STAGE)
+    verified = EndToEnd("verified")
 
     @app.agent(
         raw_topic(app, settings.topics.verify),
@@ -67,6 +71,7 @@ def register(
     )
     async def verify(stream: Any) -> None:
         async for event in stream.events():
+            started = time.perf_counter()
             msg = event.message
             try:
                 _, task = codec.decode(event.value or b"", expected="VerifyTask")
@@ -75,10 +80,14 @@ def register(
                 await outputs.rejection(
                     rejection(source, STAGE, exc, event.key, event.value or b"", clock())
                 )
+                meter.done("undecodable", started)
                 continue
             result = await verifier.verify(task, clock())
             await outputs.verifications.send(
                 key=task["request_id"].encode(), value=codec.encode("VerificationResult", result)
             )
+            # is_reachable is a schema enum (safe, risky, invalid, unknown): a bounded label
+            meter.done(result["is_reachable"], started)
+            verified.since(task["requested_at"], clock())
 
     return verify

@@ -1,0 +1,163 @@
+"""Structured logs: one JSON object per line from every logger in the process, addresses hashed.
+
+structlog renders, but the stdlib ``logging`` module stays the front door: faust, mode, aiokafka,
+asyncpg and our own ``logging.getLogger`` calls all end in the one root handler installed here,
+whose ``ProcessorFormatter`` turns each record into ``{"timestamp", "level", "logger", "event",
+"role", "pid", ...}``. ``structlog.get_logger()`` loggers go through the same chain.
+
+Every string in a line (the message, extra fields, the traceback) passes through ``Redactor``
+last, just before rendering, so nothing a processor adds escapes it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import sys
+from collections.abc import Callable, MutableMapping
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any
+
+import orjson
+import structlog
+
+from streams.errors import ConfigError
+from streams.obs.redact import Redactor
+from streams.settings import Settings
+
+__all__ = ["KEY_FILE", "configure_logging", "hash_key", "stored_key"]
+
+KEY_FILE = "log-hash.key"
+EventDict = MutableMapping[str, Any]
+
+
+def stored_key(path: Path) -> bytes:
+    """The key in ``path``, made (random, mode 0600) if there is none yet.
+
+    Every process of a stack starts at once and each may find no key: each writes its own
+    candidate to a private file and links it into place, which only one link can win, so all
+    of them end up reading the same complete key."""
+    try:
+        return _read_key(path)
+    except FileNotFoundError:
+        pass
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        candidate = path.with_name(f".{path.name}.{secrets.token_hex(8)}")
+        fd = os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(secrets.token_hex(32))
+            out.flush()
+            os.fsync(out.fileno())
+        try:
+            os.link(candidate, path)
+        except FileExistsError:
+            pass  # another process won; its key is the one
+        finally:
+            candidate.unlink(missing_ok=True)
+        return _read_key(path)
+    except OSError as exc:
+        raise ConfigError(f"cannot create the log hash key {path}: {exc}") from exc
+
+
+def _read_key(path: Path) -> bytes:
+    key = path.read_text().strip().encode()
+    if not key:
+        raise ConfigError(f"the log hash key file {path} is empty; delete it to make a new one")
+    return key
+
+
+def hash_key(settings: Settings) -> bytes:
+    if settings.log_hash_key is not None and settings.log_hash_key.get_secret_value():
+        return settings.log_hash_key.get_secret_value().encode()
+    return stored_key(settings.data_dir / KEY_FILE)
+
+
+class _Static:
+    """Fields every line of this process carries."""
+
+    def __init__(self, fields: dict[str, Any]) -> None:
+        self.fields = fields
+
+    def __call__(self, _logger: Any, _name: str, event: EventDict) -> EventDict:
+        for key, value in self.fields.items():
+            event.setdefault(key, value)
+        return event
+
+
+class _Redact:
+    def __init__(self, redactor: Redactor) -> None:
+        self.redactor = redactor
+
+    def __call__(self, _logger: Any, _name: str, event: EventDict) -> EventDict:
+        redacted: EventDict = self.redactor.value(event)
+        return redacted
+
+
+def _orjson(obj: Any, default: Callable[[Any], Any] | None = None) -> str:
+    return orjson.dumps(obj, default=default).decode()
+
+
+def _renderer(fmt: str) -> Any:
+    if fmt == "console":
+        return structlog.dev.ConsoleRenderer(colors=False)
+    return structlog.processors.JSONRenderer(serializer=_orjson)
+
+
+def configure_logging(
+    settings: Settings, role: str, *, stream: IO[str] | None = None, **fields: Any
+) -> Redactor:
+    """Send every log record of this process through one redacting structlog handler.
+
+    Call it first thing in a process's entry point: it replaces the root logger's handlers, so
+    anything configured earlier (``basicConfig``) is dropped. Returns the redactor, for code
+    that wants to hash an address for a message of its own."""
+    redactor = Redactor(hash_key(settings))
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        _Static({"role": role, "pid": os.getpid(), **fields}),
+    ]
+    formatter = structlog.stdlib.ProcessorFormatter(
+        # stdlib records: extra={...} fields become JSON fields like structlog's own
+        foreign_pre_chain=[*shared, structlog.stdlib.ExtraAdder()],
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            structlog.processors.StackInfoRenderer(),
+            structlog.processors.format_exc_info,
+            _Redact(redactor),
+            _renderer(settings.log_format),
+        ],
+    )
+    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    for old in root.handlers[:]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(settings.log_level.upper())
+    structlog.configure(
+        processors=[
+            *shared,
+            structlog.stdlib.PositionalArgumentsFormatter(),
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )
+    # warnings and uncaught exceptions would otherwise reach stderr as plain text
+    logging.captureWarnings(True)
+    sys.excepthook = _log_uncaught
+    return redactor
+
+
+def _log_uncaught(kind: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
+    if issubclass(kind, KeyboardInterrupt):
+        sys.__excepthook__(kind, exc, tb)
+        return
+    logging.getLogger("postwire").critical("uncaught exception", exc_info=(kind, exc, tb))
