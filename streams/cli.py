@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import signal
 from typing import Annotated, Any
 
@@ -117,15 +116,13 @@ def down() -> None:
 def api(
     port: Annotated[int | None, typer.Option(help="Port; default POSTWIRE_API_PORT.")] = None,
 ) -> None:
-    """Serve the HTTP ingress (SendGrid-compatible /v3/mail/send) until SIGINT/SIGTERM."""
+    """Serve the HTTP API (SendGrid-compatible /v3/mail/send, verify, status, events,
+    suppressions, /metrics) until SIGINT/SIGTERM."""
     from streams.api.server import run_api
 
     settings = _settings()
     if port is not None:
         settings = settings.model_copy(update={"api_port": port})
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
     run_api(settings)
 
 

@@ -313,6 +313,13 @@ SPEC: Final[dict[str, Any]] = {
                 "responses": {"200": {"description": "ready"}, "503": {"description": "not yet"}},
             }
         },
+        "/metrics": {
+            "get": {
+                "summary": "Prometheus metrics of this process (postwire_http_*, ...)",
+                "security": [],
+                "responses": {"200": {"description": "Prometheus text format"}},
+            }
+        },
         "/openapi.json": {
             "get": {
                 "summary": "This document",

@@ -1,5 +1,5 @@
 """The HTTP API on one port: SendGrid's mail/send, verification, message status, the event
-feed and webhook, suppressions; ``/healthz``, ``/openapi.json``.
+feed and webhook, suppressions; ``/healthz``, ``/metrics``, ``/openapi.json``.
 
 Keys are checked here against the same tenant directory the gate uses (the gate checks again),
 so a bad key is a 401 rather than a dead letter.
@@ -25,6 +25,8 @@ from streams.api.suppression_routes import (
     remove_suppression,
 )
 from streams.api.verify_routes import WAITER, ResultWaiter, verify_batch, verify_job, verify_one
+from streams.obs.http import metrics_handler, metrics_middleware
+from streams.obs.logs import configure_logging
 from streams.settings import Settings
 
 __all__ = ["ROUTES", "Ingress", "run_api"]
@@ -49,10 +51,13 @@ ROUTES: tuple[tuple[str, str, str, Handler], ...] = (
 
 class Ingress(Api):
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=self.settings.api_max_body)
+        app = web.Application(
+            client_max_size=self.settings.api_max_body, middlewares=[metrics_middleware]
+        )
         for method, path, scope, handler in ROUTES:
             app.router.add_route(method, path, self.guard(scope, handler))
         app.router.add_get("/healthz", self.healthz)
+        app.router.add_get("/metrics", metrics_handler)
         app.router.add_get("/openapi.json", self.openapi)
         app[WAITER] = ResultWaiter(self)
         app.on_startup.append(self._start)
@@ -76,6 +81,7 @@ class Ingress(Api):
 
 def run_api(settings: Settings) -> None:
     """Serve until SIGINT/SIGTERM."""
+    configure_logging(settings, "api")
 
     async def main() -> None:
         runner = web.AppRunner(Ingress(settings).app(), access_log=None)

@@ -230,3 +230,19 @@ async def test_a_revoked_key_is_refused_within_seconds(
 
     assert await eventually(status, lambda s: s == 401, timeout=30) == 401
     assert time.monotonic() - began < stack.directory_refresh + 5
+
+
+async def test_the_api_counts_requests_by_route_on_metrics(stack: Settings, api: ApiClient) -> None:
+    _tenant, key = await new_tenant(stack, "metrics")
+    client = api.as_key(key)
+    assert (await client.call("GET", "/v1/messages/some-id")).status == 404
+    async with api.session.get(f"{api.base}/metrics") as r:
+        assert r.status == 200
+        text = await r.text()
+    lines = [line for line in text.splitlines() if line.startswith("postwire_http_requests_total")]
+    # the route pattern, never the id in the path
+    assert any(
+        'route="/v1/messages/{message_id}"' in line and 'status="404"' in line for line in lines
+    )
+    assert "some-id" not in text
+    assert "postwire_http_request_seconds_bucket" in text

@@ -186,6 +186,6 @@ async def test_traffic_moves_the_counters_of_its_stage_and_outcome(
     for line in lines:
         record = json.loads(line)  # every line is one JSON object
         assert {"timestamp", "level", "logger", "event", "role"} <= record.keys()
-    for name in ("bulk.log", "sinks.log"):
+    for name in ("bulk.log", "sinks.log", "api.log"):
         for line in (logs / name).read_text().splitlines():
             json.loads(line)
