@@ -23,7 +23,7 @@ import asyncpg
 from aiokafka import AIOKafkaProducer
 
 from streams.api.sendgrid import translate
-from streams.bench.smtp_peers import free_port
+from streams.bench.stacks import bench_settings
 from streams.codec import default_codec
 from streams.errors import BenchError
 from streams.settings import Settings
@@ -55,21 +55,6 @@ class ApiBenchResult:
     @property
     def vs_raw(self) -> float:
         return self.api_per_s / self.raw_per_s
-
-
-def _settings(data_dir: Path) -> Settings:
-    return Settings(
-        data_dir=data_dir,
-        kafka_port=free_port("127.0.0.1"),
-        kafka_controller_port=free_port("127.0.0.1"),
-        postgres_port=free_port("127.0.0.1"),
-        api_port=free_port("127.0.0.1"),
-        topic_prefix="bench",
-        app_id="bench",
-        log_level="warning",
-        api_rate=10**7,
-        api_burst=10**7,
-    )
 
 
 async def _drive(n: int, concurrency: int, one: Any) -> tuple[float, list[float]]:
@@ -153,7 +138,7 @@ async def _healthy(base: str, timeout: float = 60) -> None:
 async def run_api_bench(requests: int, concurrency: int, progress: Any = None) -> ApiBenchResult:
     say = progress or (lambda _m: None)
     data_dir = Path(tempfile.mkdtemp(prefix="postwire-bench-api-"))
-    settings = _settings(data_dir)
+    settings = bench_settings(data_dir)
     stack = Stack(settings, workers=False)
     api = stack.process("api", "api")
     try:

@@ -20,7 +20,8 @@ from typing import Any
 import asyncpg
 from aiokafka import AIOKafkaProducer
 
-from streams.bench.smtp_peers import SmtpSink, ensure_postfix, free_port, run_baselines
+from streams.bench.smtp_peers import SmtpSink, ensure_postfix, run_baselines
+from streams.bench.stacks import bench_settings
 from streams.codec import default_codec
 from streams.deliver.dkim import KeyType, keygen
 from streams.settings import Settings
@@ -99,22 +100,10 @@ async def _rows(conn: asyncpg.Connection[Any], run: str) -> int:
 
 
 def _settings(data_dir: Path, sink: SmtpSink, workers: int, partitions: int) -> Settings:
-    return Settings(
-        data_dir=data_dir,
-        kafka_port=free_port("127.0.0.1"),
-        kafka_controller_port=free_port("127.0.0.1"),
-        postgres_port=free_port("127.0.0.1"),
-        worker_web_port=free_port("127.0.0.1"),
-        api_port=free_port("127.0.0.1"),
-        sinks_web_port=free_port("127.0.0.1"),
+    return bench_settings(
+        data_dir,
         partitions=partitions,
         worker_processes=workers,
-        topic_prefix="bench",
-        app_id="bench",
-        rate_per_second=10**7,
-        rate_per_minute=10**8,
-        rate_per_hour=10**9,
-        log_level="warning",
         delivery_mode="relay",
         relay_host=sink.host,
         relay_port=sink.port,

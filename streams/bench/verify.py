@@ -18,6 +18,7 @@ from aiokafka import AIOKafkaProducer
 
 from streams.bench.baselines import aiokafka_passthrough_rate, copy_rate
 from streams.bench.dns_server import Zone, ZoneServer
+from streams.bench.stacks import bench_settings
 from streams.codec import default_codec
 from streams.settings import Settings
 from streams.stack.stack import Stack
@@ -57,14 +58,6 @@ def _zone() -> Zone:
         zone.mx[f"d{i}.bench.example"] = [(10, "mx.bench.example")]
     zone.a["mx.bench.example"] = "127.0.0.1"
     return zone
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def _publish(
@@ -119,23 +112,8 @@ async def run_verify_bench(
     data_dir = Path(tempfile.mkdtemp(prefix="postwire-bench-"))
     dns = ZoneServer(_zone(), host="127.0.0.1")
     dns.start()
-    settings = Settings(
-        data_dir=data_dir,
-        kafka_port=_free_port(),
-        kafka_controller_port=_free_port(),
-        postgres_port=_free_port(),
-        worker_web_port=_free_port(),
-        api_port=_free_port(),
-        sinks_web_port=_free_port(),
-        partitions=partitions,
-        worker_processes=workers,
-        dns_nameservers=dns.nameserver,
-        topic_prefix="bench",
-        app_id="bench",
-        rate_per_second=10**7,
-        rate_per_minute=10**8,
-        rate_per_hour=10**9,
-        log_level="warning",
+    settings = bench_settings(
+        data_dir, partitions=partitions, worker_processes=workers, dns_nameservers=dns.nameserver
     )
     stack = Stack(settings, workers=True)
     await stack.start(detach=False)

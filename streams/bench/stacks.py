@@ -1,0 +1,36 @@
+"""Settings of a benchmark's throwaway stack: every port free, limits out of the way, so a
+bench never collides with a running install or measures a rate limit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from streams.bench.smtp_peers import free_port
+from streams.settings import Settings
+
+__all__ = ["bench_settings"]
+
+
+def bench_settings(data_dir: Path, **overrides: Any) -> Settings:
+    ports = (
+        "kafka_port",
+        "kafka_controller_port",
+        "postgres_port",
+        "worker_web_port",
+        "api_port",
+        "sinks_web_port",
+    )
+    values: dict[str, Any] = {
+        "data_dir": data_dir,
+        **{name: free_port("127.0.0.1") for name in ports},
+        "topic_prefix": "bench",
+        "app_id": "bench",
+        "rate_per_second": 10**7,
+        "rate_per_minute": 10**8,
+        "rate_per_hour": 10**9,
+        "api_rate": 10**7,
+        "api_burst": 10**7,
+        "log_level": "warning",
+    }
+    return Settings(**{**values, **overrides})
