@@ -35,7 +35,6 @@ app.add_typer(queue_app, name="queue")
 app.add_typer(suppression_app, name="suppression")
 app.add_typer(dkim_app, name="dkim")
 app.add_typer(template_app, name="template")
-register_api_commands(app)
 
 _run = run
 _settings = settings
@@ -158,12 +157,27 @@ def sink(
 
 
 @app.command()
-def topics() -> None:
+def topics(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+) -> None:
     """Create any missing postwire topics and list them."""
     from streams.topics import ensure_topics, topic_specs
 
     settings = _settings()
     created = set(_run(ensure_topics(settings)))
+    if as_json:
+        rows = [
+            {
+                "topic": spec.name,
+                "partitions": spec.partitions,
+                "compacted": spec.compacted,
+                "purpose": spec.purpose,
+                "created": spec.name in created,
+            }
+            for spec in topic_specs(settings)
+        ]
+        out.print_json(data=rows)
+        return
     grid = Table("topic", "partitions", "cleanup", "purpose", "")
     for spec in topic_specs(settings):
         grid.add_row(
@@ -177,11 +191,16 @@ def topics() -> None:
 
 
 @db_app.command("migrate")
-def db_migrate() -> None:
+def db_migrate(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+) -> None:
     """Apply pending SQL migrations."""
     from sinks.migrate import apply_migrations
 
     applied = _run(apply_migrations(_settings().dsn))
+    if as_json:
+        out.print_json(data={"applied": [f"{m.version:04d}_{m.name}" for m in applied]})
+        return
     if not applied:
         out.print("database is up to date")
     for m in applied:
@@ -425,6 +444,10 @@ def schemas_snapshot() -> None:
         out.print(f"wrote {path}")
     if not written:
         out.print("every schema matches its latest released version")
+
+
+# after the commands above, so `--help` lists the stack first
+register_api_commands(app)
 
 
 def main() -> None:

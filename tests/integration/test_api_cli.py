@@ -149,3 +149,24 @@ async def test_verify_json_lines_and_bad_files(stack: Settings, tmp_path: Path) 
     code, output = await _cli(stack, key, "verify", str(tmp_path / "missing.csv"))
     assert code == 2
     assert "cannot read" in output
+
+
+async def test_operator_commands_print_json(stack: Settings) -> None:
+    env = {
+        "POSTWIRE_DATABASE_URL": stack.dsn,
+        "POSTWIRE_KAFKA_BOOTSTRAP": stack.bootstrap,
+        "POSTWIRE_TOPIC_PREFIX": stack.topic_prefix,
+    }
+
+    def invoke(*args: str) -> tuple[int, str]:
+        result = CliRunner().invoke(app, list(args), env=env)
+        return result.exit_code, result.output
+
+    code, output = await asyncio.to_thread(invoke, "topics", "--json")
+    assert code == 0, output
+    topics = {t["topic"]: t for t in json.loads(output)}
+    assert topics[stack.topics.requests]["created"] is False
+    assert topics[stack.topics.suppressions]["compacted"] is True
+    code, output = await asyncio.to_thread(invoke, "db", "migrate", "--json")
+    assert code == 0, output
+    assert json.loads(output) == {"applied": []}
