@@ -9,6 +9,7 @@ whether the same operation may succeed later (a broker not up yet) or never will
 from __future__ import annotations
 
 __all__ = [
+    "ApiKeyError",
     "AuthError",
     "BareLineEndingError",
     "BenchError",
@@ -32,8 +33,11 @@ __all__ = [
     "TrailingBytesError",
     "TruncatedError",
     "UndefinedVariableError",
+    "UnknownKeyError",
     "UnknownSchemaError",
+    "UnknownScopeError",
     "UnknownTemplateError",
+    "UnknownTenantError",
 ]
 
 
@@ -208,3 +212,27 @@ class IngressValidationError(PostwireError):
     def __init__(self, problems: list[tuple[str | None, str]]) -> None:
         super().__init__("; ".join(f"{f or 'body'}: {m}" for f, m in problems))
         self.problems = problems
+
+
+class ApiKeyError(PostwireError):
+    """An API key operation (create, list, revoke) that cannot be done as asked."""
+
+    code = "keys"
+
+
+class UnknownScopeError(ApiKeyError):
+    """A scope name that is not one of the scopes keys can carry."""
+
+    code = "keys.unknown_scope"
+
+
+class UnknownTenantError(ApiKeyError):
+    """The tenant named for a key does not exist."""
+
+    code = "keys.unknown_tenant"
+
+
+class UnknownKeyError(ApiKeyError):
+    """No key with that id, or none that is still active."""
+
+    code = "keys.unknown_key"
