@@ -16,7 +16,7 @@ from streams.verify.lists import load_lists
 from streams.verify.probe import SmtpProber
 from streams.verify.service import Verifier
 
-__all__ = ["STAGE", "build_verifier", "register"]
+__all__ = ["STAGE", "build_verifier", "process", "register"]
 
 STAGE = "verify"
 
@@ -46,6 +46,28 @@ def build_verifier(
     )
 
 
+async def process(
+    codec: Codec,
+    verifier: Verifier,
+    outputs: Any,
+    clock: Clock,
+    key: bytes | None,
+    value: bytes | None,
+    source: SourcePosition,
+) -> None:
+    """One VerifyTask: its VerificationResult, or a dead letter. Shared by the agent and
+    `postwire replay --stage verify`, so a replay verifies exactly as the live stage does."""
+    try:
+        _, task = codec.decode(value or b"", expected="VerifyTask")
+    except CodecError as exc:
+        await outputs.rejection(rejection(source, STAGE, exc, key, value or b"", clock()))
+        return
+    result = await verifier.verify(task, clock())
+    await outputs.verifications.send(
+        key=task["request_id"].encode(), value=codec.encode("VerificationResult", result)
+    )
+
+
 def register(
     app: Any,
     settings: Settings,
@@ -68,17 +90,7 @@ def register(
     async def verify(stream: Any) -> None:
         async for event in stream.events():
             msg = event.message
-            try:
-                _, task = codec.decode(event.value or b"", expected="VerifyTask")
-            except CodecError as exc:
-                source = SourcePosition(msg.topic, msg.partition, msg.offset)
-                await outputs.rejection(
-                    rejection(source, STAGE, exc, event.key, event.value or b"", clock())
-                )
-                continue
-            result = await verifier.verify(task, clock())
-            await outputs.verifications.send(
-                key=task["request_id"].encode(), value=codec.encode("VerificationResult", result)
-            )
+            source = SourcePosition(msg.topic, msg.partition, msg.offset)
+            await process(codec, verifier, outputs, clock, event.key, event.value, source)
 
     return verify
