@@ -14,6 +14,7 @@ from rich.table import Table
 from streams.cli_common import err, out, run, settings, with_db
 from streams.cli_keys import keys_app
 from streams.cli_mail import dkim_app, queue_app, suppression_app, template_app
+from streams.cli_replay import replay
 
 __all__ = ["app", "main"]
 
@@ -37,6 +38,7 @@ app.add_typer(suppression_app, name="suppression")
 app.add_typer(dkim_app, name="dkim")
 app.add_typer(template_app, name="template")
 app.add_typer(keys_app, name="keys")
+app.command("replay")(replay)
 
 _run = run
 _settings = settings

@@ -23,13 +23,17 @@ __all__ = [
     "InvalidRecordError",
     "MigrationError",
     "NotAvroError",
+    "NotReplayableError",
     "PostwireError",
     "RenderError",
+    "ReplayError",
     "SchemaMismatchError",
     "SinkUnavailableError",
     "StackError",
     "StageCrashError",
     "TemplateRenderError",
+    "TimeFormatError",
+    "TimeRangeError",
     "TrailingBytesError",
     "TruncatedError",
     "UndefinedVariableError",
@@ -38,6 +42,7 @@ __all__ = [
     "UnknownScopeError",
     "UnknownTemplateError",
     "UnknownTenantError",
+    "UnknownTopicError",
 ]
 
 
@@ -236,3 +241,27 @@ class UnknownKeyError(ApiKeyError):
     """No key with that id, or none that is still active."""
 
     code = "keys.unknown_key"
+
+
+class ReplayError(PostwireError):
+    """A replay that cannot run as asked: the invocation is at fault, not the infrastructure."""
+
+    code = "replay"
+
+
+class TimeFormatError(ReplayError):
+    code = "replay.bad_time"
+
+
+class TimeRangeError(ReplayError):
+    code = "replay.bad_range"
+
+
+class UnknownTopicError(ReplayError):
+    code = "replay.unknown_topic"
+
+
+class NotReplayableError(ReplayError):
+    """The stage or topic cannot be replayed this way (see streams/replay/__init__.py)."""
+
+    code = "replay.refused"
