@@ -88,16 +88,16 @@ class _Apply:
                 self.summary.changed[table] = self.summary.changed.get(table, 0) + changed
 
     async def _write(self, batch: Batch) -> dict[str, int]:
-        delay = 0.5
-        for attempt in range(WRITE_ATTEMPTS):
+        delay, attempt = 0.5, 1
+        while True:
             try:
                 return await self.writer.write(batch, self._dead_letter)
             except SinkUnavailableError as exc:
-                if attempt == WRITE_ATTEMPTS - 1:
+                # unlike the live sink, a replay has someone waiting: give up after a few tries
+                if attempt >= WRITE_ATTEMPTS:
                     raise
                 await asyncio.sleep(max(delay, exc.retry_after))
-                delay *= 2
-        raise AssertionError("unreachable")
+                delay, attempt = delay * 2, attempt + 1
 
 
 async def replay_into_sinks(
