@@ -13,10 +13,11 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
 from sinks.batching import Batch, BatchBuffer
-from sinks.tables import Source, TableSpec, sink_failure_row, table_specs
+from sinks.mapping import dead_letter_row, map_record, origin_of
+from sinks.tables import TableSpec, table_specs
 from sinks.writer import PostgresWriter
 from streams.codec import Codec, default_codec
-from streams.errors import CodecError, SinkUnavailableError
+from streams.errors import SinkUnavailableError
 from streams.obs.http import metrics_app, serve
 from streams.obs.lag import LagMonitor
 from streams.obs.metrics import (
@@ -62,33 +63,18 @@ class SinkRunner:
         self._write_failures = SINK_WRITE_FAILURES.labels(spec.table)
 
     def _dead_letter(self, table: str, origin: Any, exc: Exception) -> tuple[object, ...] | None:
-        if origin is None:
-            return None
-        src, raw = origin
-        log.warning("dead-lettering %s:%d:%d: %s", src.topic, src.partition, src.offset, exc)
-        # PostgreSQL text cannot hold NUL, and the message may quote the offending value
-        error = str(exc).replace("\x00", "\\x00")
-        return sink_failure_row(src, f"sink.{table}", "sink.rejected_row", error, raw, _now())
+        return dead_letter_row(table, origin, exc, _now)
 
     def _map(self, msg: ConsumerRecord[bytes, bytes]) -> tuple[str, tuple[object, ...] | None]:
-        src = Source(msg.topic, msg.partition, msg.offset, msg.timestamp)
-        raw = msg.value or b""
-        try:
-            if msg.value is None:
-                return self.spec.table, self.spec.tombstone(msg.key, src)
-            _, record = self.codec.decode(raw, expected=self.spec.record)
-            row = self.spec.to_row(record, src)
-        except (CodecError, KeyError, TypeError, ValueError) as exc:
-            code = exc.code if isinstance(exc, CodecError) else "sink.unmappable"
-            stage = f"sink.{self.spec.table}"
-            log.warning("dead-lettering %s:%d:%d: %s", msg.topic, msg.partition, msg.offset, exc)
-            return "rejections", sink_failure_row(
-                src, stage, code, str(exc), raw, datetime.now(UTC)
-            )
-        born = record.get(self._born_field) if self._born_field and row else None
+        mapped = map_record(self.spec, self.codec, msg, _now)
+        born = (
+            mapped.record.get(self._born_field)
+            if self._born_field and mapped.record is not None and mapped.row
+            else None
+        )
         if born is not None:
             self._born.append(born.timestamp())
-        return self.spec.table, row
+        return mapped.table, mapped.row
 
     async def run(self, stop: asyncio.Event) -> None:
         consumer = AIOKafkaConsumer(
@@ -110,7 +96,7 @@ class SinkRunner:
                 for tp, messages in fetched.items():
                     for msg in messages:
                         table, row = self._map(msg)
-                        origin = (Source(msg.topic, msg.partition, msg.offset), msg.value or b"")
+                        origin = origin_of(msg)
                         self.buffer.add(tp, msg.offset, table, row, now, origin)
                 if self.buffer.due(time.monotonic()):
                     await self._flush(consumer, stop)

@@ -84,23 +84,28 @@ class PostgresWriter:
             await self._pool.close()
             self._pool = None
 
-    async def write(self, batch: Batch, dead_letter: DeadLetter | None = None) -> None:
+    async def write(self, batch: Batch, dead_letter: DeadLetter | None = None) -> dict[str, int]:
         """Write the batch in one transaction. If a row is bad (a value PostgreSQL refuses), write
         the batch again row by row, each under a savepoint, and dead-letter the rows that fail,
-        still in one transaction: one poison record never blocks a partition."""
+        still in one transaction: one poison record never blocks a partition.
+
+        Returns the rows each table reported inserted or updated (a replay of rows already there
+        reports 0, except where ``update`` lets an equally new row overwrite its twin)."""
         if not batch.rows:
-            return
+            return {}
         await self.start()
         assert self._pool is not None
         try:
             async with self._pool.acquire() as conn:
                 try:
                     async with conn.transaction():
-                        for table, rows in batch.rows.items():
-                            await self._upsert(conn, table, rows)
+                        return {
+                            table: await self._upsert(conn, table, rows)
+                            for table, rows in batch.rows.items()
+                        }
                 except ROW_ERRORS as exc:
                     log.warning("a batch holds a bad row (%s); writing it row by row", exc)
-                    await self._write_each(conn, batch, dead_letter)
+                    return await self._write_each(conn, batch, dead_letter)
         except (
             OSError,
             asyncpg.InterfaceError,
@@ -113,7 +118,7 @@ class PostgresWriter:
             await self._reset()
             raise SinkUnavailableError(f"PostgreSQL unavailable: {exc}", retry_after=1.0) from exc
 
-    async def _upsert(self, conn: Any, table: str, rows: list[tuple[Any, ...]]) -> None:
+    async def _upsert(self, conn: Any, table: str, rows: list[tuple[Any, ...]]) -> int:
         columns, key, update, newest = self._columns[table]
         if update:
             rows = newest_per_key(rows, columns, key, newest)
@@ -122,19 +127,24 @@ class PostgresWriter:
             f"(LIKE {table} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
         )
         await conn.copy_records_to_table(f"_pw_{table}", records=rows, columns=columns)
-        await conn.execute(upsert_sql(table, columns, key, update, newest))
+        status = await conn.execute(upsert_sql(table, columns, key, update, newest))
         # rows stay in the temp table until commit; a savepoint-per-row pass must not see them
         await conn.execute(f"TRUNCATE _pw_{table}")
+        return int(str(status).rsplit(" ", 1)[-1])  # "INSERT 0 <rows>"
 
-    async def _write_each(self, conn: Any, batch: Batch, dead_letter: DeadLetter | None) -> None:
+    async def _write_each(
+        self, conn: Any, batch: Batch, dead_letter: DeadLetter | None
+    ) -> dict[str, int]:
         rejected: list[tuple[Any, ...]] = []
+        written: dict[str, int] = {}
         async with conn.transaction():
             for table, rows in batch.rows.items():
                 origins = batch.origins.get(table) or [None] * len(rows)
                 for row, origin in zip(rows, origins, strict=True):
                     try:
                         async with conn.transaction():
-                            await self._upsert(conn, table, [row])
+                            changed = await self._upsert(conn, table, [row])
+                        written[table] = written.get(table, 0) + changed
                     except ROW_ERRORS as exc:
                         dead = dead_letter(table, origin, exc) if dead_letter else None
                         if dead is None or table == "rejections":
@@ -142,7 +152,9 @@ class PostgresWriter:
                         else:
                             rejected.append(dead)
             if rejected:
-                await self._upsert(conn, "rejections", rejected)
+                changed = await self._upsert(conn, "rejections", rejected)
+                written["rejections"] = written.get("rejections", 0) + changed
+        return written
 
     async def _reset(self) -> None:
         pool, self._pool = self._pool, None

@@ -12,7 +12,9 @@ from rich.table import Table
 
 from streams.cli_api import register as register_api_commands
 from streams.cli_common import err, out, run, settings, with_db
+from streams.cli_keys import keys_app
 from streams.cli_mail import dkim_app, queue_app, suppression_app, template_app
+from streams.cli_replay import replay
 
 __all__ = ["app", "main"]
 
@@ -29,12 +31,14 @@ bench_app = typer.Typer(
     help="Benchmarks, with baselines measured in the same run.", no_args_is_help=True
 )
 app.add_typer(bench_app, name="bench")
-tenant_app = typer.Typer(help="Tenants and their API keys.", no_args_is_help=True)
+tenant_app = typer.Typer(help="Tenants (their API keys: `postwire keys`).", no_args_is_help=True)
 app.add_typer(tenant_app, name="tenant")
 app.add_typer(queue_app, name="queue")
 app.add_typer(suppression_app, name="suppression")
 app.add_typer(dkim_app, name="dkim")
 app.add_typer(template_app, name="template")
+app.add_typer(keys_app, name="keys")
+app.command("replay")(replay)
 
 _run = run
 _settings = settings
@@ -241,47 +245,25 @@ def tenant_add(
     created = _run(_with_db(work))
     out.print(f"tenant {tenant_id} saved; the gate picks it up within a few seconds")
     if created:
-        key_id, secret = created
-        out.print(f"api key {key_id}: {secret}")
-        err.print("[dim]only its sha256 is stored: keep the key now, it cannot be shown again[/]")
+        from streams.cli_keys import print_new_key
+
+        print_new_key(*created)
 
 
-@tenant_app.command("key")
+@tenant_app.command("key", deprecated=True)
 def tenant_key(tenant_id: Annotated[str, typer.Argument(help="An existing tenant.")]) -> None:
-    """Create another API key for a tenant (keys are rotated by adding, then revoking)."""
-    import asyncpg
+    """Same as `postwire keys create --tenant TENANT_ID`."""
+    from streams.cli_keys import create
 
-    from streams.tenants import create_api_key
-
-    async def work(conn: Any) -> tuple[str, str]:
-        return await create_api_key(conn, tenant_id)
-
-    try:
-        key_id, secret = _run(_with_db(work))
-    except asyncpg.ForeignKeyViolationError:
-        err.print(
-            f"[bold red]error:[/] no tenant {tenant_id!r}; create it with `postwire tenant add`"
-        )
-        raise typer.Exit(1) from None
-    out.print(f"api key {key_id}: {secret}")
+    create(tenant_id)
 
 
-@tenant_app.command("revoke")
+@tenant_app.command("revoke", deprecated=True)
 def tenant_revoke(key_id: Annotated[str, typer.Argument(help="The key id (k_...).")]) -> None:
-    """Revoke an API key; the gate refuses it after its next directory refresh."""
+    """Same as `postwire keys revoke KEY_ID`."""
+    from streams.cli_keys import revoke
 
-    async def work(conn: Any) -> str:
-        return str(
-            await conn.execute(
-                "UPDATE api_keys SET revoked_at = now() WHERE key_id = $1 AND revoked_at IS NULL",
-                key_id,
-            )
-        )
-
-    if _run(_with_db(work)) == "UPDATE 0":
-        err.print(f"[bold red]error:[/] no active key {key_id!r}")
-        raise typer.Exit(1)
-    out.print(f"revoked {key_id}")
+    revoke(key_id)
 
 
 @bench_app.command("verify")

@@ -9,6 +9,7 @@ whether the same operation may succeed later (a broker not up yet) or never will
 from __future__ import annotations
 
 __all__ = [
+    "ApiKeyError",
     "AuthError",
     "BareLineEndingError",
     "BenchError",
@@ -22,18 +23,26 @@ __all__ = [
     "InvalidRecordError",
     "MigrationError",
     "NotAvroError",
+    "NotReplayableError",
     "PostwireError",
     "RenderError",
+    "ReplayError",
     "SchemaMismatchError",
     "SinkUnavailableError",
     "StackError",
     "StageCrashError",
     "TemplateRenderError",
+    "TimeFormatError",
+    "TimeRangeError",
     "TrailingBytesError",
     "TruncatedError",
     "UndefinedVariableError",
+    "UnknownKeyError",
     "UnknownSchemaError",
+    "UnknownScopeError",
     "UnknownTemplateError",
+    "UnknownTenantError",
+    "UnknownTopicError",
 ]
 
 
@@ -225,3 +234,51 @@ class InputFileError(PostwireError):
     """An input file a command cannot read: missing, wrong format, no address column."""
 
     code = "input.file"
+
+
+class ApiKeyError(PostwireError):
+    """An API key operation (create, list, revoke) that cannot be done as asked."""
+
+    code = "keys"
+
+
+class UnknownScopeError(ApiKeyError):
+    """A scope name that is not one of the scopes keys can carry."""
+
+    code = "keys.unknown_scope"
+
+
+class UnknownTenantError(ApiKeyError):
+    """The tenant named for a key does not exist."""
+
+    code = "keys.unknown_tenant"
+
+
+class UnknownKeyError(ApiKeyError):
+    """No key with that id, or none that is still active."""
+
+    code = "keys.unknown_key"
+
+
+class ReplayError(PostwireError):
+    """A replay that cannot run as asked: the invocation is at fault, not the infrastructure."""
+
+    code = "replay"
+
+
+class TimeFormatError(ReplayError):
+    code = "replay.bad_time"
+
+
+class TimeRangeError(ReplayError):
+    code = "replay.bad_range"
+
+
+class UnknownTopicError(ReplayError):
+    code = "replay.unknown_topic"
+
+
+class NotReplayableError(ReplayError):
+    """The stage or topic cannot be replayed this way (see streams/replay/__init__.py)."""
+
+    code = "replay.refused"

@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from streams.codec import Codec
+from streams.codec import Codec, Record
 from streams.deadletter import SourcePosition, rejection
 from streams.errors import CodecError
 from streams.obs.metrics import EndToEnd, StageMeter
@@ -18,7 +18,7 @@ from streams.verify.lists import load_lists
 from streams.verify.probe import SmtpProber
 from streams.verify.service import Verifier
 
-__all__ = ["STAGE", "build_verifier", "register"]
+__all__ = ["STAGE", "build_verifier", "process", "register"]
 
 STAGE = "verify"
 
@@ -48,6 +48,30 @@ def build_verifier(
     )
 
 
+async def process(
+    codec: Codec,
+    verifier: Verifier,
+    outputs: Any,
+    clock: Clock,
+    key: bytes | None,
+    value: bytes | None,
+    source: SourcePosition,
+) -> Record | None:
+    """One VerifyTask: its VerificationResult (returned), or a dead letter (None). Shared by the
+    agent and `postwire replay --stage verify`, so a replay verifies exactly as the live stage
+    does."""
+    try:
+        _, task = codec.decode(value or b"", expected="VerifyTask")
+    except CodecError as exc:
+        await outputs.rejection(rejection(source, STAGE, exc, key, value or b"", clock()))
+        return None
+    result = await verifier.verify(task, clock())
+    await outputs.verifications.send(
+        key=task["request_id"].encode(), value=codec.encode("VerificationResult", result)
+    )
+    return result
+
+
 def register(
     app: Any,
     settings: Settings,
@@ -73,21 +97,13 @@ def register(
         async for event in stream.events():
             started = time.perf_counter()
             msg = event.message
-            try:
-                _, task = codec.decode(event.value or b"", expected="VerifyTask")
-            except CodecError as exc:
-                source = SourcePosition(msg.topic, msg.partition, msg.offset)
-                await outputs.rejection(
-                    rejection(source, STAGE, exc, event.key, event.value or b"", clock())
-                )
+            source = SourcePosition(msg.topic, msg.partition, msg.offset)
+            result = await process(codec, verifier, outputs, clock, event.key, event.value, source)
+            if result is None:
                 meter.done("undecodable", started)
                 continue
-            result = await verifier.verify(task, clock())
-            await outputs.verifications.send(
-                key=task["request_id"].encode(), value=codec.encode("VerificationResult", result)
-            )
             # is_reachable is a schema enum (safe, risky, invalid, unknown): a bounded label
             meter.done(result["is_reachable"], started)
-            verified.since(task["requested_at"], clock())
+            verified.since(result["requested_at"], clock())
 
     return verify

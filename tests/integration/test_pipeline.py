@@ -68,10 +68,13 @@ async def test_requests_and_rejections_land_in_postgres(stack: Settings, codec: 
             count = await conn.fetchval(
                 "SELECT count(*) FROM requests WHERE request_id = ANY($1::text[])", ids
             )
+            # other tests dead-letter requests too (bad or revoked keys): only ours count here
             rejected = await conn.fetch(
                 "SELECT error_code, raw, stage, source_topic FROM rejections "
-                "WHERE source_topic = $1 ORDER BY source_partition, source_offset",
+                "WHERE source_topic = $1 AND raw = ANY($2::bytea[]) "
+                "ORDER BY source_partition, source_offset",
                 stack.topics.requests,
+                bad_values,
             )
             return count, rejected
 
