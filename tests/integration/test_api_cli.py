@@ -39,7 +39,7 @@ async def test_send_then_status(stack: Settings, tmp_path: Path) -> None:
         key,
         "send",
         "--to",
-        "cli@catchall.example",
+        "cli@inbox.example",
         "--from",
         f"ops@{SENDER_DOMAIN}",
         "--subject",
@@ -58,14 +58,14 @@ async def test_send_then_status(stack: Settings, tmp_path: Path) -> None:
     assert await eventually(state, lambda s: s == "delivered") == "delivered"
     code, output = await _cli(stack, key, "status", message_id)
     assert code == 0
-    assert "cli@catchall.example" in output
+    assert "cli@inbox.example" in output
     assert "delivered" in output
 
     body = tmp_path / "mail.json"
     body.write_text(
         json.dumps(
             {
-                "personalizations": [{"to": [{"email": "file@catchall.example"}]}],
+                "personalizations": [{"to": [{"email": "file@inbox.example"}]}],
                 "from": {"email": f"ops@{SENDER_DOMAIN}"},
                 "subject": "From a file",
                 "content": [{"type": "text/plain", "value": "hi"}],

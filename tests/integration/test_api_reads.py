@@ -54,16 +54,16 @@ async def _all_events(client: ApiClient, query: str = "") -> list[dict[str, Any]
 async def test_message_status_has_a_timeline_per_recipient(stack: Settings, api: ApiClient) -> None:
     _tenant, key = await new_tenant(stack, "st")
     client = api.as_key(key)
-    message_id = await _send(client, mail("ann@catchall.example", "nobody@normal.example"))
+    message_id = await _send(client, mail("ann@inbox.example", "nobody@normal.example"))
 
     def settled(answer: Answer) -> bool:
         states = {r["email"]: r["state"] for r in (answer.body or {}).get("recipients", [])}
-        return states == {"ann@catchall.example": "delivered", "nobody@normal.example": "bounced"}
+        return states == {"ann@inbox.example": "delivered", "nobody@normal.example": "bounced"}
 
     status = await client.until(f"/v1/messages/{message_id}", settled)
     assert settled(status), status.body["recipients"]
     by_email = {r["email"]: r for r in status.body["recipients"]}
-    ann = by_email["ann@catchall.example"]
+    ann = by_email["ann@inbox.example"]
     assert [e["type"] for e in ann["events"]][-1] == "delivered"
     assert ann["last_reply"].startswith("250")
     nobody = by_email["nobody@normal.example"]
@@ -74,7 +74,7 @@ async def test_message_status_has_a_timeline_per_recipient(stack: Settings, api:
 async def test_one_status_covers_every_personalization(stack: Settings, api: ApiClient) -> None:
     _tenant, key = await new_tenant(stack, "stp")
     client = api.as_key(key)
-    message_id = await _send(client, mail("pat@catchall.example", personalizations=2))
+    message_id = await _send(client, mail("pat@inbox.example", personalizations=2))
 
     def both(answer: Answer) -> bool:
         return answer.status == 200 and len(answer.body["recipients"]) == 2
@@ -90,7 +90,7 @@ async def test_the_event_feed_pages_every_event_once_and_filters(
 ) -> None:
     _tenant, key = await new_tenant(stack, "feed")
     client = api.as_key(key)
-    ids = [await _send(client, mail(f"f{i}@catchall.example")) for i in range(3)]
+    ids = [await _send(client, mail(f"f{i}@inbox.example")) for i in range(3)]
 
     async def delivered() -> int:
         page = await client.call("GET", "/v1/events?type=delivered&limit=100")
@@ -115,17 +115,17 @@ async def test_tenants_never_see_each_others_data(stack: Settings, api: ApiClien
     _a, key_a = await new_tenant(stack, "iso-a")
     _b, key_b = await new_tenant(stack, "iso-b")
     a, b = api.as_key(key_a), api.as_key(key_b)
-    message_id = await _send(a, mail("iso@catchall.example"))
+    message_id = await _send(a, mail("iso@inbox.example"))
     status = await a.until(f"/v1/messages/{message_id}", lambda r: r.status == 200)
     assert status.status == 200
     assert (await b.call("GET", f"/v1/messages/{message_id}")).status == 404
     assert (await b.call("GET", "/v1/events?limit=1000")).body["events"] == []
-    added = await a.call("POST", "/v1/suppressions", {"emails": ["iso-s@catchall.example"]})
+    added = await a.call("POST", "/v1/suppressions", {"emails": ["iso-s@inbox.example"]})
     assert added.status == 201
     assert (
-        await a.until("/v1/suppressions/iso-s@catchall.example", lambda r: r.status == 200)
+        await a.until("/v1/suppressions/iso-s@inbox.example", lambda r: r.status == 200)
     ).status == 200
-    assert (await b.call("GET", "/v1/suppressions/iso-s@catchall.example")).status == 404
+    assert (await b.call("GET", "/v1/suppressions/iso-s@inbox.example")).status == 404
     assert (await b.call("GET", "/v1/suppressions")).body["suppressions"] == []
 
 
@@ -134,26 +134,26 @@ async def test_webhook_events_are_recorded_once_and_unsubscribes_suppress(
 ) -> None:
     _tenant, key = await new_tenant(stack, "hook")
     client = api.as_key(key)
-    message_id = await _send(client, mail("reader@catchall.example"))
+    message_id = await _send(client, mail("reader@inbox.example"))
     now = int(time.time())
     hooks = [
         {
             "event": "open",
-            "email": "reader@catchall.example",
+            "email": "reader@inbox.example",
             "sg_message_id": message_id,
             "timestamp": now,
             "useragent": "Mail/1.0",
         },
         {
             "event": "click",
-            "email": "reader@catchall.example",
+            "email": "reader@inbox.example",
             "message_id": message_id,
             "timestamp": now,
             "url": "https://example.com/a",
         },
         {
             "event": "unsubscribe",
-            "email": "Reader@catchall.example",
+            "email": "Reader@inbox.example",
             "message_id": message_id,
             "timestamp": now,
         },
@@ -174,7 +174,7 @@ async def test_webhook_events_are_recorded_once_and_unsubscribes_suppress(
     want = ["clicked", "opened", "unsubscribed"]
     assert await eventually(tracked, lambda t: t == want) == want
     suppressed = await client.until(
-        "/v1/suppressions/reader@catchall.example", lambda r: r.status == 200
+        "/v1/suppressions/reader@inbox.example", lambda r: r.status == 200
     )
     assert suppressed.body["reason"] == "unsubscribe"
     bad = await client.call("POST", "/v1/events/webhook", [{"event": "bounce", "email": "x"}])
@@ -185,7 +185,7 @@ async def test_webhook_events_are_recorded_once_and_unsubscribes_suppress(
 async def test_suppressions_are_added_listed_and_lifted(stack: Settings, api: ApiClient) -> None:
     _tenant, key = await new_tenant(stack, "sup")
     client = api.as_key(key)
-    emails = ["s1@catchall.example", "S2@catchall.example", "s3@catchall.example"]
+    emails = ["s1@inbox.example", "S2@inbox.example", "s3@inbox.example"]
     added = await client.call("POST", "/v1/suppressions", {"emails": emails, "reason": "manual"})
     assert added.status == 201
     assert added.body["recipient_emails"] == [e.lower() for e in emails]
@@ -198,22 +198,22 @@ async def test_suppressions_are_added_listed_and_lifted(stack: Settings, api: Ap
     page = await client.call("GET", "/v1/suppressions?limit=2")
     rest = await client.call("GET", f"/v1/suppressions?limit=2&after={page.body['next_after']}")
     assert len(page.body["suppressions"]) + len(rest.body["suppressions"]) == 3
-    removed = await client.call("DELETE", "/v1/suppressions/s2@catchall.example")
+    removed = await client.call("DELETE", "/v1/suppressions/s2@inbox.example")
     assert removed.status == 204
-    gone = await client.until("/v1/suppressions/s2@catchall.example", lambda r: r.status == 404)
+    gone = await client.until("/v1/suppressions/s2@inbox.example", lambda r: r.status == 404)
     assert gone.status == 404
     # workers see the change at their next directory refresh
     await asyncio.sleep(stack.directory_refresh * 3)
     # the lifted address is sent to again; a suppressed one is dropped
-    message_id = await _send(client, mail("s2@catchall.example", "s1@catchall.example"))
+    message_id = await _send(client, mail("s2@inbox.example", "s1@inbox.example"))
 
     def settled(answer: Answer) -> bool:
         return answer.status == 200 and len(answer.body["recipients"]) == 2
 
     status = await client.until(f"/v1/messages/{message_id}", settled)
     states = {r["email"]: r["state"] for r in status.body["recipients"]}
-    assert states["s1@catchall.example"] == "dropped"
-    assert states["s2@catchall.example"] in ("processed", "delivered")
+    assert states["s1@inbox.example"] == "dropped"
+    assert states["s2@inbox.example"] in ("processed", "delivered")
 
 
 async def test_a_revoked_key_is_refused_within_seconds(

@@ -19,6 +19,8 @@ HOSTS = {
     "full": "127.0.0.16",
     "dead": "127.0.0.17",  # nothing listens here
     "flaky": "127.0.0.18",
+    # accepts every recipient, for tests that deliver to addresses of their own
+    "inbox": "127.0.0.19",
 }
 
 
@@ -52,6 +54,7 @@ def build_zone() -> Zone:
     mx_to("stall.example", "stall")
     mx_to("full.example", "full")
     mx_to("flaky.example", "flaky")
+    mx_to("inbox.example", "inbox")
     # the preferred MX is down: the probe must fall back to the next one
     mx_to("backup.example", "dead", pref=5)
     mx_to("backup.example", "normal", pref=20)
@@ -72,6 +75,7 @@ def start_world() -> World:
     behaviours = {
         "normal": MxBehaviour(users={"alice", "bob", "info", "joe", "x"}),
         "catchall": MxBehaviour(catch_all=True),
+        "inbox": MxBehaviour(catch_all=True),
         "grey": MxBehaviour(rcpt_reply="451 4.7.1 Greylisted, please try again later"),
         "amx": MxBehaviour(users={"carol"}),
         "flaky": MxBehaviour(users={"fred"}, defer_first=True),
