@@ -9,6 +9,7 @@ whether the same operation may succeed later (a broker not up yet) or never will
 from __future__ import annotations
 
 __all__ = [
+    "ApiClientError",
     "ApiKeyError",
     "AuthError",
     "BareLineEndingError",
@@ -19,6 +20,8 @@ __all__ = [
     "DkimKeyError",
     "DkimMessageError",
     "HeaderInjectionError",
+    "IngressValidationError",
+    "InputFileError",
     "InvalidContentError",
     "InvalidRecordError",
     "MigrationError",
