@@ -121,9 +121,9 @@ class Api:
         if scheme.lower() != "bearer" or not key.strip():
             raise AuthError("auth.missing_key", "no Authorization: Bearer <API key> header")
         key = key.strip()
-        found = self.directory.current.keys.get(hash_key(key))
-        if found is None and await self.directory.lookup_miss(key):
-            found = self.directory.current.keys.get(hash_key(key))
+        found = self.directory.current.keys.get(hash_key(key)) or await self.directory.lookup_miss(
+            key
+        )
         if found is None:
             raise AuthError("auth.bad_key", BAD_GRANT)
         self.directory.current.authenticate(found.tenant_id, key, scope)

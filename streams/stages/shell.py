@@ -14,7 +14,7 @@ import faust
 
 from streams.codec import Codec, Record
 from streams.settings import Settings
-from streams.tenants import Directory, hash_key, load_credentials, load_directory
+from streams.tenants import ApiKey, Directory, hash_key, load_credentials, load_directory
 
 __all__ = ["Clock", "DirectoryHolder", "Outputs", "header", "raw_topic", "wall_clock"]
 
@@ -117,31 +117,31 @@ class DirectoryHolder:
             self._pool = await asyncpg.create_pool(self.settings.dsn, min_size=1, max_size=1)
         return self._pool
 
-    async def lookup_miss(self, api_key: str) -> bool:
+    async def lookup_miss(self, api_key: str) -> ApiKey | None:
         """Fetch one key the snapshot lacks (a key created a moment ago must work at once) and
-        add it with its tenant; True when found. A digest not found is not looked up again for
-        ``MISS_MEMORY`` s, and lookups are capped per second, so a flood of bad keys cannot
-        hammer PostgreSQL."""
+        add it with its tenant; the key when found, else None. A digest not found is not looked
+        up again for ``MISS_MEMORY`` s, and lookups are capped per second, so a flood of bad keys
+        cannot hammer PostgreSQL."""
         digest = hash_key(api_key)
         now = time.monotonic()
         recently_missed = now - self._misses.get(digest, -MISS_MEMORY) < MISS_MEMORY
         if recently_missed or not self._lookups.take(now):
-            return False
+            return None
         try:
             async with (await self._connections()).acquire() as conn:
                 found = await load_credentials(conn, self.settings, digest)
         except (OSError, asyncpg.PostgresError) as exc:
             log.warning("api key lookup failed: %s", exc)
-            return False
+            return None
         if found is None:
             if len(self._misses) > 100_000:
                 self._misses.clear()
             self._misses[digest] = now
-            return False
+            return None
         key, tenant = found
         self.current.keys[digest] = key
         self.current.tenants[tenant.tenant_id] = tenant
-        return True
+        return key
 
     async def refresh(self) -> None:
         try:
