@@ -5,26 +5,25 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from streams.api.context import Api, Caller, json_body, problem
+from streams.api.context import Api, Caller, json_body
 from streams.api.sendgrid import message_id_for, translate
+from streams.errors import IngressValidationError
 
 __all__ = ["MAX_IDEMPOTENCY_KEY", "idempotency_key", "mail_send"]
 
 MAX_IDEMPOTENCY_KEY = 255
 
 
-def idempotency_key(request: web.Request) -> str | web.Response | None:
-    """The request's Idempotency-Key, or the 400 answer when it is malformed."""
+def idempotency_key(request: web.Request) -> str | None:
+    """The request's Idempotency-Key; IngressValidationError (a 400) when it is malformed."""
     key = request.headers.get("Idempotency-Key")
     if key is not None and not 0 < len(key) <= MAX_IDEMPOTENCY_KEY:
-        return problem(400, ("Idempotency-Key", "must be 1 to 255 characters"))
+        raise IngressValidationError([("Idempotency-Key", "must be 1 to 255 characters")])
     return key
 
 
 async def mail_send(api: Api, request: web.Request, caller: Caller) -> web.StreamResponse:
     key = idempotency_key(request)
-    if isinstance(key, web.Response):
-        return key
     body = await json_body(request)
     message_id = message_id_for(caller.tenant, key)
     priority = request.headers.get("X-Postwire-Priority", api.settings.api_priority)

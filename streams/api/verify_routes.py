@@ -93,8 +93,6 @@ def _job_url(job_id: str) -> str:
 
 async def verify_one(api: Api, request: web.Request, caller: Caller) -> web.StreamResponse:
     key = idempotency_key(request)
-    if isinstance(key, web.Response):
-        return key
     address, probe, wait = parse_single(await json_body(request), api.settings.api_verify_wait)
     job = plan(job_id_for(caller.tenant, key), [address], probe)
     await _submit(api, caller, job, request)
@@ -108,8 +106,6 @@ async def verify_one(api: Api, request: web.Request, caller: Caller) -> web.Stre
 
 async def verify_batch(api: Api, request: web.Request, caller: Caller) -> web.StreamResponse:
     key = idempotency_key(request)
-    if isinstance(key, web.Response):
-        return key
     addresses, probe = parse_batch(await json_body(request))
     job = plan(job_id_for(caller.tenant, key), addresses, probe)
     await _submit(api, caller, job, request)
