@@ -12,6 +12,7 @@ from aiohttp import web
 from streams.api import params, queries
 from streams.api.context import Api, Caller, json_body, problem, reply
 from streams.api.mail import idempotency_key
+from streams.api.sendgrid import PRIORITIES
 from streams.api.verifyjobs import Job, job_id_for, parse_batch, parse_single, plan, requests
 
 __all__ = ["WAITER", "ResultWaiter", "verify_batch", "verify_job", "verify_one"]
@@ -79,7 +80,7 @@ async def _submit(api: Api, caller: Caller, job: Job, request: web.Request) -> N
             conn, caller.tenant, job.job_id, len(job.addresses), job.request_ids, job.smtp_probe
         )
     priority = request.headers.get("X-Postwire-Priority", api.settings.api_priority).lower()
-    if priority not in ("critical", "high", "normal", "bulk"):
+    if priority not in PRIORITIES:
         priority = api.settings.api_priority
     records = requests(
         job, tenant=caller.tenant, api_key=caller.key, priority=priority, now=api.clock()
