@@ -92,16 +92,7 @@ def translate_webhook(
                 "api_key": api_key,
                 "operation": "track",
                 "idempotency_key": f"track:{event_id}",
-                "priority": "normal",
-                "from": None,
-                "reply_to": None,
-                "recipients": [],
-                "content": None,
-                "substitutions": {},
-                "categories": [],
-                "custom_args": {},
-                "send_at": None,
-                "smtp_probe": None,
+                # every other field takes its schema default when the codec encodes it
                 "track": {
                     "event_type": kind,
                     "message_id": message_id,
