@@ -144,9 +144,9 @@ async def suppression(conn: Any, tenant: str, address: str) -> Json | None:
 
 async def insert_job(
     conn: Any, tenant: str, job_id: str, total: int, request_ids: list[str], probe: bool | None
-) -> bool:
-    """Record a job; False when the id exists (a retried POST with the same Idempotency-Key)."""
-    status: str = await conn.execute(
+) -> None:
+    """Record a job; a retried POST with the same Idempotency-Key finds it there already."""
+    await conn.execute(
         "INSERT INTO verify_jobs (job_id, tenant_id, total, request_ids, smtp_probe) "
         "VALUES ($1, $2, $3, $4, $5) ON CONFLICT (job_id) DO NOTHING",
         job_id,
@@ -155,7 +155,6 @@ async def insert_job(
         request_ids,
         probe,
     )
-    return status.endswith(" 1")
 
 
 async def job(conn: Any, tenant: str, job_id: str) -> Json | None:
