@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 from typing import Any
 
+import asyncpg
 from aiohttp import web
 
 from streams.api import params, queries
@@ -56,7 +57,7 @@ class ResultWaiter:
             try:
                 async with self.api.db.acquire() as conn:
                     found = await queries.verification_rows(conn, ids)
-            except OSError:
+            except (OSError, asyncpg.PostgresError):
                 # the database is back soon or the waiters time out into a 202
                 continue
             for request_id, result in found.items():
