@@ -53,6 +53,17 @@ class SchemaSet:
     current: dict[str, SchemaVersion] = field(default_factory=dict)
     history: dict[str, list[SchemaVersion]] = field(default_factory=dict)
 
+    def symbols(self, record: str, field_name: str) -> tuple[str, ...]:
+        """The symbols of an enum field of a record's current schema (the .avsc stays the one
+        list of event types, priorities...)."""
+        for f in self.current[record].raw["fields"]:
+            if f["name"] == field_name:
+                kinds = f["type"] if isinstance(f["type"], list) else [f["type"]]
+                for kind in kinds:
+                    if isinstance(kind, dict) and kind.get("type") == "enum":
+                        return tuple(kind["symbols"])
+        raise KeyError(f"{record}.{field_name} is not an enum field")
+
     def all_versions(self) -> list[SchemaVersion]:
         found = list(self.current.values())
         for versions in self.history.values():

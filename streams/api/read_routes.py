@@ -7,22 +7,11 @@ from aiohttp import web
 from streams.api import params, queries
 from streams.api.context import Api, Caller, json_body, problem, reply
 from streams.api.tracking import TRACK_TYPES, translate_webhook
+from streams.codec import default_codec
 
 __all__ = ["event_feed", "message_status", "tracking_webhook"]
 
-EVENT_TYPES = (
-    "processed",
-    "dropped",
-    "throttled",
-    "deferred",
-    "delivered",
-    "bounced",
-    "failed",
-    "opened",
-    "clicked",
-    "complained",
-    "unsubscribed",
-)
+EVENT_TYPES = default_codec().schemas.symbols("DeliveryEvent", "type")
 
 
 async def message_status(api: Api, request: web.Request, caller: Caller) -> web.StreamResponse:

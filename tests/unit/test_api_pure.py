@@ -132,3 +132,23 @@ def test_every_route_is_described_in_the_spec() -> None:
 
     for method, path, _scope, _handler in ROUTES:
         assert method.lower() in SPEC["paths"][path], (method, path)
+
+
+def test_the_api_vocabularies_are_the_schemas() -> None:
+    from streams.api.read_routes import EVENT_TYPES
+    from streams.api.sendgrid import PRIORITIES
+    from streams.api.tracking import TRACK_TYPES
+
+    schemas = default_codec().schemas
+    assert {"processed", "delivered", "unsubscribed"} <= set(EVENT_TYPES)
+    # pure modules keep their own lists; they must not drift from the contract
+    assert schemas.symbols("EmailRequest", "priority") == PRIORITIES
+    track = next(
+        t
+        for f in schemas.current["EmailRequest"].raw["fields"]
+        if f["name"] == "track"
+        for t in f["type"]
+        if isinstance(t, dict)
+    )
+    kinds = next(f["type"]["symbols"] for f in track["fields"] if f["name"] == "event_type")
+    assert set(TRACK_TYPES.values()) == set(kinds)
