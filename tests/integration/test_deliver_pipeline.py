@@ -110,13 +110,6 @@ def _dns_txt(world: World) -> Any:
     return lookup
 
 
-@pytest.fixture
-async def db(stack: Settings) -> Any:
-    conn = await asyncpg.connect(stack.dsn)
-    yield conn
-    await conn.close()
-
-
 async def test_delivered_signed_with_args_and_state(
     stack: Settings, codec: Codec, world: World, db: asyncpg.Connection
 ) -> None:
