@@ -14,7 +14,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
 from sinks.batching import Batch, BatchBuffer
 from sinks.mapping import dead_letter_row, map_record, origin_of
-from sinks.tables import TableSpec, table_specs
+from sinks.tables import TableSpec, sink_feeds, table_specs
 from sinks.writer import PostgresWriter
 from streams.codec import Codec, default_codec
 from streams.errors import SinkUnavailableError
@@ -33,7 +33,11 @@ __all__ = ["SinkRunner", "run_sinks"]
 
 log = logging.getLogger("postwire.sinks")
 # the record field holding its request's created_at, for tables whose rows end a request's path
-BORN = {"EmailRequest": "created_at", "VerificationResult": "requested_at"}
+BORN = {
+    "EmailRequest": "created_at",
+    "VerificationResult": "requested_at",
+    "VerifyTask": "requested_at",
+}
 
 
 def _now() -> datetime:
@@ -42,13 +46,19 @@ def _now() -> datetime:
 
 class SinkRunner:
     def __init__(
-        self, settings: Settings, spec: TableSpec, codec: Codec, writer: PostgresWriter
+        self,
+        settings: Settings,
+        spec: TableSpec,
+        codec: Codec,
+        writer: PostgresWriter,
+        name: str | None = None,
     ) -> None:
         self.settings = settings
         self.spec = spec
         self.codec = codec
         self.writer = writer
-        self.group = f"{settings.app_id}-sink-{spec.table}"
+        self.name = name or spec.table
+        self.group = f"{settings.app_id}-sink-{self.name}"
         self.buffer = BatchBuffer(settings.sink_batch_size, settings.sink_linger)
         self.rows_written = 0
         self.started = False
@@ -164,14 +174,20 @@ async def run_sinks(
     settings: Settings, tables: tuple[str, ...] | None = None, stop: asyncio.Event | None = None
 ) -> None:
     specs = table_specs(settings)
+    feeds = sink_feeds(settings)
     chosen = tables or tuple(specs)
-    unknown = set(chosen) - set(specs)
+    unknown = set(chosen) - set(feeds)
     if unknown:
         raise ValueError(f"unknown sink table(s) {sorted(unknown)}; known: {', '.join(specs)}")
     stop = stop or asyncio.Event()
     codec = default_codec()
     writer = PostgresWriter(settings.dsn, specs)
-    runners = [SinkRunner(settings, specs[t], codec, writer) for t in chosen]
+    # a table named runs every feed into it (requests: from accepted and from verify)
+    runners = [
+        SinkRunner(settings, spec, codec, writer, name)
+        for name, spec in feeds.items()
+        if name in chosen or spec.table in chosen
+    ]
     web = None
     if settings.sinks_web_port:
         web = await serve(
@@ -191,7 +207,6 @@ async def run_sinks(
 def sinks_health(runners: list[SinkRunner]) -> tuple[bool, dict[str, Any]]:
     """Healthy when every sink consumes and none is waiting for PostgreSQL to come back."""
     states = {
-        r.spec.table: "failing" if r.failing else "running" if r.started else "starting"
-        for r in runners
+        r.name: "failing" if r.failing else "running" if r.started else "starting" for r in runners
     }
     return all(state == "running" for state in states.values()), {"sinks": states}

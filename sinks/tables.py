@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -19,6 +19,7 @@ __all__ = [
     "TableSpec",
     "rejection_row",
     "sink_failure_row",
+    "sink_feeds",
     "suppression_key",
     "table_specs",
 ]
@@ -65,6 +66,23 @@ def _request_row(r: Record, src: Source) -> Row:
         len(r["recipients"]),
         r["categories"],
         r["created_at"],
+        src.topic,
+        src.partition,
+        src.offset,
+    )
+
+
+def _verify_request_row(r: Record, src: Source) -> Row:
+    """An admitted verify request's row, from any of its VerifyTasks (the first one wins)."""
+    return (
+        r["request_id"],
+        r["tenant"],
+        r["operation"],
+        r["idempotency_key"],
+        r["priority"],
+        r["recipient_count"],
+        r["categories"],
+        r["requested_at"],
         src.topic,
         src.partition,
         src.offset,
@@ -316,3 +334,18 @@ def table_specs(settings: Settings) -> dict[str, TableSpec]:
         ),
     ]
     return {s.table: s for s in specs}
+
+
+def sink_feeds(settings: Settings) -> dict[str, TableSpec]:
+    """Every topic-to-table feed the sinks run, by name (each its own consumer group): one per
+    table, plus ``requests.verify``: admitted verify requests reach the requests table from their
+    VerifyTasks, since the gate writes them to no other topic."""
+    specs = table_specs(settings)
+    feeds = dict(specs)
+    feeds["requests.verify"] = replace(
+        specs["requests"],
+        topic=settings.topics.verify,
+        record="VerifyTask",
+        to_row=_verify_request_row,
+    )
+    return feeds

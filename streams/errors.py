@@ -28,8 +28,10 @@ __all__ = [
     "NotAvroError",
     "NotReplayableError",
     "PostwireError",
+    "RecoveryStalledError",
     "RenderError",
     "ReplayError",
+    "RuntimeProduceError",
     "SchemaMismatchError",
     "SinkUnavailableError",
     "StackError",
@@ -197,6 +199,22 @@ class DkimMessageError(DkimError):
     """The message is not in SMTP form (CRLF only, header block then body)."""
 
     code = "dkim.message"
+
+
+class RecoveryStalledError(StackError):
+    """Rebuilding a state store from its changelog made no progress; the worker exits so its
+    supervisor can restart it, instead of hanging."""
+
+    code = "runtime.recovery_stalled"
+    retriable = True
+
+
+class RuntimeProduceError(StackError):
+    """Kafka did not acknowledge a batch's outputs or state changes: its offsets are not
+    committed and the worker stops, so the batch is read again after a restart."""
+
+    code = "runtime.produce_failed"
+    retriable = True
 
 
 class StageCrashError(PostwireError):

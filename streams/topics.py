@@ -9,11 +9,17 @@ from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
 from streams.deliver.retry import tier_topics
 from streams.errors import StackError
+from streams.runtime.state import changelog_topic
 from streams.settings import Settings
 
 __all__ = ["TopicSpec", "ensure_topics", "topic_specs"]
 
 _WEEK_MS = 7 * 24 * 3600 * 1000
+# the batch runtime's state stores (streams/worker.py builds them); each has a changelog topic
+STORES = {
+    "gate": "gate state: rate windows, dedup keys, replay watermarks, throttle memos",
+    "verdicts": "verify: probe verdicts by address",
+}
 
 
 @dataclass(frozen=True)
@@ -33,6 +39,14 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
     log = {"cleanup.policy": "delete", "retention.ms": str(_WEEK_MS)}
     # latest value per key is the truth (like a table changelog): compaction keeps it forever
     table = {"cleanup.policy": "compact", "min.compaction.lag.ms": "60000"}
+    # state changelogs are rewritten all the time: roll segments hourly so compaction can run
+    # (it never touches the active segment) and recovery reads little more than the live keys
+    changelog = {
+        "cleanup.policy": "compact",
+        "segment.ms": "3600000",
+        "min.cleanable.dirty.ratio": "0.1",
+        "delete.retention.ms": "3600000",
+    }
     return [
         TopicSpec(t.requests, n, log, "EmailRequest from producers, key = tenant"),
         TopicSpec(t.accepted, n, log, "EmailRequest that passed the gate, key = tenant"),
@@ -59,6 +73,11 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         ),
         TopicSpec(t.suppressions, n, table, "suppression list, key = tenant + address digest"),
         TopicSpec(t.tenants, 1, table, "tenant settings, key = tenant"),
+        # made before any worker joins: a store's changelog must exist when its stage starts
+        *(
+            TopicSpec(changelog_topic(settings.app_id, name), n, changelog, purpose)
+            for name, purpose in STORES.items()
+        ),
     ]
 
 

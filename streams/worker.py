@@ -1,23 +1,83 @@
-"""The faust application, configured from Settings, with the stages registered."""
+"""A worker process: the stages on the batch runtime (gate, deferral, verify) and, until they move
+there too, the delivery lanes as faust agents. The faust worker is the process host (signals,
+web server with /metrics and /healthz, logging); the runtime stages run inside it as a service."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+from typing import Any
 
 import faust
+import mode
 
-from streams.codec import default_codec
+from streams.codec import Codec, default_codec
 from streams.deliver.queue import ControlFeed
+from streams.directory import DirectoryHolder
 from streams.obs.faust_web import install_pages
 from streams.obs.logs import configure_logging
+from streams.runtime.host import HostConfig, StageHost
+from streams.runtime.records import Clock, wall_clock
+from streams.runtime.stage import Stage
+from streams.runtime.state import Store, changelog_topic
 from streams.settings import Settings
-from streams.stages import deliver, gate, verify
+from streams.stages import deliver
+from streams.stages.gate_stage import DeferralStage, GateStage
 from streams.stages.names import DELIVER_PARTS, KNOWN_STAGES, STAGES
-from streams.stages.shell import Clock, DirectoryHolder, Outputs, wall_clock
+from streams.stages.shell import Outputs, install_directory
+from streams.stages.verify import VerifyStage, build_verifier
 
-__all__ = ["STAGES", "create_app", "run_worker"]
+__all__ = ["STAGES", "RuntimeService", "create_app", "run_worker", "runtime_stages"]
+
+log = logging.getLogger("postwire.worker")
+
+
+def runtime_stages(
+    settings: Settings, stages: tuple[str, ...], codec: Codec, directory: DirectoryHolder
+) -> list[Stage]:
+    """The stages of ``stages`` that run on the batch runtime, with their stores."""
+    found: list[Stage] = []
+    topics = settings.topics
+    if "gate" in stages:
+        store = Store("gate", changelog_topic(settings.app_id, "gate"))
+        found.append(GateStage(codec, topics, directory, store, dedup_ttl=settings.dedup_ttl))
+        found.append(DeferralStage(codec, topics))
+    if "verify" in stages:
+        store = Store("verdicts", changelog_topic(settings.app_id, "verdicts"))
+        verifier = build_verifier(settings, directory)
+        found.append(
+            VerifyStage(codec, topics, verifier, store, concurrency=settings.verify_concurrency)
+        )
+    return found
+
+
+class RuntimeService(mode.Service):
+    """The runtime stages as a child service of the faust app: started with it, stopped with
+    it (finishing and committing the batch in flight), and a failure crashes the worker."""
+
+    def __init__(self, host: StageHost, on_failure: Any, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.host = host
+        self.on_failure = on_failure
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def on_start(self) -> None:
+        self._task = asyncio.ensure_future(self._run())
+
+    async def _run(self) -> None:
+        try:
+            await self.host.run(self._stop)
+        except Exception as exc:
+            log.critical("a runtime stage failed, stopping the worker: %s", exc, exc_info=True)
+            await self.on_failure(exc)
+
+    async def on_stop(self) -> None:
+        self._stop.set()
+        if self._task is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(self._task), 30.0)
 
 
 def create_app(
@@ -26,6 +86,7 @@ def create_app(
     clock: Clock = wall_clock,
     directory: DirectoryHolder | None = None,
     control: ControlFeed | None = None,
+    on_failure: Any = None,
 ) -> faust.App:
     app = faust.App(
         settings.app_id,
@@ -52,15 +113,26 @@ def create_app(
         raise ValueError(f"unknown stage(s) {sorted(unknown)}; known: {', '.join(KNOWN_STAGES)}")
     outputs = Outputs(app, settings, codec)
     directory = directory or DirectoryHolder(settings)
-    directory.install(app)
+    install_directory(app, directory)
     checks = {"directory_loaded": directory.ready.is_set}
     if control is not None:
         checks["queue_control_loaded"] = control.ready.is_set
+    found = runtime_stages(settings, stages, codec, directory)
+    if found:
+        host = StageHost(
+            HostConfig(
+                settings.bootstrap,
+                settings.app_id,
+                linger_ms=settings.producer_linger_ms,
+                session_timeout=settings.session_timeout,
+                heartbeat_interval=settings.heartbeat_interval,
+            ),
+            found,
+            clock,
+        )
+        app.add_dependency(RuntimeService(host, on_failure or _no_failure_hook, loop=None))
+        checks["stages_running"] = lambda: host.health()[0]
     install_pages(app, checks)
-    if "gate" in stages:
-        gate.register(app, settings, codec, outputs, directory, clock)
-    if "verify" in stages:
-        verify.register(app, settings, codec, outputs, directory, clock)
     lanes = tuple(lane for part in stages for lane in DELIVER_PARTS.get(part, ()))
     if lanes:
         # the delay topics and queue commands go with the bulk lane: one process group
@@ -76,6 +148,10 @@ def create_app(
             lanes=tuple(sorted(set(lanes))),
         )
     return app
+
+
+async def _no_failure_hook(exc: BaseException) -> None:
+    raise exc
 
 
 def tune_producer_buffer(settings: Settings) -> None:
@@ -101,7 +177,14 @@ def run_worker(settings: Settings, stages: tuple[str, ...] = STAGES) -> None:
     if any(part in DELIVER_PARTS for part in stages):
         control = ControlFeed(settings)
         control.preload()
-    app = create_app(settings, stages, directory=directory, control=control)
+    worker: faust.Worker | None = None
+
+    async def crash(exc: BaseException) -> None:
+        # the worker re-raises the reason when it stops: the process exits with status 1
+        assert worker is not None
+        await worker.crash(exc)
+
+    app = create_app(settings, stages, directory=directory, control=control, on_failure=crash)
     tune_producer_buffer(settings)
     # override_logging=False: mode's Worker would otherwise replace our root handler with its
     # own text formatter when it starts (configure_logging above set the level)

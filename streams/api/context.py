@@ -20,9 +20,9 @@ from aiokafka.errors import KafkaError
 
 from streams.codec import Codec, default_codec
 from streams.deliver.throttle import TokenBucket
+from streams.directory import DirectoryHolder
 from streams.errors import AuthError, IngressValidationError
 from streams.settings import Settings
-from streams.stages.shell import DirectoryHolder
 from streams.tenants import hash_key
 
 __all__ = ["Api", "Caller", "Handler", "json_body", "problem", "reply"]

@@ -20,6 +20,7 @@ from prometheus_client.metrics import MetricWrapperBase
 
 __all__ = [
     "ALL",
+    "BATCH_RECORDS",
     "CONSUMER_LAG",
     "END_TO_END",
     "HTTP_REQUESTS",
@@ -30,6 +31,7 @@ __all__ = [
     "SINK_WRITE_FAILURES",
     "SMTP_RESULTS",
     "STAGE_SECONDS",
+    "STATE_ENTRIES",
     "EndToEnd",
     "StageMeter",
     "smtp_result",
@@ -58,9 +60,21 @@ RECORDS = Counter(
 )
 STAGE_SECONDS = Histogram(
     "postwire_stage_seconds",
-    "Time a stage spent on one record, from taking it to handing its results to the producer.",
+    "Time a stage spent on one record, from taking it to handing its results to the producer "
+    "(batch stages: one observation per batch, its time divided by its records).",
     ["stage"],
     buckets=_STAGE_BUCKETS,
+)
+BATCH_RECORDS = Histogram(
+    "postwire_stage_batch_records",
+    "Records in one batch a stage of the batch runtime took at once.",
+    ["stage"],
+    buckets=(1, 5, 10, 50, 100, 250, 500, 1000, 2000, 5000),
+)
+STATE_ENTRIES = Gauge(
+    "postwire_state_entries",
+    "Entries in a state store of this worker (all its partitions), after the last batch.",
+    ["store"],
 )
 END_TO_END = Histogram(
     "postwire_end_to_end_seconds",
@@ -112,6 +126,8 @@ HTTP_SECONDS = Histogram(
 ALL: tuple[MetricWrapperBase, ...] = (
     RECORDS,
     STAGE_SECONDS,
+    BATCH_RECORDS,
+    STATE_ENTRIES,
     END_TO_END,
     CONSUMER_LAG,
     SINK_BATCH_ROWS,

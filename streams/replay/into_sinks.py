@@ -12,7 +12,7 @@ import asyncpg
 
 from sinks.batching import Batch, BatchBuffer
 from sinks.mapping import dead_letter_row, map_record, origin_of
-from sinks.tables import TableSpec, table_specs
+from sinks.tables import TableSpec, sink_feeds
 from sinks.writer import PostgresWriter
 from streams.codec import default_codec
 from streams.errors import NotReplayableError, SinkUnavailableError
@@ -107,7 +107,7 @@ async def replay_into_sinks(
     consumer = await open_consumer(settings)
     try:
         name, ranges = await plan_offsets(consumer, settings, topic, start, end)
-        specs = sink_specs_for(name, table_specs(settings))
+        specs = sink_specs_for(name, sink_feeds(settings))
         tables = list(dict.fromkeys([*(s.table for s in specs), "rejections"]))
         summary = ReplaySummary(name, "into-sinks", start, end, ranges)
         summary.before = await count_rows(settings.dsn, tables)

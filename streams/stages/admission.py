@@ -14,9 +14,13 @@ __all__ = [
     "Dedup",
     "Limits",
     "Throttle",
+    "count_admission",
     "dedup_decide",
     "rate_decide",
+    "window_counts",
     "window_end",
+    "window_start",
+    "windows_expired",
 ]
 
 # (name, size in seconds): tumbling windows counted per tenant
@@ -70,3 +74,31 @@ def rate_decide(counts: Mapping[str, int], limits: Limits, now: float) -> Admit 
         return Admit()
     name, size = max(exhausted, key=lambda w: w[1])
     return Throttle(name, max(window_end(now, size) - now, 0.001))
+
+
+def window_start(now: float, size: int) -> float:
+    return math.floor(now / size) * size
+
+
+def window_counts(entry: Mapping[str, Any] | None, now: float) -> dict[str, int]:
+    """Requests admitted in the current window of each size, from a tenant's stored entry
+    ``{window: [start, count]}`` (a count from an earlier window is zero now)."""
+    if not entry:
+        return {}
+    counts = {}
+    for name, size in WINDOWS:
+        start, count = entry.get(name, (None, 0))
+        if start == window_start(now, size):
+            counts[name] = int(count)
+    return counts
+
+
+def count_admission(entry: Mapping[str, Any] | None, now: float) -> dict[str, list[float]]:
+    """The tenant's entry after one more admission at ``now``."""
+    counts = window_counts(entry, now)
+    return {name: [window_start(now, size), counts.get(name, 0) + 1] for name, size in WINDOWS}
+
+
+def windows_expired(entry: Mapping[str, Any], now: float) -> bool:
+    """Every window in the entry has ended: it counts nothing any more."""
+    return all(float(entry.get(name, (0, 0))[0]) + size <= now for name, size in WINDOWS)

@@ -1,18 +1,17 @@
 """Gate: decode, authenticate, deduplicate, rate-limit; then fan verify requests out per address.
 
-``decide`` is the pure core (state and time in, decisions out); ``register`` is the faust shell
-that reads the tables, calls it, applies the updates and sends the outputs.
+``decide`` is the pure core for one request (state and time in, decision out);
+``streams/stages/gate_stage.py`` runs it over batches on the stage runtime.
 
-Every request leaves the gate as exactly one of: admitted (``processed`` event), ``dropped``
-(duplicate), ``throttled`` (reject policy), deferred (comes back after its window), or a
-dead letter on ``rejections`` - the books always balance.
+Every request leaves the gate as exactly one of: admitted (a ``processed`` event; for a verify
+request, its VerifyTasks), ``dropped`` (duplicate), ``throttled`` (reject policy), deferred
+(comes back after its window), or a dead letter on ``rejections`` - the books always balance.
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from streams.codec import Codec, Record
@@ -20,12 +19,23 @@ from streams.deadletter import SourcePosition, rejection
 from streams.deliver.expand import Expansion, expand
 from streams.errors import AuthError, CodecError, InvalidContentError
 from streams.events import make_event, make_suppression
-from streams.obs.metrics import StageMeter
 from streams.stages.admission import Admit, Dedup, Throttle, dedup_decide, rate_decide
 from streams.tenants import Directory
 from streams.verify.syntax import split_domain
 
-__all__ = ["STAGE", "Accept", "GateResult", "Reject", "admit", "decide", "verify_tasks"]
+__all__ = [
+    "ADMITTED",
+    "STAGE",
+    "Accept",
+    "GateResult",
+    "Reject",
+    "admit",
+    "decide",
+    "replayed_memo",
+    "track_outcome",
+    "unknown_credentials",
+    "verify_tasks",
+]
 
 STAGE = "gate"
 # how long a throttle/defer decision is remembered for replays (admissions need no memo, see
@@ -33,7 +43,6 @@ STAGE = "gate"
 MEMO_TTL = 24 * 3600.0
 # what a replayed request that left no memo was: admitted (and counted) the first time
 ADMITTED: dict[str, Any] = {"window": None, "retry_after": 0.0, "expires": float("inf")}
-METER = StageMeter(STAGE)
 
 
 def replayed_memo(
@@ -88,6 +97,7 @@ class GateResult:
     count: bool = False
     defer_for: float | None = None
     memo_entry: dict[str, Any] | None = None
+    forward: bool = False  # the request goes to `accepted` as it came (its audit record)
 
 
 def verify_tasks(request: Record, smtp_probe: bool) -> list[tuple[str, Record]]:
@@ -109,6 +119,9 @@ def verify_tasks(request: Record, smtp_probe: bool) -> list[tuple[str, Record]]:
                     "smtp_probe": smtp_probe and request["operation"] == "verify",
                     "priority": request["priority"],
                     "requested_at": request["created_at"],
+                    "idempotency_key": request["idempotency_key"],
+                    "recipient_count": len(request["recipients"]),
+                    "categories": request["categories"],
                 },
             )
         )
@@ -199,18 +212,26 @@ def decide(
             defer_for=decision.retry_after,
             memo_entry=memo_entry,
         )
-    processed = make_event("processed", tenant_id, now, **common)
-    tasks = []
     if request["operation"] in ("verify", "validate"):
+        # the VerificationResult is the outcome and the VerifyTasks are the audit record: no
+        # `accepted` copy and no `processed` event (two records fewer per request)
         probe = request["smtp_probe"] if request["smtp_probe"] is not None else tenant.smtp_probe
-        tasks = verify_tasks(request, probe)
+        return GateResult(
+            "admitted",
+            tasks=verify_tasks(request, probe),
+            dedup_key=dedup_key,
+            dedup_entry=new_entry,
+            count=memo is None,
+            memo_entry=memo_entry,
+        )
+    processed = make_event("processed", tenant_id, now, **common)
     tracked, suppressions = track_outcome(request, now)
     return GateResult(
         "admitted",
         events=[processed, *expansion.events, *tracked],
         suppressions=suppressions,
-        tasks=tasks,
         deliveries=expansion.tasks,
+        forward=True,
         dedup_key=dedup_key,
         dedup_entry=new_entry,
         count=memo is None,
@@ -259,169 +280,3 @@ def unknown_credentials(result: GateResult) -> bool:
         "auth.bad_key",
         "auth.unknown_tenant",
     )
-
-
-async def decide_with_fresh_keys(
-    directory: Any, request: Record, *args: Any, **kw: Any
-) -> GateResult:
-    """``decide`` against the current directory; if the key or tenant is unknown, look the key
-    up once (it may have been created after the last refresh) and decide again."""
-    result = decide(request, directory.current, *args, **kw)
-    if unknown_credentials(result) and await directory.lookup_miss(request["api_key"]):
-        result = decide(request, directory.current, *args, **kw)
-    return result
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-async def emit(
-    outputs: Any,
-    codec: Codec,
-    event: Any,
-    result: GateResult,
-    now: datetime,
-    deferrals: int,
-    started: float,
-) -> None:
-    """Send what one gate decision produced (the raw request is forwarded, never re-encoded)
-    and count it; ``started``: when the gate took the record (``time.perf_counter()``)."""
-    if result.outcome == "admitted":
-        await outputs.accepted.send(key=event.key, value=event.value)
-    if result.rejection is not None:
-        await outputs.rejection(result.rejection)
-    for ev in result.events:
-        await outputs.event(ev)
-    for domain, task in result.tasks:
-        await outputs.verify.send(key=domain.encode(), value=codec.encode("VerifyTask", task))
-    for suppression in result.suppressions:
-        await outputs.suppressions.send(
-            key=f"{suppression['tenant']}\x1f{suppression['address']}".encode(),
-            value=codec.encode("Suppression", suppression),
-        )
-    for domain, lane, task in result.deliveries:
-        await outputs.lanes[lane].send(
-            key=domain.encode(), value=codec.encode("DeliveryTask", task)
-        )
-    if result.defer_for is not None:
-        not_before = int((now.timestamp() + result.defer_for) * 1000)
-        await outputs.deferred.send(
-            key=event.key,
-            value=event.value,
-            headers={
-                "postwire-not-before": str(not_before).encode(),
-                "postwire-deferrals": str(deferrals + 1).encode(),
-            },
-        )
-    METER.done(result.outcome, started)
-
-
-def register(
-    app: Any, settings: Any, codec: Codec, outputs: Any, directory: Any, clock: Any
-) -> Any:
-    """The faust shell: tables for dedup and the rate windows, the gate and deferral agents."""
-    import asyncio
-
-    from streams.stages.admission import WINDOWS
-    from streams.stages.shell import header, raw_topic
-
-    topics = settings.topics
-    dedup = app.Table(f"{settings.app_id}-dedup", default=None, partitions=settings.partitions)
-    memos = app.Table(f"{settings.app_id}-decisions", default=None, partitions=settings.partitions)
-    watermarks = app.Table(
-        f"{settings.app_id}-gate-offsets", default=None, partitions=settings.partitions
-    )
-    windows = {
-        name: app.Table(
-            f"{settings.app_id}-rate-{name}", default=int, partitions=settings.partitions
-        )
-        .tumbling(size, expires=size * 2)
-        .relative_to(lambda _event: clock().timestamp())
-        for name, size in WINDOWS
-    }
-
-    @app.agent(raw_topic(app, topics.requests), name=f"{settings.app_id}.gate")
-    async def gate(stream: Any) -> None:
-        async for event in stream.events():
-            started = time.perf_counter()
-            msg = event.message
-            position = SourcePosition(msg.topic, msg.partition, msg.offset)
-            now = clock()
-            decoded = admit(codec, event.value, event.key, position, now)
-            if isinstance(decoded, Reject):
-                await emit(
-                    outputs,
-                    codec,
-                    event,
-                    GateResult("undecodable", rejection=decoded.record),
-                    now,
-                    0,
-                    started,
-                )
-                continue
-            request = decoded.request
-            if not directory.ready.is_set():
-                await directory.ready.wait()
-            tenant = request["tenant"]
-            idem = request["idempotency_key"]
-            entry = dedup.get(f"{tenant}\x1f{idem}") if idem else None
-            counts = {name: windows[name][tenant].value() for name, _ in WINDOWS}
-            deferrals = int(header(event.headers, "postwire-deferrals") or b"0")
-            memo_key = f"{request['request_id']}\x1f{deferrals}"
-            mark_key = f"{msg.topic}:{msg.partition}"
-            watermark = watermarks.get(mark_key)
-            memo = replayed_memo(
-                msg.offset,
-                watermark,
-                memos.get(memo_key) if watermark is not None else None,
-                now.timestamp(),
-            )
-            result = await decide_with_fresh_keys(
-                directory,
-                request,
-                entry,
-                counts,
-                now,
-                dedup_ttl=settings.dedup_ttl,
-                source=position,
-                raw=event.value,
-                key=event.key,
-                deferrals=deferrals,
-                memo=memo,
-            )
-            if result.memo_entry is not None:
-                memos[memo_key] = result.memo_entry
-            if watermark is None or msg.offset > watermark:
-                # co-partitioned: faust writes it to this record's changelog partition
-                watermarks[mark_key] = msg.offset
-            if result.dedup_key is not None and result.dedup_entry is not None:
-                dedup[result.dedup_key] = result.dedup_entry
-            if result.count:
-                for name, _ in WINDOWS:
-                    windows[name][tenant] += 1
-            await emit(outputs, codec, event, result, now, deferrals, started)
-
-    @app.agent(raw_topic(app, topics.deferred), name=f"{settings.app_id}.deferral")
-    async def deferral(stream: Any) -> None:
-        # records in a partition are deferred in time order, so sleeping on the head is fair
-        async for event in stream.events():
-            not_before = int(header(event.headers, "postwire-not-before") or b"0") / 1000
-            wait = not_before - clock().timestamp()
-            if wait > 0:
-                await asyncio.sleep(min(wait, 3600))
-            await outputs.requests.send(
-                key=event.key,
-                value=event.value,
-                headers={"postwire-deferrals": header(event.headers, "postwire-deferrals") or b"1"},
-            )
-
-    @app.timer(60.0)
-    async def purge_dedup() -> None:
-        now = clock().timestamp()
-        for table in (dedup, memos):
-            expired = [k for k, v in list(table.items()) if v and float(v["expires"]) <= now]
-            for k in expired:
-                del table[k]
-
-    return gate, deferral

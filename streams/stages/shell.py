@@ -1,64 +1,32 @@
-"""What every faust shell shares: raw topics, typed outputs, the tenant directory, the clock."""
+"""The faust side of the delivery lanes (until they move to the batch runtime): raw topics,
+outputs through faust's producer, the directory's refresh on a faust timer."""
 
 from __future__ import annotations
 
-import asyncio
-import logging
-import time
-from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
+from collections.abc import Mapping
 from typing import Any
 
-import asyncpg
 import faust
 
 from streams.codec import Codec, Record
+from streams.directory import DirectoryHolder
+from streams.runtime.records import Clock, header, wall_clock
 from streams.settings import Settings
-from streams.tenants import ApiKey, Directory, hash_key, load_credentials, load_directory
 
-__all__ = ["Clock", "DirectoryHolder", "Outputs", "header", "raw_topic", "wall_clock"]
-
-log = logging.getLogger("postwire.stages")
-Clock = Callable[[], datetime]
-MISS_MEMORY = 1.0
-MISS_LOOKUPS_PER_SECOND = 50
-
-
-class _Budget:
-    """At most ``per_second`` takes in any one-second slot."""
-
-    def __init__(self, per_second: int) -> None:
-        self.per_second = per_second
-        self._slot = 0
-        self._used = 0
-
-    def take(self, now: float) -> bool:
-        slot = int(now)
-        if slot != self._slot:
-            self._slot, self._used = slot, 0
-        if self._used >= self.per_second:
-            return False
-        self._used += 1
-        return True
-
-
-def wall_clock() -> datetime:
-    return datetime.now(UTC)
+__all__ = [
+    "Clock",
+    "DirectoryHolder",
+    "OutputTopic",
+    "Outputs",
+    "header",
+    "install_directory",
+    "raw_topic",
+    "wall_clock",
+]
 
 
 def raw_topic(app: faust.App, name: str) -> Any:
     return app.topic(name, key_serializer="raw", value_serializer="raw")
-
-
-def header(headers: Any, name: str) -> bytes | None:
-    """Kafka headers arrive as a mapping or as (name, value) pairs depending on the path."""
-    if not headers:
-        return None
-    items = headers.items() if isinstance(headers, Mapping) else headers
-    for key, value in items:
-        if key == name:
-            return bytes(value) if value is not None else None
-    return None
 
 
 class OutputTopic:
@@ -101,94 +69,13 @@ class Outputs:
         await self.rejections.send(key=record["key"], value=self.codec.encode("Rejection", record))
 
 
-class DirectoryHolder:
-    """The current tenant directory, reloaded from PostgreSQL every ``directory_refresh`` s."""
+def install_directory(app: faust.App, holder: DirectoryHolder) -> None:
+    """Reload ``holder`` on a faust timer in a faust worker."""
 
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.current = Directory()
-        self.ready = asyncio.Event()
-        self._pool: asyncpg.Pool[Any] | None = None
-        self._misses: dict[bytes, float] = {}  # key digest -> monotonic time it was not found
-        self._lookups = _Budget(MISS_LOOKUPS_PER_SECOND)
+    @app.timer(holder.settings.directory_refresh, on_leader=False)
+    async def refresh_directory() -> None:
+        await holder.refresh()
 
-    async def _connections(self) -> asyncpg.Pool[Any]:
-        if self._pool is None:
-            self._pool = await asyncpg.create_pool(self.settings.dsn, min_size=1, max_size=1)
-        return self._pool
-
-    async def lookup_miss(self, api_key: str) -> ApiKey | None:
-        """Fetch one key the snapshot lacks (a key created a moment ago must work at once) and
-        add it with its tenant; the key when found, else None. A digest not found is not looked
-        up again for ``MISS_MEMORY`` s, and lookups are capped per second, so a flood of bad keys
-        cannot hammer PostgreSQL."""
-        digest = hash_key(api_key)
-        now = time.monotonic()
-        recently_missed = now - self._misses.get(digest, -MISS_MEMORY) < MISS_MEMORY
-        if recently_missed or not self._lookups.take(now):
-            return None
-        try:
-            async with (await self._connections()).acquire() as conn:
-                found = await load_credentials(conn, self.settings, digest)
-        except (OSError, asyncpg.PostgresError) as exc:
-            log.warning("api key lookup failed: %s", exc)
-            return None
-        if found is None:
-            if len(self._misses) > 100_000:
-                self._misses.clear()
-            self._misses[digest] = now
-            return None
-        key, tenant = found
-        self.current.keys[digest] = key
-        self.current.tenants[tenant.tenant_id] = tenant
-        return key
-
-    async def refresh(self) -> None:
-        try:
-            async with (await self._connections()).acquire() as conn:
-                self.current = await load_directory(conn, self.settings)
-            self.ready.set()
-        except (OSError, asyncpg.PostgresError) as exc:
-            # keep serving the last snapshot; a gate without any snapshot waits on `ready`
-            log.warning("tenant directory refresh failed, keeping the previous one: %s", exc)
-
-    async def refresh_forever(self) -> None:
-        """The refresh loop of a process without faust timers (the API)."""
-        while True:
-            await asyncio.sleep(self.settings.directory_refresh)
-            await self.refresh()
-
-    async def close(self) -> None:
-        if self._pool is not None:
-            await self._pool.close()
-            self._pool = None
-
-    def preload(self) -> None:
-        """Load the first snapshot before the worker consumes anything (blocking, own loop).
-
-        Requests that arrive while a fresh worker recovers its tables would otherwise wait on
-        ``ready`` inside the agent, and faust's seek to the committed offsets at the end of
-        recovery can leave such a stream stalled."""
-
-        async def load() -> None:
-            conn = await asyncpg.connect(self.settings.dsn)
-            try:
-                self.current = await load_directory(conn, self.settings)
-            finally:
-                await conn.close()
-
-        try:
-            asyncio.run(load())
-        except (OSError, asyncpg.PostgresError) as exc:
-            log.warning("tenant directory not loaded at start, the gate waits for it: %s", exc)
-            return
-        self.ready.set()
-
-    def install(self, app: faust.App) -> None:
-        @app.timer(self.settings.directory_refresh, on_leader=False)
-        async def refresh_directory() -> None:
-            await self.refresh()
-
-        @app.task
-        async def first_directory() -> None:
-            await self.refresh()
+    @app.task
+    async def first_directory() -> None:
+        await holder.refresh()

@@ -1,31 +1,36 @@
-"""Verify stage (faust shell): VerifyTask in, VerificationResult out; the work is in
-streams/verify/service.py. Partitioned by recipient domain, so the MX and verdict tables are
-co-partitioned with the stream and each domain's probes share one worker's connection pool."""
+"""Verify stage on the batch runtime: VerifyTask in, VerificationResult out; the work is in
+streams/verify/service.py. Partitioned by recipient domain, so one worker owns a domain's probe
+connections and its probe verdicts (the ``verdicts`` store, co-partitioned with the topic)."""
 
 from __future__ import annotations
 
-import time
+import asyncio
+from collections.abc import Iterator, MutableMapping, Sequence
+from datetime import datetime
 from typing import Any
 
 from streams.codec import Codec, Record
 from streams.deadletter import SourcePosition, rejection
-from streams.errors import CodecError
-from streams.obs.metrics import EndToEnd, StageMeter
-from streams.settings import Settings
-from streams.stages.shell import Clock, DirectoryHolder, Outputs, raw_topic
+from streams.directory import DirectoryHolder
+from streams.errors import CodecError, StageCrashError
+from streams.obs.metrics import EndToEnd
+from streams.runtime.cache import BoundedCache
+from streams.runtime.records import Consumed, Out
+from streams.runtime.stage import Step
+from streams.runtime.state import Store
+from streams.settings import Settings, TopicNames
 from streams.verify.dns import MxResolver
 from streams.verify.lists import load_lists
 from streams.verify.probe import SmtpProber
 from streams.verify.service import Verifier
 
-__all__ = ["STAGE", "build_verifier", "process", "register"]
+__all__ = ["STAGE", "VerifyStage", "build_verifier"]
 
 STAGE = "verify"
+CACHE_ENTRIES = 200_000
 
 
-def build_verifier(
-    settings: Settings, mx_cache: Any, verdict_cache: Any, directory: DirectoryHolder | None
-) -> Verifier:
+def build_verifier(settings: Settings, directory: DirectoryHolder | None) -> Verifier:
     prober = SmtpProber(
         port=settings.smtp_probe_port,
         helo_name=settings.smtp_probe_helo,
@@ -40,70 +45,126 @@ def build_verifier(
         load_lists(settings.lists_dir),
         MxResolver(settings.nameservers, settings.dns_timeout, settings.dns_tries),
         prober,
-        mx_cache,
-        verdict_cache,
+        BoundedCache(CACHE_ENTRIES // 4),
+        BoundedCache(CACHE_ENTRIES),
         mx_min_ttl=settings.mx_cache_min_ttl,
         mx_max_ttl=settings.mx_cache_max_ttl,
         suppressed=suppressed,
     )
 
 
-async def process(
-    codec: Codec,
-    verifier: Verifier,
-    outputs: Any,
-    clock: Clock,
-    key: bytes | None,
-    value: bytes | None,
-    source: SourcePosition,
-) -> Record | None:
-    """One VerifyTask: its VerificationResult (returned), or a dead letter (None). Shared by the
-    agent and `postwire replay --stage verify`, so a replay verifies exactly as the live stage
-    does."""
-    try:
-        _, task = codec.decode(value or b"", expected="VerifyTask")
-    except CodecError as exc:
-        await outputs.rejection(rejection(source, STAGE, exc, key, value or b"", clock()))
-        return None
-    result = await verifier.verify(task, clock())
-    await outputs.verifications.send(
-        key=task["request_id"].encode(), value=codec.encode("VerificationResult", result)
-    )
-    return result
+class _PartitionView(MutableMapping[str, Any]):
+    """One partition of a store as the mapping the verifier caches probe verdicts in."""
+
+    def __init__(self, store: Store, partition: int) -> None:
+        self.store = store
+        self.partition = partition
+
+    def __getitem__(self, key: str) -> Any:
+        found = self.store.get(self.partition, key)
+        if found is None:
+            raise KeyError(key)
+        return found
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.store.get(self.partition, key, default)
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self.store.put(self.partition, key, value)
+
+    def __delitem__(self, key: str) -> None:
+        self.store.delete(self.partition, key)
+
+    def __iter__(self) -> Iterator[str]:
+        return (key for key, _ in self.store.items(self.partition))
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self.store.items(self.partition))
 
 
-def register(
-    app: Any,
-    settings: Settings,
-    codec: Codec,
-    outputs: Outputs,
-    directory: DirectoryHolder,
-    clock: Clock,
-) -> Any:
-    mx_table = app.Table(f"{settings.app_id}-mx", default=None, partitions=settings.partitions)
-    verdicts = app.Table(
-        f"{settings.app_id}-verdicts", default=None, partitions=settings.partitions
-    )
-    verifier = build_verifier(settings, mx_table, verdicts, directory)
-    meter = StageMeter(STAGE)
-    verified = EndToEnd("verified")
+class VerifyStage:
+    name = STAGE
+    max_batch = 1000
 
-    @app.agent(
-        raw_topic(app, settings.topics.verify),
-        name=f"{settings.app_id}.verify",
-        concurrency=settings.verify_concurrency,
-    )
-    async def verify(stream: Any) -> None:
-        async for event in stream.events():
-            started = time.perf_counter()
-            msg = event.message
-            source = SourcePosition(msg.topic, msg.partition, msg.offset)
-            result = await process(codec, verifier, outputs, clock, event.key, event.value, source)
-            if result is None:
-                meter.done("undecodable", started)
+    def __init__(
+        self,
+        codec: Codec,
+        topics: TopicNames,
+        verifier: Verifier,
+        store: Store | None,
+        *,
+        concurrency: int,
+    ) -> None:
+        self.codec = codec
+        self.topics = topics
+        self.verifier = verifier
+        self.store = store
+        self.stores: tuple[Store, ...] = (store,) if store is not None else ()
+        self.inputs: tuple[str, ...] = (topics.verify,)
+        self.concurrency = concurrency
+        self._verified = EndToEnd("verified")
+
+    def _dead_letter(self, record: Consumed, error: Exception, now: datetime) -> Out:
+        source = SourcePosition(record.topic, record.partition, record.offset)
+        if not isinstance(error, CodecError):
+            error = StageCrashError(f"{type(error).__name__}: {error}")
+        dead = rejection(source, STAGE, error, record.key, record.value or b"", now)
+        return Out(self.topics.rejections, record.key, self.codec.encode("Rejection", dead))
+
+    async def process(self, batch: Sequence[Consumed], now: datetime) -> Step:
+        step = Step()
+        ts = now.timestamp()
+        ready: list[tuple[Consumed, Record]] = []
+        waiting: list[tuple[Consumed, Record]] = []
+        for record in batch:
+            try:
+                _, task = self.codec.decode(record.value or b"", expected="VerifyTask")
+            except CodecError as exc:
+                step.outputs.append(self._dead_letter(record, exc, now))
+                step.outcomes["undecodable"] += 1
                 continue
-            # is_reachable is a schema enum (safe, risky, invalid, unknown): a bounded label
-            meter.done(result["is_reachable"], started)
-            verified.since(result["requested_at"], clock())
+            domain = task["address"].rpartition("@")[2]
+            fast = not task["smtp_probe"] and self.verifier.mx_is_cached(domain, ts)
+            (ready if fast else waiting).append((record, task))
+        results: list[Record] = []
+        # no network needed: awaiting in turn costs less than a task each
+        for record, task in ready:
+            results.append(await self.verifier.verify(task, now, self._durable(record)))
+        if waiting:
+            limit = asyncio.Semaphore(self.concurrency)
 
-    return verify
+            async def one(record: Consumed, task: Record) -> Record:
+                async with limit:
+                    return await self.verifier.verify(task, now, self._durable(record))
+
+            results.extend(await asyncio.gather(*(one(r, t) for r, t in waiting)))
+        encode = self.codec.encode
+        for result in results:
+            step.outputs.append(
+                Out(
+                    self.topics.verifications,
+                    result["request_id"].encode(),
+                    encode("VerificationResult", result),
+                )
+            )
+            # is_reachable is a schema enum (safe, risky, invalid, unknown): a bounded label
+            step.outcomes[result["is_reachable"]] += 1
+            self._verified.since(result["requested_at"], now)
+        return step
+
+    def _durable(self, record: Consumed) -> MutableMapping[str, Any] | None:
+        return None if self.store is None else _PartitionView(self.store, record.partition)
+
+    def housekeeping(self, now: datetime) -> None:
+        if self.store is None:
+            return
+        ts = now.timestamp()
+        for p in self.store.partitions():
+            for key, value in self.store.items(p):
+                if float(value["expires"]) <= ts:
+                    self.store.delete(p, key)
+
+    def crashed(self, record: Consumed, error: Exception, now: datetime) -> Step:
+        step = Step(outputs=[self._dead_letter(record, error, now)])
+        step.outcomes["crashed"] += 1
+        return step

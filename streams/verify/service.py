@@ -1,7 +1,8 @@
 """Verify one address: caches first, then syntax, lists, MX, optional SMTP probe, verdict.
 
-The caches are plain mutable mappings: faust tables in the worker (they survive restarts through
-their changelogs), dicts in tests. Values are JSON-safe dicts with an ``expires`` epoch.
+The caches are plain mutable mappings with JSON-safe values carrying an ``expires`` epoch: bounded
+in-memory caches for MX answers and cheap verdicts (recomputed after a restart at the cost of a
+DNS lookup), and a state store with a changelog for probe verdicts, which cost an SMTP session.
 """
 
 from __future__ import annotations
@@ -79,16 +80,26 @@ class Verifier:
             self._catch_all[domain] = (result.catch_all, time.monotonic() + 3600)
         return result
 
-    async def verify(self, task: Record, now: datetime) -> Record:
+    def mx_is_cached(self, domain: str, now: float) -> bool:
+        """A verification of an address at ``domain`` without a probe needs no network."""
+        hit = self.mx_cache.get(domain.lower())
+        return hit is not None and hit["expires"] > now
+
+    async def verify(
+        self, task: Record, now: datetime, durable: MutableMapping[str, Any] | None = None
+    ) -> Record:
+        """``durable``: where probe verdicts are kept (a state store with a changelog: a probe
+        is worth remembering across restarts); other verdicts stay in ``verdict_cache``."""
         now = now.replace(microsecond=now.microsecond // 1000 * 1000)  # Avro keeps milliseconds
         ts = now.timestamp()
         probe = bool(task["smtp_probe"]) and self.prober is not None
+        cache = durable if probe and durable is not None else self.verdict_cache
         syntax = check_syntax(task["address"])
         cache_key = f"{(syntax.normalized or task['address']).lower()}\x1f{int(probe)}"
         pending = self._inflight.get(cache_key)
         if pending is not None:
             await asyncio.shield(pending)
-        hit = self.verdict_cache.get(cache_key)
+        hit = cache.get(cache_key)
         if hit is not None and hit["expires"] > ts:
             result = dict(hit["result"])
             result.update(
@@ -103,7 +114,7 @@ class Verifier:
             done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             self._inflight[cache_key] = done
             try:
-                result = await self._fresh(task, syntax, now, probe, cache_key)
+                result = await self._fresh(task, syntax, now, probe, cache_key, cache)
             finally:
                 del self._inflight[cache_key]
                 done.set_result(None)
@@ -112,7 +123,13 @@ class Verifier:
         return result
 
     async def _fresh(
-        self, task: Record, syntax: SyntaxResult, now: datetime, probe: bool, cache_key: str
+        self,
+        task: Record,
+        syntax: SyntaxResult,
+        now: datetime,
+        probe: bool,
+        cache_key: str,
+        cache: MutableMapping[str, Any],
     ) -> Record:
         ts = now.timestamp()
         mx = misc = smtp = None
@@ -128,7 +145,7 @@ class Verifier:
         verdict = judge(syntax, mx, misc, smtp)
         result = build_result(task, syntax, mx, misc, smtp, verdict, now)
         stored = {**result, "verified_at": _to_ms(now), "requested_at": None}
-        self.verdict_cache[cache_key] = {
+        cache[cache_key] = {
             "result": stored,
             "expires": ts + cache_ttl(verdict, smtp is not None),
         }

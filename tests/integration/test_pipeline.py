@@ -91,7 +91,11 @@ async def test_requests_and_rejections_land_in_postgres(stack: Settings, codec: 
         assert row["operation"] == "verify"
         assert row["priority"] == "bulk"
         assert row["recipient_count"] == 1
-        assert row["source_topic"] == stack.topics.accepted
+        # a verify request's row comes from its VerifyTask: the verify topic is its audit log
+        assert row["source_topic"] == stack.topics.verify
+        send = await conn.fetchrow("SELECT * FROM requests WHERE request_id = $1", ids[0])
+        assert send is not None
+        assert send["source_topic"] == stack.topics.accepted
     finally:
         await conn.close()
 

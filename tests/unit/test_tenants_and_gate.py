@@ -124,12 +124,16 @@ def test_admitted_verify_request_fans_out_one_task_per_distinct_address() -> Non
     result = run(request())
     assert result.outcome == "admitted"
     assert result.count
-    assert [e["type"] for e in result.events] == ["processed"]
+    # the tasks are the record of admission: no processed event, no accepted copy
+    assert result.events == []
+    assert not result.forward
     assert [(domain, t["address"]) for domain, t in result.tasks] == [
         ("x.example", "a@x.example"),
         ("y.example", "b@y.example"),
     ]
     assert all(t["smtp_probe"] is False for _, t in result.tasks)
+    # each task carries what the request's row in the requests table needs
+    assert {t["recipient_count"] for _, t in result.tasks} == {3}
     assert result.dedup_key is None  # no idempotency key, nothing to remember
 
 
@@ -177,10 +181,11 @@ def test_over_the_limit_with_reject_policy_is_throttled() -> None:
 
 
 def test_event_ids_are_stable() -> None:
-    assert run(request()).events[0]["event_id"] == run(request()).events[0]["event_id"]
-    assert (
-        run(request()).events[0]["event_id"] != run(request(request_id="r2")).events[0]["event_id"]
-    )
+    # a verify request's events are its throttles and deferrals (admission makes tasks)
+    full = {"second": 2}
+    first = run(request(), counts=full).events[0]["event_id"]
+    assert run(request(), counts=full).events[0]["event_id"] == first
+    assert run(request(request_id="r2"), counts=full).events[0]["event_id"] != first
 
 
 def test_a_replayed_request_repeats_its_decision_without_counting_again() -> None:
@@ -193,7 +198,7 @@ def test_a_replayed_request_repeats_its_decision_without_counting_again() -> Non
     assert again.outcome == "admitted"
     assert not again.count
     assert again.memo_entry is None
-    assert again.events[0]["event_id"] == first.events[0]["event_id"]
+    assert again.tasks == first.tasks
 
 
 def test_replays_are_recognised_by_the_partition_watermark() -> None:
@@ -213,7 +218,7 @@ def test_a_replayed_throttle_stays_throttled() -> None:
 
 
 def test_key_lookups_are_capped_per_second() -> None:
-    from streams.stages.shell import _Budget
+    from streams.directory import _Budget
 
     budget = _Budget(3)
     assert [budget.take(10.1) for _ in range(4)] == [True, True, True, False]

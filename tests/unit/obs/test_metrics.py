@@ -21,7 +21,8 @@ def test_every_metric_is_prefixed_and_named_by_its_type() -> None:
         (family,) = metric.describe()
         assert family.name.startswith("postwire_"), family.name
         if family.type == "histogram":
-            assert family.name.endswith(("_seconds", "_rows")), family.name
+            # base units: seconds, or a count of rows / records per batch
+            assert family.name.endswith(("_seconds", "_rows", "_records")), family.name
     # each module-level metric is listed in ALL, so tests and the dashboard check see them
     defined = {v for v in vars(metrics).values() if isinstance(v, metrics.MetricWrapperBase)}
     assert defined == set(ALL)

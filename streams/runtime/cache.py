@@ -1,0 +1,39 @@
+"""A size-bounded in-memory mapping for caches that need no changelog (MX answers, verdicts that
+are cheap to recompute): when full, the oldest tenth of the entries goes, so memory stays flat
+however many distinct keys a long run sees."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, MutableMapping
+from typing import Any
+
+__all__ = ["BoundedCache"]
+
+
+class BoundedCache(MutableMapping[str, Any]):
+    def __init__(self, max_entries: int) -> None:
+        self.max_entries = max(max_entries, 10)
+        self._data: dict[str, Any] = {}
+
+    def __getitem__(self, key: str) -> Any:
+        return self._data[key]
+
+    def get(self, key: str, default: Any = None) -> Any:  # the hot path: no exception
+        return self._data.get(key, default)
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        data = self._data
+        if key not in data and len(data) >= self.max_entries:
+            # dicts keep insertion order: the first keys are the oldest
+            for old in list(data)[: self.max_entries // 10]:
+                del data[old]
+        data[key] = value
+
+    def __delitem__(self, key: str) -> None:
+        del self._data[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)

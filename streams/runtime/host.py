@@ -1,0 +1,79 @@
+"""Run a set of stages in one process: one producer shared by all, one runner (consumer group
+``<app id>-<stage>``) per stage. If any runner fails (Kafka stopped acknowledging, a recovery
+stalled), all stop and the error is raised, so the process exits and its supervisor restarts it;
+the unacknowledged batch was never committed and is read again."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Sequence
+from typing import Any
+
+from streams.runtime.producer import BatchProducer
+from streams.runtime.records import Clock, wall_clock
+from streams.runtime.runner import RunnerConfig, StageRunner
+from streams.runtime.stage import Stage
+
+__all__ = ["HostConfig", "StageHost"]
+
+
+class HostConfig:
+    def __init__(
+        self,
+        bootstrap: str,
+        app_id: str,
+        *,
+        linger_ms: int = 2,
+        session_timeout: float = 10.0,
+        heartbeat_interval: float = 1.0,
+    ) -> None:
+        self.bootstrap = bootstrap
+        self.app_id = app_id
+        self.linger_ms = linger_ms
+        self.session_timeout = session_timeout
+        self.heartbeat_interval = heartbeat_interval
+
+    def runner(self, stage: Stage) -> RunnerConfig:
+        return RunnerConfig(
+            self.bootstrap,
+            f"{self.app_id}-{stage.name}",
+            session_timeout=self.session_timeout,
+            heartbeat_interval=self.heartbeat_interval,
+        )
+
+
+class StageHost:
+    def __init__(self, config: HostConfig, stages: Sequence[Stage], clock: Clock = wall_clock):
+        self.producer = BatchProducer(config.bootstrap, linger_ms=config.linger_ms)
+        self.runners = [
+            StageRunner(stage, config.runner(stage), self.producer, clock) for stage in stages
+        ]
+        self.started = False
+
+    def runner(self, name: str) -> StageRunner:
+        return next(r for r in self.runners if r.stage.name == name)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await self.producer.start()
+        self.started = True
+        tasks = [asyncio.create_task(r.run(stop), name=r.stage.name) for r in self.runners]
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            stop.set()
+            for task in done:
+                task.result()  # raises the failure that ended it
+            await asyncio.gather(*tasks)
+        finally:
+            stop.set()
+            for task in tasks:
+                if not task.done():
+                    task.cancel()
+            with contextlib.suppress(BaseException):
+                await asyncio.gather(*tasks, return_exceptions=True)
+            self.started = False
+            await self.producer.stop()
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        stages = {r.stage.name: "running" if r.ready else "starting" for r in self.runners}
+        return self.started and all(r.ready for r in self.runners), {"stages": stages}

@@ -1,0 +1,273 @@
+"""The one batch loop for every stage: consume a batch under the stage's consumer group, hand it
+to the stage, send its outputs and its stores' changes, wait until Kafka acknowledged all of
+them, then commit the batch's offsets. A crash anywhere before the commit means the batch is
+read again; the stages are written so that a repeated batch decides the same way.
+
+Rebalances: the revoke callback waits for the batch in flight (it holds the lock), partitions
+that stay are kept, partitions that leave drop their state, partitions that arrive are recovered
+from their changelogs before any of their records is processed.
+
+A batch that raises is retried record by record; a record that raises on its own is dead-lettered
+(``stage.crashed``) and the rest of the batch goes on."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import traceback
+from collections.abc import Sequence
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+
+from streams.obs.metrics import BATCH_RECORDS, RECORDS, STAGE_SECONDS, STATE_ENTRIES
+from streams.runtime.producer import BatchProducer
+from streams.runtime.records import Clock, Consumed, wall_clock
+from streams.runtime.recovery import recover
+from streams.runtime.stage import Stage, Step
+
+__all__ = ["RunnerConfig", "StageRunner"]
+
+log = logging.getLogger("postwire.runtime")
+SLOW_BATCH = 10.0
+
+
+class RunnerConfig:
+    """What the runner needs to reach Kafka (a part of the settings, built by the worker)."""
+
+    def __init__(
+        self,
+        bootstrap: str,
+        group: str,
+        *,
+        session_timeout: float = 10.0,
+        heartbeat_interval: float = 1.0,
+        housekeeping_interval: float = 60.0,
+        fetch_wait: float = 0.1,
+    ) -> None:
+        self.bootstrap = bootstrap
+        self.group = group
+        self.session_timeout = session_timeout
+        self.heartbeat_interval = heartbeat_interval
+        self.housekeeping_interval = housekeeping_interval
+        self.fetch_wait = fetch_wait
+
+    def client(self) -> dict[str, Any]:
+        return {"bootstrap_servers": self.bootstrap}
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, runner: StageRunner) -> None:
+        self.runner = runner
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        async with self.runner.lock:  # the batch in flight finishes and commits first
+            self.runner.ready = False
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        await self.runner.assigned({tp.partition for tp in assigned})
+
+
+class StageRunner:
+    def __init__(
+        self,
+        stage: Stage,
+        config: RunnerConfig,
+        producer: BatchProducer,
+        clock: Clock = wall_clock,
+    ) -> None:
+        self.stage = stage
+        self.config = config
+        self.producer = producer
+        self.clock = clock
+        self.lock = asyncio.Lock()
+        self.owned: set[int] = set()
+        self.ready = False  # assigned and recovered: records are being processed
+        self.batches = 0
+        self._paused: dict[TopicPartition, float] = {}
+        self._wake = asyncio.Event()
+        self._consumer: AIOKafkaConsumer | None = None
+        self._last_housekeeping = time.monotonic()
+        self._seconds = STAGE_SECONDS.labels(stage.name)
+        self._sizes = BATCH_RECORDS.labels(stage.name)
+        self._outcomes: dict[str, Any] = {}
+
+    def wake(self) -> None:
+        """Resume held partitions now (a queue command may have made their records due)."""
+        self._wake.set()
+
+    async def assigned(self, partitions: set[int]) -> None:
+        for p in self.owned - partitions:
+            for store in self.stage.stores:
+                store.drop(p)
+        arriving = partitions - self.owned
+        if arriving and self.stage.stores:
+            await recover(self.config.client(), self.stage.stores, arriving)
+        self.owned = partitions
+        self._paused.clear()  # positions restart from the committed offsets
+        self.ready = True
+        log.info(
+            "stage %s: partitions %s assigned and recovered", self.stage.name, sorted(partitions)
+        )
+
+    async def run(self, stop: asyncio.Event) -> None:
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.config.bootstrap,
+            group_id=self.config.group,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_records=self.stage.max_batch,
+            session_timeout_ms=int(self.config.session_timeout * 1000),
+            heartbeat_interval_ms=int(self.config.heartbeat_interval * 1000),
+        )
+        consumer.subscribe(list(self.stage.inputs), listener=_Rebalance(self))
+        await consumer.start()
+        self._consumer = consumer
+        try:
+            while not stop.is_set():
+                self._resume_due(consumer)
+                fetched = await consumer.getmany(
+                    timeout_ms=self._fetch_wait_ms(), max_records=self.stage.max_batch
+                )
+                async with self.lock:
+                    if fetched:
+                        await self._batch(consumer, fetched)
+                    await self._housekeeping()
+        finally:
+            self.ready = False
+            self._consumer = None
+            await consumer.stop()
+
+    def _fetch_wait_ms(self) -> int:
+        wait = self.config.fetch_wait
+        if self._paused:
+            wait = min(wait, max(min(self._paused.values()) - self.clock().timestamp(), 0.001))
+        return max(int(wait * 1000), 1)
+
+    def _resume_due(self, consumer: AIOKafkaConsumer) -> None:
+        if not self._paused:
+            return
+        now = self.clock().timestamp()
+        woken = self._wake.is_set()
+        self._wake.clear()
+        due = [tp for tp, until in self._paused.items() if woken or until <= now]
+        for tp in due:
+            del self._paused[tp]
+        assigned = consumer.assignment()
+        consumer.resume(*[tp for tp in due if tp in assigned])
+
+    async def _batch(self, consumer: AIOKafkaConsumer, fetched: dict[Any, list[Any]]) -> None:
+        assigned = consumer.assignment()
+        batch: list[Consumed] = []
+        for tp, messages in fetched.items():
+            if tp not in assigned or not messages:
+                continue  # revoked meanwhile: the new owner reads them from the commit
+            if tp.partition not in self.owned:
+                # fetched before its state was recovered: read it again once it is
+                consumer.seek(tp, messages[0].offset)
+                continue
+            batch.extend(
+                Consumed(
+                    msg.topic,
+                    msg.partition,
+                    msg.offset,
+                    msg.key,
+                    msg.value,
+                    tuple(msg.headers or ()),
+                    msg.timestamp,
+                )
+                for msg in messages
+            )
+        if not batch:
+            return
+        started = time.perf_counter()
+        step = await self._watched(self._process(batch), len(batch))
+        records = list(step.outputs)
+        for store in self.stage.stores:
+            records.extend(store.changes())
+        await self.producer.settle(await self.producer.send(records))
+        await consumer.commit(self._offsets(consumer, batch, step))
+        self._observe(step, len(batch), started)
+
+    async def _watched(self, work: Any, n: int) -> Step:
+        """Run ``work``, logging where it waits whenever it has taken ``SLOW_BATCH`` s more (a
+        batch that never ends holds its partitions' offsets and every rebalance)."""
+        task: asyncio.Task[Step] = asyncio.ensure_future(work)
+        waited = 0.0
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=SLOW_BATCH)
+            if done:
+                return task.result()
+            waited += SLOW_BATCH
+            frames = (
+                "".join(traceback.format_stack(task.get_stack(limit=8)[-1]))
+                if task.get_stack()
+                else ""
+            )
+            log.warning(
+                "stage %s: a batch of %d records has run %.0fs; waiting at:\n%s",
+                self.stage.name,
+                n,
+                waited,
+                frames,
+            )
+
+    async def _process(self, batch: Sequence[Consumed]) -> Step:
+        now = self.clock()
+        try:
+            return await self.stage.process(batch, now)
+        except Exception:
+            log.exception(
+                "stage %s: a batch of %d raised; retrying record by record",
+                self.stage.name,
+                len(batch),
+            )
+        step = Step()
+        for record in batch:
+            try:
+                step.extend(await self.stage.process([record], self.clock()))
+            except Exception as exc:  # a stage that raises would lose the record: dead-letter
+                log.exception(
+                    "stage %s: record %s:%d:%d raised",
+                    self.stage.name,
+                    record.topic,
+                    record.partition,
+                    record.offset,
+                )
+                step.extend(self.stage.crashed(record, exc, self.clock()))
+        return step
+
+    def _offsets(
+        self, consumer: AIOKafkaConsumer, batch: Sequence[Consumed], step: Step
+    ) -> dict[TopicPartition, int]:
+        offsets: dict[TopicPartition, int] = {}
+        for record in batch:
+            offsets[TopicPartition(record.topic, record.partition)] = record.offset + 1
+        for (topic, partition), held in step.held.items():
+            tp = TopicPartition(topic, partition)
+            offsets[tp] = held.offset
+            consumer.seek(tp, held.offset)
+            consumer.pause(tp)
+            self._paused[tp] = held.until
+        return offsets
+
+    def _observe(self, step: Step, n: int, started: float) -> None:
+        self.batches += 1
+        self._seconds.observe((time.perf_counter() - started) / n)
+        self._sizes.observe(n)
+        for outcome, count in step.outcomes.items():
+            counter = self._outcomes.get(outcome)
+            if counter is None:
+                counter = self._outcomes[outcome] = RECORDS.labels(self.stage.name, outcome)
+            counter.inc(count)
+        for store in self.stage.stores:
+            STATE_ENTRIES.labels(store.name).set(len(store))
+
+    async def _housekeeping(self) -> None:
+        if time.monotonic() - self._last_housekeeping < self.config.housekeeping_interval:
+            return
+        self._last_housekeeping = time.monotonic()
+        self.stage.housekeeping(self.clock())
+        records = [out for store in self.stage.stores for out in store.changes()]
+        await self.producer.settle(await self.producer.send(records))

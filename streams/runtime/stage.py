@@ -1,0 +1,60 @@
+"""What a stage is to the runtime: a plain object that turns a batch of consumed records into
+output records and state changes (written into its stores), with no Kafka client and no faust.
+
+The worker, ``postwire replay`` and the tests drive a stage the same way: hand it a batch and a
+time, take the records it returns."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol
+
+from streams.runtime.records import Consumed, Out
+from streams.runtime.state import Store
+
+__all__ = ["Held", "Stage", "Step"]
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    """A partition the stage stopped on: ``offset`` is the first record it did not take (it is
+    read again from there), ``until`` the epoch second when it is worth trying again."""
+
+    offset: int
+    until: float
+
+
+@dataclass
+class Step:
+    """What one batch produced: records to send, outcome counts for metrics, held partitions."""
+
+    outputs: list[Out] = field(default_factory=list)
+    outcomes: Counter[str] = field(default_factory=Counter)
+    held: dict[tuple[str, int], Held] = field(default_factory=dict)
+
+    def extend(self, other: Step) -> None:
+        self.outputs.extend(other.outputs)
+        self.outcomes.update(other.outcomes)
+        self.held.update(other.held)
+
+
+class Stage(Protocol):
+    name: str  # metric label and consumer-group suffix
+    inputs: tuple[str, ...]  # topics, co-partitioned with every store
+    stores: tuple[Store, ...]
+    max_batch: int
+
+    async def process(self, batch: Sequence[Consumed], now: datetime) -> Step:
+        """Handle ``batch`` (records of owned partitions, in offset order per partition)."""
+        ...
+
+    def housekeeping(self, now: datetime) -> None:
+        """Periodic clean-up (expired entries become deletions in the stores)."""
+        ...
+
+    def crashed(self, record: Consumed, error: Exception, now: datetime) -> Step:
+        """The dead letter for a record whose processing raised unexpectedly."""
+        ...

@@ -1,0 +1,131 @@
+"""State stores of the batch runtime: a dict per input partition, changes buffered during a batch
+and written to a compacted changelog topic (same partition number) before the batch's offsets are
+committed, so state and progress move together. A restart or a rebalance rebuilds a partition's
+state by reading its changelog partition up to the end offset taken when recovery began.
+
+Writes coalesce: a key changed many times in one batch costs one changelog record. Values are
+JSON (orjson); ``None`` is a deletion (a tombstone, which compaction eventually removes)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import orjson
+
+from streams.runtime.records import Out
+
+__all__ = ["Overlay", "Store", "changelog_topic"]
+
+_DELETED = object()
+
+
+def changelog_topic(app_id: str, store: str) -> str:
+    return f"{app_id}-{store}-changelog"
+
+
+class Store:
+    """One named store. Keys are strings; values JSON-safe objects."""
+
+    def __init__(self, name: str, topic: str) -> None:
+        self.name = name
+        self.topic = topic
+        self._data: dict[int, dict[str, Any]] = {}
+        self._dirty: dict[int, dict[str, Any]] = {}
+
+    # reads and writes during a batch
+    def get(self, partition: int, key: str, default: Any = None) -> Any:
+        part = self._data.get(partition)
+        if part is None:
+            return default
+        return part.get(key, default)
+
+    def put(self, partition: int, key: str, value: Any) -> None:
+        self._data.setdefault(partition, {})[key] = value
+        self._dirty.setdefault(partition, {})[key] = value
+
+    def delete(self, partition: int, key: str) -> None:
+        part = self._data.get(partition)
+        if part is not None and key in part:
+            del part[key]
+            self._dirty.setdefault(partition, {})[key] = _DELETED
+
+    def items(self, partition: int) -> Iterator[tuple[str, Any]]:
+        return iter(list(self._data.get(partition, {}).items()))
+
+    def partitions(self) -> list[int]:
+        return list(self._data)
+
+    def __len__(self) -> int:
+        return sum(len(part) for part in self._data.values())
+
+    # the runtime's side
+    def changes(self) -> list[Out]:
+        """The changelog records for everything changed since the last call (one per key)."""
+        out = [
+            Out(
+                self.topic,
+                key.encode(),
+                None if value is _DELETED else orjson.dumps(value),
+                partition=partition,
+            )
+            for partition, dirty in self._dirty.items()
+            for key, value in dirty.items()
+        ]
+        self._dirty = {}
+        return out
+
+    def discard_changes(self) -> None:
+        """Forget unflushed changes (the batch that made them failed and will be re-read); the
+        partitions touched are reloaded from the changelog by the caller."""
+        self._dirty = {}
+
+    def restore(self, partition: int, key: bytes | None, value: bytes | None) -> None:
+        """Apply one changelog record during recovery."""
+        if key is None:
+            return
+        part = self._data.setdefault(partition, {})
+        name = key.decode()
+        if value is None:
+            part.pop(name, None)
+        else:
+            part[name] = orjson.loads(value)
+
+    def begin_recovery(self, partition: int) -> None:
+        self._data[partition] = {}
+        self._dirty.pop(partition, None)
+
+    def drop(self, partition: int) -> None:
+        """The partition went to another worker: its state is theirs now."""
+        self._data.pop(partition, None)
+        self._dirty.pop(partition, None)
+
+
+class Overlay:
+    """Writes of one batch over a store, applied only when the whole batch was decided: a batch
+    that raises leaves the store as it was, so deciding it again record by record counts
+    nothing twice."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._writes: dict[tuple[int, str], Any] = {}
+
+    def get(self, partition: int, key: str, default: Any = None) -> Any:
+        found = self._writes.get((partition, key), self)
+        if found is self:
+            return self.store.get(partition, key, default)
+        return default if found is _DELETED else found
+
+    def put(self, partition: int, key: str, value: Any) -> None:
+        self._writes[(partition, key)] = value
+
+    def delete(self, partition: int, key: str) -> None:
+        self._writes[(partition, key)] = _DELETED
+
+    def apply(self) -> None:
+        for (partition, key), value in self._writes.items():
+            if value is _DELETED:
+                self.store.delete(partition, key)
+            else:
+                self.store.put(partition, key, value)
+        self._writes = {}

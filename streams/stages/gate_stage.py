@@ -1,0 +1,230 @@
+"""The gate and the deferral stage on the batch runtime.
+
+The gate keeps one store (``gate``), partitioned like ``requests`` (key = tenant), holding:
+- ``r:<tenant>``: the tenant's rate windows ``{second|minute|hour: [window start, count]}``;
+- ``d:<tenant>\\x1f<idempotency key>``: a dedup entry ``{request_id, expires}``;
+- ``w:<topic>:<partition>``: the last offset decided (the replay watermark);
+- ``m:<request id>\\x1f<deferrals>``: the memo of a throttle or deferral decision.
+
+A batch is decided record by record into an overlay and the overlay is applied once, so a
+tenant's windows, a partition's watermark and a dedup key cost one changelog record per batch
+however many requests touched them."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from streams.codec import Codec, Record
+from streams.deadletter import SourcePosition, rejection
+from streams.directory import DirectoryHolder
+from streams.errors import StageCrashError
+from streams.runtime.records import Consumed, Out
+from streams.runtime.stage import Held, Step
+from streams.runtime.state import Overlay, Store
+from streams.settings import TopicNames
+from streams.stages.admission import count_admission, window_counts, windows_expired
+from streams.stages.gate import (
+    STAGE,
+    GateResult,
+    Reject,
+    admit,
+    decide,
+    replayed_memo,
+    unknown_credentials,
+)
+
+__all__ = ["DEFERRALS", "NOT_BEFORE", "DeferralStage", "GateOutputs", "GateStage"]
+
+NOT_BEFORE = "postwire-not-before"
+DEFERRALS = "postwire-deferrals"
+
+
+class GateOutputs:
+    """The records one gate decision becomes (the request is forwarded as it came)."""
+
+    def __init__(self, codec: Codec, topics: TopicNames) -> None:
+        self.codec = codec
+        self.topics = topics
+
+    def event(self, record: Record) -> Out:
+        key = (record["message_id"] or record["request_id"] or record["tenant"]).encode()
+        return Out(self.topics.events, key, self.codec.encode("DeliveryEvent", record))
+
+    def rejection(self, record: Record) -> Out:
+        return Out(self.topics.rejections, record["key"], self.codec.encode("Rejection", record))
+
+    def of(self, record: Consumed, result: GateResult, now: datetime, deferrals: int) -> list[Out]:
+        encode, t = self.codec.encode, self.topics
+        out = []
+        if result.forward:
+            out.append(Out(t.accepted, record.key, record.value))
+        if result.rejection is not None:
+            out.append(self.rejection(result.rejection))
+        out.extend(self.event(ev) for ev in result.events)
+        out.extend(
+            Out(t.verify, domain.encode(), encode("VerifyTask", task))
+            for domain, task in result.tasks
+        )
+        out.extend(
+            Out(
+                t.suppressions,
+                f"{s['tenant']}\x1f{s['address']}".encode(),
+                encode("Suppression", s),
+            )
+            for s in result.suppressions
+        )
+        out.extend(
+            Out(t.lane(lane), domain.encode(), encode("DeliveryTask", task))
+            for domain, lane, task in result.deliveries
+        )
+        if result.defer_for is not None:
+            not_before = int((now.timestamp() + result.defer_for) * 1000)
+            headers = (
+                (NOT_BEFORE, str(not_before).encode()),
+                (DEFERRALS, str(deferrals + 1).encode()),
+            )
+            out.append(Out(t.deferred, record.key, record.value, headers))
+        return out
+
+
+class GateStage:
+    name = STAGE
+    max_batch = 2000
+
+    def __init__(
+        self,
+        codec: Codec,
+        topics: TopicNames,
+        directory: DirectoryHolder,
+        store: Store,
+        *,
+        dedup_ttl: float,
+    ) -> None:
+        self.codec = codec
+        self.directory = directory
+        self.store = store
+        self.stores: tuple[Store, ...] = (store,)
+        self.inputs: tuple[str, ...] = (topics.requests,)
+        self.dedup_ttl = dedup_ttl
+        self.outputs = GateOutputs(codec, topics)
+
+    async def process(self, batch: Sequence[Consumed], now: datetime) -> Step:
+        if not self.directory.ready.is_set():
+            await self.directory.ready.wait()
+        state = Overlay(self.store)
+        step = Step()
+        for record in batch:
+            result, deferrals = await self._one(state, record, now)
+            step.outputs.extend(self.outputs.of(record, result, now, deferrals))
+            step.outcomes[result.outcome] += 1
+        state.apply()
+        return step
+
+    async def _one(self, state: Overlay, record: Consumed, now: datetime) -> tuple[GateResult, int]:
+        position = SourcePosition(record.topic, record.partition, record.offset)
+        decoded = admit(self.codec, record.value, record.key, position, now)
+        if isinstance(decoded, Reject):
+            return GateResult("undecodable", rejection=decoded.record), 0
+        request = decoded.request
+        p, tenant, idem = record.partition, request["tenant"], request["idempotency_key"]
+        ts = now.timestamp()
+        deferrals = int(record.header(DEFERRALS) or b"0")
+        memo_key = f"m:{request['request_id']}\x1f{deferrals}"
+        mark_key = f"w:{record.topic}:{p}"
+        watermark = state.get(p, mark_key)
+        memo = replayed_memo(
+            record.offset,
+            watermark,
+            state.get(p, memo_key) if watermark is not None else None,
+            ts,
+        )
+        rate_key = f"r:{tenant}"
+        rates = state.get(p, rate_key)
+        args: dict[str, Any] = {
+            "dedup_entry": state.get(p, f"d:{tenant}\x1f{idem}") if idem else None,
+            "counts": window_counts(rates, ts),
+            "now": now,
+            "dedup_ttl": self.dedup_ttl,
+            "source": position,
+            "raw": record.value or b"",
+            "key": record.key,
+            "deferrals": deferrals,
+            "memo": memo,
+        }
+        result = decide(request, self.directory.current, **args)
+        if unknown_credentials(result) and await self.directory.lookup_miss(request["api_key"]):
+            result = decide(request, self.directory.current, **args)
+        if result.memo_entry is not None:
+            state.put(p, memo_key, result.memo_entry)
+        if watermark is None or record.offset > watermark:
+            state.put(p, mark_key, record.offset)
+        if result.dedup_key is not None and result.dedup_entry is not None:
+            state.put(p, f"d:{result.dedup_key}", result.dedup_entry)
+        if result.count:
+            state.put(p, rate_key, count_admission(rates, ts))
+        return result, deferrals
+
+    def housekeeping(self, now: datetime) -> None:
+        """Expired dedup keys and memos, and windows that count nothing any more, go."""
+        ts = now.timestamp()
+        for p in self.store.partitions():
+            for key, value in self.store.items(p):
+                kind = key[:2]
+                expired = (kind in ("d:", "m:") and float(value["expires"]) <= ts) or (
+                    kind == "r:" and windows_expired(value, ts)
+                )
+                if expired:
+                    self.store.delete(p, key)
+
+    def crashed(self, record: Consumed, error: Exception, now: datetime) -> Step:
+        return _crashed(self.outputs, record, error, now)
+
+
+def _crashed(outputs: GateOutputs, record: Consumed, error: Exception, now: datetime) -> Step:
+    position = SourcePosition(record.topic, record.partition, record.offset)
+    crash = StageCrashError(f"{type(error).__name__}: {error}")
+    dead = rejection(position, STAGE, crash, record.key, record.value or b"", now)
+    step = Step(outputs=[outputs.rejection(dead)])
+    step.outcomes["crashed"] += 1
+    return step
+
+
+class DeferralStage:
+    """Requests over their rate limit wait on ``deferred`` until their window ends, then go back
+    to ``requests``. Records of a partition are deferred in time order, so holding a partition at
+    its first record that is not due yet holds nothing that is."""
+
+    name = "deferral"
+    max_batch = 500
+    stores: tuple[Store, ...] = ()
+
+    def __init__(self, codec: Codec, topics: TopicNames) -> None:
+        self.topics = topics
+        self.inputs: tuple[str, ...] = (topics.deferred,)
+        self.outputs = GateOutputs(codec, topics)
+
+    async def process(self, batch: Sequence[Consumed], now: datetime) -> Step:
+        step = Step()
+        ts = now.timestamp()
+        for record in batch:
+            tp = (record.topic, record.partition)
+            if tp in step.held:
+                continue
+            not_before = int(record.header(NOT_BEFORE) or b"0") / 1000
+            if not_before > ts:
+                step.held[tp] = Held(record.offset, not_before)
+                continue
+            deferrals = record.header(DEFERRALS) or b"1"
+            step.outputs.append(
+                Out(self.topics.requests, record.key, record.value, ((DEFERRALS, deferrals),))
+            )
+            step.outcomes["released"] += 1
+        return step
+
+    def housekeeping(self, now: datetime) -> None:
+        return None
+
+    def crashed(self, record: Consumed, error: Exception, now: datetime) -> Step:
+        return _crashed(self.outputs, record, error, now)
