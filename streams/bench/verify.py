@@ -18,6 +18,7 @@ from aiokafka import AIOKafkaProducer
 
 from streams.bench.baselines import aiokafka_passthrough_rate, copy_rate
 from streams.bench.dns_server import Zone, ZoneServer
+from streams.bench.records import kafka_counts, records_per_request
 from streams.bench.stacks import bench_settings
 from streams.codec import default_codec
 from streams.settings import Settings
@@ -41,6 +42,9 @@ class VerifyBenchResult:
     passthrough_per_s: float
     copy_per_s: float
     workers: int
+    # Kafka records per request (produced by the pipeline, consumed by every group), from the
+    # broker's offsets
+    records_per_request: dict[str, float] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -129,8 +133,13 @@ async def run_verify_bench(
             if progress:
                 progress("warm-up done; measuring the pipeline")
             run = uuid.uuid4().hex[:8]
+            before = await kafka_counts(settings.bootstrap, settings.topic_prefix)
             began = await _publish(settings, "bench", key, requests, run, rate)
             await _wait_rows(conn, run, requests, 600)
+            elapsed = time.perf_counter() - began
+            # the last commits (sinks, stages) follow the rows by a moment
+            await asyncio.sleep(3)
+            delta = (await kafka_counts(settings.bootstrap, settings.topic_prefix)).minus(before)
             row = await conn.fetchrow(
                 "SELECT max(landed_at) AS last,"
                 " percentile_cont(0.5) WITHIN GROUP (ORDER BY landed_at - requested_at) AS p50,"
@@ -139,7 +148,6 @@ async def run_verify_bench(
                 " FROM verifications WHERE request_id LIKE $1",
                 f"{run}-%",
             )
-            elapsed = time.perf_counter() - began
         finally:
             await conn.close()
         if progress:
@@ -161,4 +169,6 @@ async def run_verify_bench(
         passthrough_per_s=passthrough,
         copy_per_s=copy,
         workers=workers,
+        records_per_request=records_per_request(delta, requests),
+        extra={"records": {"produced": delta.produced, "consumed": delta.consumed}},
     )

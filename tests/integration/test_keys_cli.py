@@ -47,10 +47,10 @@ def _request(tenant: str, key: str, operation: str) -> dict[str, object]:
 
 
 async def _decision(conn: asyncpg.Connection, tenant: str, request_id: str) -> tuple | None:
-    """(outcome, when the gate decided) from the processed event or the dead letter."""
-    at = await conn.fetchval(
-        "SELECT occurred_at FROM events WHERE request_id = $1 AND type = 'processed'", request_id
-    )
+    """(outcome, when the gate decided) from the dead letter, or for an admitted verify request
+    (which leaves no processed event: its VerifyTasks are its record) from when its requests row
+    was written, a sink linger after the gate's decision (never before it)."""
+    at = await conn.fetchval("SELECT accepted_at FROM requests WHERE request_id = $1", request_id)
     if at is not None:
         return "admitted", at
     row = await conn.fetchrow(

@@ -1,0 +1,112 @@
+"""The gate over batches: decisions as before, state written once per tenant and partition per
+batch, redelivered batches counted once, deferred requests held until due."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+
+from streams.codec import default_codec
+from streams.directory import DirectoryHolder
+from streams.runtime.records import Consumed
+from streams.runtime.state import Store
+from streams.settings import Settings, TopicNames
+from streams.stages.admission import Limits
+from streams.stages.gate_stage import DEFERRALS, NOT_BEFORE, DeferralStage, GateStage
+from streams.tenants import ApiKey, Tenant, hash_key
+
+NOW = datetime(2026, 12, 1, 12, 0, 0, tzinfo=UTC)
+TOPICS = TopicNames("t")
+CODEC = default_codec()
+
+
+def gate(per_second: int = 1000) -> GateStage:
+    holder = DirectoryHolder(Settings())
+    holder.ready.set()
+    for tenant in ("a", "b"):
+        holder.current.tenants[tenant] = Tenant(
+            tenant, Limits(per_second, 10**6, 10**7), "defer", False
+        )
+        holder.current.keys[hash_key(f"key-{tenant}")] = ApiKey(
+            f"k{tenant}", tenant, hash_key(f"key-{tenant}"), frozenset({"verify", "send"}), False
+        )
+    return GateStage(CODEC, TOPICS, holder, Store("gate", "t-gate-changelog"), dedup_ttl=3600)
+
+
+def request(i: int, tenant: str = "a", **extra: Any) -> bytes:
+    return CODEC.encode(
+        "EmailRequest",
+        {
+            "request_id": f"{tenant}-{i}",
+            "tenant": tenant,
+            "api_key": f"key-{tenant}",
+            "operation": "validate",
+            "recipients": [{"email": f"u{i}@d{i % 3}.example"}],
+            "created_at": NOW,
+            **extra,
+        },
+    )
+
+
+def batch(values: list[bytes], partition: int = 0, start: int = 0) -> list[Consumed]:
+    return [Consumed(TOPICS.requests, partition, start + i, b"a", v) for i, v in enumerate(values)]
+
+
+async def test_a_batch_writes_each_tenant_window_and_watermark_once() -> None:
+    stage = gate()
+    step = await stage.process(
+        batch([request(i) for i in range(50)] + [request(i, "b") for i in range(50)]), NOW
+    )
+    assert step.outcomes == {"admitted": 100}
+    # verify requests leave one VerifyTask each and nothing else
+    assert {o.topic for o in step.outputs} == {TOPICS.verify}
+    changes = {o.key: orjson.loads(o.value or b"null") for o in stage.store.changes()}
+    assert changes[b"r:a"]["second"][1] == 50
+    assert changes[b"r:b"]["second"][1] == 50
+    assert changes[b"w:t.requests:0"] == 99
+    assert len(changes) == 3  # 100 requests, three changelog records
+
+
+async def test_limits_hold_inside_one_batch() -> None:
+    stage = gate(per_second=10)
+    step = await stage.process(batch([request(i) for i in range(15)]), NOW)
+    assert step.outcomes == {"admitted": 10, "deferred": 5}
+    assert sum(o.topic == TOPICS.deferred for o in step.outputs) == 5
+
+
+async def test_a_redelivered_batch_is_not_counted_again() -> None:
+    stage = gate(per_second=10)
+    records = batch([request(i) for i in range(15)])
+    first = await stage.process(records, NOW)
+    stage.store.changes()
+    again = await stage.process(records, NOW + timedelta(milliseconds=10))
+    assert again.outcomes == first.outcomes  # the same decisions, from the watermark and memos
+    assert stage.store.get(0, "r:a")["second"][1] == 10
+    assert stage.store.changes() == []  # nothing new to remember
+
+
+async def test_garbage_is_dead_lettered_and_the_rest_goes_on() -> None:
+    stage = gate()
+    step = await stage.process(batch([b"junk", request(1)]), NOW)
+    assert step.outcomes == {"undecodable": 1, "admitted": 1}
+    assert sum(o.topic == TOPICS.rejections for o in step.outputs) == 1
+
+
+async def test_deferral_holds_a_partition_at_its_first_record_not_yet_due() -> None:
+    stage = DeferralStage(CODEC, TOPICS)
+    due = str(int(NOW.timestamp() * 1000) - 1).encode()
+    later = str(int(NOW.timestamp() * 1000) + 5000).encode()
+    records = [
+        Consumed(TOPICS.deferred, 0, 10, b"a", b"v1", ((NOT_BEFORE, due), (DEFERRALS, b"1"))),
+        Consumed(TOPICS.deferred, 0, 11, b"a", b"v2", ((NOT_BEFORE, later), (DEFERRALS, b"1"))),
+        Consumed(TOPICS.deferred, 0, 12, b"a", b"v3", ((NOT_BEFORE, due), (DEFERRALS, b"2"))),
+        Consumed(TOPICS.deferred, 1, 4, b"b", b"v4", ((NOT_BEFORE, due), (DEFERRALS, b"1"))),
+    ]
+    step = await stage.process(records, NOW)
+    assert [o.value for o in step.outputs] == [b"v1", b"v4"]
+    assert {o.topic for o in step.outputs} == {TOPICS.requests}
+    held = step.held[(TOPICS.deferred, 0)]
+    assert held.offset == 11
+    assert held.until == NOW.timestamp() + 5
