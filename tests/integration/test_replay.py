@@ -74,11 +74,13 @@ async def test_into_sinks_changes_nothing_then_fills_back_exactly_the_deleted_ra
     second = [_request(tenant, key, f"b{i}@normal.example") for i in range(30)]
     conn = await asyncpg.connect(stack.dsn)
     try:
+        # validate requests: their requests rows come from the verify topic (their VerifyTasks
+        # are their audit record) and their outcome is a verifications row
         mine = "SELECT count(*) FROM requests WHERE tenant_id = $1"
-        processed = "SELECT count(*) FROM events WHERE tenant_id = $1 AND type = 'processed'"
+        results = "SELECT count(*) FROM verifications WHERE tenant_id = $1"
 
         async def landed() -> tuple[int, int]:
-            return await _count(conn, mine, tenant), await _count(conn, processed, tenant)
+            return await _count(conn, mine, tenant), await _count(conn, results, tenant)
 
         began = datetime.now(UTC)
         await _publish(stack, codec, first)
@@ -90,8 +92,8 @@ async def test_into_sinks_changes_nothing_then_fills_back_exactly_the_deleted_ra
         window = ("--from", began.isoformat(), "--to", ended.isoformat())
 
         # nothing was lost: the replay upserts every row and changes none
-        summary = await _replay(stack, "--topic", "accepted", "--into-sinks", *window)
-        assert summary["topic"] == stack.topics.accepted
+        summary = await _replay(stack, "--topic", "verify", "--into-sinks", *window)
+        assert summary["topic"] == stack.topics.verify
         assert summary["records"] >= 60
         assert summary["rows"]["requests"] == summary["records"]
         assert summary["changed"]["requests"] == 0
@@ -110,18 +112,17 @@ async def test_into_sinks_changes_nothing_then_fills_back_exactly_the_deleted_ra
             "DELETE FROM requests WHERE request_id = ANY($1::text[])", second_ids + lost_first
         )
         await conn.execute(
-            "DELETE FROM events WHERE type = 'processed' AND request_id = ANY($1::text[])",
-            second_ids,
+            "DELETE FROM verifications WHERE request_id = ANY($1::text[])", second_ids
         )
         assert await landed() == (25, 30)
 
         late = ("--from", middle.isoformat(), "--to", ended.isoformat())
-        summary = await _replay(stack, "--topic", stack.topics.accepted, "--into-sinks", *late)
+        summary = await _replay(stack, "--topic", stack.topics.verify, "--into-sinks", *late)
         assert summary["changed"]["requests"] == 30
         assert summary["after"]["requests"] - summary["before"]["requests"] == 30
-        summary = await _replay(stack, "--topic", "events", "--into-sinks", *late)
-        assert summary["changed"]["events"] == 30
-        assert set(summary["before"]) == {"events", "messages", "rejections"}
+        summary = await _replay(stack, "--topic", "verifications", "--into-sinks", *late)
+        assert summary["changed"]["verifications"] == 30
+        assert set(summary["before"]) == {"verifications", "rejections"}
         # exactly the range came back, as it was; the five outside it are still missing
         assert await landed() == (55, 60)
         back = await conn.fetch(
@@ -172,6 +173,7 @@ async def test_stage_verify_reverifies_under_its_own_group(stack: Settings, code
     addresses = [f"u{i}@normal.example" for i in range(10)] + ["x@doesnotexist.example"]
     requests = [_request(tenant, key, a, "verify") for a in addresses]
     verify_topic = stack.topics.verify
+    live_group = f"{stack.app_id}-verify"  # the verify stage's consumer group
     conn = await asyncpg.connect(stack.dsn)
     try:
         mine = "SELECT count(*) FROM verifications WHERE tenant_id = $1"
@@ -182,7 +184,7 @@ async def test_stage_verify_reverifies_under_its_own_group(stack: Settings, code
         # the live group has committed everything it read: its offsets must stay where they are
         ends = await _end_offsets(stack, verify_topic)
         live = await eventually(
-            lambda: _group_offsets(stack, stack.app_id, verify_topic), lambda o: o == ends
+            lambda: _group_offsets(stack, live_group, verify_topic), lambda o: o == ends
         )
         assert live == ends
 
@@ -219,7 +221,7 @@ async def test_stage_verify_reverifies_under_its_own_group(stack: Settings, code
         committed = await _group_offsets(stack, summary["group"], verify_topic)
         planned = {p["partition"]: p["end"] for p in summary["partitions"] if p["end"] > p["start"]}
         assert committed == planned
-        assert await _group_offsets(stack, stack.app_id, verify_topic) == live
+        assert await _group_offsets(stack, live_group, verify_topic) == live
     finally:
         await conn.close()
 
