@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 from typing import Any
 
@@ -154,6 +155,15 @@ async def _no_failure_hook(exc: BaseException) -> None:
     raise exc
 
 
+def tune_gc() -> None:
+    """Keep what start-up allocated out of every collection, and collect the youngest
+    generation less often: a batch allocates tens of thousands of short-lived objects that
+    reference counting frees anyway, and each gen-0 pass over them showed up in profiles."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 20)
+
+
 def tune_producer_buffer(settings: Settings) -> None:
     """faust parks an agent whenever more than 100 table-changelog records wait to be produced,
     so every agent that writes a table stalls every few ms under load; let a burst through."""
@@ -186,6 +196,7 @@ def run_worker(settings: Settings, stages: tuple[str, ...] = STAGES) -> None:
 
     app = create_app(settings, stages, directory=directory, control=control, on_failure=crash)
     tune_producer_buffer(settings)
+    tune_gc()
     # override_logging=False: mode's Worker would otherwise replace our root handler with its
     # own text formatter when it starts (configure_logging above set the level)
     worker = faust.Worker(app, quiet=True, redirect_stdouts=False, override_logging=False)

@@ -39,9 +39,11 @@ async def kafka_counts(bootstrap: str, prefix: str) -> RecordCounts:
     await consumer.start()
     counts = RecordCounts()
     try:
-        topics = [t for t in await consumer.topics() if _ours(t, prefix)]
+        topics = [t for t in await admin.list_topics() if _ours(t, prefix)]
         parts = [
-            TopicPartition(t, p) for t in topics for p in consumer.partitions_for_topic(t) or ()
+            TopicPartition(d["topic"], p["partition"])
+            for d in await admin.describe_topics(topics)
+            for p in d["partitions"]
         ]
         for tp, end in (await consumer.end_offsets(parts)).items():
             counts.produced[tp.topic] = counts.produced.get(tp.topic, 0) + end

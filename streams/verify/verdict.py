@@ -24,6 +24,18 @@ class Verdict:
     reasons: tuple[str, ...]
 
 
+# reasons that leave the verdict unknown: the evidence could not be had
+_UNKNOWN = frozenset(
+    {
+        "smtp_unreachable",
+        "smtp_temporary_failure",
+        "smtp_blocked",
+        "smtp_unknown_reply",
+        "dns_unavailable",
+    }
+)
+
+
 def judge(
     syntax: SyntaxResult,
     mx: MxAnswer | None,
@@ -62,13 +74,6 @@ def judge(
             reasons.append("catch_all")
     if mx.status in ("timeout", "error"):
         reasons.append("dns_unavailable")
-    unknown = {
-        "smtp_unreachable",
-        "smtp_temporary_failure",
-        "smtp_blocked",
-        "smtp_unknown_reply",
-        "dns_unavailable",
-    }
     risky = []
     if misc.is_disposable:
         risky.append("disposable")
@@ -77,7 +82,7 @@ def judge(
     if misc.suggestion:
         risky.append("possible_typo")
     reasons.extend(risky)
-    if any(r in unknown for r in reasons):
+    if any(r in _UNKNOWN for r in reasons):
         return Verdict("unknown", 50 - 10 * len(risky), tuple(reasons))
     if risky or "mailbox_full" in reasons or "catch_all" in reasons:
         penalty = 15 * len(risky) + (20 if "mailbox_full" in reasons else 0)
