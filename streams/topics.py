@@ -9,7 +9,7 @@ from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
 from streams.deliver.retry import tier_topics
 from streams.errors import StackError
-from streams.runtime.state import changelog_topic
+from streams.runtime.state import CHANGELOG_CONFIG, changelog_topic
 from streams.settings import Settings
 
 __all__ = ["TopicSpec", "ensure_topics", "topic_specs"]
@@ -19,6 +19,7 @@ _WEEK_MS = 7 * 24 * 3600 * 1000
 STORES = {
     "gate": "gate state: rate windows, dedup keys, replay watermarks, throttle memos",
     "verdicts": "verify: probe verdicts by address",
+    "sent-tx": "deliver: task ids a receiver accepted, transactional lane",
 }
 
 
@@ -39,14 +40,7 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
     log = {"cleanup.policy": "delete", "retention.ms": str(_WEEK_MS)}
     # latest value per key is the truth (like a table changelog): compaction keeps it forever
     table = {"cleanup.policy": "compact", "min.compaction.lag.ms": "60000"}
-    # state changelogs are rewritten all the time: roll segments hourly so compaction can run
-    # (it never touches the active segment) and recovery reads little more than the live keys
-    changelog = {
-        "cleanup.policy": "compact",
-        "segment.ms": "3600000",
-        "min.cleanable.dirty.ratio": "0.1",
-        "delete.retention.ms": "3600000",
-    }
+    changelog = CHANGELOG_CONFIG
     return [
         TopicSpec(t.requests, n, log, "EmailRequest from producers, key = tenant"),
         TopicSpec(t.accepted, n, log, "EmailRequest that passed the gate, key = tenant"),

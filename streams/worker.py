@@ -23,10 +23,10 @@ from streams.runtime.records import Clock, wall_clock
 from streams.runtime.stage import Stage
 from streams.runtime.state import Store, changelog_topic
 from streams.settings import Settings
-from streams.stages import deliver
+from streams.stages.deliver import deliver_stages
 from streams.stages.gate_stage import DeferralStage, GateStage
 from streams.stages.names import DELIVER_PARTS, KNOWN_STAGES, STAGES
-from streams.stages.shell import Outputs, install_directory
+from streams.stages.shell import install_directory
 from streams.stages.verify import VerifyStage, build_verifier
 
 __all__ = ["STAGES", "RuntimeService", "create_app", "run_worker", "runtime_stages"]
@@ -112,43 +112,55 @@ def create_app(
     unknown = set(stages) - set(KNOWN_STAGES)
     if unknown:
         raise ValueError(f"unknown stage(s) {sorted(unknown)}; known: {', '.join(KNOWN_STAGES)}")
-    outputs = Outputs(app, settings, codec)
     directory = directory or DirectoryHolder(settings)
     install_directory(app, directory)
     checks = {"directory_loaded": directory.ready.is_set}
-    if control is not None:
-        checks["queue_control_loaded"] = control.ready.is_set
     found = runtime_stages(settings, stages, codec, directory)
-    if found:
-        host = StageHost(
-            HostConfig(
-                settings.bootstrap,
-                settings.app_id,
-                linger_ms=settings.producer_linger_ms,
-                session_timeout=settings.session_timeout,
-                heartbeat_interval=settings.heartbeat_interval,
-            ),
-            found,
-            clock,
-        )
-        app.add_dependency(RuntimeService(host, on_failure or _no_failure_hook, loop=None))
-        checks["stages_running"] = lambda: host.health()[0]
-    install_pages(app, checks)
-    lanes = tuple(lane for part in stages for lane in DELIVER_PARTS.get(part, ()))
+    background = []
+    lanes = tuple(sorted({lane for part in stages for lane in DELIVER_PARTS.get(part, ())}))
     if lanes:
+        feed = control or ControlFeed(settings)
+        checks["queue_control_loaded"] = feed.ready.is_set
         # the delay topics and queue commands go with the bulk lane: one process group
         # re-queues released mail, so it is not re-queued twice
-        deliver.register(
-            app,
-            settings,
-            codec,
-            outputs,
-            directory,
-            clock,
-            control,
-            lanes=tuple(sorted(set(lanes))),
-        )
+        found.extend(deliver_stages(settings, codec, directory, clock, feed, lanes))
+        background.append(_control_feed(feed))
+    host = StageHost(
+        HostConfig(
+            settings.bootstrap,
+            settings.app_id,
+            partitions=settings.partitions,
+            replication=settings.replication_factor,
+            linger_ms=settings.producer_linger_ms,
+            session_timeout=settings.session_timeout,
+            heartbeat_interval=settings.heartbeat_interval,
+        ),
+        found,
+        clock,
+        background=background,
+    )
+    app.add_dependency(RuntimeService(host, on_failure or _no_failure_hook, loop=None))
+    checks["stages_running"] = lambda: host.health()[0]
+    install_pages(app, checks)
     return app
+
+
+def _control_feed(feed: ControlFeed) -> Any:
+    """Read queue commands for as long as the host runs; a command that changes what is due
+    wakes the delay tiers at once instead of at their next look."""
+
+    async def run(stop: asyncio.Event, host: StageHost) -> None:
+        feed.start()
+        delays = [r for r in host.runners if r.stage.name.startswith("delay.")]
+        try:
+            while not stop.is_set():
+                await feed.wait_changed(1.0)
+                for runner in delays:
+                    runner.wake()
+        finally:
+            await feed.stop()
+
+    return run
 
 
 async def _no_failure_hook(exc: BaseException) -> None:

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from streams.runtime.producer import BatchProducer
 from streams.runtime.records import Clock, wall_clock
 from streams.runtime.runner import RunnerConfig, StageRunner
 from streams.runtime.stage import Stage
+from streams.runtime.state import ensure_changelogs
 
 __all__ = ["HostConfig", "StageHost"]
 
@@ -24,12 +25,16 @@ class HostConfig:
         bootstrap: str,
         app_id: str,
         *,
+        partitions: int = 1,
+        replication: int = 1,
         linger_ms: int = 2,
         session_timeout: float = 10.0,
         heartbeat_interval: float = 1.0,
     ) -> None:
         self.bootstrap = bootstrap
         self.app_id = app_id
+        self.partitions = partitions
+        self.replication = replication
         self.linger_ms = linger_ms
         self.session_timeout = session_timeout
         self.heartbeat_interval = heartbeat_interval
@@ -43,8 +48,21 @@ class HostConfig:
         )
 
 
+# a task that runs beside the stages for as long as they run (a feed the stages read)
+Background = Callable[[asyncio.Event, "StageHost"], Coroutine[Any, Any, None]]
+
+
 class StageHost:
-    def __init__(self, config: HostConfig, stages: Sequence[Stage], clock: Clock = wall_clock):
+    def __init__(
+        self,
+        config: HostConfig,
+        stages: Sequence[Stage],
+        clock: Clock = wall_clock,
+        *,
+        background: Sequence[Background] = (),
+    ) -> None:
+        self.config = config
+        self.background = list(background)
         self.producer = BatchProducer(config.bootstrap, linger_ms=config.linger_ms)
         self.runners = [
             StageRunner(stage, config.runner(stage), self.producer, clock) for stage in stages
@@ -55,9 +73,16 @@ class StageHost:
         return next(r for r in self.runners if r.stage.name == name)
 
     async def run(self, stop: asyncio.Event) -> None:
+        stores = [store for r in self.runners for store in r.stage.stores]
+        # every changelog exists before any stage joins its group (a missing one is an error
+        # here, at start, never after a send)
+        await ensure_changelogs(
+            self.config.bootstrap, stores, self.config.partitions, self.config.replication
+        )
         await self.producer.start()
         self.started = True
         tasks = [asyncio.create_task(r.run(stop), name=r.stage.name) for r in self.runners]
+        tasks.extend(asyncio.create_task(job(stop, self)) for job in self.background)
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
             stop.set()

@@ -63,6 +63,7 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
         async with self.runner.lock:  # the batch in flight finishes and commits first
+            await self.runner.drain()
             self.runner.ready = False
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
@@ -92,6 +93,10 @@ class StageRunner:
         self._seconds = STAGE_SECONDS.labels(stage.name)
         self._sizes = BATCH_RECORDS.labels(stage.name)
         self._outcomes: dict[str, Any] = {}
+        # concurrent stages: records in flight, and per partition what is in flight / done
+        self._tasks: dict[asyncio.Future[Step], Consumed] = {}
+        self._in_flight: dict[TopicPartition, set[int]] = {}
+        self._high: dict[TopicPartition, int] = {}
 
     def wake(self) -> None:
         """Resume held partitions now (a queue command may have made their records due)."""
@@ -125,6 +130,9 @@ class StageRunner:
         await consumer.start()
         self._consumer = consumer
         try:
+            if self.stage.concurrency:
+                await self._run_concurrent(consumer, stop)
+                return
             while not stop.is_set():
                 self._resume_due(consumer)
                 fetched = await consumer.getmany(
@@ -138,6 +146,88 @@ class StageRunner:
             self.ready = False
             self._consumer = None
             await consumer.stop()
+
+    async def _run_concurrent(self, consumer: AIOKafkaConsumer, stop: asyncio.Event) -> None:
+        """For stages that wait on the network per record (SMTP): up to ``concurrency`` records
+        in flight, each its own task; whatever finished is flushed together, and a partition is
+        committed up to its oldest record still in flight, so a slow destination delays only its
+        own records (and the commit point), never the records behind it."""
+        while not stop.is_set():
+            room = self.stage.concurrency - len(self._tasks)
+            if room > 0:
+                wait = 1 if self._tasks else self._fetch_wait_ms()
+                fetched = await consumer.getmany(timeout_ms=wait, max_records=room)
+                if fetched:
+                    async with self.lock:
+                        self._start(consumer, fetched)
+            if self._tasks:
+                await asyncio.wait(
+                    self._tasks, timeout=self.config.fetch_wait, return_when=asyncio.FIRST_COMPLETED
+                )
+            async with self.lock:
+                await self._flush_finished(consumer)
+                await self._housekeeping()
+        async with self.lock:
+            await self.drain()
+
+    def _start(self, consumer: AIOKafkaConsumer, fetched: dict[Any, list[Any]]) -> None:
+        for record in self._owned_records(consumer, fetched):
+            tp = TopicPartition(record.topic, record.partition)
+            self._in_flight.setdefault(tp, set()).add(record.offset)
+            task = asyncio.ensure_future(self._one(record))
+            self._tasks[task] = record
+
+    async def _one(self, record: Consumed) -> Step:
+        started = time.perf_counter()
+        try:
+            step = await self.stage.process([record], self.clock())
+        except Exception as exc:  # a stage that raises would lose the record: dead-letter
+            log.exception(
+                "stage %s: record %s:%d:%d raised",
+                self.stage.name,
+                record.topic,
+                record.partition,
+                record.offset,
+            )
+            step = self.stage.crashed(record, exc, self.clock())
+        self._seconds.observe(time.perf_counter() - started)
+        return step
+
+    async def _flush_finished(self, consumer: AIOKafkaConsumer) -> None:
+        finished = [task for task in self._tasks if task.done()]
+        if not finished:
+            return
+        step = Step()
+        done: dict[TopicPartition, int] = {}
+        for task in finished:
+            record = self._tasks.pop(task)
+            step.extend(task.result())
+            tp = TopicPartition(record.topic, record.partition)
+            self._in_flight[tp].discard(record.offset)
+            done[tp] = max(done.get(tp, 0), record.offset + 1)
+        records = list(step.outputs)
+        for store in self.stage.stores:
+            records.extend(store.changes())
+        await self.producer.settle(await self.producer.send(records))
+        assigned = consumer.assignment()
+        offsets = {}
+        for tp, high in done.items():
+            waiting = self._in_flight.get(tp)
+            offsets[tp] = min(waiting) if waiting else max(high, self._high.get(tp, 0))
+            self._high[tp] = max(high, self._high.get(tp, 0))
+        owned = {tp: off for tp, off in offsets.items() if tp in assigned}
+        if owned:
+            await consumer.commit(owned)
+        self._observe(step, len(finished), None)
+
+    async def drain(self) -> None:
+        """Finish every record in flight and commit (before a rebalance or a stop)."""
+        if self._tasks:
+            await asyncio.wait(self._tasks)
+        if self._consumer is not None:
+            await self._flush_finished(self._consumer)
+        self._in_flight.clear()
+        self._high.clear()
 
     def _fetch_wait_ms(self) -> int:
         wait = self.config.fetch_wait
@@ -157,7 +247,9 @@ class StageRunner:
         assigned = consumer.assignment()
         consumer.resume(*[tp for tp in due if tp in assigned])
 
-    async def _batch(self, consumer: AIOKafkaConsumer, fetched: dict[Any, list[Any]]) -> None:
+    def _owned_records(
+        self, consumer: AIOKafkaConsumer, fetched: dict[Any, list[Any]]
+    ) -> list[Consumed]:
         assigned = consumer.assignment()
         batch: list[Consumed] = []
         for tp, messages in fetched.items():
@@ -179,6 +271,10 @@ class StageRunner:
                 )
                 for msg in messages
             )
+        return batch
+
+    async def _batch(self, consumer: AIOKafkaConsumer, fetched: dict[Any, list[Any]]) -> None:
+        batch = self._owned_records(consumer, fetched)
         if not batch:
             return
         started = time.perf_counter()
@@ -252,9 +348,10 @@ class StageRunner:
             self._paused[tp] = held.until
         return offsets
 
-    def _observe(self, step: Step, n: int, started: float) -> None:
+    def _observe(self, step: Step, n: int, started: float | None) -> None:
         self.batches += 1
-        self._seconds.observe((time.perf_counter() - started) / n)
+        if started is not None:  # concurrent stages time each record where it ran
+            self._seconds.observe((time.perf_counter() - started) / n)
         self._sizes.observe(n)
         for outcome, count in step.outcomes.items():
             counter = self._outcomes.get(outcome)

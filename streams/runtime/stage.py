@@ -46,6 +46,8 @@ class Stage(Protocol):
     inputs: tuple[str, ...]  # topics, co-partitioned with every store
     stores: tuple[Store, ...]
     max_batch: int
+    # 0: batches, one at a time; N: records one by one, up to N in flight (network-bound work)
+    concurrency: int
 
     async def process(self, batch: Sequence[Consumed], now: datetime) -> Step:
         """Handle ``batch`` (records of owned partitions, in offset order per partition)."""

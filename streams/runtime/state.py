@@ -12,16 +12,61 @@ from collections.abc import Iterator
 from typing import Any
 
 import orjson
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
+from streams.errors import StackError
 from streams.runtime.records import Out
 
-__all__ = ["Overlay", "Store", "changelog_topic"]
+__all__ = ["CHANGELOG_CONFIG", "Overlay", "Store", "changelog_topic", "ensure_changelogs"]
+
+# state changelogs are rewritten all the time: roll segments hourly so compaction can run (it
+# never touches the active segment) and recovery reads little more than the live keys
+CHANGELOG_CONFIG = {
+    "cleanup.policy": "compact",
+    "segment.ms": "3600000",
+    "min.cleanable.dirty.ratio": "0.1",
+    "delete.retention.ms": "3600000",
+}
 
 _DELETED = object()
 
 
 def changelog_topic(app_id: str, store: str) -> str:
     return f"{app_id}-{store}-changelog"
+
+
+async def ensure_changelogs(
+    bootstrap: str, stores: list[Store], partitions: int, replication: int
+) -> list[str]:
+    """Create the changelog topics that do not exist yet; return their names."""
+    if not stores:
+        return []
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10000)
+    try:
+        await admin.start()
+        existing = set(await admin.list_topics())
+        missing = sorted({s.topic for s in stores} - existing)
+        failed: list[str] = []
+        if missing:
+            response = await admin.create_topics(
+                [
+                    NewTopic(t, partitions, replication, topic_configs=CHANGELOG_CONFIG)
+                    for t in missing
+                ]
+            )
+            failed = [
+                f"{err[0]}: error {err[1]}"
+                for err in response.topic_errors
+                if err[1] not in (0, TopicAlreadyExistsError.errno)
+            ]
+    except KafkaError as exc:
+        raise StackError(f"could not check the changelog topics on {bootstrap}: {exc}") from exc
+    finally:
+        await admin.close()
+    if failed:
+        raise StackError(f"could not create changelog topics: {', '.join(failed)}")
+    return missing
 
 
 class Store:

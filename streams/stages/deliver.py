@@ -1,26 +1,31 @@
-"""Deliver stage (faust shell): DeliveryTask in, SMTP out, DeliveryEvent and retries out.
+"""Deliver stage on the batch runtime: DeliveryTask in, SMTP out, DeliveryEvent and retries out.
 
-Agents:
+Stages:
 - one per lane (``deliveries.tx`` for critical/high, ``deliveries`` for normal/bulk), each with
-  its own consumers and concurrency, so a bulk backlog never delays transactional mail;
-- one per delay tier (``retry.5m`` ...): sleeps on the head record until it is due (or flushed),
-  then puts it back on its lane;
+  its own consumer group and records in flight, so a bulk backlog never delays transactional
+  mail; records run concurrently (SMTP waits on the network) and a partition is committed up to
+  its oldest record still in flight;
+- one per delay tier (``retry.5m`` ...): holds its partitions at the first record not yet due (or
+  flushed), then puts it back on its lane;
 - one on the control topic, doing what a release or delete does to the parked tasks.
 
-The ledger table (task id -> accepted) is the no-double-send guard: a task whose 250 was recorded
-is never sent again, even when a crash makes Kafka deliver it twice. Its changelog is flushed
-before the offsets are committed, so what remains is the RFC 1047 window: the receiver accepted
-the message but the worker died before the ledger record reached Kafka. That task is sent again.
+The ledger store (task id -> accepted, per lane partition) is the no-double-send guard: a task
+whose 250 was recorded is never sent again, even when a crash makes Kafka deliver it twice. Its
+changelog is flushed before the offsets are committed, so what remains is the RFC 1047 window:
+the receiver accepted the message but the worker died before the ledger record reached Kafka.
+That task is sent again.
 """
 
 from __future__ import annotations
 
 import base64
+import contextvars
 import logging
 import time
+from collections.abc import Awaitable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from streams.codec import Codec, Record
 from streams.deadletter import SourcePosition, rejection
@@ -33,14 +38,25 @@ from streams.deliver.retry import delay_tier, tier_name, tier_topic
 from streams.deliver.service import Deliverer
 from streams.deliver.throttle import Throttle
 from streams.deliver.transport import Transport, TransportConfig
+from streams.directory import DirectoryHolder
 from streams.errors import CodecError, DkimError, RenderError, StageCrashError
 from streams.events import make_event, make_suppression
-from streams.obs.metrics import EndToEnd, StageMeter
-from streams.settings import Settings
-from streams.stages.shell import Clock, DirectoryHolder, Outputs, header, raw_topic
+from streams.obs.metrics import EndToEnd
+from streams.runtime.records import Clock, Consumed, Out, header
+from streams.runtime.stage import Held, Step
+from streams.runtime.state import Store, changelog_topic
+from streams.settings import Settings, TopicNames
 from streams.verify.dns import MxResolver
 
-__all__ = ["STAGE", "build_deliverer", "register"]
+__all__ = [
+    "STAGE",
+    "ControlStage",
+    "DelayStage",
+    "DeliverShell",
+    "LaneStage",
+    "build_deliverer",
+    "deliver_stages",
+]
 
 STAGE = "deliver"
 log = logging.getLogger("postwire.deliver")
@@ -102,29 +118,71 @@ def build_deliverer(settings: Settings, clock: Clock, templates: Any = None) -> 
     )
 
 
-LEDGER_WINDOW = 86400.0
-
-
 class Ledger:
-    """Task ids whose message a receiver accepted, in day windows."""
+    """Task ids whose message a receiver accepted, in a store co-partitioned with the lane (a
+    task always comes back to the same lane partition: the key is its domain)."""
 
-    def __init__(self, table: Any, days: int) -> None:
-        self.table = table
-        self.days = days
+    def __init__(self, store: Store, keep: float) -> None:
+        self.store = store
+        self.keep = keep  # seconds an entry is kept: longer than a task can be retried
 
-    def get(self, task_id: str) -> Any:
-        found = self.table[task_id]
-        for day in range(self.days):
-            try:
-                value = found.delta(day * LEDGER_WINDOW)
-            except KeyError:  # a windowed table has no default: missing keys raise
-                continue
-            if value is not None:
-                return value
-        return None
+    def get(self, partition: int, task_id: str) -> Any:
+        return self.store.get(partition, task_id)
 
-    def __setitem__(self, task_id: str, value: Any) -> None:
-        self.table[task_id] = value
+    def put(self, partition: int, task_id: str, at: float) -> None:
+        self.store.put(partition, task_id, {"at": at})
+
+    def prune(self, now: float) -> None:
+        for p in self.store.partitions():
+            for key, value in self.store.items(p):
+                if float(value["at"]) + self.keep <= now:
+                    self.store.delete(p, key)
+
+
+# the records the current task is producing (each runtime record runs in a task of its own)
+_BUCKET: contextvars.ContextVar[list[Out]] = contextvars.ContextVar("postwire_deliver_outputs")
+T = TypeVar("T")
+
+
+async def collected(work: Awaitable[T]) -> tuple[T, list[Out]]:
+    """Run ``work`` and return what it produced through the outputs below."""
+    bucket: list[Out] = []
+    token = _BUCKET.set(bucket)
+    try:
+        result = await work
+    finally:
+        _BUCKET.reset(token)
+    return result, bucket
+
+
+class _Topic:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    async def send(
+        self, *, key: bytes | None, value: bytes | None, headers: Mapping[str, bytes] | None = None
+    ) -> None:
+        _BUCKET.get().append(Out(self.name, key, value, tuple(headers.items()) if headers else ()))
+
+
+class Outputs:
+    """The deliver shell's topics: sending collects the record for the runtime to produce."""
+
+    def __init__(self, codec: Codec, topics: TopicNames, tiers: Sequence[str]) -> None:
+        self.codec = codec
+        self.events = _Topic(topics.events)
+        self.rejections = _Topic(topics.rejections)
+        self.lanes = {lane: _Topic(topics.lane(lane)) for lane in ("tx", "bulk")}
+        self.queue = _Topic(topics.queue)
+        self.suppressions = _Topic(topics.suppressions)
+        self.tiers = {name: _Topic(name) for name in tiers}
+
+    async def event(self, record: Record) -> None:
+        key = (record["message_id"] or record["request_id"] or record["tenant"]).encode()
+        await self.events.send(key=key, value=self.codec.encode("DeliveryEvent", record))
+
+    async def rejection(self, record: Record) -> None:
+        await self.rejections.send(key=record["key"], value=self.codec.encode("Rejection", record))
 
 
 def _ms(value: datetime) -> int:
@@ -141,7 +199,7 @@ class DeliverShell:
         outputs: Outputs,
         directory: DirectoryHolder,
         clock: Clock,
-        ledger: Any,
+        ledger: Ledger,
         control: ControlFeed,
         deliverer: Deliverer,
     ) -> None:
@@ -156,10 +214,15 @@ class DeliverShell:
         self.policy = settings.retry_policy
         prefix = settings.topics.prefix
         self.tiers = {s: tier_topic(prefix, tier_name(s)) for s in self.policy.tiers}
-        self.tier_outputs: dict[str, Any] = {}
+        self.tier_outputs = outputs.tiers
         self._local_suppressed: dict[tuple[str, str], float] = {}
         self._inflight: set[str] = set()
         self._delivered = EndToEnd("delivered")
+
+    async def control_loaded(self) -> None:
+        """Holds and deletes must be known before any task is judged."""
+        if not self.control.ready.is_set():
+            await self.control.ready.wait()
 
     def suppressed(self, tenant: str, address: str) -> bool:
         key = (tenant, address.lower())
@@ -226,7 +289,7 @@ class DeliverShell:
             task,
             now,
             verdict=self.control.state.verdict(task_meta(task, released)),
-            already_sent=self.ledger.get(task["task_id"]) is not None,
+            already_sent=self.ledger.get(position.partition, task["task_id"]) is not None,
             suppressed=self.suppressed(task["tenant"], task["recipient"]["email"]),
             policy=self.policy,
         )
@@ -262,7 +325,9 @@ class DeliverShell:
             return "failed"
         if result.delivered:
             # before the event: the ledger is what stops a second send
-            self.ledger[task["task_id"]] = {"at": result.event["occurred_at"].timestamp()}
+            self.ledger.put(
+                position.partition, task["task_id"], result.event["occurred_at"].timestamp()
+            )
             self._delivered.since(task["created_at"], result.event["occurred_at"])
         await self.outputs.event(result.event)
         if result.suppress:
@@ -285,37 +350,39 @@ class DeliverShell:
             await self.index(task, None)
         return str(result.event["type"])  # delivered, deferred, bounced
 
-    async def delay(self, seconds: int, raw: bytes, key: bytes | None, headers: Any) -> None:
-        """Hold the head record of a tier until it is due, then send it back to its lane."""
+    async def delay(
+        self, seconds: int, raw: bytes, key: bytes | None, headers: Any
+    ) -> float | None:
+        """Route the head record of a tier: back to its lane once due (or flushed), into the
+        tier that fits what is left when it is due here but early for its own time. Returns the
+        epoch second worth looking again, or None when the record was handled."""
         try:
             _, task = self.codec.decode(raw, expected="DeliveryTask")
         except CodecError:
-            # the lane agent dead-letters it with the reason; waiting on it helps nobody
+            # the lane stage dead-letters it with the reason; waiting on it helps nobody
             await self.outputs.lanes["bulk"].send(key=key, value=raw)
-            return
+            return None
         enqueued = int(header(headers, ENQUEUED) or b"0")
         meta = task_meta(task)
-        not_before = task["not_before"] or self.clock()
-        due = min(enqueued / 1000 + seconds, not_before.timestamp())
-        smallest = self.policy.tiers[0]
-        while True:
-            now = self.clock().timestamp()
-            if self.control.state.flushed(meta, enqueued):
-                flushed = flush_now(task)
-                if flushed is not None:
-                    raw = self.codec.encode("DeliveryTask", flushed)
-                    break
-            remaining = not_before.timestamp() - now
-            if now >= due and remaining > smallest:
-                # due in this tier but early for its own time: the tier for what is left
-                await self.to_delay(task, not_before, self.clock())
-                return
-            if now >= due and remaining <= 0:
-                break
-            target = due if now < due else not_before.timestamp()
-            await self.control.wait_changed(max(min(target - now, 60.0), 0.01))
-        lane = lane_of(task["priority"])
-        await self.outputs.lanes[lane].send(key=key, value=raw)
+        not_before = (task["not_before"] or self.clock()).timestamp()
+        due = min(enqueued / 1000 + seconds, not_before)
+        now = self.clock().timestamp()
+        if self.control.state.flushed(meta, enqueued):
+            flushed = flush_now(task)
+            if flushed is not None:
+                await self._back_to_lane(flushed, key, self.codec.encode("DeliveryTask", flushed))
+                return None
+        remaining = not_before - now
+        if now >= due and remaining > self.policy.tiers[0]:
+            await self.to_delay(task, task["not_before"], self.clock())
+            return None
+        if now >= due and remaining <= 0:
+            await self._back_to_lane(task, key, raw)
+            return None
+        return due if now < due else not_before
+
+    async def _back_to_lane(self, task: Record, key: bytes | None, raw: bytes) -> None:
+        await self.outputs.lanes[lane_of(task["priority"])].send(key=key, value=raw)
 
     async def obey(self, command: Command) -> None:
         """A release re-queues the held tasks it frees; a delete drops queued tasks (the ones in
@@ -352,103 +419,159 @@ class DeliverShell:
                 await self.outputs.queue.send(key=key, value=None)
 
 
-def register(
-    app: Any,
+class LaneStage:
+    """One lane's tasks, up to ``concurrency`` in flight."""
+
+    max_batch = 500
+
+    def __init__(self, shell: DeliverShell, lane: str, topic: str, concurrency: int) -> None:
+        self.shell = shell
+        self.name = f"{STAGE}.{lane}"
+        self.inputs: tuple[str, ...] = (topic,)
+        self.stores: tuple[Store, ...] = (shell.ledger.store,)
+        self.concurrency = concurrency
+
+    async def process(self, batch: Sequence[Consumed], now: datetime) -> Step:
+        await self.shell.control_loaded()
+        step = Step()
+        for record in batch:
+            position = SourcePosition(record.topic, record.partition, record.offset)
+            outcome, outputs = await collected(
+                self.shell.handle(record.value, record.key, position, record.headers)
+            )
+            step.outputs.extend(outputs)
+            step.outcomes[outcome] += 1
+        return step
+
+    def housekeeping(self, now: datetime) -> None:
+        self.shell.deliverer.prune()
+        ts = now.timestamp()
+        self.shell.ledger.prune(ts)
+        self.shell.control.state.prune(
+            int(ts * 1000), int((self.shell.settings.retry_max_age + 86400) * 1000)
+        )
+
+    def crashed(self, record: Consumed, error: Exception, now: datetime) -> Step:
+        return _crashed(self.shell, record, error, now)
+
+
+def _crashed(shell: DeliverShell, record: Consumed, error: Exception, now: datetime) -> Step:
+    position = SourcePosition(record.topic, record.partition, record.offset)
+    crash = StageCrashError(f"{type(error).__name__}: {error}")
+    dead = rejection(position, STAGE, crash, record.key, record.value or b"", now)
+    step = Step(
+        outputs=[
+            Out(shell.settings.topics.rejections, record.key, shell.codec.encode("Rejection", dead))
+        ]
+    )
+    step.outcomes["crashed"] += 1
+    return step
+
+
+class DelayStage:
+    """One delay tier: a partition is held at its first record not yet due; a queue command
+    (a flush) wakes it early."""
+
+    max_batch = 500
+    concurrency = 0
+    stores: tuple[Store, ...] = ()
+
+    def __init__(self, shell: DeliverShell, seconds: int, topic: str) -> None:
+        self.shell = shell
+        self.seconds = seconds
+        self.name = f"delay.{seconds}"
+        self.inputs: tuple[str, ...] = (topic,)
+
+    async def process(self, batch: Sequence[Consumed], now: datetime) -> Step:
+        await self.shell.control_loaded()
+        step = Step()
+        for record in batch:
+            tp = (record.topic, record.partition)
+            if tp in step.held:
+                continue
+            until, outputs = await collected(
+                self.shell.delay(self.seconds, record.value or b"", record.key, record.headers)
+            )
+            step.outputs.extend(outputs)
+            if until is None:
+                step.outcomes["released"] += 1
+            else:
+                # look again when due, and at least every minute (the clock may jump)
+                step.held[tp] = Held(record.offset, min(until, now.timestamp() + 60.0))
+        return step
+
+    def housekeeping(self, now: datetime) -> None:
+        return None
+
+    def crashed(self, record: Consumed, error: Exception, now: datetime) -> Step:
+        return _crashed(self.shell, record, error, now)
+
+
+class ControlStage:
+    """Queue commands (release, delete) applied to the parked tasks."""
+
+    name = "control"
+    max_batch = 100
+    concurrency = 0
+    stores: tuple[Store, ...] = ()
+
+    def __init__(self, shell: DeliverShell, topic: str) -> None:
+        self.shell = shell
+        self.inputs: tuple[str, ...] = (topic,)
+
+    async def process(self, batch: Sequence[Consumed], now: datetime) -> Step:
+        step = Step()
+        for record in batch:
+            try:
+                command = Command.decode(record.value or b"")
+            except ValueError as exc:
+                log.warning("ignoring a control record: %s", exc)
+                step.outcomes["ignored"] += 1
+                continue
+            _, outputs = await collected(self.shell.obey(command))
+            step.outputs.extend(outputs)
+            step.outcomes[command.action] += 1
+        return step
+
+    def housekeeping(self, now: datetime) -> None:
+        return None
+
+    def crashed(self, record: Consumed, error: Exception, now: datetime) -> Step:
+        return _crashed(self.shell, record, error, now)
+
+
+def deliver_stages(
     settings: Settings,
     codec: Codec,
-    outputs: Outputs,
     directory: DirectoryHolder,
     clock: Clock,
-    control: ControlFeed | None = None,
-    *,
-    lanes: tuple[str, ...] = ("bulk", "tx"),
-) -> Any:
-    """The lane agents named; with the bulk lane also the delay-topic agents, the queue-command
-    agent (mail leaves the delay topics into either lane)."""
-    from streams.stages.shell import OutputTopic
-
-    # day windows kept a day longer than a message can live: faust expires old windows itself,
-    # with their tombstones in the right changelog partitions
-    days = int(settings.retry_max_age // LEDGER_WINDOW) + 2
-    ledger = Ledger(
-        app.Table(f"{settings.app_id}-sent", default=None, partitions=settings.partitions)
-        .tumbling(LEDGER_WINDOW, expires=days * LEDGER_WINDOW)
-        .relative_to(lambda _event: clock().timestamp()),
-        days,
-    )
-    control = control or ControlFeed(settings)
+    control: ControlFeed,
+    lanes: tuple[str, ...],
+) -> list[LaneStage | DelayStage | ControlStage]:
+    """The lane stages named; with the bulk lane also the delay tiers and the queue commands
+    (mail leaves the delay topics into either lane)."""
 
     def template(tenant: str, template_id: str) -> StoredTemplate | None:
         found = directory.current.templates.get((tenant, template_id))
         return None if found is None else StoredTemplate(*found)
 
-    shell = DeliverShell(
-        settings,
-        codec,
-        outputs,
-        directory,
-        clock,
-        ledger,
-        control,
-        build_deliverer(settings, clock, template),
-    )
-    shell.tier_outputs = {name: OutputTopic(app, name) for name in shell.tiers.values()}
-    agents = []
-
-    @app.task
-    async def start_control() -> None:
-        control.start()
-
-    def lane_agent(lane: str) -> Any:
-        meter = StageMeter(f"{STAGE}.{lane}")
-
-        async def deliver(stream: Any) -> None:
-            if not control.ready.is_set():
-                await control.ready.wait()
-            async for event in stream.events():
-                started = time.perf_counter()
-                msg = event.message
-                position = SourcePosition(msg.topic, msg.partition, msg.offset)
-                outcome = await shell.handle(event.value, event.key, position, event.headers)
-                meter.done(outcome, started)
-
-        return app.agent(
-            raw_topic(app, settings.topics.lane(lane)),
-            name=f"{settings.app_id}.deliver.{lane}",
-            concurrency=settings.deliver_concurrency,
-        )(deliver)
-
-    def tier_agent(seconds: int, topic: str) -> Any:
-        async def wait(stream: Any) -> None:
-            if not control.ready.is_set():
-                await control.ready.wait()
-            async for event in stream.events():
-                await shell.delay(seconds, event.value or b"", event.key, event.headers)
-
-        return app.agent(raw_topic(app, topic), name=f"{settings.app_id}.delay.{seconds}")(wait)
-
+    policy = settings.retry_policy
+    tiers = {s: tier_topic(settings.topics.prefix, tier_name(s)) for s in policy.tiers}
+    outputs = Outputs(codec, settings.topics, list(tiers.values()))
+    deliverer = build_deliverer(settings, clock, template)
+    # kept a day longer than a message can live
+    keep = settings.retry_max_age + 86400.0
+    stages: list[LaneStage | DelayStage | ControlStage] = []
     for lane in lanes:
-        agents.append(lane_agent(lane))
-
-    @app.timer(30.0)
-    async def housekeeping() -> None:
-        shell.deliverer.prune()
-        now_ms = int(clock().timestamp() * 1000)
-        control.state.prune(now_ms, int((settings.retry_max_age + 86400) * 1000))
-
-    if "bulk" not in lanes:
-        return agents
-    for seconds, topic in shell.tiers.items():
-        agents.append(tier_agent(seconds, topic))
-
-    @app.agent(raw_topic(app, settings.topics.control), name=f"{settings.app_id}.control")
-    async def obey(stream: Any) -> None:
-        async for event in stream.events():
-            try:
-                command = Command.decode(event.value or b"")
-            except ValueError as exc:
-                log.warning("ignoring a control record: %s", exc)
-                continue
-            await shell.obey(command)
-
-    return [*agents, obey]
+        store = Store(f"sent-{lane}", changelog_topic(settings.app_id, f"sent-{lane}"))
+        shell = DeliverShell(
+            settings, codec, outputs, directory, clock, Ledger(store, keep), control, deliverer
+        )
+        stages.append(
+            LaneStage(shell, lane, settings.topics.lane(lane), settings.deliver_concurrency)
+        )
+    if "bulk" in lanes:
+        shell = next(s.shell for s in stages if isinstance(s, LaneStage))
+        stages.extend(DelayStage(shell, seconds, topic) for seconds, topic in tiers.items())
+        stages.append(ControlStage(shell, settings.topics.control))
+    return stages

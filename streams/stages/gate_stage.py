@@ -92,6 +92,7 @@ class GateOutputs:
 class GateStage:
     name = STAGE
     max_batch = 2000
+    concurrency = 0
 
     def __init__(
         self,
@@ -198,6 +199,7 @@ class DeferralStage:
 
     name = "deferral"
     max_batch = 500
+    concurrency = 0
     stores: tuple[Store, ...] = ()
 
     def __init__(self, codec: Codec, topics: TopicNames) -> None:

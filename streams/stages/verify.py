@@ -85,6 +85,7 @@ class _PartitionView(MutableMapping[str, Any]):
 class VerifyStage:
     name = STAGE
     max_batch = 1000
+    concurrency = 0
 
     def __init__(
         self,
