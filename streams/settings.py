@@ -122,7 +122,6 @@ class Settings(BaseSettings):
     # across machines (and keep it secret: with it, a guessed address can be confirmed).
     log_hash_key: SecretStr | None = None
     producer_linger_ms: int = Field(default=2, ge=0)
-    changelog_buffer: int = Field(default=10_000, ge=100)
 
     # gate: tenants, API keys and suppressions are reloaded from PostgreSQL this often, so a
     # revoked key stops working within this many seconds

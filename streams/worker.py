@@ -176,14 +176,6 @@ def tune_gc() -> None:
     gc.set_threshold(50_000, 20, 20)
 
 
-def tune_producer_buffer(settings: Settings) -> None:
-    """faust parks an agent whenever more than 100 table-changelog records wait to be produced,
-    so every agent that writes a table stalls every few ms under load; let a burst through."""
-    from faust.transport.producer import ProducerBuffer
-
-    ProducerBuffer.max_messages = settings.changelog_buffer
-
-
 def run_worker(settings: Settings, stages: tuple[str, ...] = STAGES) -> None:
     """Run the faust worker in this process until SIGINT/SIGTERM."""
     configure_logging(settings, "worker", app=settings.app_id, stages=",".join(stages))
@@ -207,7 +199,6 @@ def run_worker(settings: Settings, stages: tuple[str, ...] = STAGES) -> None:
         await worker.crash(exc)
 
     app = create_app(settings, stages, directory=directory, control=control, on_failure=crash)
-    tune_producer_buffer(settings)
     tune_gc()
     # override_logging=False: mode's Worker would otherwise replace our root handler with its
     # own text formatter when it starts (configure_logging above set the level)

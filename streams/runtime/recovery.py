@@ -38,15 +38,22 @@ async def recover(
             store.begin_recovery(p)
     if not by_tp:
         return 0
+    # earliest: with no group there is no committed offset, and a reset to "latest" that is
+    # still pending would win over a seek made right after assign() (seen with aiokafka 0.14)
     consumer = AIOKafkaConsumer(
-        **consumer_config, enable_auto_commit=False, group_id=None, isolation_level="read_committed"
+        **consumer_config,
+        enable_auto_commit=False,
+        group_id=None,
+        auto_offset_reset="earliest",
+        isolation_level="read_committed",
     )
     await consumer.start()
     read = 0
     try:
         consumer.assign(list(by_tp))
         ends = await consumer.end_offsets(list(by_tp))
-        await consumer.seek_to_beginning(*by_tp)
+        for tp, start in (await consumer.beginning_offsets(list(by_tp))).items():
+            consumer.seek(tp, start)
         todo = {tp for tp, end in ends.items() if end > 0}
         last_progress = time.monotonic()
         while todo:

@@ -48,6 +48,7 @@ async def ensure_changelogs(
         existing = set(await admin.list_topics())
         missing = sorted({s.topic for s in stores} - existing)
         failed: list[str] = []
+        created: list[str] = []
         if missing:
             response = await admin.create_topics(
                 [
@@ -55,18 +56,19 @@ async def ensure_changelogs(
                     for t in missing
                 ]
             )
-            failed = [
-                f"{err[0]}: error {err[1]}"
-                for err in response.topic_errors
-                if err[1] not in (0, TopicAlreadyExistsError.errno)
-            ]
+            # per-topic outcomes come back as error codes; "exists" means another made it first
+            for name, code, *_ in response.topic_errors:
+                if code == 0:
+                    created.append(name)
+                elif code != TopicAlreadyExistsError.errno:
+                    failed.append(f"{name}: error {code}")
     except KafkaError as exc:
         raise StackError(f"could not check the changelog topics on {bootstrap}: {exc}") from exc
     finally:
         await admin.close()
     if failed:
         raise StackError(f"could not create changelog topics: {', '.join(failed)}")
-    return missing
+    return sorted(created)
 
 
 class Store:

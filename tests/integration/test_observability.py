@@ -168,8 +168,9 @@ async def test_traffic_moves_the_counters_of_its_stage_and_outcome(
     assert moved(s0, s1, "postwire_end_to_end_seconds_count", kind="row.verifications") >= 1
     lag = _get(s1, "postwire_consumer_lag", group=group, topic=stack.topics.accepted)
     assert lag >= 0
-    # the faust worker's group is measured too
-    assert any(n == "postwire_consumer_lag" and ("group", stack.app_id) in ls for n, ls in s1)
+    # the stages' groups are measured too
+    gate_group = ("group", f"{stack.app_id}-gate")
+    assert any(n == "postwire_consumer_lag" and gate_group in ls for n, ls in s1)
 
     # the bounce put the address on the suppression list, and the worker logged that
     logs = stack.data_dir / "logs"

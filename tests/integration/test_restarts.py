@@ -86,9 +86,12 @@ async def test_rate_windows_survive_a_worker_restart(pipeline: Stack, codec: Cod
 
 
 async def _rewind(settings: Settings, topic: str) -> None:
-    """Move the stopped worker's group back to the start of ``topic``: a deliberate replay."""
+    """Move the stopped worker's gate group back to the start of ``topic``: a deliberate
+    replay."""
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.bootstrap, group_id=settings.app_id, enable_auto_commit=False
+        bootstrap_servers=settings.bootstrap,
+        group_id=f"{settings.app_id}-gate",
+        enable_auto_commit=False,
     )
     await consumer.start()
     try:
