@@ -102,7 +102,7 @@ class VerifyStage:
         self.store = store
         self.stores: tuple[Store, ...] = (store,) if store is not None else ()
         self.inputs: tuple[str, ...] = (topics.verify,)
-        self.concurrency = concurrency
+        self.lookups = concurrency  # verifications waiting on the network at once
         self._verified = EndToEnd("verified")
 
     def _dead_letter(self, record: Consumed, error: Exception, now: datetime) -> Out:
@@ -132,7 +132,7 @@ class VerifyStage:
         for record, task in ready:
             results.append(await self.verifier.verify(task, now, self._durable(record)))
         if waiting:
-            limit = asyncio.Semaphore(self.concurrency)
+            limit = asyncio.Semaphore(self.lookups)
 
             async def one(record: Consumed, task: Record) -> Record:
                 async with limit:

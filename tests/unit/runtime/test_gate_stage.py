@@ -110,3 +110,13 @@ async def test_deferral_holds_a_partition_at_its_first_record_not_yet_due() -> N
     held = step.held[(TOPICS.deferred, 0)]
     assert held.offset == 11
     assert held.until == NOW.timestamp() + 5
+
+
+def test_batch_stages_are_not_run_record_by_record() -> None:
+    # the runner reads `concurrency`: 0 means whole batches (a stage's own knobs are named apart)
+    from streams.stages.verify import VerifyStage
+
+    stage = VerifyStage(CODEC, TOPICS, None, None, concurrency=32)  # type: ignore[arg-type]
+    assert stage.concurrency == 0
+    assert gate().concurrency == 0
+    assert DeferralStage(CODEC, TOPICS).concurrency == 0
