@@ -31,6 +31,7 @@ __all__ = ["RunnerConfig", "StageRunner"]
 
 log = logging.getLogger("postwire.runtime")
 SLOW_BATCH = 10.0
+PIPELINE = 4  # batches a stage may have sent and not yet seen acknowledged
 
 
 class RunnerConfig:
@@ -97,6 +98,11 @@ class StageRunner:
         self._tasks: dict[asyncio.Future[Step], Consumed] = {}
         self._in_flight: dict[TopicPartition, set[int]] = {}
         self._high: dict[TopicPartition, int] = {}
+        # batch stages: batches sent but not yet acknowledged and committed (bounded)
+        self._pending: asyncio.Queue[tuple[list[Any], dict[TopicPartition, int]]] = asyncio.Queue(
+            maxsize=PIPELINE
+        )
+        self._committer: asyncio.Future[None] | None = None
 
     def wake(self) -> None:
         """Resume held partitions now (a queue command may have made their records due)."""
@@ -129,11 +135,14 @@ class StageRunner:
         consumer.subscribe(list(self.stage.inputs), listener=_Rebalance(self))
         await consumer.start()
         self._consumer = consumer
+        self._committer = asyncio.ensure_future(self._commit_in_order(consumer))
         try:
             if self.stage.concurrency:
                 await self._run_concurrent(consumer, stop)
                 return
             while not stop.is_set():
+                if self._committer.done():
+                    self._committer.result()  # Kafka refused a batch: stop here
                 self._resume_due(consumer)
                 fetched = await consumer.getmany(
                     timeout_ms=self._fetch_wait_ms(), max_records=self.stage.max_batch
@@ -142,7 +151,9 @@ class StageRunner:
                     if fetched:
                         await self._batch(consumer, fetched)
                     await self._housekeeping()
+            await self.settled()
         finally:
+            self._committer.cancel()
             self.ready = False
             self._consumer = None
             await consumer.stop()
@@ -222,6 +233,7 @@ class StageRunner:
 
     async def drain(self) -> None:
         """Finish every record in flight and commit (before a rebalance or a stop)."""
+        await self.settled()
         if self._tasks:
             await asyncio.wait(self._tasks)
         if self._consumer is not None:
@@ -282,9 +294,41 @@ class StageRunner:
         records = list(step.outputs)
         for store in self.stage.stores:
             records.extend(store.changes())
-        await self.producer.settle(await self.producer.send(records))
-        await consumer.commit(self._offsets(consumer, batch, step))
+        futures = await self.producer.send(records)
+        # the next batch is fetched and decided while Kafka acknowledges this one; its offsets
+        # are committed, in order, only once every record it produced was acknowledged
+        await self._enqueue(futures, self._offsets(consumer, batch, step))
         self._observe(step, len(batch), started)
+
+    async def _commit_in_order(self, consumer: AIOKafkaConsumer) -> None:
+        while True:
+            futures, offsets = await self._pending.get()
+            try:
+                await self.producer.settle(futures)
+                assigned = consumer.assignment()
+                owned = {tp: off for tp, off in offsets.items() if tp in assigned}
+                if owned:
+                    await consumer.commit(owned)
+            finally:
+                self._pending.task_done()
+
+    async def _enqueue(self, futures: list[Any], offsets: dict[TopicPartition, int]) -> None:
+        assert self._committer is not None
+        put = asyncio.ensure_future(self._pending.put((futures, offsets)))
+        await asyncio.wait([put, self._committer], return_when=asyncio.FIRST_COMPLETED)
+        if not put.done():
+            put.cancel()
+            self._committer.result()  # it stopped on a failure: raise it here
+
+    async def settled(self) -> None:
+        """Wait until every batch sent so far is acknowledged and committed."""
+        if self._committer is None:
+            return
+        joined = asyncio.ensure_future(self._pending.join())
+        await asyncio.wait([joined, self._committer], return_when=asyncio.FIRST_COMPLETED)
+        if self._committer.done():
+            joined.cancel()
+            self._committer.result()  # the failure that stopped it
 
     async def _watched(self, work: Any, n: int) -> Step:
         """Run ``work``, logging where it waits whenever it has taken ``SLOW_BATCH`` s more (a
