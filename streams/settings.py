@@ -194,7 +194,9 @@ class Settings(BaseSettings):
 
     # sinks
     sink_batch_size: int = Field(default=2000, ge=1)
-    sink_linger: float = Field(default=0.05, gt=0)
+    # a row waits at most this long for others to share its transaction: 20 ms keeps the 250 ms
+    # request-to-row budget at 2,000 requests/s (50 ms cost ~100 ms of p99 there)
+    sink_linger: float = Field(default=0.02, gt=0)
     sink_retry_max: float = Field(default=30.0, gt=0)
     # the sinks process serves /metrics and /healthz here (0: no web server)
     sinks_web_port: int = Field(default=6065, ge=0)
