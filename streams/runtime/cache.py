@@ -1,11 +1,18 @@
 """A size-bounded in-memory mapping for caches that need no changelog (MX answers, verdicts that
 are cheap to recompute): when full, the oldest tenth of the entries goes, so memory stays flat
-however many distinct keys a long run sees."""
+however many distinct keys a long run sees.
+
+Values are kept packed (orjson bytes): one object per entry instead of the dozens a nested
+verdict is made of, so the garbage collector's full passes stay short however full the cache is
+(a cache of 200,000 unpacked verdicts made them take a large part of the p99 latency). A value
+is unpacked on every read, so each reader gets a copy it may change."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator, MutableMapping
 from typing import Any
+
+import orjson
 
 __all__ = ["BoundedCache"]
 
@@ -13,13 +20,14 @@ __all__ = ["BoundedCache"]
 class BoundedCache(MutableMapping[str, Any]):
     def __init__(self, max_entries: int) -> None:
         self.max_entries = max(max_entries, 10)
-        self._data: dict[str, Any] = {}
+        self._data: dict[str, bytes] = {}
 
     def __getitem__(self, key: str) -> Any:
-        return self._data[key]
+        return orjson.loads(self._data[key])
 
     def get(self, key: str, default: Any = None) -> Any:  # the hot path: no exception
-        return self._data.get(key, default)
+        packed = self._data.get(key)
+        return default if packed is None else orjson.loads(packed)
 
     def __setitem__(self, key: str, value: Any) -> None:
         data = self._data
@@ -27,7 +35,7 @@ class BoundedCache(MutableMapping[str, Any]):
             # dicts keep insertion order: the first keys are the oldest
             for old in list(data)[: self.max_entries // 10]:
                 del data[old]
-        data[key] = value
+        data[key] = orjson.dumps(value)
 
     def __delitem__(self, key: str) -> None:
         del self._data[key]

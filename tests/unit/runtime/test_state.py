@@ -71,3 +71,12 @@ def test_bounded_cache_drops_its_oldest_entries_when_full() -> None:
     assert len(cache) <= 100
     assert "k999" in cache
     assert "k0" not in cache
+
+
+def test_bounded_cache_hands_out_copies() -> None:
+    cache = BoundedCache(10)
+    cache["k"] = {"result": {"score": 1}, "expires": 5.0}
+    got = cache.get("k")
+    got["result"]["score"] = 99
+    assert cache["k"] == {"result": {"score": 1}, "expires": 5.0}
+    assert cache.get("absent", "default") == "default"
