@@ -113,7 +113,9 @@ class Settings(BaseSettings):
     session_timeout: float = 10.0
     heartbeat_interval: float = 1.0
     rebalance_timeout: float = 10.0
-    commit_interval: float = 1.0
+    # how often the stages checkpoint (state changes written, offsets committed): a crash
+    # repeats at most this much work
+    commit_interval: float = Field(default=0.5, gt=0)
     log_level: str = "info"
     # one JSON object per line (json) or aligned text for a terminal (console); both redacted
     log_format: Literal["json", "console"] = "json"

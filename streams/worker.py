@@ -134,6 +134,7 @@ def create_app(
             linger_ms=settings.producer_linger_ms,
             session_timeout=settings.session_timeout,
             heartbeat_interval=settings.heartbeat_interval,
+            commit_interval=settings.commit_interval,
         ),
         found,
         clock,

@@ -148,6 +148,16 @@ async def run_verify_bench(
                 " FROM verifications WHERE request_id LIKE $1",
                 f"{run}-%",
             )
+            # where in the run the slow ones were: a steady tail and a one-off stall look alike
+            # in one p99 and very different here
+            slices = await conn.fetch(
+                "WITH r AS (SELECT landed_at - requested_at AS lat, requested_at,"
+                " min(requested_at) OVER () AS t0 FROM verifications WHERE request_id LIKE $1)"
+                " SELECT floor(extract(epoch FROM requested_at - t0) / 5)::int AS slice,"
+                " percentile_cont(0.99) WITHIN GROUP (ORDER BY lat) AS p99 FROM r"
+                " GROUP BY 1 ORDER BY 1",
+                f"{run}-%",
+            )
         finally:
             await conn.close()
         if progress:
@@ -170,5 +180,8 @@ async def run_verify_bench(
         copy_per_s=copy,
         workers=workers,
         records_per_request=records_per_request(delta, requests),
-        extra={"records": {"produced": delta.produced, "consumed": delta.consumed}},
+        extra={
+            "records": {"produced": delta.produced, "consumed": delta.consumed},
+            "p99_ms_by_5s": [round(r["p99"].total_seconds() * 1000, 1) for r in slices],
+        },
     )

@@ -30,6 +30,7 @@ class HostConfig:
         linger_ms: int = 2,
         session_timeout: float = 10.0,
         heartbeat_interval: float = 1.0,
+        commit_interval: float = 0.5,
     ) -> None:
         self.bootstrap = bootstrap
         self.app_id = app_id
@@ -38,6 +39,7 @@ class HostConfig:
         self.linger_ms = linger_ms
         self.session_timeout = session_timeout
         self.heartbeat_interval = heartbeat_interval
+        self.commit_interval = commit_interval
 
     def runner(self, stage: Stage) -> RunnerConfig:
         return RunnerConfig(
@@ -45,6 +47,7 @@ class HostConfig:
             f"{self.app_id}-{stage.name}",
             session_timeout=self.session_timeout,
             heartbeat_interval=self.heartbeat_interval,
+            commit_interval=self.commit_interval,
         )
 
 

@@ -46,6 +46,7 @@ class RunnerConfig:
         heartbeat_interval: float = 1.0,
         housekeeping_interval: float = 60.0,
         fetch_wait: float = 0.1,
+        commit_interval: float = 0.5,
     ) -> None:
         self.bootstrap = bootstrap
         self.group = group
@@ -53,6 +54,9 @@ class RunnerConfig:
         self.heartbeat_interval = heartbeat_interval
         self.housekeeping_interval = housekeeping_interval
         self.fetch_wait = fetch_wait
+        # how much work a crash can make a batch stage repeat; also how often its stores'
+        # changes are written (coalesced over every batch in between)
+        self.commit_interval = commit_interval
 
     def client(self) -> dict[str, Any]:
         return {"bootstrap_servers": self.bootstrap}
@@ -103,6 +107,10 @@ class StageRunner:
             maxsize=PIPELINE
         )
         self._committer: asyncio.Future[None] | None = None
+        # sent since the last checkpoint: their futures, and the offsets they complete
+        self._unsettled: list[Any] = []
+        self._uncommitted: dict[TopicPartition, int] = {}
+        self._last_commit = time.monotonic()
 
     def wake(self) -> None:
         """Resume held partitions now (a queue command may have made their records due)."""
@@ -150,6 +158,8 @@ class StageRunner:
                 async with self.lock:
                     if fetched:
                         await self._batch(consumer, fetched)
+                    elif self._uncommitted:
+                        await self._checkpoint()  # nothing more came: commit what is done
                     await self._housekeeping()
             await self.settled()
         finally:
@@ -291,14 +301,25 @@ class StageRunner:
             return
         started = time.perf_counter()
         step = await self._watched(self._process(batch), len(batch))
-        records = list(step.outputs)
-        for store in self.stage.stores:
-            records.extend(store.changes())
-        futures = await self.producer.send(records)
-        # the next batch is fetched and decided while Kafka acknowledges this one; its offsets
-        # are committed, in order, only once every record it produced was acknowledged
-        await self._enqueue(futures, self._offsets(consumer, batch, step))
+        # outputs leave at once (the next stage is waiting for them); the next batch is fetched
+        # and decided while Kafka acknowledges these
+        self._unsettled.extend(await self.producer.send(step.outputs))
+        self._uncommitted.update(self._offsets(consumer, batch, step))
         self._observe(step, len(batch), started)
+        if time.monotonic() - self._last_commit >= self.config.commit_interval:
+            await self._checkpoint()
+
+    async def _checkpoint(self) -> None:
+        """Write the stores' changes since the last checkpoint (one record per changed key,
+        however many batches changed it) and hand everything sent since to the committer, which
+        commits the offsets once Kafka has acknowledged all of it."""
+        self._last_commit = time.monotonic()
+        if not self._uncommitted and not self._unsettled:
+            return
+        changes = [out for store in self.stage.stores for out in store.changes()]
+        futures = [*self._unsettled, *await self.producer.send(changes)]
+        offsets, self._uncommitted, self._unsettled = self._uncommitted, {}, []
+        await self._enqueue(futures, offsets)
 
     async def _commit_in_order(self, consumer: AIOKafkaConsumer) -> None:
         while True:
@@ -324,6 +345,8 @@ class StageRunner:
         """Wait until every batch sent so far is acknowledged and committed."""
         if self._committer is None:
             return
+        if not self._committer.done():
+            await self._checkpoint()
         joined = asyncio.ensure_future(self._pending.join())
         await asyncio.wait([joined, self._committer], return_when=asyncio.FIRST_COMPLETED)
         if self._committer.done():
