@@ -405,6 +405,12 @@ def bench_deliver(
     grid.add_row("DKIM", result.dkim)
     grid.add_row("pipeline msg/s (at the sink)", f"{result.per_s:,.0f}")
     grid.add_row("until every row landed", f"{result.rows_seconds:,.1f} s")
+    rpm = result.records_per_message
+    if rpm:
+        grid.add_row(
+            "Kafka records / message",
+            f"{rpm['total']:.2f} ({rpm['produced']:.2f} produced + {rpm['consumed']:.2f} consumed)",
+        )
     if result.raw_per_s and result.postfix_per_s:
         grid.add_row("raw aiosmtplib msg/s", f"{result.raw_per_s:,.0f}")
         grid.add_row("Postfix relay msg/s", f"{result.postfix_per_s:,.0f}")

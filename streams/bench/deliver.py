@@ -20,6 +20,7 @@ from typing import Any
 import asyncpg
 from aiokafka import AIOKafkaProducer
 
+from streams.bench.records import kafka_counts, records_per_request
 from streams.bench.smtp_peers import SmtpSink, ensure_postfix, run_baselines
 from streams.bench.stacks import bench_settings
 from streams.codec import default_codec
@@ -49,6 +50,8 @@ class DeliverBenchResult:
     postfix_inject_per_s: float | None = None
     lane_backlog: int = 0
     lane_latencies_ms: list[float] = field(default_factory=list)
+    # Kafka records per delivered message (its request carries 100), from the broker's offsets
+    records_per_message: dict[str, float] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -243,7 +246,11 @@ async def run_deliver_bench(
             await create_tenant(conn, "bench")
             _, key = await create_api_key(conn, "bench")
             await asyncio.sleep(settings.directory_refresh + 1)
+            before = await kafka_counts(settings.bootstrap, settings.topic_prefix)
             seconds, rows_seconds = await _measure(settings, conn, sink, key, messages, say)
+            await asyncio.sleep(3)  # the last commits follow the rows by a moment
+            delta = (await kafka_counts(settings.bootstrap, settings.topic_prefix)).minus(before)
+            per_message = records_per_request(delta, messages, messages // PER_REQUEST)
             if lane_backlog:
                 say(f"priority lanes: {lane_backlog:,} bulk messages, then 20 high-priority ones")
                 lanes = await _lane_probe(settings, conn, "bench", key, lane_backlog)
@@ -260,6 +267,7 @@ async def run_deliver_bench(
         rows_seconds=rows_seconds,
         workers=workers,
         dkim=dkim,
+        records_per_message=per_message,
         lane_backlog=lane_backlog,
         lane_latencies_ms=lanes.get("lane", []),
     )

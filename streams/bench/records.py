@@ -60,13 +60,16 @@ async def kafka_counts(bootstrap: str, prefix: str) -> RecordCounts:
     return counts
 
 
-def records_per_request(delta: RecordCounts, requests: int) -> dict[str, float]:
-    """Records produced and consumed per request; the requests themselves (written by the
-    client, one each) are left out of ``produced``, as the pipeline did not write them."""
-    produced = sum(delta.produced.values()) - requests
+def records_per_request(
+    delta: RecordCounts, units: int, client_records: int | None = None
+) -> dict[str, float]:
+    """Records produced and consumed per unit (a request, or a message of a many-recipient
+    request); the ``client_records`` the client published (default: one per unit) are left out
+    of ``produced``, as the pipeline did not write them."""
+    produced = sum(delta.produced.values()) - (units if client_records is None else client_records)
     consumed = sum(delta.consumed.values())
     return {
-        "produced": produced / requests,
-        "consumed": consumed / requests,
-        "total": (produced + consumed) / requests,
+        "produced": produced / units,
+        "consumed": consumed / units,
+        "total": (produced + consumed) / units,
     }
