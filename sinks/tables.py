@@ -56,37 +56,29 @@ class TableSpec:
     tombstone: Callable[[bytes | None, Source], Row | None] = _no_tombstones
 
 
-def _request_row(r: Record, src: Source) -> Row:
+def _row_of_request(r: Record, src: Source, recipients: int, created_at: datetime) -> Row:
     return (
         r["request_id"],
         r["tenant"],
         r["operation"],
         r["idempotency_key"],
         r["priority"],
-        len(r["recipients"]),
+        recipients,
         r["categories"],
-        r["created_at"],
+        created_at,
         src.topic,
         src.partition,
         src.offset,
     )
+
+
+def _request_row(r: Record, src: Source) -> Row:
+    return _row_of_request(r, src, len(r["recipients"]), r["created_at"])
 
 
 def _verify_request_row(r: Record, src: Source) -> Row:
     """An admitted verify request's row, from any of its VerifyTasks (the first one wins)."""
-    return (
-        r["request_id"],
-        r["tenant"],
-        r["operation"],
-        r["idempotency_key"],
-        r["priority"],
-        r["recipient_count"],
-        r["categories"],
-        r["requested_at"],
-        src.topic,
-        src.partition,
-        src.offset,
-    )
+    return _row_of_request(r, src, r["recipient_count"], r["requested_at"])
 
 
 def _verification_row(r: Record, _src: Source) -> Row:

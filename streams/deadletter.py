@@ -5,10 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from streams.codec import Record
-from streams.errors import PostwireError
+from streams.codec import Codec, Record
+from streams.errors import PostwireError, StageCrashError
+from streams.runtime.records import Consumed, Out
 
-__all__ = ["SourcePosition", "rejection"]
+__all__ = ["SourcePosition", "dead_letter", "rejection"]
 
 
 @dataclass(frozen=True)
@@ -39,3 +40,18 @@ def rejection(
         "tenant": tenant,
         "rejected_at": now,
     }
+
+
+def dead_letter(
+    codec: Codec, topic: str, stage: str, record: Consumed, error: Exception, now: datetime
+) -> Out:
+    """The Rejection record for a consumed record, ready to produce to ``topic``. An error that
+    is not one of ours (a bug) is reported as ``stage.crashed`` with its type and message."""
+    ours = (
+        error
+        if isinstance(error, PostwireError)
+        else StageCrashError(f"{type(error).__name__}: {error}")
+    )
+    source = SourcePosition(record.topic, record.partition, record.offset)
+    dead = rejection(source, stage, ours, record.key, record.value or b"", now)
+    return Out(topic, record.key, codec.encode("Rejection", dead))

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from streams.runtime.producer import BatchProducer
@@ -19,27 +20,18 @@ from streams.runtime.state import ensure_changelogs
 __all__ = ["HostConfig", "StageHost"]
 
 
+@dataclass(frozen=True)
 class HostConfig:
-    def __init__(
-        self,
-        bootstrap: str,
-        app_id: str,
-        *,
-        partitions: int = 1,
-        replication: int = 1,
-        linger_ms: int = 2,
-        session_timeout: float = 10.0,
-        heartbeat_interval: float = 1.0,
-        commit_interval: float = 0.5,
-    ) -> None:
-        self.bootstrap = bootstrap
-        self.app_id = app_id
-        self.partitions = partitions
-        self.replication = replication
-        self.linger_ms = linger_ms
-        self.session_timeout = session_timeout
-        self.heartbeat_interval = heartbeat_interval
-        self.commit_interval = commit_interval
+    """The Kafka side of a worker: where, under which app id, and the runners' defaults."""
+
+    bootstrap: str
+    app_id: str
+    partitions: int = 1  # of changelog topics the host creates
+    replication: int = 1
+    linger_ms: int = 2
+    session_timeout: float = 10.0
+    heartbeat_interval: float = 1.0
+    commit_interval: float = 0.5
 
     def runner(self, stage: Stage) -> RunnerConfig:
         return RunnerConfig(

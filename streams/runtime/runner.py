@@ -17,6 +17,7 @@ import logging
 import time
 import traceback
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
@@ -34,29 +35,19 @@ SLOW_BATCH = 10.0
 PIPELINE = 4  # batches a stage may have sent and not yet seen acknowledged
 
 
+@dataclass(frozen=True)
 class RunnerConfig:
     """What the runner needs to reach Kafka (a part of the settings, built by the worker)."""
 
-    def __init__(
-        self,
-        bootstrap: str,
-        group: str,
-        *,
-        session_timeout: float = 10.0,
-        heartbeat_interval: float = 1.0,
-        housekeeping_interval: float = 60.0,
-        fetch_wait: float = 0.1,
-        commit_interval: float = 0.5,
-    ) -> None:
-        self.bootstrap = bootstrap
-        self.group = group
-        self.session_timeout = session_timeout
-        self.heartbeat_interval = heartbeat_interval
-        self.housekeeping_interval = housekeeping_interval
-        self.fetch_wait = fetch_wait
-        # how much work a crash can make a batch stage repeat; also how often its stores'
-        # changes are written (coalesced over every batch in between)
-        self.commit_interval = commit_interval
+    bootstrap: str
+    group: str
+    session_timeout: float = 10.0
+    heartbeat_interval: float = 1.0
+    housekeeping_interval: float = 60.0
+    fetch_wait: float = 0.1
+    # how much work a crash can make a batch stage repeat; also how often its stores' changes
+    # are written (coalesced over every batch in between)
+    commit_interval: float = 0.5
 
     def client(self) -> dict[str, Any]:
         return {"bootstrap_servers": self.bootstrap}
@@ -200,8 +191,14 @@ class StageRunner:
 
     async def _one(self, record: Consumed) -> Step:
         started = time.perf_counter()
+        step = await self._guarded(record)
+        self._seconds.observe(time.perf_counter() - started)
+        return step
+
+    async def _guarded(self, record: Consumed) -> Step:
+        """One record on its own; if it raises, its dead letter instead."""
         try:
-            step = await self.stage.process([record], self.clock())
+            return await self.stage.process([record], self.clock())
         except Exception as exc:  # a stage that raises would lose the record: dead-letter
             log.exception(
                 "stage %s: record %s:%d:%d raised",
@@ -210,9 +207,7 @@ class StageRunner:
                 record.partition,
                 record.offset,
             )
-            step = self.stage.crashed(record, exc, self.clock())
-        self._seconds.observe(time.perf_counter() - started)
-        return step
+            return self.stage.crashed(record, exc, self.clock())
 
     async def _flush_finished(self, consumer: AIOKafkaConsumer) -> None:
         finished = [task for task in self._tasks if task.done()]
@@ -388,17 +383,7 @@ class StageRunner:
             )
         step = Step()
         for record in batch:
-            try:
-                step.extend(await self.stage.process([record], self.clock()))
-            except Exception as exc:  # a stage that raises would lose the record: dead-letter
-                log.exception(
-                    "stage %s: record %s:%d:%d raised",
-                    self.stage.name,
-                    record.topic,
-                    record.partition,
-                    record.offset,
-                )
-                step.extend(self.stage.crashed(record, exc, self.clock()))
+            step.extend(await self._guarded(record))
         return step
 
     def _offsets(

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from streams.codec import Codec, Record
-from streams.deadletter import SourcePosition, rejection
+from streams.deadletter import SourcePosition, dead_letter, rejection
 from streams.deliver.control import Command
 from streams.deliver.core import Conclusion, failed, flush_now, lane_of, task_meta, triage
 from streams.deliver.dkim import Signer, load_keys
@@ -456,14 +456,8 @@ class LaneStage:
 
 
 def _crashed(shell: DeliverShell, record: Consumed, error: Exception, now: datetime) -> Step:
-    position = SourcePosition(record.topic, record.partition, record.offset)
-    crash = StageCrashError(f"{type(error).__name__}: {error}")
-    dead = rejection(position, STAGE, crash, record.key, record.value or b"", now)
-    step = Step(
-        outputs=[
-            Out(shell.settings.topics.rejections, record.key, shell.codec.encode("Rejection", dead))
-        ]
-    )
+    topic = shell.settings.topics.rejections
+    step = Step(outputs=[dead_letter(shell.codec, topic, STAGE, record, error, now)])
     step.outcomes["crashed"] += 1
     return step
 

@@ -17,9 +17,8 @@ from datetime import datetime
 from typing import Any
 
 from streams.codec import Codec, Record
-from streams.deadletter import SourcePosition, rejection
+from streams.deadletter import SourcePosition, dead_letter
 from streams.directory import DirectoryHolder
-from streams.errors import StageCrashError
 from streams.runtime.records import Consumed, Out
 from streams.runtime.stage import Held, Step
 from streams.runtime.state import Overlay, Store
@@ -184,10 +183,8 @@ class GateStage:
 
 
 def _crashed(outputs: GateOutputs, record: Consumed, error: Exception, now: datetime) -> Step:
-    position = SourcePosition(record.topic, record.partition, record.offset)
-    crash = StageCrashError(f"{type(error).__name__}: {error}")
-    dead = rejection(position, STAGE, crash, record.key, record.value or b"", now)
-    step = Step(outputs=[outputs.rejection(dead)])
+    topic = outputs.topics.rejections
+    step = Step(outputs=[dead_letter(outputs.codec, topic, STAGE, record, error, now)])
     step.outcomes["crashed"] += 1
     return step
 

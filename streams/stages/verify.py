@@ -10,9 +10,9 @@ from datetime import datetime
 from typing import Any
 
 from streams.codec import Codec, Record
-from streams.deadletter import SourcePosition, rejection
+from streams.deadletter import dead_letter
 from streams.directory import DirectoryHolder
-from streams.errors import CodecError, StageCrashError
+from streams.errors import CodecError
 from streams.obs.metrics import EndToEnd
 from streams.runtime.cache import BoundedCache
 from streams.runtime.records import Consumed, Out
@@ -106,11 +106,7 @@ class VerifyStage:
         self._verified = EndToEnd("verified")
 
     def _dead_letter(self, record: Consumed, error: Exception, now: datetime) -> Out:
-        source = SourcePosition(record.topic, record.partition, record.offset)
-        if not isinstance(error, CodecError):
-            error = StageCrashError(f"{type(error).__name__}: {error}")
-        dead = rejection(source, STAGE, error, record.key, record.value or b"", now)
-        return Out(self.topics.rejections, record.key, self.codec.encode("Rejection", dead))
+        return dead_letter(self.codec, self.topics.rejections, STAGE, record, error, now)
 
     async def process(self, batch: Sequence[Consumed], now: datetime) -> Step:
         step = Step()
