@@ -36,6 +36,7 @@ END_ROWS: Final = {"verify": "verifications row", "send": "events row of type de
 RECOVERY_MS: Final = 250.0
 RECOVERY_WITHIN_S: Final = 30.0
 LAST_SECONDS: Final = 5.0
+LAG_LIMIT_MS: Final = 100.0  # later than this and the offered load was not the scheduled one
 RSS_LIMIT_KB: Final = 400 * 1024
 GROWTH_LIMIT: Final = 0.10  # RSS may grow 10% from the first minute's sample to the end
 Drain = Literal["drained", "lost", "timeout"]
@@ -69,7 +70,8 @@ class Check:
     name: str
     passed: bool | None  # None: could not be decided (says why in ``value``)
     value: str
-    kind: Literal["threshold", "target"] = "threshold"
+    # harness: whether the run measured what it says (the generator kept its schedule)
+    kind: Literal["threshold", "target", "harness"] = "threshold"
 
 
 @dataclass
@@ -99,6 +101,7 @@ class DoorReport:
     drain_s: float | None  # load end -> last end row (None: did not drain)
     backlog_peak: int | None
     probes: int
+    probes_failed: int
     probe_ms: Quantiles | None
     recovered_after_s: float | None
     checks: list[Check] = field(default_factory=list)
@@ -141,12 +144,14 @@ def _timeline(
         group = seconds.get(second, [])
         acked = [s for s in group if s.error is None]
         q = quantiles(_latencies(acked, rows))
+        lag = quantiles([s.lag for s in group if s.error != "client_overload"])
         out.append(
             {
                 "second": second,
                 "sent": len(group),
                 "errors": len(group) - len(acked),
                 "landed": landed.get(second, 0),
+                "lag_p99_ms": lag.p99 if lag else math.nan,
                 "row_p99_ms": q.p99 if q else math.nan,
             }
         )
@@ -164,9 +169,10 @@ def summarize(
     load_end: float,
     drain: Drain,
     backlog_peak: int | None,
+    dead: Mapping[str, int] | None = None,
 ) -> DoorReport:
     """The report of one door's run. ``start``/``load_end``: wall clock of the schedule's offset
-    0 and of the moment the last request had been sent."""
+    0 and of the moment the last request had been sent; ``dead``: dead letters by code."""
     acked = [s for s in sent if s.error is None]
     errors: dict[str, int] = {}
     for s in sent:
@@ -179,6 +185,10 @@ def summarize(
             missing += 1
         elif not landing.ok:
             errors[f"row_{landing.end}"] = errors.get(f"row_{landing.end}", 0) + 1
+    # a dead letter names no request id, but it is the end of one of the missing requests
+    for code, n in (dead or {}).items():
+        errors[f"dead_letter_{code}"] = n
+    missing = max(missing - sum((dead or {}).values()), 0)
     lost = missing if drain != "timeout" else 0
     if lost:
         errors["lost"] = lost
@@ -225,6 +235,7 @@ def summarize(
         drain_s=max(last_row - load_end, 0.0) if last_row and drain == "drained" else None,
         backlog_peak=backlog_peak,
         probes=len(probes),
+        probes_failed=sum(1 for p in probes if p.error is not None),
         probe_ms=quantiles([lat for _, lat in _probe_pairs(probes, rows)]),
         recovered_after_s=recovered_after(fast, RECOVERY_MS),
         timeline=_timeline(sent, rows, start),
@@ -248,6 +259,12 @@ def door_checks(r: DoorReport) -> list[Check]:
         none = "no request was acknowledged"
         return [Check(n, False, none) for n in ("p(95)<500ms", "p(99)<1s", "errors<1%")]
     checks = [
+        Check(
+            f"generator on schedule: lag p(99)<{LAG_LIMIT_MS:.0f}ms",
+            r.lag_ms is not None and r.lag_ms.p99 < LAG_LIMIT_MS,
+            "-" if r.lag_ms is None else _ms(r.lag_ms.p99),
+            "harness",
+        ),
         Check("request-to-row p(95)<500ms", r.row_ms.p95 < 500, _ms(r.row_ms.p95)),
         Check("request-to-row p(99)<1s", r.row_ms.p99 < 1000, _ms(r.row_ms.p99)),
         Check("errors<1%", r.error_rate < 0.01, f"{r.error_rate:.2%}"),
@@ -286,6 +303,7 @@ class ProcMemory:
     postwire: bool  # one of ours (worker, bulk, sinks, api), not a server or the generator
     samples: list[tuple[float, int]] = field(default_factory=list)  # (seconds, VmRSS kB)
     hwm_kb: int | None = None
+    cpu_s: float | None = None  # CPU seconds used during the run (user + system)
 
     def rss_at(self, t: float) -> int | None:
         """The first sample at or after ``t`` seconds; None if the run was shorter."""

@@ -175,6 +175,7 @@ def _passed(report: Any) -> dict[str, bool | None]:
 def test_thresholds_pass_and_fail_on_the_right_side() -> None:
     fast = _run([0.1] * 1000)
     assert _passed(fast) == {
+        "generator on schedule: lag p(99)<100ms": True,
         "request-to-row p(95)<500ms": True,
         "request-to-row p(99)<1s": True,
         "errors<1%": True,
@@ -187,6 +188,39 @@ def test_thresholds_pass_and_fail_on_the_right_side() -> None:
     assert _passed(mixed)["request-to-row p(99)<1s"] is True
     slow = _run([0.7] * 1000)
     assert _passed(slow)["request-to-row p(95)<500ms"] is False
+
+
+def test_a_late_generator_fails_the_harness_check() -> None:
+    report = _run([0.1] * 100)
+    for s in report.timeline:
+        assert s["lag_p99_ms"] == 0
+    late = [Sent("verify", i / 100, lag=0.2 if i >= 95 else 0.0, sent_at=i) for i in range(100)]
+    sc = SCENARIOS["peak"].scaled(1)
+    r = summarize("kafka", sc, late, [], {}, start=0, load_end=1, drain="lost", backlog_peak=0)
+    checks = {c.name: c for c in r.checks}
+    assert checks["generator on schedule: lag p(99)<100ms"].passed is False
+    assert checks["generator on schedule: lag p(99)<100ms"].kind == "harness"
+
+
+def test_dead_letters_end_requests_that_have_no_row() -> None:
+    start = 0.0
+    sent = [Sent("send", 0, sent_at=1.0, request_id=f"r{i}") for i in range(3)]
+    rows = {"r0": Landing(1.2, "delivered")}
+    sc = SCENARIOS["stress"].scaled(1)
+    r = summarize(
+        "http",
+        sc,
+        sent,
+        [],
+        rows,
+        start=start,
+        load_end=1,
+        drain="lost",
+        backlog_peak=0,
+        dead={"deliver.unexpected": 1},
+    )
+    assert r.errors == {"dead_letter_deliver.unexpected": 1, "lost": 1}
+    assert r.lost == 1
 
 
 def test_errors_count_against_the_scheduled_requests() -> None:
