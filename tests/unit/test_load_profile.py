@@ -332,3 +332,48 @@ def test_blackhole_answers_a_pipelined_session_and_counts_messages() -> None:
     assert codes == b"220 250 250 250 354 250 250 250 354 250 221".split()
     assert SmtpBlackhole.accepted == 2
     assert transport.closed
+
+
+def test_the_report_renders_and_serialises_without_infinities() -> None:
+    import io
+    import json
+
+    from rich.console import Console
+
+    from streams.bench.load import LoadResult
+    from streams.bench.load_render import render, to_json
+
+    report = _run([0.1] * 999 + [None], scenario="stress")
+    procs = [ProcMemory("worker", 1, True, [(0.0, 100_000), (61.0, 120_000)], 130_000, 2.5)]
+    result = LoadResult(
+        options={
+            "scenario": "stress",
+            "profile": report.profile,
+            "mix": {"verify": 0.8, "send": 0.2},
+            "workers": 1,
+            "partitions": 4,
+            "tenants": 4,
+            "max_in_flight": 10_000,
+            "connections": 1000,
+            "generator_nice": -5,
+            "sink": "blackhole",
+        },
+        doors=[report],
+        memory={"http": procs},
+        memory_checks={"http": memory_checks(procs, report.seconds)},
+        backlog_start={"http": 0},
+        state={"worker": {}, "bulk": None},
+        tables={"verifications": (1000, 2 * 1024 * 1024)},
+        notes=["a note"],
+    )
+    buffer = io.StringIO()
+    render(result, Console(file=buffer, width=140))
+    text = buffer.getvalue()
+    assert "nothing lost" in text
+    assert "1 lost" in text
+    assert "n/a (gauge absent)" in text
+    assert "n/a (/metrics not reachable)" in text
+    assert "note: a note" in text
+    figures = json.loads(json.dumps(to_json(result), allow_nan=False))
+    assert figures["doors"][0]["row_ms"]["max"] is None  # never landed: no Infinity in JSON
+    assert figures["end_rows"]["send"] == "events row of type delivered"
