@@ -428,6 +428,87 @@ def bench_deliver(
     out.print(grid)
 
 
+@bench_app.command("load")
+def bench_load(
+    scenario: Annotated[
+        str, typer.Option(help="baseline, peak, stress, spike or endurance.")
+    ] = "baseline",
+    duration: Annotated[
+        float | None,
+        typer.Option(help="Squeeze or stretch the scenario to this many seconds (same rates)."),
+    ] = None,
+    door: Annotated[str, typer.Option(help="http, kafka or both (one after the other).")] = "both",
+    mix: Annotated[
+        str, typer.Option(help="Request kinds and their weights.")
+    ] = "verify=0.8,send=0.2",
+    workers: Annotated[int, typer.Option(help="faust worker slots.")] = 1,
+    partitions: Annotated[int, typer.Option(help="Partitions per topic.")] = 4,
+    tenants: Annotated[int, typer.Option(help="Tenants the load is spread over.")] = 4,
+    max_in_flight: Annotated[
+        int, typer.Option(help="Unanswered requests at most; beyond: client_overload errors.")
+    ] = 10_000,
+    connections: Annotated[
+        int, typer.Option(help="HTTP connections the generator may open to the API.")
+    ] = 1000,
+    timeout: Annotated[float, typer.Option(help="Seconds before a request is a timeout.")] = 30.0,
+    drain_timeout: Annotated[
+        float, typer.Option(help="Seconds to wait for the backlog after the load stops.")
+    ] = 600.0,
+    baselines: Annotated[
+        bool, typer.Option(help="Also measure the raw producer, pass-through and COPY.")
+    ] = True,
+    nice: Annotated[
+        int, typer.Option(help="The generator's scheduling priority during the run (0: as is).")
+    ] = -15,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
+) -> None:
+    """Open-model load scenarios through the HTTP API and the raw Kafka door: latency to the
+    row, errors, drain, memory, k6-style thresholds."""
+    import json
+
+    from streams.bench.load import LoadOptions, run_load_bench
+    from streams.bench.load_profile import SCENARIOS, parse_mix
+    from streams.bench.load_render import BarProgress, QuietProgress, render, to_json
+
+    if scenario not in SCENARIOS:
+        raise typer.BadParameter(f"one of {', '.join(SCENARIOS)}", param_hint="--scenario")
+    doors = {"both": ("http", "kafka"), "http": ("http",), "kafka": ("kafka",)}.get(door)
+    if doors is None:
+        raise typer.BadParameter("http, kafka or both", param_hint="--door")
+    try:
+        shares = parse_mix(mix)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--mix") from None
+    if duration is not None and duration <= 0:
+        raise typer.BadParameter("must be above 0", param_hint="--duration")
+    chosen = SCENARIOS[scenario]
+    options = LoadOptions(
+        scenario=chosen.scaled(duration) if duration else chosen,
+        mix=shares,
+        doors=doors,
+        workers=workers,
+        partitions=partitions,
+        tenants=tenants,
+        max_in_flight=max_in_flight,
+        connections=connections,
+        timeout=timeout,
+        drain_timeout=drain_timeout,
+        baselines=baselines,
+        nice=nice,
+    )
+    with contextlib.suppress(ImportError):
+        import uvloop  # the generator needs every bit of its loop at 5,000 requests/s
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    if as_json:
+        result = _run(run_load_bench(options, QuietProgress()))
+        typer.echo(json.dumps(to_json(result)))
+        return
+    with BarProgress(err) as bar:
+        result = _run(run_load_bench(options, bar))
+    render(result, out)
+
+
 @schemas_app.command("snapshot")
 def schemas_snapshot() -> None:
     """Record changed schemas as new versions under schemas/history (run before a release)."""
