@@ -22,7 +22,7 @@ from aiokafka import AIOKafkaProducer
 
 from streams.bench.records import kafka_counts, records_per_request
 from streams.bench.smtp_peers import SmtpSink, ensure_postfix, run_baselines
-from streams.bench.stacks import bench_settings
+from streams.bench.stacks import relay_settings
 from streams.codec import default_codec
 from streams.deliver.dkim import KeyType, keygen
 from streams.settings import Settings
@@ -103,19 +103,12 @@ async def _rows(conn: asyncpg.Connection[Any], run: str) -> int:
 
 
 def _settings(data_dir: Path, sink: SmtpSink, workers: int, partitions: int) -> Settings:
-    return bench_settings(
+    return relay_settings(
         data_dir,
+        sink.host,
+        sink.port,
         partitions=partitions,
         worker_processes=workers,
-        delivery_mode="relay",
-        relay_host=sink.host,
-        relay_port=sink.port,
-        smtp_tls="none",
-        dest_connections=32,
-        dest_rate=10**6,
-        dest_burst=10**6,
-        tenant_send_rate=10**6,
-        tenant_send_burst=10**6,
         dkim_keys_dir=data_dir / "dkim",
     )
 

@@ -25,7 +25,7 @@ from streams.bench.dns_server import Zone, ZoneServer
 from streams.bench.load_doors import DOMAINS, KafkaDoor
 from streams.bench.load_profile import quantiles
 from streams.bench.smtp_peers import SmtpSink, ensure_postfix, free_port
-from streams.bench.stacks import bench_settings
+from streams.bench.stacks import relay_settings
 from streams.errors import BenchError, StackError
 from streams.settings import Settings
 from streams.tenants import create_api_key, create_tenant
@@ -102,20 +102,13 @@ def stack_settings(
 ) -> Settings:
     """The bench stack: every limit out of the way (tenant and destination rates, the ingress
     bucket), so the run measures the pipeline, never a 429 or a throttle."""
-    return bench_settings(
+    return relay_settings(
         data_dir,
+        sink.host,
+        sink.port,
         partitions=partitions,
         worker_processes=workers,
         dns_nameservers=dns.nameserver,
-        delivery_mode="relay",
-        relay_host=sink.host,
-        relay_port=sink.port,
-        smtp_tls="none",
-        dest_connections=32,
-        dest_rate=10**6,
-        dest_burst=10**6,
-        tenant_send_rate=10**6,
-        tenant_send_burst=10**6,
     )
 
 

@@ -9,7 +9,7 @@ from typing import Any
 from streams.bench.smtp_peers import free_port
 from streams.settings import Settings
 
-__all__ = ["bench_settings"]
+__all__ = ["bench_settings", "relay_settings"]
 
 
 def bench_settings(data_dir: Path, **overrides: Any) -> Settings:
@@ -34,3 +34,20 @@ def bench_settings(data_dir: Path, **overrides: Any) -> Settings:
         "log_level": "warning",
     }
     return Settings(**{**values, **overrides})
+
+
+def relay_settings(data_dir: Path, host: str, port: int, **overrides: Any) -> Settings:
+    """A bench stack that relays every message to the SMTP sink at ``host:port``, with every
+    delivery limit out of the way (the sink, not a throttle, is what the bench meets)."""
+    relay: dict[str, Any] = {
+        "delivery_mode": "relay",
+        "relay_host": host,
+        "relay_port": port,
+        "smtp_tls": "none",
+        "dest_connections": 32,
+        "dest_rate": 10**6,
+        "dest_burst": 10**6,
+        "tenant_send_rate": 10**6,
+        "tenant_send_burst": 10**6,
+    }
+    return bench_settings(data_dir, **{**relay, **overrides})
