@@ -267,6 +267,11 @@ async def run_load_bench(opts: LoadOptions, progress: Progress) -> LoadResult:
             _prioritize(NORMAL_PRIORITY, [])
         if opts.baselines:
             progress.note("baselines: raw producer, aiokafka pass-through, asyncpg COPY")
+            if any(r.drain == "timeout" for r in result.doors):
+                result.notes.append(
+                    "the baselines ran while the pipeline was still working off the backlog "
+                    "of a drain that timed out: they shared the cores with it"
+                )
             bootstrap, dsn = stack.settings.bootstrap, stack.settings.dsn
             result.baselines = await raw_producer(stack.settings, 5000, 32)
             result.baselines["passthrough_per_s"] = await aiokafka_passthrough_rate(
