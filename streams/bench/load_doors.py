@@ -210,24 +210,28 @@ class Generator:
         self.probes: list[Sent] = []
         self.in_flight = 0
         self.errors = 0
+        self.pending = 0  # scheduled requests (not probes) sent and not answered yet
+        self.acked = 0  # scheduled requests (not probes) acknowledged
         self.started = 0.0  # perf_counter() of offset 0
         self.start_wall = 0.0  # time.time() of offset 0
         self.load_end = 0.0  # time.time() once the last scheduled request went out
         self._tasks: set[asyncio.Task[None]] = set()
         self._n = 0
 
-    async def _one(self, s: Sent, i: int) -> None:
+    async def _one(self, s: Sent, i: int, probe: bool) -> None:
         began = time.perf_counter()
         s.lag = max(began - (self.started + s.due), 0.0)
         s.sent_at = time.time()
         try:
             s.request_id = await self.door.send(s.kind, i)
             s.response_s = time.perf_counter() - began
+            self.acked += not probe
         except DoorError as exc:
             s.error = exc.kind
             self.errors += 1
         finally:
             self.in_flight -= 1
+            self.pending -= not probe
 
     def fire(self, kind: str, due: float, into: list[Sent]) -> None:
         s = Sent(kind, due)
@@ -239,7 +243,9 @@ class Generator:
             self.errors += 1
             return
         self.in_flight += 1
-        task = asyncio.create_task(self._one(s, i))
+        probe = into is self.probes
+        self.pending += not probe
+        task = asyncio.create_task(self._one(s, i, probe))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 

@@ -82,27 +82,26 @@ async def drain(
     deadline: float,
     progress: Progress,
 ) -> Drain:
-    """Wait until every acknowledged request (probes too) has its end row: ``drained``; or the
-    pipeline has had no backlog and landed nothing for IDLE_LOST s: ``lost``; or ``timeout``."""
+    """Wait until every acknowledged request of the schedule has its end row: ``drained``; or
+    the pipeline has had no backlog and landed none of them for IDLE_LOST s: ``lost``; or
+    ``timeout``. The probes, which keep going out meanwhile, are left out of the count."""
     best, idle_since = -1, None
     while True:
-        landed = await count_end_rows(conn, tenants)
-        expected = acked(gen)
-        progress.phase("draining", expected)
+        probe_ids = [p.request_id for p in gen.probes if p.request_id]
+        landed = await count_end_rows(conn, tenants, exclude=probe_ids)
+        progress.phase("draining", gen.acked)
         queued = "?" if backlog.current is None else f"{backlog.current:,}"
-        progress.update(landed, f"backlog {queued} records, {gen.outstanding():,} unanswered")
-        if landed >= expected and gen.outstanding() == 0:
+        progress.update(landed, f"backlog {queued} records, {gen.pending:,} unanswered")
+        if landed >= gen.acked and gen.pending == 0:
             return "drained"
-        # the probes keep landing while the load's rows may have stopped: leave them out
-        load_landed = landed - sum(1 for p in gen.probes if p.error is None)
         now = time.monotonic()
-        if backlog.current == 0 and load_landed <= best and gen.outstanding() == 0:
+        if backlog.current == 0 and landed <= best and gen.pending == 0:
             idle_since = idle_since or now
             if now - idle_since >= IDLE_LOST:
                 return "lost"
         else:
             idle_since = None
-        best = max(best, load_landed)
+        best = max(best, landed)
         if time.time() > deadline:
             return "timeout"
         await asyncio.sleep(1.0)
