@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from dnslib import AAAA, MX, QTYPE, RCODE, RR, TXT, A, DNSRecord
 from dnslib.server import BaseResolver, DNSLogger, DNSServer
 
-__all__ = ["Zone", "ZoneServer"]
+__all__ = ["Zone", "ZoneServer", "bench_zone"]
 
 
 @dataclass
@@ -95,3 +95,13 @@ class ZoneServer:
 
     def stop(self) -> None:
         self.server.stop()
+
+
+def bench_zone(domains: int) -> Zone:
+    """The benchmarks' zone: ``d0.bench.example`` ... ``d<n-1>.bench.example``, all with one
+    MX on loopback (the address the bench's SMTP peers listen on)."""
+    zone = Zone()
+    for i in range(domains):
+        zone.mx[f"d{i}.bench.example"] = [(10, "mx.bench.example")]
+    zone.a["mx.bench.example"] = "127.0.0.1"
+    return zone

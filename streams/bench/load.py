@@ -22,8 +22,8 @@ from typing import Any
 import asyncpg
 
 from streams.bench.baselines import aiokafka_passthrough_rate, copy_rate
-from streams.bench.dns_server import ZoneServer
-from streams.bench.load_doors import Door, Generator, HttpDoor, KafkaDoor
+from streams.bench.dns_server import ZoneServer, bench_zone
+from streams.bench.load_doors import DOMAINS, Door, Generator, HttpDoor, KafkaDoor
 from streams.bench.load_phases import (
     NORMAL_PRIORITY,
     Progress,
@@ -48,7 +48,6 @@ from streams.bench.load_stack import (
     stack_settings,
     start_sink,
     wait_healthy,
-    zone,
 )
 from streams.bench.load_watch import (
     BacklogWatch,
@@ -251,7 +250,7 @@ def _options(opts: LoadOptions, sink: SmtpTarget) -> dict[str, Any]:
 
 async def run_load_bench(opts: LoadOptions, progress: Progress) -> LoadResult:
     data_dir = Path(tempfile.mkdtemp(prefix="postwire-bench-load-"))
-    dns = ZoneServer(zone(), host="127.0.0.1")
+    dns = ZoneServer(bench_zone(DOMAINS), host="127.0.0.1")
     dns.start()
     sink = await asyncio.to_thread(start_sink, data_dir)
     stack = Stack(stack_settings(data_dir, opts.workers, opts.partitions, dns, sink), workers=True)

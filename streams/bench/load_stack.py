@@ -21,8 +21,8 @@ import asyncpg
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from streams.bench.dns_server import Zone, ZoneServer
-from streams.bench.load_doors import DOMAINS, KafkaDoor
+from streams.bench.dns_server import ZoneServer
+from streams.bench.load_doors import KafkaDoor
 from streams.bench.load_profile import quantiles
 from streams.bench.smtp_peers import SmtpSink, ensure_postfix, free_port
 from streams.bench.stacks import relay_settings
@@ -37,7 +37,6 @@ __all__ = [
     "stack_settings",
     "start_sink",
     "wait_healthy",
-    "zone",
 ]
 
 
@@ -48,14 +47,6 @@ class SmtpTarget:
     kind: str
     pid: int | None
     stop: Callable[[], None]
-
-
-def zone() -> Zone:
-    zone = Zone()
-    for i in range(DOMAINS):
-        zone.mx[f"d{i}.bench.example"] = [(10, "mx.bench.example")]
-    zone.a["mx.bench.example"] = "127.0.0.1"
-    return zone
 
 
 def start_sink(data_dir: Path) -> SmtpTarget:

@@ -17,7 +17,7 @@ import asyncpg
 from aiokafka import AIOKafkaProducer
 
 from streams.bench.baselines import aiokafka_passthrough_rate, copy_rate
-from streams.bench.dns_server import Zone, ZoneServer
+from streams.bench.dns_server import ZoneServer, bench_zone
 from streams.bench.records import kafka_counts, records_per_request
 from streams.bench.stacks import bench_settings
 from streams.codec import default_codec
@@ -54,14 +54,6 @@ class VerifyBenchResult:
     @property
     def vs_copy(self) -> float:
         return self.requests_per_s / self.copy_per_s
-
-
-def _zone() -> Zone:
-    zone = Zone()
-    for i in range(DOMAINS):
-        zone.mx[f"d{i}.bench.example"] = [(10, "mx.bench.example")]
-    zone.a["mx.bench.example"] = "127.0.0.1"
-    return zone
 
 
 async def _publish(
@@ -114,7 +106,7 @@ async def run_verify_bench(
     requests: int, rate: float | None, workers: int, partitions: int, progress: Any = None
 ) -> VerifyBenchResult:
     data_dir = Path(tempfile.mkdtemp(prefix="postwire-bench-"))
-    dns = ZoneServer(_zone(), host="127.0.0.1")
+    dns = ZoneServer(bench_zone(DOMAINS), host="127.0.0.1")
     dns.start()
     settings = bench_settings(
         data_dir, partitions=partitions, worker_processes=workers, dns_nameservers=dns.nameserver
