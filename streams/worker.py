@@ -16,6 +16,7 @@ import mode
 from streams.codec import Codec, default_codec
 from streams.deliver.queue import ControlFeed
 from streams.directory import DirectoryHolder
+from streams.eventloop import install_fast_loop
 from streams.obs.faust_web import install_pages
 from streams.obs.logs import configure_logging
 from streams.runtime.host import HostConfig, StageHost
@@ -180,10 +181,7 @@ def tune_gc() -> None:
 def run_worker(settings: Settings, stages: tuple[str, ...] = STAGES) -> None:
     """Run the faust worker in this process until SIGINT/SIGTERM."""
     configure_logging(settings, "worker", app=settings.app_id, stages=",".join(stages))
-    with contextlib.suppress(ImportError):
-        import uvloop
-
-        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    install_fast_loop()
     # faust and aiokafka build debug records on every send even when nobody prints them
     logging.disable(logging.DEBUG)
     directory = DirectoryHolder(settings)
