@@ -143,6 +143,9 @@ class Settings(BaseSettings):
     dns_tries: int = Field(default=2, ge=1)
     mx_cache_max_ttl: int = Field(default=3600, ge=0)
     mx_cache_min_ttl: int = Field(default=300, ge=0)
+    # verdicts that cost no SMTP session, kept per address in process memory (~1.5 KB each);
+    # recomputing one is tens of microseconds, so the cache only saves repeats of hot addresses
+    verify_cache_entries: int = Field(default=20_000, ge=0)
     smtp_probe_default: bool = False
     smtp_probe_port: int = 25
     smtp_probe_timeout: float = Field(default=10.0, gt=0)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from streams.bench.smtp_peers import free_port_block
 from streams.codec import Codec, default_codec
 from streams.settings import Settings
 from streams.stack.stack import Stack
@@ -32,7 +33,7 @@ def stack_settings(data_dir: Path, **overrides: object) -> Settings:
         "kafka_port": free_port(),
         "kafka_controller_port": free_port(),
         "postgres_port": free_port(),
-        "worker_web_port": free_port(),
+        "worker_web_port": free_port_block(3 * int(str(overrides.get("worker_processes", 1)))),
         "api_port": free_port(),
         "sinks_web_port": free_port(),
         "lag_interval": 1.0,

@@ -20,7 +20,7 @@ from streams.bench.load_stack import make_tenants
 from streams.bench.load_watch import BacklogWatch, count_end_rows
 from streams.errors import BenchError
 from streams.stack.process import ManagedProcess
-from streams.stack.stack import Stack
+from streams.stack.stack import WORKER_ROLES, Stack
 
 __all__ = [
     "PROBE_EVERY",
@@ -113,7 +113,7 @@ def stuck_workers(stack: Stack) -> list[ManagedProcess]:
     return [
         app
         for app in stack.apps
-        if app.name.startswith(("worker", "bulk")) and STARTUP_RACE in app.log_tail(200)
+        if app.name.startswith(WORKER_ROLES) and STARTUP_RACE in app.log_tail(200)
     ]
 
 

@@ -18,6 +18,7 @@ import asyncpg
 from streams.bench.load_report import Landing, ProcMemory, state_entries
 from streams.obs.lag import LagMonitor
 from streams.settings import Settings
+from streams.stack.stack import WORKER_ROLES, worker_port
 
 __all__ = [
     "TABLES",
@@ -230,14 +231,12 @@ class MemorySampler:
 
 
 def worker_ports(settings: Settings) -> dict[str, int]:
-    """The web port of each worker process `Stack` starts (front ones, then the bulk ones)."""
-    n = settings.worker_processes
-    ports = {}
-    for i in range(n):
-        suffix = str(i) if i else ""
-        ports[f"worker{suffix}"] = settings.worker_web_port + i
-        ports[f"bulk{suffix}"] = settings.worker_web_port + n + i
-    return ports
+    """The web port of each worker process `Stack` starts."""
+    return {
+        f"{role}{str(i) if i else ''}": worker_port(settings, role, i)
+        for role in WORKER_ROLES
+        for i in range(settings.worker_processes)
+    }
 
 
 async def scrape_state(settings: Settings) -> dict[str, dict[str, float] | None]:

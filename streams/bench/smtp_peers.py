@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import random
 import shutil
 import signal
 import socket
@@ -84,6 +85,27 @@ def free_port(host: str) -> int:
     with socket.socket() as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
+
+
+def free_port_block(count: int, low: int = 20000, high: int = 32000) -> int:
+    """The first of ``count`` consecutive ports free on every address, for the worker web ports
+    `Stack` numbers from one base. Below Linux's ephemeral range (32768-60999), so an outgoing
+    connection cannot take one of them between this check and the bind."""
+    for _ in range(200):
+        base = random.randrange(low, high - count)  # noqa: S311 - a port, not a secret
+        socks = []
+        try:
+            for port in range(base, base + count):
+                sock = socket.socket()
+                socks.append(sock)
+                sock.bind(("0.0.0.0", port))  # noqa: S104 - faust's web binds every address
+        except OSError:
+            continue
+        finally:
+            for sock in socks:
+                sock.close()
+        return base
+    raise StackError(f"no {count} consecutive free ports between {low} and {high}")
 
 
 def _wait_listening(host: str, port: int, timeout: float, what: str) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from streams.bench.smtp_peers import free_port
+from streams.bench.smtp_peers import free_port, free_port_block
 from streams.settings import Settings
 
 __all__ = ["bench_settings", "relay_settings"]
@@ -17,13 +17,14 @@ def bench_settings(data_dir: Path, **overrides: Any) -> Settings:
         "kafka_port",
         "kafka_controller_port",
         "postgres_port",
-        "worker_web_port",
         "api_port",
         "sinks_web_port",
     )
     values: dict[str, Any] = {
         "data_dir": data_dir,
         **{name: free_port("127.0.0.1") for name in ports},
+        # three worker processes per slot (front, tx, bulk), numbered from this port
+        "worker_web_port": free_port_block(3 * int(overrides.get("worker_processes", 1))),
         "topic_prefix": "bench",
         "app_id": "bench",
         "rate_per_second": 10**7,

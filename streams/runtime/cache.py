@@ -19,7 +19,8 @@ __all__ = ["BoundedCache"]
 
 class BoundedCache(MutableMapping[str, Any]):
     def __init__(self, max_entries: int) -> None:
-        self.max_entries = max(max_entries, 10)
+        """``max_entries`` 0: keep nothing."""
+        self.max_entries = max(max_entries, 0)
         self._data: dict[str, bytes] = {}
 
     def __getitem__(self, key: str) -> Any:
@@ -32,8 +33,10 @@ class BoundedCache(MutableMapping[str, Any]):
     def __setitem__(self, key: str, value: Any) -> None:
         data = self._data
         if key not in data and len(data) >= self.max_entries:
+            if not self.max_entries:
+                return
             # dicts keep insertion order: the first keys are the oldest
-            for old in list(data)[: self.max_entries // 10]:
+            for old in list(data)[: max(self.max_entries // 10, 1)]:
                 del data[old]
         data[key] = orjson.dumps(value)
 

@@ -19,10 +19,17 @@ from streams.settings import Settings
 from streams.stack.kafka import EmbeddedKafka
 from streams.stack.postgres import EmbeddedPostgres
 from streams.stack.process import ManagedProcess, pid_alive, stop_pid
-from streams.stages.names import BULK_STAGES, FRONT_STAGES
+from streams.stages.names import BULK_STAGES, FRONT_STAGES, TX_STAGES
 from streams.topics import ensure_topics
 
-__all__ = ["STOP_ORDER", "Stack", "StackInfo", "stop_detached"]
+__all__ = [
+    "STOP_ORDER",
+    "WORKER_ROLES",
+    "Stack",
+    "StackInfo",
+    "stop_detached",
+    "worker_port",
+]
 
 # applications first so they flush and commit while Kafka and PostgreSQL are still there
 STOP_ORDER = (
@@ -30,11 +37,22 @@ STOP_ORDER = (
     "sinks",
     "worker",
     *(f"worker{i}" for i in range(1, 16)),
+    "tx",
+    *(f"tx{i}" for i in range(1, 16)),
     "bulk",
     *(f"bulk{i}" for i in range(1, 16)),
     "kafka",
     "postgres",
 )
+
+
+WORKER_ROLES = ("worker", "tx", "bulk")
+
+
+def worker_port(settings: Settings, role: str, slot: int) -> int:
+    """The web port (metrics, health) of a worker process: the front ones first, then the
+    transactional lanes, then the bulk ones."""
+    return settings.worker_web_port + WORKER_ROLES.index(role) * settings.worker_processes + slot
 
 
 def _stages(stages: tuple[str, ...]) -> list[str]:
@@ -112,24 +130,21 @@ class Stack:
         )
 
     def _workers(self) -> list[ManagedProcess]:
-        """Per worker slot two processes: ``worker`` (gate, verify, transactional lane) and
-        ``bulk`` (bulk lane, delay topics, queue commands) in a consumer group of its own. One
-        process would hand both lanes the same fetches and the same event loop, and a bulk
-        backlog would stand in front of a password reset."""
+        """Per worker slot three processes: ``worker`` (gate, verify), ``tx`` (the
+        transactional lane) and ``bulk`` (bulk lane, delay topics, queue commands, in a consumer
+        group of its own). Each stage has its own consumer group, so the split costs no
+        rebalance; it gives each part a loop (and a core) of its own, and a bulk backlog never
+        stands in front of a password reset."""
         workers = []
-        n = self.settings.worker_processes
-        for i in range(n):
+        for i in range(self.settings.worker_processes):
             suffix = str(i) if i else ""
-            # each faust worker serves its own web port (metrics, health)
-            front = {"POSTWIRE_WORKER_WEB_PORT": str(self.settings.worker_web_port + i)}
-            bulk = {
-                "POSTWIRE_WORKER_WEB_PORT": str(self.settings.worker_web_port + n + i),
-                "POSTWIRE_APP_ID": f"{self.settings.app_id}-bulk",
-            }
-            workers.append(
-                self.process(f"worker{suffix}", "worker", *_stages(FRONT_STAGES), env=front)
-            )
-            workers.append(self.process(f"bulk{suffix}", "worker", *_stages(BULK_STAGES), env=bulk))
+            for role, stages in zip(
+                WORKER_ROLES, (FRONT_STAGES, TX_STAGES, BULK_STAGES), strict=True
+            ):
+                env = {"POSTWIRE_WORKER_WEB_PORT": str(worker_port(self.settings, role, i))}
+                if role == "bulk":
+                    env["POSTWIRE_APP_ID"] = f"{self.settings.app_id}-bulk"
+                workers.append(self.process(f"{role}{suffix}", "worker", *_stages(stages), env=env))
         return workers
 
     def _all(self) -> dict[str, ManagedProcess]:

@@ -27,7 +27,7 @@ from streams.verify.service import Verifier
 __all__ = ["STAGE", "VerifyStage", "build_verifier"]
 
 STAGE = "verify"
-CACHE_ENTRIES = 200_000
+MX_CACHE_ENTRIES = 50_000  # domains: an entry is a few hosts
 
 
 def build_verifier(settings: Settings, directory: DirectoryHolder | None) -> Verifier:
@@ -45,8 +45,8 @@ def build_verifier(settings: Settings, directory: DirectoryHolder | None) -> Ver
         load_lists(settings.lists_dir),
         MxResolver(settings.nameservers, settings.dns_timeout, settings.dns_tries),
         prober,
-        BoundedCache(CACHE_ENTRIES // 4),
-        BoundedCache(CACHE_ENTRIES),
+        BoundedCache(MX_CACHE_ENTRIES),
+        BoundedCache(settings.verify_cache_entries),
         mx_min_ttl=settings.mx_cache_min_ttl,
         mx_max_ttl=settings.mx_cache_max_ttl,
         suppressed=suppressed,

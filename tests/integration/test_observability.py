@@ -17,6 +17,7 @@ from streams.codec import Codec
 from streams.obs.logs import KEY_FILE
 from streams.obs.redact import Redactor
 from streams.settings import Settings
+from streams.stack.stack import WORKER_ROLES, worker_port
 from tests.conftest import SENDER_DOMAIN
 from tests.integration.helpers import eventually, new_tenant
 
@@ -47,11 +48,16 @@ def _sum(samples: Samples, name: str, **labels: str) -> float:
     return sum(v for (n, ls), v in samples.items() if n == name and want <= ls)
 
 
-async def _scrape(http: aiohttp.ClientSession, port: int) -> Samples:
-    async with http.get(f"http://127.0.0.1:{port}/metrics") as r:
-        assert r.status == 200
-        assert r.headers["Content-Type"].startswith("text/plain")
-        return _parse(await r.text())
+async def _scrape(http: aiohttp.ClientSession, *ports: int) -> Samples:
+    """The series of every process on ``ports``; a series several of them have is summed."""
+    summed: Samples = {}
+    for port in ports:
+        async with http.get(f"http://127.0.0.1:{port}/metrics") as r:
+            assert r.status == 200
+            assert r.headers["Content-Type"].startswith("text/plain")
+            for key, value in _parse(await r.text()).items():
+                summed[key] = summed.get(key, 0.0) + value
+    return summed
 
 
 def _request(tenant: str, key: str, operation: str, recipient: str) -> dict[str, Any]:
@@ -60,7 +66,7 @@ def _request(tenant: str, key: str, operation: str, recipient: str) -> dict[str,
         "tenant": tenant,
         "api_key": key,
         "operation": operation,
-        "priority": "high",  # the transactional lane: the front worker process
+        "priority": "high",  # the transactional lane: the tx process
         "recipients": [{"email": recipient}],
         "from": {"email": f"news@{SENDER_DOMAIN}"},
         "content": {"subject": "obs", "text": "obs"},
@@ -86,11 +92,8 @@ async def http() -> Any:
 
 
 async def test_workers_and_sinks_serve_health(stack: Settings, http: aiohttp.ClientSession) -> None:
-    ports = {
-        "worker": stack.worker_web_port,
-        "bulk": stack.worker_web_port + stack.worker_processes,
-        "sinks": stack.sinks_web_port,
-    }
+    ports = {role: worker_port(stack, role, 0) for role in WORKER_ROLES}
+    ports["sinks"] = stack.sinks_web_port
     for name, port in ports.items():
 
         async def health(port: int = port) -> tuple[int, dict[str, Any]]:
@@ -109,8 +112,10 @@ async def test_traffic_moves_the_counters_of_its_stage_and_outcome(
     stack: Settings, codec: Codec, http: aiohttp.ClientSession
 ) -> None:
     tenant, key = await new_tenant(stack, "obs", settle=True)
-    worker, sinks = stack.worker_web_port, stack.sinks_web_port
-    w0, s0 = await _scrape(http, worker), await _scrape(http, sinks)
+    # the gate and verify run in the front worker, the transactional lane in the tx process
+    front = (worker_port(stack, "worker", 0), worker_port(stack, "tx", 0))
+    sinks = stack.sinks_web_port
+    w0, s0 = await _scrape(http, *front), await _scrape(http, sinks)
     unknown = f"obs-{uuid.uuid4().hex[:8]}@normal.example"  # the MX says 550 user unknown
     requests = [
         _request(tenant, key, "send", "bob@normal.example"),
@@ -130,7 +135,7 @@ async def test_traffic_moves_the_counters_of_its_stage_and_outcome(
             and moved(w0, w, "postwire_records_total", stage="verify") >= 1
         )
 
-    w1 = await eventually(lambda: _scrape(http, worker), worker_done, timeout=60)
+    w1 = await eventually(lambda: _scrape(http, *front), worker_done, timeout=60)
     gate = {"stage": "gate"}
     assert moved(w0, w1, "postwire_records_total", **gate, outcome="admitted") >= 3
     # the gate decides batches: one timing per batch, and the batch sizes add up to the records
@@ -172,13 +177,13 @@ async def test_traffic_moves_the_counters_of_its_stage_and_outcome(
     gate_group = ("group", f"{stack.app_id}-gate")
     assert any(n == "postwire_consumer_lag" and gate_group in ls for n, ls in s1)
 
-    # the bounce put the address on the suppression list, and the worker logged that
+    # the bounce put the address on the suppression list, and the lane's process logged that
     logs = stack.data_dir / "logs"
     redactor = Redactor((stack.data_dir / KEY_FILE).read_text().strip().encode())
     hashed = f"addr:{redactor.digest(unknown)}@normal.example"
 
     async def worker_log() -> str:
-        return (logs / "worker.log").read_text()
+        return (logs / "tx.log").read_text()
 
     text = await eventually(worker_log, lambda t: hashed in t, timeout=30)
     assert hashed in text
@@ -189,6 +194,6 @@ async def test_traffic_moves_the_counters_of_its_stage_and_outcome(
     for line in lines:
         record = json.loads(line)  # every line is one JSON object
         assert {"timestamp", "level", "logger", "event", "role"} <= record.keys()
-    for name in ("bulk.log", "sinks.log", "api.log"):
+    for name in ("worker.log", "bulk.log", "sinks.log", "api.log"):
         for line in (logs / name).read_text().splitlines():
             json.loads(line)

@@ -80,3 +80,10 @@ def test_bounded_cache_hands_out_copies() -> None:
     got["result"]["score"] = 99
     assert cache["k"] == {"result": {"score": 1}, "expires": 5.0}
     assert cache.get("absent", "default") == "default"
+
+
+def test_a_bounded_cache_of_size_zero_keeps_nothing() -> None:
+    cache = BoundedCache(0)
+    cache["k"] = 1
+    assert len(cache) == 0
+    assert cache.get("k") is None
