@@ -12,7 +12,7 @@ from typing import Any
 from aiokafka import ConsumerRecord
 
 from sinks.tables import Row, Source, TableSpec, sink_failure_row
-from streams.codec import Codec
+from streams.contract.codec import Codec
 from streams.errors import CodecError
 
 __all__ = ["Mapped", "dead_letter_row", "map_record", "origin_of"]

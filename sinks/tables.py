@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 
-from streams.codec import Record
+from streams.contract.codec import Record
 from streams.settings import Settings
 
 __all__ = [

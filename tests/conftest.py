@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from streams.codec import Codec, default_codec
+from streams.contract.codec import Codec, default_codec
 from streams.settings import Settings
 from streams.stack.stack import Stack
 from tests.peers.world import World, start_world

@@ -18,12 +18,12 @@ from aiohttp import web
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from streams.codec import Codec, default_codec
+from streams.contract.codec import Codec, default_codec
+from streams.db.directory import DirectoryHolder
+from streams.db.tenants import hash_key
 from streams.deliver.throttle import TokenBucket
-from streams.directory import DirectoryHolder
 from streams.errors import AuthError, IngressValidationError
 from streams.settings import Settings
-from streams.tenants import hash_key
 
 __all__ = ["Api", "Caller", "Handler", "json_body", "problem", "reply"]
 

@@ -9,7 +9,7 @@ from sinks.tables import suppression_key
 from streams.api import params, queries
 from streams.api.check import Check
 from streams.api.context import Api, Caller, json_body, problem, reply
-from streams.events import make_suppression
+from streams.contract.events import make_suppression
 
 __all__ = ["add_suppressions", "get_suppression", "list_suppressions", "remove_suppression"]
 

@@ -23,11 +23,11 @@ from aiokafka import AIOKafkaProducer
 from streams.bench.records import kafka_counts, records_per_request
 from streams.bench.smtp_peers import SmtpSink, ensure_postfix, run_baselines
 from streams.bench.stacks import relay_settings
-from streams.codec import default_codec
+from streams.contract.codec import default_codec
+from streams.db.tenants import create_api_key, create_tenant
 from streams.deliver.dkim import KeyType, keygen
 from streams.settings import Settings
 from streams.stack.stack import Stack
-from streams.tenants import create_api_key, create_tenant
 
 __all__ = ["DeliverBenchResult", "run_deliver_bench"]
 

@@ -26,7 +26,7 @@ from streams.api.sendgrid import translate
 from streams.api.verifyjobs import plan
 from streams.api.verifyjobs import requests as verify_requests
 from streams.bench.load_report import Sent
-from streams.codec import default_codec
+from streams.contract.codec import default_codec
 from streams.settings import Settings
 
 __all__ = ["DOMAINS", "Door", "DoorError", "Generator", "HttpDoor", "KafkaDoor", "send_body"]

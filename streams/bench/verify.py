@@ -20,10 +20,10 @@ from streams.bench.baselines import aiokafka_passthrough_rate, copy_rate
 from streams.bench.dns_server import ZoneServer, bench_zone
 from streams.bench.records import kafka_counts, records_per_request
 from streams.bench.stacks import bench_settings
-from streams.codec import default_codec
+from streams.contract.codec import default_codec
+from streams.db.tenants import create_api_key, create_tenant
 from streams.settings import Settings
 from streams.stack.stack import Stack
-from streams.tenants import create_api_key, create_tenant
 
 __all__ = ["VerifyBenchResult", "run_verify_bench"]
 

@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
 
-from streams.codec import Record
-from streams.deliver.bounce import Category, Disposition, Outcome
+from streams.contract.codec import Record
+from streams.contract.events import digest, make_event
 from streams.deliver.control import TaskMeta, Verdict
 from streams.deliver.retry import Expire, RetryPolicy, next_attempt
-from streams.events import digest, make_event
+from streams.mail.replies import Category, Disposition, Outcome
 
 __all__ = [
     "Conclusion",

@@ -13,11 +13,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from streams.codec import Record
+from streams.contract.codec import Record
+from streams.contract.events import make_event
 from streams.deliver.core import lane_of, task_id
 from streams.errors import InvalidContentError
-from streams.events import make_event
-from streams.verify.syntax import check_syntax
+from streams.mail.syntax import check_syntax
 
 __all__ = ["Expansion", "expand"]
 

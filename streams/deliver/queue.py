@@ -22,7 +22,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
-from streams.codec import Record
+from streams.contract.codec import Record
 from streams.deliver.control import Command, ControlState, TaskMeta
 from streams.errors import StackError
 from streams.settings import Settings

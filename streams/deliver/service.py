@@ -11,7 +11,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
-from streams.codec import Record
+from streams.contract.codec import Record
 from streams.deliver.breaker import Breaker, BreakerPolicy
 from streams.deliver.core import Conclusion, conclude, postpone
 from streams.deliver.dkim import Signer

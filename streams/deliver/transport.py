@@ -22,7 +22,11 @@ from typing import Literal
 
 import aiosmtplib
 
-from streams.deliver.bounce import (
+from streams.deliver.throttle import Throttle
+from streams.errors import ConfigError
+from streams.mail.dns import MxAnswer, MxResolver
+from streams.mail.pool import Connection, MxCache, Pool
+from streams.mail.replies import (
     Category,
     Disposition,
     Outcome,
@@ -31,10 +35,6 @@ from streams.deliver.bounce import (
     classify,
     transport_error,
 )
-from streams.deliver.pool import Connection, MxCache, Pool
-from streams.deliver.throttle import Throttle
-from streams.errors import ConfigError
-from streams.verify.dns import MxAnswer, MxResolver
 
 __all__ = [
     "Delivery",

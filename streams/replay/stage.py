@@ -13,15 +13,15 @@ import asyncpg
 from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
 
-from streams.codec import default_codec
-from streams.directory import DirectoryHolder
+from streams.contract.codec import default_codec
+from streams.db.directory import DirectoryHolder
+from streams.db.tenants import load_directory
 from streams.errors import SinkUnavailableError, StackError
 from streams.replay.plan import ReplaySummary, replay_group, stage_input
 from streams.replay.reader import Progress, Records, open_consumer, plan_offsets, read_range
 from streams.runtime.producer import BatchProducer
 from streams.runtime.records import Clock, Consumed, wall_clock
 from streams.settings import Settings
-from streams.tenants import load_directory
 
 __all__ = ["replay_stage"]
 

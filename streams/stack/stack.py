@@ -13,14 +13,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sinks.migrate import apply_migrations
+from streams.db.migrate import apply_migrations
 from streams.errors import StackError
+from streams.kafka.topics import ensure_topics
 from streams.settings import Settings
 from streams.stack.kafka import EmbeddedKafka
 from streams.stack.postgres import EmbeddedPostgres
 from streams.stack.process import ManagedProcess, pid_alive, stop_pid
 from streams.stages.names import BULK_STAGES, FRONT_STAGES
-from streams.topics import ensure_topics
 
 __all__ = ["STOP_ORDER", "Stack", "StackInfo", "stop_detached"]
 

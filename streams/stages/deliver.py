@@ -27,8 +27,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from streams.codec import Codec, Record
-from streams.deadletter import SourcePosition, dead_letter, rejection
+from streams.contract.codec import Codec, Record
+from streams.contract.deadletter import SourcePosition, dead_letter, rejection
+from streams.contract.events import make_event, make_suppression
+from streams.db.directory import DirectoryHolder
 from streams.deliver.control import Command
 from streams.deliver.core import Conclusion, failed, flush_now, lane_of, task_meta, triage
 from streams.deliver.dkim import Signer, load_keys
@@ -38,15 +40,13 @@ from streams.deliver.retry import delay_tier, tier_name, tier_topic
 from streams.deliver.service import Deliverer
 from streams.deliver.throttle import Throttle
 from streams.deliver.transport import Transport, TransportConfig
-from streams.directory import DirectoryHolder
 from streams.errors import CodecError, DkimError, RenderError, StageCrashError
-from streams.events import make_event, make_suppression
+from streams.mail.dns import MxResolver
 from streams.obs.metrics import EndToEnd
 from streams.runtime.records import Clock, Consumed, Out, header
 from streams.runtime.stage import Held, Step
 from streams.runtime.state import Store, changelog_topic
 from streams.settings import Settings, TopicNames
-from streams.verify.dns import MxResolver
 
 __all__ = [
     "STAGE",

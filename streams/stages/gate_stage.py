@@ -16,15 +16,11 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from streams.codec import Codec, Record
-from streams.deadletter import SourcePosition, dead_letter
-from streams.directory import DirectoryHolder
-from streams.runtime.records import Consumed, Out
-from streams.runtime.stage import Held, Step
-from streams.runtime.state import Overlay, Store
-from streams.settings import TopicNames
-from streams.stages.admission import count_admission, window_counts, windows_expired
-from streams.stages.gate import (
+from streams.contract.codec import Codec, Record
+from streams.contract.deadletter import SourcePosition, dead_letter
+from streams.db.directory import DirectoryHolder
+from streams.gate.admission import count_admission, window_counts, windows_expired
+from streams.gate.core import (
     STAGE,
     GateResult,
     Reject,
@@ -33,6 +29,10 @@ from streams.stages.gate import (
     replayed_memo,
     unknown_credentials,
 )
+from streams.runtime.records import Consumed, Out
+from streams.runtime.stage import Held, Step
+from streams.runtime.state import Overlay, Store
+from streams.settings import TopicNames
 
 __all__ = ["DEFERRALS", "NOT_BEFORE", "DeferralStage", "GateOutputs", "GateStage"]
 

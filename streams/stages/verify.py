@@ -9,17 +9,17 @@ from collections.abc import Iterator, MutableMapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from streams.codec import Codec, Record
-from streams.deadletter import dead_letter
-from streams.directory import DirectoryHolder
+from streams.contract.codec import Codec, Record
+from streams.contract.deadletter import dead_letter
+from streams.db.directory import DirectoryHolder
 from streams.errors import CodecError
+from streams.mail.dns import MxResolver
 from streams.obs.metrics import EndToEnd
 from streams.runtime.cache import BoundedCache
 from streams.runtime.records import Consumed, Out
 from streams.runtime.stage import Step
 from streams.runtime.state import Store
 from streams.settings import Settings, TopicNames
-from streams.verify.dns import MxResolver
 from streams.verify.lists import load_lists
 from streams.verify.probe import SmtpProber
 from streams.verify.service import Verifier

@@ -13,11 +13,11 @@ from collections.abc import Callable, MutableMapping
 from datetime import UTC, datetime
 from typing import Any
 
-from streams.codec import Record
-from streams.verify.dns import MxAnswer, MxResolver
+from streams.contract.codec import Record
+from streams.mail.dns import MxAnswer, MxResolver
+from streams.mail.syntax import SyntaxResult, check_syntax
 from streams.verify.lists import Lists
 from streams.verify.probe import ProbeResult, SmtpProber
-from streams.verify.syntax import SyntaxResult, check_syntax
 from streams.verify.verdict import apply_suppression, build_result, cache_ttl, judge
 
 __all__ = ["Verifier"]

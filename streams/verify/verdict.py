@@ -7,10 +7,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from streams.verify.dns import MxAnswer
+from streams.mail.dns import MxAnswer
+from streams.mail.syntax import SyntaxResult
 from streams.verify.lists import MiscFlags
 from streams.verify.probe import ProbeResult, RcptOutcome, enhanced_code
-from streams.verify.syntax import SyntaxResult
 
 __all__ = ["Verdict", "apply_suppression", "build_result", "cache_ttl", "judge"]
 

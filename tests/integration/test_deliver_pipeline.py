@@ -16,7 +16,7 @@ import dns.query
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from streams.codec import Codec
+from streams.contract.codec import Codec
 from streams.deliver.control import Command, Selector
 from streams.deliver.expand import expand
 from streams.deliver.queue import publish_command, read_compacted

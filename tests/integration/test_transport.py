@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 
 from streams.bench.dns_server import Zone, ZoneServer
-from streams.deliver.bounce import Category, Disposition, Stage
 from streams.deliver.throttle import DestinationLimits, Limit, Throttle
 from streams.deliver.transport import Transport, TransportConfig
-from streams.verify.dns import MxResolver
+from streams.mail.dns import MxResolver
+from streams.mail.replies import Category, Disposition, Stage
 from tests.peers.smtp_behaviours import Behaviour, GreetingServer, SinkServer, TlsFiles, make_tls
 from tests.peers.smtp_servers import StallServer, free_port_on
 

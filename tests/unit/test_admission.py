@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from streams.stages.admission import (
+from streams.gate.admission import (
     Admit,
     Dedup,
     Limits,

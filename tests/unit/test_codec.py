@@ -10,7 +10,8 @@ import pytest
 from fastavro.utils import generate_many
 
 from schemas import SCHEMA_DIR
-from streams.codec import HEADER_SIZE, MAGIC, Codec
+from streams.contract.codec import HEADER_SIZE, MAGIC, Codec
+from streams.contract.registry import RECORD_NAMES, load_schema_set, snapshot_history
 from streams.errors import (
     CodecError,
     InvalidRecordError,
@@ -20,7 +21,6 @@ from streams.errors import (
     TruncatedError,
     UnknownSchemaError,
 )
-from streams.schema_registry import RECORD_NAMES, load_schema_set, snapshot_history
 
 NOW = datetime(2026, 11, 23, 12, 0, 0, 123000, tzinfo=UTC)
 

@@ -2,9 +2,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from streams.codec import Codec
-from streams.deadletter import SourcePosition
-from streams.stages.gate import Accept, Reject, admit
+from streams.contract.codec import Codec
+from streams.contract.deadletter import SourcePosition
+from streams.gate.core import Accept, Reject, admit
 
 NOW = datetime(2026, 11, 23, tzinfo=UTC)
 SRC = SourcePosition("postwire.requests", 3, 1234)

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from sinks.migrate import load_migrations
+from streams.db.migrate import load_migrations
 from streams.errors import MigrationError
 
 

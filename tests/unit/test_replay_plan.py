@@ -5,7 +5,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from typer.testing import CliRunner
 
-from streams.cli import app
+from streams.cli.main import app
 from streams.errors import NotReplayableError, TimeFormatError, TimeRangeError, UnknownTopicError
 from streams.replay.plan import (
     PartitionRange,

@@ -5,8 +5,8 @@ from typing import Any
 
 import pytest
 
-from streams.schema_compat import backward_problems
-from streams.schema_registry import RECORD_NAMES, load_schema_set
+from streams.contract.compat import backward_problems
+from streams.contract.registry import RECORD_NAMES, load_schema_set
 
 SCHEMAS = load_schema_set()
 

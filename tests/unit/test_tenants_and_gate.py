@@ -5,11 +5,11 @@ from typing import Any
 
 import pytest
 
-from streams.deadletter import SourcePosition
+from streams.contract.deadletter import SourcePosition
+from streams.db.tenants import ApiKey, Directory, Tenant, hash_key
 from streams.errors import AuthError
-from streams.stages.admission import Limits
-from streams.stages.gate import ADMITTED, decide, replayed_memo, unknown_credentials
-from streams.tenants import ApiKey, Directory, Tenant, hash_key
+from streams.gate.admission import Limits
+from streams.gate.core import ADMITTED, decide, replayed_memo, unknown_credentials
 
 NOW = datetime(2026, 11, 23, 12, 0, 0, 250000, tzinfo=UTC)
 SRC = SourcePosition("postwire.requests", 0, 7)
@@ -218,7 +218,7 @@ def test_a_replayed_throttle_stays_throttled() -> None:
 
 
 def test_key_lookups_are_capped_per_second() -> None:
-    from streams.directory import _Budget
+    from streams.db.directory import _Budget
 
     budget = _Budget(3)
     assert [budget.take(10.1) for _ in range(4)] == [True, True, True, False]

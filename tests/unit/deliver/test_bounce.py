@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from streams.deliver.bounce import (
+from streams.mail.replies import (
     Category,
     Disposition,
     Outcome,

@@ -10,8 +10,6 @@ from typing import Any
 import aiosmtplib
 import pytest
 
-from streams.deliver.bounce import Category, Disposition, Outcome, Stage
-from streams.deliver.pool import Connection, MxCache, Pool
 from streams.deliver.throttle import DestinationLimits, Limit, Throttle
 from streams.deliver.transport import (
     MAX_MX_HOSTS,
@@ -22,7 +20,9 @@ from streams.deliver.transport import (
     mx_route,
 )
 from streams.errors import ConfigError
-from streams.verify.dns import MxAnswer
+from streams.mail.dns import MxAnswer
+from streams.mail.pool import Connection, MxCache, Pool
+from streams.mail.replies import Category, Disposition, Outcome, Stage
 
 # --- routing ----------------------------------------------------------------------------------
 

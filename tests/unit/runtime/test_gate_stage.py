@@ -8,14 +8,14 @@ from typing import Any
 
 import orjson
 
-from streams.codec import default_codec
-from streams.directory import DirectoryHolder
+from streams.contract.codec import default_codec
+from streams.db.directory import DirectoryHolder
+from streams.db.tenants import ApiKey, Tenant, hash_key
+from streams.gate.admission import Limits
 from streams.runtime.records import Consumed
 from streams.runtime.state import Store
 from streams.settings import Settings, TopicNames
-from streams.stages.admission import Limits
 from streams.stages.gate_stage import DEFERRALS, NOT_BEFORE, DeferralStage, GateStage
-from streams.tenants import ApiKey, Tenant, hash_key
 
 NOW = datetime(2026, 12, 1, 12, 0, 0, tzinfo=UTC)
 TOPICS = TopicNames("t")

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from streams.verify.dns import MxAnswer, classify_mx
+from streams.mail.dns import MxAnswer, classify_mx
 
 
 def test_records_sorted_by_preference_and_deduplicated() -> None:

@@ -7,7 +7,7 @@ import string
 
 from email_validator import EmailNotValidError, validate_email
 
-from streams.verify.syntax import _plain, check_syntax
+from streams.mail.syntax import _plain, check_syntax
 
 ALPHABET = string.ascii_letters + string.digits + ".-_+!#$%&'*/=?^`{|}~@\"() ,;:<>[]\\"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import faust
 
-from streams.directory import DirectoryHolder
+from streams.db.directory import DirectoryHolder
 
 __all__ = ["install_directory"]
 

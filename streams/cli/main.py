@@ -10,11 +10,11 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from streams.cli_api import register as register_api_commands
-from streams.cli_common import err, out, run, settings, with_db
-from streams.cli_keys import keys_app
-from streams.cli_mail import dkim_app, queue_app, suppression_app, template_app
-from streams.cli_replay import replay
+from streams.cli.api import register as register_api_commands
+from streams.cli.common import err, out, run, settings, with_db
+from streams.cli.keys import keys_app
+from streams.cli.mail import dkim_app, queue_app, suppression_app, template_app
+from streams.cli.replay import replay
 
 __all__ = ["app", "main"]
 
@@ -134,7 +134,7 @@ def worker(
     stage: Annotated[list[str] | None, typer.Option(help="Stage(s) to run; default all.")] = None,
 ) -> None:
     """Run the faust worker (all stages, or those named) against the configured cluster."""
-    from streams.worker import STAGES, run_worker
+    from streams.worker.app import STAGES, run_worker
 
     run_worker(_settings(), tuple(stage) if stage else STAGES)
 
@@ -165,7 +165,7 @@ def topics(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
 ) -> None:
     """Create any missing postwire topics and list them."""
-    from streams.topics import ensure_topics, topic_specs
+    from streams.kafka.topics import ensure_topics, topic_specs
 
     settings = _settings()
     created = set(_run(ensure_topics(settings)))
@@ -199,7 +199,7 @@ def db_migrate(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
 ) -> None:
     """Apply pending SQL migrations."""
-    from sinks.migrate import apply_migrations
+    from streams.db.migrate import apply_migrations
 
     applied = _run(apply_migrations(_settings().dsn))
     if as_json:
@@ -224,7 +224,7 @@ def tenant_add(
     key: Annotated[bool, typer.Option(help="Also create an API key and print it.")] = True,
 ) -> None:
     """Create or update a tenant (limits, throttle policy), optionally with a new API key."""
-    from streams.tenants import create_api_key, create_tenant
+    from streams.db.tenants import create_api_key, create_tenant
 
     if policy not in ("defer", "reject"):
         err.print(f"[bold red]error:[/] --policy must be defer or reject, not {policy!r}")
@@ -245,7 +245,7 @@ def tenant_add(
     created = _run(_with_db(work))
     out.print(f"tenant {tenant_id} saved; the gate picks it up within a few seconds")
     if created:
-        from streams.cli_keys import print_new_key
+        from streams.cli.keys import print_new_key
 
         print_new_key(*created)
 
@@ -253,7 +253,7 @@ def tenant_add(
 @tenant_app.command("key", deprecated=True)
 def tenant_key(tenant_id: Annotated[str, typer.Argument(help="An existing tenant.")]) -> None:
     """Same as `postwire keys create --tenant TENANT_ID`."""
-    from streams.cli_keys import create
+    from streams.cli.keys import create
 
     create(tenant_id)
 
@@ -261,7 +261,7 @@ def tenant_key(tenant_id: Annotated[str, typer.Argument(help="An existing tenant
 @tenant_app.command("revoke", deprecated=True)
 def tenant_revoke(key_id: Annotated[str, typer.Argument(help="The key id (k_...).")]) -> None:
     """Same as `postwire keys revoke KEY_ID`."""
-    from streams.cli_keys import revoke
+    from streams.cli.keys import revoke
 
     revoke(key_id)
 
@@ -512,7 +512,7 @@ def bench_load(
 @schemas_app.command("snapshot")
 def schemas_snapshot() -> None:
     """Record changed schemas as new versions under schemas/history (run before a release)."""
-    from streams.schema_registry import snapshot_history
+    from streams.contract.registry import snapshot_history
 
     written = snapshot_history()
     for path in written:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from streams.codec import Codec, Record
+from streams.contract.codec import Codec, Record
 from streams.errors import PostwireError, StageCrashError
 from streams.runtime.records import Consumed, Out
 

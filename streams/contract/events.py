@@ -6,7 +6,7 @@ import hashlib
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 
-from streams.codec import Record
+from streams.contract.codec import Record
 
 __all__ = ["digest", "make_event", "make_suppression"]
 

@@ -11,8 +11,8 @@ import orjson
 import typer
 from rich.table import Table
 
-from streams.cli_common import err, fail, out, run, settings, with_db
-from streams.events import make_suppression
+from streams.cli.common import err, fail, out, run, settings, with_db
+from streams.contract.events import make_suppression
 
 __all__ = ["dkim_app", "queue_app", "suppression_app", "template_app"]
 
@@ -128,7 +128,7 @@ async def _publish_suppression(tenant: str, address: str, value: dict[str, Any] 
     from aiokafka.errors import KafkaError
 
     from sinks.tables import suppression_key
-    from streams.codec import default_codec
+    from streams.contract.codec import default_codec
     from streams.errors import StackError
 
     s = settings()

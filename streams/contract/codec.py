@@ -15,6 +15,7 @@ from typing import Any
 
 from fastavro import schemaless_reader, schemaless_writer
 
+from streams.contract.registry import SchemaSet, SchemaVersion, load_schema_set
 from streams.errors import (
     InvalidRecordError,
     NotAvroError,
@@ -23,7 +24,6 @@ from streams.errors import (
     TruncatedError,
     UnknownSchemaError,
 )
-from streams.schema_registry import SchemaSet, SchemaVersion, load_schema_set
 
 __all__ = ["HEADER_SIZE", "MAGIC", "Codec", "Record", "default_codec"]
 

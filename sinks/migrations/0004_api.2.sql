@@ -1,17 +1,3 @@
--- The HTTP API's reads: verification jobs, paging events in landing order, message ids by prefix.
-
--- A verification job (one address or a batch) and the request ids it was split into; written by
--- the ingress before the requests go to Kafka, so progress is known from the first poll.
-CREATE TABLE verify_jobs (
-    job_id      text PRIMARY KEY,
-    tenant_id   text NOT NULL,
-    total       integer NOT NULL CHECK (total > 0),
-    request_ids text[] NOT NULL,
-    smtp_probe  boolean,
-    created_at  timestamptz NOT NULL DEFAULT now()
-);
-CREATE INDEX verify_jobs_tenant ON verify_jobs (tenant_id, created_at);
-
 -- GET /v1/events pages by landing order: a client that polls with the last cursor sees every
 -- event once, including late ones whose occurred_at is older than what it already has.
 ALTER TABLE events ADD COLUMN seq bigserial;

@@ -15,7 +15,7 @@ from streams.settings import Settings
 __all__ = ["TopicSpec", "ensure_topics", "topic_specs"]
 
 _WEEK_MS = 7 * 24 * 3600 * 1000
-# the batch runtime's state stores (streams/worker.py builds them); each has a changelog topic
+# the batch runtime's state stores (streams/worker/app.py builds them); each has a changelog topic
 STORES = {
     "gate": "gate state: rate windows, dedup keys, replay watermarks, throttle memos",
     "verdicts": "verify: probe verdicts by address",

@@ -13,10 +13,9 @@ from typing import Any
 import faust
 import mode
 
-from streams.codec import Codec, default_codec
+from streams.contract.codec import Codec, default_codec
+from streams.db.directory import DirectoryHolder
 from streams.deliver.queue import ControlFeed
-from streams.directory import DirectoryHolder
-from streams.obs.faust_web import install_pages
 from streams.obs.logs import configure_logging
 from streams.runtime.host import HostConfig, StageHost
 from streams.runtime.records import Clock, wall_clock
@@ -26,8 +25,9 @@ from streams.settings import Settings
 from streams.stages.deliver import deliver_stages
 from streams.stages.gate_stage import DeferralStage, GateStage
 from streams.stages.names import DELIVER_PARTS, KNOWN_STAGES, STAGES
-from streams.stages.shell import install_directory
 from streams.stages.verify import VerifyStage, build_verifier
+from streams.worker.app.shell import install_directory
+from streams.worker.app.web import install_pages
 
 __all__ = ["STAGES", "RuntimeService", "create_app", "run_worker", "runtime_stages"]
 

@@ -14,10 +14,10 @@ import orjson
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from streams.apiclient import ApiClient
-from streams.cli_common import fail, out, run, settings
+from streams.cli.apiclient import ApiClient
+from streams.cli.common import fail, out, run, settings
+from streams.cli.verifyfile import COLUMNS, done_addresses, read_addresses, result_row
 from streams.errors import ApiClientError, InputFileError
-from streams.verifyfile import COLUMNS, done_addresses, read_addresses, result_row
 
 __all__ = ["register"]
 

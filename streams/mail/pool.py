@@ -28,7 +28,7 @@ from typing import Generic, TypeVar
 import aiosmtplib
 
 from streams.deliver.throttle import Throttle
-from streams.verify.dns import MxAnswer, MxResolver
+from streams.mail.dns import MxAnswer, MxResolver
 
 __all__ = ["Connection", "MxCache", "Pool"]
 

@@ -11,8 +11,8 @@ from typing import Any
 import asyncpg
 
 from streams.errors import AuthError
+from streams.gate.admission import Limits
 from streams.settings import Settings
-from streams.stages.admission import Limits
 
 __all__ = [
     "ApiKey",

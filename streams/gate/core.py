@@ -14,14 +14,14 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from streams.codec import Codec, Record
-from streams.deadletter import SourcePosition, rejection
+from streams.contract.codec import Codec, Record
+from streams.contract.deadletter import SourcePosition, rejection
+from streams.contract.events import make_event, make_suppression
+from streams.db.tenants import Directory
 from streams.deliver.expand import Expansion, expand
 from streams.errors import AuthError, CodecError, InvalidContentError
-from streams.events import make_event, make_suppression
-from streams.stages.admission import Admit, Dedup, Throttle, dedup_decide, rate_decide
-from streams.tenants import Directory
-from streams.verify.syntax import split_domain
+from streams.gate.admission import Admit, Dedup, Throttle, dedup_decide, rate_decide
+from streams.mail.syntax import split_domain
 
 __all__ = [
     "ADMITTED",

@@ -13,7 +13,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from streams.cli_common import err, fail, out, settings
+from streams.cli.common import err, fail, out, settings
 from streams.errors import PostwireError, ReplayError
 from streams.settings import Settings
 

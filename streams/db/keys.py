@@ -1,9 +1,9 @@
 """API keys as operators manage them: create (the key is shown once, only its sha256 is stored),
 list (never the key), revoke.
 
-Authentication itself is in ``streams/tenants.py``: keys are found by the sha256 of what the caller
-presented, so no secret is ever compared with ``==`` (a timing difference could at most reveal
-bits of a digest, which does not help anyone find a key). Revocation reaches the gate and the
+Authentication itself is in ``streams/db/tenants.py``: keys are found by the sha256 of what the
+caller presented, so no secret is ever compared with ``==`` (a timing difference could at most
+reveal bits of a digest, which does not help anyone find a key). Revocation reaches the gate and the
 HTTP ingress with their next directory refresh, every ``POSTWIRE_DIRECTORY_REFRESH`` seconds.
 """
 
@@ -15,8 +15,8 @@ from typing import Any
 
 import asyncpg
 
+from streams.db.tenants import create_api_key
 from streams.errors import UnknownKeyError, UnknownScopeError, UnknownTenantError
-from streams.tenants import create_api_key
 
 __all__ = ["SCOPES", "KeyInfo", "create_key", "list_keys", "parse_scopes", "revoke_key"]
 

@@ -1,4 +1,4 @@
-"""`postwire keys create|list|revoke`: tenants' API keys (the work is in streams/keys.py)."""
+"""`postwire keys create|list|revoke`: tenants' API keys (the work is in streams/db/keys.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import orjson
 import typer
 from rich.table import Table
 
-from streams.cli_common import err, fail, out, run, with_db
+from streams.cli.common import err, fail, out, run, with_db
 from streams.errors import UnknownScopeError
 
 __all__ = ["create", "keys_app", "print_new_key", "revoke"]
@@ -28,7 +28,7 @@ def print_new_key(key_id: str, key: str) -> None:
 
 
 def create(tenant: str, scopes: str = "send,verify,read", as_json: bool = False) -> None:
-    from streams.keys import create_key, parse_scopes
+    from streams.db.keys import create_key, parse_scopes
 
     try:
         chosen = parse_scopes(scopes)
@@ -47,7 +47,7 @@ def create(tenant: str, scopes: str = "send,verify,read", as_json: bool = False)
 
 
 def revoke(key_id: str) -> None:
-    from streams.keys import revoke_key
+    from streams.db.keys import revoke_key
 
     async def work(conn: Any) -> object:
         return await revoke_key(conn, key_id)
@@ -72,7 +72,7 @@ def keys_create(
 @keys_app.command("list")
 def keys_list(tenant: TenantOpt, as_json: JsonOpt = False) -> None:
     """List a tenant's keys: id, scopes, created, revoked (never the key itself)."""
-    from streams.keys import KeyInfo, list_keys
+    from streams.db.keys import KeyInfo, list_keys
 
     async def work(conn: Any) -> list[KeyInfo]:
         return await list_keys(conn, tenant)

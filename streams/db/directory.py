@@ -11,8 +11,8 @@ from typing import Any
 
 import asyncpg
 
+from streams.db.tenants import ApiKey, Directory, hash_key, load_credentials, load_directory
 from streams.settings import Settings
-from streams.tenants import ApiKey, Directory, hash_key, load_credentials, load_directory
 
 __all__ = ["DirectoryHolder"]
 
