@@ -20,7 +20,7 @@ from aiokafka.errors import KafkaError
 
 from streams.contract.codec import Codec, default_codec
 from streams.db.directory import DirectoryHolder
-from streams.db.tenants import hash_key
+from streams.db.tenants import api_key_digest
 from streams.deliver.throttle import TokenBucket
 from streams.errors import AuthError, IngressValidationError
 from streams.settings import Settings
@@ -121,9 +121,8 @@ class Api:
         if scheme.lower() != "bearer" or not key.strip():
             raise AuthError("auth.missing_key", "no Authorization: Bearer <API key> header")
         key = key.strip()
-        found = self.directory.current.keys.get(hash_key(key)) or await self.directory.lookup_miss(
-            key
-        )
+        known = self.directory.current.keys.get(api_key_digest(key))
+        found = known or await self.directory.lookup_miss(key)
         if found is None:
             raise AuthError("auth.bad_key", BAD_GRANT)
         self.directory.current.authenticate(found.tenant_id, key, scope)

@@ -12,7 +12,7 @@ import typer
 from rich.table import Table
 
 from streams.cli.common import err, fail, out, run, settings, with_db
-from streams.contract.events import make_suppression
+from streams.contract.build import make_suppression
 
 __all__ = ["dkim_app", "queue_app", "suppression_app", "template_app"]
 
@@ -127,7 +127,7 @@ async def _publish_suppression(tenant: str, address: str, value: dict[str, Any] 
     from aiokafka import AIOKafkaProducer
     from aiokafka.errors import KafkaError
 
-    from sinks.tables import suppression_key
+    from streams.contract.build import suppression_key
     from streams.contract.codec import default_codec
     from streams.errors import StackError
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import asyncpg
 
-from streams.db.tenants import ApiKey, Directory, hash_key, load_credentials, load_directory
+from streams.db.tenants import ApiKey, Directory, api_key_digest, load_credentials, load_directory
 from streams.settings import Settings
 
 __all__ = ["DirectoryHolder"]
@@ -60,7 +60,7 @@ class DirectoryHolder:
         add it with its tenant; the key when found, else None. A digest not found is not looked
         up again for ``MISS_MEMORY`` s, and lookups are capped per second, so a flood of bad keys
         cannot hammer PostgreSQL."""
-        digest = hash_key(api_key)
+        digest = api_key_digest(api_key)
         now = time.monotonic()
         recently_missed = now - self._misses.get(digest, -MISS_MEMORY) < MISS_MEMORY
         if recently_missed or not self._lookups.take(now):

@@ -18,9 +18,9 @@ __all__ = [
     "ApiKey",
     "Directory",
     "Tenant",
+    "api_key_digest",
     "create_api_key",
     "create_tenant",
-    "hash_key",
     "load_credentials",
     "load_directory",
 ]
@@ -28,7 +28,7 @@ __all__ = [
 SCOPE_OF_OPERATION = {"send": "send", "track": "send", "verify": "verify", "validate": "verify"}
 
 
-def hash_key(api_key: str) -> bytes:
+def api_key_digest(api_key: str) -> bytes:
     return hashlib.sha256(api_key.encode()).digest()
 
 
@@ -64,7 +64,7 @@ class Directory:
         if not api_key:
             raise AuthError("auth.missing_key", "request has no api_key")
         # looked up by sha256: timing can at most reveal bits of a digest, never of the key
-        key = self.keys.get(hash_key(api_key))
+        key = self.keys.get(api_key_digest(api_key))
         if key is None or key.tenant_id != tenant_id:
             raise AuthError("auth.bad_key", f"api_key is not valid for tenant {tenant_id!r}")
         if key.revoked:
@@ -177,7 +177,7 @@ async def create_api_key(
         "INSERT INTO api_keys (key_id, tenant_id, key_sha256, scopes) VALUES ($1, $2, $3, $4)",
         key_id,
         tenant_id,
-        hash_key(key),
+        api_key_digest(key),
         list(scopes),
     )
     return key_id, key

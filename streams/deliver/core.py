@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
 
+from streams.contract.build import make_event
 from streams.contract.codec import Record
-from streams.contract.events import digest, make_event
 from streams.deliver.control import TaskMeta, Verdict
 from streams.deliver.retry import Expire, RetryPolicy, next_attempt
 from streams.mail.replies import Category, Disposition, Outcome
@@ -27,23 +27,10 @@ __all__ = [
     "conclude",
     "failed",
     "flush_now",
-    "lane_of",
     "postpone",
-    "task_id",
     "task_meta",
     "triage",
 ]
-
-TRANSACTIONAL = frozenset({"critical", "high"})
-
-
-def lane_of(priority: str) -> Literal["tx", "bulk"]:
-    """critical/high ride the transactional lane; normal/bulk share the bulk lane."""
-    return "tx" if priority in TRANSACTIONAL else "bulk"
-
-
-def task_id(message_id: str, recipient: str) -> str:
-    return digest("task", message_id, recipient.lower())
 
 
 def _ms(value: datetime) -> int:

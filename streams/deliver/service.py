@@ -9,21 +9,21 @@ from __future__ import annotations
 import asyncio
 from collections import OrderedDict
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import timedelta
 
+from streams.clock import Clock
 from streams.contract.codec import Record
 from streams.deliver.breaker import Breaker, BreakerPolicy
 from streams.deliver.core import Conclusion, conclude, postpone
 from streams.deliver.dkim import Signer
 from streams.deliver.mime import Prepared, StoredTemplate, prepare
 from streams.deliver.retry import RetryPolicy
-from streams.deliver.throttle import Throttle
+from streams.deliver.throttle import DestinationThrottle
 from streams.deliver.transport import Transport
 from streams.obs.metrics import smtp_result
 
 __all__ = ["Deliverer"]
 
-Clock = Callable[[], datetime]
 TemplateLookup = Callable[[str, str], StoredTemplate | None]
 PREPARED_CACHE = 256  # requests whose invariant part is kept; a bulk campaign needs one
 
@@ -33,7 +33,7 @@ class Deliverer:
         self,
         transport: Transport,
         signer: Signer,
-        throttle: Throttle,
+        throttle: DestinationThrottle,
         policy: RetryPolicy,
         *,
         breaker_policy: BreakerPolicy | None = None,

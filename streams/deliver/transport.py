@@ -22,7 +22,7 @@ from typing import Literal
 
 import aiosmtplib
 
-from streams.deliver.throttle import Throttle
+from streams.deliver.throttle import DestinationThrottle
 from streams.errors import ConfigError
 from streams.mail.dns import MxAnswer, MxResolver
 from streams.mail.pool import Connection, MxCache, Pool
@@ -226,7 +226,7 @@ def _unsendable(address: str, stage: Stage, host: str) -> Outcome:
 
 class Transport:
     def __init__(
-        self, config: TransportConfig, throttle: Throttle, resolver: MxResolver | None
+        self, config: TransportConfig, throttle: DestinationThrottle, resolver: MxResolver | None
     ) -> None:
         if config.mode == "mx" and resolver is None:
             raise ConfigError("transport: mx mode needs an MX resolver")

@@ -13,7 +13,7 @@ __all__ = [
     "Admit",
     "Dedup",
     "Limits",
-    "Throttle",
+    "RateLimited",
     "count_admission",
     "dedup_decide",
     "rate_decide",
@@ -62,18 +62,18 @@ class Admit:
 
 
 @dataclass(frozen=True)
-class Throttle:
+class RateLimited:
     window: str
     retry_after: float  # seconds until every exhausted window has rolled over
 
 
-def rate_decide(counts: Mapping[str, int], limits: Limits, now: float) -> Admit | Throttle:
+def rate_decide(counts: Mapping[str, int], limits: Limits, now: float) -> Admit | RateLimited:
     """``counts``: requests already admitted in the current window of each size."""
     exhausted = [(name, size) for name, size in WINDOWS if counts.get(name, 0) >= limits.of(name)]
     if not exhausted:
         return Admit()
     name, size = max(exhausted, key=lambda w: w[1])
-    return Throttle(name, max(window_end(now, size) - now, 0.001))
+    return RateLimited(name, max(window_end(now, size) - now, 0.001))
 
 
 def window_start(now: float, size: int) -> float:

@@ -14,13 +14,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from streams.contract.build import make_event, make_suppression, rejection
 from streams.contract.codec import Codec, Record
-from streams.contract.deadletter import SourcePosition, rejection
-from streams.contract.events import make_event, make_suppression
 from streams.db.tenants import Directory
-from streams.deliver.expand import Expansion, expand
 from streams.errors import AuthError, CodecError, InvalidContentError
-from streams.gate.admission import Admit, Dedup, Throttle, dedup_decide, rate_decide
+from streams.gate.admission import Admit, Dedup, RateLimited, dedup_decide, rate_decide
+from streams.gate.expand import Expansion, expand
+from streams.kafka.records import SourcePosition
 from streams.mail.syntax import split_domain
 
 __all__ = [
@@ -176,17 +176,17 @@ def decide(
             event = make_event("dropped", tenant_id, now, reason="duplicate", **common)
             return GateResult("duplicate", events=[event])
     if memo is not None:
-        decision: Admit | Throttle = (
-            Admit() if memo["window"] is None else Throttle(memo["window"], memo["retry_after"])
+        decision: Admit | RateLimited = (
+            Admit() if memo["window"] is None else RateLimited(memo["window"], memo["retry_after"])
         )
     else:
         decision = rate_decide(counts, tenant.limits, ts)
     memo_entry = (
         {"window": decision.window, "retry_after": decision.retry_after, "expires": ts + MEMO_TTL}
-        if memo is None and isinstance(decision, Throttle)
+        if memo is None and isinstance(decision, RateLimited)
         else None
     )
-    if isinstance(decision, Throttle):
+    if isinstance(decision, RateLimited):
         retry_ms = int(decision.retry_after * 1000) + 1
         reason = f"rate_limit:{decision.window}"
         if tenant.throttle_policy == "reject":

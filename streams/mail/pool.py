@@ -6,11 +6,11 @@ Opening a connection costs a TCP handshake, a greeting, EHLO and often STARTTLS 
 more than the message itself. So sessions are kept open and reused for up to
 ``max_messages`` messages, and closed once idle longer than ``idle_timeout``.
 
-Connection slots come from the stage's ``Throttle``, so a destination's concurrency limit is one
-budget shared with everything else that counts against it. When a destination is at its limit a
-sender waits, first in line, and is handed the next connection released for its destination, so
-a steady stream of new senders cannot starve it; after ``wait`` seconds it gives up (``acquire``
-returns None) and the caller defers the message.
+Connection slots come from a ``ConnectionBudget`` (the stage's ``DestinationThrottle``), so a
+destination's concurrency limit is one budget shared with everything else that counts against it.
+When a destination is at its limit a sender waits, first in line, and is handed the next connection
+released for its destination, so a steady stream of new senders cannot starve it; after ``wait``
+seconds it gives up (``acquire`` returns None) and the caller defers the message.
 
 A connection here only holds its session state; opening and speaking SMTP is the transport's job.
 """
@@ -23,20 +23,30 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 import aiosmtplib
 
-from streams.deliver.throttle import Throttle
 from streams.mail.dns import MxAnswer, MxResolver
 
-__all__ = ["Connection", "MxCache", "Pool"]
+__all__ = ["Connection", "ConnectionBudget", "MxCache", "Pool"]
 
 T = TypeVar("T")
 
 # Other users of the throttle (another lane's pool) free slots without telling this pool, so a
 # waiter also looks again this often.
 _POLL = 0.25
+
+
+class ConnectionBudget(Protocol):
+    """Who says how many sessions a destination may have open (the delivery stage's
+    ``DestinationThrottle``): ``key`` names the group a host's budget is shared across."""
+
+    def key(self, destination: str) -> str: ...
+
+    def open_connection(self, destination: str) -> bool: ...
+
+    def close_connection(self, destination: str) -> None: ...
 
 
 class Connection:
@@ -81,7 +91,7 @@ class _Waiter:
 class Pool:
     def __init__(
         self,
-        throttle: Throttle,
+        throttle: ConnectionBudget,
         *,
         max_messages: int,
         idle_timeout: float,
@@ -95,7 +105,7 @@ class Pool:
         self._quit_timeout = quit_timeout
         self._idle: dict[str, list[Connection]] = {}
         self._waiters: dict[str, deque[_Waiter]] = {}  # by throttle group
-        self._groups: dict[str, str] = {}  # host -> throttle group, as Throttle.key is a walk
+        self._groups: dict[str, str] = {}  # host -> throttle group, as the budget's key is a walk
         self._closing: set[asyncio.Task[None]] = set()
         self._closed = False
         self.opened = 0  # slots handed out for new sessions, for tests and metrics

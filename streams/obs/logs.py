@@ -27,7 +27,7 @@ from streams.errors import ConfigError
 from streams.obs.redact import Redactor
 from streams.settings import Settings
 
-__all__ = ["KEY_FILE", "configure_logging", "hash_key", "stored_key"]
+__all__ = ["KEY_FILE", "configure_logging", "log_hash_key", "stored_key"]
 
 KEY_FILE = "log-hash.key"
 EventDict = MutableMapping[str, Any]
@@ -69,7 +69,7 @@ def _read_key(path: Path) -> bytes:
     return key
 
 
-def hash_key(settings: Settings) -> bytes:
+def log_hash_key(settings: Settings) -> bytes:
     if settings.log_hash_key is not None and settings.log_hash_key.get_secret_value():
         return settings.log_hash_key.get_secret_value().encode()
     return stored_key(settings.data_dir / KEY_FILE)
@@ -114,7 +114,7 @@ def configure_logging(
     Call it first thing in a process's entry point: it replaces the root logger's handlers, so
     anything configured earlier (``basicConfig``) is dropped. Returns the redactor, for code
     that wants to hash an address for a message of its own."""
-    redactor = Redactor(hash_key(settings))
+    redactor = Redactor(log_hash_key(settings))
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,

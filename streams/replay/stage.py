@@ -13,6 +13,7 @@ import asyncpg
 from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
 
+from streams.clock import Clock, wall_clock
 from streams.contract.codec import default_codec
 from streams.db.directory import DirectoryHolder
 from streams.db.tenants import load_directory
@@ -20,7 +21,7 @@ from streams.errors import SinkUnavailableError, StackError
 from streams.replay.plan import ReplaySummary, replay_group, stage_input
 from streams.replay.reader import Progress, Records, open_consumer, plan_offsets, read_range
 from streams.runtime.producer import BatchProducer
-from streams.runtime.records import Clock, Consumed, wall_clock
+from streams.runtime.records import Consumed
 from streams.settings import Settings
 
 __all__ = ["replay_stage"]

@@ -27,23 +27,25 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
+from streams.clock import Clock
+from streams.contract.build import lane_of, make_event, make_suppression, rejection, suppression_key
 from streams.contract.codec import Codec, Record
-from streams.contract.deadletter import SourcePosition, dead_letter, rejection
-from streams.contract.events import make_event, make_suppression
 from streams.db.directory import DirectoryHolder
 from streams.deliver.control import Command
-from streams.deliver.core import Conclusion, failed, flush_now, lane_of, task_meta, triage
+from streams.deliver.core import Conclusion, failed, flush_now, task_meta, triage
 from streams.deliver.dkim import Signer, load_keys
 from streams.deliver.mime import StoredTemplate
 from streams.deliver.queue import ControlFeed, index_entry, read_compacted, task_meta_of_entry
 from streams.deliver.retry import delay_tier, tier_name, tier_topic
 from streams.deliver.service import Deliverer
-from streams.deliver.throttle import Throttle
+from streams.deliver.throttle import DestinationThrottle
 from streams.deliver.transport import Transport, TransportConfig
 from streams.errors import CodecError, DkimError, RenderError, StageCrashError
+from streams.kafka.records import SourcePosition
 from streams.mail.dns import MxResolver
 from streams.obs.metrics import EndToEnd
-from streams.runtime.records import Clock, Consumed, Out, header
+from streams.runtime.deadletter import dead_letter
+from streams.runtime.records import Consumed, Out, header
 from streams.runtime.stage import Held, Step
 from streams.runtime.state import Store, changelog_topic
 from streams.settings import Settings, TopicNames
@@ -102,7 +104,7 @@ def load_signer(directory: Path) -> Signer:
 
 
 def build_deliverer(settings: Settings, clock: Clock, templates: Any = None) -> Deliverer:
-    throttle = Throttle(settings.destination_limits)
+    throttle = DestinationThrottle(settings.destination_limits)
     resolver = MxResolver(settings.nameservers, settings.dns_timeout, settings.dns_tries)
     relay = settings.delivery_mode == "relay"
     return Deliverer(
@@ -238,7 +240,7 @@ class DeliverShell:
         log.info("suppressing %s for tenant %s (%s): %s", address, tenant, reason, detail)
         record = make_suppression(tenant, address, reason, "deliver", self.clock(), detail)
         await self.outputs.suppressions.send(
-            key=f"{tenant}\x1f{address}".encode(), value=self.codec.encode("Suppression", record)
+            key=suppression_key(tenant, address), value=self.codec.encode("Suppression", record)
         )
 
     async def to_delay(self, task: Record, until: datetime, now: datetime) -> None:

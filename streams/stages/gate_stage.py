@@ -16,8 +16,8 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
+from streams.contract.build import suppression_key
 from streams.contract.codec import Codec, Record
-from streams.contract.deadletter import SourcePosition, dead_letter
 from streams.db.directory import DirectoryHolder
 from streams.gate.admission import count_admission, window_counts, windows_expired
 from streams.gate.core import (
@@ -29,6 +29,8 @@ from streams.gate.core import (
     replayed_memo,
     unknown_credentials,
 )
+from streams.kafka.records import SourcePosition
+from streams.runtime.deadletter import dead_letter
 from streams.runtime.records import Consumed, Out
 from streams.runtime.stage import Held, Step
 from streams.runtime.state import Overlay, Store
@@ -69,7 +71,7 @@ class GateOutputs:
         out.extend(
             Out(
                 t.suppressions,
-                f"{s['tenant']}\x1f{s['address']}".encode(),
+                suppression_key(s["tenant"], s["address"]),
                 encode("Suppression", s),
             )
             for s in result.suppressions

@@ -10,12 +10,12 @@ from datetime import datetime
 from typing import Any
 
 from streams.contract.codec import Codec, Record
-from streams.contract.deadletter import dead_letter
 from streams.db.directory import DirectoryHolder
 from streams.errors import CodecError
 from streams.mail.dns import MxResolver
 from streams.obs.metrics import EndToEnd
 from streams.runtime.cache import BoundedCache
+from streams.runtime.deadletter import dead_letter
 from streams.runtime.records import Consumed, Out
 from streams.runtime.stage import Step
 from streams.runtime.state import Store

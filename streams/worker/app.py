@@ -13,12 +13,12 @@ from typing import Any
 import faust
 import mode
 
+from streams.clock import Clock, wall_clock
 from streams.contract.codec import Codec, default_codec
 from streams.db.directory import DirectoryHolder
 from streams.deliver.queue import ControlFeed
 from streams.obs.logs import configure_logging
 from streams.runtime.host import HostConfig, StageHost
-from streams.runtime.records import Clock, wall_clock
 from streams.runtime.stage import Stage
 from streams.runtime.state import Store, changelog_topic
 from streams.settings import Settings
@@ -26,8 +26,8 @@ from streams.stages.deliver import deliver_stages
 from streams.stages.gate_stage import DeferralStage, GateStage
 from streams.stages.names import DELIVER_PARTS, KNOWN_STAGES, STAGES
 from streams.stages.verify import VerifyStage, build_verifier
-from streams.worker.app.shell import install_directory
-from streams.worker.app.web import install_pages
+from streams.worker.shell import install_directory
+from streams.worker.web import install_pages
 
 __all__ = ["STAGES", "RuntimeService", "create_app", "run_worker", "runtime_stages"]
 

@@ -18,9 +18,9 @@ from aiokafka import AIOKafkaProducer
 
 from streams.contract.codec import Codec
 from streams.deliver.control import Command, Selector
-from streams.deliver.expand import expand
 from streams.deliver.queue import publish_command, read_compacted
 from streams.deliver.retry import tier_topics
+from streams.gate.expand import expand
 from streams.settings import Settings
 from streams.stack.stack import Stack
 from streams.stages.deliver import ENQUEUED

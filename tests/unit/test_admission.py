@@ -6,7 +6,7 @@ from streams.gate.admission import (
     Admit,
     Dedup,
     Limits,
-    Throttle,
+    RateLimited,
     dedup_decide,
     rate_decide,
     window_end,
@@ -48,19 +48,19 @@ def test_under_every_limit_is_admitted() -> None:
 
 def test_second_limit_waits_for_the_next_second() -> None:
     decision = rate_decide({"second": 10, "minute": 50}, LIMITS, 10.25)
-    assert isinstance(decision, Throttle)
+    assert isinstance(decision, RateLimited)
     assert decision.window == "second"
     assert decision.retry_after == pytest.approx(0.75)
 
 
 def test_the_longest_exhausted_window_decides_the_wait() -> None:
     decision = rate_decide({"second": 10, "minute": 100, "hour": 5}, LIMITS, 130.0)
-    assert isinstance(decision, Throttle)
+    assert isinstance(decision, RateLimited)
     assert decision.window == "minute"
     assert decision.retry_after == pytest.approx(50.0)
 
 
 def test_hour_limit() -> None:
     decision = rate_decide({"hour": 1000}, LIMITS, 3600 * 5 + 1)
-    assert isinstance(decision, Throttle)
+    assert isinstance(decision, RateLimited)
     assert decision.retry_after == pytest.approx(3599.0)

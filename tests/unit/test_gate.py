@@ -3,8 +3,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from streams.contract.codec import Codec
-from streams.contract.deadletter import SourcePosition
 from streams.gate.core import Accept, Reject, admit
+from streams.kafka.records import SourcePosition
 
 NOW = datetime(2026, 11, 23, tzinfo=UTC)
 SRC = SourcePosition("postwire.requests", 3, 1234)

@@ -5,11 +5,11 @@ from typing import Any
 
 import pytest
 
-from streams.contract.deadletter import SourcePosition
-from streams.db.tenants import ApiKey, Directory, Tenant, hash_key
+from streams.db.tenants import ApiKey, Directory, Tenant, api_key_digest
 from streams.errors import AuthError
 from streams.gate.admission import Limits
 from streams.gate.core import ADMITTED, decide, replayed_memo, unknown_credentials
+from streams.kafka.records import SourcePosition
 
 NOW = datetime(2026, 11, 23, 12, 0, 0, 250000, tzinfo=UTC)
 SRC = SourcePosition("postwire.requests", 0, 7)
@@ -19,13 +19,15 @@ def directory(policy: str = "defer", probe: bool = False) -> Directory:
     d = Directory()
     d.tenants["acme"] = Tenant("acme", Limits(2, 100, 1000), policy, probe)
     d.tenants["other"] = Tenant("other", Limits(2, 100, 1000), policy, probe)
-    d.keys[hash_key("good")] = ApiKey(
-        "k1", "acme", hash_key("good"), frozenset({"send", "verify"}), False
+    d.keys[api_key_digest("good")] = ApiKey(
+        "k1", "acme", api_key_digest("good"), frozenset({"send", "verify"}), False
     )
-    d.keys[hash_key("sendonly")] = ApiKey(
-        "k2", "acme", hash_key("sendonly"), frozenset({"send"}), False
+    d.keys[api_key_digest("sendonly")] = ApiKey(
+        "k2", "acme", api_key_digest("sendonly"), frozenset({"send"}), False
     )
-    d.keys[hash_key("old")] = ApiKey("k3", "acme", hash_key("old"), frozenset({"verify"}), True)
+    d.keys[api_key_digest("old")] = ApiKey(
+        "k3", "acme", api_key_digest("old"), frozenset({"verify"}), True
+    )
     return d
 
 
@@ -112,8 +114,8 @@ def test_only_unknown_credentials_ask_for_a_fresh_directory(
 
 def test_directory_authenticate_unknown_tenant() -> None:
     d = directory()
-    d.keys[hash_key("ghost")] = ApiKey(
-        "k9", "ghost", hash_key("ghost"), frozenset({"verify"}), False
+    d.keys[api_key_digest("ghost")] = ApiKey(
+        "k9", "ghost", api_key_digest("ghost"), frozenset({"verify"}), False
     )
     with pytest.raises(AuthError) as info:
         d.authenticate("ghost", "ghost", "verify")

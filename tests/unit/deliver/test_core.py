@@ -5,7 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from streams.deliver.core import conclude, failed, flush_now, lane_of, postpone, task_id, triage
+from streams.contract.build import lane_of, task_id
+from streams.deliver.core import conclude, failed, flush_now, postpone, triage
 from streams.deliver.retry import RetryPolicy
 from streams.mail.replies import Stage, TransportErrorKind, classify, transport_error
 

@@ -15,7 +15,7 @@ import pytest
 import structlog
 
 from streams.errors import ConfigError
-from streams.obs.logs import KEY_FILE, configure_logging, hash_key, stored_key
+from streams.obs.logs import KEY_FILE, configure_logging, log_hash_key, stored_key
 from streams.settings import Settings
 
 
@@ -96,9 +96,9 @@ def test_the_stored_key_is_made_once_private_and_shared(tmp_path: Path) -> None:
 
 
 def test_a_configured_key_wins_and_an_empty_one_means_unset(tmp_path: Path) -> None:
-    assert hash_key(Settings(data_dir=tmp_path, log_hash_key="secret")) == b"secret"
+    assert log_hash_key(Settings(data_dir=tmp_path, log_hash_key="secret")) == b"secret"
     assert not (tmp_path / KEY_FILE).exists()
-    made = hash_key(Settings(data_dir=tmp_path, log_hash_key=""))
+    made = log_hash_key(Settings(data_dir=tmp_path, log_hash_key=""))
     assert made == (tmp_path / KEY_FILE).read_text().encode()
 
 

@@ -10,7 +10,7 @@ import orjson
 
 from streams.contract.codec import default_codec
 from streams.db.directory import DirectoryHolder
-from streams.db.tenants import ApiKey, Tenant, hash_key
+from streams.db.tenants import ApiKey, Tenant, api_key_digest
 from streams.gate.admission import Limits
 from streams.runtime.records import Consumed
 from streams.runtime.state import Store
@@ -29,8 +29,12 @@ def gate(per_second: int = 1000) -> GateStage:
         holder.current.tenants[tenant] = Tenant(
             tenant, Limits(per_second, 10**6, 10**7), "defer", False
         )
-        holder.current.keys[hash_key(f"key-{tenant}")] = ApiKey(
-            f"k{tenant}", tenant, hash_key(f"key-{tenant}"), frozenset({"verify", "send"}), False
+        holder.current.keys[api_key_digest(f"key-{tenant}")] = ApiKey(
+            f"k{tenant}",
+            tenant,
+            api_key_digest(f"key-{tenant}"),
+            frozenset({"verify", "send"}),
+            False,
         )
     return GateStage(CODEC, TOPICS, holder, Store("gate", "t-gate-changelog"), dedup_ttl=3600)
 

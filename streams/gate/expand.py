@@ -13,9 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from streams.contract.build import lane_of, make_event, task_id
 from streams.contract.codec import Record
-from streams.contract.events import make_event
-from streams.deliver.core import lane_of, task_id
 from streams.errors import InvalidContentError
 from streams.mail.syntax import check_syntax
 

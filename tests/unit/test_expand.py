@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from streams.deliver.expand import expand
 from streams.errors import InvalidContentError
+from streams.gate.expand import expand
 
 NOW = datetime(2026, 11, 23, tzinfo=UTC)
 
