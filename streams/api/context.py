@@ -77,7 +77,7 @@ class Api:
     ) -> None:
         self.settings = settings
         self.codec = codec or default_codec()
-        self.directory = directory or DirectoryHolder(settings)
+        self.directory = directory or DirectoryHolder(settings.database)
         self.clock = clock
         self.producer: AIOKafkaProducer | None = None
         self.pool: asyncpg.Pool[Any] | None = None

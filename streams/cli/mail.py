@@ -47,7 +47,7 @@ def _command(
     except ValueError as exc:
         raise fail(f"{exc} (--task, --message, --tenant, --domain or --all)", 2) from None
     command = Command(action, selector, int(time.time() * 1000))  # type: ignore[arg-type]
-    run(publish_command(settings(), command))
+    run(publish_command(settings().kafka, command))
     out.print(f"{action} {selector.describe()}: sent to the workers (command {command.command_id})")
 
 
@@ -91,10 +91,10 @@ def _when(ms: int | None) -> str:
 @queue_app.command("list")
 def queue_list(tenant: TenantOpt = None, domain: DomainOpt = None, json: JsonOpt = False) -> None:
     """List deferred and held mail (mailq)."""
-    from streams.deliver.queue import read_compacted
+    from streams.kafka.read import read_compacted
 
     s = settings()
-    entries: list[dict[str, Any]] = list(run(read_compacted(s, s.topics.queue)).values())
+    entries: list[dict[str, Any]] = list(run(read_compacted(s.kafka, s.topics.queue)).values())
     entries = [
         e
         for e in entries

@@ -166,9 +166,10 @@ def topics(
 ) -> None:
     """Create any missing postwire topics and list them."""
     from streams.kafka.topics import ensure_topics, topic_specs
+    from streams.stages.policies import delay_topics
 
     settings = _settings()
-    created = set(_run(ensure_topics(settings)))
+    created = set(_run(ensure_topics(settings.kafka, delay_topics(settings))))
     if as_json:
         rows = [
             {
@@ -178,12 +179,12 @@ def topics(
                 "purpose": spec.purpose,
                 "created": spec.name in created,
             }
-            for spec in topic_specs(settings)
+            for spec in topic_specs(settings.kafka, delay_topics(settings))
         ]
         out.print_json(data=rows)
         return
     grid = Table("topic", "partitions", "cleanup", "purpose", "")
-    for spec in topic_specs(settings):
+    for spec in topic_specs(settings.kafka, delay_topics(settings)):
         grid.add_row(
             spec.name,
             str(spec.partitions),

@@ -11,8 +11,8 @@ from typing import Any
 
 import asyncpg
 
+from streams.db.config import DatabaseSettings
 from streams.db.tenants import ApiKey, Directory, api_key_digest, load_credentials, load_directory
-from streams.settings import Settings
 
 __all__ = ["DirectoryHolder"]
 
@@ -42,8 +42,8 @@ class _Budget:
 class DirectoryHolder:
     """The current tenant directory, reloaded from PostgreSQL every ``directory_refresh`` s."""
 
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
+    def __init__(self, database: DatabaseSettings) -> None:
+        self.database = database
         self.current = Directory()
         self.ready = asyncio.Event()
         self._pool: asyncpg.Pool[Any] | None = None
@@ -52,7 +52,7 @@ class DirectoryHolder:
 
     async def _connections(self) -> asyncpg.Pool[Any]:
         if self._pool is None:
-            self._pool = await asyncpg.create_pool(self.settings.dsn, min_size=1, max_size=1)
+            self._pool = await asyncpg.create_pool(self.database.dsn, min_size=1, max_size=1)
         return self._pool
 
     async def lookup_miss(self, api_key: str) -> ApiKey | None:
@@ -67,7 +67,7 @@ class DirectoryHolder:
             return None
         try:
             async with (await self._connections()).acquire() as conn:
-                found = await load_credentials(conn, self.settings, digest)
+                found = await load_credentials(conn, self.database.tenant_defaults, digest)
         except (OSError, asyncpg.PostgresError) as exc:
             log.warning("api key lookup failed: %s", exc)
             return None
@@ -84,7 +84,7 @@ class DirectoryHolder:
     async def refresh(self) -> None:
         try:
             async with (await self._connections()).acquire() as conn:
-                self.current = await load_directory(conn, self.settings)
+                self.current = await load_directory(conn, self.database.tenant_defaults)
             self.ready.set()
         except (OSError, asyncpg.PostgresError) as exc:
             # keep serving the last snapshot; a gate without any snapshot waits on `ready`
@@ -93,7 +93,7 @@ class DirectoryHolder:
     async def refresh_forever(self) -> None:
         """The refresh loop of a process without faust timers (the API)."""
         while True:
-            await asyncio.sleep(self.settings.directory_refresh)
+            await asyncio.sleep(self.database.directory_refresh)
             await self.refresh()
 
     async def close(self) -> None:
@@ -109,9 +109,9 @@ class DirectoryHolder:
         recovery can leave such a stream stalled."""
 
         async def load() -> None:
-            conn = await asyncpg.connect(self.settings.dsn)
+            conn = await asyncpg.connect(self.database.dsn)
             try:
-                self.current = await load_directory(conn, self.settings)
+                self.current = await load_directory(conn, self.database.tenant_defaults)
             finally:
                 await conn.close()
 

@@ -10,13 +10,13 @@ from typing import Any
 
 import asyncpg
 
+from streams.db.config import TenantDefaults
 from streams.errors import AuthError
-from streams.gate.admission import Limits
-from streams.settings import Settings
 
 __all__ = [
     "ApiKey",
     "Directory",
+    "Limits",
     "Tenant",
     "api_key_digest",
     "create_api_key",
@@ -30,6 +30,16 @@ SCOPE_OF_OPERATION = {"send": "send", "track": "send", "verify": "verify", "vali
 
 def api_key_digest(api_key: str) -> bytes:
     return hashlib.sha256(api_key.encode()).digest()
+
+
+@dataclass(frozen=True)
+class Limits:
+    per_second: int
+    per_minute: int
+    per_hour: int
+
+    def of(self, window: str) -> int:
+        return {"second": self.per_second, "minute": self.per_minute, "hour": self.per_hour}[window]
 
 
 @dataclass(frozen=True)
@@ -83,16 +93,16 @@ class Directory:
         return (tenant_id, address.lower()) in self.suppressed
 
 
-def _tenant(r: Any, settings: Settings) -> Tenant:
+def _tenant(r: Any, defaults: TenantDefaults) -> Tenant:
     return Tenant(
         r["tenant_id"],
         Limits(
-            r["limit_per_second"] or settings.rate_per_second,
-            r["limit_per_minute"] or settings.rate_per_minute,
-            r["limit_per_hour"] or settings.rate_per_hour,
+            r["limit_per_second"] or defaults.rate_per_second,
+            r["limit_per_minute"] or defaults.rate_per_minute,
+            r["limit_per_hour"] or defaults.rate_per_hour,
         ),
         r["throttle_policy"],
-        r["smtp_probe"] or settings.smtp_probe_default,
+        r["smtp_probe"] or defaults.smtp_probe,
         r["disabled_at"] is not None,
     )
 
@@ -107,9 +117,9 @@ def _key(r: Any) -> ApiKey:
     )
 
 
-async def load_directory(conn: Any, settings: Settings) -> Directory:
+async def load_directory(conn: Any, defaults: TenantDefaults) -> Directory:
     tenants = {
-        r["tenant_id"]: _tenant(r, settings) for r in await conn.fetch("SELECT * FROM tenants")
+        r["tenant_id"]: _tenant(r, defaults) for r in await conn.fetch("SELECT * FROM tenants")
     }
     keys = {bytes(r["key_sha256"]): _key(r) for r in await conn.fetch("SELECT * FROM api_keys")}
     suppressed = {
@@ -128,7 +138,7 @@ async def load_directory(conn: Any, settings: Settings) -> Directory:
 
 
 async def load_credentials(
-    conn: Any, settings: Settings, key_sha256: bytes
+    conn: Any, defaults: TenantDefaults, key_sha256: bytes
 ) -> tuple[ApiKey, Tenant] | None:
     """One key and its tenant, for a key the snapshot does not know yet (an indexed lookup)."""
     row = await conn.fetchrow("SELECT * FROM api_keys WHERE key_sha256 = $1", key_sha256)
@@ -137,7 +147,7 @@ async def load_credentials(
     tenant = await conn.fetchrow("SELECT * FROM tenants WHERE tenant_id = $1", row["tenant_id"])
     if tenant is None:
         return None
-    return _key(row), _tenant(tenant, settings)
+    return _key(row), _tenant(tenant, defaults)
 
 
 async def create_tenant(

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from streams.db.tenants import Limits
+
 __all__ = [
     "WINDOWS",
     "Admit",
@@ -25,16 +27,6 @@ __all__ = [
 
 # (name, size in seconds): tumbling windows counted per tenant
 WINDOWS: tuple[tuple[str, int], ...] = (("second", 1), ("minute", 60), ("hour", 3600))
-
-
-@dataclass(frozen=True)
-class Limits:
-    per_second: int
-    per_minute: int
-    per_hour: int
-
-    def of(self, window: str) -> int:
-        return {"second": self.per_second, "minute": self.per_minute, "hour": self.per_hour}[window]
 
 
 class Dedup(StrEnum):

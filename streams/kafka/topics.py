@@ -2,17 +2,37 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
-from streams.deliver.retry import tier_topics
 from streams.errors import StackError
-from streams.runtime.state import CHANGELOG_CONFIG, changelog_topic
-from streams.settings import Settings
+from streams.kafka.config import KafkaSettings, TopicNames
 
-__all__ = ["TopicSpec", "ensure_topics", "topic_specs"]
+__all__ = [
+    "CHANGELOG_CONFIG",
+    "TopicNames",
+    "TopicSpec",
+    "changelog_topic",
+    "ensure_topics",
+    "topic_specs",
+]
+
+# state changelogs are rewritten all the time: roll segments hourly so compaction can run (it
+# never touches the active segment) and recovery reads little more than the live keys
+CHANGELOG_CONFIG = {
+    "cleanup.policy": "compact",
+    "segment.ms": "3600000",
+    "min.cleanable.dirty.ratio": "0.1",
+    "delete.retention.ms": "3600000",
+}
+
+
+def changelog_topic(app_id: str, store: str) -> str:
+    return f"{app_id}-{store}-changelog"
+
 
 _WEEK_MS = 7 * 24 * 3600 * 1000
 # the batch runtime's state stores (streams/worker/app.py builds them); each has a changelog topic
@@ -35,8 +55,9 @@ class TopicSpec:
         return self.config.get("cleanup.policy") == "compact"
 
 
-def topic_specs(settings: Settings) -> list[TopicSpec]:
-    t, n = settings.topics, settings.partitions
+def topic_specs(kafka: KafkaSettings, delay_topics: Sequence[str] = ()) -> list[TopicSpec]:
+    """Every topic postwire owns; ``delay_topics``: the retry ladder's, which delivery names."""
+    t, n = kafka.topics, kafka.partitions
     log = {"cleanup.policy": "delete", "retention.ms": str(_WEEK_MS)}
     # latest value per key is the truth (like a table changelog): compaction keeps it forever
     table = {"cleanup.policy": "compact", "min.compaction.lag.ms": "60000"}
@@ -51,7 +72,7 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         TopicSpec(t.deliveries_tx, n, log, "DeliveryTask, transactional lane, key = domain"),
         *(
             TopicSpec(name, n, log, "DeliveryTask waiting for its next attempt, key = domain")
-            for name in tier_topics(settings.retry_policy, t.prefix)
+            for name in delay_topics
         ),
         TopicSpec(t.queue, n, table, "deferred and held tasks (mailq), key = task id"),
         TopicSpec(t.events, n, log, "DeliveryEvent"),
@@ -69,22 +90,22 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         TopicSpec(t.tenants, 1, table, "tenant settings, key = tenant"),
         # made before any worker joins: a store's changelog must exist when its stage starts
         *(
-            TopicSpec(changelog_topic(settings.app_id, name), n, changelog, purpose)
+            TopicSpec(changelog_topic(kafka.app_id, name), n, changelog, purpose)
             for name, purpose in STORES.items()
         ),
     ]
 
 
-async def ensure_topics(settings: Settings) -> list[str]:
+async def ensure_topics(kafka: KafkaSettings, delay_topics: Sequence[str] = ()) -> list[str]:
     """Create missing topics; return the names created. Existing topics are left as they are."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap, request_timeout_ms=10000)
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap, request_timeout_ms=10000)
     try:
         await admin.start()
         existing = set(await admin.list_topics())
-        missing = [s for s in topic_specs(settings) if s.name not in existing]
+        missing = [s for s in topic_specs(kafka, delay_topics) if s.name not in existing]
         if missing:
             new = [
-                NewTopic(s.name, s.partitions, settings.replication_factor, topic_configs=s.config)
+                NewTopic(s.name, s.partitions, kafka.replication_factor, topic_configs=s.config)
                 for s in missing
             ]
             response = await admin.create_topics(new)
@@ -98,6 +119,6 @@ async def ensure_topics(settings: Settings) -> list[str]:
                 raise StackError(f"could not create topics: {', '.join(failed)}")
         return [s.name for s in missing]
     except KafkaError as exc:
-        raise StackError(f"could not create topics on {settings.bootstrap}: {exc}") from exc
+        raise StackError(f"could not create topics on {kafka.bootstrap}: {exc}") from exc
     finally:
         await admin.close()

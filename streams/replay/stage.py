@@ -29,13 +29,13 @@ __all__ = ["replay_stage"]
 
 async def _directory(settings: Settings) -> DirectoryHolder:
     """The live tenant directory (the verify stage checks suppressions), loaded once."""
-    holder = DirectoryHolder(settings)
+    holder = DirectoryHolder(settings.database)
     try:
         conn = await asyncpg.connect(settings.dsn)
     except (OSError, asyncpg.PostgresError) as exc:
         raise SinkUnavailableError(f"cannot connect to PostgreSQL: {exc}", retry_after=1.0) from exc
     try:
-        holder.current = await load_directory(conn, settings)
+        holder.current = await load_directory(conn, settings.database.tenant_defaults)
     finally:
         await conn.close()
     holder.ready.set()

@@ -21,6 +21,7 @@ from streams.stack.kafka import EmbeddedKafka
 from streams.stack.postgres import EmbeddedPostgres
 from streams.stack.process import ManagedProcess, pid_alive, stop_pid
 from streams.stages.names import BULK_STAGES, FRONT_STAGES
+from streams.stages.policies import delay_topics
 
 __all__ = ["STOP_ORDER", "Stack", "StackInfo", "stop_detached"]
 
@@ -162,7 +163,9 @@ class Stack:
             if self.postgres is not None:
                 waits.append(self.postgres.wait_ready())
             await asyncio.gather(*waits)
-            self.info.topics_created = await ensure_topics(self.settings)
+            self.info.topics_created = await ensure_topics(
+                self.settings.kafka, delay_topics(self.settings)
+            )
             await apply_migrations(self.settings.dsn)
             if self.workers:
                 self.apps = [

@@ -35,20 +35,23 @@ from streams.deliver.control import Command
 from streams.deliver.core import Conclusion, failed, flush_now, task_meta, triage
 from streams.deliver.dkim import Signer, load_keys
 from streams.deliver.mime import StoredTemplate
-from streams.deliver.queue import ControlFeed, index_entry, read_compacted, task_meta_of_entry
+from streams.deliver.queue import ControlFeed, index_entry, task_meta_of_entry
 from streams.deliver.retry import delay_tier, tier_name, tier_topic
 from streams.deliver.service import Deliverer
 from streams.deliver.throttle import DestinationThrottle
 from streams.deliver.transport import Transport, TransportConfig
 from streams.errors import CodecError, DkimError, RenderError, StageCrashError
+from streams.kafka.read import read_compacted
 from streams.kafka.records import SourcePosition
+from streams.kafka.topics import changelog_topic
 from streams.mail.dns import MxResolver
 from streams.obs.metrics import EndToEnd
 from streams.runtime.deadletter import dead_letter
 from streams.runtime.records import Consumed, Out, header
 from streams.runtime.stage import Held, Step
-from streams.runtime.state import Store, changelog_topic
+from streams.runtime.state import Store
 from streams.settings import Settings, TopicNames
+from streams.stages.policies import breaker_policy, destination_limits, retry_policy
 
 __all__ = [
     "STAGE",
@@ -104,15 +107,15 @@ def load_signer(directory: Path) -> Signer:
 
 
 def build_deliverer(settings: Settings, clock: Clock, templates: Any = None) -> Deliverer:
-    throttle = DestinationThrottle(settings.destination_limits)
+    throttle = DestinationThrottle(destination_limits(settings.delivery))
     resolver = MxResolver(settings.nameservers, settings.dns_timeout, settings.dns_tries)
     relay = settings.delivery_mode == "relay"
     return Deliverer(
         Transport(transport_config(settings), throttle, None if relay else resolver),
         load_signer(settings.dkim_dir),
         throttle,
-        settings.retry_policy,
-        breaker_policy=settings.breaker_policy,
+        retry_policy(settings.delivery),
+        breaker_policy=breaker_policy(settings.delivery),
         destination=(lambda _domain: settings.relay_host) if relay else (lambda d: d),
         throttle_max_wait=settings.throttle_max_wait,
         templates=templates,
@@ -213,7 +216,7 @@ class DeliverShell:
         self.ledger = ledger
         self.control = control
         self.deliverer = deliverer
-        self.policy = settings.retry_policy
+        self.policy = retry_policy(settings.delivery)
         prefix = settings.topics.prefix
         self.tiers = {s: tier_topic(prefix, tier_name(s)) for s in self.policy.tiers}
         self.tier_outputs = outputs.tiers
@@ -391,7 +394,7 @@ class DeliverShell:
         delay topics are dropped again, idempotently, when they come due)."""
         if command.action not in ("release", "delete"):
             return
-        entries = await read_compacted(self.settings, self.settings.topics.queue)
+        entries = await read_compacted(self.settings.kafka, self.settings.topics.queue)
         now = self.clock()
         for key, entry in entries.items():
             meta = task_meta_of_entry(entry)
@@ -551,7 +554,7 @@ def deliver_stages(
         found = directory.current.templates.get((tenant, template_id))
         return None if found is None else StoredTemplate(*found)
 
-    policy = settings.retry_policy
+    policy = retry_policy(settings.delivery)
     tiers = {s: tier_topic(settings.topics.prefix, tier_name(s)) for s in policy.tiers}
     outputs = Outputs(codec, settings.topics, list(tiers.values()))
     deliverer = build_deliverer(settings, clock, template)

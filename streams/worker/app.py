@@ -17,10 +17,11 @@ from streams.clock import Clock, wall_clock
 from streams.contract.codec import Codec, default_codec
 from streams.db.directory import DirectoryHolder
 from streams.deliver.queue import ControlFeed
+from streams.kafka.topics import changelog_topic
 from streams.obs.logs import configure_logging
 from streams.runtime.host import HostConfig, StageHost
 from streams.runtime.stage import Stage
-from streams.runtime.state import Store, changelog_topic
+from streams.runtime.state import Store
 from streams.settings import Settings
 from streams.stages.deliver import deliver_stages
 from streams.stages.gate_stage import DeferralStage, GateStage
@@ -112,14 +113,14 @@ def create_app(
     unknown = set(stages) - set(KNOWN_STAGES)
     if unknown:
         raise ValueError(f"unknown stage(s) {sorted(unknown)}; known: {', '.join(KNOWN_STAGES)}")
-    directory = directory or DirectoryHolder(settings)
+    directory = directory or DirectoryHolder(settings.database)
     install_directory(app, directory)
     checks = {"directory_loaded": directory.ready.is_set}
     found = runtime_stages(settings, stages, codec, directory)
     background = []
     lanes = tuple(sorted({lane for part in stages for lane in DELIVER_PARTS.get(part, ())}))
     if lanes:
-        feed = control or ControlFeed(settings)
+        feed = control or ControlFeed(settings.kafka)
         checks["queue_control_loaded"] = feed.ready.is_set
         # the delay topics and queue commands go with the bulk lane: one process group
         # re-queues released mail, so it is not re-queued twice
@@ -186,11 +187,11 @@ def run_worker(settings: Settings, stages: tuple[str, ...] = STAGES) -> None:
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     # faust and aiokafka build debug records on every send even when nobody prints them
     logging.disable(logging.DEBUG)
-    directory = DirectoryHolder(settings)
+    directory = DirectoryHolder(settings.database)
     directory.preload()
     control = None
     if any(part in DELIVER_PARTS for part in stages):
-        control = ControlFeed(settings)
+        control = ControlFeed(settings.kafka)
         control.preload()
     worker: faust.Worker | None = None
 

@@ -12,7 +12,7 @@ __all__ = ["install_directory"]
 def install_directory(app: faust.App, holder: DirectoryHolder) -> None:
     """Reload ``holder`` on a faust timer in a faust worker."""
 
-    @app.timer(holder.settings.directory_refresh, on_leader=False)
+    @app.timer(holder.database.directory_refresh, on_leader=False)
     async def refresh_directory() -> None:
         await holder.refresh()
 

@@ -23,7 +23,7 @@ CODEC = default_codec()
 
 
 def gate(per_second: int = 1000) -> GateStage:
-    holder = DirectoryHolder(Settings())
+    holder = DirectoryHolder(Settings().database)
     holder.ready.set()
     for tenant in ("a", "b"):
         holder.current.tenants[tenant] = Tenant(
