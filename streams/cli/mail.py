@@ -13,6 +13,7 @@ from rich.table import Table
 
 from streams.cli.common import err, fail, out, run, settings, with_db
 from streams.contract.build import make_suppression
+from streams.contract.records import Suppression
 
 __all__ = ["dkim_app", "queue_app", "suppression_app", "template_app"]
 
@@ -123,7 +124,7 @@ def queue_list(tenant: TenantOpt = None, domain: DomainOpt = None, json: JsonOpt
     out.print(f"{len(entries)} queued: {len(entries) - held} deferred, {held} held")
 
 
-async def _publish_suppression(tenant: str, address: str, value: dict[str, Any] | None) -> None:
+async def _publish_suppression(tenant: str, address: str, value: Suppression | None) -> None:
     from aiokafka import AIOKafkaProducer
     from aiokafka.errors import KafkaError
 

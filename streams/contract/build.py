@@ -6,14 +6,28 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import Literal
+from typing import Literal, TypedDict, Unpack
 
-from streams.contract.codec import Record
+from streams.contract.records import (
+    Address,
+    Content,
+    DeliveryEvent,
+    DeliveryTask,
+    EmailRequest,
+    EventType,
+    Recipient,
+    Rejection,
+    SmtpReply,
+    Suppression,
+)
 from streams.errors import PostwireError
 from streams.kafka.records import SourcePosition
 
 __all__ = [
     "TRANSACTIONAL",
+    "EventDetails",
+    "RequestDetails",
+    "delivery_task",
     "digest",
     "lane_of",
     "make_event",
@@ -34,43 +48,63 @@ def digest(*parts: object) -> str:
     return hashlib.blake2b(joined.encode(), digest_size=16).hexdigest()
 
 
+class EventDetails(TypedDict, total=False):
+    """What an event may say beyond its type, tenant and time (all optional)."""
+
+    request_id: str | None
+    message_id: str | None
+    recipient: str | None
+    reason: str | None
+    retry_after_ms: int | None
+    attempt: int
+    categories: Sequence[str]
+    custom_args: Mapping[str, str] | None
+    smtp: SmtpReply | None
+    bounce_class: str | None
+    url: str | None
+    user_agent: str | None
+
+
+class RequestDetails(TypedDict):
+    """What every event about one request repeats from it."""
+
+    request_id: str
+    categories: list[str]
+    custom_args: dict[str, str]
+
+
 def make_event(
-    event_type: str,
-    tenant: str,
-    now: datetime,
-    *,
-    request_id: str | None = None,
-    message_id: str | None = None,
-    recipient: str | None = None,
-    reason: str | None = None,
-    retry_after_ms: int | None = None,
-    attempt: int = 0,
-    categories: Sequence[str] = (),
-    custom_args: Mapping[str, str] | None = None,
-    smtp: Mapping[str, object] | None = None,
-    bounce_class: str | None = None,
-) -> Record:
+    event_type: EventType, tenant: str, now: datetime, **details: Unpack[EventDetails]
+) -> DeliveryEvent:
+    request_id = details.get("request_id")
+    message_id = details.get("message_id")
+    recipient = details.get("recipient")
+    reason = details.get("reason")
+    attempt = details.get("attempt", 0)
+    smtp = details.get("smtp")
     return {
         "event_id": digest(event_type, tenant, request_id, message_id, recipient, reason, attempt),
-        "smtp": dict(smtp) if smtp is not None else None,
-        "bounce_class": bounce_class,
         "tenant": tenant,
         "type": event_type,
         "request_id": request_id,
         "message_id": message_id,
         "recipient": recipient,
         "reason": reason,
-        "retry_after_ms": retry_after_ms,
+        "smtp": SmtpReply(**smtp) if smtp is not None else None,
+        "bounce_class": details.get("bounce_class"),
+        "retry_after_ms": details.get("retry_after_ms"),
         "attempt": attempt,
-        "categories": list(categories),
-        "custom_args": dict(custom_args or {}),
+        "url": details.get("url"),
+        "user_agent": details.get("user_agent"),
+        "categories": list(details.get("categories", ())),
+        "custom_args": dict(details.get("custom_args") or {}),
         "occurred_at": now,
     }
 
 
 def make_suppression(
     tenant: str, address: str, reason: str, source: str, now: datetime, detail: str | None = None
-) -> Record:
+) -> Suppression:
     """A Suppression record for the compacted topic; addresses are kept lower-cased."""
     return {
         "tenant": tenant,
@@ -103,7 +137,7 @@ def rejection(
     raw: bytes,
     now: datetime,
     tenant: str | None = None,
-) -> Record:
+) -> Rejection:
     return {
         "source_topic": source.topic,
         "source_partition": source.partition,
@@ -126,3 +160,34 @@ def lane_of(priority: str) -> Literal["tx", "bulk"]:
 def task_id(message_id: str, recipient: str) -> str:
     """A DeliveryTask's id: stable, so a replayed request makes the same tasks."""
     return digest("task", message_id, recipient.lower())
+
+
+def delivery_task(
+    request: EmailRequest,
+    recipient: Recipient,
+    domain: str,
+    *,
+    sender: Address,
+    content: Content,
+) -> DeliveryTask:
+    """The first attempt's DeliveryTask for one recipient of a send request."""
+    message_id = request["request_id"]
+    return {
+        "task_id": task_id(message_id, recipient["email"]),
+        "message_id": message_id,
+        "request_id": request["request_id"],
+        "tenant": request["tenant"],
+        "priority": request["priority"],
+        "domain": domain,
+        "from": sender,
+        "reply_to": request["reply_to"],
+        "recipient": recipient,
+        "content": content,
+        "substitutions": request["substitutions"],
+        "categories": request["categories"],
+        "custom_args": request["custom_args"],
+        "attempt": 0,
+        "not_before": request["send_at"],
+        "first_attempt_at": None,
+        "created_at": request["created_at"],
+    }

@@ -10,11 +10,21 @@ dead-letter garbage without knowing fastavro's exception zoo.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from io import BytesIO
-from typing import Any
+from typing import Any, Literal, overload
 
 from fastavro import schemaless_reader, schemaless_writer
 
+from streams.contract.records import (
+    DeliveryEvent,
+    DeliveryTask,
+    EmailRequest,
+    Rejection,
+    Suppression,
+    VerificationResult,
+    VerifyTask,
+)
 from streams.contract.registry import SchemaSet, SchemaVersion, load_schema_set
 from streams.errors import (
     InvalidRecordError,
@@ -42,7 +52,7 @@ class Codec:
         for version in self.schemas.all_versions():
             self._writers.setdefault(version.fingerprint, version)
 
-    def encode(self, record_name: str, record: Record) -> bytes:
+    def encode(self, record_name: str, record: Mapping[str, Any]) -> bytes:
         try:
             schema = self._current[record_name]
         except KeyError:
@@ -97,6 +107,26 @@ class Codec:
         if not isinstance(record, dict):
             raise InvalidRecordError(f"{writer.record} did not decode to a record")
         return writer.record, record
+
+    @overload
+    def decode_as(self, data: bytes, expected: Literal["EmailRequest"]) -> EmailRequest: ...
+    @overload
+    def decode_as(self, data: bytes, expected: Literal["VerifyTask"]) -> VerifyTask: ...
+    @overload
+    def decode_as(
+        self, data: bytes, expected: Literal["VerificationResult"]
+    ) -> VerificationResult: ...
+    @overload
+    def decode_as(self, data: bytes, expected: Literal["DeliveryTask"]) -> DeliveryTask: ...
+    @overload
+    def decode_as(self, data: bytes, expected: Literal["DeliveryEvent"]) -> DeliveryEvent: ...
+    @overload
+    def decode_as(self, data: bytes, expected: Literal["Rejection"]) -> Rejection: ...
+    @overload
+    def decode_as(self, data: bytes, expected: Literal["Suppression"]) -> Suppression: ...
+    def decode_as(self, data: bytes, expected: str) -> Any:
+        """``decode`` for one expected record type, typed as that record (mypy checks fields)."""
+        return self.decode(data, expected)[1]
 
 
 _default: Codec | None = None

@@ -21,7 +21,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
-from streams.contract.codec import Record
+from streams.contract.records import DeliveryTask
 from streams.deliver.control import Command, ControlState, TaskMeta
 from streams.errors import StackError
 from streams.kafka.config import KafkaSettings
@@ -38,7 +38,7 @@ log = logging.getLogger("postwire.deliver")
 
 
 def index_entry(
-    task: Record,
+    task: DeliveryTask,
     state: str,
     *,
     lane: str,

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from datetime import timedelta
 
 from streams.clock import Clock
-from streams.contract.codec import Record
+from streams.contract.records import DeliveryTask
 from streams.deliver.breaker import Breaker, BreakerPolicy
 from streams.deliver.core import Conclusion, conclude, postpone
 from streams.deliver.dkim import Signer
@@ -54,7 +54,7 @@ class Deliverer:
         self.breakers: dict[str, Breaker] = {}
         self._prepared: OrderedDict[str, Prepared] = OrderedDict()
 
-    def prepared(self, task: Record) -> Prepared:
+    def prepared(self, task: DeliveryTask) -> Prepared:
         """The request's invariant part, built once and shared by all its recipients. Raises
         RenderError (never retriable: the same request renders the same way every time)."""
         key = task["message_id"]
@@ -76,7 +76,7 @@ class Deliverer:
             breaker = self.breakers[destination] = Breaker(self.breaker_policy)
         return breaker
 
-    async def attempt(self, task: Record) -> Conclusion:
+    async def attempt(self, task: DeliveryTask) -> Conclusion:
         """Try ``task`` once. Raises RenderError / DkimError for a message that cannot be built."""
         prepared = self.prepared(task)
         destination = self.destination(task["domain"])

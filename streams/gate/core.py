@@ -14,9 +14,17 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from streams.contract.build import make_event, make_suppression, rejection
-from streams.contract.codec import Codec, Record
-from streams.db.tenants import Directory
+from streams.contract.build import RequestDetails, make_event, make_suppression, rejection
+from streams.contract.codec import Codec
+from streams.contract.records import (
+    DeliveryEvent,
+    DeliveryTask,
+    EmailRequest,
+    Rejection,
+    Suppression,
+    VerifyTask,
+)
+from streams.db.tenants import Directory, Limits, Tenant
 from streams.errors import AuthError, CodecError, InvalidContentError
 from streams.gate.admission import Admit, Dedup, RateLimited, dedup_decide, rate_decide
 from streams.gate.expand import Expansion, expand
@@ -27,8 +35,10 @@ __all__ = [
     "ADMITTED",
     "STAGE",
     "Accept",
+    "Arrival",
     "GateResult",
     "Reject",
+    "Seen",
     "admit",
     "decide",
     "replayed_memo",
@@ -63,12 +73,12 @@ def replayed_memo(
 
 @dataclass(frozen=True)
 class Accept:
-    request: Record
+    request: EmailRequest
 
 
 @dataclass(frozen=True)
 class Reject:
-    record: Record
+    record: Rejection
 
 
 def admit(
@@ -78,7 +88,7 @@ def admit(
     try:
         if raw is None:
             raise CodecError("record has no value (a tombstone is not a request)")
-        _, request = codec.decode(raw, expected="EmailRequest")
+        request = codec.decode_as(raw, "EmailRequest")
     except CodecError as exc:
         return Reject(rejection(source, STAGE, exc, key, raw or b"", now))
     return Accept(request)
@@ -87,11 +97,12 @@ def admit(
 @dataclass
 class GateResult:
     outcome: str  # admitted | duplicate | throttled | deferred | rejected | undecodable
-    events: list[Record] = field(default_factory=list)
-    tasks: list[tuple[str, Record]] = field(default_factory=list)  # (domain, VerifyTask)
-    deliveries: list[tuple[str, str, Record]] = field(default_factory=list)  # (domain, lane, task)
-    suppressions: list[Record] = field(default_factory=list)
-    rejection: Record | None = None
+    events: list[DeliveryEvent] = field(default_factory=list)
+    tasks: list[tuple[str, VerifyTask]] = field(default_factory=list)  # (domain, task)
+    # (domain, lane, task)
+    deliveries: list[tuple[str, str, DeliveryTask]] = field(default_factory=list)
+    suppressions: list[Suppression] = field(default_factory=list)
+    rejection: Rejection | None = None
     dedup_key: str | None = None
     dedup_entry: dict[str, Any] | None = None
     count: bool = False
@@ -100,9 +111,9 @@ class GateResult:
     forward: bool = False  # the request goes to `accepted` as it came (its audit record)
 
 
-def verify_tasks(request: Record, smtp_probe: bool) -> list[tuple[str, Record]]:
+def verify_tasks(request: EmailRequest, smtp_probe: bool) -> list[tuple[str, VerifyTask]]:
     seen: set[str] = set()
-    tasks = []
+    tasks: list[tuple[str, VerifyTask]] = []
     for recipient in request["recipients"]:
         address = recipient["email"]
         if address in seen:
@@ -115,7 +126,7 @@ def verify_tasks(request: Record, smtp_probe: bool) -> list[tuple[str, Record]]:
                     "request_id": request["request_id"],
                     "tenant": request["tenant"],
                     "address": address,
-                    "operation": request["operation"],
+                    "operation": "verify" if request["operation"] == "verify" else "validate",
                     "smtp_probe": smtp_probe and request["operation"] == "verify",
                     "priority": request["priority"],
                     "requested_at": request["created_at"],
@@ -128,103 +139,146 @@ def verify_tasks(request: Record, smtp_probe: bool) -> list[tuple[str, Record]]:
     return tasks
 
 
+@dataclass(frozen=True)
+class Arrival:
+    """Where a request came from: its place in the source topic, its bytes and key (for a dead
+    letter), and how often it has come back deferred."""
+
+    source: SourcePosition
+    raw: bytes
+    key: bytes | None
+    deferrals: int = 0
+
+
+@dataclass(frozen=True)
+class Seen:
+    """What the gate's state already holds for a request: the entry under its idempotency key,
+    the tenant's window counts, and, for a request being processed again, the rate decision
+    taken the first time (reusing it keeps the counts exact: a replayed request is neither
+    counted twice nor throttled by its own count)."""
+
+    dedup_entry: dict[str, Any] | None
+    counts: dict[str, int]
+    memo: dict[str, Any] | None = None
+
+
 def decide(
-    request: Record,
+    request: EmailRequest,
     directory: Directory,
-    dedup_entry: dict[str, Any] | None,
-    counts: dict[str, int],
+    seen: Seen,
+    arrival: Arrival,
     now: datetime,
     *,
     dedup_ttl: float,
-    source: SourcePosition,
-    raw: bytes,
-    key: bytes | None,
-    deferrals: int = 0,
-    memo: dict[str, Any] | None = None,
 ) -> GateResult:
-    """``memo``: the rate decision already taken for this request and attempt, when it is being
-    processed again (a redelivery after a crash or rebalance). Reusing it keeps the window
-    counts exact: a replayed request is neither counted twice nor throttled by its own count."""
+    """Authenticate, check the send policy, deduplicate, rate-limit; one request, pure."""
     tenant_id = request["tenant"]
     try:
         tenant = directory.authenticate(tenant_id, request["api_key"], request["operation"])
-    except AuthError as exc:
-        return GateResult(
-            "rejected", rejection=rejection(source, STAGE, exc, key, raw, now, tenant_id)
-        )
-    expansion = Expansion()
-    if request["operation"] == "send":
-        try:
-            expansion = expand(request, now, directory.is_suppressed)
-        except InvalidContentError as exc:
-            return GateResult(
-                "rejected", rejection=rejection(source, STAGE, exc, key, raw, now, tenant_id)
-            )
+        expansion = _expansion(request, now, directory)
+    except (AuthError, InvalidContentError) as exc:
+        dead = rejection(arrival.source, STAGE, exc, arrival.key, arrival.raw, now, tenant_id)
+        return GateResult("rejected", rejection=dead)
     ts = now.timestamp()
-    request_id = request["request_id"]
-    common = {
-        "request_id": request_id,
+    details: RequestDetails = {
+        "request_id": request["request_id"],
         "categories": request["categories"],
         "custom_args": request["custom_args"],
     }
-    dedup_key = None
-    new_entry = None
-    if request["idempotency_key"]:
-        dedup_key = f"{tenant_id}\x1f{request['idempotency_key']}"
-        verdict, new_entry = dedup_decide(dedup_entry, request_id, ts, dedup_ttl)
-        if verdict is Dedup.DUPLICATE:
-            event = make_event("dropped", tenant_id, now, reason="duplicate", **common)
-            return GateResult("duplicate", events=[event])
-    if memo is not None:
-        decision: Admit | RateLimited = (
-            Admit() if memo["window"] is None else RateLimited(memo["window"], memo["retry_after"])
-        )
-    else:
-        decision = rate_decide(counts, tenant.limits, ts)
-    memo_entry = (
-        {"window": decision.window, "retry_after": decision.retry_after, "expires": ts + MEMO_TTL}
-        if memo is None and isinstance(decision, RateLimited)
-        else None
-    )
+    dedup_key, verdict, new_entry = _dedup(request, seen.dedup_entry, ts, dedup_ttl)
+    if verdict is Dedup.DUPLICATE:
+        event = make_event("dropped", tenant_id, now, reason="duplicate", **details)
+        return GateResult("duplicate", events=[event])
+    decision = _rate(seen, tenant.limits, ts)
+    memo_entry = _memo_entry(decision, seen.memo, ts)
     if isinstance(decision, RateLimited):
-        retry_ms = int(decision.retry_after * 1000) + 1
-        reason = f"rate_limit:{decision.window}"
-        if tenant.throttle_policy == "reject":
-            event = make_event(
-                "throttled", tenant_id, now, reason=reason, retry_after_ms=retry_ms, **common
-            )
-            return GateResult("throttled", events=[event], memo_entry=memo_entry)
+        result = _limited(decision, tenant, arrival.deferrals, now, details)
+        if result.outcome == "deferred":
+            # the idempotency key is taken now: the deferred request owns it when it comes back
+            result.dedup_key, result.dedup_entry = dedup_key, new_entry
+        result.memo_entry = memo_entry
+        return result
+    result = _admitted(request, tenant, expansion, now, details)
+    result.dedup_key, result.dedup_entry = dedup_key, new_entry
+    result.count, result.memo_entry = seen.memo is None, memo_entry
+    return result
+
+
+def _expansion(request: EmailRequest, now: datetime, directory: Directory) -> Expansion:
+    """A send request's tasks and drop events; raises InvalidContentError for a bad one."""
+    if request["operation"] != "send":
+        return Expansion()
+    return expand(request, now, directory.is_suppressed)
+
+
+def _dedup(
+    request: EmailRequest, entry: dict[str, Any] | None, ts: float, ttl: float
+) -> tuple[str | None, Dedup, dict[str, Any] | None]:
+    """For a request with an idempotency key: its dedup key, whether it is new, a replay or a
+    duplicate, and the entry to store for a new one."""
+    if not request["idempotency_key"]:
+        return None, Dedup.NEW, None
+    key = f"{request['tenant']}\x1f{request['idempotency_key']}"
+    verdict, new_entry = dedup_decide(entry, request["request_id"], ts, ttl)
+    return key, verdict, new_entry
+
+
+def _rate(seen: Seen, limits: Limits, ts: float) -> Admit | RateLimited:
+    memo = seen.memo
+    if memo is None:
+        return rate_decide(seen.counts, limits, ts)
+    return Admit() if memo["window"] is None else RateLimited(memo["window"], memo["retry_after"])
+
+
+def _memo_entry(
+    decision: Admit | RateLimited, memo: dict[str, Any] | None, ts: float
+) -> dict[str, Any] | None:
+    """A first-time throttle or deferral is remembered, so a replay repeats it."""
+    if memo is not None or not isinstance(decision, RateLimited):
+        return None
+    return {
+        "window": decision.window,
+        "retry_after": decision.retry_after,
+        "expires": ts + MEMO_TTL,
+    }
+
+
+def _limited(
+    decision: RateLimited, tenant: Tenant, deferrals: int, now: datetime, details: RequestDetails
+) -> GateResult:
+    """Over a limit: answered ``throttled`` (reject policy) or deferred to the window's end."""
+    retry_ms = int(decision.retry_after * 1000) + 1
+    reason = f"rate_limit:{decision.window}"
+    if tenant.throttle_policy == "reject":
         event = make_event(
-            "deferred",
-            tenant_id,
-            now,
-            reason=reason,
-            retry_after_ms=retry_ms,
-            attempt=deferrals + 1,
-            **common,
+            "throttled", tenant.tenant_id, now, reason=reason, retry_after_ms=retry_ms, **details
         )
-        # the idempotency key is taken now: the deferred request owns it when it comes back
-        return GateResult(
-            "deferred",
-            events=[event],
-            dedup_key=dedup_key,
-            dedup_entry=new_entry,
-            defer_for=decision.retry_after,
-            memo_entry=memo_entry,
-        )
+        return GateResult("throttled", events=[event])
+    event = make_event(
+        "deferred",
+        tenant.tenant_id,
+        now,
+        reason=reason,
+        retry_after_ms=retry_ms,
+        attempt=deferrals + 1,
+        **details,
+    )
+    return GateResult("deferred", events=[event], defer_for=decision.retry_after)
+
+
+def _admitted(
+    request: EmailRequest,
+    tenant: Tenant,
+    expansion: Expansion,
+    now: datetime,
+    details: RequestDetails,
+) -> GateResult:
     if request["operation"] in ("verify", "validate"):
         # the VerificationResult is the outcome and the VerifyTasks are the audit record: no
         # `accepted` copy and no `processed` event (two records fewer per request)
         probe = request["smtp_probe"] if request["smtp_probe"] is not None else tenant.smtp_probe
-        return GateResult(
-            "admitted",
-            tasks=verify_tasks(request, probe),
-            dedup_key=dedup_key,
-            dedup_entry=new_entry,
-            count=memo is None,
-            memo_entry=memo_entry,
-        )
-    processed = make_event("processed", tenant_id, now, **common)
+        return GateResult("admitted", tasks=verify_tasks(request, probe))
+    processed = make_event("processed", tenant.tenant_id, now, **details)
     tracked, suppressions = track_outcome(request, now)
     return GateResult(
         "admitted",
@@ -232,10 +286,6 @@ def decide(
         suppressions=suppressions,
         deliveries=expansion.tasks,
         forward=True,
-        dedup_key=dedup_key,
-        dedup_entry=new_entry,
-        count=memo is None,
-        memo_entry=memo_entry,
     )
 
 
@@ -243,7 +293,9 @@ def decide(
 SUPPRESSING = {"complained": "complaint", "unsubscribed": "unsubscribe"}
 
 
-def track_outcome(request: Record, now: datetime) -> tuple[list[Record], list[Record]]:
+def track_outcome(
+    request: EmailRequest, now: datetime
+) -> tuple[list[DeliveryEvent], list[Suppression]]:
     """A track request records its engagement event; complaints and unsubscribes also put the
     address on the tenant's suppression list."""
     track = request.get("track")
@@ -258,8 +310,9 @@ def track_outcome(request: Record, now: datetime) -> tuple[list[Record], list[Re
         recipient=track["recipient"],
         categories=request["categories"],
         custom_args=request["custom_args"],
+        url=track["url"],
+        user_agent=track["user_agent"],
     )
-    event["url"], event["user_agent"] = track["url"], track["user_agent"]
     reason = SUPPRESSING.get(track["event_type"])
     if reason is None:
         return [event], []

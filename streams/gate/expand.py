@@ -13,8 +13,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from streams.contract.build import lane_of, make_event, task_id
-from streams.contract.codec import Record
+from streams.contract.build import delivery_task, lane_of, make_event
+from streams.contract.records import (
+    Address,
+    Content,
+    DeliveryEvent,
+    DeliveryTask,
+    EmailRequest,
+    Recipient,
+)
 from streams.errors import InvalidContentError
 from streams.mail.syntax import check_syntax
 
@@ -23,11 +30,12 @@ __all__ = ["Expansion", "expand"]
 
 @dataclass
 class Expansion:
-    tasks: list[tuple[str, str, Record]] = field(default_factory=list)  # (domain, lane, task)
-    events: list[Record] = field(default_factory=list)
+    tasks: list[tuple[str, str, DeliveryTask]] = field(default_factory=list)  # (domain, lane, task)
+    events: list[DeliveryEvent] = field(default_factory=list)
 
 
-def _check_request(request: Record) -> None:
+def _check_request(request: EmailRequest) -> tuple[Address, Content]:
+    """The request's sender and content, once the request is known to be sendable."""
     sender = request["from"]
     if sender is None or not sender["email"]:
         raise InvalidContentError("from", "a send request needs a from address")
@@ -38,32 +46,23 @@ def _check_request(request: Record) -> None:
         raise InvalidContentError("content", "a send request needs text, html or a template_id")
     if not request["recipients"]:
         raise InvalidContentError("recipients", "a send request needs at least one recipient")
+    return sender, content
 
 
-def expand(request: Record, now: datetime, suppressed: Callable[[str, str], bool]) -> Expansion:
+def expand(
+    request: EmailRequest, now: datetime, suppressed: Callable[[str, str], bool]
+) -> Expansion:
     """Raises InvalidContentError for a request that cannot be sent to anyone."""
-    _check_request(request)
+    sender, content = _check_request(request)
     tenant = request["tenant"]
-    message_id = request["request_id"]
     lane = lane_of(request["priority"])
-    common = {"request_id": message_id, "message_id": message_id}
     out = Expansion()
     seen: set[str] = set()
     for recipient in request["recipients"]:
         syntax = check_syntax(recipient["email"])
         if not syntax.valid or syntax.normalized is None or syntax.ascii_domain is None:
-            out.events.append(
-                make_event(
-                    "dropped",
-                    tenant,
-                    now,
-                    recipient=recipient["email"],
-                    reason=f"invalid_address: {syntax.error}",
-                    categories=request["categories"],
-                    custom_args={**request["custom_args"], **recipient["custom_args"]},
-                    **common,
-                )
-            )
+            reason = f"invalid_address: {syntax.error}"
+            out.events.append(_dropped(request, recipient, recipient["email"], reason, now))
             continue
         local = syntax.local_part or ""
         # the ASCII (IDNA) form on the envelope; only a non-ASCII local part needs SMTPUTF8
@@ -72,37 +71,26 @@ def expand(request: Record, now: datetime, suppressed: Callable[[str, str], bool
             continue
         seen.add(address.lower())
         if suppressed(tenant, address):
-            out.events.append(
-                make_event(
-                    "dropped",
-                    tenant,
-                    now,
-                    recipient=address,
-                    reason="suppressed",
-                    categories=request["categories"],
-                    custom_args={**request["custom_args"], **recipient["custom_args"]},
-                    **common,
-                )
-            )
+            out.events.append(_dropped(request, recipient, address, "suppressed", now))
             continue
-        task = {
-            "task_id": task_id(message_id, address),
-            "message_id": message_id,
-            "request_id": request["request_id"],
-            "tenant": tenant,
-            "priority": request["priority"],
-            "domain": syntax.ascii_domain,
-            "from": request["from"],
-            "reply_to": request["reply_to"],
-            "recipient": {**recipient, "email": address},
-            "content": request["content"],
-            "substitutions": request["substitutions"],
-            "categories": request["categories"],
-            "custom_args": request["custom_args"],
-            "attempt": 0,
-            "not_before": request["send_at"],
-            "first_attempt_at": None,
-            "created_at": request["created_at"],
-        }
+        envelope: Recipient = {**recipient, "email": address}
+        task = delivery_task(request, envelope, syntax.ascii_domain, sender=sender, content=content)
         out.tasks.append((syntax.ascii_domain, lane, task))
     return out
+
+
+def _dropped(
+    request: EmailRequest, recipient: Recipient, address: str, reason: str, now: datetime
+) -> DeliveryEvent:
+    message_id = request["request_id"]
+    return make_event(
+        "dropped",
+        request["tenant"],
+        now,
+        request_id=message_id,
+        message_id=message_id,
+        recipient=address,
+        reason=reason,
+        categories=request["categories"],
+        custom_args={**request["custom_args"], **recipient["custom_args"]},
+    )

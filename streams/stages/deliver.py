@@ -29,7 +29,8 @@ from typing import Any, TypeVar
 
 from streams.clock import Clock
 from streams.contract.build import lane_of, make_event, make_suppression, rejection, suppression_key
-from streams.contract.codec import Codec, Record
+from streams.contract.codec import Codec
+from streams.contract.records import DeliveryEvent, DeliveryTask, Rejection
 from streams.db.directory import DirectoryHolder
 from streams.deliver.control import Command
 from streams.deliver.core import Conclusion, failed, flush_now, task_meta, triage
@@ -182,11 +183,11 @@ class Outputs:
         self.suppressions = _Topic(topics.suppressions)
         self.tiers = {name: _Topic(name) for name in tiers}
 
-    async def event(self, record: Record) -> None:
+    async def event(self, record: DeliveryEvent) -> None:
         key = (record["message_id"] or record["request_id"] or record["tenant"]).encode()
         await self.events.send(key=key, value=self.codec.encode("DeliveryEvent", record))
 
-    async def rejection(self, record: Record) -> None:
+    async def rejection(self, record: Rejection) -> None:
         await self.rejections.send(key=record["key"], value=self.codec.encode("Rejection", record))
 
 
@@ -236,7 +237,7 @@ class DeliverShell:
             return True
         return self.directory.current.is_suppressed(tenant, address)
 
-    async def suppress(self, task: Record, reason: str, detail: str | None) -> None:
+    async def suppress(self, task: DeliveryTask, reason: str, detail: str | None) -> None:
         tenant, address = task["tenant"], task["recipient"]["email"].lower()
         self._local_suppressed[(tenant, address)] = time.monotonic()
         # rare and worth an operator's eye; the address is hashed by the log handler
@@ -246,7 +247,7 @@ class DeliverShell:
             key=suppression_key(tenant, address), value=self.codec.encode("Suppression", record)
         )
 
-    async def to_delay(self, task: Record, until: datetime, now: datetime) -> None:
+    async def to_delay(self, task: DeliveryTask, until: datetime, now: datetime) -> None:
         """Park ``task`` in the delay tier that fits the wait; the tier agent brings it back."""
         wait = max((until - now).total_seconds(), 0.001)
         _, seconds = delay_tier(self.policy, wait)
@@ -256,7 +257,7 @@ class DeliverShell:
             headers={ENQUEUED: str(_ms(now)).encode()},
         )
 
-    async def index(self, task: Record, value: bytes | None) -> None:
+    async def index(self, task: DeliveryTask, value: bytes | None) -> None:
         await self.outputs.queue.send(key=task["task_id"].encode(), value=value)
 
     async def handle(
@@ -265,7 +266,7 @@ class DeliverShell:
         """Deal with one task; return what became of it (an event type or a step name)."""
         now = self.clock()
         try:
-            _, task = self.codec.decode(raw or b"", expected="DeliveryTask")
+            task = self.codec.decode_as(raw or b"", "DeliveryTask")
         except CodecError as exc:
             await self.outputs.rejection(rejection(position, STAGE, exc, key, raw or b"", now))
             return "undecodable"
@@ -286,7 +287,7 @@ class DeliverShell:
             self._inflight.discard(tid)
 
     async def _handle(
-        self, task: Record, raw: bytes, position: SourcePosition, headers: Any, now: datetime
+        self, task: DeliveryTask, raw: bytes, position: SourcePosition, headers: Any, now: datetime
     ) -> str:
         released = int(header(headers, RELEASED) or b"0")
         queued = task["attempt"] > 0 or released > 0
@@ -315,7 +316,7 @@ class DeliverShell:
         return _NOT_SENT[step.step]
 
     async def _send(
-        self, task: Record, raw: bytes, position: SourcePosition, lane: str, queued: bool
+        self, task: DeliveryTask, raw: bytes, position: SourcePosition, lane: str, queued: bool
     ) -> str:
         try:
             result: Conclusion = await self.deliverer.attempt(task)
@@ -341,7 +342,7 @@ class DeliverShell:
             )
         if result.retry is not None:
             now = self.clock()
-            until = result.retry["not_before"]
+            until = result.retry["not_before"] or now  # set by conclude and postpone
             await self.to_delay(result.retry, until, now)
             entry = index_entry(
                 result.retry,
@@ -362,7 +363,7 @@ class DeliverShell:
         tier that fits what is left when it is due here but early for its own time. Returns the
         epoch second worth looking again, or None when the record was handled."""
         try:
-            _, task = self.codec.decode(raw, expected="DeliveryTask")
+            task = self.codec.decode_as(raw, "DeliveryTask")
         except CodecError:
             # the lane stage dead-letters it with the reason; waiting on it helps nobody
             await self.outputs.lanes["bulk"].send(key=key, value=raw)
@@ -379,14 +380,14 @@ class DeliverShell:
                 return None
         remaining = not_before - now
         if now >= due and remaining > self.policy.tiers[0]:
-            await self.to_delay(task, task["not_before"], self.clock())
+            await self.to_delay(task, task["not_before"] or self.clock(), self.clock())
             return None
         if now >= due and remaining <= 0:
             await self._back_to_lane(task, key, raw)
             return None
         return due if now < due else not_before
 
-    async def _back_to_lane(self, task: Record, key: bytes | None, raw: bytes) -> None:
+    async def _back_to_lane(self, task: DeliveryTask, key: bytes | None, raw: bytes) -> None:
         await self.outputs.lanes[lane_of(task["priority"])].send(key=key, value=raw)
 
     async def obey(self, command: Command) -> None:

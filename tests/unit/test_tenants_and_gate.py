@@ -8,7 +8,7 @@ import pytest
 from streams.db.tenants import ApiKey, Directory, Tenant, api_key_digest
 from streams.errors import AuthError
 from streams.gate.admission import Limits
-from streams.gate.core import ADMITTED, decide, replayed_memo, unknown_credentials
+from streams.gate.core import ADMITTED, Arrival, Seen, decide, replayed_memo, unknown_credentials
 from streams.kafka.records import SourcePosition
 
 NOW = datetime(2026, 11, 23, 12, 0, 0, 250000, tzinfo=UTC)
@@ -63,14 +63,10 @@ def run(
     return decide(
         req,
         d or directory(),
-        entry,
-        counts or {},
+        Seen(entry, counts or {}, memo),
+        Arrival(SRC, b"raw", b"acme"),
         NOW,
         dedup_ttl=60,
-        source=SRC,
-        raw=b"raw",
-        key=b"acme",
-        memo=memo,
     )
 
 
