@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -10,7 +10,14 @@ from typing import Any
 import orjson
 
 from streams.contract.build import parse_suppression_key
-from streams.contract.codec import Record
+from streams.contract.records import (
+    DeliveryEvent,
+    EmailRequest,
+    Rejection,
+    Suppression,
+    VerificationResult,
+    VerifyTask,
+)
 from streams.kafka.records import SourcePosition
 from streams.settings import Settings
 
@@ -38,7 +45,9 @@ class TableSpec:
     record: str
     columns: tuple[str, ...]
     key: tuple[str, ...]
-    to_row: Callable[[Record, SourcePosition], Row | None]  # None: this record has no row here
+    # the record's row (None: this record has no row here); each row function takes its record's
+    # TypedDict, so mypy checks the fields it reads
+    to_row: Callable[[Any, SourcePosition], Row | None]
     # columns overwritten when a row with the same key arrives again; empty: first write wins
     update: tuple[str, ...] = ()
     # with ``update``: only overwrite a row whose ``newest`` column is not newer (out-of-order
@@ -48,7 +57,9 @@ class TableSpec:
     tombstone: Callable[[bytes | None, SourcePosition], Row | None] = _no_tombstones
 
 
-def _row_of_request(r: Record, src: SourcePosition, recipients: int, created_at: datetime) -> Row:
+def _row_of_request(
+    r: EmailRequest | VerifyTask, src: SourcePosition, recipients: int, created_at: datetime
+) -> Row:
     return (
         r["request_id"],
         r["tenant"],
@@ -64,16 +75,16 @@ def _row_of_request(r: Record, src: SourcePosition, recipients: int, created_at:
     )
 
 
-def _request_row(r: Record, src: SourcePosition) -> Row:
+def _request_row(r: EmailRequest, src: SourcePosition) -> Row:
     return _row_of_request(r, src, len(r["recipients"]), r["created_at"])
 
 
-def _verify_request_row(r: Record, src: SourcePosition) -> Row:
+def _verify_request_row(r: VerifyTask, src: SourcePosition) -> Row:
     """An admitted verify request's row, from any of its VerifyTasks (the first one wins)."""
     return _row_of_request(r, src, r["recipient_count"], r["requested_at"])
 
 
-def _verification_row(r: Record, _src: SourcePosition) -> Row:
+def _verification_row(r: VerificationResult, _src: SourcePosition) -> Row:
     return (
         r["request_id"],
         r["address"],
@@ -101,8 +112,9 @@ _EVENT_DETAIL = (
 )
 
 
-def _event_row(r: Record, _src: SourcePosition) -> Row:
-    detail = {k: r[k] for k in _EVENT_DETAIL if r.get(k) not in (None, [], {})}
+def _event_row(r: DeliveryEvent, _src: SourcePosition) -> Row:
+    fields: Mapping[str, object] = r
+    detail = {k: fields[k] for k in _EVENT_DETAIL if fields.get(k) not in (None, [], {})}
     return (
         r["event_id"],
         r["tenant"],
@@ -129,7 +141,7 @@ REJECTION_COLUMNS = (
 )
 
 
-def rejection_row(r: Record, _src: SourcePosition | None = None) -> Row:
+def rejection_row(r: Rejection, _src: SourcePosition | None = None) -> Row:
     return (
         r["source_topic"],
         r["source_partition"],
@@ -150,7 +162,7 @@ def sink_failure_row(
     return (src.topic, src.partition, src.offset, stage, code, error, None, raw, now)
 
 
-def _message_row(r: Record, _src: SourcePosition) -> Row | None:
+def _message_row(r: DeliveryEvent, _src: SourcePosition) -> Row | None:
     """Latest state per message and recipient: every event about one becomes its state."""
     if r["message_id"] is None or r["recipient"] is None:
         return None
@@ -180,7 +192,7 @@ def _message_row(r: Record, _src: SourcePosition) -> Row | None:
     )
 
 
-def _suppression_row(r: Record, _src: SourcePosition) -> Row:
+def _suppression_row(r: Suppression, _src: SourcePosition) -> Row:
     at = r["created_at"]
     return (r["tenant"], r["address"].lower(), r["reason"], r["source"], r["detail"], at, None, at)
 

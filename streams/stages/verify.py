@@ -9,7 +9,8 @@ from collections.abc import Iterator, MutableMapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from streams.contract.codec import Codec, Record
+from streams.contract.codec import Codec
+from streams.contract.records import VerificationResult, VerifyTask
 from streams.db.directory import DirectoryHolder
 from streams.errors import CodecError
 from streams.mail.dns import MxResolver
@@ -111,11 +112,11 @@ class VerifyStage:
     async def process(self, batch: Sequence[Consumed], now: datetime) -> Step:
         step = Step()
         ts = now.timestamp()
-        ready: list[tuple[Consumed, Record]] = []
-        waiting: list[tuple[Consumed, Record]] = []
+        ready: list[tuple[Consumed, VerifyTask]] = []
+        waiting: list[tuple[Consumed, VerifyTask]] = []
         for record in batch:
             try:
-                _, task = self.codec.decode(record.value or b"", expected="VerifyTask")
+                task = self.codec.decode_as(record.value or b"", "VerifyTask")
             except CodecError as exc:
                 step.outputs.append(self._dead_letter(record, exc, now))
                 step.outcomes["undecodable"] += 1
@@ -123,14 +124,14 @@ class VerifyStage:
             domain = task["address"].rpartition("@")[2]
             fast = not task["smtp_probe"] and self.verifier.mx_is_cached(domain, ts)
             (ready if fast else waiting).append((record, task))
-        results: list[Record] = []
+        results: list[VerificationResult] = []
         # no network needed: awaiting in turn costs less than a task each
         for record, task in ready:
             results.append(await self.verifier.verify(task, now, self._durable(record)))
         if waiting:
             limit = asyncio.Semaphore(self.lookups)
 
-            async def one(record: Consumed, task: Record) -> Record:
+            async def one(record: Consumed, task: VerifyTask) -> VerificationResult:
                 async with limit:
                     return await self.verifier.verify(task, now, self._durable(record))
 

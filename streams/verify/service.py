@@ -11,9 +11,9 @@ import asyncio
 import time
 from collections.abc import Callable, MutableMapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
-from streams.contract.codec import Record
+from streams.contract.records import VerificationResult, VerifyTask
 from streams.mail.dns import MxAnswer, MxResolver
 from streams.mail.syntax import SyntaxResult, check_syntax
 from streams.verify.lists import Lists
@@ -86,8 +86,8 @@ class Verifier:
         return hit is not None and hit["expires"] > now
 
     async def verify(
-        self, task: Record, now: datetime, durable: MutableMapping[str, Any] | None = None
-    ) -> Record:
+        self, task: VerifyTask, now: datetime, durable: MutableMapping[str, Any] | None = None
+    ) -> VerificationResult:
         """``durable``: where probe verdicts are kept (a state store with a changelog: a probe
         is worth remembering across restarts); other verdicts stay in ``verdict_cache``."""
         now = now.replace(microsecond=now.microsecond // 1000 * 1000)  # Avro keeps milliseconds
@@ -100,15 +100,20 @@ class Verifier:
         if pending is not None:
             await asyncio.shield(pending)
         hit = cache.get(cache_key)
+        result: VerificationResult
         if hit is not None and hit["expires"] > ts:
-            result = dict(hit["result"])
-            result.update(
-                request_id=task["request_id"],
-                tenant=task["tenant"],
-                address=task["address"],
-                cached=True,
-                requested_at=task["requested_at"],
-                verified_at=_from_ms(result["verified_at"]),
+            stored = hit["result"]  # JSON-safe: verified_at in epoch milliseconds
+            result = cast(
+                "VerificationResult",
+                {
+                    **stored,
+                    "request_id": task["request_id"],
+                    "tenant": task["tenant"],
+                    "address": task["address"],
+                    "cached": True,
+                    "requested_at": task["requested_at"],
+                    "verified_at": _from_ms(stored["verified_at"]),
+                },
             )
         else:
             done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -124,13 +129,13 @@ class Verifier:
 
     async def _fresh(
         self,
-        task: Record,
+        task: VerifyTask,
         syntax: SyntaxResult,
         now: datetime,
         probe: bool,
         cache_key: str,
         cache: MutableMapping[str, Any],
-    ) -> Record:
+    ) -> VerificationResult:
         ts = now.timestamp()
         mx = misc = smtp = None
         if syntax.valid:
