@@ -19,6 +19,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from streams.contract.codec import Codec, default_codec
+from streams.contract.records import EmailRequest
 from streams.db.directory import DirectoryHolder
 from streams.db.tenants import api_key_digest
 from streams.deliver.throttle import TokenBucket
@@ -146,7 +147,7 @@ class Api:
         async with asyncio.timeout(self.settings.api_produce_timeout):
             await asyncio.gather(*sends)
 
-    async def publish_requests(self, tenant: str, records: list[dict[str, Any]]) -> None:
+    async def publish_requests(self, tenant: str, records: Sequence[EmailRequest]) -> None:
         encoded = [(tenant.encode(), self.codec.encode("EmailRequest", r)) for r in records]
         await self.publish(self.settings.topics.requests, encoded)
 

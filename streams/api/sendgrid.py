@@ -11,11 +11,20 @@ import base64
 import binascii
 import uuid
 from datetime import datetime
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import orjson
 
 from streams.api.check import Check
+from streams.contract.build import email_request
+from streams.contract.records import (
+    Attachment,
+    Content,
+    EmailRequest,
+    Priority,
+    Recipient,
+    RecipientKind,
+)
 from streams.errors import IngressValidationError
 
 __all__ = [
@@ -87,8 +96,8 @@ def _content(check: Check, body: dict[str, Any]) -> tuple[str | None, str | None
     return text, html
 
 
-def _attachments(check: Check, body: dict[str, Any]) -> list[dict[str, Any]]:
-    out = []
+def _attachments(check: Check, body: dict[str, Any]) -> list[Attachment]:
+    out: list[Attachment] = []
     for i, raw in enumerate(check.items(body.get("attachments"), "attachments")):
         field = f"attachments.{i}"
         item = check.obj(raw, field) or {}
@@ -126,13 +135,14 @@ def _headers(check: Check, value: Any, field: str) -> dict[str, str]:
     return headers
 
 
-def _recipients(check: Check, p: dict[str, Any], field: str) -> list[dict[str, Any]]:
+def _recipients(check: Check, p: dict[str, Any], field: str) -> list[Recipient]:
     subs = {**check.strings(p.get("substitutions"), f"{field}.substitutions")}
     subs.update(
         _template_data(check, p.get("dynamic_template_data"), f"{field}.dynamic_template_data")
     )
-    out = []
-    for kind in ("to", "cc", "bcc"):
+    out: list[Recipient] = []
+    kinds: tuple[RecipientKind, ...] = ("to", "cc", "bcc")
+    for kind in kinds:
         for j, item in enumerate(check.items(p.get(kind), f"{field}.{kind}")):
             address = check.address(item, f"{field}.{kind}.{j}")
             if address is not None:
@@ -151,7 +161,7 @@ def translate(
     idempotency_key: str | None,
     priority: str,
     now: datetime,
-) -> list[dict[str, Any]]:
+) -> list[EmailRequest]:
     """The EmailRequest records for a SendGrid v3 mail/send body. Raises
     IngressValidationError listing every problem found."""
     check = Check()
@@ -178,7 +188,7 @@ def translate(
         check.fail("personalizations", "The personalizations field is required.")
     if len(personalizations) > MAX_PERSONALIZATIONS:
         check.fail("personalizations", f"At most {MAX_PERSONALIZATIONS} personalizations.")
-    records: list[dict[str, Any]] = []
+    records: list[EmailRequest] = []
     total = 0
     for i, raw in enumerate(personalizations[:MAX_PERSONALIZATIONS]):
         field = f"personalizations.{i}"
@@ -194,35 +204,33 @@ def translate(
         if len(orjson.dumps(args)) > MAX_CUSTOM_ARGS_BYTES:
             check.fail(f"{field}.custom_args", "custom_args may not exceed 10,000 bytes.")
         single = len(personalizations) == 1
+        content: Content = {
+            "subject": own_subject,
+            "text": text,
+            "html": html,
+            "template_id": template_id,
+            "headers": {**headers, **_headers(check, p.get("headers"), f"{field}.headers")},
+            "attachments": attachments,
+        }
         records.append(
-            {
-                "request_id": message_id if single else f"{message_id}.{i}",
-                "tenant": tenant,
-                "api_key": api_key,
-                "operation": "send",
-                "idempotency_key": None
+            email_request(
+                message_id if single else f"{message_id}.{i}",
+                tenant,
+                "send",
+                now,
+                api_key=api_key,
+                idempotency_key=None
                 if idempotency_key is None
                 else (idempotency_key if single else f"{idempotency_key}.{i}"),
-                "priority": priority,
-                "from": sender,
-                "reply_to": reply_to,
-                "recipients": recipients,
-                "content": {
-                    "subject": own_subject,
-                    "text": text,
-                    "html": html,
-                    "template_id": template_id,
-                    "headers": {**headers, **_headers(check, p.get("headers"), f"{field}.headers")},
-                    "attachments": attachments,
-                },
-                "substitutions": {},
-                "categories": categories,
-                "custom_args": args,
-                "send_at": check.send_at(p.get("send_at"), f"{field}.send_at") or send_at,
-                "smtp_probe": None,
-                "track": None,
-                "created_at": now,
-            }
+                priority=cast("Priority", priority),  # checked against PRIORITIES above
+                sender=sender,
+                reply_to=reply_to,
+                recipients=recipients,
+                content=content,
+                categories=categories,
+                custom_args=args,
+                send_at=check.send_at(p.get("send_at"), f"{field}.send_at") or send_at,
+            )
         )
     if total > MAX_RECIPIENTS:
         check.fail("personalizations", f"At most {MAX_RECIPIENTS} recipients per request.")

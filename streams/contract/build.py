@@ -15,10 +15,13 @@ from streams.contract.records import (
     DeliveryTask,
     EmailRequest,
     EventType,
+    Operation,
+    Priority,
     Recipient,
     Rejection,
     SmtpReply,
     Suppression,
+    TrackEvent,
 )
 from streams.errors import PostwireError
 from streams.kafka.records import SourcePosition
@@ -191,3 +194,56 @@ def delivery_task(
         "first_attempt_at": None,
         "created_at": request["created_at"],
     }
+
+
+class RequestFields(TypedDict, total=False):
+    """The EmailRequest fields a producer may leave out (each has a schema default)."""
+
+    api_key: str | None
+    idempotency_key: str | None
+    priority: Priority
+    sender: Address | None  # the record's "from"
+    reply_to: Address | None
+    recipients: list[Recipient]
+    content: Content | None
+    substitutions: dict[str, str]
+    categories: list[str]
+    custom_args: dict[str, str]
+    send_at: datetime | None
+    smtp_probe: bool | None
+    track: TrackEvent | None
+
+
+def email_request(
+    request_id: str,
+    tenant: str,
+    operation: Operation,
+    created_at: datetime,
+    **fields: Unpack[RequestFields],
+) -> EmailRequest:
+    """An EmailRequest with every field the caller leaves out at its schema default: the one
+    place the ingress, the tracking webhooks, verify jobs and the benchmarks build requests."""
+    return {
+        "request_id": request_id,
+        "tenant": tenant,
+        "api_key": fields.get("api_key"),
+        "operation": operation,
+        "idempotency_key": fields.get("idempotency_key"),
+        "priority": fields.get("priority", "normal"),
+        "from": fields.get("sender"),
+        "reply_to": fields.get("reply_to"),
+        "recipients": fields.get("recipients", []),
+        "content": fields.get("content"),
+        "substitutions": fields.get("substitutions", {}),
+        "categories": fields.get("categories", []),
+        "custom_args": fields.get("custom_args", {}),
+        "send_at": fields.get("send_at"),
+        "smtp_probe": fields.get("smtp_probe"),
+        "track": fields.get("track"),
+        "created_at": created_at,
+    }
+
+
+def recipient(email: str, name: str | None = None) -> Recipient:
+    """A ``to`` recipient without substitutions or custom args of its own."""
+    return {"email": email, "name": name, "kind": "to", "substitutions": {}, "custom_args": {}}
