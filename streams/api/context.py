@@ -18,6 +18,8 @@ from aiohttp import web
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
+from streams.api.group_commit import GroupCommit
+from streams.api.queries import JobRow, insert_jobs
 from streams.contract.codec import Codec, default_codec
 from streams.contract.records import EmailRequest
 from streams.db.directory import DirectoryHolder
@@ -84,6 +86,7 @@ class Api:
         self.pool: asyncpg.Pool[Any] | None = None
         self.buckets: dict[tuple[str, str], TokenBucket] = {}
         self._refresher: asyncio.Task[None] | None = None
+        self.jobs: GroupCommit[JobRow] = GroupCommit(self._write_jobs)
 
     async def start(self) -> None:
         self.producer = AIOKafkaProducer(
@@ -91,6 +94,8 @@ class Api:
             acks="all",
             enable_idempotence=True,
             linger_ms=1,
+            # one batch per partition and linger instead of a full 16 KB batch making send wait
+            max_batch_size=256 * 1024,
             max_request_size=self.settings.api_max_body + 1024 * 1024,
         )
         await self.producer.start()
@@ -100,7 +105,12 @@ class Api:
         await self.directory.refresh()
         self._refresher = asyncio.create_task(self.directory.refresh_forever())
 
+    async def _write_jobs(self, rows: Sequence[JobRow]) -> None:
+        async with self.db.acquire() as conn:
+            await insert_jobs(conn, rows)
+
     async def stop(self) -> None:
+        await self.jobs.close()
         if self._refresher is not None:
             self._refresher.cancel()
         if self.producer is not None:

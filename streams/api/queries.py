@@ -3,14 +3,16 @@ another's rows, even with a guessed id."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
 import orjson
 
 __all__ = [
+    "JobRow",
     "event_page",
-    "insert_job",
+    "insert_jobs",
     "job",
     "job_results",
     "message_timeline",
@@ -142,19 +144,19 @@ async def suppression(conn: Any, tenant: str, address: str) -> Json | None:
     return None if row is None else _suppression(row)
 
 
-async def insert_job(
-    conn: Any, tenant: str, job_id: str, total: int, request_ids: list[str], probe: bool | None
-) -> None:
-    """Record a job; a retried POST with the same Idempotency-Key finds it there already."""
-    await conn.execute(
-        "INSERT INTO verify_jobs (job_id, tenant_id, total, request_ids, smtp_probe) "
-        "VALUES ($1, $2, $3, $4, $5) ON CONFLICT (job_id) DO NOTHING",
-        job_id,
-        tenant,
-        total,
-        request_ids,
-        probe,
-    )
+JobRow = tuple[str, str, int, list[str], bool | None]
+"""tenant, job id, total, request ids, SMTP probe."""
+
+
+async def insert_jobs(conn: Any, rows: Sequence[JobRow]) -> None:
+    """Record jobs in one transaction; a retried POST with the same Idempotency-Key finds its
+    job there already."""
+    async with conn.transaction():
+        await conn.executemany(
+            "INSERT INTO verify_jobs (tenant_id, job_id, total, request_ids, smtp_probe) "
+            "VALUES ($1, $2, $3, $4, $5) ON CONFLICT (job_id) DO NOTHING",
+            rows,
+        )
 
 
 async def job(conn: Any, tenant: str, job_id: str) -> Json | None:

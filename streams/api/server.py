@@ -27,6 +27,7 @@ from streams.api.suppression_routes import (
 from streams.api.verify_routes import WAITER, ResultWaiter, verify_batch, verify_job, verify_one
 from streams.obs.http import metrics_handler, metrics_middleware
 from streams.obs.logs import configure_logging
+from streams.runtime.eventloop import install_fast_loop
 from streams.settings import Settings
 
 __all__ = ["ROUTES", "Ingress", "run_api"]
@@ -98,4 +99,5 @@ def run_api(settings: Settings) -> None:
         finally:
             await runner.cleanup()
 
+    install_fast_loop()
     asyncio.run(main())

@@ -76,10 +76,9 @@ WAITER = web.AppKey("waiter", ResultWaiter)
 async def _submit(api: Api, caller: Caller, job: Job, request: web.Request) -> None:
     """Record the job, then publish its requests. A retried POST (same Idempotency-Key)
     publishes again: the gate drops the copies of requests that made it the first time."""
-    async with api.db.acquire() as conn:
-        await queries.insert_job(
-            conn, caller.tenant, job.job_id, len(job.addresses), job.request_ids, job.smtp_probe
-        )
+    await api.jobs.add(
+        (caller.tenant, job.job_id, len(job.addresses), job.request_ids, job.smtp_probe)
+    )
     priority = request.headers.get("X-Postwire-Priority", api.settings.api_priority).lower()
     if priority not in PRIORITIES:
         priority = api.settings.api_priority

@@ -146,9 +146,11 @@ def sink(
     """Run the Kafka -> PostgreSQL sinks until SIGINT/SIGTERM."""
     from sinks.runner import run_sinks
     from streams.obs.logs import configure_logging
+    from streams.runtime.eventloop import install_fast_loop
 
     settings = _settings()
     configure_logging(settings, "sinks")
+    install_fast_loop()
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -470,6 +472,7 @@ def bench_load(
     from streams.bench.load import LoadOptions, run_load_bench
     from streams.bench.load_profile import SCENARIOS, parse_mix
     from streams.bench.load_render import BarProgress, QuietProgress, render, to_json
+    from streams.runtime.eventloop import install_fast_loop
 
     if scenario not in SCENARIOS:
         raise typer.BadParameter(f"one of {', '.join(SCENARIOS)}", param_hint="--scenario")
@@ -497,10 +500,7 @@ def bench_load(
         baselines=baselines,
         nice=nice,
     )
-    with contextlib.suppress(ImportError):
-        import uvloop  # the generator needs every bit of its loop at 5,000 requests/s
-
-        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    install_fast_loop()  # the generator needs every bit of its loop at 5,000 requests/s
     if as_json:
         result = _run(run_load_bench(options, QuietProgress()))
         typer.echo(json.dumps(to_json(result)))

@@ -19,6 +19,7 @@ from streams.db.directory import DirectoryHolder
 from streams.deliver.queue import ControlFeed
 from streams.kafka.topics import changelog_topic
 from streams.obs.logs import configure_logging
+from streams.runtime.eventloop import install_fast_loop
 from streams.runtime.host import HostConfig, StageHost
 from streams.runtime.stage import Stage
 from streams.runtime.state import Store
@@ -181,10 +182,7 @@ def tune_gc() -> None:
 def run_worker(settings: Settings, stages: tuple[str, ...] = STAGES) -> None:
     """Run the faust worker in this process until SIGINT/SIGTERM."""
     configure_logging(settings, "worker", app=settings.app_id, stages=",".join(stages))
-    with contextlib.suppress(ImportError):
-        import uvloop
-
-        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    install_fast_loop()
     # faust and aiokafka build debug records on every send even when nobody prints them
     logging.disable(logging.DEBUG)
     directory = DirectoryHolder(settings.database)
