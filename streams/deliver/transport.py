@@ -24,8 +24,8 @@ import aiosmtplib
 
 from streams.deliver.throttle import DestinationThrottle
 from streams.errors import ConfigError
-from streams.mail.dns import MxAnswer, MxResolver
-from streams.mail.pool import Connection, MxCache, Pool
+from streams.mail.dns import MxAnswer, MxCache, MxResolver
+from streams.mail.pool import Connection, Pool
 from streams.mail.replies import (
     Category,
     Disposition,

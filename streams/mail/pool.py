@@ -1,6 +1,5 @@
-"""What the transport keeps between messages: SMTP sessions, and MX answers.
-
-SMTP sessions are pooled per destination (the relay, or one MX host and port).
+"""The SMTP connection pool: sessions kept between messages, per destination (the relay, or one
+MX host and port).
 
 Opening a connection costs a TCP handshake, a greeting, EHLO and often STARTTLS and AUTH: far
 more than the message itself. So sessions are kept open and reused for up to
@@ -21,17 +20,12 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Generic, Protocol, TypeVar
+from typing import Protocol
 
 import aiosmtplib
 
-from streams.mail.dns import MxAnswer, MxResolver
-
-__all__ = ["Connection", "ConnectionBudget", "MxCache", "Pool"]
-
-T = TypeVar("T")
+__all__ = ["Connection", "ConnectionBudget", "Pool"]
 
 # Other users of the throttle (another lane's pool) free slots without telling this pool, so a
 # waiter also looks again this often.
@@ -283,75 +277,3 @@ class Pool:
 def _settle(future: asyncio.Future[Connection | None]) -> None:
     if not future.done():
         future.set_result(None)
-
-
-class _Expiring(Generic[T]):
-    """A bounded table of values that expire, whose concurrent fetches of one key are shared: a
-    campaign to one domain asks DNS once, not once per message."""
-
-    def __init__(self, max_entries: int) -> None:
-        self._max_entries = max_entries
-        self._entries: dict[str, tuple[float, T]] = {}
-        self._pending: dict[str, asyncio.Task[T]] = {}
-
-    async def get(self, key: str, fetch: Callable[[], Awaitable[tuple[T, float | None]]]) -> T:
-        entry = self._entries.get(key)
-        if entry is not None:
-            if entry[0] > time.monotonic():
-                return entry[1]
-            del self._entries[key]
-        task = self._pending.get(key)
-        if task is None:
-            task = asyncio.get_running_loop().create_task(self._fetch(key, fetch))
-            self._pending[key] = task
-            task.add_done_callback(lambda _: self._pending.pop(key, None))
-        # one waiter's cancellation must not cancel the fetch the others wait for
-        return await asyncio.shield(task)
-
-    async def _fetch(self, key: str, fetch: Callable[[], Awaitable[tuple[T, float | None]]]) -> T:
-        value, ttl = await fetch()
-        if ttl is not None:
-            if len(self._entries) >= self._max_entries:
-                del self._entries[next(iter(self._entries))]  # the oldest: crude, but bounded
-            self._entries[key] = (time.monotonic() + ttl, value)
-        return value
-
-
-class MxCache:
-    """MX answers for their TTL clamped to [min_ttl, max_ttl]; failed lookups are not kept. MX
-    host addresses for ``min_ttl``, as ``MxResolver.addresses`` does not say their TTL."""
-
-    def __init__(
-        self,
-        resolver: MxResolver,
-        *,
-        min_ttl: float = 60.0,
-        max_ttl: float = 3600.0,
-        max_entries: int = 10_000,
-    ) -> None:
-        self._resolver = resolver
-        self._min_ttl = min_ttl
-        self._max_ttl = max_ttl
-        self._answers: _Expiring[MxAnswer] = _Expiring(max_entries)
-        self._addresses: _Expiring[tuple[str, ...]] = _Expiring(max_entries)
-
-    def ttl(self, answer: MxAnswer) -> float | None:
-        """How long to keep ``answer``; None for a failure, which the next message asks again."""
-        if answer.status in ("timeout", "error"):
-            return None
-        return min(max(float(answer.ttl), self._min_ttl), self._max_ttl)
-
-    async def lookup(self, domain: str) -> MxAnswer:
-        async def fetch() -> tuple[MxAnswer, float | None]:
-            answer = await self._resolver.lookup(domain)
-            return answer, self.ttl(answer)
-
-        return await self._answers.get(domain, fetch)
-
-    async def addresses(self, host: str) -> tuple[str, ...]:
-        async def fetch() -> tuple[tuple[str, ...], float | None]:
-            found = tuple(await self._resolver.addresses(host))
-            # nothing found may be a timeout: ask again next time
-            return found, (self._min_ttl if found else None)
-
-        return await self._addresses.get(host, fetch)

@@ -13,7 +13,7 @@ from streams.contract.codec import Codec
 from streams.contract.records import VerificationResult, VerifyTask
 from streams.db.directory import DirectoryHolder
 from streams.errors import CodecError
-from streams.mail.dns import MxResolver
+from streams.mail.dns import MxCache, MxResolver
 from streams.obs.metrics import EndToEnd
 from streams.runtime.cache import BoundedCache
 from streams.runtime.deadletter import dead_letter
@@ -42,14 +42,18 @@ def build_verifier(settings: Settings, directory: DirectoryHolder | None) -> Ver
     def suppressed(tenant: str, address: str) -> bool:
         return directory is not None and directory.current.is_suppressed(tenant, address)
 
+    resolver = MxResolver(settings.nameservers, settings.dns_timeout, settings.dns_tries)
+    mx_cache = MxCache(
+        resolver,
+        min_ttl=settings.mx_cache_min_ttl,
+        max_ttl=settings.mx_cache_max_ttl,
+        max_entries=CACHE_ENTRIES // 4,
+    )
     return Verifier(
         load_lists(settings.lists_dir),
-        MxResolver(settings.nameservers, settings.dns_timeout, settings.dns_tries),
+        mx_cache,
         prober,
-        BoundedCache(CACHE_ENTRIES // 4),
         BoundedCache(CACHE_ENTRIES),
-        mx_min_ttl=settings.mx_cache_min_ttl,
-        mx_max_ttl=settings.mx_cache_max_ttl,
         suppressed=suppressed,
     )
 
@@ -111,7 +115,6 @@ class VerifyStage:
 
     async def process(self, batch: Sequence[Consumed], now: datetime) -> Step:
         step = Step()
-        ts = now.timestamp()
         ready: list[tuple[Consumed, VerifyTask]] = []
         waiting: list[tuple[Consumed, VerifyTask]] = []
         for record in batch:
@@ -122,7 +125,7 @@ class VerifyStage:
                 step.outcomes["undecodable"] += 1
                 continue
             domain = task["address"].rpartition("@")[2]
-            fast = not task["smtp_probe"] and self.verifier.mx_is_cached(domain, ts)
+            fast = not task["smtp_probe"] and self.verifier.mx_is_cached(domain)
             (ready if fast else waiting).append((record, task))
         results: list[VerificationResult] = []
         # no network needed: awaiting in turn costs less than a task each

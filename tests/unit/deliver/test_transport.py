@@ -20,8 +20,8 @@ from streams.deliver.transport import (
     mx_route,
 )
 from streams.errors import ConfigError
-from streams.mail.dns import MxAnswer
-from streams.mail.pool import Connection, MxCache, Pool
+from streams.mail.dns import MxAnswer, MxCache
+from streams.mail.pool import Connection, Pool
 from streams.mail.replies import Category, Disposition, Outcome, Stage
 
 # --- routing ----------------------------------------------------------------------------------
