@@ -1,4 +1,8 @@
-"""What an SMTP reply, or a failure to get one, means for a message (pure).
+"""What an SMTP reply, or a failure to get one, means (pure): for a message being delivered
+(``classify``, ``transport_error``) and for a mailbox being probed (``classify_rcpt``). One parser
+of RFC 3463 enhanced status codes (``parse_enhanced``) serves both.
+
+For a message:
 
 ``classify(code, enhanced, text, stage)`` turns a reply into an ``Outcome``: delivered, deferred
 (retry later), bounced (give up), or proceed (the session goes on). ``transport_error(kind, stage)``
@@ -28,9 +32,11 @@ __all__ = [
     "Category",
     "Disposition",
     "Outcome",
+    "RcptOutcome",
     "Stage",
     "TransportErrorKind",
     "classify",
+    "classify_rcpt",
     "parse_enhanced",
     "transport_error",
 ]
@@ -343,3 +349,41 @@ def transport_error(
         TransportErrorKind.TLS: Category.TLS,
     }.get(kind, Category.CONNECTION)
     return Outcome(Disposition.DEFERRED, category, stage, None, None, text or str(kind), True)
+
+
+# the verifier's probe: a RCPT reply read as news about the mailbox
+_RCPT_BLOCK_WORDS = re.compile(
+    r"block|spamhaus|blacklist|denylist|policy|reputation|rejected by", re.I
+)
+_RCPT_DISABLED_WORDS = re.compile(r"disabled|inactive|deactivated|suspended", re.I)
+
+
+class RcptOutcome(StrEnum):
+    DELIVERABLE = "deliverable"
+    INVALID = "invalid"
+    FULL = "full"
+    DISABLED = "disabled"
+    TEMPORARY = "temporary"  # greylisting and other 4xx: ask again later
+    BLOCKED = "blocked"  # the server refuses us, which says nothing about the mailbox
+    UNKNOWN = "unknown"
+
+
+def classify_rcpt(code: int, message: str) -> RcptOutcome:
+    """What a RCPT TO reply says about the mailbox, for the verifier's probe (no message is sent,
+    so only the mailbox matters; ``classify`` is the same question for a message)."""
+    enhanced = parse_enhanced(message) or ""
+    if code in (250, 251):
+        return RcptOutcome.DELIVERABLE
+    if enhanced.endswith(".2.2") or code == 552 or (code == 452 and not enhanced.endswith(".5.3")):
+        return RcptOutcome.FULL
+    if 500 <= code < 600:
+        if enhanced.startswith("5.7") or _RCPT_BLOCK_WORDS.search(message):
+            return RcptOutcome.BLOCKED
+        if enhanced == "5.2.1" or _RCPT_DISABLED_WORDS.search(message):
+            return RcptOutcome.DISABLED
+        if code in (550, 551, 553) or enhanced.startswith("5.1"):
+            return RcptOutcome.INVALID
+        return RcptOutcome.UNKNOWN
+    if 400 <= code < 500:
+        return RcptOutcome.TEMPORARY
+    return RcptOutcome.UNKNOWN

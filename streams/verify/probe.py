@@ -1,59 +1,21 @@
 """Optional SMTP probe: EHLO, MAIL FROM, RCPT TO on the domain's MX, never DATA.
 
 Sessions are pooled per MX host, so several recipients of one domain share a connection
-(RSET between them). ``classify_rcpt`` is the pure part: reply code -> what it means.
+(RSET between them). What a RCPT reply means is ``streams.mail.replies.classify_rcpt``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import re
 import secrets
 import time
 from dataclasses import dataclass
-from enum import StrEnum
 
 import aiosmtplib
 
-__all__ = ["ProbeResult", "RcptOutcome", "SmtpProber", "classify_rcpt"]
+from streams.mail.replies import RcptOutcome, classify_rcpt
 
-_ENHANCED = re.compile(r"^\s*([245]\.\d{1,3}\.\d{1,3})\b")
-_BLOCK_WORDS = re.compile(r"block|spamhaus|blacklist|denylist|policy|reputation|rejected by", re.I)
-_DISABLED_WORDS = re.compile(r"disabled|inactive|deactivated|suspended", re.I)
-
-
-class RcptOutcome(StrEnum):
-    DELIVERABLE = "deliverable"
-    INVALID = "invalid"
-    FULL = "full"
-    DISABLED = "disabled"
-    TEMPORARY = "temporary"  # greylisting and other 4xx: ask again later
-    BLOCKED = "blocked"  # the server refuses us, which says nothing about the mailbox
-    UNKNOWN = "unknown"
-
-
-def enhanced_code(message: str) -> str | None:
-    match = _ENHANCED.match(message)
-    return match.group(1) if match else None
-
-
-def classify_rcpt(code: int, message: str) -> RcptOutcome:
-    enhanced = enhanced_code(message) or ""
-    if code in (250, 251):
-        return RcptOutcome.DELIVERABLE
-    if enhanced.endswith(".2.2") or code == 552 or (code == 452 and not enhanced.endswith(".5.3")):
-        return RcptOutcome.FULL
-    if 500 <= code < 600:
-        if enhanced.startswith("5.7") or _BLOCK_WORDS.search(message):
-            return RcptOutcome.BLOCKED
-        if enhanced == "5.2.1" or _DISABLED_WORDS.search(message):
-            return RcptOutcome.DISABLED
-        if code in (550, 551, 553) or enhanced.startswith("5.1"):
-            return RcptOutcome.INVALID
-        return RcptOutcome.UNKNOWN
-    if 400 <= code < 500:
-        return RcptOutcome.TEMPORARY
-    return RcptOutcome.UNKNOWN
+__all__ = ["ProbeResult", "SmtpProber"]
 
 
 @dataclass(frozen=True)

@@ -8,9 +8,10 @@ from datetime import datetime
 
 from streams.contract.records import Reachability, VerificationResult, VerifyTask
 from streams.mail.dns import MxAnswer
+from streams.mail.replies import RcptOutcome, parse_enhanced
 from streams.mail.syntax import SyntaxResult
 from streams.verify.lists import MiscFlags
-from streams.verify.probe import ProbeResult, RcptOutcome, enhanced_code
+from streams.verify.probe import ProbeResult
 
 __all__ = ["Verdict", "apply_suppression", "build_result", "cache_ttl", "judge"]
 
@@ -174,7 +175,7 @@ def build_result(
             if not smtp.code
             else {
                 "code": smtp.code,
-                "enhanced_code": enhanced_code(smtp.message),
+                "enhanced_code": parse_enhanced(smtp.message),
                 "message": smtp.message,
             },
         },

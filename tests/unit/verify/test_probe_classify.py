@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from streams.verify.probe import RcptOutcome, classify_rcpt, enhanced_code
+from streams.mail.replies import RcptOutcome, classify_rcpt, parse_enhanced
 
 
 @pytest.mark.parametrize(
@@ -33,5 +33,5 @@ def test_classify_rcpt(code: int, message: str, outcome: RcptOutcome) -> None:
 
 
 def test_enhanced_code() -> None:
-    assert enhanced_code("5.1.1 no such user") == "5.1.1"
-    assert enhanced_code("no such user") is None
+    assert parse_enhanced("5.1.1 no such user") == "5.1.1"
+    assert parse_enhanced("no such user") is None
