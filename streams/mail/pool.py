@@ -25,7 +25,7 @@ from typing import Protocol
 
 import aiosmtplib
 
-__all__ = ["Connection", "ConnectionBudget", "Pool"]
+__all__ = ["Connection", "ConnectionBudget", "PerHostLimit", "Pool"]
 
 # Other users of the throttle (another lane's pool) free slots without telling this pool, so a
 # waiter also looks again this often.
@@ -41,6 +41,30 @@ class ConnectionBudget(Protocol):
     def open_connection(self, destination: str) -> bool: ...
 
     def close_connection(self, destination: str) -> None: ...
+
+
+class PerHostLimit:
+    """The simplest budget: at most ``limit`` open sessions per host (the verifier's probe)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._open: dict[str, int] = {}
+
+    def key(self, destination: str) -> str:
+        return destination
+
+    def open_connection(self, destination: str) -> bool:
+        if self._open.get(destination, 0) >= self.limit:
+            return False
+        self._open[destination] = self._open.get(destination, 0) + 1
+        return True
+
+    def close_connection(self, destination: str) -> None:
+        left = self._open.get(destination, 0) - 1
+        if left > 0:
+            self._open[destination] = left
+        else:
+            self._open.pop(destination, None)
 
 
 class Connection:
