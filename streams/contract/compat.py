@@ -3,6 +3,7 @@ every record written with an old one? Returns the problems found, empty when com
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = ["backward_problems"]
@@ -67,54 +68,64 @@ def _short(name: str) -> str:
     return name.rpartition(".")[2]
 
 
-def _check(reader: Any, writer: Any, rn: _Names, wn: _Names, path: str, out: list[str]) -> None:
-    reader, writer = rn.resolve(reader), wn.resolve(writer)
-    rk, wk = _kind(reader), _kind(writer)
-    if wk == "union":
-        for branch in writer:
-            _check(reader, branch, rn, wn, path, out)
-        return
-    if rk == "union":
-        if not any(_readable(branch, writer, rn, wn) for branch in reader):
-            out.append(f"{path}: no branch of the new union reads old type {wk}")
-        return
-    if wk in _PROMOTIONS or wk in {"null", "boolean", "double"}:
-        if rk != wk and rk not in _PROMOTIONS.get(wk, set()):
-            out.append(f"{path}: type changed from {wk} to {rk}")
-        return
-    if rk != wk:
-        out.append(f"{path}: type changed from {wk} to {rk}")
-        return
-    if wk == "array":
-        _check(reader["items"], writer["items"], rn, wn, f"{path}[]", out)
-    elif wk == "map":
-        _check(reader["values"], writer["values"], rn, wn, f"{path}{{}}", out)
-    elif wk in _NAMED and _short(reader["name"]) != _short(writer["name"]):
-        out.append(f"{path}: named type changed from {writer['name']} to {reader['name']}")
-    elif wk == "enum":
-        missing = set(writer["symbols"]) - set(reader["symbols"])
-        if missing and "default" not in reader:
-            out.append(f"{path}: enum lost symbols {sorted(missing)} and has no default")
-    elif wk == "fixed" and reader["size"] != writer["size"]:
-        out.append(f"{path}: fixed size changed from {writer['size']} to {reader['size']}")
-    elif wk in {"record", "error"}:
+@dataclass
+class _Checker:
+    """Walks a reader schema against a writer schema, collecting what would not read."""
+
+    rn: _Names
+    wn: _Names
+    out: list[str] = field(default_factory=list)
+
+    def check(self, reader: Any, writer: Any, path: str) -> None:
+        reader, writer = self.rn.resolve(reader), self.wn.resolve(writer)
+        rk, wk = _kind(reader), _kind(writer)
+        if wk == "union":
+            for branch in writer:
+                self.check(reader, branch, path)
+        elif rk == "union":
+            if not any(self.readable(branch, writer) for branch in reader):
+                self.out.append(f"{path}: no branch of the new union reads old type {wk}")
+        elif wk in _PROMOTIONS or wk in {"null", "boolean", "double"}:
+            if rk != wk and rk not in _PROMOTIONS.get(wk, set()):
+                self.out.append(f"{path}: type changed from {wk} to {rk}")
+        elif rk != wk:
+            self.out.append(f"{path}: type changed from {wk} to {rk}")
+        else:
+            self._same_kind(wk, reader, writer, path)
+
+    def readable(self, reader: Any, writer: Any) -> bool:
+        inner = _Checker(self.rn, self.wn)
+        inner.check(reader, writer, "")
+        return not inner.out
+
+    def _same_kind(self, kind: str, reader: Any, writer: Any, path: str) -> None:
+        if kind == "array":
+            self.check(reader["items"], writer["items"], f"{path}[]")
+        elif kind == "map":
+            self.check(reader["values"], writer["values"], f"{path}{{}}")
+        elif kind in _NAMED and _short(reader["name"]) != _short(writer["name"]):
+            self.out.append(f"{path}: named type changed from {writer['name']} to {reader['name']}")
+        elif kind == "enum":
+            missing = set(writer["symbols"]) - set(reader["symbols"])
+            if missing and "default" not in reader:
+                self.out.append(f"{path}: enum lost symbols {sorted(missing)} and has no default")
+        elif kind == "fixed" and reader["size"] != writer["size"]:
+            self.out.append(f"{path}: fixed size changed from {writer['size']} to {reader['size']}")
+        elif kind in {"record", "error"}:
+            self._fields(reader, writer, path)
+
+    def _fields(self, reader: Any, writer: Any, path: str) -> None:
         old_fields = {f["name"]: f for f in writer["fields"]}
         for fld in reader["fields"]:
             sub = f"{path}.{fld['name']}"
             if fld["name"] in old_fields:
-                _check(fld["type"], old_fields[fld["name"]]["type"], rn, wn, sub, out)
+                self.check(fld["type"], old_fields[fld["name"]]["type"], sub)
             elif "default" not in fld:
-                out.append(f"{sub}: new field without a default")
-
-
-def _readable(reader: Any, writer: Any, rn: _Names, wn: _Names) -> bool:
-    problems: list[str] = []
-    _check(reader, writer, rn, wn, "", problems)
-    return not problems
+                self.out.append(f"{sub}: new field without a default")
 
 
 def backward_problems(new: Any, old: Any) -> list[str]:
     """Problems a reader using ``new`` would have with data written using ``old``."""
-    problems: list[str] = []
-    _check(new, old, _Names(new), _Names(old), _short(str(new.get("name", "root"))), problems)
-    return problems
+    checker = _Checker(_Names(new), _Names(old))
+    checker.check(new, old, _short(str(new.get("name", "root"))))
+    return checker.out

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 from streams.clock import Clock
@@ -22,10 +23,25 @@ from streams.deliver.throttle import DestinationThrottle
 from streams.deliver.transport import Transport
 from streams.obs.metrics import smtp_result
 
-__all__ = ["Deliverer"]
+__all__ = ["Deliverer", "DeliveryRules"]
 
 TemplateLookup = Callable[[str, str], StoredTemplate | None]
 PREPARED_CACHE = 256  # requests whose invariant part is kept; a bulk campaign needs one
+
+
+def _same_domain(domain: str) -> str:
+    return domain
+
+
+@dataclass(frozen=True)
+class DeliveryRules:
+    """How delivery behaves: the retry ladder, when a destination's breaker opens, how long a
+    throttled send waits in place, and where a domain's mail goes (itself, or the relay)."""
+
+    retry: RetryPolicy
+    breaker: BreakerPolicy = field(default_factory=BreakerPolicy)
+    throttle_max_wait: float = 5.0
+    destination: Callable[[str], str] = _same_domain
 
 
 class Deliverer:
@@ -34,21 +50,18 @@ class Deliverer:
         transport: Transport,
         signer: Signer,
         throttle: DestinationThrottle,
-        policy: RetryPolicy,
+        rules: DeliveryRules,
         *,
-        breaker_policy: BreakerPolicy | None = None,
-        destination: Callable[[str], str] = lambda domain: domain,
-        throttle_max_wait: float = 5.0,
         templates: TemplateLookup | None = None,
         clock: Clock,
     ) -> None:
         self.transport = transport
         self.signer = signer
         self.throttle = throttle
-        self.policy = policy
-        self.breaker_policy = breaker_policy or BreakerPolicy()
-        self.destination = destination
-        self.throttle_max_wait = throttle_max_wait
+        self.policy = rules.retry
+        self.breaker_policy = rules.breaker
+        self.destination = rules.destination
+        self.throttle_max_wait = rules.throttle_max_wait
         self.templates = templates or (lambda _tenant, _template_id: None)
         self.clock = clock
         self.breakers: dict[str, Breaker] = {}

@@ -56,14 +56,7 @@ async def read_compacted(
             batches = await consumer.getmany(*pending, timeout_ms=1000)
             for tp, records in batches.items():
                 for rec in records:
-                    if not keyed and rec.value is not None:
-                        decode(rec.value)
-                    elif rec.key is None:
-                        pass
-                    elif rec.value is None:
-                        latest.pop(rec.key, None)
-                    else:
-                        latest[rec.key] = decode(rec.value)
+                    _fold(latest, rec.key, rec.value, decode, keyed=keyed)
                     if rec.offset + 1 >= ends[tp]:
                         pending.discard(tp)
             for tp in list(pending):
@@ -74,3 +67,24 @@ async def read_compacted(
     finally:
         await consumer.stop()
     return latest
+
+
+def _fold(
+    latest: dict[bytes, Any],
+    key: bytes | None,
+    value: bytes | None,
+    decode: Callable[[bytes], Any],
+    *,
+    keyed: bool,
+) -> None:
+    """One record into ``latest``: a value replaces its key's, a tombstone removes it; unkeyed
+    reading only hands every value to ``decode``."""
+    if not keyed:
+        if value is not None:
+            decode(value)
+    elif key is None:
+        return
+    elif value is None:
+        latest.pop(key, None)
+    else:
+        latest[key] = decode(value)

@@ -24,6 +24,7 @@ about the message.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -200,50 +201,77 @@ def _vague_or_security(enhanced: str | None) -> bool:
 
 def _by_enhanced(subject: int, detail: int, text: str) -> Category | None:
     """The category a specific enhanced code states, or None for a generic one."""
-    if subject == 1:
-        if detail == 10:
-            # RFC 7505 made X.1.10 "null MX"; Exchange uses it for an unknown recipient
-            return Category.DOMAIN_NOT_FOUND if "null mx" in text.lower() else Category.USER_UNKNOWN
-        return {
-            1: Category.USER_UNKNOWN,
-            2: Category.DOMAIN_NOT_FOUND,
-            3: Category.USER_UNKNOWN,  # bad address syntax: it can never be delivered
-            6: Category.MAILBOX_DISABLED,  # moved, no forwarding address
-            7: Category.SENDER_REJECTED,
-            8: Category.SENDER_REJECTED,
-        }.get(detail)
-    if subject == 2:
-        if detail == 1 and _RATE.search(text):
-            # Gmail's 4.2.1 "receiving mail at a rate that prevents additional messages"
-            return Category.RATE_LIMITED
-        return {
-            1: Category.MAILBOX_DISABLED,
-            2: Category.MAILBOX_FULL,
-            3: Category.MESSAGE_TOO_LARGE,
-        }.get(detail)
-    if subject == 3:
-        return {4: Category.MESSAGE_TOO_LARGE}.get(detail, Category.OTHER if detail else None)
-    if subject == 4:
-        # Exchange Online rejects unknown recipients with "5.4.1 Recipient address rejected:
-        # Access denied" (directory-based edge blocking); X.4.1/X.4.2 are otherwise network trouble
-        if detail == 1 and _USER.search(text):
-            return Category.USER_UNKNOWN
-        if detail == 5:
-            return Category.RATE_LIMITED  # mail system congestion
-        return Category.CONNECTION if detail in (1, 2) else None
-    if subject == 5:
-        if detail == 3:
-            return Category.RATE_LIMITED  # too many recipients: send the rest later
-        return Category.PROTOCOL if detail else None
-    if subject == 6:
-        return Category.CONTENT_REJECTED
-    if subject == 7:
-        if detail == 8 or _AUTH.search(text):
-            return Category.AUTH_FAILED
-        if _RELAY.search(text):
-            return Category.RELAY_DENIED
-        return Category.POLICY
-    return None
+    by_subject = _BY_SUBJECT.get(subject)
+    return None if by_subject is None else by_subject(detail, text)
+
+
+def _addressing(detail: int, text: str) -> Category | None:  # X.1.*
+    if detail == 10:
+        # RFC 7505 made X.1.10 "null MX"; Exchange uses it for an unknown recipient
+        return Category.DOMAIN_NOT_FOUND if "null mx" in text.lower() else Category.USER_UNKNOWN
+    return {
+        1: Category.USER_UNKNOWN,
+        2: Category.DOMAIN_NOT_FOUND,
+        3: Category.USER_UNKNOWN,  # bad address syntax: it can never be delivered
+        6: Category.MAILBOX_DISABLED,  # moved, no forwarding address
+        7: Category.SENDER_REJECTED,
+        8: Category.SENDER_REJECTED,
+    }.get(detail)
+
+
+def _mailbox(detail: int, text: str) -> Category | None:  # X.2.*
+    if detail == 1 and _RATE.search(text):
+        # Gmail's 4.2.1 "receiving mail at a rate that prevents additional messages"
+        return Category.RATE_LIMITED
+    return {
+        1: Category.MAILBOX_DISABLED,
+        2: Category.MAILBOX_FULL,
+        3: Category.MESSAGE_TOO_LARGE,
+    }.get(detail)
+
+
+def _mail_system(detail: int, _text: str) -> Category | None:  # X.3.*
+    return {4: Category.MESSAGE_TOO_LARGE}.get(detail, Category.OTHER if detail else None)
+
+
+def _network(detail: int, text: str) -> Category | None:  # X.4.*
+    # Exchange Online rejects unknown recipients with "5.4.1 Recipient address rejected:
+    # Access denied" (directory-based edge blocking); X.4.1/X.4.2 are otherwise network trouble
+    if detail == 1 and _USER.search(text):
+        return Category.USER_UNKNOWN
+    if detail == 5:
+        return Category.RATE_LIMITED  # mail system congestion
+    return Category.CONNECTION if detail in (1, 2) else None
+
+
+def _protocol(detail: int, _text: str) -> Category | None:  # X.5.*
+    if detail == 3:
+        return Category.RATE_LIMITED  # too many recipients: send the rest later
+    return Category.PROTOCOL if detail else None
+
+
+def _content(_detail: int, _text: str) -> Category | None:  # X.6.*
+    return Category.CONTENT_REJECTED
+
+
+def _security(detail: int, text: str) -> Category | None:  # X.7.*
+    if detail == 8 or _AUTH.search(text):
+        return Category.AUTH_FAILED
+    if _RELAY.search(text):
+        return Category.RELAY_DENIED
+    return Category.POLICY
+
+
+# RFC 3463's subjects: addressing, mailbox, mail system, network, protocol, content, security
+_BY_SUBJECT: dict[int, Callable[[int, str], Category | None]] = {
+    1: _addressing,
+    2: _mailbox,
+    3: _mail_system,
+    4: _network,
+    5: _protocol,
+    6: _content,
+    7: _security,
+}
 
 
 def _by_text(text: str) -> Category | None:

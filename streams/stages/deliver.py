@@ -38,7 +38,7 @@ from streams.deliver.dkim import Signer, load_keys
 from streams.deliver.mime import StoredTemplate
 from streams.deliver.queue import ControlFeed, index_entry, task_meta_of_entry
 from streams.deliver.retry import delay_tier, tier_name, tier_topic
-from streams.deliver.service import Deliverer
+from streams.deliver.service import Deliverer, DeliveryRules
 from streams.deliver.throttle import DestinationThrottle
 from streams.deliver.transport import Transport, TransportConfig
 from streams.errors import CodecError, DkimError, RenderError, StageCrashError
@@ -111,14 +111,17 @@ def build_deliverer(settings: Settings, clock: Clock, templates: Any = None) -> 
     throttle = DestinationThrottle(destination_limits(settings.delivery))
     resolver = MxResolver(settings.nameservers, settings.dns_timeout, settings.dns_tries)
     relay = settings.delivery_mode == "relay"
+    rules = DeliveryRules(
+        retry_policy(settings.delivery),
+        breaker_policy(settings.delivery),
+        settings.throttle_max_wait,
+        (lambda _domain: settings.relay_host) if relay else (lambda d: d),
+    )
     return Deliverer(
         Transport(transport_config(settings), throttle, None if relay else resolver),
         load_signer(settings.dkim_dir),
         throttle,
-        retry_policy(settings.delivery),
-        breaker_policy=breaker_policy(settings.delivery),
-        destination=(lambda _domain: settings.relay_host) if relay else (lambda d: d),
-        throttle_max_wait=settings.throttle_max_wait,
+        rules,
         templates=templates,
         clock=clock,
     )
