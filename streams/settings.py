@@ -29,7 +29,6 @@ __all__ = [
     "Settings",
     "SinkSettings",
     "StackSettings",
-    "TopicNames",
     "VerifySettings",
 ]
 

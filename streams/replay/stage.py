@@ -56,7 +56,7 @@ async def replay_stage(
     began = time.monotonic()
     group = replay_group(settings.app_id, stage, clock())
     # fresh caches and no store: a replay re-resolves MX hosts (and re-probes where asked)
-    verifier = build_verifier(settings, await _directory(settings))
+    verifier = build_verifier(settings.verify, await _directory(settings))
     runtime_stage = VerifyStage(
         default_codec(),
         settings.topics,

@@ -42,6 +42,7 @@ from streams.deliver.service import Deliverer, DeliveryRules
 from streams.deliver.throttle import DestinationThrottle
 from streams.deliver.transport import Transport, TransportConfig
 from streams.errors import CodecError, DkimError, RenderError, StageCrashError
+from streams.kafka.config import TopicNames
 from streams.kafka.read import read_compacted
 from streams.kafka.records import SourcePosition
 from streams.kafka.topics import changelog_topic
@@ -51,7 +52,7 @@ from streams.runtime.deadletter import dead_letter
 from streams.runtime.records import Consumed, Out, header
 from streams.runtime.stage import Held, Step
 from streams.runtime.state import Store
-from streams.settings import Settings, TopicNames
+from streams.settings import DeliverySettings, Settings
 from streams.stages.policies import breaker_policy, destination_limits, retry_policy
 
 __all__ = [
@@ -79,27 +80,24 @@ _NOT_SENT = {
 }
 
 
-def transport_config(settings: Settings) -> TransportConfig:
+def transport_config(delivery: DeliverySettings) -> TransportConfig:
+    password = delivery.relay_password
     return TransportConfig(
-        mode=settings.delivery_mode,
-        relay_host=settings.relay_host,
-        relay_port=settings.relay_port,
-        username=settings.relay_username,
-        password=(settings.relay_password.get_secret_value() if settings.relay_password else None),
-        tls=settings.smtp_tls,
-        tls_verify=(
-            settings.smtp_tls_verify
-            if settings.smtp_tls_verify is not None
-            else settings.smtp_tls == "required"
-        ),
-        ca_file=str(settings.smtp_ca_file) if settings.smtp_ca_file else None,
-        mx_port=settings.smtp_port,
-        helo_name=settings.smtp_helo,
-        connect_timeout=settings.smtp_connect_timeout,
-        command_timeout=settings.smtp_command_timeout,
-        data_timeout=settings.smtp_data_timeout,
-        max_messages_per_connection=settings.smtp_max_messages_per_connection,
-        idle_timeout=settings.smtp_idle_timeout,
+        mode=delivery.mode,
+        relay_host=delivery.relay_host,
+        relay_port=delivery.relay_port,
+        username=delivery.relay_username,
+        password=password.get_secret_value() if password else None,
+        tls=delivery.smtp_tls,
+        tls_verify=delivery.smtp_tls_verify,
+        ca_file=str(delivery.smtp_ca_file) if delivery.smtp_ca_file else None,
+        mx_port=delivery.smtp_port,
+        helo_name=delivery.smtp_helo,
+        connect_timeout=delivery.smtp_connect_timeout,
+        command_timeout=delivery.smtp_command_timeout,
+        data_timeout=delivery.smtp_data_timeout,
+        max_messages_per_connection=delivery.smtp_max_messages_per_connection,
+        idle_timeout=delivery.smtp_idle_timeout,
     )
 
 
@@ -107,19 +105,19 @@ def load_signer(directory: Path) -> Signer:
     return Signer(load_keys(directory) if directory.is_dir() else {})
 
 
-def build_deliverer(settings: Settings, clock: Clock, templates: Any = None) -> Deliverer:
-    throttle = DestinationThrottle(destination_limits(settings.delivery))
-    resolver = MxResolver(settings.nameservers, settings.dns_timeout, settings.dns_tries)
-    relay = settings.delivery_mode == "relay"
+def build_deliverer(delivery: DeliverySettings, clock: Clock, templates: Any = None) -> Deliverer:
+    throttle = DestinationThrottle(destination_limits(delivery))
+    resolver = MxResolver(delivery.nameservers, delivery.dns_timeout, delivery.dns_tries)
+    relay = delivery.mode == "relay"
     rules = DeliveryRules(
-        retry_policy(settings.delivery),
-        breaker_policy(settings.delivery),
-        settings.throttle_max_wait,
-        (lambda _domain: settings.relay_host) if relay else (lambda d: d),
+        retry_policy(delivery),
+        breaker_policy(delivery),
+        delivery.throttle_max_wait,
+        (lambda _domain: delivery.relay_host) if relay else (lambda d: d),
     )
     return Deliverer(
-        Transport(transport_config(settings), throttle, None if relay else resolver),
-        load_signer(settings.dkim_dir),
+        Transport(transport_config(delivery), throttle, None if relay else resolver),
+        load_signer(delivery.dkim_dir),
         throttle,
         rules,
         templates=templates,
@@ -561,7 +559,7 @@ def deliver_stages(
     policy = retry_policy(settings.delivery)
     tiers = {s: tier_topic(settings.topics.prefix, tier_name(s)) for s in policy.tiers}
     outputs = Outputs(codec, settings.topics, list(tiers.values()))
-    deliverer = build_deliverer(settings, clock, template)
+    deliverer = build_deliverer(settings.delivery, clock, template)
     # kept a day longer than a message can live
     keep = settings.retry_max_age + 86400.0
     stages: list[LaneStage | DelayStage | ControlStage] = []

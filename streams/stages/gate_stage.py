@@ -31,11 +31,11 @@ from streams.gate.core import (
     replayed_memo,
     unknown_credentials,
 )
+from streams.kafka.config import TopicNames
 from streams.runtime.deadletter import dead_letter
 from streams.runtime.records import Consumed, Out
 from streams.runtime.stage import Held, Step
 from streams.runtime.state import Overlay, Store
-from streams.settings import TopicNames
 
 __all__ = ["DEFERRALS", "NOT_BEFORE", "DeferralStage", "GateOutputs", "GateStage"]
 

@@ -13,6 +13,7 @@ from streams.contract.codec import Codec
 from streams.contract.records import VerificationResult, VerifyTask
 from streams.db.directory import DirectoryHolder
 from streams.errors import CodecError
+from streams.kafka.config import TopicNames
 from streams.mail.dns import MxCache, MxResolver
 from streams.obs.metrics import EndToEnd
 from streams.runtime.cache import BoundedCache
@@ -20,7 +21,7 @@ from streams.runtime.deadletter import dead_letter
 from streams.runtime.records import Consumed, Out
 from streams.runtime.stage import Step
 from streams.runtime.state import Store
-from streams.settings import Settings, TopicNames
+from streams.settings import VerifySettings
 from streams.verify.lists import load_lists
 from streams.verify.probe import SmtpProber
 from streams.verify.service import Verifier
@@ -31,26 +32,26 @@ STAGE = "verify"
 CACHE_ENTRIES = 200_000
 
 
-def build_verifier(settings: Settings, directory: DirectoryHolder | None) -> Verifier:
+def build_verifier(verify: VerifySettings, directory: DirectoryHolder | None) -> Verifier:
     prober = SmtpProber(
-        port=settings.smtp_probe_port,
-        helo_name=settings.smtp_probe_helo,
-        mail_from=settings.smtp_probe_from,
-        timeout=settings.smtp_probe_timeout,
+        port=verify.smtp_probe_port,
+        helo_name=verify.smtp_probe_helo,
+        mail_from=verify.smtp_probe_from,
+        timeout=verify.smtp_probe_timeout,
     )
 
     def suppressed(tenant: str, address: str) -> bool:
         return directory is not None and directory.current.is_suppressed(tenant, address)
 
-    resolver = MxResolver(settings.nameservers, settings.dns_timeout, settings.dns_tries)
+    resolver = MxResolver(verify.nameservers, verify.dns_timeout, verify.dns_tries)
     mx_cache = MxCache(
         resolver,
-        min_ttl=settings.mx_cache_min_ttl,
-        max_ttl=settings.mx_cache_max_ttl,
+        min_ttl=verify.mx_cache_min_ttl,
+        max_ttl=verify.mx_cache_max_ttl,
         max_entries=CACHE_ENTRIES // 4,
     )
     return Verifier(
-        load_lists(settings.lists_dir),
+        load_lists(verify.lists_dir),
         mx_cache,
         prober,
         BoundedCache(CACHE_ENTRIES),

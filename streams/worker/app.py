@@ -48,7 +48,7 @@ def runtime_stages(
         found.append(DeferralStage(codec, topics))
     if "verify" in stages:
         store = Store("verdicts", changelog_topic(settings.app_id, "verdicts"))
-        verifier = build_verifier(settings, directory)
+        verifier = build_verifier(settings.verify, directory)
         found.append(
             VerifyStage(codec, topics, verifier, store, concurrency=settings.verify_concurrency)
         )

@@ -12,9 +12,10 @@ from streams.contract.codec import default_codec
 from streams.db.directory import DirectoryHolder
 from streams.db.tenants import ApiKey, Tenant, api_key_digest
 from streams.gate.admission import Limits
+from streams.kafka.config import TopicNames
 from streams.runtime.records import Consumed
 from streams.runtime.state import Store
-from streams.settings import Settings, TopicNames
+from streams.settings import Settings
 from streams.stages.gate_stage import DEFERRALS, NOT_BEFORE, DeferralStage, GateStage
 
 NOW = datetime(2026, 12, 1, 12, 0, 0, tzinfo=UTC)
