@@ -195,7 +195,7 @@ async def run_sinks(
         )
     work = [runner.run(stop) for runner in runners]
     if settings.lag_interval:
-        work.append(LagMonitor(settings, settings.lag_interval).run(stop))
+        work.append(LagMonitor(settings.kafka, settings.lag_interval).run(stop))
     try:
         await asyncio.gather(*work)
     finally:

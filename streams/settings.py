@@ -3,9 +3,10 @@
 The knobs are flat (their names are the environment's), and grouped by the part they configure:
 ``settings.kafka``, ``.database``, ``.gate``, ``.verify``, ``.delivery``, ``.api``, ``.sinks``,
 ``.logs`` and ``.stack`` are small frozen value objects, and a part is handed only its group.
-The groups of the bottom layer are defined there (``KafkaSettings``, ``DatabaseSettings``); the
-domain's policies (retry ladder, destination limits, breaker) are built from ``.delivery`` by
-the runtime (``streams.stages.policies``), so this module imports no domain code."""
+The groups of the bottom layer are defined there (``KafkaSettings``, ``DatabaseSettings``,
+``LogSettings``); the domain's policies (retry ladder, destination limits, breaker) are built
+from ``.delivery`` by the runtime (``streams.stages.policies``), so this module imports no
+domain code."""
 
 from __future__ import annotations
 
@@ -18,14 +19,13 @@ from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from streams.db.config import DatabaseSettings, TenantDefaults
-from streams.kafka.config import KafkaSettings
-from streams.kafka.topics import TopicNames
+from streams.kafka.config import KafkaSettings, TopicNames
+from streams.obs.logs import LogSettings
 
 __all__ = [
     "ApiSettings",
     "DeliverySettings",
     "GateSettings",
-    "LogSettings",
     "Settings",
     "SinkSettings",
     "StackSettings",
@@ -127,14 +127,6 @@ class SinkSettings:
     web_port: int
     lag_interval: float
     web_host: str
-
-
-@dataclass(frozen=True)
-class LogSettings:
-    level: str
-    format: Literal["json", "console"]
-    hash_key: SecretStr | None
-    data_dir: Path  # where the generated hash key is kept when ``hash_key`` is unset
 
 
 @dataclass(frozen=True)

@@ -82,7 +82,7 @@ class Ingress(Api):
 
 def run_api(settings: Settings) -> None:
     """Serve until SIGINT/SIGTERM."""
-    configure_logging(settings, "api")
+    configure_logging(settings.logs, "api")
 
     async def main() -> None:
         runner = web.AppRunner(Ingress(settings).app(), access_log=None)

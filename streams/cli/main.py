@@ -149,7 +149,7 @@ def sink(
     from streams.runtime.eventloop import install_fast_loop
 
     settings = _settings()
-    configure_logging(settings, "sinks")
+    configure_logging(settings.logs, "sinks")
     install_fast_loop()
 
     async def main() -> None:

@@ -181,7 +181,7 @@ def tune_gc() -> None:
 
 def run_worker(settings: Settings, stages: tuple[str, ...] = STAGES) -> None:
     """Run the faust worker in this process until SIGINT/SIGTERM."""
-    configure_logging(settings, "worker", app=settings.app_id, stages=",".join(stages))
+    configure_logging(settings.logs, "worker", app=settings.app_id, stages=",".join(stages))
     install_fast_loop()
     # faust and aiokafka build debug records on every send even when nobody prints them
     logging.disable(logging.DEBUG)
