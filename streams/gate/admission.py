@@ -6,7 +6,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypedDict
 
 from streams.db.tenants import Limits
 
@@ -14,7 +14,9 @@ __all__ = [
     "WINDOWS",
     "Admit",
     "Dedup",
+    "DedupEntry",
     "Limits",
+    "Memo",
     "RateLimited",
     "count_admission",
     "dedup_decide",
@@ -29,6 +31,21 @@ __all__ = [
 WINDOWS: tuple[tuple[str, int], ...] = (("second", 1), ("minute", 60), ("hour", 3600))
 
 
+class DedupEntry(TypedDict):
+    """What the gate's store keeps under a tenant's idempotency key."""
+
+    request_id: str
+    expires: float
+
+
+class Memo(TypedDict):
+    """A rate decision remembered for a request, so that a replay repeats it."""
+
+    window: str | None  # None: admitted
+    retry_after: float
+    expires: float
+
+
 class Dedup(StrEnum):
     NEW = "new"
     REPLAY = "replay"  # the same request again (redelivery, deferral): let it through
@@ -37,7 +54,7 @@ class Dedup(StrEnum):
 
 def dedup_decide(
     entry: Mapping[str, Any] | None, request_id: str, now: float, ttl: float
-) -> tuple[Dedup, dict[str, Any] | None]:
+) -> tuple[Dedup, DedupEntry | None]:
     """Return the outcome and, for a new key, the entry to store ({request_id, expires})."""
     if entry is not None and float(entry["expires"]) > now:
         return (Dedup.REPLAY if entry["request_id"] == request_id else Dedup.DUPLICATE), None

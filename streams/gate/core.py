@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
 
 from streams.contract.build import RequestDetails, make_event, make_suppression, rejection
 from streams.contract.codec import Codec
@@ -26,7 +25,15 @@ from streams.contract.records import (
 )
 from streams.db.tenants import Directory, Limits, Tenant
 from streams.errors import AuthError, CodecError, InvalidContentError
-from streams.gate.admission import Admit, Dedup, RateLimited, dedup_decide, rate_decide
+from streams.gate.admission import (
+    Admit,
+    Dedup,
+    DedupEntry,
+    Memo,
+    RateLimited,
+    dedup_decide,
+    rate_decide,
+)
 from streams.gate.expand import Expansion, expand
 from streams.kafka.records import SourcePosition
 from streams.mail.syntax import split_domain
@@ -52,12 +59,10 @@ STAGE = "gate"
 # `replayed_memo`); memos are as rare as throttled requests, so a day costs little
 MEMO_TTL = 24 * 3600.0
 # what a replayed request that left no memo was: admitted (and counted) the first time
-ADMITTED: dict[str, Any] = {"window": None, "retry_after": 0.0, "expires": float("inf")}
+ADMITTED: Memo = {"window": None, "retry_after": 0.0, "expires": float("inf")}
 
 
-def replayed_memo(
-    offset: int, watermark: int | None, memo: dict[str, Any] | None, now: float
-) -> dict[str, Any] | None:
+def replayed_memo(offset: int, watermark: int | None, memo: Memo | None, now: float) -> Memo | None:
     """The decision to repeat for a record the gate has already decided, or None for a new one.
 
     The gate keeps, per source partition, the last offset it decided (``watermark``). A record at
@@ -104,10 +109,10 @@ class GateResult:
     suppressions: list[Suppression] = field(default_factory=list)
     rejection: Rejection | None = None
     dedup_key: str | None = None
-    dedup_entry: dict[str, Any] | None = None
+    dedup_entry: DedupEntry | None = None
     count: bool = False
     defer_for: float | None = None
-    memo_entry: dict[str, Any] | None = None
+    memo_entry: Memo | None = None
     forward: bool = False  # the request goes to `accepted` as it came (its audit record)
 
 
@@ -157,9 +162,9 @@ class Seen:
     taken the first time (reusing it keeps the counts exact: a replayed request is neither
     counted twice nor throttled by its own count)."""
 
-    dedup_entry: dict[str, Any] | None
+    dedup_entry: DedupEntry | None
     counts: dict[str, int]
-    memo: dict[str, Any] | None = None
+    memo: Memo | None = None
 
 
 def decide(
@@ -212,8 +217,8 @@ def _expansion(request: EmailRequest, now: datetime, directory: Directory) -> Ex
 
 
 def _dedup(
-    request: EmailRequest, entry: dict[str, Any] | None, ts: float, ttl: float
-) -> tuple[str | None, Dedup, dict[str, Any] | None]:
+    request: EmailRequest, entry: DedupEntry | None, ts: float, ttl: float
+) -> tuple[str | None, Dedup, DedupEntry | None]:
     """For a request with an idempotency key: its dedup key, whether it is new, a replay or a
     duplicate, and the entry to store for a new one."""
     if not request["idempotency_key"]:
@@ -230,9 +235,7 @@ def _rate(seen: Seen, limits: Limits, ts: float) -> Admit | RateLimited:
     return Admit() if memo["window"] is None else RateLimited(memo["window"], memo["retry_after"])
 
 
-def _memo_entry(
-    decision: Admit | RateLimited, memo: dict[str, Any] | None, ts: float
-) -> dict[str, Any] | None:
+def _memo_entry(decision: Admit | RateLimited, memo: Memo | None, ts: float) -> Memo | None:
     """A first-time throttle or deferral is remembered, so a replay repeats it."""
     if memo is not None or not isinstance(decision, RateLimited):
         return None
