@@ -5,7 +5,7 @@ from ``schemas/*.avsc`` (the single source of truth), so mypy checks every field
     python -m streams.contract.gen --check    # exit 1 if it differs from the schemas
 
 A record type is the shape fastavro decodes (every field present; ``timestamp-millis`` as an
-aware ``datetime``) and the shape ``Codec.encode`` takes. ``tests/unit/test_records_gen.py``
+aware ``datetime``) and the shape ``Codec.encode`` takes. ``tests/unit/contract/test_records_gen.py``
 fails when the committed module drifts from the schemas.
 """
 
