@@ -5,8 +5,8 @@ from ``schemas/*.avsc`` (the single source of truth), so mypy checks every field
     python -m streams.contract.gen --check    # exit 1 if it differs from the schemas
 
 A record type is the shape fastavro decodes (every field present; ``timestamp-millis`` as an
-aware ``datetime``) and the shape ``Codec.encode`` takes. ``tests/unit/contract/test_records_gen.py``
-fails when the committed module drifts from the schemas.
+aware ``datetime``) and the shape ``Codec.encode`` takes.
+``tests/unit/contract/test_records_gen.py`` fails when the committed module drifts from the schemas.
 """
 
 from __future__ import annotations
