@@ -11,9 +11,10 @@ from typing import Any
 
 from aiokafka import ConsumerRecord
 
-from sinks.tables import Row, Source, TableSpec, sink_failure_row
-from streams.codec import Codec
+from sinks.tables import Row, TableSpec, sink_failure_row
+from streams.contract.codec import Codec
 from streams.errors import CodecError
+from streams.kafka.records import SourcePosition
 
 __all__ = ["Mapped", "dead_letter_row", "map_record", "origin_of"]
 
@@ -38,7 +39,7 @@ def map_record(
     msg: ConsumerRecord[bytes, bytes],
     now: Callable[[], datetime] = _now,
 ) -> Mapped:
-    src = Source(msg.topic, msg.partition, msg.offset, msg.timestamp)
+    src = SourcePosition(msg.topic, msg.partition, msg.offset, msg.timestamp)
     raw = msg.value or b""
     try:
         if msg.value is None:
@@ -52,9 +53,9 @@ def map_record(
         return Mapped("rejections", row, dead_lettered=True)
 
 
-def origin_of(msg: ConsumerRecord[bytes, bytes]) -> tuple[Source, bytes]:
+def origin_of(msg: ConsumerRecord[bytes, bytes]) -> tuple[SourcePosition, bytes]:
     """What the writer hands back to ``dead_letter_row`` when PostgreSQL refuses a row."""
-    return Source(msg.topic, msg.partition, msg.offset), msg.value or b""
+    return SourcePosition(msg.topic, msg.partition, msg.offset), msg.value or b""
 
 
 def dead_letter_row(

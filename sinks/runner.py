@@ -16,7 +16,7 @@ from sinks.batching import Batch, BatchBuffer
 from sinks.mapping import dead_letter_row, map_record, origin_of
 from sinks.tables import TableSpec, sink_feeds, table_specs
 from sinks.writer import PostgresWriter
-from streams.codec import Codec, default_codec
+from streams.contract.codec import Codec, default_codec
 from streams.errors import SinkUnavailableError
 from streams.obs.http import metrics_app, serve
 from streams.obs.lag import LagMonitor
@@ -195,7 +195,7 @@ async def run_sinks(
         )
     work = [runner.run(stop) for runner in runners]
     if settings.lag_interval:
-        work.append(LagMonitor(settings, settings.lag_interval).run(stop))
+        work.append(LagMonitor(settings.kafka, settings.lag_interval).run(stop))
     try:
         await asyncio.gather(*work)
     finally:

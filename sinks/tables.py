@@ -2,40 +2,39 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
 
-from streams.codec import Record
+from streams.contract.build import parse_suppression_key
+from streams.contract.records import (
+    DeliveryEvent,
+    EmailRequest,
+    Rejection,
+    Suppression,
+    VerificationResult,
+    VerifyTask,
+)
+from streams.kafka.records import SourcePosition
 from streams.settings import Settings
 
 __all__ = [
     "REJECTION_COLUMNS",
     "Row",
-    "Source",
     "TableSpec",
     "rejection_row",
     "sink_failure_row",
     "sink_feeds",
-    "suppression_key",
     "table_specs",
 ]
 
 Row = tuple[Any, ...]
 
 
-@dataclass(frozen=True)
-class Source:
-    topic: str
-    partition: int
-    offset: int
-    timestamp_ms: int = 0  # the Kafka record's timestamp
-
-
-def _no_tombstones(key: bytes | None, src: Source) -> Row | None:
+def _no_tombstones(key: bytes | None, src: SourcePosition) -> Row | None:
     raise ValueError("a tombstone (null value) where a record was expected")
 
 
@@ -46,17 +45,21 @@ class TableSpec:
     record: str
     columns: tuple[str, ...]
     key: tuple[str, ...]
-    to_row: Callable[[Record, Source], Row | None]  # None: this record has no row here
+    # the record's row (None: this record has no row here); each row function takes its record's
+    # TypedDict, so mypy checks the fields it reads
+    to_row: Callable[[Any, SourcePosition], Row | None]
     # columns overwritten when a row with the same key arrives again; empty: first write wins
     update: tuple[str, ...] = ()
     # with ``update``: only overwrite a row whose ``newest`` column is not newer (out-of-order
     # and replayed records never roll a row back); within a batch the newest row wins
     newest: str | None = None
     # the row for a null value (a tombstone on a compacted topic), from the record key
-    tombstone: Callable[[bytes | None, Source], Row | None] = _no_tombstones
+    tombstone: Callable[[bytes | None, SourcePosition], Row | None] = _no_tombstones
 
 
-def _row_of_request(r: Record, src: Source, recipients: int, created_at: datetime) -> Row:
+def _row_of_request(
+    r: EmailRequest | VerifyTask, src: SourcePosition, recipients: int, created_at: datetime
+) -> Row:
     return (
         r["request_id"],
         r["tenant"],
@@ -72,16 +75,16 @@ def _row_of_request(r: Record, src: Source, recipients: int, created_at: datetim
     )
 
 
-def _request_row(r: Record, src: Source) -> Row:
+def _request_row(r: EmailRequest, src: SourcePosition) -> Row:
     return _row_of_request(r, src, len(r["recipients"]), r["created_at"])
 
 
-def _verify_request_row(r: Record, src: Source) -> Row:
+def _verify_request_row(r: VerifyTask, src: SourcePosition) -> Row:
     """An admitted verify request's row, from any of its VerifyTasks (the first one wins)."""
     return _row_of_request(r, src, r["recipient_count"], r["requested_at"])
 
 
-def _verification_row(r: Record, _src: Source) -> Row:
+def _verification_row(r: VerificationResult, _src: SourcePosition) -> Row:
     return (
         r["request_id"],
         r["address"],
@@ -109,8 +112,9 @@ _EVENT_DETAIL = (
 )
 
 
-def _event_row(r: Record, _src: Source) -> Row:
-    detail = {k: r[k] for k in _EVENT_DETAIL if r.get(k) not in (None, [], {})}
+def _event_row(r: DeliveryEvent, _src: SourcePosition) -> Row:
+    fields: Mapping[str, object] = r
+    detail = {k: fields[k] for k in _EVENT_DETAIL if fields.get(k) not in (None, [], {})}
     return (
         r["event_id"],
         r["tenant"],
@@ -137,7 +141,7 @@ REJECTION_COLUMNS = (
 )
 
 
-def rejection_row(r: Record, _src: Source | None = None) -> Row:
+def rejection_row(r: Rejection, _src: SourcePosition | None = None) -> Row:
     return (
         r["source_topic"],
         r["source_partition"],
@@ -152,13 +156,13 @@ def rejection_row(r: Record, _src: Source | None = None) -> Row:
 
 
 def sink_failure_row(
-    src: Source, stage: str, code: str, error: str, raw: bytes, now: datetime
+    src: SourcePosition, stage: str, code: str, error: str, raw: bytes, now: datetime
 ) -> Row:
     """A record a sink could not map lands in ``rejections`` in the same transaction."""
     return (src.topic, src.partition, src.offset, stage, code, error, None, raw, now)
 
 
-def _message_row(r: Record, _src: Source) -> Row | None:
+def _message_row(r: DeliveryEvent, _src: SourcePosition) -> Row | None:
     """Latest state per message and recipient: every event about one becomes its state."""
     if r["message_id"] is None or r["recipient"] is None:
         return None
@@ -188,19 +192,16 @@ def _message_row(r: Record, _src: Source) -> Row | None:
     )
 
 
-def _suppression_row(r: Record, _src: Source) -> Row:
+def _suppression_row(r: Suppression, _src: SourcePosition) -> Row:
     at = r["created_at"]
     return (r["tenant"], r["address"].lower(), r["reason"], r["source"], r["detail"], at, None, at)
 
 
-def suppression_key(tenant: str, address: str) -> bytes:
-    return f"{tenant}\x1f{address.lower()}".encode()
-
-
-def _suppression_removed(key: bytes | None, src: Source) -> Row:
-    tenant, sep, address = (key or b"").decode().partition("\x1f")
-    if not sep or not tenant or not address:
+def _suppression_removed(key: bytes | None, src: SourcePosition) -> Row:
+    parsed = parse_suppression_key(key)
+    if parsed is None:
         raise ValueError(f"a suppression tombstone needs a key tenant\\x1faddress, not {key!r}")
+    tenant, address = parsed
     at = datetime.fromtimestamp(src.timestamp_ms / 1000, UTC)
     return (tenant, address, "removed", "tombstone", None, at, at, at)
 

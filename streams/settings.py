@@ -1,20 +1,36 @@
-"""The settings object: each knob reads ``POSTWIRE_<NAME>`` from the environment or ``.env``."""
+"""The settings object: each knob reads ``POSTWIRE_<NAME>`` from the environment or ``.env``.
+
+The knobs are flat (their names are the environment's), and grouped by the part they configure:
+``settings.kafka``, ``.database``, ``.gate``, ``.verify``, ``.delivery``, ``.api``, ``.sinks``,
+``.logs`` and ``.stack`` are small frozen value objects, and a part is handed only its group.
+The groups of the bottom layer are defined there (``KafkaSettings``, ``DatabaseSettings``,
+``LogSettings``); the domain's policies (retry ladder, destination limits, breaker) are built
+from ``.delivery`` by the runtime (``streams.stages.policies``), so this module imports no
+domain code."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
-import orjson
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from streams.deliver.breaker import BreakerPolicy
-from streams.deliver.retry import RetryPolicy
-from streams.deliver.throttle import DestinationLimits, Limit
+from streams.db.config import DatabaseSettings, TenantDefaults
+from streams.kafka.config import KafkaSettings, TopicNames
+from streams.obs.logs import LogSettings
 
-__all__ = ["Settings", "TopicNames"]
+__all__ = [
+    "ApiSettings",
+    "DeliverySettings",
+    "GateSettings",
+    "Settings",
+    "SinkSettings",
+    "StackSettings",
+    "VerifySettings",
+]
 
 
 def _default_data_dir() -> Path:
@@ -25,30 +41,114 @@ def _default_cache_dir() -> Path:
     return Path.home() / ".cache" / "postwire"
 
 
-class TopicNames:
-    """Topic names derived from one prefix so a second pipeline can share a cluster."""
+Priority = Literal["critical", "high", "normal", "bulk"]
 
-    def __init__(self, prefix: str) -> None:
-        self.prefix = prefix
-        self.requests = f"{prefix}.requests"
-        self.accepted = f"{prefix}.accepted"
-        self.rejections = f"{prefix}.rejections"
-        self.verify = f"{prefix}.verify"
-        self.verifications = f"{prefix}.verifications"
-        self.deliveries = f"{prefix}.deliveries"
-        self.events = f"{prefix}.events"
-        self.control = f"{prefix}.control"
-        self.suppressions = f"{prefix}.suppressions"
-        self.tenants = f"{prefix}.tenants"
-        self.deferred = f"{prefix}.deferred"
-        # the transactional lane (critical/high): its own topic and consumers, so a bulk
-        # backlog on ``deliveries`` never stands in front of a password reset
-        self.deliveries_tx = f"{prefix}.deliveries.tx"
-        # the mail queue as operators see it (mailq): latest state per deferred or held task
-        self.queue = f"{prefix}.queue"
 
-    def lane(self, lane: str) -> str:
-        return self.deliveries_tx if lane == "tx" else self.deliveries
+@dataclass(frozen=True)
+class GateSettings:
+    dedup_ttl: float
+    throttle_policy: Literal["defer", "reject"]
+
+
+@dataclass(frozen=True)
+class VerifySettings:
+    nameservers: tuple[str, ...]
+    dns_timeout: float
+    dns_tries: int
+    mx_cache_min_ttl: int
+    mx_cache_max_ttl: int
+    cache_entries: int
+    smtp_probe_port: int
+    smtp_probe_timeout: float
+    smtp_probe_helo: str
+    smtp_probe_from: str
+    concurrency: int
+    lists_dir: Path | None
+
+
+@dataclass(frozen=True)
+class DeliverySettings:
+    mode: Literal["mx", "relay"]
+    relay_host: str
+    relay_port: int
+    relay_username: str | None
+    relay_password: SecretStr | None
+    smtp_port: int
+    smtp_tls: Literal["none", "opportunistic", "required"]
+    smtp_tls_verify: bool  # resolved: unset means "only when TLS is required"
+    smtp_ca_file: Path | None
+    smtp_helo: str
+    smtp_connect_timeout: float
+    smtp_command_timeout: float
+    smtp_data_timeout: float
+    smtp_max_messages_per_connection: int
+    smtp_idle_timeout: float
+    dest_connections: int
+    dest_rate: float
+    dest_burst: int
+    dest_overrides: str  # JSON, parsed by the runtime into the domain's DestinationLimits
+    tenant_send_rate: float
+    tenant_send_burst: int
+    throttle_max_wait: float
+    retry_first: float
+    retry_factor: float
+    retry_cap: float
+    retry_max_age: float
+    retry_tiers: tuple[int, ...]
+    breaker_threshold: int
+    breaker_cool_down: float
+    concurrency: int
+    dkim_dir: Path
+    # the MX lookups delivery makes go through the same resolver settings as verification
+    nameservers: tuple[str, ...]
+    dns_timeout: float
+    dns_tries: int
+
+
+@dataclass(frozen=True)
+class ApiSettings:
+    host: str
+    port: int
+    max_body: int
+    rate: float
+    burst: int
+    priority: Priority
+    produce_timeout: float
+    db_pool: int
+    verify_wait: float
+    base: str  # the URL the CLI's send/verify/status talk to
+    key: SecretStr | None
+
+
+@dataclass(frozen=True)
+class SinkSettings:
+    batch_size: int
+    linger: float
+    retry_max: float
+    web_port: int
+    lag_interval: float
+    web_host: str
+
+
+@dataclass(frozen=True)
+class StackSettings:
+    data_dir: Path
+    cache_dir: Path
+    kafka_version: str
+    kafka_host: str
+    kafka_port: int
+    kafka_controller_port: int
+    kafka_heap: str
+    kafka_start_timeout: float
+    kafka_jars_dir: Path
+    embedded_kafka: bool
+    embedded_postgres: bool
+    postgres_host: str
+    postgres_port: int
+    postgres_db: str
+    worker_processes: int
+    worker_web_port: int
+    web_host: str
 
 
 class Settings(BaseSettings):
@@ -225,30 +325,140 @@ class Settings(BaseSettings):
         return TopicNames(self.topic_prefix)
 
     @cached_property
-    def retry_policy(self) -> RetryPolicy:
-        tiers = tuple(int(t) for t in self.retry_tiers.split(",") if t.strip())
-        return RetryPolicy(
-            self.retry_first, self.retry_factor, self.retry_cap, self.retry_max_age, tiers
+    def kafka(self) -> KafkaSettings:
+        return KafkaSettings(
+            bootstrap=self.bootstrap,
+            topics=self.topics,
+            app_id=self.app_id,
+            partitions=self.partitions,
+            replication_factor=self.replication_factor,
+            session_timeout=self.session_timeout,
+            heartbeat_interval=self.heartbeat_interval,
+            rebalance_timeout=self.rebalance_timeout,
+            commit_interval=self.commit_interval,
+            producer_linger_ms=self.producer_linger_ms,
         )
 
     @cached_property
-    def destination_limits(self) -> DestinationLimits:
-        overrides = None
-        if self.dest_overrides.strip():
-            raw = orjson.loads(self.dest_overrides)
-            overrides = {name: Limit(**limit) for name, limit in raw.items()}
-        default = Limit(self.dest_connections, self.dest_rate, self.dest_burst)
-        kwargs = {} if overrides is None else {"overrides": overrides}
-        return DestinationLimits(
-            default,
-            tenant_rate=self.tenant_send_rate,
-            tenant_burst=self.tenant_send_burst,
-            **kwargs,
+    def database(self) -> DatabaseSettings:
+        defaults = TenantDefaults(
+            self.rate_per_second, self.rate_per_minute, self.rate_per_hour, self.smtp_probe_default
+        )
+        return DatabaseSettings(self.dsn, self.directory_refresh, defaults)
+
+    @cached_property
+    def gate(self) -> GateSettings:
+        return GateSettings(self.dedup_ttl, self.throttle_policy)
+
+    @cached_property
+    def verify(self) -> VerifySettings:
+        return VerifySettings(
+            nameservers=tuple(self.nameservers),
+            dns_timeout=self.dns_timeout,
+            dns_tries=self.dns_tries,
+            mx_cache_min_ttl=self.mx_cache_min_ttl,
+            mx_cache_max_ttl=self.mx_cache_max_ttl,
+            cache_entries=self.verify_cache_entries,
+            smtp_probe_port=self.smtp_probe_port,
+            smtp_probe_timeout=self.smtp_probe_timeout,
+            smtp_probe_helo=self.smtp_probe_helo,
+            smtp_probe_from=self.smtp_probe_from,
+            concurrency=self.verify_concurrency,
+            lists_dir=self.lists_dir,
         )
 
     @cached_property
-    def breaker_policy(self) -> BreakerPolicy:
-        return BreakerPolicy(threshold=self.breaker_threshold, cool_down=self.breaker_cool_down)
+    def delivery(self) -> DeliverySettings:
+        verify_tls = self.smtp_tls_verify
+        return DeliverySettings(
+            mode=self.delivery_mode,
+            relay_host=self.relay_host,
+            relay_port=self.relay_port,
+            relay_username=self.relay_username,
+            relay_password=self.relay_password,
+            smtp_port=self.smtp_port,
+            smtp_tls=self.smtp_tls,
+            smtp_tls_verify=verify_tls if verify_tls is not None else self.smtp_tls == "required",
+            smtp_ca_file=self.smtp_ca_file,
+            smtp_helo=self.smtp_helo,
+            smtp_connect_timeout=self.smtp_connect_timeout,
+            smtp_command_timeout=self.smtp_command_timeout,
+            smtp_data_timeout=self.smtp_data_timeout,
+            smtp_max_messages_per_connection=self.smtp_max_messages_per_connection,
+            smtp_idle_timeout=self.smtp_idle_timeout,
+            dest_connections=self.dest_connections,
+            dest_rate=self.dest_rate,
+            dest_burst=self.dest_burst,
+            dest_overrides=self.dest_overrides,
+            tenant_send_rate=self.tenant_send_rate,
+            tenant_send_burst=self.tenant_send_burst,
+            throttle_max_wait=self.throttle_max_wait,
+            retry_first=self.retry_first,
+            retry_factor=self.retry_factor,
+            retry_cap=self.retry_cap,
+            retry_max_age=self.retry_max_age,
+            retry_tiers=tuple(int(t) for t in self.retry_tiers.split(",") if t.strip()),
+            breaker_threshold=self.breaker_threshold,
+            breaker_cool_down=self.breaker_cool_down,
+            concurrency=self.deliver_concurrency,
+            dkim_dir=self.dkim_dir,
+            nameservers=tuple(self.nameservers),
+            dns_timeout=self.dns_timeout,
+            dns_tries=self.dns_tries,
+        )
+
+    @cached_property
+    def api(self) -> ApiSettings:
+        return ApiSettings(
+            host=self.api_host,
+            port=self.api_port,
+            max_body=self.api_max_body,
+            rate=self.api_rate,
+            burst=self.api_burst,
+            priority=self.api_priority,
+            produce_timeout=self.api_produce_timeout,
+            db_pool=self.api_db_pool,
+            verify_wait=self.api_verify_wait,
+            base=self.api_base,
+            key=self.api_key,
+        )
+
+    @cached_property
+    def sinks(self) -> SinkSettings:
+        return SinkSettings(
+            batch_size=self.sink_batch_size,
+            linger=self.sink_linger,
+            retry_max=self.sink_retry_max,
+            web_port=self.sinks_web_port,
+            lag_interval=self.lag_interval,
+            web_host=self.web_host,
+        )
+
+    @cached_property
+    def logs(self) -> LogSettings:
+        return LogSettings(self.log_level, self.log_format, self.log_hash_key, self.data_dir)
+
+    @cached_property
+    def stack(self) -> StackSettings:
+        return StackSettings(
+            data_dir=self.data_dir,
+            cache_dir=self.cache_dir,
+            kafka_version=self.kafka_version,
+            kafka_host=self.kafka_host,
+            kafka_port=self.kafka_port,
+            kafka_controller_port=self.kafka_controller_port,
+            kafka_heap=self.kafka_heap,
+            kafka_start_timeout=self.kafka_start_timeout,
+            kafka_jars_dir=self.kafka_jars_dir,
+            embedded_kafka=self.embedded_kafka,
+            embedded_postgres=self.embedded_postgres,
+            postgres_host=self.postgres_host,
+            postgres_port=self.postgres_port,
+            postgres_db=self.postgres_db,
+            worker_processes=self.worker_processes,
+            worker_web_port=self.worker_web_port,
+            web_host=self.web_host,
+        )
 
     @property
     def dkim_dir(self) -> Path:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from streams.bench.smtp_peers import free_port_block
-from streams.codec import Codec, default_codec
+from streams.contract.codec import Codec, default_codec
 from streams.settings import Settings
 from streams.stack.stack import Stack
 from tests.peers.world import World, start_world

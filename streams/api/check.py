@@ -8,6 +8,7 @@ from typing import Any
 
 import orjson
 
+from streams.contract.records import Address
 from streams.errors import IngressValidationError
 
 __all__ = ["Check"]
@@ -66,7 +67,7 @@ class Check:
                 self.fail(f"{field}.{key}", "Values must be strings.")
         return out
 
-    def address(self, value: Any, field: str, *, required: bool = False) -> dict[str, Any] | None:
+    def address(self, value: Any, field: str, *, required: bool = False) -> Address | None:
         found = self.obj(value, field, required=required)
         if found is None:
             return None

@@ -20,12 +20,13 @@ from aiokafka.errors import KafkaError
 
 from streams.api.group_commit import GroupCommit
 from streams.api.queries import JobRow, insert_jobs
-from streams.codec import Codec, default_codec
+from streams.contract.codec import Codec, default_codec
+from streams.contract.records import EmailRequest
+from streams.db.directory import DirectoryHolder
+from streams.db.tenants import api_key_digest
 from streams.deliver.throttle import TokenBucket
-from streams.directory import DirectoryHolder
 from streams.errors import AuthError, IngressValidationError
 from streams.settings import Settings
-from streams.tenants import hash_key
 
 __all__ = ["Api", "Caller", "Handler", "json_body", "problem", "reply"]
 
@@ -79,7 +80,7 @@ class Api:
     ) -> None:
         self.settings = settings
         self.codec = codec or default_codec()
-        self.directory = directory or DirectoryHolder(settings)
+        self.directory = directory or DirectoryHolder(settings.database)
         self.clock = clock
         self.producer: AIOKafkaProducer | None = None
         self.pool: asyncpg.Pool[Any] | None = None
@@ -131,9 +132,8 @@ class Api:
         if scheme.lower() != "bearer" or not key.strip():
             raise AuthError("auth.missing_key", "no Authorization: Bearer <API key> header")
         key = key.strip()
-        found = self.directory.current.keys.get(hash_key(key)) or await self.directory.lookup_miss(
-            key
-        )
+        known = self.directory.current.keys.get(api_key_digest(key))
+        found = known or await self.directory.lookup_miss(key)
         if found is None:
             raise AuthError("auth.bad_key", BAD_GRANT)
         self.directory.current.authenticate(found.tenant_id, key, scope)
@@ -157,7 +157,7 @@ class Api:
         async with asyncio.timeout(self.settings.api_produce_timeout):
             await asyncio.gather(*sends)
 
-    async def publish_requests(self, tenant: str, records: list[dict[str, Any]]) -> None:
+    async def publish_requests(self, tenant: str, records: Sequence[EmailRequest]) -> None:
         encoded = [(tenant.encode(), self.codec.encode("EmailRequest", r)) for r in records]
         await self.publish(self.settings.topics.requests, encoded)
 

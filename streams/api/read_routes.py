@@ -7,7 +7,7 @@ from aiohttp import web
 from streams.api import params, queries
 from streams.api.context import Api, Caller, json_body, problem, reply
 from streams.api.tracking import TRACK_TYPES, translate_webhook
-from streams.codec import default_codec
+from streams.contract.codec import default_codec
 
 __all__ = ["event_feed", "message_status", "tracking_webhook"]
 

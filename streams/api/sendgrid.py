@@ -10,12 +10,23 @@ from __future__ import annotations
 import base64
 import binascii
 import uuid
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import orjson
 
 from streams.api.check import Check
+from streams.contract.build import email_request
+from streams.contract.records import (
+    Address,
+    Attachment,
+    Content,
+    EmailRequest,
+    Priority,
+    Recipient,
+    RecipientKind,
+)
 from streams.errors import IngressValidationError
 
 __all__ = [
@@ -87,8 +98,8 @@ def _content(check: Check, body: dict[str, Any]) -> tuple[str | None, str | None
     return text, html
 
 
-def _attachments(check: Check, body: dict[str, Any]) -> list[dict[str, Any]]:
-    out = []
+def _attachments(check: Check, body: dict[str, Any]) -> list[Attachment]:
+    out: list[Attachment] = []
     for i, raw in enumerate(check.items(body.get("attachments"), "attachments")):
         field = f"attachments.{i}"
         item = check.obj(raw, field) or {}
@@ -126,13 +137,14 @@ def _headers(check: Check, value: Any, field: str) -> dict[str, str]:
     return headers
 
 
-def _recipients(check: Check, p: dict[str, Any], field: str) -> list[dict[str, Any]]:
+def _recipients(check: Check, p: dict[str, Any], field: str) -> list[Recipient]:
     subs = {**check.strings(p.get("substitutions"), f"{field}.substitutions")}
     subs.update(
         _template_data(check, p.get("dynamic_template_data"), f"{field}.dynamic_template_data")
     )
-    out = []
-    for kind in ("to", "cc", "bcc"):
+    out: list[Recipient] = []
+    kinds: tuple[RecipientKind, ...] = ("to", "cc", "bcc")
+    for kind in kinds:
         for j, item in enumerate(check.items(p.get(kind), f"{field}.{kind}")):
             address = check.address(item, f"{field}.{kind}.{j}")
             if address is not None:
@@ -140,6 +152,34 @@ def _recipients(check: Check, p: dict[str, Any], field: str) -> list[dict[str, A
     if not any(r["kind"] == "to" for r in out):
         check.fail(f"{field}.to", "The to array is required for all personalization objects.")
     return out
+
+
+@dataclass(frozen=True)
+class _Message:
+    """What every personalization of a mail/send body shares."""
+
+    sender: Address | None
+    reply_to: Address | None
+    subject: str | None
+    template_id: str | None
+    text: str | None
+    html: str | None
+    attachments: list[Attachment]
+    headers: dict[str, str]
+    categories: list[str]
+    custom_args: dict[str, str]
+    send_at: datetime | None
+    batch_id: str | None
+
+
+@dataclass(frozen=True)
+class _Caller:
+    """Who sends, and what the ingress gives every request of this body."""
+
+    tenant: str
+    api_key: str
+    priority: Priority
+    now: datetime
 
 
 def translate(
@@ -151,13 +191,41 @@ def translate(
     idempotency_key: str | None,
     priority: str,
     now: datetime,
-) -> list[dict[str, Any]]:
+) -> list[EmailRequest]:
     """The EmailRequest records for a SendGrid v3 mail/send body. Raises
     IngressValidationError listing every problem found."""
     check = Check()
     root = check.obj(body, "body", required=True) or {}
     if priority not in PRIORITIES:
         check.fail("X-Postwire-Priority", f"priority must be one of {', '.join(PRIORITIES)}.")
+    message = _message(check, root)
+    personalizations = _personalizations(check, root)
+    caller = _Caller(tenant, api_key, cast("Priority", priority), now)  # checked above
+    single = len(personalizations) == 1
+    records = [
+        _personalized(
+            check,
+            message,
+            raw,
+            f"personalizations.{i}",
+            caller,
+            request_id=message_id if single else f"{message_id}.{i}",
+            idempotency_key=None
+            if idempotency_key is None
+            else (idempotency_key if single else f"{idempotency_key}.{i}"),
+        )
+        for i, raw in enumerate(personalizations)
+    ]
+    if sum(len(r["recipients"]) for r in records) > MAX_RECIPIENTS:
+        check.fail("personalizations", f"At most {MAX_RECIPIENTS} recipients per request.")
+    if check.errors:
+        raise IngressValidationError(check.errors)
+    return records
+
+
+def _message(check: Check, root: dict[str, Any]) -> _Message:
+    """The body's top level: sender, content, attachments, headers, categories, custom args
+    (checked in this order, which is the order of the problems reported)."""
     sender = check.address(root.get("from"), "from", required=True)
     reply_to = check.address(root.get("reply_to"), "reply_to")
     subject = check.text(root.get("subject"), "subject")
@@ -173,59 +241,74 @@ def translate(
     custom_args = check.strings(root.get("custom_args"), "custom_args")
     send_at = check.send_at(root.get("send_at"), "send_at")
     batch_id = check.text(root.get("batch_id"), "batch_id")
+    return _Message(
+        sender,
+        reply_to,
+        subject,
+        template_id,
+        text,
+        html,
+        attachments,
+        headers,
+        categories,
+        custom_args,
+        send_at,
+        batch_id,
+    )
+
+
+def _personalizations(check: Check, root: dict[str, Any]) -> list[Any]:
     personalizations = check.items(root.get("personalizations"), "personalizations")
     if not personalizations:
         check.fail("personalizations", "The personalizations field is required.")
     if len(personalizations) > MAX_PERSONALIZATIONS:
         check.fail("personalizations", f"At most {MAX_PERSONALIZATIONS} personalizations.")
-    records: list[dict[str, Any]] = []
-    total = 0
-    for i, raw in enumerate(personalizations[:MAX_PERSONALIZATIONS]):
-        field = f"personalizations.{i}"
-        p = check.obj(raw, field) or {}
-        recipients = _recipients(check, p, field)
-        total += len(recipients)
-        own_subject = check.text(p.get("subject"), f"{field}.subject") or subject
-        if not own_subject and not template_id:
-            check.fail(f"{field}.subject", "The subject is required (here or at the top level).")
-        args = {**custom_args, **check.strings(p.get("custom_args"), f"{field}.custom_args")}
-        if batch_id:
-            args["batch_id"] = batch_id
-        if len(orjson.dumps(args)) > MAX_CUSTOM_ARGS_BYTES:
-            check.fail(f"{field}.custom_args", "custom_args may not exceed 10,000 bytes.")
-        single = len(personalizations) == 1
-        records.append(
-            {
-                "request_id": message_id if single else f"{message_id}.{i}",
-                "tenant": tenant,
-                "api_key": api_key,
-                "operation": "send",
-                "idempotency_key": None
-                if idempotency_key is None
-                else (idempotency_key if single else f"{idempotency_key}.{i}"),
-                "priority": priority,
-                "from": sender,
-                "reply_to": reply_to,
-                "recipients": recipients,
-                "content": {
-                    "subject": own_subject,
-                    "text": text,
-                    "html": html,
-                    "template_id": template_id,
-                    "headers": {**headers, **_headers(check, p.get("headers"), f"{field}.headers")},
-                    "attachments": attachments,
-                },
-                "substitutions": {},
-                "categories": categories,
-                "custom_args": args,
-                "send_at": check.send_at(p.get("send_at"), f"{field}.send_at") or send_at,
-                "smtp_probe": None,
-                "track": None,
-                "created_at": now,
-            }
-        )
-    if total > MAX_RECIPIENTS:
-        check.fail("personalizations", f"At most {MAX_RECIPIENTS} recipients per request.")
-    if check.errors:
-        raise IngressValidationError(check.errors)
-    return records
+    return personalizations[:MAX_PERSONALIZATIONS]
+
+
+def _personalized(
+    check: Check,
+    message: _Message,
+    raw: Any,
+    field: str,
+    caller: _Caller,
+    *,
+    request_id: str,
+    idempotency_key: str | None,
+) -> EmailRequest:
+    """The EmailRequest of one personalization: its recipients, subject, headers and args over
+    what the message shares."""
+    p = check.obj(raw, field) or {}
+    recipients = _recipients(check, p, field)
+    subject = check.text(p.get("subject"), f"{field}.subject") or message.subject
+    if not subject and not message.template_id:
+        check.fail(f"{field}.subject", "The subject is required (here or at the top level).")
+    args = {**message.custom_args, **check.strings(p.get("custom_args"), f"{field}.custom_args")}
+    if message.batch_id:
+        args["batch_id"] = message.batch_id
+    if len(orjson.dumps(args)) > MAX_CUSTOM_ARGS_BYTES:
+        check.fail(f"{field}.custom_args", "custom_args may not exceed 10,000 bytes.")
+    content: Content = {
+        "subject": subject,
+        "text": message.text,
+        "html": message.html,
+        "template_id": message.template_id,
+        "headers": {**message.headers, **_headers(check, p.get("headers"), f"{field}.headers")},
+        "attachments": message.attachments,
+    }
+    return email_request(
+        request_id,
+        caller.tenant,
+        "send",
+        caller.now,
+        api_key=caller.api_key,
+        idempotency_key=idempotency_key,
+        priority=caller.priority,
+        sender=message.sender,
+        reply_to=message.reply_to,
+        recipients=recipients,
+        content=content,
+        categories=message.categories,
+        custom_args=args,
+        send_at=check.send_at(p.get("send_at"), f"{field}.send_at") or message.send_at,
+    )

@@ -25,9 +25,9 @@ from streams.api.suppression_routes import (
     remove_suppression,
 )
 from streams.api.verify_routes import WAITER, ResultWaiter, verify_batch, verify_job, verify_one
-from streams.eventloop import install_fast_loop
 from streams.obs.http import metrics_handler, metrics_middleware
 from streams.obs.logs import configure_logging
+from streams.runtime.eventloop import install_fast_loop
 from streams.settings import Settings
 
 __all__ = ["ROUTES", "Ingress", "run_api"]
@@ -82,7 +82,7 @@ class Ingress(Api):
 
 def run_api(settings: Settings) -> None:
     """Serve until SIGINT/SIGTERM."""
-    configure_logging(settings, "api")
+    configure_logging(settings.logs, "api")
 
     async def main() -> None:
         runner = web.AppRunner(Ingress(settings).app(), access_log=None)

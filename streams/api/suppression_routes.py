@@ -5,11 +5,10 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from sinks.tables import suppression_key
 from streams.api import params, queries
 from streams.api.check import Check
 from streams.api.context import Api, Caller, json_body, problem, reply
-from streams.events import make_suppression
+from streams.contract.build import make_suppression, suppression_key
 
 __all__ = ["add_suppressions", "get_suppression", "list_suppressions", "remove_suppression"]
 

@@ -14,11 +14,13 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 from streams.api.check import Check
+from streams.contract.build import email_request
+from streams.contract.records import EmailRequest, TrackEvent, TrackType
 
 __all__ = ["MAX_EVENTS", "TRACK_TYPES", "translate_webhook"]
 
 MAX_EVENTS: Final = 1000
-TRACK_TYPES: Final = {
+TRACK_TYPES: Final[dict[str, TrackType]] = {
     "open": "opened",
     "opened": "opened",
     "click": "clicked",
@@ -49,9 +51,7 @@ def _when(check: Check, value: Any, field: str, now: datetime) -> datetime:
     return now
 
 
-def translate_webhook(
-    body: Any, *, tenant: str, api_key: str, now: datetime
-) -> list[dict[str, Any]]:
+def translate_webhook(body: Any, *, tenant: str, api_key: str, now: datetime) -> list[EmailRequest]:
     """The track EmailRequest records for a webhook body; IngressValidationError lists every
     problem."""
     check = Check()
@@ -63,7 +63,7 @@ def translate_webhook(
     if len(items) > MAX_EVENTS:
         check.fail("body", f"At most {MAX_EVENTS} events per call.")
         items = []
-    records: list[dict[str, Any]] = []
+    records: list[EmailRequest] = []
     for i, raw in enumerate(items):
         field = str(i)
         event = check.obj(raw, field) or {}
@@ -85,25 +85,25 @@ def translate_webhook(
         event_id = uuid.uuid5(
             _EVENT_IDS, "\x1f".join((tenant, kind, message_id, email.lower(), at.isoformat()))
         ).hex
+        track: TrackEvent = {
+            "event_type": kind,
+            "message_id": message_id,
+            "recipient": email,
+            "url": url,
+            "user_agent": agent,
+            "ip": ip,
+            "occurred_at": at,
+        }
         records.append(
-            {
-                "request_id": event_id,
-                "tenant": tenant,
-                "api_key": api_key,
-                "operation": "track",
-                "idempotency_key": f"track:{event_id}",
-                # every other field takes its schema default when the codec encodes it
-                "track": {
-                    "event_type": kind,
-                    "message_id": message_id,
-                    "recipient": email,
-                    "url": url,
-                    "user_agent": agent,
-                    "ip": ip,
-                    "occurred_at": at,
-                },
-                "created_at": now,
-            }
+            email_request(
+                event_id,
+                tenant,
+                "track",
+                now,
+                api_key=api_key,
+                idempotency_key=f"track:{event_id}",
+                track=track,
+            )
         )
     check.done()
     return records

@@ -10,9 +10,11 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from streams.api.check import Check
+from streams.contract.build import email_request, recipient
+from streams.contract.records import EmailRequest, Priority
 
 __all__ = [
     "CHUNK",
@@ -108,21 +110,22 @@ def plan(job_id: str, addresses: list[str], smtp_probe: bool | None) -> Job:
     return Job(job_id, addresses, smtp_probe, ids)
 
 
-def requests(job: Job, *, tenant: str, api_key: str, priority: str, now: datetime) -> list[Any]:
-    """The job's EmailRequest records (operation ``verify``); the fields left out take their
-    schema defaults when the codec encodes them."""
+def requests(
+    job: Job, *, tenant: str, api_key: str, priority: str, now: datetime
+) -> list[EmailRequest]:
+    """The job's EmailRequest records (operation ``verify``)."""
     return [
-        {
-            "request_id": request_id,
-            "tenant": tenant,
-            "api_key": api_key,
-            "operation": "verify",
+        email_request(
+            request_id,
+            tenant,
+            "verify",
+            now,
+            api_key=api_key,
             # the gate drops a second copy of the same request (a retried POST, a replay)
-            "idempotency_key": f"verify:{request_id}",
-            "priority": priority,
-            "recipients": [{"email": a} for a in job.addresses[n * CHUNK : (n + 1) * CHUNK]],
-            "smtp_probe": job.smtp_probe,
-            "created_at": now,
-        }
+            idempotency_key=f"verify:{request_id}",
+            priority=cast("Priority", priority),  # the route falls back to a valid one
+            recipients=[recipient(a) for a in job.addresses[n * CHUNK : (n + 1) * CHUNK]],
+            smtp_probe=job.smtp_probe,
+        )
         for n, request_id in enumerate(job.request_ids)
     ]

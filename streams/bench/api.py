@@ -24,11 +24,11 @@ from aiokafka import AIOKafkaProducer
 
 from streams.api.sendgrid import translate
 from streams.bench.stacks import bench_settings
-from streams.codec import default_codec
+from streams.contract.codec import default_codec
+from streams.db.tenants import create_api_key, create_tenant
 from streams.errors import BenchError
 from streams.settings import Settings
 from streams.stack.stack import Stack
-from streams.tenants import create_api_key, create_tenant
 
 __all__ = ["ApiBenchResult", "run_api_bench"]
 

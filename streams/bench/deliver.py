@@ -23,11 +23,13 @@ from aiokafka import AIOKafkaProducer
 from streams.bench.records import kafka_counts, records_per_request
 from streams.bench.smtp_peers import SmtpSink, ensure_postfix, run_baselines
 from streams.bench.stacks import relay_settings
-from streams.codec import default_codec
+from streams.contract.build import email_request, recipient
+from streams.contract.codec import default_codec
+from streams.contract.records import Content, EmailRequest, Priority
+from streams.db.tenants import create_api_key, create_tenant
 from streams.deliver.dkim import KeyType, keygen
 from streams.settings import Settings
 from streams.stack.stack import Stack
-from streams.tenants import create_api_key, create_tenant
 
 __all__ = ["DeliverBenchResult", "run_deliver_bench"]
 
@@ -63,22 +65,32 @@ class DeliverBenchResult:
         return self.per_s / self.postfix_per_s if self.postfix_per_s else None
 
 
-def _request(tenant: str, key: str, run: str, i: int, n: int, priority: str) -> dict[str, Any]:
-    return {
-        "request_id": f"{run}-{i}",
-        "tenant": tenant,
-        "api_key": key,
-        "operation": "send",
-        "priority": priority,
-        "from": {"email": SENDER, "name": "Bench"},
-        "recipients": [{"email": f"u{i}x{j}@d{j % 50}.bench.example"} for j in range(n)],
-        "content": {"subject": "bench message", "text": BODY_LINE * 65},
-        "categories": ["bench"],
-        "created_at": datetime.now(UTC),
-    }
+_CONTENT: Content = {
+    "subject": "bench message",
+    "text": BODY_LINE * 65,
+    "html": None,
+    "template_id": None,
+    "headers": {},
+    "attachments": [],
+}
 
 
-async def _publish(settings: Settings, requests: list[dict[str, Any]]) -> None:
+def _request(tenant: str, key: str, run: str, i: int, n: int, priority: Priority) -> EmailRequest:
+    return email_request(
+        f"{run}-{i}",
+        tenant,
+        "send",
+        datetime.now(UTC),
+        api_key=key,
+        priority=priority,
+        sender={"email": SENDER, "name": "Bench"},
+        recipients=[recipient(f"u{i}x{j}@d{j % 50}.bench.example") for j in range(n)],
+        content=_CONTENT,
+        categories=["bench"],
+    )
+
+
+async def _publish(settings: Settings, requests: list[EmailRequest]) -> None:
     codec = default_codec()
     producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap, acks="all", linger_ms=5)
     await producer.start()

@@ -26,7 +26,8 @@ from streams.api.sendgrid import translate
 from streams.api.verifyjobs import plan
 from streams.api.verifyjobs import requests as verify_requests
 from streams.bench.load_report import Sent
-from streams.codec import default_codec
+from streams.contract.codec import default_codec
+from streams.contract.records import EmailRequest
 from streams.settings import Settings
 
 __all__ = ["DOMAINS", "Door", "DoorError", "Generator", "HttpDoor", "KafkaDoor", "send_body"]
@@ -155,7 +156,7 @@ class KafkaDoor:
         if self.producer is not None:
             await self.producer.stop()
 
-    def record(self, kind: str, i: int) -> tuple[str, str, dict[str, Any]]:
+    def record(self, kind: str, i: int) -> tuple[str, str, EmailRequest]:
         """(tenant, request id, EmailRequest) as the API would have produced it."""
         tenant, key = self.tenants[i % len(self.tenants)]
         request_id = uuid.uuid4().hex

@@ -158,7 +158,7 @@ def _timeline(
     return out
 
 
-def summarize(
+def summarize(  # noqa: PLR0913 - one door's run: schedule, sends, probes, rows, drain
     door: str,
     scenario: Scenario,
     sent: Sequence[Sent],

@@ -26,9 +26,9 @@ from streams.bench.load_doors import KafkaDoor
 from streams.bench.load_profile import quantiles
 from streams.bench.smtp_peers import SmtpSink, ensure_postfix, free_port
 from streams.bench.stacks import relay_settings
+from streams.db.tenants import create_api_key, create_tenant
 from streams.errors import BenchError, StackError
 from streams.settings import Settings
-from streams.tenants import create_api_key, create_tenant
 
 __all__ = [
     "SmtpTarget",

@@ -106,7 +106,7 @@ class BacklogWatch:
     ``interval`` seconds: how much work is queued inside the pipeline."""
 
     def __init__(self, settings: Settings, interval: float = 2.0) -> None:
-        self.monitor = LagMonitor(settings, interval)
+        self.monitor = LagMonitor(settings.kafka, interval)
         self.interval = interval
         self.samples: list[tuple[float, int]] = []
         self.current: int | None = None

@@ -20,10 +20,12 @@ from streams.bench.baselines import aiokafka_passthrough_rate, copy_rate
 from streams.bench.dns_server import ZoneServer, bench_zone
 from streams.bench.records import kafka_counts, records_per_request
 from streams.bench.stacks import bench_settings
-from streams.codec import default_codec
+from streams.contract.build import email_request, recipient
+from streams.contract.codec import default_codec
+from streams.contract.records import EmailRequest
+from streams.db.tenants import create_api_key, create_tenant
 from streams.settings import Settings
 from streams.stack.stack import Stack
-from streams.tenants import create_api_key, create_tenant
 
 __all__ = ["VerifyBenchResult", "run_verify_bench"]
 
@@ -79,15 +81,16 @@ async def _publish(
     return began
 
 
-def _request(tenant: str, key: str, i: int, run: str) -> dict[str, Any]:
-    return {
-        "request_id": f"{run}-{i}",
-        "tenant": tenant,
-        "api_key": key,
-        "operation": "validate",
-        "recipients": [{"email": f"user{i}@d{i % DOMAINS}.bench.example"}],
-        "created_at": datetime.now(UTC),
-    }
+def _request(tenant: str, key: str, i: int, run: str) -> EmailRequest:
+    address = f"user{i}@d{i % DOMAINS}.bench.example"
+    return email_request(
+        f"{run}-{i}",
+        tenant,
+        "validate",
+        datetime.now(UTC),
+        api_key=key,
+        recipients=[recipient(address)],
+    )
 
 
 async def _wait_rows(conn: asyncpg.Connection[Any], prefix: str, n: int, timeout: float) -> None:

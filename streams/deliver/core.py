@@ -13,13 +13,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Literal, TypedDict, Unpack
 
-from streams.codec import Record
-from streams.deliver.bounce import Category, Disposition, Outcome
+from streams.contract.build import make_event
+from streams.contract.records import DeliveryEvent, DeliveryTask, EventType, SmtpReply
 from streams.deliver.control import TaskMeta, Verdict
 from streams.deliver.retry import Expire, RetryPolicy, next_attempt
-from streams.events import digest, make_event
+from streams.mail.replies import Category, Disposition, Outcome
 
 __all__ = [
     "Conclusion",
@@ -27,30 +27,17 @@ __all__ = [
     "conclude",
     "failed",
     "flush_now",
-    "lane_of",
     "postpone",
-    "task_id",
     "task_meta",
     "triage",
 ]
-
-TRANSACTIONAL = frozenset({"critical", "high"})
-
-
-def lane_of(priority: str) -> Literal["tx", "bulk"]:
-    """critical/high ride the transactional lane; normal/bulk share the bulk lane."""
-    return "tx" if priority in TRANSACTIONAL else "bulk"
-
-
-def task_id(message_id: str, recipient: str) -> str:
-    return digest("task", message_id, recipient.lower())
 
 
 def _ms(value: datetime) -> int:
     return int(value.timestamp() * 1000)
 
 
-def task_meta(task: Record, released_at: int = 0) -> TaskMeta:
+def task_meta(task: DeliveryTask, released_at: int = 0) -> TaskMeta:
     return TaskMeta(
         task_id=task["task_id"],
         message_id=task["message_id"],
@@ -61,7 +48,19 @@ def task_meta(task: Record, released_at: int = 0) -> TaskMeta:
     )
 
 
-def _event(task: Record, event_type: str, now: datetime, **kw: object) -> Record:
+class _Said(TypedDict, total=False):
+    """What an event about a task says beyond what the task itself gives."""
+
+    reason: str | None
+    retry_after_ms: int | None
+    attempt: int
+    smtp: SmtpReply | None
+    bounce_class: str | None
+
+
+def _event(
+    task: DeliveryTask, event_type: EventType, now: datetime, **said: Unpack[_Said]
+) -> DeliveryEvent:
     recipient = task["recipient"]
     args = {**task["custom_args"], **recipient["custom_args"]}
     return make_event(
@@ -73,11 +72,11 @@ def _event(task: Record, event_type: str, now: datetime, **kw: object) -> Record
         recipient=recipient["email"],
         categories=task["categories"],
         custom_args=args,
-        **kw,  # type: ignore[arg-type]
+        **said,
     )
 
 
-def failed(task: Record, now: datetime, reason: str) -> Record:
+def failed(task: DeliveryTask, now: datetime, reason: str) -> DeliveryEvent:
     """The event of a task that can never be sent as it is (cannot be rendered or signed)."""
     return _event(task, "failed", now, reason=reason, attempt=task["attempt"])
 
@@ -85,12 +84,12 @@ def failed(task: Record, now: datetime, reason: str) -> Record:
 @dataclass(frozen=True)
 class Triage:
     step: Literal["send", "drop", "hold", "skip", "wait", "expire"]
-    event: Record | None = None
+    event: DeliveryEvent | None = None
     until: datetime | None = None  # for "wait": not before this time
 
 
 def triage(
-    task: Record,
+    task: DeliveryTask,
     now: datetime,
     *,
     verdict: Verdict,
@@ -121,7 +120,7 @@ def triage(
     return Triage("send")
 
 
-def _expired(task: Record, now: datetime, age: float) -> Record:
+def _expired(task: DeliveryTask, now: datetime, age: float) -> DeliveryEvent:
     return _event(
         task,
         "bounced",
@@ -134,14 +133,14 @@ def _expired(task: Record, now: datetime, age: float) -> Record:
 
 @dataclass(frozen=True)
 class Conclusion:
-    event: Record
-    retry: Record | None = None  # the task to try again, with its attempt and not_before set
+    event: DeliveryEvent
+    retry: DeliveryTask | None = None  # the task to try again, with its attempt and not_before set
     suppress: bool = False  # the address is bad for good: add it to the tenant's list
     delivered: bool = False
     final: bool = True  # no more attempts: the task leaves the queue
 
 
-def _smtp(outcome: Outcome) -> dict[str, object] | None:
+def _smtp(outcome: Outcome) -> SmtpReply | None:
     if outcome.code is None:
         return None
     return {"code": outcome.code, "enhanced_code": outcome.enhanced, "message": outcome.text}
@@ -156,7 +155,7 @@ def _reason(outcome: Outcome, host: str) -> str:
 
 
 def conclude(
-    task: Record, outcome: Outcome, now: datetime, policy: RetryPolicy, host: str = ""
+    task: DeliveryTask, outcome: Outcome, now: datetime, policy: RetryPolicy, host: str = ""
 ) -> Conclusion:
     """What follows attempt number ``task["attempt"] + 1`` ending with ``outcome``."""
     attempt = task["attempt"] + 1
@@ -180,7 +179,12 @@ def conclude(
     if isinstance(step, Expire):
         return Conclusion(_expired(task, now, step.age))
     not_before = datetime.fromtimestamp(step.at, UTC)
-    retry = {**task, "attempt": attempt, "not_before": not_before, "first_attempt_at": first}
+    retry: DeliveryTask = {
+        **task,
+        "attempt": attempt,
+        "not_before": not_before,
+        "first_attempt_at": first,
+    }
     event = _event(
         task,
         "deferred",
@@ -193,9 +197,9 @@ def conclude(
     return Conclusion(event, retry=retry, final=False)
 
 
-def postpone(task: Record, until: datetime, reason: str, now: datetime) -> Conclusion:
+def postpone(task: DeliveryTask, until: datetime, reason: str, now: datetime) -> Conclusion:
     """Back to the queue until ``until`` without spending an attempt."""
-    retry = {**task, "not_before": until}
+    retry: DeliveryTask = {**task, "not_before": until}
     wait_ms = max(int((until - now).total_seconds() * 1000), 0)
     event = _event(
         task, "deferred", now, reason=reason, retry_after_ms=wait_ms, attempt=task["attempt"]
@@ -203,7 +207,7 @@ def postpone(task: Record, until: datetime, reason: str, now: datetime) -> Concl
     return Conclusion(event, retry=retry, final=False)
 
 
-def flush_now(task: Record) -> Record | None:
+def flush_now(task: DeliveryTask) -> DeliveryTask | None:
     """The task as an operator's flush sends it: deferred mail (tried at least once) loses its
     wait; a scheduled send never tried keeps its ``send_at``, as Postfix's flush only moves
     deferred mail. None when the flush does not apply."""

@@ -15,23 +15,22 @@ import asyncio
 import base64
 import contextlib
 import logging
-from collections.abc import Callable
 from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
-from streams.codec import Record
+from streams.contract.records import DeliveryTask
 from streams.deliver.control import Command, ControlState, TaskMeta
 from streams.errors import StackError
-from streams.settings import Settings
+from streams.kafka.config import KafkaSettings
+from streams.kafka.read import read_all
 
 __all__ = [
     "ControlFeed",
     "index_entry",
     "publish_command",
-    "read_compacted",
     "task_meta_of_entry",
 ]
 
@@ -39,7 +38,7 @@ log = logging.getLogger("postwire.deliver")
 
 
 def index_entry(
-    task: Record,
+    task: DeliveryTask,
     state: str,
     *,
     lane: str,
@@ -73,73 +72,13 @@ def task_meta_of_entry(entry: dict[str, Any]) -> TaskMeta:
     )
 
 
-async def read_all(settings: Settings, topic: str) -> list[bytes]:
-    """Every value of ``topic`` from its start to its current end, in order per partition."""
-    values: list[bytes] = []
-
-    def keep(raw: bytes) -> bytes:
-        values.append(raw)
-        return raw
-
-    await read_compacted(settings, topic, keep, keyed=False)
-    return values
-
-
-async def read_compacted(
-    settings: Settings,
-    topic: str,
-    decode: Callable[[bytes], Any] = orjson.loads,
-    *,
-    keyed: bool = True,
-) -> dict[bytes, Any]:
-    """Latest value per key of ``topic`` from its start to its current end; tombstones remove."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.bootstrap, enable_auto_commit=False, group_id=None
-    )
-    latest: dict[bytes, Any] = {}
-    try:
-        await consumer.start()
-        # a consumer's own metadata covers only the topics it asked about: ask the cluster
-        cluster = await consumer._client.fetch_all_metadata()
-        partitions = cluster.partitions_for_topic(topic)
-        if not partitions:
-            raise StackError(f"topic {topic} does not exist on {settings.bootstrap}")
-        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        ends = await consumer.end_offsets(tps)
-        pending = {tp for tp in tps if ends[tp] > 0}
-        while pending:
-            batches = await consumer.getmany(*pending, timeout_ms=1000)
-            for tp, records in batches.items():
-                for rec in records:
-                    if not keyed and rec.value is not None:
-                        decode(rec.value)
-                    elif rec.key is None:
-                        pass
-                    elif rec.value is None:
-                        latest.pop(rec.key, None)
-                    else:
-                        latest[rec.key] = decode(rec.value)
-                    if rec.offset + 1 >= ends[tp]:
-                        pending.discard(tp)
-            for tp in list(pending):
-                if await consumer.position(tp) >= ends[tp]:
-                    pending.discard(tp)
-    except KafkaError as exc:
-        raise StackError(f"cannot read {topic} from {settings.bootstrap}: {exc}") from exc
-    finally:
-        await consumer.stop()
-    return latest
-
-
-async def publish_command(settings: Settings, command: Command) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap, acks="all")
+async def publish_command(kafka: KafkaSettings, command: Command) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=kafka.bootstrap, acks="all")
     try:
         await producer.start()
-        await producer.send_and_wait(settings.topics.control, command.encode(), key=b"control")
+        await producer.send_and_wait(kafka.topics.control, command.encode(), key=b"control")
     except KafkaError as exc:
-        raise StackError(f"cannot publish to {settings.topics.control}: {exc}") from exc
+        raise StackError(f"cannot publish to {kafka.topics.control}: {exc}") from exc
     finally:
         await producer.stop()
 
@@ -147,8 +86,8 @@ async def publish_command(settings: Settings, command: Command) -> None:
 class ControlFeed:
     """Every control command, folded into ``state``; ``ready`` once the backlog is read."""
 
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
+    def __init__(self, kafka: KafkaSettings) -> None:
+        self.kafka = kafka
         self.state = ControlState()
         self.ready = asyncio.Event()
         self._changed = asyncio.Event()
@@ -179,7 +118,7 @@ class ControlFeed:
         parked on an event at that moment may never be woken again."""
 
         async def load() -> None:
-            for raw in await read_all(self.settings, self.settings.topics.control):
+            for raw in await read_all(self.kafka, self.kafka.topics.control):
                 self.apply(raw)
 
         try:
@@ -199,11 +138,11 @@ class ControlFeed:
             self._changed.set()
 
     async def _run(self) -> None:
-        topic = self.settings.topics.control
+        topic = self.kafka.topics.control
         tp = TopicPartition(topic, 0)
         while True:
             consumer = AIOKafkaConsumer(
-                bootstrap_servers=self.settings.bootstrap, enable_auto_commit=False, group_id=None
+                bootstrap_servers=self.kafka.bootstrap, enable_auto_commit=False, group_id=None
             )
             try:
                 await consumer.start()

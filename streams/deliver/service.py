@@ -9,23 +9,39 @@ from __future__ import annotations
 import asyncio
 from collections import OrderedDict
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from dataclasses import dataclass, field
+from datetime import timedelta
 
-from streams.codec import Record
+from streams.clock import Clock
+from streams.contract.records import DeliveryTask
 from streams.deliver.breaker import Breaker, BreakerPolicy
 from streams.deliver.core import Conclusion, conclude, postpone
 from streams.deliver.dkim import Signer
 from streams.deliver.mime import Prepared, StoredTemplate, prepare
 from streams.deliver.retry import RetryPolicy
-from streams.deliver.throttle import Throttle
+from streams.deliver.throttle import DestinationThrottle
 from streams.deliver.transport import Transport
 from streams.obs.metrics import smtp_result
 
-__all__ = ["Deliverer"]
+__all__ = ["Deliverer", "DeliveryRules"]
 
-Clock = Callable[[], datetime]
 TemplateLookup = Callable[[str, str], StoredTemplate | None]
 PREPARED_CACHE = 256  # requests whose invariant part is kept; a bulk campaign needs one
+
+
+def _same_domain(domain: str) -> str:
+    return domain
+
+
+@dataclass(frozen=True)
+class DeliveryRules:
+    """How delivery behaves: the retry ladder, when a destination's breaker opens, how long a
+    throttled send waits in place, and where a domain's mail goes (itself, or the relay)."""
+
+    retry: RetryPolicy
+    breaker: BreakerPolicy = field(default_factory=BreakerPolicy)
+    throttle_max_wait: float = 5.0
+    destination: Callable[[str], str] = _same_domain
 
 
 class Deliverer:
@@ -33,28 +49,25 @@ class Deliverer:
         self,
         transport: Transport,
         signer: Signer,
-        throttle: Throttle,
-        policy: RetryPolicy,
+        throttle: DestinationThrottle,
+        rules: DeliveryRules,
         *,
-        breaker_policy: BreakerPolicy | None = None,
-        destination: Callable[[str], str] = lambda domain: domain,
-        throttle_max_wait: float = 5.0,
         templates: TemplateLookup | None = None,
         clock: Clock,
     ) -> None:
         self.transport = transport
         self.signer = signer
         self.throttle = throttle
-        self.policy = policy
-        self.breaker_policy = breaker_policy or BreakerPolicy()
-        self.destination = destination
-        self.throttle_max_wait = throttle_max_wait
+        self.policy = rules.retry
+        self.breaker_policy = rules.breaker
+        self.destination = rules.destination
+        self.throttle_max_wait = rules.throttle_max_wait
         self.templates = templates or (lambda _tenant, _template_id: None)
         self.clock = clock
         self.breakers: dict[str, Breaker] = {}
         self._prepared: OrderedDict[str, Prepared] = OrderedDict()
 
-    def prepared(self, task: Record) -> Prepared:
+    def prepared(self, task: DeliveryTask) -> Prepared:
         """The request's invariant part, built once and shared by all its recipients. Raises
         RenderError (never retriable: the same request renders the same way every time)."""
         key = task["message_id"]
@@ -76,7 +89,7 @@ class Deliverer:
             breaker = self.breakers[destination] = Breaker(self.breaker_policy)
         return breaker
 
-    async def attempt(self, task: Record) -> Conclusion:
+    async def attempt(self, task: DeliveryTask) -> Conclusion:
         """Try ``task`` once. Raises RenderError / DkimError for a message that cannot be built."""
         prepared = self.prepared(task)
         destination = self.destination(task["domain"])

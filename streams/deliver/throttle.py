@@ -17,8 +17,8 @@ from types import MappingProxyType
 __all__ = [
     "DEFAULT_OVERRIDES",
     "DestinationLimits",
+    "DestinationThrottle",
     "Limit",
-    "Throttle",
     "TokenBucket",
 ]
 
@@ -150,7 +150,7 @@ class DestinationLimits:
         return self.default if key is None else self.overrides[key]
 
 
-class Throttle:
+class DestinationThrottle:
     """The buckets and connection counts of one worker. Destinations that match an override share
     its limits as one budget: every Google MX host draws on the ``google.com`` bucket."""
 

@@ -22,7 +22,11 @@ from typing import Literal
 
 import aiosmtplib
 
-from streams.deliver.bounce import (
+from streams.deliver.throttle import DestinationThrottle
+from streams.errors import ConfigError
+from streams.mail.dns import MxAnswer, MxCache, MxResolver
+from streams.mail.pool import Connection, Pool
+from streams.mail.replies import (
     Category,
     Disposition,
     Outcome,
@@ -31,10 +35,6 @@ from streams.deliver.bounce import (
     classify,
     transport_error,
 )
-from streams.deliver.pool import Connection, MxCache, Pool
-from streams.deliver.throttle import Throttle
-from streams.errors import ConfigError
-from streams.verify.dns import MxAnswer, MxResolver
 
 __all__ = [
     "Delivery",
@@ -226,7 +226,7 @@ def _unsendable(address: str, stage: Stage, host: str) -> Outcome:
 
 class Transport:
     def __init__(
-        self, config: TransportConfig, throttle: Throttle, resolver: MxResolver | None
+        self, config: TransportConfig, throttle: DestinationThrottle, resolver: MxResolver | None
     ) -> None:
         if config.mode == "mx" and resolver is None:
             raise ConfigError("transport: mx mode needs an MX resolver")

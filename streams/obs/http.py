@@ -1,6 +1,6 @@
 """aiohttp pieces for /metrics and /healthz: the handler and middleware the ingress mounts, and
 the small server the sinks process runs (faust workers serve theirs through faust's web, see
-``streams/obs/faust_web.py``)."""
+``streams/worker/web.py``)."""
 
 from __future__ import annotations
 

@@ -20,8 +20,8 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
+from streams.kafka.config import KafkaSettings
 from streams.obs.metrics import CONSUMER_LAG
-from streams.settings import Settings
 
 __all__ = ["LagMonitor", "ours", "topic_lag"]
 
@@ -55,8 +55,8 @@ def topic_lag(
 
 
 class LagMonitor:
-    def __init__(self, settings: Settings, interval: float) -> None:
-        self.settings = settings
+    def __init__(self, kafka: KafkaSettings, interval: float) -> None:
+        self.kafka = kafka
         self.interval = interval
         self._admin: AIOKafkaAdminClient | None = None
         self._consumer: AIOKafkaConsumer | None = None
@@ -64,7 +64,7 @@ class LagMonitor:
 
     async def _start(self) -> tuple[AIOKafkaAdminClient, AIOKafkaConsumer]:
         if self._admin is None or self._consumer is None:
-            bootstrap = self.settings.bootstrap
+            bootstrap = self.kafka.bootstrap
             self._admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
             self._consumer = AIOKafkaConsumer(
                 bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False
@@ -84,7 +84,7 @@ class LagMonitor:
         """Lag per (group, topic) of every group of this app that has committed anything."""
         admin, consumer = await self._start()
         groups = sorted(
-            g for g, *_ in await admin.list_consumer_groups() if ours(g, self.settings.app_id)
+            g for g, *_ in await admin.list_consumer_groups() if ours(g, self.kafka.app_id)
         )
         committed: dict[str, dict[TopicPartition, int]] = {}
         for group in groups:

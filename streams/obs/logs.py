@@ -16,18 +16,19 @@ import os
 import secrets
 import sys
 from collections.abc import Callable, MutableMapping
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any
+from typing import IO, Any, Literal
 
 import orjson
 import structlog
+from pydantic import SecretStr
 
 from streams.errors import ConfigError
 from streams.obs.redact import Redactor
-from streams.settings import Settings
 
-__all__ = ["KEY_FILE", "configure_logging", "hash_key", "stored_key"]
+__all__ = ["KEY_FILE", "LogSettings", "configure_logging", "log_hash_key", "stored_key"]
 
 KEY_FILE = "log-hash.key"
 EventDict = MutableMapping[str, Any]
@@ -69,10 +70,20 @@ def _read_key(path: Path) -> bytes:
     return key
 
 
-def hash_key(settings: Settings) -> bytes:
-    if settings.log_hash_key is not None and settings.log_hash_key.get_secret_value():
-        return settings.log_hash_key.get_secret_value().encode()
-    return stored_key(settings.data_dir / KEY_FILE)
+@dataclass(frozen=True)
+class LogSettings:
+    """What logging needs to know; ``streams.settings`` fills it (``settings.logs``)."""
+
+    level: str = "info"
+    format: Literal["json", "console"] = "json"
+    hash_key: SecretStr | None = None
+    data_dir: Path = Path(".")  # where the generated hash key is kept when ``hash_key`` is unset
+
+
+def log_hash_key(logs: LogSettings) -> bytes:
+    if logs.hash_key is not None and logs.hash_key.get_secret_value():
+        return logs.hash_key.get_secret_value().encode()
+    return stored_key(logs.data_dir / KEY_FILE)
 
 
 class _Static:
@@ -107,14 +118,14 @@ def _renderer(fmt: str) -> Any:
 
 
 def configure_logging(
-    settings: Settings, role: str, *, stream: IO[str] | None = None, **fields: Any
+    logs: LogSettings, role: str, *, stream: IO[str] | None = None, **fields: Any
 ) -> Redactor:
     """Send every log record of this process through one redacting structlog handler.
 
     Call it first thing in a process's entry point: it replaces the root logger's handlers, so
     anything configured earlier (``basicConfig``) is dropped. Returns the redactor, for code
     that wants to hash an address for a message of its own."""
-    redactor = Redactor(hash_key(settings))
+    redactor = Redactor(log_hash_key(logs))
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
@@ -130,7 +141,7 @@ def configure_logging(
             structlog.processors.StackInfoRenderer(),
             structlog.processors.format_exc_info,
             _Redact(redactor),
-            _renderer(settings.log_format),
+            _renderer(logs.format),
         ],
     )
     handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
@@ -139,7 +150,7 @@ def configure_logging(
     for old in root.handlers[:]:
         root.removeHandler(old)
     root.addHandler(handler)
-    root.setLevel(settings.log_level.upper())
+    root.setLevel(logs.level.upper())
     structlog.configure(
         processors=[
             *shared,

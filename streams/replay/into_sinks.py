@@ -14,7 +14,7 @@ from sinks.batching import Batch, BatchBuffer
 from sinks.mapping import dead_letter_row, map_record, origin_of
 from sinks.tables import TableSpec, sink_feeds
 from sinks.writer import PostgresWriter
-from streams.codec import default_codec
+from streams.contract.codec import default_codec
 from streams.errors import NotReplayableError, SinkUnavailableError
 from streams.replay.plan import ReplaySummary
 from streams.replay.reader import Progress, Records, open_consumer, plan_offsets, read_range

@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from streams.errors import NotReplayableError, TimeFormatError, TimeRangeError, UnknownTopicError
-from streams.settings import TopicNames
+from streams.kafka.config import TopicNames
 
 __all__ = [
     "REFUSED_STAGES",

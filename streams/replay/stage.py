@@ -13,28 +13,29 @@ import asyncpg
 from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
 
-from streams.codec import default_codec
-from streams.directory import DirectoryHolder
+from streams.clock import Clock, wall_clock
+from streams.contract.codec import default_codec
+from streams.db.directory import DirectoryHolder
+from streams.db.tenants import load_directory
 from streams.errors import SinkUnavailableError, StackError
 from streams.replay.plan import ReplaySummary, replay_group, stage_input
 from streams.replay.reader import Progress, Records, open_consumer, plan_offsets, read_range
 from streams.runtime.producer import BatchProducer
-from streams.runtime.records import Clock, Consumed, wall_clock
+from streams.runtime.records import Consumed
 from streams.settings import Settings
-from streams.tenants import load_directory
 
 __all__ = ["replay_stage"]
 
 
 async def _directory(settings: Settings) -> DirectoryHolder:
     """The live tenant directory (the verify stage checks suppressions), loaded once."""
-    holder = DirectoryHolder(settings)
+    holder = DirectoryHolder(settings.database)
     try:
         conn = await asyncpg.connect(settings.dsn)
     except (OSError, asyncpg.PostgresError) as exc:
         raise SinkUnavailableError(f"cannot connect to PostgreSQL: {exc}", retry_after=1.0) from exc
     try:
-        holder.current = await load_directory(conn, settings)
+        holder.current = await load_directory(conn, settings.database.tenant_defaults)
     finally:
         await conn.close()
     holder.ready.set()
@@ -55,7 +56,7 @@ async def replay_stage(
     began = time.monotonic()
     group = replay_group(settings.app_id, stage, clock())
     # fresh caches and no store: a replay re-resolves MX hosts (and re-probes where asked)
-    verifier = build_verifier(settings, await _directory(settings))
+    verifier = build_verifier(settings.verify, await _directory(settings))
     runtime_stage = VerifyStage(
         default_codec(),
         settings.topics,

@@ -11,8 +11,8 @@ from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from streams.clock import Clock, wall_clock
 from streams.runtime.producer import BatchProducer
-from streams.runtime.records import Clock, wall_clock
 from streams.runtime.runner import RunnerConfig, StageRunner
 from streams.runtime.stage import Stage
 from streams.runtime.state import ensure_changelogs

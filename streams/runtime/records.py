@@ -1,21 +1,17 @@
-"""Small immutable records the runtime passes around: what was consumed, what is to be produced,
-and the clock a stage is given."""
+"""Small immutable records the runtime passes around: what was consumed and what is to be
+produced. (The clock a stage is given is ``streams.clock.Clock``.)"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
-__all__ = ["Clock", "Consumed", "Headers", "Out", "header", "wall_clock"]
+from streams.kafka.records import SourcePosition
 
-Clock = Callable[[], datetime]
+__all__ = ["Consumed", "Headers", "Out", "header"]
+
 Headers = Sequence[tuple[str, bytes]]
-
-
-def wall_clock() -> datetime:
-    return datetime.now(UTC)
 
 
 def header(headers: Any, name: str) -> bytes | None:
@@ -43,6 +39,10 @@ class Consumed:
 
     def header(self, name: str) -> bytes | None:
         return header(self.headers, name)
+
+    @property
+    def position(self) -> SourcePosition:
+        return SourcePosition(self.topic, self.partition, self.offset, self.timestamp_ms)
 
 
 @dataclass(frozen=True, slots=True)

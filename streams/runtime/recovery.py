@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
@@ -58,24 +59,40 @@ async def recover(
         last_progress = time.monotonic()
         while todo:
             fetched = await consumer.getmany(*todo, timeout_ms=500, max_records=10_000)
-            for tp, records in fetched.items():
-                store = by_tp[tp]
-                for rec in records:
-                    if rec.offset < ends[tp]:
-                        store.restore(tp.partition, rec.key, rec.value)
-                        read += 1
+            read += _restore(fetched, by_tp, ends)
             if fetched:
                 last_progress = time.monotonic()
             for tp in list(todo):
                 if await consumer.position(tp) >= ends[tp]:
                     todo.discard(tp)
             if todo and time.monotonic() - last_progress > stall_timeout:
-                names = ", ".join(f"{tp.topic}[{tp.partition}]" for tp in sorted(todo))
-                raise RecoveryStalledError(
-                    f"state recovery made no progress for {stall_timeout:.0f}s on {names}"
-                )
+                raise _stalled(todo, stall_timeout)
     finally:
         await consumer.stop()
     if read:
         log.info("recovered %d changelog records for partitions %s", read, parts)
     return read
+
+
+def _restore(
+    fetched: Mapping[TopicPartition, Sequence[Any]],
+    by_tp: Mapping[TopicPartition, Store],
+    ends: Mapping[TopicPartition, int],
+) -> int:
+    """Put fetched changelog records (up to each partition's end at the start) into their
+    stores; returns how many."""
+    read = 0
+    for tp, records in fetched.items():
+        store = by_tp[tp]
+        for rec in records:
+            if rec.offset < ends[tp]:
+                store.restore(tp.partition, rec.key, rec.value)
+                read += 1
+    return read
+
+
+def _stalled(todo: Iterable[TopicPartition], stall_timeout: float) -> RecoveryStalledError:
+    names = ", ".join(f"{tp.topic}[{tp.partition}]" for tp in sorted(todo))
+    return RecoveryStalledError(
+        f"state recovery made no progress for {stall_timeout:.0f}s on {names}"
+    )

@@ -22,9 +22,10 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 
+from streams.clock import Clock, wall_clock
 from streams.obs.metrics import BATCH_RECORDS, RECORDS, STAGE_SECONDS, STATE_ENTRIES
 from streams.runtime.producer import BatchProducer
-from streams.runtime.records import Clock, Consumed, wall_clock
+from streams.runtime.records import Consumed
 from streams.runtime.recovery import recover
 from streams.runtime.stage import Stage, Step
 

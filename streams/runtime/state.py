@@ -16,24 +16,13 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
 from streams.errors import StackError
+from streams.kafka.topics import CHANGELOG_CONFIG
 from streams.runtime.records import Out
 
-__all__ = ["CHANGELOG_CONFIG", "Overlay", "Store", "changelog_topic", "ensure_changelogs"]
+__all__ = ["Overlay", "Store", "ensure_changelogs"]
 
-# state changelogs are rewritten all the time: roll segments hourly so compaction can run (it
-# never touches the active segment) and recovery reads little more than the live keys
-CHANGELOG_CONFIG = {
-    "cleanup.policy": "compact",
-    "segment.ms": "3600000",
-    "min.cleanable.dirty.ratio": "0.1",
-    "delete.retention.ms": "3600000",
-}
 
 _DELETED = object()
-
-
-def changelog_topic(app_id: str, store: str) -> str:
-    return f"{app_id}-{store}-changelog"
 
 
 async def ensure_changelogs(

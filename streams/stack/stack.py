@@ -13,14 +13,15 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sinks.migrate import apply_migrations
+from streams.db.migrate import apply_migrations
 from streams.errors import StackError
+from streams.kafka.topics import ensure_topics
 from streams.settings import Settings
 from streams.stack.kafka import EmbeddedKafka
 from streams.stack.postgres import EmbeddedPostgres
 from streams.stack.process import ManagedProcess, pid_alive, stop_pid
 from streams.stages.names import BULK_STAGES, FRONT_STAGES, TX_STAGES
-from streams.topics import ensure_topics
+from streams.stages.policies import delay_topics
 
 __all__ = [
     "STOP_ORDER",
@@ -177,7 +178,9 @@ class Stack:
             if self.postgres is not None:
                 waits.append(self.postgres.wait_ready())
             await asyncio.gather(*waits)
-            self.info.topics_created = await ensure_topics(self.settings)
+            self.info.topics_created = await ensure_topics(
+                self.settings.kafka, delay_topics(self.settings)
+            )
             await apply_migrations(self.settings.dsn)
             if self.workers:
                 self.apps = [

@@ -27,26 +27,33 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from streams.codec import Codec, Record
-from streams.deadletter import SourcePosition, dead_letter, rejection
+from streams.clock import Clock
+from streams.contract.build import lane_of, make_event, make_suppression, rejection, suppression_key
+from streams.contract.codec import Codec
+from streams.contract.records import DeliveryEvent, DeliveryTask, Rejection
+from streams.db.directory import DirectoryHolder
 from streams.deliver.control import Command
-from streams.deliver.core import Conclusion, failed, flush_now, lane_of, task_meta, triage
+from streams.deliver.core import Conclusion, failed, flush_now, task_meta, triage
 from streams.deliver.dkim import Signer, load_keys
 from streams.deliver.mime import StoredTemplate
-from streams.deliver.queue import ControlFeed, index_entry, read_compacted, task_meta_of_entry
+from streams.deliver.queue import ControlFeed, index_entry, task_meta_of_entry
 from streams.deliver.retry import delay_tier, tier_name, tier_topic
-from streams.deliver.service import Deliverer
-from streams.deliver.throttle import Throttle
+from streams.deliver.service import Deliverer, DeliveryRules
+from streams.deliver.throttle import DestinationThrottle
 from streams.deliver.transport import Transport, TransportConfig
-from streams.directory import DirectoryHolder
 from streams.errors import CodecError, DkimError, RenderError, StageCrashError
-from streams.events import make_event, make_suppression
+from streams.kafka.config import TopicNames
+from streams.kafka.read import read_compacted
+from streams.kafka.records import SourcePosition
+from streams.kafka.topics import changelog_topic
+from streams.mail.dns import MxResolver
 from streams.obs.metrics import EndToEnd
-from streams.runtime.records import Clock, Consumed, Out, header
+from streams.runtime.deadletter import dead_letter
+from streams.runtime.records import Consumed, Out, header
 from streams.runtime.stage import Held, Step
-from streams.runtime.state import Store, changelog_topic
-from streams.settings import Settings, TopicNames
-from streams.verify.dns import MxResolver
+from streams.runtime.state import Store
+from streams.settings import DeliverySettings, Settings
+from streams.stages.policies import breaker_policy, destination_limits, retry_policy
 
 __all__ = [
     "STAGE",
@@ -73,27 +80,24 @@ _NOT_SENT = {
 }
 
 
-def transport_config(settings: Settings) -> TransportConfig:
+def transport_config(delivery: DeliverySettings) -> TransportConfig:
+    password = delivery.relay_password
     return TransportConfig(
-        mode=settings.delivery_mode,
-        relay_host=settings.relay_host,
-        relay_port=settings.relay_port,
-        username=settings.relay_username,
-        password=(settings.relay_password.get_secret_value() if settings.relay_password else None),
-        tls=settings.smtp_tls,
-        tls_verify=(
-            settings.smtp_tls_verify
-            if settings.smtp_tls_verify is not None
-            else settings.smtp_tls == "required"
-        ),
-        ca_file=str(settings.smtp_ca_file) if settings.smtp_ca_file else None,
-        mx_port=settings.smtp_port,
-        helo_name=settings.smtp_helo,
-        connect_timeout=settings.smtp_connect_timeout,
-        command_timeout=settings.smtp_command_timeout,
-        data_timeout=settings.smtp_data_timeout,
-        max_messages_per_connection=settings.smtp_max_messages_per_connection,
-        idle_timeout=settings.smtp_idle_timeout,
+        mode=delivery.mode,
+        relay_host=delivery.relay_host,
+        relay_port=delivery.relay_port,
+        username=delivery.relay_username,
+        password=password.get_secret_value() if password else None,
+        tls=delivery.smtp_tls,
+        tls_verify=delivery.smtp_tls_verify,
+        ca_file=str(delivery.smtp_ca_file) if delivery.smtp_ca_file else None,
+        mx_port=delivery.smtp_port,
+        helo_name=delivery.smtp_helo,
+        connect_timeout=delivery.smtp_connect_timeout,
+        command_timeout=delivery.smtp_command_timeout,
+        data_timeout=delivery.smtp_data_timeout,
+        max_messages_per_connection=delivery.smtp_max_messages_per_connection,
+        idle_timeout=delivery.smtp_idle_timeout,
     )
 
 
@@ -101,18 +105,21 @@ def load_signer(directory: Path) -> Signer:
     return Signer(load_keys(directory) if directory.is_dir() else {})
 
 
-def build_deliverer(settings: Settings, clock: Clock, templates: Any = None) -> Deliverer:
-    throttle = Throttle(settings.destination_limits)
-    resolver = MxResolver(settings.nameservers, settings.dns_timeout, settings.dns_tries)
-    relay = settings.delivery_mode == "relay"
+def build_deliverer(delivery: DeliverySettings, clock: Clock, templates: Any = None) -> Deliverer:
+    throttle = DestinationThrottle(destination_limits(delivery))
+    resolver = MxResolver(delivery.nameservers, delivery.dns_timeout, delivery.dns_tries)
+    relay = delivery.mode == "relay"
+    rules = DeliveryRules(
+        retry_policy(delivery),
+        breaker_policy(delivery),
+        delivery.throttle_max_wait,
+        (lambda _domain: delivery.relay_host) if relay else (lambda d: d),
+    )
     return Deliverer(
-        Transport(transport_config(settings), throttle, None if relay else resolver),
-        load_signer(settings.dkim_dir),
+        Transport(transport_config(delivery), throttle, None if relay else resolver),
+        load_signer(delivery.dkim_dir),
         throttle,
-        settings.retry_policy,
-        breaker_policy=settings.breaker_policy,
-        destination=(lambda _domain: settings.relay_host) if relay else (lambda d: d),
-        throttle_max_wait=settings.throttle_max_wait,
+        rules,
         templates=templates,
         clock=clock,
     )
@@ -177,11 +184,11 @@ class Outputs:
         self.suppressions = _Topic(topics.suppressions)
         self.tiers = {name: _Topic(name) for name in tiers}
 
-    async def event(self, record: Record) -> None:
+    async def event(self, record: DeliveryEvent) -> None:
         key = (record["message_id"] or record["request_id"] or record["tenant"]).encode()
         await self.events.send(key=key, value=self.codec.encode("DeliveryEvent", record))
 
-    async def rejection(self, record: Record) -> None:
+    async def rejection(self, record: Rejection) -> None:
         await self.rejections.send(key=record["key"], value=self.codec.encode("Rejection", record))
 
 
@@ -211,7 +218,7 @@ class DeliverShell:
         self.ledger = ledger
         self.control = control
         self.deliverer = deliverer
-        self.policy = settings.retry_policy
+        self.policy = retry_policy(settings.delivery)
         prefix = settings.topics.prefix
         self.tiers = {s: tier_topic(prefix, tier_name(s)) for s in self.policy.tiers}
         self.tier_outputs = outputs.tiers
@@ -231,17 +238,17 @@ class DeliverShell:
             return True
         return self.directory.current.is_suppressed(tenant, address)
 
-    async def suppress(self, task: Record, reason: str, detail: str | None) -> None:
+    async def suppress(self, task: DeliveryTask, reason: str, detail: str | None) -> None:
         tenant, address = task["tenant"], task["recipient"]["email"].lower()
         self._local_suppressed[(tenant, address)] = time.monotonic()
         # rare and worth an operator's eye; the address is hashed by the log handler
         log.info("suppressing %s for tenant %s (%s): %s", address, tenant, reason, detail)
         record = make_suppression(tenant, address, reason, "deliver", self.clock(), detail)
         await self.outputs.suppressions.send(
-            key=f"{tenant}\x1f{address}".encode(), value=self.codec.encode("Suppression", record)
+            key=suppression_key(tenant, address), value=self.codec.encode("Suppression", record)
         )
 
-    async def to_delay(self, task: Record, until: datetime, now: datetime) -> None:
+    async def to_delay(self, task: DeliveryTask, until: datetime, now: datetime) -> None:
         """Park ``task`` in the delay tier that fits the wait; the tier agent brings it back."""
         wait = max((until - now).total_seconds(), 0.001)
         _, seconds = delay_tier(self.policy, wait)
@@ -251,7 +258,7 @@ class DeliverShell:
             headers={ENQUEUED: str(_ms(now)).encode()},
         )
 
-    async def index(self, task: Record, value: bytes | None) -> None:
+    async def index(self, task: DeliveryTask, value: bytes | None) -> None:
         await self.outputs.queue.send(key=task["task_id"].encode(), value=value)
 
     async def handle(
@@ -260,7 +267,7 @@ class DeliverShell:
         """Deal with one task; return what became of it (an event type or a step name)."""
         now = self.clock()
         try:
-            _, task = self.codec.decode(raw or b"", expected="DeliveryTask")
+            task = self.codec.decode_as(raw or b"", "DeliveryTask")
         except CodecError as exc:
             await self.outputs.rejection(rejection(position, STAGE, exc, key, raw or b"", now))
             return "undecodable"
@@ -281,7 +288,7 @@ class DeliverShell:
             self._inflight.discard(tid)
 
     async def _handle(
-        self, task: Record, raw: bytes, position: SourcePosition, headers: Any, now: datetime
+        self, task: DeliveryTask, raw: bytes, position: SourcePosition, headers: Any, now: datetime
     ) -> str:
         released = int(header(headers, RELEASED) or b"0")
         queued = task["attempt"] > 0 or released > 0
@@ -310,7 +317,7 @@ class DeliverShell:
         return _NOT_SENT[step.step]
 
     async def _send(
-        self, task: Record, raw: bytes, position: SourcePosition, lane: str, queued: bool
+        self, task: DeliveryTask, raw: bytes, position: SourcePosition, lane: str, queued: bool
     ) -> str:
         try:
             result: Conclusion = await self.deliverer.attempt(task)
@@ -336,7 +343,7 @@ class DeliverShell:
             )
         if result.retry is not None:
             now = self.clock()
-            until = result.retry["not_before"]
+            until = result.retry["not_before"] or now  # set by conclude and postpone
             await self.to_delay(result.retry, until, now)
             entry = index_entry(
                 result.retry,
@@ -357,7 +364,7 @@ class DeliverShell:
         tier that fits what is left when it is due here but early for its own time. Returns the
         epoch second worth looking again, or None when the record was handled."""
         try:
-            _, task = self.codec.decode(raw, expected="DeliveryTask")
+            task = self.codec.decode_as(raw, "DeliveryTask")
         except CodecError:
             # the lane stage dead-letters it with the reason; waiting on it helps nobody
             await self.outputs.lanes["bulk"].send(key=key, value=raw)
@@ -374,14 +381,14 @@ class DeliverShell:
                 return None
         remaining = not_before - now
         if now >= due and remaining > self.policy.tiers[0]:
-            await self.to_delay(task, task["not_before"], self.clock())
+            await self.to_delay(task, task["not_before"] or self.clock(), self.clock())
             return None
         if now >= due and remaining <= 0:
             await self._back_to_lane(task, key, raw)
             return None
         return due if now < due else not_before
 
-    async def _back_to_lane(self, task: Record, key: bytes | None, raw: bytes) -> None:
+    async def _back_to_lane(self, task: DeliveryTask, key: bytes | None, raw: bytes) -> None:
         await self.outputs.lanes[lane_of(task["priority"])].send(key=key, value=raw)
 
     async def obey(self, command: Command) -> None:
@@ -389,7 +396,7 @@ class DeliverShell:
         delay topics are dropped again, idempotently, when they come due)."""
         if command.action not in ("release", "delete"):
             return
-        entries = await read_compacted(self.settings, self.settings.topics.queue)
+        entries = await read_compacted(self.settings.kafka, self.settings.topics.queue)
         now = self.clock()
         for key, entry in entries.items():
             meta = task_meta_of_entry(entry)
@@ -549,10 +556,10 @@ def deliver_stages(
         found = directory.current.templates.get((tenant, template_id))
         return None if found is None else StoredTemplate(*found)
 
-    policy = settings.retry_policy
+    policy = retry_policy(settings.delivery)
     tiers = {s: tier_topic(settings.topics.prefix, tier_name(s)) for s in policy.tiers}
     outputs = Outputs(codec, settings.topics, list(tiers.values()))
-    deliverer = build_deliverer(settings, clock, template)
+    deliverer = build_deliverer(settings.delivery, clock, template)
     # kept a day longer than a message can live
     keep = settings.retry_max_age + 86400.0
     stages: list[LaneStage | DelayStage | ControlStage] = []

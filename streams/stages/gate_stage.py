@@ -14,25 +14,28 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
 
-from streams.codec import Codec, Record
-from streams.deadletter import SourcePosition, dead_letter
-from streams.directory import DirectoryHolder
-from streams.runtime.records import Consumed, Out
-from streams.runtime.stage import Held, Step
-from streams.runtime.state import Overlay, Store
-from streams.settings import TopicNames
-from streams.stages.admission import count_admission, window_counts, windows_expired
-from streams.stages.gate import (
+from streams.contract.build import suppression_key
+from streams.contract.codec import Codec
+from streams.contract.records import DeliveryEvent, Rejection
+from streams.db.directory import DirectoryHolder
+from streams.gate.admission import count_admission, window_counts, windows_expired
+from streams.gate.core import (
     STAGE,
+    Arrival,
     GateResult,
     Reject,
+    Seen,
     admit,
     decide,
     replayed_memo,
     unknown_credentials,
 )
+from streams.kafka.config import TopicNames
+from streams.runtime.deadletter import dead_letter
+from streams.runtime.records import Consumed, Out
+from streams.runtime.stage import Held, Step
+from streams.runtime.state import Overlay, Store
 
 __all__ = ["DEFERRALS", "NOT_BEFORE", "DeferralStage", "GateOutputs", "GateStage"]
 
@@ -47,11 +50,11 @@ class GateOutputs:
         self.codec = codec
         self.topics = topics
 
-    def event(self, record: Record) -> Out:
+    def event(self, record: DeliveryEvent) -> Out:
         key = (record["message_id"] or record["request_id"] or record["tenant"]).encode()
         return Out(self.topics.events, key, self.codec.encode("DeliveryEvent", record))
 
-    def rejection(self, record: Record) -> Out:
+    def rejection(self, record: Rejection) -> Out:
         return Out(self.topics.rejections, record["key"], self.codec.encode("Rejection", record))
 
     def of(self, record: Consumed, result: GateResult, now: datetime, deferrals: int) -> list[Out]:
@@ -69,7 +72,7 @@ class GateOutputs:
         out.extend(
             Out(
                 t.suppressions,
-                f"{s['tenant']}\x1f{s['address']}".encode(),
+                suppression_key(s["tenant"], s["address"]),
                 encode("Suppression", s),
             )
             for s in result.suppressions
@@ -123,8 +126,7 @@ class GateStage:
         return step
 
     async def _one(self, state: Overlay, record: Consumed, now: datetime) -> tuple[GateResult, int]:
-        position = SourcePosition(record.topic, record.partition, record.offset)
-        decoded = admit(self.codec, record.value, record.key, position, now)
+        decoded = admit(self.codec, record.value, record.key, record.position, now)
         if isinstance(decoded, Reject):
             return GateResult("undecodable", rejection=decoded.record), 0
         request = decoded.request
@@ -142,20 +144,17 @@ class GateStage:
         )
         rate_key = f"r:{tenant}"
         rates = state.get(p, rate_key)
-        args: dict[str, Any] = {
-            "dedup_entry": state.get(p, f"d:{tenant}\x1f{idem}") if idem else None,
-            "counts": window_counts(rates, ts),
-            "now": now,
-            "dedup_ttl": self.dedup_ttl,
-            "source": position,
-            "raw": record.value or b"",
-            "key": record.key,
-            "deferrals": deferrals,
-            "memo": memo,
-        }
-        result = decide(request, self.directory.current, **args)
-        if unknown_credentials(result) and await self.directory.lookup_miss(request["api_key"]):
-            result = decide(request, self.directory.current, **args)
+        seen = Seen(
+            state.get(p, f"d:{tenant}\x1f{idem}") if idem else None,
+            window_counts(rates, ts),
+            memo,
+        )
+        arrival = Arrival(record.position, record.value or b"", record.key, deferrals)
+        ttl = self.dedup_ttl
+        result = decide(request, self.directory.current, seen, arrival, now, dedup_ttl=ttl)
+        key = request["api_key"]
+        if unknown_credentials(result) and key and await self.directory.lookup_miss(key):
+            result = decide(request, self.directory.current, seen, arrival, now, dedup_ttl=ttl)
         if result.memo_entry is not None:
             state.put(p, memo_key, result.memo_entry)
         if watermark is None or record.offset > watermark:

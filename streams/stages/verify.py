@@ -9,17 +9,19 @@ from collections.abc import Iterator, MutableMapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from streams.codec import Codec, Record
-from streams.deadletter import dead_letter
-from streams.directory import DirectoryHolder
+from streams.contract.codec import Codec
+from streams.contract.records import VerificationResult, VerifyTask
+from streams.db.directory import DirectoryHolder
 from streams.errors import CodecError
+from streams.kafka.config import TopicNames
+from streams.mail.dns import MxCache, MxResolver
 from streams.obs.metrics import EndToEnd
 from streams.runtime.cache import BoundedCache
+from streams.runtime.deadletter import dead_letter
 from streams.runtime.records import Consumed, Out
 from streams.runtime.stage import Step
 from streams.runtime.state import Store
-from streams.settings import Settings, TopicNames
-from streams.verify.dns import MxResolver
+from streams.settings import VerifySettings
 from streams.verify.lists import load_lists
 from streams.verify.probe import SmtpProber
 from streams.verify.service import Verifier
@@ -30,25 +32,29 @@ STAGE = "verify"
 MX_CACHE_ENTRIES = 50_000  # domains: an entry is a few hosts
 
 
-def build_verifier(settings: Settings, directory: DirectoryHolder | None) -> Verifier:
+def build_verifier(verify: VerifySettings, directory: DirectoryHolder | None) -> Verifier:
     prober = SmtpProber(
-        port=settings.smtp_probe_port,
-        helo_name=settings.smtp_probe_helo,
-        mail_from=settings.smtp_probe_from,
-        timeout=settings.smtp_probe_timeout,
+        port=verify.smtp_probe_port,
+        helo_name=verify.smtp_probe_helo,
+        mail_from=verify.smtp_probe_from,
+        timeout=verify.smtp_probe_timeout,
     )
 
     def suppressed(tenant: str, address: str) -> bool:
         return directory is not None and directory.current.is_suppressed(tenant, address)
 
+    resolver = MxResolver(verify.nameservers, verify.dns_timeout, verify.dns_tries)
+    mx_cache = MxCache(
+        resolver,
+        min_ttl=verify.mx_cache_min_ttl,
+        max_ttl=verify.mx_cache_max_ttl,
+        max_entries=MX_CACHE_ENTRIES,
+    )
     return Verifier(
-        load_lists(settings.lists_dir),
-        MxResolver(settings.nameservers, settings.dns_timeout, settings.dns_tries),
+        load_lists(verify.lists_dir),
+        mx_cache,
         prober,
-        BoundedCache(MX_CACHE_ENTRIES),
-        BoundedCache(settings.verify_cache_entries),
-        mx_min_ttl=settings.mx_cache_min_ttl,
-        mx_max_ttl=settings.mx_cache_max_ttl,
+        BoundedCache(verify.cache_entries),
         suppressed=suppressed,
     )
 
@@ -110,27 +116,26 @@ class VerifyStage:
 
     async def process(self, batch: Sequence[Consumed], now: datetime) -> Step:
         step = Step()
-        ts = now.timestamp()
-        ready: list[tuple[Consumed, Record]] = []
-        waiting: list[tuple[Consumed, Record]] = []
+        ready: list[tuple[Consumed, VerifyTask]] = []
+        waiting: list[tuple[Consumed, VerifyTask]] = []
         for record in batch:
             try:
-                _, task = self.codec.decode(record.value or b"", expected="VerifyTask")
+                task = self.codec.decode_as(record.value or b"", "VerifyTask")
             except CodecError as exc:
                 step.outputs.append(self._dead_letter(record, exc, now))
                 step.outcomes["undecodable"] += 1
                 continue
             domain = task["address"].rpartition("@")[2]
-            fast = not task["smtp_probe"] and self.verifier.mx_is_cached(domain, ts)
+            fast = not task["smtp_probe"] and self.verifier.mx_is_cached(domain)
             (ready if fast else waiting).append((record, task))
-        results: list[Record] = []
+        results: list[VerificationResult] = []
         # no network needed: awaiting in turn costs less than a task each
         for record, task in ready:
             results.append(await self.verifier.verify(task, now, self._durable(record)))
         if waiting:
             limit = asyncio.Semaphore(self.lookups)
 
-            async def one(record: Consumed, task: Record) -> Record:
+            async def one(record: Consumed, task: VerifyTask) -> VerificationResult:
                 async with limit:
                     return await self.verifier.verify(task, now, self._durable(record))
 

@@ -1,59 +1,21 @@
 """Optional SMTP probe: EHLO, MAIL FROM, RCPT TO on the domain's MX, never DATA.
 
-Sessions are pooled per MX host, so several recipients of one domain share a connection
-(RSET between them). ``classify_rcpt`` is the pure part: reply code -> what it means.
+Sessions come from the shared SMTP pool, one per MX host, so several recipients of one domain
+share a connection (RSET between them). What a RCPT reply means is
+``streams.mail.replies.classify_rcpt``.
 """
 
 from __future__ import annotations
 
-import asyncio
-import re
 import secrets
-import time
 from dataclasses import dataclass
-from enum import StrEnum
 
 import aiosmtplib
 
-__all__ = ["ProbeResult", "RcptOutcome", "SmtpProber", "classify_rcpt"]
+from streams.mail.pool import Connection, PerHostLimit, Pool
+from streams.mail.replies import RcptOutcome, classify_rcpt
 
-_ENHANCED = re.compile(r"^\s*([245]\.\d{1,3}\.\d{1,3})\b")
-_BLOCK_WORDS = re.compile(r"block|spamhaus|blacklist|denylist|policy|reputation|rejected by", re.I)
-_DISABLED_WORDS = re.compile(r"disabled|inactive|deactivated|suspended", re.I)
-
-
-class RcptOutcome(StrEnum):
-    DELIVERABLE = "deliverable"
-    INVALID = "invalid"
-    FULL = "full"
-    DISABLED = "disabled"
-    TEMPORARY = "temporary"  # greylisting and other 4xx: ask again later
-    BLOCKED = "blocked"  # the server refuses us, which says nothing about the mailbox
-    UNKNOWN = "unknown"
-
-
-def enhanced_code(message: str) -> str | None:
-    match = _ENHANCED.match(message)
-    return match.group(1) if match else None
-
-
-def classify_rcpt(code: int, message: str) -> RcptOutcome:
-    enhanced = enhanced_code(message) or ""
-    if code in (250, 251):
-        return RcptOutcome.DELIVERABLE
-    if enhanced.endswith(".2.2") or code == 552 or (code == 452 and not enhanced.endswith(".5.3")):
-        return RcptOutcome.FULL
-    if 500 <= code < 600:
-        if enhanced.startswith("5.7") or _BLOCK_WORDS.search(message):
-            return RcptOutcome.BLOCKED
-        if enhanced == "5.2.1" or _DISABLED_WORDS.search(message):
-            return RcptOutcome.DISABLED
-        if code in (550, 551, 553) or enhanced.startswith("5.1"):
-            return RcptOutcome.INVALID
-        return RcptOutcome.UNKNOWN
-    if 400 <= code < 500:
-        return RcptOutcome.TEMPORARY
-    return RcptOutcome.UNKNOWN
+__all__ = ["ProbeResult", "SmtpProber"]
 
 
 @dataclass(frozen=True)
@@ -66,15 +28,11 @@ class ProbeResult:
     error: str | None = None
 
 
-@dataclass
-class _Session:
-    client: aiosmtplib.SMTP
-    lock: asyncio.Lock
-    used: int
-    last_used: float
-
-
 class SmtpProber:
+    """Sessions come from the shared SMTP pool (``streams.mail.pool``) with one session per MX
+    host: concurrent probes of one host wait their turn on it, and a session is reused for up to
+    ``max_per_connection`` probes and closed after ``idle_timeout``."""
+
     def __init__(
         self,
         *,
@@ -89,52 +47,43 @@ class SmtpProber:
         self.helo_name = helo_name
         self.mail_from = mail_from
         self.timeout = timeout
-        self.max_per_connection = max_per_connection
-        self.idle_timeout = idle_timeout
-        self._sessions: dict[str, _Session] = {}
-        self._opening: dict[str, asyncio.Lock] = {}
+        self._pool = Pool(
+            PerHostLimit(1),
+            max_messages=max_per_connection,
+            idle_timeout=idle_timeout,
+            # a probe waits for the host's session as long as a few probes before it may take
+            wait=max(60.0, 6 * timeout),
+            quit_timeout=min(timeout, 5.0),
+        )
         self.connections_opened = 0
 
-    async def _session(self, host: str) -> _Session:
-        lock = self._opening.setdefault(host, asyncio.Lock())
-        async with lock:
-            session = self._sessions.get(host)
-            now = time.monotonic()
-            stale = session is not None and (
-                session.used >= self.max_per_connection
-                or now - session.last_used > self.idle_timeout
-                or not session.client.is_connected
-            )
-            if session is not None and stale:
-                await self._close(host)
-                session = None
-            if session is None:
-                client = aiosmtplib.SMTP(
-                    hostname=host,
-                    port=self.port,
-                    timeout=self.timeout,
-                    local_hostname=self.helo_name,
-                    start_tls=False,
-                    use_tls=False,
-                )
-                await client.connect()
-                self.connections_opened += 1
-                await client.ehlo()
-                session = _Session(client, asyncio.Lock(), 0, now)
-                self._sessions[host] = session
-            return session
-
-    async def _close(self, host: str) -> None:
-        session = self._sessions.pop(host, None)
-        if session is not None:
-            try:
-                await session.client.quit()
-            except (aiosmtplib.SMTPException, OSError, TimeoutError):
-                session.client.close()
+    async def _session(self, host: str) -> Connection:
+        conn = await self._pool.acquire(host, host)
+        if conn is None:
+            raise TimeoutError(f"no SMTP session to {host} came free")
+        if conn.client is not None:
+            return conn
+        client = aiosmtplib.SMTP(
+            hostname=host,
+            port=self.port,
+            timeout=self.timeout,
+            local_hostname=self.helo_name,
+            start_tls=False,
+            use_tls=False,
+        )
+        try:
+            await client.connect()
+            self.connections_opened += 1
+            await client.ehlo()
+        except BaseException:
+            client.close()
+            self._pool.release(conn, reusable=False)
+            raise
+        conn.client, conn.address = client, host
+        return conn
 
     async def close(self) -> None:
-        for host in list(self._sessions):
-            await self._close(host)
+        await self._pool.close()
 
     async def _rcpt(self, client: aiosmtplib.SMTP, address: str) -> tuple[int, str]:
         reply = await client.execute_command(b"RCPT", f"TO:<{address}>".encode())
@@ -149,24 +98,28 @@ class SmtpProber:
         last_error = "no MX host to probe"
         for host in hosts[:3]:
             try:
-                session = await self._session(host)
+                conn = await self._session(host)
             except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
                 last_error = f"{host}: {type(exc).__name__}: {exc}"
                 continue
+            reusable = False
             try:
-                async with session.lock:
-                    return await self._transaction(session, address, domain, catch_all)
+                result = await self._transaction(conn, address, domain, catch_all)
             except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
-                await self._close(host)
                 last_error = f"{host}: {type(exc).__name__}: {exc}"
+            else:
+                reusable = True
+                return result
+            finally:
+                self._pool.release(conn, reusable=reusable)
         return ProbeResult(can_connect=False, outcome=RcptOutcome.UNKNOWN, error=last_error)
 
     async def _transaction(
-        self, session: _Session, address: str, domain: str, catch_all: bool | None
+        self, conn: Connection, address: str, domain: str, catch_all: bool | None
     ) -> ProbeResult:
-        client = session.client
-        session.used += 1
-        session.last_used = time.monotonic()
+        client = conn.client
+        assert client is not None
+        conn.sent += 1
         mail = await client.execute_command(b"MAIL", f"FROM:<{self.mail_from}>".encode())
         if mail.code != 250:
             await client.execute_command(b"RSET")

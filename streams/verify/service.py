@@ -1,8 +1,9 @@
 """Verify one address: caches first, then syntax, lists, MX, optional SMTP probe, verdict.
 
-The caches are plain mutable mappings with JSON-safe values carrying an ``expires`` epoch: bounded
-in-memory caches for MX answers and cheap verdicts (recomputed after a restart at the cost of a
-DNS lookup), and a state store with a changelog for probe verdicts, which cost an SMTP session.
+MX answers come from the ``MxCache`` delivery uses too (``streams.mail.dns``). Verdicts are kept in
+plain mutable mappings with JSON-safe values carrying an ``expires`` epoch: a bounded in-memory
+cache for cheap verdicts (recomputed after a restart at the cost of a DNS lookup), and a state
+store with a changelog for probe verdicts, which cost an SMTP session.
 """
 
 from __future__ import annotations
@@ -11,18 +12,16 @@ import asyncio
 import time
 from collections.abc import Callable, MutableMapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
-from streams.codec import Record
-from streams.verify.dns import MxAnswer, MxResolver
+from streams.contract.records import VerificationResult, VerifyTask
+from streams.mail.dns import MxAnswer, MxCache
+from streams.mail.syntax import SyntaxResult, check_syntax
 from streams.verify.lists import Lists
 from streams.verify.probe import ProbeResult, SmtpProber
-from streams.verify.syntax import SyntaxResult, check_syntax
 from streams.verify.verdict import apply_suppression, build_result, cache_ttl, judge
 
 __all__ = ["Verifier"]
-
-_NOT_CACHED = {"timeout", "error"}  # a flaky resolver must not pin a domain as unknown
 
 
 def _to_ms(value: datetime | None) -> int | None:
@@ -37,36 +36,20 @@ class Verifier:
     def __init__(
         self,
         lists: Lists,
-        resolver: MxResolver,
+        mx_cache: MxCache,
         prober: SmtpProber | None,
-        mx_cache: MutableMapping[str, Any],
         verdict_cache: MutableMapping[str, Any],
         *,
-        mx_min_ttl: int,
-        mx_max_ttl: int,
         suppressed: Callable[[str, str], bool] = lambda _t, _a: False,
     ) -> None:
         self.lists = lists
-        self.resolver = resolver
         self.prober = prober
         self.mx_cache = mx_cache
         self.verdict_cache = verdict_cache
-        self.mx_min_ttl = mx_min_ttl
-        self.mx_max_ttl = mx_max_ttl
         self.suppressed = suppressed
         self._catch_all: dict[str, tuple[bool, float]] = {}
         # concurrent checks of one address share the first one's work (and its SMTP probe)
         self._inflight: dict[str, asyncio.Future[None]] = {}
-
-    async def mx(self, domain: str, now: float) -> MxAnswer:
-        hit = self.mx_cache.get(domain)
-        if hit is not None and hit["expires"] > now:
-            return MxAnswer.from_json(hit["answer"])
-        answer = await self.resolver.lookup(domain)
-        if answer.status not in _NOT_CACHED:
-            ttl = min(max(answer.ttl, self.mx_min_ttl), self.mx_max_ttl)
-            self.mx_cache[domain] = {"answer": answer.to_json(), "expires": now + ttl}
-        return answer
 
     async def _probe(self, mx: MxAnswer, address: str, domain: str) -> ProbeResult:
         assert self.prober is not None
@@ -74,20 +57,19 @@ class Verifier:
         catch_all = known[0] if known and known[1] > time.monotonic() else None
         addresses: list[str] = []
         for host in mx.hosts[:3]:
-            addresses.extend((await self.resolver.addresses(host))[:1])
+            addresses.extend((await self.mx_cache.addresses(host))[:1])
         result = await self.prober.probe(addresses, address, domain, catch_all=catch_all)
         if catch_all is None and result.catch_all is not None:
             self._catch_all[domain] = (result.catch_all, time.monotonic() + 3600)
         return result
 
-    def mx_is_cached(self, domain: str, now: float) -> bool:
+    def mx_is_cached(self, domain: str) -> bool:
         """A verification of an address at ``domain`` without a probe needs no network."""
-        hit = self.mx_cache.get(domain.lower())
-        return hit is not None and hit["expires"] > now
+        return domain.lower() in self.mx_cache
 
     async def verify(
-        self, task: Record, now: datetime, durable: MutableMapping[str, Any] | None = None
-    ) -> Record:
+        self, task: VerifyTask, now: datetime, durable: MutableMapping[str, Any] | None = None
+    ) -> VerificationResult:
         """``durable``: where probe verdicts are kept (a state store with a changelog: a probe
         is worth remembering across restarts); other verdicts stay in ``verdict_cache``."""
         now = now.replace(microsecond=now.microsecond // 1000 * 1000)  # Avro keeps milliseconds
@@ -100,15 +82,20 @@ class Verifier:
         if pending is not None:
             await asyncio.shield(pending)
         hit = cache.get(cache_key)
+        result: VerificationResult
         if hit is not None and hit["expires"] > ts:
-            result = dict(hit["result"])
-            result.update(
-                request_id=task["request_id"],
-                tenant=task["tenant"],
-                address=task["address"],
-                cached=True,
-                requested_at=task["requested_at"],
-                verified_at=_from_ms(result["verified_at"]),
+            stored = hit["result"]  # JSON-safe: verified_at in epoch milliseconds
+            result = cast(
+                "VerificationResult",
+                {
+                    **stored,
+                    "request_id": task["request_id"],
+                    "tenant": task["tenant"],
+                    "address": task["address"],
+                    "cached": True,
+                    "requested_at": task["requested_at"],
+                    "verified_at": _from_ms(stored["verified_at"]),
+                },
             )
         else:
             done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -124,19 +111,19 @@ class Verifier:
 
     async def _fresh(
         self,
-        task: Record,
+        task: VerifyTask,
         syntax: SyntaxResult,
         now: datetime,
         probe: bool,
         cache_key: str,
         cache: MutableMapping[str, Any],
-    ) -> Record:
+    ) -> VerificationResult:
         ts = now.timestamp()
         mx = misc = smtp = None
         if syntax.valid:
             assert syntax.ascii_domain is not None
             assert syntax.local_part is not None
-            mx = await self.mx(syntax.ascii_domain, ts)
+            mx = await self.mx_cache.lookup(syntax.ascii_domain)
             misc = self.lists.flags(syntax.local_part, syntax.ascii_domain)
             if probe and mx.accepts_mail and mx.hosts:
                 smtp = await self._probe(

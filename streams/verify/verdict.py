@@ -5,12 +5,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
-from streams.verify.dns import MxAnswer
+from streams.contract.records import Reachability, VerificationResult, VerifyTask
+from streams.mail.dns import MxAnswer
+from streams.mail.replies import RcptOutcome, parse_enhanced
+from streams.mail.syntax import SyntaxResult
 from streams.verify.lists import MiscFlags
-from streams.verify.probe import ProbeResult, RcptOutcome, enhanced_code
-from streams.verify.syntax import SyntaxResult
+from streams.verify.probe import ProbeResult
 
 __all__ = ["Verdict", "apply_suppression", "build_result", "cache_ttl", "judge"]
 
@@ -19,7 +20,7 @@ _MINUTE, _HOUR, _DAY = 60, 3600, 86400
 
 @dataclass(frozen=True)
 class Verdict:
-    is_reachable: str  # safe | risky | invalid | unknown
+    is_reachable: Reachability
     score: int
     reasons: tuple[str, ...]
 
@@ -46,50 +47,63 @@ def judge(
         return Verdict("invalid", 0, ("invalid_syntax",))
     assert mx is not None
     assert misc is not None
-    mx_reasons = {
-        "null_mx": "null_mx",
-        "nxdomain": "no_such_domain",
-        "no_mail": "no_mail_server",
-    }
-    if mx.status in mx_reasons:
-        return Verdict("invalid", 2, (mx_reasons[mx.status],))
+    if mx.status in _MX_INVALID:
+        return Verdict("invalid", 2, (_MX_INVALID[mx.status],))
     reasons: list[str] = []
     if smtp is not None:
-        outcome = smtp.outcome
-        if not smtp.can_connect:
-            reasons.append("smtp_unreachable")
-        elif outcome is RcptOutcome.INVALID:
-            return Verdict("invalid", 5, ("mailbox_unknown",))
-        elif outcome is RcptOutcome.DISABLED:
-            return Verdict("invalid", 5, ("mailbox_disabled",))
-        elif outcome is RcptOutcome.FULL:
-            reasons.append("mailbox_full")
-        elif outcome is RcptOutcome.TEMPORARY:
-            reasons.append("smtp_temporary_failure")
-        elif outcome is RcptOutcome.BLOCKED:
-            reasons.append("smtp_blocked")
-        elif outcome is RcptOutcome.UNKNOWN:
-            reasons.append("smtp_unknown_reply")
-        if smtp.catch_all:
-            reasons.append("catch_all")
+        found = _smtp_reasons(smtp)
+        if isinstance(found, Verdict):
+            return found
+        reasons.extend(found)
     if mx.status in ("timeout", "error"):
         reasons.append("dns_unavailable")
-    risky = []
-    if misc.is_disposable:
-        risky.append("disposable")
-    if misc.is_role_account:
-        risky.append("role_account")
-    if misc.suggestion:
-        risky.append("possible_typo")
+    risky = _risks(misc)
     reasons.extend(risky)
+    return _weigh(reasons, len(risky), probed=smtp is not None)
+
+
+_MX_INVALID = {"null_mx": "null_mx", "nxdomain": "no_such_domain", "no_mail": "no_mail_server"}
+# a probe's answer that settles it: the mailbox is not there
+_SMTP_INVALID = {RcptOutcome.INVALID: "mailbox_unknown", RcptOutcome.DISABLED: "mailbox_disabled"}
+_SMTP_REASONS = {
+    RcptOutcome.FULL: "mailbox_full",
+    RcptOutcome.TEMPORARY: "smtp_temporary_failure",
+    RcptOutcome.BLOCKED: "smtp_blocked",
+    RcptOutcome.UNKNOWN: "smtp_unknown_reply",
+}
+
+
+def _smtp_reasons(smtp: ProbeResult) -> list[str] | Verdict:
+    """What the probe says: a verdict when it settles the address, else reasons to weigh."""
+    if not smtp.can_connect:
+        reasons = ["smtp_unreachable"]
+    elif smtp.outcome in _SMTP_INVALID:
+        return Verdict("invalid", 5, (_SMTP_INVALID[smtp.outcome],))
+    else:
+        reasons = [_SMTP_REASONS[smtp.outcome]] if smtp.outcome in _SMTP_REASONS else []
+    if smtp.catch_all:
+        reasons.append("catch_all")
+    return reasons
+
+
+def _risks(misc: MiscFlags) -> list[str]:
+    flags = (
+        (misc.is_disposable, "disposable"),
+        (misc.is_role_account, "role_account"),
+        (bool(misc.suggestion), "possible_typo"),
+    )
+    return [reason for flagged, reason in flags if flagged]
+
+
+def _weigh(reasons: list[str], risks: int, *, probed: bool) -> Verdict:
     if any(r in _UNKNOWN for r in reasons):
-        return Verdict("unknown", 50 - 10 * len(risky), tuple(reasons))
-    if risky or "mailbox_full" in reasons or "catch_all" in reasons:
-        penalty = 15 * len(risky) + (20 if "mailbox_full" in reasons else 0)
+        return Verdict("unknown", 50 - 10 * risks, tuple(reasons))
+    if risks or "mailbox_full" in reasons or "catch_all" in reasons:
+        penalty = 15 * risks + (20 if "mailbox_full" in reasons else 0)
         penalty += 15 if "catch_all" in reasons else 0
         return Verdict("risky", max(10, 75 - penalty), tuple(reasons))
     # without a probe MX is the best evidence we have: safe, but not as sure as a 250
-    score = 99 if smtp is not None else 85
+    score = 99 if probed else 85
     return Verdict("safe", score, tuple(reasons))
 
 
@@ -107,14 +121,14 @@ def cache_ttl(verdict: Verdict, probed: bool) -> int:
 
 
 def build_result(
-    task: dict[str, Any],
+    task: VerifyTask,
     syntax: SyntaxResult,
     mx: MxAnswer | None,
     misc: MiscFlags | None,
     smtp: ProbeResult | None,
     verdict: Verdict,
     now: datetime,
-) -> dict[str, Any]:
+) -> VerificationResult:
     """The VerificationResult record (schemas/VerificationResult.avsc)."""
     return {
         "request_id": task["request_id"],
@@ -161,7 +175,7 @@ def build_result(
             if not smtp.code
             else {
                 "code": smtp.code,
-                "enhanced_code": enhanced_code(smtp.message),
+                "enhanced_code": parse_enhanced(smtp.message),
                 "message": smtp.message,
             },
         },
@@ -171,10 +185,10 @@ def build_result(
     }
 
 
-def apply_suppression(result: dict[str, Any]) -> dict[str, Any]:
+def apply_suppression(result: VerificationResult) -> VerificationResult:
     """The tenant suppressed this address: never better than risky, and say why. Kept out of the
     cached verdict because suppression is per tenant while the cache is per address."""
-    result = {**result, "misc": {**result["misc"], "is_suppressed": True}}
+    result = {**result, "misc": {**result["misc"], "is_suppressed": True}}  # a copy, not an edit
     result["reasons"] = [*result["reasons"], "suppressed"]
     if result["is_reachable"] == "safe":
         result["is_reachable"] = "risky"

@@ -8,8 +8,8 @@ from typing import TypeVar
 
 import asyncpg
 
+from streams.db.tenants import create_api_key, create_tenant
 from streams.settings import Settings
-from streams.tenants import create_api_key, create_tenant
 
 T = TypeVar("T")
 

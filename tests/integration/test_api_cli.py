@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from streams.cli import app
+from streams.cli.main import app
+from streams.cli.verifyfile import COLUMNS
 from streams.settings import Settings
-from streams.verifyfile import COLUMNS
 from tests.conftest import SENDER_DOMAIN, free_port
 from tests.integration.helpers import eventually, new_tenant
 

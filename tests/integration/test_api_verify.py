@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncpg
 import pytest
 
+from streams.db.tenants import create_api_key
 from streams.settings import Settings
-from streams.tenants import create_api_key
 from tests.integration.api_client import Answer, ApiClient
 from tests.integration.helpers import new_tenant
 

@@ -16,14 +16,16 @@ import dns.query
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from streams.codec import Codec
+from streams.contract.codec import Codec
 from streams.deliver.control import Command, Selector
-from streams.deliver.expand import expand
-from streams.deliver.queue import publish_command, read_compacted
+from streams.deliver.queue import publish_command
 from streams.deliver.retry import tier_topics
+from streams.gate.expand import expand
+from streams.kafka.read import read_compacted
 from streams.settings import Settings
 from streams.stack.stack import Stack
 from streams.stages.deliver import ENQUEUED
+from streams.stages.policies import retry_policy
 from tests.conftest import SENDER_DOMAIN
 from tests.integration.helpers import eventually, new_tenant
 from tests.peers.world import World
@@ -206,7 +208,7 @@ async def test_unreachable_mx_is_deferred_and_listed_in_the_queue(
     assert "timeout" in found[0]["reason"]
 
     async def queued() -> list[dict[str, Any]]:
-        entries = await read_compacted(stack, stack.topics.queue)
+        entries = await read_compacted(stack.kafka, stack.topics.queue)
         return [e for e in entries.values() if e["message_id"] == request["request_id"]]
 
     entries = await eventually(queued, lambda es: len(es) == 1)
@@ -214,7 +216,7 @@ async def test_unreachable_mx_is_deferred_and_listed_in_the_queue(
     assert entries[0]["recipient"] == "alice@stall.example"
     # clean up: delete it from the queue; it leaves with a dropped event
     await publish_command(
-        stack, Command("delete", Selector(message_id=request["request_id"]), _now_ms())
+        stack.kafka, Command("delete", Selector(message_id=request["request_id"]), _now_ms())
     )
 
     def states() -> Awaitable[dict[str, str]]:
@@ -242,7 +244,7 @@ async def test_flush_sends_deferred_mail_now(
         "first_attempt_at": now,
         "not_before": now + timedelta(hours=1),
     }
-    longest = tier_topics(stack.retry_policy, stack.topics.prefix)[-1]
+    longest = tier_topics(retry_policy(stack.delivery), stack.topics.prefix)[-1]
     producer = AIOKafkaProducer(bootstrap_servers=stack.bootstrap, acks="all")
     await producer.start()
     try:
@@ -257,7 +259,7 @@ async def test_flush_sends_deferred_mail_now(
     await asyncio.sleep(3)
     assert len(world.mx["normal"].messages_to("joe@normal.example")) == before
     await publish_command(
-        stack, Command("flush", Selector(message_id=request["request_id"]), _now_ms())
+        stack.kafka, Command("flush", Selector(message_id=request["request_id"]), _now_ms())
     )
 
     def states() -> Awaitable[dict[str, str]]:
@@ -277,18 +279,18 @@ async def test_hold_then_release(
 ) -> None:
     tenant, key = await _tenant(stack)
     request = send_request(tenant, key, ["joe@normal.example"])
-    await publish_command(stack, Command("hold", Selector(tenant=tenant), _now_ms()))
+    await publish_command(stack.kafka, Command("hold", Selector(tenant=tenant), _now_ms()))
     await asyncio.sleep(1.0)  # every worker's control feed has it
     await _send(stack, codec, request)
 
     async def queued() -> list[dict[str, Any]]:
-        entries = await read_compacted(stack, stack.topics.queue)
+        entries = await read_compacted(stack.kafka, stack.topics.queue)
         return [e for e in entries.values() if e["tenant"] == tenant]
 
     held = await eventually(queued, lambda es: len(es) == 1)
     assert held[0]["state"] == "held"
     before = len(world.mx["normal"].messages_to("joe@normal.example"))
-    await publish_command(stack, Command("release", Selector(tenant=tenant), _now_ms()))
+    await publish_command(stack.kafka, Command("release", Selector(tenant=tenant), _now_ms()))
 
     def states() -> Awaitable[dict[str, str]]:
         return _states(db, request["request_id"])

@@ -10,8 +10,8 @@ from typing import Any
 import asyncpg
 import pytest
 
+from streams.db.tenants import create_api_key
 from streams.settings import Settings
-from streams.tenants import create_api_key
 from tests.conftest import SENDER_DOMAIN
 from tests.integration.api_client import Answer, ApiClient
 from tests.integration.helpers import eventually, new_tenant

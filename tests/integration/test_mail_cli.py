@@ -11,8 +11,8 @@ import asyncpg
 import pytest
 from typer.testing import CliRunner
 
-from streams.cli import app
-from streams.codec import Codec
+from streams.cli.main import app
+from streams.contract.codec import Codec
 from streams.settings import Settings
 from tests.integration.helpers import eventually
 from tests.integration.test_deliver_pipeline import _send, _states, _tenant, send_request

@@ -7,7 +7,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from sinks.migrate import MIGRATIONS_DIR, apply_migrations
+from streams.db.migrate import MIGRATION_DIRS, apply_migrations
 from streams.errors import MigrationError
 from streams.settings import Settings
 
@@ -57,8 +57,9 @@ async def test_migrations_apply_once(scratch_dsn: str) -> None:
 async def test_an_edited_released_migration_is_refused(scratch_dsn: str, tmp_path: Path) -> None:
     edited = tmp_path / "migrations"
     edited.mkdir()
-    for path in MIGRATIONS_DIR.glob("*.sql"):
-        (edited / path.name).write_text(path.read_text())
+    for directory in MIGRATION_DIRS:
+        for path in directory.glob("*.sql"):
+            (edited / path.name).write_text(path.read_text())
     await apply_migrations(scratch_dsn, edited)
     first = sorted(edited.glob("*.sql"))[0]
     first.write_text(first.read_text() + "\n-- edited\n")

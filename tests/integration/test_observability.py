@@ -13,7 +13,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
 
-from streams.codec import Codec
+from streams.contract.codec import Codec
 from streams.obs.logs import KEY_FILE
 from streams.obs.redact import Redactor
 from streams.settings import Settings

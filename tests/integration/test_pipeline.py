@@ -9,7 +9,7 @@ import asyncpg
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from streams.codec import Codec
+from streams.contract.codec import Codec
 from streams.settings import Settings
 from tests.integration.helpers import eventually, new_tenant
 

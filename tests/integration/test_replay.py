@@ -16,8 +16,8 @@ from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from typer.testing import CliRunner
 
-from streams.cli import app
-from streams.codec import Codec
+from streams.cli.main import app
+from streams.contract.codec import Codec
 from streams.settings import Settings
 from tests.integration.helpers import eventually, new_tenant
 

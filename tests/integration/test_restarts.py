@@ -14,10 +14,10 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from sinks.runner import run_sinks
-from streams.codec import Codec
+from streams.contract.codec import Codec
+from streams.db.tenants import create_api_key, create_tenant
 from streams.settings import Settings
 from streams.stack.stack import Stack
-from streams.tenants import create_api_key, create_tenant
 from tests.conftest import stack_settings
 from tests.integration.helpers import eventually
 

@@ -13,8 +13,8 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from typer.testing import CliRunner
 
-from streams.cli import app
-from streams.codec import Codec
+from streams.cli.main import app
+from streams.contract.codec import Codec
 from streams.settings import Settings
 from tests.integration.helpers import eventually
 

@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 
 from streams.bench.dns_server import Zone, ZoneServer
-from streams.deliver.bounce import Category, Disposition, Stage
-from streams.deliver.throttle import DestinationLimits, Limit, Throttle
+from streams.deliver.throttle import DestinationLimits, DestinationThrottle, Limit
 from streams.deliver.transport import Transport, TransportConfig
-from streams.verify.dns import MxResolver
+from streams.mail.dns import MxResolver
+from streams.mail.replies import Category, Disposition, Stage
 from tests.peers.smtp_behaviours import Behaviour, GreetingServer, SinkServer, TlsFiles, make_tls
 from tests.peers.smtp_servers import StallServer, free_port_on
 
@@ -31,9 +31,9 @@ def next_host() -> str:
     return next(_next_host)
 
 
-def throttle(connections: int = 10) -> Throttle:
+def throttle(connections: int = 10) -> DestinationThrottle:
     limit = Limit(connections=connections, rate=10_000.0, burst=1_000)
-    return Throttle(DestinationLimits(default=limit, overrides={}))
+    return DestinationThrottle(DestinationLimits(default=limit, overrides={}))
 
 
 Factory = Callable[..., Transport]
@@ -46,7 +46,7 @@ async def make_transport() -> AsyncIterator[Factory]:
     def make(
         server: SinkServer | None = None,
         *,
-        limiter: Throttle | None = None,
+        limiter: DestinationThrottle | None = None,
         resolver: MxResolver | None = None,
         **overrides: Any,
     ) -> Transport:

@@ -26,7 +26,7 @@ async def verifier(world: World) -> AsyncIterator[Verifier]:
         smtp_probe_port=world.smtp_port,
         smtp_probe_timeout=1.5,
     )
-    v = build_verifier(settings, None)
+    v = build_verifier(settings.verify, None)
     yield v
     assert v.prober is not None
     await v.prober.close()

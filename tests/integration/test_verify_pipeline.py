@@ -13,9 +13,9 @@ import asyncpg
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from streams.codec import Codec
+from streams.contract.codec import Codec
+from streams.db.tenants import create_api_key, create_tenant
 from streams.settings import Settings
-from streams.tenants import create_api_key, create_tenant
 from tests.integration.helpers import eventually
 
 pytestmark = pytest.mark.integration

@@ -9,7 +9,7 @@ import pytest
 from streams.api import params
 from streams.api.tracking import translate_webhook
 from streams.api.verifyjobs import CHUNK, job_id_for, parse_batch, parse_single, plan, requests
-from streams.codec import default_codec
+from streams.contract.codec import default_codec
 from streams.errors import IngressValidationError
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)

@@ -3,9 +3,9 @@ from __future__ import annotations
 import pytest
 from typer.testing import CliRunner
 
-from streams.cli import app
+from streams.cli.main import app
+from streams.db.keys import SCOPES, parse_scopes
 from streams.errors import UnknownScopeError
-from streams.keys import SCOPES, parse_scopes
 
 
 def test_scopes_are_deduplicated_and_put_in_order() -> None:

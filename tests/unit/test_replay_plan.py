@@ -5,8 +5,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from typer.testing import CliRunner
 
-from streams.cli import app
+from streams.cli.main import app
 from streams.errors import NotReplayableError, TimeFormatError, TimeRangeError, UnknownTopicError
+from streams.kafka.config import TopicNames
 from streams.replay.plan import (
     PartitionRange,
     RangeTracker,
@@ -17,7 +18,6 @@ from streams.replay.plan import (
     stage_input,
     time_window,
 )
-from streams.settings import TopicNames
 
 NOW = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from streams.api.sendgrid import MAX_RECIPIENTS, message_id_for, translate
-from streams.codec import default_codec
+from streams.contract.codec import default_codec
 from streams.errors import IngressValidationError
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from streams.cli.verifyfile import COLUMNS, done_addresses, read_addresses, result_row
 from streams.errors import InputFileError
-from streams.verifyfile import COLUMNS, done_addresses, read_addresses, result_row
 
 
 def test_csv_with_a_header_finds_the_email_column_and_dedups() -> None:

@@ -5,9 +5,10 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from streams.deliver.bounce import Stage, TransportErrorKind, classify, transport_error
-from streams.deliver.core import conclude, failed, flush_now, lane_of, postpone, task_id, triage
+from streams.contract.build import lane_of, task_id
+from streams.deliver.core import conclude, failed, flush_now, postpone, triage
 from streams.deliver.retry import RetryPolicy
+from streams.mail.replies import Stage, TransportErrorKind, classify, transport_error
 
 T0 = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 POLICY = RetryPolicy()

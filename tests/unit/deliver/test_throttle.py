@@ -7,8 +7,8 @@ import pytest
 from streams.deliver.throttle import (
     DEFAULT_OVERRIDES,
     DestinationLimits,
+    DestinationThrottle,
     Limit,
-    Throttle,
     TokenBucket,
 )
 
@@ -144,7 +144,7 @@ def test_invalid_limits_are_rejected(kwargs: dict[str, float]) -> None:
 
 
 def test_connections_are_limited_per_destination() -> None:
-    throttle = Throttle(DestinationLimits(default=Limit(connections=2)))
+    throttle = DestinationThrottle(DestinationLimits(default=Limit(connections=2)))
     assert throttle.open_connection("mx.a.example")
     assert throttle.open_connection("mx.a.example")
     assert not throttle.open_connection("mx.a.example")
@@ -155,7 +155,7 @@ def test_connections_are_limited_per_destination() -> None:
 
 
 def test_hosts_under_one_override_share_its_connections() -> None:
-    throttle = Throttle()
+    throttle = DestinationThrottle()
     hosts = ["gmail-smtp-in.l.google.com", "alt1.gmail-smtp-in.l.google.com"]
     opened = sum(throttle.open_connection(hosts[i % 2]) for i in range(30))
     assert opened == 20
@@ -164,11 +164,11 @@ def test_hosts_under_one_override_share_its_connections() -> None:
 
 def test_closing_a_connection_never_opened_is_an_error() -> None:
     with pytest.raises(ValueError, match="no open connection"):
-        Throttle().close_connection("mx.a.example")
+        DestinationThrottle().close_connection("mx.a.example")
 
 
 def test_destination_rate() -> None:
-    throttle = Throttle(DestinationLimits(default=Limit(rate=10, burst=2)))
+    throttle = DestinationThrottle(DestinationLimits(default=Limit(rate=10, burst=2)))
     assert throttle.take("t1", "a.example", 0.0) == 0.0
     assert throttle.take("t1", "a.example", 0.0) == 0.0
     assert throttle.take("t1", "a.example", 0.0) == pytest.approx(0.1)
@@ -177,7 +177,7 @@ def test_destination_rate() -> None:
 
 
 def test_tenant_rate_spans_destinations() -> None:
-    throttle = Throttle(DestinationLimits(tenant_rate=5, tenant_burst=3))
+    throttle = DestinationThrottle(DestinationLimits(tenant_rate=5, tenant_burst=3))
     for domain in ("a.example", "b.example", "c.example"):
         assert throttle.take("t1", domain, 0.0) == 0.0
     assert throttle.take("t1", "d.example", 0.0) == pytest.approx(0.2)
@@ -186,7 +186,7 @@ def test_tenant_rate_spans_destinations() -> None:
 
 def test_a_refusal_by_one_bucket_spends_nothing_from_the_other() -> None:
     limits = DestinationLimits(default=Limit(rate=1, burst=1), tenant_rate=1, tenant_burst=2)
-    throttle = Throttle(limits)
+    throttle = DestinationThrottle(limits)
     assert throttle.take("t1", "a.example", 0.0) == 0.0
     # a.example is empty; t1 still has a token, and must keep it
     assert throttle.take("t1", "a.example", 0.0) == pytest.approx(1.0)
@@ -198,7 +198,7 @@ def test_a_refusal_by_one_bucket_spends_nothing_from_the_other() -> None:
 
 def test_prune_forgets_only_idle_buckets() -> None:
     limits = DestinationLimits(default=Limit(rate=10, burst=10), tenant_rate=10, tenant_burst=10)
-    throttle = Throttle(limits)
+    throttle = DestinationThrottle(limits)
     throttle.take("t1", "a.example", 0.0)
     assert throttle.prune(0.05) == 0
     assert throttle.prune(10.0) == 2

@@ -10,9 +10,7 @@ from typing import Any
 import aiosmtplib
 import pytest
 
-from streams.deliver.bounce import Category, Disposition, Outcome, Stage
-from streams.deliver.pool import Connection, MxCache, Pool
-from streams.deliver.throttle import DestinationLimits, Limit, Throttle
+from streams.deliver.throttle import DestinationLimits, DestinationThrottle, Limit
 from streams.deliver.transport import (
     MAX_MX_HOSTS,
     TransportConfig,
@@ -22,7 +20,9 @@ from streams.deliver.transport import (
     mx_route,
 )
 from streams.errors import ConfigError
-from streams.verify.dns import MxAnswer
+from streams.mail.dns import MxAnswer, MxCache
+from streams.mail.pool import Connection, Pool
+from streams.mail.replies import Category, Disposition, Outcome, Stage
 
 # --- routing ----------------------------------------------------------------------------------
 
@@ -176,8 +176,8 @@ def opened(conn: Connection | None) -> Connection:
     return conn
 
 
-def one_connection_throttle() -> Throttle:
-    return Throttle(DestinationLimits(default=Limit(connections=1), overrides={}))
+def one_connection_throttle() -> DestinationThrottle:
+    return DestinationThrottle(DestinationLimits(default=Limit(connections=1), overrides={}))
 
 
 async def test_pool_hands_a_released_session_to_the_waiter() -> None:
@@ -234,7 +234,7 @@ async def test_pool_prune_closes_idle_sessions() -> None:
 async def test_pool_evicts_an_idle_session_of_the_same_budget() -> None:
     # both hosts fall under one override, so they share one connection
     limits = DestinationLimits(overrides={"big.example": Limit(connections=1)})
-    limiter = Throttle(limits)
+    limiter = DestinationThrottle(limits)
     pool = Pool(limiter, max_messages=10, idle_timeout=30, wait=1)
     a = opened(await pool.acquire("mx1.big.example:25", "mx1.big.example"))
     pool.release(a, reusable=True)

@@ -15,7 +15,7 @@ import pytest
 import structlog
 
 from streams.errors import ConfigError
-from streams.obs.logs import KEY_FILE, configure_logging, hash_key, stored_key
+from streams.obs.logs import KEY_FILE, configure_logging, log_hash_key, stored_key
 from streams.settings import Settings
 
 
@@ -42,7 +42,7 @@ def lines(buffer: io.StringIO) -> list[dict[str, object]]:
 def test_stdlib_and_structlog_lines_are_redacted_json(tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path, log_hash_key="k1")
     out = io.StringIO()
-    configure_logging(settings, "worker", stream=out, stages="gate")
+    configure_logging(settings.logs, "worker", stream=out, stages="gate")
     logging.getLogger("aiokafka.x").info("to %s", "bob@example.com", extra={"rcpt": "c@x.io"})
     try:
         raise ValueError("refused dave@example.com")
@@ -73,7 +73,7 @@ def test_stdlib_and_structlog_lines_are_redacted_json(tmp_path: Path) -> None:
 @pytest.mark.usefixtures("restore_logging")
 def test_console_format_is_redacted_too(tmp_path: Path) -> None:
     out = io.StringIO()
-    configure_logging(Settings(data_dir=tmp_path, log_format="console"), "sinks", stream=out)
+    configure_logging(Settings(data_dir=tmp_path, log_format="console").logs, "sinks", stream=out)
     logging.getLogger("postwire").warning("bounce from bob@example.com")
     assert "bob@" not in out.getvalue()
     assert "@example.com" in out.getvalue()
@@ -96,9 +96,9 @@ def test_the_stored_key_is_made_once_private_and_shared(tmp_path: Path) -> None:
 
 
 def test_a_configured_key_wins_and_an_empty_one_means_unset(tmp_path: Path) -> None:
-    assert hash_key(Settings(data_dir=tmp_path, log_hash_key="secret")) == b"secret"
+    assert log_hash_key(Settings(data_dir=tmp_path, log_hash_key="secret").logs) == b"secret"
     assert not (tmp_path / KEY_FILE).exists()
-    made = hash_key(Settings(data_dir=tmp_path, log_hash_key=""))
+    made = log_hash_key(Settings(data_dir=tmp_path, log_hash_key="").logs)
     assert made == (tmp_path / KEY_FILE).read_text().encode()
 
 

@@ -8,14 +8,15 @@ from typing import Any
 
 import orjson
 
-from streams.codec import default_codec
-from streams.directory import DirectoryHolder
+from streams.contract.codec import default_codec
+from streams.db.directory import DirectoryHolder
+from streams.db.tenants import ApiKey, Tenant, api_key_digest
+from streams.gate.admission import Limits
+from streams.kafka.config import TopicNames
 from streams.runtime.records import Consumed
 from streams.runtime.state import Store
-from streams.settings import Settings, TopicNames
-from streams.stages.admission import Limits
+from streams.settings import Settings
 from streams.stages.gate_stage import DEFERRALS, NOT_BEFORE, DeferralStage, GateStage
-from streams.tenants import ApiKey, Tenant, hash_key
 
 NOW = datetime(2026, 12, 1, 12, 0, 0, tzinfo=UTC)
 TOPICS = TopicNames("t")
@@ -23,14 +24,18 @@ CODEC = default_codec()
 
 
 def gate(per_second: int = 1000) -> GateStage:
-    holder = DirectoryHolder(Settings())
+    holder = DirectoryHolder(Settings().database)
     holder.ready.set()
     for tenant in ("a", "b"):
         holder.current.tenants[tenant] = Tenant(
             tenant, Limits(per_second, 10**6, 10**7), "defer", False
         )
-        holder.current.keys[hash_key(f"key-{tenant}")] = ApiKey(
-            f"k{tenant}", tenant, hash_key(f"key-{tenant}"), frozenset({"verify", "send"}), False
+        holder.current.keys[api_key_digest(f"key-{tenant}")] = ApiKey(
+            f"k{tenant}",
+            tenant,
+            api_key_digest(f"key-{tenant}"),
+            frozenset({"verify", "send"}),
+            False,
         )
     return GateStage(CODEC, TOPICS, holder, Store("gate", "t-gate-changelog"), dedup_ttl=3600)
 

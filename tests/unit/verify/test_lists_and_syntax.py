@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
+from streams.mail.syntax import check_syntax, split_domain
 from streams.verify.lists import load_lists, osa_distance
-from streams.verify.syntax import check_syntax, split_domain
 
 LISTS = load_lists()
 

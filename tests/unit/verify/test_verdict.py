@@ -2,10 +2,11 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from streams.verify.dns import MxAnswer
+from streams.mail.dns import MxAnswer
+from streams.mail.replies import RcptOutcome
+from streams.mail.syntax import check_syntax
 from streams.verify.lists import MiscFlags
-from streams.verify.probe import ProbeResult, RcptOutcome
-from streams.verify.syntax import check_syntax
+from streams.verify.probe import ProbeResult
 from streams.verify.verdict import apply_suppression, build_result, cache_ttl, judge
 
 OK = check_syntax("alice@example.org")

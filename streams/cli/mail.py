@@ -1,0 +1,326 @@
+"""`postwire queue`, `postwire suppression` and `postwire dkim`: the operator's mail commands."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import orjson
+import typer
+from rich.table import Table
+
+from streams.cli.common import err, fail, out, run, settings, with_db
+from streams.contract.build import make_suppression
+from streams.contract.records import Suppression
+
+__all__ = ["dkim_app", "queue_app", "suppression_app", "template_app"]
+
+queue_app = typer.Typer(
+    help="The mail queue, like Postfix: list (mailq), flush, hold, release, delete.",
+    no_args_is_help=True,
+)
+suppression_app = typer.Typer(help="Per-tenant suppression lists.", no_args_is_help=True)
+dkim_app = typer.Typer(help="DKIM signing keys.", no_args_is_help=True)
+
+TaskOpt = Annotated[str | None, typer.Option("--task", help="One task (message + recipient).")]
+MessageOpt = Annotated[str | None, typer.Option("--message", help="Every recipient of a message.")]
+TenantOpt = Annotated[str | None, typer.Option("--tenant", help="Everything of a tenant.")]
+DomainOpt = Annotated[str | None, typer.Option("--domain", help="Everything to a domain.")]
+AllOpt = Annotated[bool, typer.Option("--all", help="Everything (Postfix's ALL).")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+
+
+def _command(
+    action: str,
+    task: str | None,
+    message: str | None,
+    tenant: str | None,
+    domain: str | None,
+    everything: bool,
+) -> None:
+    from streams.deliver.control import Command, Selector
+    from streams.deliver.queue import publish_command
+
+    try:
+        selector = Selector(task, message, tenant, domain, everything)
+    except ValueError as exc:
+        raise fail(f"{exc} (--task, --message, --tenant, --domain or --all)", 2) from None
+    command = Command(action, selector, int(time.time() * 1000))  # type: ignore[arg-type]
+    run(publish_command(settings().kafka, command))
+    out.print(f"{action} {selector.describe()}: sent to the workers (command {command.command_id})")
+
+
+def _queue_command(action: str, doc: str) -> None:
+    """Register ``postwire queue <action>`` with the shared selector options."""
+
+    def command(
+        task: TaskOpt = None,
+        message: MessageOpt = None,
+        tenant: TenantOpt = None,
+        domain: DomainOpt = None,
+        all_: AllOpt = False,
+    ) -> None:
+        _command(action, task, message, tenant, domain, all_)
+
+    command.__doc__ = doc
+    queue_app.command(action)(command)
+
+
+_queue_command(
+    "hold", "Park matching mail instead of delivering it (postsuper -h); a domain hold pauses it."
+)
+_queue_command(
+    "release", "Lift holds with this selector and re-queue the held mail it matches (postsuper -H)."
+)
+_queue_command(
+    "delete",
+    "Drop matching queued mail (postsuper -d); each gets a `dropped` event, reason deleted.",
+)
+_queue_command(
+    "flush", "Retry matching deferred mail now instead of at its next attempt (postqueue -f)."
+)
+
+
+def _when(ms: int | None) -> str:
+    if ms is None:
+        return "-"
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+@queue_app.command("list")
+def queue_list(tenant: TenantOpt = None, domain: DomainOpt = None, json: JsonOpt = False) -> None:
+    """List deferred and held mail (mailq)."""
+    from streams.kafka.read import read_compacted
+
+    s = settings()
+    entries: list[dict[str, Any]] = list(run(read_compacted(s.kafka, s.topics.queue)).values())
+    entries = [
+        e
+        for e in entries
+        if (tenant is None or e["tenant"] == tenant)
+        and (domain is None or e["domain"] == domain.lower())
+    ]
+    entries.sort(key=lambda e: (e["state"], e.get("next_attempt_ms") or 0))
+    if json:
+        out.print_json(
+            orjson.dumps([{k: v for k, v in e.items() if k != "task"} for e in entries]).decode()
+        )
+        return
+    grid = Table("task", "state", "tenant", "recipient", "attempt", "next attempt", "reason")
+    for e in entries:
+        grid.add_row(
+            e["task_id"][:12],
+            e["state"],
+            e["tenant"],
+            e["recipient"],
+            str(e["attempt"]),
+            _when(e.get("next_attempt_ms")),
+            e.get("reason") or "",
+        )
+    out.print(grid)
+    held = sum(1 for e in entries if e["state"] == "held")
+    out.print(f"{len(entries)} queued: {len(entries) - held} deferred, {held} held")
+
+
+async def _publish_suppression(tenant: str, address: str, value: Suppression | None) -> None:
+    from aiokafka import AIOKafkaProducer
+    from aiokafka.errors import KafkaError
+
+    from streams.contract.build import suppression_key
+    from streams.contract.codec import default_codec
+    from streams.errors import StackError
+
+    s = settings()
+    producer = AIOKafkaProducer(bootstrap_servers=s.bootstrap, acks="all")
+    raw = default_codec().encode("Suppression", value) if value is not None else None
+    try:
+        await producer.start()
+        await producer.send_and_wait(
+            s.topics.suppressions, raw, key=suppression_key(tenant, address)
+        )
+    except KafkaError as exc:
+        raise StackError(f"cannot publish to {s.topics.suppressions}: {exc}") from exc
+    finally:
+        await producer.stop()
+
+
+@suppression_app.command("add")
+def suppression_add(
+    tenant: Annotated[str, typer.Option(help="The tenant whose list it is.")],
+    address: Annotated[str, typer.Argument(help="The address never to send to.")],
+    reason: Annotated[str, typer.Option(help="Why: manual, complaint, unsubscribe...")] = "manual",
+) -> None:
+    """Add an address to a tenant's suppression list; sends to it are dropped from then on."""
+    record = make_suppression(tenant, address, reason, "cli", datetime.now(UTC))
+    run(_publish_suppression(tenant, address, record))
+    out.print(f"suppressed {address.lower()} for {tenant}")
+
+
+@suppression_app.command("remove")
+def suppression_remove(
+    tenant: Annotated[str, typer.Option(help="The tenant whose list it is.")],
+    address: Annotated[str, typer.Argument(help="The address to send to again.")],
+) -> None:
+    """Take an address off a tenant's suppression list (a tombstone on the compacted topic)."""
+    run(_publish_suppression(tenant, address, None))
+    out.print(f"removed {address.lower()} from {tenant}'s suppression list")
+
+
+@suppression_app.command("list")
+def suppression_list(
+    tenant: Annotated[str, typer.Option(help="The tenant whose list it is.")],
+    json: JsonOpt = False,
+) -> None:
+    """The addresses a tenant does not send to, newest first."""
+
+    async def work(conn: Any) -> list[Any]:
+        return list(
+            await conn.fetch(
+                "SELECT address, reason, source, detail, created_at FROM suppressions "
+                "WHERE tenant_id = $1 AND removed_at IS NULL ORDER BY created_at DESC",
+                tenant,
+            )
+        )
+
+    rows = run(with_db(work))
+    if json:
+        out.print_json(orjson.dumps([dict(r) for r in rows]).decode())
+        return
+    grid = Table("address", "reason", "source", "since", "detail")
+    for r in rows:
+        grid.add_row(
+            r["address"],
+            r["reason"],
+            r["source"],
+            r["created_at"].strftime("%Y-%m-%d %H:%M"),
+            r["detail"] or "",
+        )
+    out.print(grid)
+    out.print(f"{len(rows)} suppressed")
+
+
+@dkim_app.command("keygen")
+def dkim_keygen(
+    domain: Annotated[str, typer.Option(help="The sending domain (the From domain).")],
+    selector: Annotated[str, typer.Option(help="The DKIM selector, e.g. pw1.")] = "pw1",
+    algorithm: Annotated[str, typer.Option(help="rsa (2048 bits) or ed25519.")] = "rsa",
+) -> None:
+    """Create a signing key in the DKIM keys dir and print the DNS TXT record to publish."""
+    from streams.deliver.dkim import key_type, keygen
+    from streams.errors import DkimKeyError
+
+    try:
+        kind = key_type(algorithm)
+    except DkimKeyError as exc:
+        raise fail(f"--algorithm: {exc}", 2) from None
+    directory = settings().dkim_dir
+    path = directory / f"{selector}._domainkey.{domain.lower()}.pem"
+    if path.exists():
+        raise fail(f"{path} exists; pick another selector to rotate keys", 1)
+    pem, txt = keygen(kind)
+    directory.mkdir(parents=True, exist_ok=True)
+    path.touch(mode=0o600)
+    path.write_bytes(pem)
+    out.print(f"wrote {path}")
+    out.print(f'publish: {selector}._domainkey.{domain.lower()} IN TXT "{txt}"')
+    err.print("[dim]workers load keys at start: restart them to sign with the new key[/]")
+
+
+template_app = typer.Typer(
+    help="Stored templates (jinja2, rendered in a sandbox).", no_args_is_help=True
+)
+
+
+def _read(path: Path | None) -> str | None:
+    if path is None:
+        return None
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise fail(f"cannot read {path}: {exc}", 2) from None
+
+
+@template_app.command("put")
+def template_put(
+    tenant: Annotated[str, typer.Argument(help="An existing tenant.")],
+    template_id: Annotated[str, typer.Argument(help="The id requests name in template_id.")],
+    subject: Annotated[str | None, typer.Option(help="Subject template.")] = None,
+    html: Annotated[Path | None, typer.Option(help="File with the HTML template.")] = None,
+    text: Annotated[Path | None, typer.Option(help="File with the plain-text template.")] = None,
+) -> None:
+    """Create or replace a stored template; workers use it after their next directory refresh."""
+    import asyncpg
+
+    from streams.deliver.mime import StoredTemplate, prepare
+
+    body_html, body_text = _read(html), _read(text)
+    if subject is None and body_html is None and body_text is None:
+        raise fail("give at least one of --subject, --html, --text", 2)
+    probe: dict[str, Any] = {
+        "from": {"email": "check@postwire.invalid", "name": None},
+        "reply_to": None,
+        "content": {
+            "subject": None,
+            "text": None,
+            "html": None,
+            "template_id": template_id,
+            "headers": {},
+            "attachments": [],
+        },
+        "substitutions": {},
+        "categories": [],
+        "custom_args": {},
+        "created_at": datetime.now(UTC),
+    }
+    from streams.errors import RenderError
+
+    try:  # compiles every part in the sandbox: a syntax error is refused now, not per message
+        prepare(probe, StoredTemplate(subject, body_html, body_text))
+    except RenderError as exc:
+        raise fail(f"template refused: {exc}", 1) from None
+
+    async def work(conn: Any) -> None:
+        await conn.execute(
+            "INSERT INTO templates (tenant_id, template_id, subject, html, text) "
+            "VALUES ($1, $2, $3, $4, $5) ON CONFLICT (tenant_id, template_id) DO UPDATE SET "
+            "subject = EXCLUDED.subject, html = EXCLUDED.html, text = EXCLUDED.text, "
+            "updated_at = now()",
+            tenant,
+            template_id,
+            subject,
+            body_html,
+            body_text,
+        )
+
+    try:
+        run(with_db(work))
+    except asyncpg.ForeignKeyViolationError:
+        raise fail(f"no tenant {tenant!r}; create it with `postwire tenant add`") from None
+    out.print(f"template {template_id} saved for {tenant}")
+
+
+@template_app.command("list")
+def template_list(tenant: Annotated[str, typer.Argument(help="The tenant.")]) -> None:
+    """A tenant's stored templates."""
+
+    async def work(conn: Any) -> list[Any]:
+        return list(
+            await conn.fetch(
+                "SELECT template_id, subject, html IS NOT NULL AS html, text IS NOT NULL AS text, "
+                "updated_at FROM templates WHERE tenant_id = $1 ORDER BY template_id",
+                tenant,
+            )
+        )
+
+    grid = Table("template", "subject", "html", "text", "updated")
+    for r in run(with_db(work)):
+        grid.add_row(
+            r["template_id"],
+            r["subject"] or "",
+            "yes" if r["html"] else "",
+            "yes" if r["text"] else "",
+            r["updated_at"].strftime("%Y-%m-%d %H:%M"),
+        )
+    out.print(grid)

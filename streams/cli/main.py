@@ -1,0 +1,530 @@
+"""The `postwire` command line (typer + rich)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from streams.cli.api import register as register_api_commands
+from streams.cli.common import err, out, run, settings, with_db
+from streams.cli.keys import keys_app
+from streams.cli.mail import dkim_app, queue_app, suppression_app, template_app
+from streams.cli.replay import replay
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    help="postwire: a Kafka-native email pipeline.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+db_app = typer.Typer(help="Database commands.", no_args_is_help=True)
+schemas_app = typer.Typer(help="Avro contract commands.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(schemas_app, name="schemas")
+bench_app = typer.Typer(
+    help="Benchmarks, with baselines measured in the same run.", no_args_is_help=True
+)
+app.add_typer(bench_app, name="bench")
+tenant_app = typer.Typer(help="Tenants (their API keys: `postwire keys`).", no_args_is_help=True)
+app.add_typer(tenant_app, name="tenant")
+app.add_typer(queue_app, name="queue")
+app.add_typer(suppression_app, name="suppression")
+app.add_typer(dkim_app, name="dkim")
+app.add_typer(template_app, name="template")
+app.add_typer(keys_app, name="keys")
+app.command("replay")(replay)
+
+_run = run
+_settings = settings
+_with_db = with_db
+
+
+@app.command()
+def up(
+    detach: Annotated[
+        bool, typer.Option("--detach", "-d", help="Start in the background and return.")
+    ] = False,
+    workers: Annotated[
+        bool, typer.Option(help="Also start the workers, the sinks and the HTTP ingress.")
+    ] = True,
+) -> None:
+    """Start Kafka, PostgreSQL, topics, migrations, the workers, the sinks and the HTTP
+    ingress; run until Ctrl-C."""
+    from streams.stack.stack import Stack
+
+    stack = Stack(_settings(), workers=workers)
+    raise typer.Exit(_run(_up(stack, detach=detach)))
+
+
+async def _up(stack: Any, *, detach: bool) -> int:
+    stop = asyncio.Event()
+    if not detach:
+        # installed before anything starts: a Ctrl-C at any moment goes through the orderly stop
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+    info = await stack.start(detach=detach)
+    out.print(f"[bold green]postwire is up[/] in {info.started_in:.1f}s")
+    out.print(f"  kafka bootstrap : {info.bootstrap}")
+    out.print(f"  database url    : {info.database_url}")
+    if stack.workers:
+        api = f"http://{stack.settings.api_host}:{stack.settings.api_port}"
+        out.print(f"  http ingress    : {api}/v3/mail/send")
+    out.print(f"  data dir        : {info.data_dir}")
+    for name, pid in info.pids.items():
+        out.print(f"  {name:<16}: pid {pid}")
+    if detach:
+        out.print("stop it with `postwire down`")
+        return 0
+    out.print("press Ctrl-C to stop")
+    code = 0
+    try:
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=0.5)
+            dead = stack.dead_child()
+            if dead is not None and not stop.is_set():
+                err.print(
+                    f"[bold red]error:[/] {dead.name} exited; its log ({dead.log_path}) ends:"
+                )
+                err.print(dead.log_tail(), markup=False, highlight=False)
+                code = 1
+                break
+    finally:
+        out.print("stopping...")
+        await asyncio.to_thread(stack.stop)
+        out.print("stopped")
+    return code
+
+
+@app.command()
+def down() -> None:
+    """Stop a stack started with `postwire up --detach`."""
+    from streams.stack.stack import stop_detached
+
+    stopped = stop_detached(_settings())
+    if not stopped:
+        out.print("nothing was running")
+    for name, pid in stopped.items():
+        out.print(f"stopped {name} (pid {pid})")
+
+
+@app.command()
+def api(
+    port: Annotated[int | None, typer.Option(help="Port; default POSTWIRE_API_PORT.")] = None,
+) -> None:
+    """Serve the HTTP API (SendGrid-compatible /v3/mail/send, verify, status, events,
+    suppressions, /metrics) until SIGINT/SIGTERM."""
+    from streams.api.server import run_api
+
+    settings = _settings()
+    if port is not None:
+        settings = settings.model_copy(update={"api_port": port})
+    run_api(settings)
+
+
+@app.command()
+def worker(
+    stage: Annotated[list[str] | None, typer.Option(help="Stage(s) to run; default all.")] = None,
+) -> None:
+    """Run the faust worker (all stages, or those named) against the configured cluster."""
+    from streams.worker.app import STAGES, run_worker
+
+    run_worker(_settings(), tuple(stage) if stage else STAGES)
+
+
+@app.command()
+def sink(
+    table: Annotated[list[str] | None, typer.Option(help="Table(s) to sink; default all.")] = None,
+) -> None:
+    """Run the Kafka -> PostgreSQL sinks until SIGINT/SIGTERM."""
+    from sinks.runner import run_sinks
+    from streams.obs.logs import configure_logging
+    from streams.runtime.eventloop import install_fast_loop
+
+    settings = _settings()
+    configure_logging(settings.logs, "sinks")
+    install_fast_loop()
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await run_sinks(settings, tuple(table) if table else None, stop)
+
+    _run(main())
+
+
+@app.command()
+def topics(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+) -> None:
+    """Create any missing postwire topics and list them."""
+    from streams.kafka.topics import ensure_topics, topic_specs
+    from streams.stages.policies import delay_topics
+
+    settings = _settings()
+    created = set(_run(ensure_topics(settings.kafka, delay_topics(settings))))
+    if as_json:
+        rows = [
+            {
+                "topic": spec.name,
+                "partitions": spec.partitions,
+                "compacted": spec.compacted,
+                "purpose": spec.purpose,
+                "created": spec.name in created,
+            }
+            for spec in topic_specs(settings.kafka, delay_topics(settings))
+        ]
+        out.print_json(data=rows)
+        return
+    grid = Table("topic", "partitions", "cleanup", "purpose", "")
+    for spec in topic_specs(settings.kafka, delay_topics(settings)):
+        grid.add_row(
+            spec.name,
+            str(spec.partitions),
+            "compact" if spec.compacted else "delete",
+            spec.purpose,
+            "created" if spec.name in created else "",
+        )
+    out.print(grid)
+
+
+@db_app.command("migrate")
+def db_migrate(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+) -> None:
+    """Apply pending SQL migrations."""
+    from streams.db.migrate import apply_migrations
+
+    applied = _run(apply_migrations(_settings().dsn))
+    if as_json:
+        out.print_json(data={"applied": [f"{m.version:04d}_{m.name}" for m in applied]})
+        return
+    if not applied:
+        out.print("database is up to date")
+    for m in applied:
+        out.print(f"applied {m.version:04d}_{m.name}")
+
+
+@tenant_app.command("add")
+def tenant_add(
+    tenant_id: Annotated[str, typer.Argument(help="Tenant id, as producers put it in requests.")],
+    per_second: Annotated[int | None, typer.Option(help="Override the default limit.")] = None,
+    per_minute: Annotated[int | None, typer.Option(help="Override the default limit.")] = None,
+    per_hour: Annotated[int | None, typer.Option(help="Override the default limit.")] = None,
+    policy: Annotated[
+        str, typer.Option(help="Over the limit: defer (retry after the window) or reject.")
+    ] = "defer",
+    smtp_probe: Annotated[bool, typer.Option(help="Probe SMTP by default on verify.")] = False,
+    key: Annotated[bool, typer.Option(help="Also create an API key and print it.")] = True,
+) -> None:
+    """Create or update a tenant (limits, throttle policy), optionally with a new API key."""
+    from streams.db.tenants import create_api_key, create_tenant
+
+    if policy not in ("defer", "reject"):
+        err.print(f"[bold red]error:[/] --policy must be defer or reject, not {policy!r}")
+        raise typer.Exit(2)
+
+    async def work(conn: Any) -> tuple[str, str] | None:
+        await create_tenant(
+            conn,
+            tenant_id,
+            policy=policy,
+            per_second=per_second,
+            per_minute=per_minute,
+            per_hour=per_hour,
+            smtp_probe=smtp_probe,
+        )
+        return await create_api_key(conn, tenant_id) if key else None
+
+    created = _run(_with_db(work))
+    out.print(f"tenant {tenant_id} saved; the gate picks it up within a few seconds")
+    if created:
+        from streams.cli.keys import print_new_key
+
+        print_new_key(*created)
+
+
+@tenant_app.command("key", deprecated=True)
+def tenant_key(tenant_id: Annotated[str, typer.Argument(help="An existing tenant.")]) -> None:
+    """Same as `postwire keys create --tenant TENANT_ID`."""
+    from streams.cli.keys import create
+
+    create(tenant_id)
+
+
+@tenant_app.command("revoke", deprecated=True)
+def tenant_revoke(key_id: Annotated[str, typer.Argument(help="The key id (k_...).")]) -> None:
+    """Same as `postwire keys revoke KEY_ID`."""
+    from streams.cli.keys import revoke
+
+    revoke(key_id)
+
+
+@bench_app.command("verify")
+def bench_verify(
+    requests: Annotated[int, typer.Option(help="Requests to measure.")] = 20000,
+    rate: Annotated[float | None, typer.Option(help="Publish at this many requests/s.")] = None,
+    workers: Annotated[int, typer.Option(help="Worker processes.")] = 1,
+    partitions: Annotated[int, typer.Option(help="Partitions per topic.")] = 4,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
+) -> None:
+    """Throughput and request-to-row latency of the verification pipeline (MX warm), and the
+    Kafka records each request cost (from the broker's offsets)."""
+    import dataclasses
+    import json
+
+    from streams.bench.verify import run_verify_bench
+
+    def progress(message: str) -> None:
+        if not as_json:
+            err.print(f"[dim]{message}[/]")
+
+    result = _run(run_verify_bench(requests, rate, workers, partitions, progress))
+    if as_json:
+        figures = dataclasses.asdict(result)
+        figures.update(vs_passthrough=result.vs_passthrough, vs_copy=result.vs_copy)
+        out.print_json(json.dumps(figures))
+        return
+    grid = Table("measure", "value")
+    grid.add_row("requests", f"{result.requests:,}")
+    grid.add_row("publish rate", "as fast as possible" if rate is None else f"{rate:,.0f}/s")
+    grid.add_row("worker processes", str(result.workers))
+    grid.add_row("pipeline requests/s", f"{result.requests_per_s:,.0f}")
+    grid.add_row(
+        "latency p50 / p95 / p99",
+        f"{result.p50_ms:,.0f} / {result.p95_ms:,.0f} / {result.p99_ms:,.0f} ms",
+    )
+    grid.add_row("aiokafka pass-through msg/s", f"{result.passthrough_per_s:,.0f}")
+    grid.add_row("asyncpg COPY rows/s", f"{result.copy_per_s:,.0f}")
+    grid.add_row("pipeline / pass-through", f"{result.vs_passthrough:.2f}")
+    grid.add_row("pipeline / COPY", f"{result.vs_copy:.2f}")
+    rpr = result.records_per_request
+    grid.add_row(
+        "Kafka records / request",
+        f"{rpr['total']:.2f} ({rpr['produced']:.2f} produced + {rpr['consumed']:.2f} consumed)",
+    )
+    out.print(grid)
+
+
+@bench_app.command("api")
+def bench_api(
+    requests: Annotated[int, typer.Option(help="POST /v3/mail/send requests.")] = 5000,
+    concurrency: Annotated[int, typer.Option(help="Requests in flight.")] = 32,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
+) -> None:
+    """The HTTP API into Kafka vs a raw aiokafka producer writing the same records."""
+    import dataclasses
+    import json
+
+    from streams.bench.api import run_api_bench
+
+    def progress(message: str) -> None:
+        if not as_json:
+            err.print(f"[dim]{message}[/]")
+
+    result = _run(run_api_bench(requests, concurrency, progress))
+    if as_json:
+        out.print(json.dumps({**dataclasses.asdict(result), "vs_raw": result.vs_raw}))
+        return
+    grid = Table(
+        "", "requests/s", "p50", "p99", title=f"{requests:,} sends, {concurrency} at a time"
+    )
+    grid.add_row(
+        "HTTP API",
+        f"{result.api_per_s:,.0f}",
+        f"{result.api_p50_ms:.1f} ms",
+        f"{result.api_p99_ms:.1f} ms",
+    )
+    grid.add_row(
+        "raw aiokafka",
+        f"{result.raw_per_s:,.0f}",
+        f"{result.raw_p50_ms:.1f} ms",
+        f"{result.raw_p99_ms:.1f} ms",
+    )
+    grid.add_row("API / raw", f"{result.vs_raw:.2f}", "", "")
+    out.print(grid)
+
+
+@bench_app.command("deliver")
+def bench_deliver(
+    messages: Annotated[int, typer.Option(help="Messages to deliver (multiple of 100).")] = 20000,
+    workers: Annotated[int, typer.Option(help="faust worker processes.")] = 2,
+    partitions: Annotated[int, typer.Option(help="Partitions per topic.")] = 4,
+    peers: Annotated[bool, typer.Option(help="Also run raw aiosmtplib and Postfix.")] = True,
+    lane_backlog: Annotated[
+        int, typer.Option(help="Bulk backlog for the priority-lane figure (0: skip).")
+    ] = 0,
+    dkim: Annotated[
+        str, typer.Option(help="DKIM key of the bench sender: rsa (2048) or ed25519.")
+    ] = "rsa",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
+) -> None:
+    """DKIM-signed delivery to smtp-sink vs raw aiosmtplib and Postfix (needs the postfix
+    package)."""
+    import dataclasses
+    import json
+
+    from streams.bench.deliver import run_deliver_bench
+    from streams.deliver.dkim import key_type
+    from streams.errors import DkimKeyError
+
+    try:
+        kind = key_type(dkim)
+    except DkimKeyError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--dkim") from None
+
+    def progress(message: str) -> None:
+        if not as_json:
+            err.print(f"[dim]{message}[/]")
+
+    result = _run(
+        run_deliver_bench(
+            messages,
+            workers,
+            partitions,
+            peers=peers,
+            lane_backlog=lane_backlog,
+            dkim=kind,
+            progress=progress,
+        )
+    )
+    if as_json:
+        figures = dataclasses.asdict(result)
+        figures.update(vs_raw=result.vs_raw, vs_postfix=result.vs_postfix)
+        out.print_json(json.dumps(figures))
+        return
+    grid = Table("measure", "value")
+    grid.add_row("messages", f"{result.messages:,}")
+    grid.add_row("worker processes", str(result.workers))
+    grid.add_row("DKIM", result.dkim)
+    grid.add_row("pipeline msg/s (at the sink)", f"{result.per_s:,.0f}")
+    grid.add_row("until every row landed", f"{result.rows_seconds:,.1f} s")
+    rpm = result.records_per_message
+    if rpm:
+        grid.add_row(
+            "Kafka records / message",
+            f"{rpm['total']:.2f} ({rpm['produced']:.2f} produced + {rpm['consumed']:.2f} consumed)",
+        )
+    if result.raw_per_s and result.postfix_per_s:
+        grid.add_row("raw aiosmtplib msg/s", f"{result.raw_per_s:,.0f}")
+        grid.add_row("Postfix relay msg/s", f"{result.postfix_per_s:,.0f}")
+        grid.add_row("pipeline / raw", f"{result.vs_raw:.2f}")
+        grid.add_row("pipeline / Postfix", f"{result.vs_postfix:.2f}")
+    lane_rows = (
+        ("lane", "high priority under bulk backlog"),
+        ("lane_accepted", "  of which until the receiver's 250"),
+        ("lane_admitted", "  of which until the gate let it in"),
+    )
+    for name, label in lane_rows:
+        if f"{name}_p50_ms" in result.extra:
+            p50, worst = result.extra[f"{name}_p50_ms"], result.extra[f"{name}_max_ms"]
+            grid.add_row(label, f"p50 {p50:,.0f} ms, max {worst:,.0f} ms")
+    out.print(grid)
+
+
+@bench_app.command("load")
+def bench_load(
+    scenario: Annotated[
+        str, typer.Option(help="baseline, peak, stress, spike or endurance.")
+    ] = "baseline",
+    duration: Annotated[
+        float | None,
+        typer.Option(help="Squeeze or stretch the scenario to this many seconds (same rates)."),
+    ] = None,
+    door: Annotated[str, typer.Option(help="http, kafka or both (one after the other).")] = "both",
+    mix: Annotated[
+        str, typer.Option(help="Request kinds and their weights.")
+    ] = "verify=0.8,send=0.2",
+    workers: Annotated[int, typer.Option(help="faust worker slots.")] = 1,
+    partitions: Annotated[int, typer.Option(help="Partitions per topic.")] = 4,
+    tenants: Annotated[int, typer.Option(help="Tenants the load is spread over.")] = 4,
+    max_in_flight: Annotated[
+        int, typer.Option(help="Unanswered requests at most; beyond: client_overload errors.")
+    ] = 10_000,
+    connections: Annotated[
+        int, typer.Option(help="HTTP connections the generator may open to the API.")
+    ] = 1000,
+    timeout: Annotated[float, typer.Option(help="Seconds before a request is a timeout.")] = 30.0,
+    drain_timeout: Annotated[
+        float, typer.Option(help="Seconds to wait for the backlog after the load stops.")
+    ] = 600.0,
+    baselines: Annotated[
+        bool, typer.Option(help="Also measure the raw producer, pass-through and COPY.")
+    ] = True,
+    nice: Annotated[
+        int, typer.Option(help="The generator's scheduling priority during the run (0: as is).")
+    ] = -15,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
+) -> None:
+    """Open-model load scenarios through the HTTP API and the raw Kafka door: latency to the
+    row, errors, drain, memory, k6-style thresholds."""
+    import json
+
+    from streams.bench.load import LoadOptions, run_load_bench
+    from streams.bench.load_profile import SCENARIOS, parse_mix
+    from streams.bench.load_render import BarProgress, QuietProgress, render, to_json
+    from streams.runtime.eventloop import install_fast_loop
+
+    if scenario not in SCENARIOS:
+        raise typer.BadParameter(f"one of {', '.join(SCENARIOS)}", param_hint="--scenario")
+    doors = {"both": ("http", "kafka"), "http": ("http",), "kafka": ("kafka",)}.get(door)
+    if doors is None:
+        raise typer.BadParameter("http, kafka or both", param_hint="--door")
+    try:
+        shares = parse_mix(mix)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--mix") from None
+    if duration is not None and duration <= 0:
+        raise typer.BadParameter("must be above 0", param_hint="--duration")
+    chosen = SCENARIOS[scenario]
+    options = LoadOptions(
+        scenario=chosen.scaled(duration) if duration else chosen,
+        mix=shares,
+        doors=doors,
+        workers=workers,
+        partitions=partitions,
+        tenants=tenants,
+        max_in_flight=max_in_flight,
+        connections=connections,
+        timeout=timeout,
+        drain_timeout=drain_timeout,
+        baselines=baselines,
+        nice=nice,
+    )
+    install_fast_loop()  # the generator needs every bit of its loop at 5,000 requests/s
+    if as_json:
+        result = _run(run_load_bench(options, QuietProgress()))
+        typer.echo(json.dumps(to_json(result)))
+        return
+    with BarProgress(err) as bar:
+        result = _run(run_load_bench(options, bar))
+    render(result, out)
+
+
+@schemas_app.command("snapshot")
+def schemas_snapshot() -> None:
+    """Record changed schemas as new versions under schemas/history (run before a release)."""
+    from streams.contract.registry import snapshot_history
+
+    written = snapshot_history()
+    for path in written:
+        out.print(f"wrote {path}")
+    if not written:
+        out.print("every schema matches its latest released version")
+
+
+# after the commands above, so `--help` lists the stack first
+register_api_commands(app)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,123 @@
+"""The tenant directory a process serves from: a snapshot of tenants, keys, suppressions and
+templates reloaded from PostgreSQL every ``directory_refresh`` s, with single-key lookups for keys
+created since the last reload. Free of faust, so the API and the batch runtime share it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import asyncpg
+
+from streams.db.config import DatabaseSettings
+from streams.db.tenants import ApiKey, Directory, api_key_digest, load_credentials, load_directory
+
+__all__ = ["DirectoryHolder"]
+
+log = logging.getLogger("postwire.directory")
+MISS_MEMORY = 1.0
+MISS_LOOKUPS_PER_SECOND = 50
+
+
+class _Budget:
+    """At most ``per_second`` takes in any one-second slot."""
+
+    def __init__(self, per_second: int) -> None:
+        self.per_second = per_second
+        self._slot = 0
+        self._used = 0
+
+    def take(self, now: float) -> bool:
+        slot = int(now)
+        if slot != self._slot:
+            self._slot, self._used = slot, 0
+        if self._used >= self.per_second:
+            return False
+        self._used += 1
+        return True
+
+
+class DirectoryHolder:
+    """The current tenant directory, reloaded from PostgreSQL every ``directory_refresh`` s."""
+
+    def __init__(self, database: DatabaseSettings) -> None:
+        self.database = database
+        self.current = Directory()
+        self.ready = asyncio.Event()
+        self._pool: asyncpg.Pool[Any] | None = None
+        self._misses: dict[bytes, float] = {}  # key digest -> monotonic time it was not found
+        self._lookups = _Budget(MISS_LOOKUPS_PER_SECOND)
+
+    async def _connections(self) -> asyncpg.Pool[Any]:
+        if self._pool is None:
+            self._pool = await asyncpg.create_pool(self.database.dsn, min_size=1, max_size=1)
+        return self._pool
+
+    async def lookup_miss(self, api_key: str) -> ApiKey | None:
+        """Fetch one key the snapshot lacks (a key created a moment ago must work at once) and
+        add it with its tenant; the key when found, else None. A digest not found is not looked
+        up again for ``MISS_MEMORY`` s, and lookups are capped per second, so a flood of bad keys
+        cannot hammer PostgreSQL."""
+        digest = api_key_digest(api_key)
+        now = time.monotonic()
+        recently_missed = now - self._misses.get(digest, -MISS_MEMORY) < MISS_MEMORY
+        if recently_missed or not self._lookups.take(now):
+            return None
+        try:
+            async with (await self._connections()).acquire() as conn:
+                found = await load_credentials(conn, self.database.tenant_defaults, digest)
+        except (OSError, asyncpg.PostgresError) as exc:
+            log.warning("api key lookup failed: %s", exc)
+            return None
+        if found is None:
+            if len(self._misses) > 100_000:
+                self._misses.clear()
+            self._misses[digest] = now
+            return None
+        key, tenant = found
+        self.current.keys[digest] = key
+        self.current.tenants[tenant.tenant_id] = tenant
+        return key
+
+    async def refresh(self) -> None:
+        try:
+            async with (await self._connections()).acquire() as conn:
+                self.current = await load_directory(conn, self.database.tenant_defaults)
+            self.ready.set()
+        except (OSError, asyncpg.PostgresError) as exc:
+            # keep serving the last snapshot; a gate without any snapshot waits on `ready`
+            log.warning("tenant directory refresh failed, keeping the previous one: %s", exc)
+
+    async def refresh_forever(self) -> None:
+        """The refresh loop of a process without faust timers (the API)."""
+        while True:
+            await asyncio.sleep(self.database.directory_refresh)
+            await self.refresh()
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+    def preload(self) -> None:
+        """Load the first snapshot before the worker consumes anything (blocking, own loop).
+
+        Requests that arrive while a fresh worker recovers its tables would otherwise wait on
+        ``ready`` inside the agent, and faust's seek to the committed offsets at the end of
+        recovery can leave such a stream stalled."""
+
+        async def load() -> None:
+            conn = await asyncpg.connect(self.database.dsn)
+            try:
+                self.current = await load_directory(conn, self.database.tenant_defaults)
+            finally:
+                await conn.close()
+
+        try:
+            asyncio.run(load())
+        except (OSError, asyncpg.PostgresError) as exc:
+            log.warning("tenant directory not loaded at start, the gate waits for it: %s", exc)
+            return
+        self.ready.set()

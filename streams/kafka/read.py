@@ -1,0 +1,90 @@
+"""Read a topic from its start to its current end without a consumer group: a compacted topic's
+latest value per key (the queue index, the control feed), or every value in order."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
+
+from streams.errors import StackError
+from streams.kafka.config import KafkaSettings
+
+__all__ = ["read_all", "read_compacted"]
+
+
+async def read_all(kafka: KafkaSettings, topic: str) -> list[bytes]:
+    """Every value of ``topic`` from its start to its current end, in order per partition."""
+    values: list[bytes] = []
+
+    def keep(raw: bytes) -> bytes:
+        values.append(raw)
+        return raw
+
+    await read_compacted(kafka, topic, keep, keyed=False)
+    return values
+
+
+async def read_compacted(
+    kafka: KafkaSettings,
+    topic: str,
+    decode: Callable[[bytes], Any] = orjson.loads,
+    *,
+    keyed: bool = True,
+) -> dict[bytes, Any]:
+    """Latest value per key of ``topic`` from its start to its current end; tombstones remove."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=kafka.bootstrap, enable_auto_commit=False, group_id=None
+    )
+    latest: dict[bytes, Any] = {}
+    try:
+        await consumer.start()
+        # a consumer's own metadata covers only the topics it asked about: ask the cluster
+        cluster = await consumer._client.fetch_all_metadata()
+        partitions = cluster.partitions_for_topic(topic)
+        if not partitions:
+            raise StackError(f"topic {topic} does not exist on {kafka.bootstrap}")
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        pending = {tp for tp in tps if ends[tp] > 0}
+        while pending:
+            batches = await consumer.getmany(*pending, timeout_ms=1000)
+            for tp, records in batches.items():
+                for rec in records:
+                    _fold(latest, rec.key, rec.value, decode, keyed=keyed)
+                    if rec.offset + 1 >= ends[tp]:
+                        pending.discard(tp)
+            for tp in list(pending):
+                if await consumer.position(tp) >= ends[tp]:
+                    pending.discard(tp)
+    except KafkaError as exc:
+        raise StackError(f"cannot read {topic} from {kafka.bootstrap}: {exc}") from exc
+    finally:
+        await consumer.stop()
+    return latest
+
+
+def _fold(
+    latest: dict[bytes, Any],
+    key: bytes | None,
+    value: bytes | None,
+    decode: Callable[[bytes], Any],
+    *,
+    keyed: bool,
+) -> None:
+    """One record into ``latest``: a value replaces its key's, a tombstone removes it; unkeyed
+    reading only hands every value to ``decode``."""
+    if not keyed:
+        if value is not None:
+            decode(value)
+    elif key is None:
+        return
+    elif value is None:
+        latest.pop(key, None)
+    else:
+        latest[key] = decode(value)

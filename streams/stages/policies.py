@@ -1,0 +1,43 @@
+"""The delivery domain's policies, built from the ``delivery`` settings group: the retry ladder,
+the per-destination limits and the circuit breaker. Here, in the runtime, so that the settings
+module imports no domain code."""
+
+from __future__ import annotations
+
+import orjson
+
+from streams.deliver.breaker import BreakerPolicy
+from streams.deliver.retry import RetryPolicy, tier_topics
+from streams.deliver.throttle import DestinationLimits, Limit
+from streams.settings import DeliverySettings, Settings
+
+__all__ = ["breaker_policy", "delay_topics", "destination_limits", "retry_policy"]
+
+
+def retry_policy(delivery: DeliverySettings) -> RetryPolicy:
+    return RetryPolicy(
+        delivery.retry_first,
+        delivery.retry_factor,
+        delivery.retry_cap,
+        delivery.retry_max_age,
+        delivery.retry_tiers,
+    )
+
+
+def destination_limits(delivery: DeliverySettings) -> DestinationLimits:
+    default = Limit(delivery.dest_connections, delivery.dest_rate, delivery.dest_burst)
+    rate, burst = delivery.tenant_send_rate, delivery.tenant_send_burst
+    if not delivery.dest_overrides.strip():
+        return DestinationLimits(default, tenant_rate=rate, tenant_burst=burst)
+    raw = orjson.loads(delivery.dest_overrides)
+    overrides = {name: Limit(**limit) for name, limit in raw.items()}
+    return DestinationLimits(default, overrides=overrides, tenant_rate=rate, tenant_burst=burst)
+
+
+def breaker_policy(delivery: DeliverySettings) -> BreakerPolicy:
+    return BreakerPolicy(threshold=delivery.breaker_threshold, cool_down=delivery.breaker_cool_down)
+
+
+def delay_topics(settings: Settings) -> list[str]:
+    """The retry ladder's delay topics, which ``streams.kafka.topics`` creates with the rest."""
+    return tier_topics(retry_policy(settings.delivery), settings.topics.prefix)

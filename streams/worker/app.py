@@ -1,0 +1,209 @@
+"""A worker process: the stages on the batch runtime (gate, deferral, verify) and, until they move
+there too, the delivery lanes as faust agents. The faust worker is the process host (signals,
+web server with /metrics and /healthz, logging); the runtime stages run inside it as a service."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import logging
+from typing import Any
+
+import faust
+import mode
+
+from streams.clock import Clock, wall_clock
+from streams.contract.codec import Codec, default_codec
+from streams.db.directory import DirectoryHolder
+from streams.deliver.queue import ControlFeed
+from streams.kafka.topics import changelog_topic
+from streams.obs.logs import configure_logging
+from streams.runtime.eventloop import install_fast_loop
+from streams.runtime.host import HostConfig, StageHost
+from streams.runtime.stage import Stage
+from streams.runtime.state import Store
+from streams.settings import Settings
+from streams.stages.deliver import deliver_stages
+from streams.stages.gate_stage import DeferralStage, GateStage
+from streams.stages.names import DELIVER_PARTS, KNOWN_STAGES, STAGES
+from streams.stages.verify import VerifyStage, build_verifier
+from streams.worker.shell import install_directory
+from streams.worker.web import install_pages
+
+__all__ = ["STAGES", "RuntimeService", "create_app", "run_worker", "runtime_stages"]
+
+log = logging.getLogger("postwire.worker")
+
+
+def runtime_stages(
+    settings: Settings, stages: tuple[str, ...], codec: Codec, directory: DirectoryHolder
+) -> list[Stage]:
+    """The stages of ``stages`` that run on the batch runtime, with their stores."""
+    found: list[Stage] = []
+    topics = settings.topics
+    if "gate" in stages:
+        store = Store("gate", changelog_topic(settings.app_id, "gate"))
+        found.append(GateStage(codec, topics, directory, store, dedup_ttl=settings.dedup_ttl))
+        found.append(DeferralStage(codec, topics))
+    if "verify" in stages:
+        store = Store("verdicts", changelog_topic(settings.app_id, "verdicts"))
+        verifier = build_verifier(settings.verify, directory)
+        found.append(
+            VerifyStage(codec, topics, verifier, store, concurrency=settings.verify_concurrency)
+        )
+    return found
+
+
+class RuntimeService(mode.Service):
+    """The runtime stages as a child service of the faust app: started with it, stopped with
+    it (finishing and committing the batch in flight), and a failure crashes the worker."""
+
+    def __init__(self, host: StageHost, on_failure: Any, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.host = host
+        self.on_failure = on_failure
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def on_start(self) -> None:
+        self._task = asyncio.ensure_future(self._run())
+
+    async def _run(self) -> None:
+        try:
+            await self.host.run(self._stop)
+        except Exception as exc:
+            log.critical("a runtime stage failed, stopping the worker: %s", exc, exc_info=True)
+            await self.on_failure(exc)
+
+    async def on_stop(self) -> None:
+        self._stop.set()
+        if self._task is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(self._task), 30.0)
+
+
+def create_app(
+    settings: Settings,
+    stages: tuple[str, ...] = STAGES,
+    clock: Clock = wall_clock,
+    directory: DirectoryHolder | None = None,
+    control: ControlFeed | None = None,
+    on_failure: Any = None,
+) -> faust.App:
+    app = faust.App(
+        settings.app_id,
+        broker=f"kafka://{settings.bootstrap}",
+        store="memory://",
+        autodiscover=False,
+        topic_partitions=settings.partitions,
+        topic_replication_factor=settings.replication_factor,
+        broker_session_timeout=settings.session_timeout,
+        broker_heartbeat_interval=settings.heartbeat_interval,
+        broker_rebalance_timeout=settings.rebalance_timeout,
+        broker_commit_interval=settings.commit_interval,
+        consumer_auto_offset_reset="earliest",
+        producer_acks=-1,
+        # a few ms of linger turns one produce request per record into one per batch
+        producer_linger_ms=settings.producer_linger_ms,
+        web_host=settings.web_host,
+        web_port=settings.worker_web_port,
+        datadir=str(settings.data_dir / "faust"),
+    )
+    codec = default_codec()
+    unknown = set(stages) - set(KNOWN_STAGES)
+    if unknown:
+        raise ValueError(f"unknown stage(s) {sorted(unknown)}; known: {', '.join(KNOWN_STAGES)}")
+    directory = directory or DirectoryHolder(settings.database)
+    install_directory(app, directory)
+    checks = {"directory_loaded": directory.ready.is_set}
+    found = runtime_stages(settings, stages, codec, directory)
+    background = []
+    lanes = tuple(sorted({lane for part in stages for lane in DELIVER_PARTS.get(part, ())}))
+    if lanes:
+        feed = control or ControlFeed(settings.kafka)
+        checks["queue_control_loaded"] = feed.ready.is_set
+        # the delay topics and queue commands go with the bulk lane: one process group
+        # re-queues released mail, so it is not re-queued twice
+        found.extend(deliver_stages(settings, codec, directory, clock, feed, lanes))
+        background.append(_control_feed(feed))
+    host = StageHost(
+        HostConfig(
+            settings.bootstrap,
+            settings.app_id,
+            partitions=settings.partitions,
+            replication=settings.replication_factor,
+            linger_ms=settings.producer_linger_ms,
+            session_timeout=settings.session_timeout,
+            heartbeat_interval=settings.heartbeat_interval,
+            commit_interval=settings.commit_interval,
+        ),
+        found,
+        clock,
+        background=background,
+    )
+    app.add_dependency(RuntimeService(host, on_failure or _no_failure_hook, loop=None))
+    checks["stages_running"] = lambda: host.health()[0]
+    install_pages(app, checks)
+    return app
+
+
+def _control_feed(feed: ControlFeed) -> Any:
+    """Read queue commands for as long as the host runs; a command that changes what is due
+    wakes the delay tiers at once instead of at their next look."""
+
+    async def run(stop: asyncio.Event, host: StageHost) -> None:
+        feed.start()
+        delays = [r for r in host.runners if r.stage.name.startswith("delay.")]
+        try:
+            while not stop.is_set():
+                await feed.wait_changed(1.0)
+                for runner in delays:
+                    runner.wake()
+        finally:
+            await feed.stop()
+
+    return run
+
+
+async def _no_failure_hook(exc: BaseException) -> None:
+    raise exc
+
+
+def tune_gc() -> None:
+    """Keep what start-up allocated out of every collection, and collect the youngest
+    generation less often: a batch allocates tens of thousands of short-lived objects that
+    reference counting frees anyway, and each gen-0 pass over them showed up in profiles."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 20)
+
+
+def run_worker(settings: Settings, stages: tuple[str, ...] = STAGES) -> None:
+    """Run the faust worker in this process until SIGINT/SIGTERM."""
+    configure_logging(settings.logs, "worker", app=settings.app_id, stages=",".join(stages))
+    install_fast_loop()
+    # faust and aiokafka build debug records on every send even when nobody prints them
+    logging.disable(logging.DEBUG)
+    directory = DirectoryHolder(settings.database)
+    directory.preload()
+    control = None
+    if any(part in DELIVER_PARTS for part in stages):
+        control = ControlFeed(settings.kafka)
+        control.preload()
+    worker: faust.Worker | None = None
+
+    async def crash(exc: BaseException) -> None:
+        # the worker re-raises the reason when it stops: the process exits with status 1
+        assert worker is not None
+        await worker.crash(exc)
+
+    app = create_app(settings, stages, directory=directory, control=control, on_failure=crash)
+    tune_gc()
+    # override_logging=False: mode's Worker would otherwise replace our root handler with its
+    # own text formatter when it starts (configure_logging above set the level)
+    worker = faust.Worker(app, quiet=True, redirect_stdouts=False, override_logging=False)
+    # the terminal spinner mode's logging set-up would have switched off: it writes cursor
+    # escapes to stdout, into the middle of the JSON lines; without it faust logs "Ready"
+    worker.spinner = None
+    worker.execute_from_commandline()

@@ -1,0 +1,99 @@
+"""A send request becomes one task per valid, unsuppressed recipient, on its priority's lane."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from streams.errors import InvalidContentError
+from streams.gate.expand import expand
+
+NOW = datetime(2026, 11, 23, tzinfo=UTC)
+
+
+def request(**kw: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "request_id": "r1",
+        "tenant": "acme",
+        "operation": "send",
+        "priority": "high",
+        "from": {"email": "news@acme.example", "name": "Acme"},
+        "reply_to": None,
+        "recipients": [
+            {
+                "email": "a@normal.example",
+                "name": None,
+                "kind": "to",
+                "substitutions": {},
+                "custom_args": {},
+            },
+        ],
+        "content": {
+            "subject": "s",
+            "text": "t",
+            "html": None,
+            "template_id": None,
+            "headers": {},
+            "attachments": [],
+        },
+        "substitutions": {},
+        "categories": [],
+        "custom_args": {"c": "1"},
+        "send_at": None,
+        "created_at": NOW,
+    }
+    base.update(kw)
+    return base
+
+
+def rcpt(email: str) -> dict[str, Any]:
+    return {"email": email, "name": None, "kind": "to", "substitutions": {}, "custom_args": {}}
+
+
+def test_one_task_per_distinct_valid_recipient() -> None:
+    r = request(
+        recipients=[
+            rcpt("a@normal.example"),
+            rcpt("A@Normal.example"),
+            rcpt("bad@@x"),
+            rcpt("b@bücher.example"),
+            rcpt("gone@normal.example"),
+        ]
+    )
+    out = expand(r, NOW, lambda tenant, addr: addr.lower() == "gone@normal.example")
+    assert [(d, lane) for d, lane, _ in out.tasks] == [
+        ("normal.example", "tx"),
+        ("xn--bcher-kva.example", "tx"),
+    ]
+    assert out.tasks[1][2]["recipient"]["email"] == "b@xn--bcher-kva.example"
+    reasons = sorted(e["reason"].split(":")[0] for e in out.events)
+    assert reasons == ["invalid_address", "suppressed"]
+    assert all(e["type"] == "dropped" and e["message_id"] == "r1" for e in out.events)
+    first = out.tasks[0][2]
+    assert first["attempt"] == 0
+    assert first["custom_args"] == {"c": "1"}
+
+
+def test_bulk_priorities_take_the_bulk_lane_and_send_at_becomes_not_before() -> None:
+    later = datetime(2026, 12, 1, tzinfo=UTC)
+    out = expand(request(priority="bulk", send_at=later), NOW, lambda *_: False)
+    _, lane, task = out.tasks[0]
+    assert lane == "bulk"
+    assert task["not_before"] == later
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"from": None}, "from"),
+        ({"from": {"email": "not an address", "name": None}}, "from"),
+        ({"content": None}, "content"),
+        ({"recipients": []}, "recipients"),
+    ],
+)
+def test_unsendable_requests_are_refused_whole(change: dict[str, Any], field: str) -> None:
+    with pytest.raises(InvalidContentError) as info:
+        expand(request(**change), NOW, lambda *_: False)
+    assert info.value.field == field
