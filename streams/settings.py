@@ -229,6 +229,9 @@ class Settings(BaseSettings):
     # revoked key stops working within this many seconds
     directory_refresh: float = Field(default=5.0, gt=0)
     dedup_ttl: float = Field(default=24 * 3600.0, gt=0)
+    # where workers keep their state stores' entries: `rocksdb` on local disk under
+    # <data dir>/state (off the Python heap; rebuilt from the changelogs), or `memory`
+    state_store: Literal["rocksdb", "memory"] = "rocksdb"
 
     # rate limits per tenant (tenants.limit_per_* override them); over the limit a request is
     # deferred until the window ends (policy "defer") or answered with `throttled` ("reject")

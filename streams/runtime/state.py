@@ -18,6 +18,7 @@ from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 from streams.errors import StackError
 from streams.kafka.topics import CHANGELOG_CONFIG
 from streams.runtime.records import Out
+from streams.runtime.tables import MemoryTables, Table, TableFactory
 
 __all__ = ["Overlay", "Store", "ensure_changelogs"]
 
@@ -61,39 +62,49 @@ async def ensure_changelogs(
 
 
 class Store:
-    """One named store. Keys are strings; values JSON-safe objects."""
+    """One named store. Keys are strings; values JSON-safe objects. Each partition's entries
+    live in a table from ``tables`` (in memory unless the worker hands it disk tables)."""
 
-    def __init__(self, name: str, topic: str) -> None:
+    def __init__(self, name: str, topic: str, tables: TableFactory | None = None) -> None:
         self.name = name
         self.topic = topic
-        self._data: dict[int, dict[str, Any]] = {}
+        self._tables = tables or MemoryTables()
+        self._data: dict[int, Table] = {}
         self._dirty: dict[int, dict[str, Any]] = {}
+
+    def _table(self, partition: int) -> Table:
+        table = self._data.get(partition)
+        if table is None:
+            table = self._data[partition] = self._tables(self.name, partition)
+        return table
 
     # reads and writes during a batch
     def get(self, partition: int, key: str, default: Any = None) -> Any:
-        part = self._data.get(partition)
-        if part is None:
+        table = self._data.get(partition)
+        if table is None:
             return default
-        return part.get(key, default)
+        found = table.get(key)
+        return default if found is None else found
 
     def put(self, partition: int, key: str, value: Any) -> None:
-        self._data.setdefault(partition, {})[key] = value
+        self._table(partition).put(key, value)
         self._dirty.setdefault(partition, {})[key] = value
 
     def delete(self, partition: int, key: str) -> None:
-        part = self._data.get(partition)
-        if part is not None and key in part:
-            del part[key]
+        table = self._data.get(partition)
+        if table is not None and table.get(key) is not None:
+            table.delete(key)
             self._dirty.setdefault(partition, {})[key] = _DELETED
 
     def items(self, partition: int) -> Iterator[tuple[str, Any]]:
-        return iter(list(self._data.get(partition, {}).items()))
+        table = self._data.get(partition)
+        return iter(()) if table is None else table.items()
 
     def partitions(self) -> list[int]:
         return list(self._data)
 
     def __len__(self) -> int:
-        return sum(len(part) for part in self._data.values())
+        return sum(len(table) for table in self._data.values())
 
     # the runtime's side
     def changes(self) -> list[Out]:
@@ -120,21 +131,27 @@ class Store:
         """Apply one changelog record during recovery."""
         if key is None:
             return
-        part = self._data.setdefault(partition, {})
+        table = self._table(partition)
         name = key.decode()
         if value is None:
-            part.pop(name, None)
+            table.delete(name)
         else:
-            part[name] = orjson.loads(value)
+            table.put(name, orjson.loads(value))
 
     def begin_recovery(self, partition: int) -> None:
-        self._data[partition] = {}
-        self._dirty.pop(partition, None)
+        self.drop(partition)
+        self._table(partition)
 
     def drop(self, partition: int) -> None:
         """The partition went to another worker: its state is theirs now."""
-        self._data.pop(partition, None)
+        table = self._data.pop(partition, None)
+        if table is not None:
+            table.close()
         self._dirty.pop(partition, None)
+
+    def close(self) -> None:
+        for partition in list(self._data):
+            self.drop(partition)
 
 
 class Overlay:

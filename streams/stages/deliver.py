@@ -52,6 +52,7 @@ from streams.runtime.deadletter import dead_letter
 from streams.runtime.records import Consumed, Out, header
 from streams.runtime.stage import Held, Step
 from streams.runtime.state import Store
+from streams.runtime.tables import TableFactory
 from streams.settings import DeliverySettings, Settings
 from streams.stages.policies import breaker_policy, destination_limits, retry_policy
 
@@ -548,6 +549,7 @@ def deliver_stages(
     clock: Clock,
     control: ControlFeed,
     lanes: tuple[str, ...],
+    tables: TableFactory | None = None,
 ) -> list[LaneStage | DelayStage | ControlStage]:
     """The lane stages named; with the bulk lane also the delay tiers and the queue commands
     (mail leaves the delay topics into either lane)."""
@@ -564,7 +566,7 @@ def deliver_stages(
     keep = settings.retry_max_age + 86400.0
     stages: list[LaneStage | DelayStage | ControlStage] = []
     for lane in lanes:
-        store = Store(f"sent-{lane}", changelog_topic(settings.app_id, f"sent-{lane}"))
+        store = Store(f"sent-{lane}", changelog_topic(settings.app_id, f"sent-{lane}"), tables)
         shell = DeliverShell(
             settings, codec, outputs, directory, clock, Ledger(store, keep), control, deliverer
         )

@@ -23,6 +23,7 @@ from streams.runtime.eventloop import install_fast_loop
 from streams.runtime.host import HostConfig, StageHost
 from streams.runtime.stage import Stage
 from streams.runtime.state import Store
+from streams.runtime.tables import DiskTables, TableFactory
 from streams.settings import Settings
 from streams.stages.deliver import deliver_stages
 from streams.stages.gate_stage import DeferralStage, GateStage
@@ -36,18 +37,29 @@ __all__ = ["STAGES", "RuntimeService", "create_app", "run_worker", "runtime_stag
 log = logging.getLogger("postwire.worker")
 
 
+def state_tables(settings: Settings) -> DiskTables | None:
+    """The worker's disk tables, or None when its stores stay in memory."""
+    if settings.state_store == "memory":
+        return None
+    return DiskTables(settings.data_dir / "state")
+
+
 def runtime_stages(
-    settings: Settings, stages: tuple[str, ...], codec: Codec, directory: DirectoryHolder
+    settings: Settings,
+    stages: tuple[str, ...],
+    codec: Codec,
+    directory: DirectoryHolder,
+    tables: TableFactory | None = None,
 ) -> list[Stage]:
     """The stages of ``stages`` that run on the batch runtime, with their stores."""
     found: list[Stage] = []
     topics = settings.topics
     if "gate" in stages:
-        store = Store("gate", changelog_topic(settings.app_id, "gate"))
+        store = Store("gate", changelog_topic(settings.app_id, "gate"), tables)
         found.append(GateStage(codec, topics, directory, store, dedup_ttl=settings.dedup_ttl))
         found.append(DeferralStage(codec, topics))
     if "verify" in stages:
-        store = Store("verdicts", changelog_topic(settings.app_id, "verdicts"))
+        store = Store("verdicts", changelog_topic(settings.app_id, "verdicts"), tables)
         verifier = build_verifier(settings.verify, directory)
         found.append(
             VerifyStage(codec, topics, verifier, store, concurrency=settings.verify_concurrency)
@@ -59,9 +71,12 @@ class RuntimeService(mode.Service):
     """The runtime stages as a child service of the faust app: started with it, stopped with
     it (finishing and committing the batch in flight), and a failure crashes the worker."""
 
-    def __init__(self, host: StageHost, on_failure: Any, **kwargs: Any) -> None:
+    def __init__(
+        self, host: StageHost, on_failure: Any, tables: DiskTables | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         self.host = host
+        self.tables = tables
         self.on_failure = on_failure
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -81,6 +96,11 @@ class RuntimeService(mode.Service):
         if self._task is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(asyncio.shield(self._task), 30.0)
+        for runner in self.host.runners:
+            for store in runner.stage.stores:
+                store.close()
+        if self.tables is not None:
+            self.tables.close()
 
 
 def create_app(
@@ -117,7 +137,8 @@ def create_app(
     directory = directory or DirectoryHolder(settings.database)
     install_directory(app, directory)
     checks = {"directory_loaded": directory.ready.is_set}
-    found = runtime_stages(settings, stages, codec, directory)
+    tables = state_tables(settings)
+    found = runtime_stages(settings, stages, codec, directory, tables)
     background = []
     lanes = tuple(sorted({lane for part in stages for lane in DELIVER_PARTS.get(part, ())}))
     if lanes:
@@ -125,7 +146,7 @@ def create_app(
         checks["queue_control_loaded"] = feed.ready.is_set
         # the delay topics and queue commands go with the bulk lane: one process group
         # re-queues released mail, so it is not re-queued twice
-        found.extend(deliver_stages(settings, codec, directory, clock, feed, lanes))
+        found.extend(deliver_stages(settings, codec, directory, clock, feed, lanes, tables))
         background.append(_control_feed(feed))
     host = StageHost(
         HostConfig(
@@ -142,7 +163,7 @@ def create_app(
         clock,
         background=background,
     )
-    app.add_dependency(RuntimeService(host, on_failure or _no_failure_hook, loop=None))
+    app.add_dependency(RuntimeService(host, on_failure or _no_failure_hook, tables, loop=None))
     checks["stages_running"] = lambda: host.health()[0]
     install_pages(app, checks)
     return app
