@@ -44,7 +44,7 @@ class RunnerConfig:
     group: str
     session_timeout: float = 10.0
     heartbeat_interval: float = 1.0
-    housekeeping_interval: float = 60.0
+    housekeeping_interval: float = 5.0  # a slice of each store per call (Store.sweep)
     fetch_wait: float = 0.1
     # how much work a crash can make a batch stage repeat; also how often its stores' changes
     # are written (coalesced over every batch in between)

@@ -8,7 +8,7 @@ JSON (orjson); ``None`` is a deletion (a tombstone, which compaction eventually 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import orjson
@@ -24,6 +24,9 @@ __all__ = ["Overlay", "Store", "ensure_changelogs"]
 
 
 _DELETED = object()
+# entries a housekeeping call looks at per store (~20-40 ms on disk tables); the runner calls it
+# every few seconds, so a store is swept far faster than any stage fills it
+SWEEP_BUDGET = 20_000
 
 
 async def ensure_changelogs(
@@ -71,6 +74,7 @@ class Store:
         self._tables = tables or MemoryTables()
         self._data: dict[int, Table] = {}
         self._dirty: dict[int, dict[str, Any]] = {}
+        self._sweep: Iterator[tuple[int, str, Any]] | None = None
 
     def _table(self, partition: int) -> Table:
         table = self._data.get(partition)
@@ -102,6 +106,32 @@ class Store:
 
     def partitions(self) -> list[int]:
         return list(self._data)
+
+    def sweep(self, expired: Callable[[str, Any], bool], budget: int = SWEEP_BUDGET) -> int:
+        """Delete entries ``expired`` says are, looking at no more than ``budget`` of them and
+        going on from there on the next call, so a store of millions of entries is cleaned a
+        slice at a time instead of stopping the loop for a whole pass. Returns how many went."""
+        deleted = 0
+        for _ in range(budget):
+            if self._sweep is None:
+                self._sweep = self._walk()
+            entry = next(self._sweep, None)
+            if entry is None:
+                self._sweep = None  # a pass is done; the next call starts another
+                break
+            partition, key, value = entry
+            if partition in self._data and expired(key, value):
+                self.delete(partition, key)
+                deleted += 1
+        return deleted
+
+    def _walk(self) -> Iterator[tuple[int, str, Any]]:
+        for partition in list(self._data):
+            table = self._data.get(partition)
+            if table is None:
+                continue
+            for key, value in table.items():
+                yield partition, key, value
 
     def __len__(self) -> int:
         return sum(len(table) for table in self._data.values())
@@ -144,6 +174,8 @@ class Store:
 
     def drop(self, partition: int) -> None:
         """The partition went to another worker: its state is theirs now."""
+        if self._sweep is not None:
+            self._sweep = None  # it may be reading this partition's table
         table = self._data.pop(partition, None)
         if table is not None:
             table.close()

@@ -141,10 +141,7 @@ class Ledger:
         self.store.put(partition, task_id, {"at": at})
 
     def prune(self, now: float) -> None:
-        for p in self.store.partitions():
-            for key, value in self.store.items(p):
-                if float(value["at"]) + self.keep <= now:
-                    self.store.delete(p, key)
+        self.store.sweep(lambda _key, value: float(value["at"]) + self.keep <= now)
 
 
 # the records the current task is producing (each runtime record runs in a task of its own)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Any
 
 from streams.contract.build import suppression_key
 from streams.contract.codec import Codec
@@ -168,14 +169,14 @@ class GateStage:
     def housekeeping(self, now: datetime) -> None:
         """Expired dedup keys and memos, and windows that count nothing any more, go."""
         ts = now.timestamp()
-        for p in self.store.partitions():
-            for key, value in self.store.items(p):
-                kind = key[:2]
-                expired = (kind in ("d:", "m:") and float(value["expires"]) <= ts) or (
-                    kind == "r:" and windows_expired(value, ts)
-                )
-                if expired:
-                    self.store.delete(p, key)
+
+        def expired(key: str, value: Any) -> bool:
+            kind = key[:2]
+            if kind in ("d:", "m:"):
+                return float(value["expires"]) <= ts
+            return kind == "r:" and windows_expired(value, ts)
+
+        self.store.sweep(expired)
 
     def crashed(self, record: Consumed, error: Exception, now: datetime) -> Step:
         return _crashed(self.outputs, record, error, now)

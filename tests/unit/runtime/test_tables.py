@@ -81,3 +81,36 @@ def test_directories_of_processes_that_are_gone_are_removed(tmp_path: Path) -> N
     assert f"{os.getpid()}-mine" in names
     assert disk.directory.parent == root
     disk.close()
+
+
+def test_a_sweep_cleans_a_slice_per_call_and_goes_on_where_it_stopped(
+    tables: TableFactory,
+) -> None:
+    store = Store("gate", "app-gate-changelog", tables)
+    for p in (0, 1):
+        for i in range(30):
+            store.put(p, f"d:{i:02d}", {"expires": float(i)})
+    store.changes()
+
+    def expired(_key: str, value: dict[str, float]) -> bool:
+        return value["expires"] < 10.0
+
+    assert store.sweep(expired, budget=25) == 10  # partition 0: 25 looked at, 10 expired
+    assert len(store) == 50
+    assert store.sweep(expired, budget=25) == 10  # the rest of 0, then 20 of partition 1
+    assert store.sweep(expired, budget=25) == 0  # the pass ends
+    assert len(store) == 40
+    assert {c.key for c in store.changes()} == {f"d:{i:02d}".encode() for i in range(10)}
+    assert all(store.get(p, "d:05") is None and store.get(p, "d:15") for p in (0, 1))
+
+
+def test_a_partition_dropped_in_the_middle_of_a_sweep_is_left_alone(tables: TableFactory) -> None:
+    store = Store("gate", "app-gate-changelog", tables)
+    for p in (0, 1):
+        for i in range(10):
+            store.put(p, f"k{i}", {"expires": 0.0})
+    assert store.sweep(lambda _k, _v: True, budget=5) == 5
+    store.drop(0)
+    assert store.sweep(lambda _k, _v: True, budget=100) == 10
+    assert len(store) == 0
+    store.close()
