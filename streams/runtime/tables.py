@@ -24,6 +24,8 @@ __all__ = ["DiskTables", "MemoryTables", "Table", "TableFactory"]
 # decoded values of recently used keys, per disk table: the gate reads its partition
 # watermark and a tenant's windows for every request
 HOT_ENTRIES = 4096
+MEMTABLE_BYTES = 2 * 1024 * 1024
+BLOCK_CACHE_BYTES = 16 * 1024 * 1024  # shared by every table of a process
 
 
 class Table(Protocol):
@@ -77,7 +79,7 @@ class MemoryTables:
 
 
 class _DiskTable:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, cache: Any) -> None:
         from rocksdict import BlockBasedOptions, Options, Rdict, WriteOptions
 
         shutil.rmtree(path, ignore_errors=True)
@@ -85,8 +87,12 @@ class _DiskTable:
         options.create_if_missing(True)
         table = BlockBasedOptions()
         table.set_bloom_filter(10, False)  # most dedup lookups are for keys never seen
+        table.set_block_cache(cache)
         options.set_block_based_table_factory(table)
-        options.set_write_buffer_size(8 * 1024 * 1024)
+        # small memtables: a process holds a table per partition and store, and RocksDB's
+        # default (64 MB, two of them) would be the worker's largest allocation
+        options.set_write_buffer_size(MEMTABLE_BYTES)
+        options.set_max_write_buffer_number(2)
         self._path = path
         self._options = options
         self._db = Rdict(str(path), options)
@@ -155,9 +161,12 @@ class DiskTables:
             if pid.isdigit() and not _alive(int(pid)):
                 shutil.rmtree(stale, ignore_errors=True)
         self.directory = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-", dir=root))
+        from rocksdict import Cache
+
+        self._cache = Cache(BLOCK_CACHE_BYTES)
 
     def __call__(self, store: str, partition: int) -> Table:
-        return _DiskTable(self.directory / f"{store}-{partition}")
+        return _DiskTable(self.directory / f"{store}-{partition}", self._cache)
 
     def close(self) -> None:
         shutil.rmtree(self.directory, ignore_errors=True)

@@ -87,3 +87,17 @@ def test_a_bounded_cache_of_size_zero_keeps_nothing() -> None:
     cache["k"] = 1
     assert len(cache) == 0
     assert cache.get("k") is None
+
+
+def test_a_bounded_cache_holds_values_at_their_own_size() -> None:
+    cache = BoundedCache(2000)
+    before = _rss()
+    for i in range(2000):
+        cache[f"k{i}"] = {"result": {"address": f"someone{i}@example.com", "score": 90}}
+    # orjson's own output keeps a page or two a value: 8 MB or more here
+    assert _rss() - before < 2_000_000
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * 4096
