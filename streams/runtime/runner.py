@@ -117,6 +117,8 @@ class StageRunner:
             await recover(self.config.client(), self.stage.stores, arriving)
         self.owned = partitions
         self._paused.clear()  # positions restart from the committed offsets
+        for store in self.stage.stores:  # a stage that gets no traffic still shows its state
+            STATE_ENTRIES.labels(store.name).set(len(store))
         self.ready = True
         log.info(
             "stage %s: partitions %s assigned and recovered", self.stage.name, sorted(partitions)

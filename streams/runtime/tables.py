@@ -24,8 +24,8 @@ __all__ = ["DiskTables", "MemoryTables", "Table", "TableFactory"]
 # decoded values of recently used keys, per disk table: the gate reads its partition
 # watermark and a tenant's windows for every request
 HOT_ENTRIES = 4096
-MEMTABLE_BYTES = 1024 * 1024
-BLOCK_CACHE_BYTES = 8 * 1024 * 1024  # shared by every table of a process
+MEMTABLE_BYTES = 512 * 1024
+BLOCK_CACHE_BYTES = 4 * 1024 * 1024  # shared by every table of a process
 
 
 class Table(Protocol):
