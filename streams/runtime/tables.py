@@ -19,6 +19,8 @@ from typing import Any, Protocol, cast
 
 import orjson
 
+from streams.procs import pid_alive
+
 __all__ = ["DiskTables", "MemoryTables", "Table", "TableFactory"]
 
 # decoded values of recently used keys, per disk table: the gate reads its partition
@@ -158,7 +160,7 @@ class DiskTables:
         root.mkdir(parents=True, exist_ok=True)
         for stale in root.iterdir():
             pid = stale.name.split("-", 1)[0]
-            if pid.isdigit() and not _alive(int(pid)):
+            if pid.isdigit() and not pid_alive(int(pid)):
                 shutil.rmtree(stale, ignore_errors=True)
         self.directory = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-", dir=root))
         from rocksdict import Cache
@@ -170,13 +172,3 @@ class DiskTables:
 
     def close(self) -> None:
         shutil.rmtree(self.directory, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from streams.errors import StackError
+from streams.procs import pid_alive
 
 __all__ = ["ManagedProcess", "pid_alive", "port_in_use", "stop_pid"]
 
@@ -30,21 +31,6 @@ def port_in_use(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.settimeout(0.5)
         return sock.connect_ex((host, port)) == 0
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # a zombie child still answers kill(0); reap it if it is ours
-    with contextlib.suppress(ChildProcessError):
-        done, _ = os.waitpid(pid, os.WNOHANG)
-        if done == pid:
-            return False
-    return True
 
 
 def stop_pid(pid: int, sig: int = signal.SIGTERM, timeout: float = 30.0) -> bool:
