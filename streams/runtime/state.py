@@ -96,8 +96,7 @@ class Store:
 
     def delete(self, partition: int, key: str) -> None:
         table = self._data.get(partition)
-        if table is not None and table.get(key) is not None:
-            table.delete(key)
+        if table is not None and table.delete(key):
             self._dirty.setdefault(partition, {})[key] = _DELETED
 
     def items(self, partition: int) -> Iterator[tuple[str, Any]]:

@@ -30,12 +30,17 @@ MEMTABLE_BYTES = 512 * 1024
 BLOCK_CACHE_BYTES = 4 * 1024 * 1024  # shared by every table of a process
 
 
+_ABSENT = object()
+
+
 class Table(Protocol):
     def get(self, key: str) -> Any: ...
 
     def put(self, key: str, value: Any) -> None: ...
 
-    def delete(self, key: str) -> None: ...
+    def delete(self, key: str) -> bool:
+        """Remove ``key``; whether it was there."""
+        ...
 
     def items(self) -> Iterator[tuple[str, Any]]:
         """Every entry; deleting entries while iterating is allowed."""
@@ -62,8 +67,8 @@ class _MemoryTable:
     def put(self, key: str, value: Any) -> None:
         self._data[key] = value
 
-    def delete(self, key: str) -> None:
-        self._data.pop(key, None)
+    def delete(self, key: str) -> bool:
+        return self._data.pop(key, _ABSENT) is not _ABSENT
 
     def items(self) -> Iterator[tuple[str, Any]]:
         return iter(list(self._data.items()))
@@ -128,12 +133,13 @@ class _DiskTable:
         self._db[raw] = orjson.dumps(value)
         self._remember(key, value)
 
-    def delete(self, key: str) -> None:
+    def delete(self, key: str) -> bool:
         raw = key.encode()
-        self._hot.pop(key, None)
-        if self._db.get(raw) is not None:
-            self._count -= 1
-            del self._db[raw]
+        if self._hot.pop(key, None) is None and self._db.get(raw) is None:
+            return False
+        self._count -= 1
+        del self._db[raw]
+        return True
 
     def items(self) -> Iterator[tuple[str, Any]]:
         for raw, value in self._db.items():
