@@ -33,6 +33,7 @@ __all__ = [
     "ReplayError",
     "RuntimeProduceError",
     "SchemaMismatchError",
+    "SecretError",
     "SinkUnavailableError",
     "StackError",
     "StageCrashError",
@@ -60,6 +61,12 @@ class PostwireError(Exception):
 
 class ConfigError(PostwireError):
     code = "config"
+
+
+class SecretError(PostwireError):
+    """A sealed secret does not open under this install's server secret."""
+
+    code = "secret"
 
 
 class StackError(PostwireError):

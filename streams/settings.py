@@ -21,6 +21,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from streams.db.config import DatabaseSettings, TenantDefaults
 from streams.kafka.config import KafkaSettings, TopicNames
 from streams.obs.logs import LogSettings
+from streams.secret import SECRET_FILE, ServerSecret, load_server_secret
 
 __all__ = [
     "ApiSettings",
@@ -223,6 +224,10 @@ class Settings(BaseSettings):
     # so every process of one install hashes an address the same way. Set it to correlate
     # across machines (and keep it secret: with it, a guessed address can be confirmed).
     log_hash_key: SecretStr | None = None
+    # the install's server secret (hex or base64, 32 bytes or more): message ids, API keys and
+    # DKIM keys sealed at rest derive their keys from it. Unset: a random one made once under
+    # data_dir (mode 0600). Every machine of one install must share it.
+    secret_key: SecretStr | None = None
     producer_linger_ms: int = Field(default=2, ge=0)
 
     # gate: tenants, API keys and suppressions are reloaded from PostgreSQL this often, so a
@@ -462,6 +467,12 @@ class Settings(BaseSettings):
             worker_web_port=self.worker_web_port,
             web_host=self.web_host,
         )
+
+    @property
+    def secret(self) -> ServerSecret:
+        """The install's server secret (loaded once per process)."""
+        value = self.secret_key.get_secret_value() if self.secret_key else None
+        return load_server_secret(value, self.data_dir / SECRET_FILE)
 
     @property
     def dkim_dir(self) -> Path:

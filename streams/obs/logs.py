@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import os
-import secrets
 import sys
 from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass
@@ -25,49 +24,13 @@ import orjson
 import structlog
 from pydantic import SecretStr
 
-from streams.errors import ConfigError
 from streams.obs.redact import Redactor
+from streams.secret import stored_key
 
-__all__ = ["KEY_FILE", "LogSettings", "configure_logging", "log_hash_key", "stored_key"]
+__all__ = ["KEY_FILE", "LogSettings", "configure_logging", "log_hash_key"]
 
 KEY_FILE = "log-hash.key"
 EventDict = MutableMapping[str, Any]
-
-
-def stored_key(path: Path) -> bytes:
-    """The key in ``path``, made (random, mode 0600) if there is none yet.
-
-    Every process of a stack starts at once and each may find no key: each writes its own
-    candidate to a private file and links it into place, which only one link can win, so all
-    of them end up reading the same complete key."""
-    try:
-        return _read_key(path)
-    except FileNotFoundError:
-        pass
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        candidate = path.with_name(f".{path.name}.{secrets.token_hex(8)}")
-        fd = os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as out:
-            out.write(secrets.token_hex(32))
-            out.flush()
-            os.fsync(out.fileno())
-        try:
-            os.link(candidate, path)
-        except FileExistsError:
-            pass  # another process won; its key is the one
-        finally:
-            candidate.unlink(missing_ok=True)
-        return _read_key(path)
-    except OSError as exc:
-        raise ConfigError(f"cannot create the log hash key {path}: {exc}") from exc
-
-
-def _read_key(path: Path) -> bytes:
-    key = path.read_text().strip().encode()
-    if not key:
-        raise ConfigError(f"the log hash key file {path} is empty; delete it to make a new one")
-    return key
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,8 @@ import pytest
 import structlog
 
 from streams.errors import ConfigError
-from streams.obs.logs import KEY_FILE, configure_logging, log_hash_key, stored_key
+from streams.obs.logs import KEY_FILE, configure_logging, log_hash_key
+from streams.secret import stored_key
 from streams.settings import Settings
 
 
