@@ -25,6 +25,7 @@ from streams.contract.records import (
 )
 from streams.errors import PostwireError
 from streams.kafka.records import SourcePosition
+from streams.obs.redact import scrub_key_bytes, scrub_keys
 
 __all__ = [
     "TRANSACTIONAL",
@@ -141,15 +142,17 @@ def rejection(
     now: datetime,
     tenant: str | None = None,
 ) -> Rejection:
+    """A dead letter: the input as it came, less anything shaped like an API key (overwritten
+    in place, so the bytes still decode), with the error that stopped it."""
     return {
         "source_topic": source.topic,
         "source_partition": source.partition,
         "source_offset": source.offset,
         "stage": stage,
         "error_code": error.code,
-        "error": str(error),
-        "key": key,
-        "raw": raw,
+        "error": scrub_keys(str(error)),
+        "key": None if key is None else scrub_key_bytes(key),
+        "raw": scrub_key_bytes(raw),
         "tenant": tenant,
         "rejected_at": now,
     }
@@ -199,7 +202,6 @@ def delivery_task(
 class RequestFields(TypedDict, total=False):
     """The EmailRequest fields a producer may leave out (each has a schema default)."""
 
-    api_key: str | None
     idempotency_key: str | None
     priority: Priority
     sender: Address | None  # the record's "from"
@@ -226,7 +228,6 @@ def email_request(
     return {
         "request_id": request_id,
         "tenant": tenant,
-        "api_key": fields.get("api_key"),
         "operation": operation,
         "idempotency_key": fields.get("idempotency_key"),
         "priority": fields.get("priority", "normal"),
