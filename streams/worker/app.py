@@ -28,6 +28,7 @@ from streams.settings import Settings
 from streams.stages.deliver import deliver_stages
 from streams.stages.gate_stage import DeferralStage, GateStage
 from streams.stages.names import DELIVER_PARTS, KNOWN_STAGES, STAGES
+from streams.stages.policies import gate_trust
 from streams.stages.verify import VerifyStage, build_verifier
 from streams.worker.shell import install_directory
 from streams.worker.web import install_pages
@@ -56,7 +57,10 @@ def runtime_stages(
     topics = settings.topics
     if "gate" in stages:
         store = Store("gate", changelog_topic(settings.app_id, "gate"), tables)
-        found.append(GateStage(codec, topics, directory, store, dedup_ttl=settings.dedup_ttl))
+        trust = gate_trust(settings.secret)
+        found.append(
+            GateStage(codec, topics, directory, store, trust=trust, dedup_ttl=settings.dedup_ttl)
+        )
         found.append(DeferralStage(codec, topics))
     if "verify" in stages:
         store = Store("verdicts", changelog_topic(settings.app_id, "verdicts"), tables)
@@ -134,7 +138,7 @@ def create_app(
     unknown = set(stages) - set(KNOWN_STAGES)
     if unknown:
         raise ValueError(f"unknown stage(s) {sorted(unknown)}; known: {', '.join(KNOWN_STAGES)}")
-    directory = directory or DirectoryHolder(settings.database)
+    directory = directory or DirectoryHolder(settings.database, settings.secret)
     install_directory(app, directory)
     checks = {"directory_loaded": directory.ready.is_set}
     tables = state_tables(settings)
@@ -206,7 +210,8 @@ def run_worker(settings: Settings, stages: tuple[str, ...] = STAGES) -> None:
     install_fast_loop()
     # faust and aiokafka build debug records on every send even when nobody prints them
     logging.disable(logging.DEBUG)
-    directory = DirectoryHolder(settings.database)
+    # the secret opens the API keys' sealed copies: the gate checks what direct producers sign
+    directory = DirectoryHolder(settings.database, settings.secret)
     directory.preload()
     control = None
     if any(part in DELIVER_PARTS for part in stages):
