@@ -6,7 +6,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from streams.api.context import Api, Caller, json_body
-from streams.api.sendgrid import message_id_for, translate
+from streams.api.sendgrid import translate
 from streams.errors import IngressValidationError
 
 __all__ = ["MAX_IDEMPOTENCY_KEY", "idempotency_key", "mail_send"]
@@ -25,16 +25,16 @@ def idempotency_key(request: web.Request) -> str | None:
 async def mail_send(api: Api, request: web.Request, caller: Caller) -> web.StreamResponse:
     key = idempotency_key(request)
     body = await json_body(request)
-    message_id = message_id_for(caller.tenant, key)
+    # keyed by the server secret: a retry gets the same id, no other tenant can compute it
+    message_id = api.ids.message_id(caller.tenant, key)
     priority = request.headers.get("X-Postwire-Priority", api.settings.api_priority)
     records = translate(
         body,
         tenant=caller.tenant,
-        api_key=caller.key,
         message_id=message_id,
         idempotency_key=key,
         priority=priority.lower(),
         now=api.clock(),
     )
-    await api.publish_requests(caller.tenant, records)
+    await api.publish_requests(caller, records)
     return web.Response(status=202, headers={"X-Message-Id": message_id})
