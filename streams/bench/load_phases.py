@@ -18,6 +18,7 @@ from streams.bench.load_profile import Scenario, Stage, kinds, schedule
 from streams.bench.load_report import Drain
 from streams.bench.load_stack import make_tenants
 from streams.bench.load_watch import BacklogWatch, count_end_rows
+from streams.bench.stacks import Credentials
 from streams.errors import BenchError
 from streams.stack.process import ManagedProcess
 from streams.stack.stack import WORKER_ROLES, Stack
@@ -159,7 +160,7 @@ async def warm_up(
     stack: Stack,
     conn: asyncpg.Connection[Any],
     tenants: int,
-    make_door: Callable[[list[tuple[str, str]]], Door],
+    make_door: Callable[[list[tuple[str, Credentials]]], Door],
     progress: Progress,
     notes: list[str],
 ) -> None:
@@ -167,7 +168,7 @@ async def warm_up(
     restarted once and the warm-up repeated; the requests the race cost are in the notes."""
     settings = stack.settings
     for attempt in (1, 2):
-        keys = await make_tenants(conn, f"warm{attempt}-{name}", tenants)
+        keys = await make_tenants(conn, settings.secret, f"warm{attempt}-{name}", tenants)
         await asyncio.sleep(settings.directory_refresh + 1)  # every process knows the keys
         door = make_door(keys)
         await door.start()

@@ -25,9 +25,10 @@ from streams.bench.dns_server import ZoneServer
 from streams.bench.load_doors import KafkaDoor
 from streams.bench.load_profile import quantiles
 from streams.bench.smtp_peers import SmtpSink, ensure_postfix, free_port
-from streams.bench.stacks import relay_settings
+from streams.bench.stacks import Credentials, relay_settings
 from streams.db.tenants import create_api_key, create_tenant
 from streams.errors import BenchError, StackError
+from streams.secret import ServerSecret
 from streams.settings import Settings
 
 __all__ = [
@@ -103,13 +104,14 @@ def stack_settings(
     )
 
 
-async def make_tenants(conn: asyncpg.Connection[Any], prefix: str, n: int) -> list[tuple[str, str]]:
+async def make_tenants(
+    conn: asyncpg.Connection[Any], secret: ServerSecret, prefix: str, n: int
+) -> list[tuple[str, Credentials]]:
     found = []
     for j in range(n):
         tenant = f"{prefix}-{j}"
         await create_tenant(conn, tenant)
-        _, key = await create_api_key(conn, tenant)
-        found.append((tenant, key))
+        found.append((tenant, await create_api_key(conn, tenant, secret=secret)))
     return found
 
 
@@ -136,7 +138,7 @@ async def raw_producer(settings: Settings, n: int, concurrency: int) -> dict[str
         await admin.create_topics([NewTopic(topic, settings.partitions, 1)])
     finally:
         await admin.close()
-    door = KafkaDoor(settings, [("bench", "pw_raw")], "raw", timeout=30)
+    door = KafkaDoor(settings, [("bench", ("k_raw", "raw"))], "raw", timeout=30)
     producer = AIOKafkaProducer(
         bootstrap_servers=settings.bootstrap, acks="all", enable_idempotence=True, linger_ms=1
     )
