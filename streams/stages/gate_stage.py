@@ -192,15 +192,13 @@ class GateStage:
         arrival = Arrival(record.position, raw, record.key, deferrals, record.headers, kept)
         directory, ttl, trust = self.directory, self.dedup_ttl, self.trust
         result = decide(request, directory.current, seen, arrival, now, trust=trust, dedup_ttl=ttl)
-        key_id = record.header(KEY_ID)
-        if (
-            unknown_credentials(result)
-            and key_id
-            and await directory.lookup_key_id(key_id.decode())
-        ):
-            result = decide(
-                request, directory.current, seen, arrival, now, trust=trust, dedup_ttl=ttl
-            )
+        if unknown_credentials(result):
+            # a key made since the last snapshot must work at once: look it up by its id
+            key_id = record.header(KEY_ID)
+            if key_id and await directory.lookup_key_id(key_id.decode(errors="replace")):
+                result = decide(
+                    request, directory.current, seen, arrival, now, trust=trust, dedup_ttl=ttl
+                )
         return result
 
     def housekeeping(self, now: datetime) -> None:
