@@ -100,7 +100,15 @@ class Trust:
                 f"the {signed.signer} signature for key {key.key_id} does not match the record"
                 " (forged, altered after signing, or signed with another key)",
             )
-        return directory.authorize(key, request["tenant"], request["operation"]), signed
+        tenant = directory.authorize(key, request["tenant"], request["operation"])
+        if record_key != request["tenant"].encode():
+            # the gate's windows are kept per partition of the tenant's key: records keyed
+            # otherwise would be counted apart, a rate limit multiplied by the partitions
+            raise AuthError(
+                "auth.wrong_record_key",
+                f"the record's key is {record_key!r}, not its tenant {request['tenant']!r}",
+            )
+        return tenant, signed
 
     def check_track(self, request: EmailRequest, signed: Signed, now: datetime) -> None:
         """TrackRefusedError for an event that is not the tenant's to record."""

@@ -5,7 +5,7 @@ from typing import Any
 
 import pytest
 
-from streams.contract.signing import KEY_ID, SIGNATURE, SIGNER
+from streams.contract.signing import KEY_ID, SIGNATURE, SIGNER, sign
 from streams.db.tenants import Directory
 from streams.gate.core import ADMITTED, Arrival, Seen, decide, replayed_memo, unknown_credentials
 from tests.unit.gate.helpers import (
@@ -95,6 +95,14 @@ def test_a_record_altered_after_signing_is_refused() -> None:
     assert run(request(), arrival=altered).rejection["error_code"] == "auth.bad_signature"
     moved = Arrival(SRC, RAW, b"other", headers=signed.headers)  # another record key
     assert run(request(), arrival=moved).rejection["error_code"] == "auth.bad_signature"
+
+
+def test_a_record_keyed_by_another_than_its_tenant_is_refused() -> None:
+    # signed as it is, but partitioned apart from the tenant's rate windows
+    rekeyed = sign(RAW, tenant="elsewhere", key_id="k1", api_key="good")
+    result = run(request(), arrival=Arrival(SRC, RAW, b"elsewhere", headers=rekeyed))
+    assert result.rejection["error_code"] == "auth.wrong_record_key"
+    assert "not its tenant 'acme'" in result.rejection["error"]
 
 
 def test_both_signers_admit_and_the_key_only_knows_why_it_cannot_sign() -> None:
