@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
+from urllib.parse import quote
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -498,7 +499,20 @@ class Settings(BaseSettings):
     def dsn(self) -> str:
         if self.database_url is not None:
             return self.database_url.get_secret_value()
-        return f"postgresql://postgres@{self.postgres_host}:{self.postgres_port}/{self.postgres_db}"
+        return self.embedded_dsn(self.postgres_db)
+
+    @property
+    def postgres_passfile(self) -> Path:
+        """The embedded server's password, in libpq's passfile format (mode 0600)."""
+        return self.data_dir / "postgres.pgpass"
+
+    def embedded_dsn(self, database: str) -> str:
+        """A URL of the embedded server that names the file holding its password, so the
+        password itself is never in a URL, an environment or a log (libpq and asyncpg both read
+        ``passfile``)."""
+        where = quote(str(self.postgres_passfile), safe="/")
+        host, port = self.postgres_host, self.postgres_port
+        return f"postgresql://postgres@{host}:{port}/{database}?passfile={where}"
 
     @property
     def nameservers(self) -> list[str]:

@@ -126,6 +126,8 @@ def create_app(
         producer_acks=-1,
         # a few ms of linger turns one produce request per record into one per batch
         producer_linger_ms=settings.producer_linger_ms,
+        # faust binds `web_bind` (0.0.0.0 unless told) and only names `web_host` in URLs
+        web_bind=settings.web_host,
         web_host=settings.web_host,
         web_port=settings.worker_web_port,
         datadir=str(settings.data_dir / "faust"),
