@@ -95,9 +95,9 @@ def _content(check: Check, body: dict[str, Any]) -> tuple[str | None, str | None
         value = check.text(part.get("value"), f"{field}.value")
         if not value:
             check.fail(f"{field}.value", "The content value must be at least one character.")
-        elif not check.rule(check_body, f"{field}.value", value):
-            pass
-        elif kind == "text/plain":
+            continue
+        check.rule(check_body, f"{field}.value", value)
+        if kind == "text/plain":
             text = value
         elif kind == "text/html":
             html = value
@@ -153,14 +153,15 @@ def _headers(check: Check, value: Any, field: str) -> dict[str, str]:
     return headers
 
 
-def _merged(check: Check, shared: dict[str, str], value: Any, field: str) -> dict[str, str]:
+def _merged(check: Check, message: _Message, value: Any, field: str) -> dict[str, str]:
     """A personalization's headers over the message's, a name in any case replacing the
     other; then the rules over the whole set (a name twice, the one-click pair)."""
     before = len(check.errors)
     own = _headers(check, value, field)
     names = {name.lower() for name in own}
+    shared = message.headers
     merged = {name: text for name, text in shared.items() if name.lower() not in names} | own
-    if len(check.errors) == before:
+    if message.headers_ok and len(check.errors) == before:
         check.rule(check_custom_headers, merged, field)
     return merged
 
@@ -177,7 +178,8 @@ def _recipients(check: Check, p: dict[str, Any], field: str) -> list[Recipient]:
             address = check.address(item, f"{field}.{kind}.{j}")
             if address is not None:
                 out.append({**address, "kind": kind, "substitutions": subs, "custom_args": {}})
-    if not any(r["kind"] == "to" for r in out):
+    to = p.get("to")
+    if not (isinstance(to, list) and to):  # invalid addresses in it are problems of their own
         check.fail(f"{field}.to", "The to array is required for all personalization objects.")
     return out
 
@@ -194,6 +196,7 @@ class _Message:
     html: str | None
     attachments: list[Attachment]
     headers: dict[str, str]
+    headers_ok: bool  # each header passed its own checks (the set is checked per personalization)
     categories: list[str]
     custom_args: dict[str, str]
     send_at: datetime | None
@@ -268,7 +271,9 @@ def _message(check: Check, root: dict[str, Any]) -> _Message:
     if not (text or html or template_id):
         check.fail("content", "Unless a valid template_id is provided, content is required.")
     attachments = _attachments(check, root)
+    before = len(check.errors)
     headers = _headers(check, root.get("headers"), "headers")
+    headers_ok = len(check.errors) == before
     categories = _categories(check, root.get("categories"))
     custom_args = check.strings(root.get("custom_args"), "custom_args")
     send_at = check.send_at(root.get("send_at"), "send_at")
@@ -283,6 +288,7 @@ def _message(check: Check, root: dict[str, Any]) -> _Message:
         html,
         attachments,
         headers,
+        headers_ok,
         categories,
         custom_args,
         send_at,
@@ -360,7 +366,7 @@ def _personalized(
         "text": message.text,
         "html": message.html,
         "template_id": message.template_id,
-        "headers": _merged(check, message.headers, p.get("headers"), f"{field}.headers"),
+        "headers": _merged(check, message, p.get("headers"), f"{field}.headers"),
         "attachments": message.attachments,
     }
     return email_request(
