@@ -40,7 +40,7 @@ from aiokafka.errors import (
 )
 
 from streams.errors import RecordTooLargeError
-from streams.kafka.limits import DEFAULT_LIMIT, RecordLimit, read_or_default, record_size
+from streams.kafka.limits import DEFAULT_LIMIT, RecordLimit, read_record_limit, record_size
 
 __all__ = ["Failure", "IngressProducer", "Record", "classify"]
 
@@ -201,7 +201,13 @@ class IngressProducer:
         async with self._limit_lock:
             if not force and time.monotonic() - self._limit_read_at <= LIMIT_REREAD / 10:
                 return  # another request just read it
-            limit = await read_or_default(self.bootstrap, self.flow)
+            try:
+                limit = await read_record_limit(self.bootstrap, self.flow)
+            except (KafkaError, OSError) as exc:
+                # keep what was known (Kafka's default before the first read): a limit that
+                # flipped whenever the cluster could not be asked would turn requests away
+                log.warning("could not read the record limit, keeping the last: %s", exc)
+                limit = self.limit
             self._limit_read_at = time.monotonic()
             if limit != self.limit:
                 log.info("record limit: %s bytes (%s)", f"{limit.request_bytes:,}", limit.reason())
