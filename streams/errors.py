@@ -16,6 +16,7 @@ __all__ = [
     "BenchError",
     "CodecError",
     "ConfigError",
+    "ControlCharacterError",
     "DkimError",
     "DkimKeyError",
     "DkimMessageError",
@@ -28,9 +29,11 @@ __all__ = [
     "NotAvroError",
     "NotReplayableError",
     "PostwireError",
+    "RecordTooLargeError",
     "RecoveryStalledError",
     "RenderError",
     "ReplayError",
+    "RequestLimitError",
     "RuntimeProduceError",
     "SchemaMismatchError",
     "SecretError",
@@ -152,6 +155,7 @@ class RenderError(PostwireError):
     def __init__(self, field: str, message: str) -> None:
         super().__init__(f"{field}: {message}")
         self.field = field
+        self.detail = message
 
 
 class HeaderInjectionError(RenderError):
@@ -164,6 +168,13 @@ class BareLineEndingError(RenderError):
     """A body holds CR or LF outside a CRLF pair (SMTP smuggling)."""
 
     code = "render.bare_line_ending"
+
+
+class ControlCharacterError(RenderError):
+    """A header value or one-line text holds a control character other than TAB, or a body a
+    NUL: no reader agrees on what they mean."""
+
+    code = "render.control_character"
 
 
 class UndefinedVariableError(RenderError):
@@ -188,6 +199,33 @@ class InvalidContentError(RenderError):
     """Missing sender or content, an unusable address, a reserved header or a bad attachment."""
 
     code = "render.invalid"
+
+
+class RequestLimitError(PostwireError):
+    """A request over one of the per-request limits every door enforces (recipients,
+    categories, custom args); ``code`` names the limit (``limits.recipients``, ...)."""
+
+    code = "limits"
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class RecordTooLargeError(RequestLimitError):
+    """A request whose Kafka record would be larger than the pipeline can carry: Kafka would
+    refuse it, or the records the gate makes of it. ``limit`` is the largest allowed."""
+
+    code = "limits.record_size"
+
+    def __init__(self, size: int, limit: int, reason: str) -> None:
+        super().__init__(
+            "limits.record_size",
+            f"the request's Kafka record would be {size:,} bytes; at most {limit:,} bytes "
+            f"fit ({reason})",
+        )
+        self.size = size
+        self.limit = limit
 
 
 class DkimError(PostwireError):

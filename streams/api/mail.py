@@ -1,5 +1,6 @@
 """``POST /v3/mail/send`` (SendGrid v3) onto ``postwire.requests``: 202 means Kafka (acks=all)
-has the request, from there the pipeline owns it."""
+has the request, from there the pipeline owns it; 200 the same for a sandbox send, which the
+pipeline records and never delivers."""
 
 from __future__ import annotations
 
@@ -37,4 +38,8 @@ async def mail_send(api: Api, request: web.Request, caller: Caller) -> web.Strea
         now=api.clock(),
     )
     await api.publish_requests(caller.tenant, records)
+    if records[0]["sandbox"]:
+        # SendGrid's answer to a sandbox send: 200 with an empty body; the gate records it
+        # (processed, then dropped with reason sandbox per recipient) and queues nothing
+        return web.Response(status=200, headers={"X-Message-Id": message_id})
     return web.Response(status=202, headers={"X-Message-Id": message_id})

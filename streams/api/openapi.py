@@ -52,6 +52,11 @@ _PERSONALIZATION: Final[dict[str, Any]] = {
         "send_at": {"type": "integer", "minimum": 0},
     },
 }
+# a SendGrid setting: `enable` is what is read (only mail_settings.sandbox_mode acts)
+_SETTING: Final[dict[str, Any]] = {
+    "type": "object",
+    "properties": {"enable": {"type": "boolean"}},
+}
 _MAIL_SEND: Final[dict[str, Any]] = {
     "type": "object",
     "required": ["personalizations", "from"],
@@ -96,6 +101,12 @@ _MAIL_SEND: Final[dict[str, Any]] = {
         "custom_args": _STRINGS,
         "send_at": {"type": "integer", "minimum": 0},
         "batch_id": {"type": "string"},
+        "mail_settings": {
+            "type": "object",
+            "properties": {"sandbox_mode": _SETTING},
+            "additionalProperties": _SETTING,
+        },
+        "tracking_settings": {"type": "object", "additionalProperties": _SETTING},
     },
 }
 
@@ -192,10 +203,15 @@ SPEC: Final[dict[str, Any]] = {
             "post": _op(
                 "Send mail (SendGrid v3 body); scope send",
                 {
+                    "200": {
+                        "description": "mail_settings.sandbox_mode: validated and recorded, "
+                        "never delivered (empty body)",
+                        "headers": {"X-Message-Id": {"schema": {"type": "string"}}},
+                    },
                     "202": {
                         "description": "Stored in Kafka (acks=all); the pipeline owns it now",
                         "headers": {"X-Message-Id": {"schema": {"type": "string"}}},
-                    }
+                    },
                 },
                 body=_MAIL_SEND,
                 parameters=(_IDEMPOTENCY, _PRIORITY),

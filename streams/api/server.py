@@ -73,8 +73,10 @@ class Ingress(Api):
         await self.stop()
 
     async def healthz(self, _request: web.Request) -> web.Response:
-        ok = self.producer is not None and self.pool is not None and self.directory.ready.is_set()
-        return web.json_response({"ok": ok}, status=200 if ok else 503)
+        producing, producer = self.producer.health()
+        ok = producing and self.pool is not None and self.directory.ready.is_set()
+        body = {"ok": ok, "producer": producer}
+        return web.json_response(body, status=200 if ok else 503)
 
     async def openapi(self, _request: web.Request) -> web.Response:
         return web.Response(body=orjson.dumps(SPEC), content_type="application/json")

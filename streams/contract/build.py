@@ -41,6 +41,7 @@ __all__ = [
     "task_id",
 ]
 
+MAX_ERROR_CHARS = 2000
 # priorities that ride the transactional lane
 TRANSACTIONAL = frozenset({"critical", "high"})
 
@@ -147,7 +148,9 @@ def rejection(
         "source_offset": source.offset,
         "stage": stage,
         "error_code": error.code,
-        "error": str(error),
+        # bounded: a dead letter must fit the topic its record came from (an error may quote
+        # the request, say a megabyte-long address)
+        "error": str(error)[:MAX_ERROR_CHARS],
         "key": key,
         "raw": raw,
         "tenant": tenant,
@@ -212,6 +215,7 @@ class RequestFields(TypedDict, total=False):
     send_at: datetime | None
     smtp_probe: bool | None
     track: TrackEvent | None
+    sandbox: bool
 
 
 def email_request(
@@ -240,6 +244,7 @@ def email_request(
         "send_at": fields.get("send_at"),
         "smtp_probe": fields.get("smtp_probe"),
         "track": fields.get("track"),
+        "sandbox": fields.get("sandbox", False),
         "created_at": created_at,
     }
 

@@ -4,6 +4,11 @@ The signature itself goes through ``cryptography`` (OpenSSL): dkimpy's pure-Pyth
 about 105 messages/s, OpenSSL about 2,200. Canonicalisation is relaxed/relaxed, so folding and
 whitespace changes made by relays on the way do not break the signature.
 
+Signed: the headers :data:`~streams.mail.headers.SIGNED_HEADERS` lists (From, Subject, To, the
+MIME headers, List-Unsubscribe and List-Unsubscribe-Post, ...), each over-signed: named once more
+than the message holds it, so a header of those names added on the way, above or below ours, makes
+the signature fail (RFC 6376 section 8.15; a receiver shows the topmost From).
+
 Keys are read from files named like their DNS record, ``<selector>._domainkey.<domain>.pem``, one
 per domain. All recipients of a request get the same body, so the body hash is kept in a small LRU
 keyed by the body bytes: per recipient only the header block is canonicalised and signed.
@@ -27,6 +32,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from streams.errors import DkimError, DkimKeyError, DkimMessageError
+from streams.mail.headers import SIGNED_HEADERS
 
 __all__ = [
     "BODY_CACHE_SIZE",
@@ -43,12 +49,6 @@ __all__ = [
 Algorithm = Literal["rsa-sha256", "ed25519-sha256"]
 PrivateKey = rsa.RSAPrivateKey | Ed25519PrivateKey
 
-# Signed when present. "from" is mandatory (RFC 6376 section 5.4); the others are what a
-# forwarder could change to make a signed message say something else.
-SIGNED_HEADERS: Final = (
-    "from", "to", "cc", "subject", "date", "message-id", "reply-to", "mime-version",
-    "content-type", "content-transfer-encoding", "list-unsubscribe",
-)  # fmt: skip
 BODY_CACHE_SIZE: Final = 32
 MIN_RSA_BITS: Final = 1024  # RFC 8301: verifiers must accept 1024, signers should use 2048
 _SUFFIX: Final = ".pem"
@@ -200,6 +200,20 @@ def _split(message: bytes) -> tuple[list[bytes], bytes]:
     return fields, body
 
 
+def _header_list(names: list[str]) -> list[str]:
+    """The ``h=`` tag in pieces that each fit a line: over-signed, it no longer does whole.
+    Folding white space may follow each colon (RFC 6376 section 3.5)."""
+    pieces = [f"h={names[0]}"]
+    for name in names[1:]:
+        if len(pieces[-1]) + len(name) + 2 > _MAX_LINE - 2:
+            pieces[-1] += ":"
+            pieces.append(name)
+        else:
+            pieces[-1] += f":{name}"
+    pieces[-1] += ";"
+    return pieces
+
+
 def _fold(tags: list[str]) -> str:
     # Relaxed canonicalisation turns each fold back into one space, so any layout signs alike.
     lines = ["DKIM-Signature:"]
@@ -254,6 +268,9 @@ class Signer:
             for field in reversed(by_name.get(name.encode("ascii"), ())):
                 names.append(name)
                 signed.append(_relaxed_header(field) + b"\r\n")
+            # ...and the name once more, for an instance that does not exist: it signs as
+            # nothing, and any instance added later takes its place and breaks the signature
+            names.append(name)
         tags = [
             "v=1;",
             f"a={key.algorithm};",
@@ -261,7 +278,7 @@ class Signer:
             f"d={key.domain};",
             f"s={key.selector};",
             f"t={int(now.timestamp())};",
-            f"h={':'.join(names)};",
+            *_header_list(names),
             f"bh={self.body_hash(body)};",
             "b=",
         ]

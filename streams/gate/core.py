@@ -24,7 +24,13 @@ from streams.contract.records import (
     VerifyTask,
 )
 from streams.db.tenants import Directory, Limits, Tenant
-from streams.errors import AuthError, CodecError, InvalidContentError
+from streams.errors import (
+    AuthError,
+    CodecError,
+    RecordTooLargeError,
+    RenderError,
+    RequestLimitError,
+)
 from streams.gate.admission import (
     Admit,
     Dedup,
@@ -35,7 +41,9 @@ from streams.gate.admission import (
     rate_decide,
 )
 from streams.gate.expand import Expansion, expand
+from streams.kafka.limits import DEFAULT_LIMIT, RecordLimit
 from streams.kafka.records import SourcePosition
+from streams.mail.limits import check_request
 from streams.mail.syntax import split_domain
 
 __all__ = [
@@ -58,6 +66,8 @@ STAGE = "gate"
 # how long a throttle/defer decision is remembered for replays (admissions need no memo, see
 # `replayed_memo`); memos are as rare as throttled requests, so a day costs little
 MEMO_TTL = 24 * 3600.0
+# how much of a record too large to carry its dead letter keeps
+RAW_PREFIX = 64 * 1024
 # what a replayed request that left no memo was: admitted (and counted) the first time
 ADMITTED: Memo = {"window": None, "retry_after": 0.0, "expires": float("inf")}
 
@@ -87,9 +97,21 @@ class Reject:
 
 
 def admit(
-    codec: Codec, raw: bytes | None, key: bytes | None, source: SourcePosition, now: datetime
+    codec: Codec,
+    raw: bytes | None,
+    key: bytes | None,
+    source: SourcePosition,
+    now: datetime,
+    limit: RecordLimit = DEFAULT_LIMIT,
 ) -> Accept | Reject:
-    """Decode; anything undecodable becomes a Rejection record."""
+    """Measure and decode; a record too large for what the gate would make of it, or one that
+    does not decode, becomes a Rejection record."""
+    try:
+        limit.check(key, raw)
+    except RecordTooLargeError as exc:
+        # only a prefix: the whole record would not fit the dead-letter topic either
+        prefix = (raw or b"")[: min(RAW_PREFIX, limit.request_bytes)]
+        return Reject(rejection(source, STAGE, exc, key, prefix, now))
     try:
         if raw is None:
             raise CodecError("record has no value (a tombstone is not a request)")
@@ -176,12 +198,14 @@ def decide(
     *,
     dedup_ttl: float,
 ) -> GateResult:
-    """Authenticate, check the send policy, deduplicate, rate-limit; one request, pure."""
+    """Authenticate, check the limits and the send policy, deduplicate, rate-limit; one request,
+    pure."""
     tenant_id = request["tenant"]
     try:
         tenant = directory.authenticate(tenant_id, request["api_key"], request["operation"])
+        check_request(request)
         expansion = _expansion(request, now, directory)
-    except (AuthError, InvalidContentError) as exc:
+    except (AuthError, RequestLimitError, RenderError) as exc:
         dead = rejection(arrival.source, STAGE, exc, arrival.key, arrival.raw, now, tenant_id)
         return GateResult("rejected", rejection=dead)
     ts = now.timestamp()

@@ -33,6 +33,7 @@ from streams.gate.core import (
     unknown_credentials,
 )
 from streams.kafka.config import TopicNames
+from streams.kafka.limits import DEFAULT_LIMIT, RecordLimit
 from streams.runtime.deadletter import dead_letter
 from streams.runtime.records import Consumed, Out
 from streams.runtime.stage import Held, Step
@@ -105,6 +106,7 @@ class GateStage:
         store: Store,
         *,
         dedup_ttl: float,
+        limit: RecordLimit = DEFAULT_LIMIT,
     ) -> None:
         self.codec = codec
         self.directory = directory
@@ -112,6 +114,7 @@ class GateStage:
         self.stores: tuple[Store, ...] = (store,)
         self.inputs: tuple[str, ...] = (topics.requests,)
         self.dedup_ttl = dedup_ttl
+        self.limit = limit
         self.outputs = GateOutputs(codec, topics)
 
     async def process(self, batch: Sequence[Consumed], now: datetime) -> Step:
@@ -127,7 +130,7 @@ class GateStage:
         return step
 
     async def _one(self, state: Overlay, record: Consumed, now: datetime) -> tuple[GateResult, int]:
-        decoded = admit(self.codec, record.value, record.key, record.position, now)
+        decoded = admit(self.codec, record.value, record.key, record.position, now, self.limit)
         if isinstance(decoded, Reject):
             return GateResult("undecodable", rejection=decoded.record), 0
         request = decoded.request

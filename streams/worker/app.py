@@ -17,6 +17,7 @@ from streams.clock import Clock, wall_clock
 from streams.contract.codec import Codec, default_codec
 from streams.db.directory import DirectoryHolder
 from streams.deliver.queue import ControlFeed
+from streams.kafka.limits import DEFAULT_LIMIT, RecordLimit, flow_topics, read_or_default
 from streams.kafka.topics import changelog_topic
 from streams.obs.logs import configure_logging
 from streams.runtime.eventloop import install_fast_loop
@@ -50,13 +51,17 @@ def runtime_stages(
     codec: Codec,
     directory: DirectoryHolder,
     tables: TableFactory | None = None,
+    limit: RecordLimit = DEFAULT_LIMIT,
 ) -> list[Stage]:
-    """The stages of ``stages`` that run on the batch runtime, with their stores."""
+    """The stages of ``stages`` that run on the batch runtime, with their stores; ``limit``:
+    the record size the flow's topics take."""
     found: list[Stage] = []
     topics = settings.topics
     if "gate" in stages:
         store = Store("gate", changelog_topic(settings.app_id, "gate"), tables)
-        found.append(GateStage(codec, topics, directory, store, dedup_ttl=settings.dedup_ttl))
+        found.append(
+            GateStage(codec, topics, directory, store, dedup_ttl=settings.dedup_ttl, limit=limit)
+        )
         found.append(DeferralStage(codec, topics))
     if "verify" in stages:
         store = Store("verdicts", changelog_topic(settings.app_id, "verdicts"), tables)
@@ -110,6 +115,7 @@ def create_app(
     directory: DirectoryHolder | None = None,
     control: ControlFeed | None = None,
     on_failure: Any = None,
+    limit: RecordLimit = DEFAULT_LIMIT,
 ) -> faust.App:
     app = faust.App(
         settings.app_id,
@@ -140,7 +146,7 @@ def create_app(
     install_directory(app, directory)
     checks = {"directory_loaded": directory.ready.is_set}
     tables = state_tables(settings)
-    found = runtime_stages(settings, stages, codec, directory, tables)
+    found = runtime_stages(settings, stages, codec, directory, tables, limit)
     background = []
     lanes = tuple(sorted({lane for part in stages for lane in DELIVER_PARTS.get(part, ())}))
     if lanes:
@@ -160,6 +166,7 @@ def create_app(
             session_timeout=settings.session_timeout,
             heartbeat_interval=settings.heartbeat_interval,
             commit_interval=settings.commit_interval,
+            producer=limit.producer_config(),
         ),
         found,
         clock,
@@ -221,7 +228,12 @@ def run_worker(settings: Settings, stages: tuple[str, ...] = STAGES) -> None:
         assert worker is not None
         await worker.crash(exc)
 
-    app = create_app(settings, stages, directory=directory, control=control, on_failure=crash)
+    # read before the stages start: the gate measures every request against it, and the
+    # producer is sized by it
+    limit = asyncio.run(read_or_default(settings.bootstrap, flow_topics(settings.topics)))
+    app = create_app(
+        settings, stages, directory=directory, control=control, on_failure=crash, limit=limit
+    )
     tune_gc()
     # override_logging=False: mode's Worker would otherwise replace our root handler with its
     # own text formatter when it starts (configure_logging above set the level)

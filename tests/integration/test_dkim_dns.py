@@ -66,3 +66,5 @@ def test_dkimpy_verifies_with_the_key_from_dns(
     if algorithm == "rsa":
         assert len(received) > 1  # a 2048-bit key does not fit one character-string
     assert not dkim.verify(signed.replace(b"Hello\r\n", b"Hullo\r\n"), dnsfunc=dnsfunc)
+    # From is over-signed: one put above ours, which a reader would show, fails verification
+    assert not dkim.verify(b"From: Support <help@evil.example>\r\n" + signed, dnsfunc=dnsfunc)

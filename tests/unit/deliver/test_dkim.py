@@ -75,9 +75,12 @@ def test_signature_verifies_with_dkimpy(algorithm: str) -> None:
     assert found["a"] == f"{algorithm}-sha256"
     assert (found["d"], found["s"], found["c"]) == (DOMAIN, "s1", "relaxed/relaxed")
     assert found["t"] == str(int(NOW.timestamp()))
+    # every signed name once more than the message has it (over-signing)
     assert found["h"].split(":") == [
-        "from", "to", "subject", "date", "message-id", "mime-version", "content-type",
-        "list-unsubscribe",
+        "from", "from", "sender", "reply-to", "to", "to", "cc", "subject", "subject", "date",
+        "date", "message-id", "message-id", "mime-version", "mime-version", "content-type",
+        "content-type", "content-transfer-encoding", "list-unsubscribe", "list-unsubscribe",
+        "list-unsubscribe-post",
     ]  # fmt: skip
     head = signed.partition(b"\r\n\r\n")[0]
     assert max(len(line) for line in head.split(b"\r\n")) <= 78
@@ -96,6 +99,47 @@ def test_tampering_breaks_the_signature(algorithm: str, old: bytes, new: bytes) 
     signed = signer(algorithm).sign(message(), DOMAIN, NOW)
     assert old in signed
     assert not verify(signed.replace(old, new), algorithm)
+
+
+@pytest.mark.parametrize("algorithm", ["rsa", "ed25519"])
+@pytest.mark.parametrize(
+    "added",
+    [
+        b"From: Support <help@evil.example>\r\n",  # a prepended From: what a reader shows
+        b"Subject: Urgent: verify your account\r\n",
+        b"List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n",
+        b"Cc: someone@evil.example\r\n",
+        b"Sender: x@evil.example\r\n",
+    ],
+)
+def test_an_added_signed_header_breaks_the_signature(algorithm: str, added: bytes) -> None:
+    signed = signer(algorithm).sign(message(), DOMAIN, NOW)
+    assert verify(signed, algorithm)
+    head, _, body = signed.partition(b"\r\n\r\n")
+    assert not verify(added + signed, algorithm)
+    assert not verify(head + b"\r\n" + added + b"\r\n" + body, algorithm)
+
+
+def test_one_click_unsubscribe_is_signed() -> None:
+    task = {
+        "from": {"email": f"news@{DOMAIN}", "name": None},
+        "content": {
+            "subject": "Weekly news",
+            "text": "Hello\n",
+            "headers": {
+                "List-Unsubscribe": "<https://shop.example/u/1>",
+                "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
+            },
+        },
+        "created_at": NOW,
+    }
+    raw = prepare(task).render({"email": "ann@example.com"}, "m1")
+    signed = signer("rsa").sign(raw, DOMAIN, NOW)
+    names = tags(signed)["h"].split(":")
+    assert names.count("list-unsubscribe-post") == 2  # the one present, and over-signed
+    assert verify(signed, "rsa")
+    changed = signed.replace(b"List-Unsubscribe=One-Click", b"List-Unsubscribe=One-Click ; x")
+    assert not verify(changed, "rsa")
 
 
 @pytest.mark.parametrize("algorithm", ["rsa", "ed25519"])
