@@ -34,6 +34,7 @@ __all__ = [
     "RuntimeProduceError",
     "SchemaMismatchError",
     "SecretError",
+    "SelectorTakenError",
     "SenderConflictError",
     "SenderError",
     "SenderInvalidError",
@@ -339,3 +340,9 @@ class SenderConflictError(SenderError):
     domain another tenant has verified that the operator would vouch for without DNS proof."""
 
     code = "sender.conflict"
+
+
+class SelectorTakenError(SenderConflictError):
+    """The DKIM selector of that domain is in use (one DNS name holds one key)."""
+
+    code = "sender.selector_taken"

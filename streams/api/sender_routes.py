@@ -16,7 +16,7 @@ from aiohttp import web
 from streams.api.check import Check
 from streams.api.context import Api, Caller, json_body, problem, reply
 from streams.db.senders import remove_identity
-from streams.deliver.dkim import KEY_TYPES, KeyType
+from streams.deliver.dkim import KEY_TYPES, KeyType, check_selector
 from streams.deliver.senders import (
     RecordCheck,
     Sender,
@@ -27,7 +27,7 @@ from streams.deliver.senders import (
     list_senders,
     record_validation,
 )
-from streams.errors import SenderError, UnknownSenderError
+from streams.errors import DkimKeyError, SelectorTakenError, SenderError, UnknownSenderError
 from streams.mail.dns import MxResolver
 
 __all__ = [
@@ -119,6 +119,11 @@ def _new_domain(body: Any) -> tuple[str, str | None, KeyType]:
     elif "@" in domain:
         check.fail("domain", "A domain name, not an address.")
     selector = check.text(root.get("custom_dkim_selector"), "custom_dkim_selector")
+    if selector is not None:
+        try:
+            check_selector(selector)
+        except DkimKeyError as exc:
+            check.fail("custom_dkim_selector", str(exc))
     algorithm = check.text(root.get("dkim_algorithm"), "dkim_algorithm") or "rsa"
     kind = next((k for k in KEY_TYPES if k == algorithm), None)
     if kind is None:
@@ -145,9 +150,10 @@ async def add_domain(api: Api, request: web.Request, caller: Caller) -> web.Stre
             sender = await add_sender(
                 conn, api.settings.secret, caller.tenant, domain, dkim=kind, selector=selector
             )
+    except SelectorTakenError as exc:
+        return problem(400, ("custom_dkim_selector", str(exc)))
     except SenderError as exc:
-        field = "custom_dkim_selector" if "selector" in str(exc) else "domain"
-        return problem(400, (field, str(exc)))
+        return problem(400, ("domain", str(exc)))
     return reply(domain_json(sender), 201)
 
 

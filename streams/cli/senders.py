@@ -54,11 +54,15 @@ def _record(host: str, value: str) -> None:
 
 def _print_records(sender: Sender) -> None:
     identity, key = sender.identity, sender.key
-    out.print("publish in DNS:")
-    if not identity.verified:
-        _record(identity.verification_host, identity.verification_value)
+    records = (
+        [] if identity.verified else [(identity.verification_host, identity.verification_value)]
+    )
     if key is not None:
-        _record(key.record_name, key.public_txt)
+        records.append((key.record_name, key.public_txt))
+    if records:
+        out.print("publish in DNS:")
+    for host, value in records:
+        _record(host, value)
 
 
 @sender_app.command("add")

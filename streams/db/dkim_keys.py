@@ -16,7 +16,7 @@ from typing import Any
 
 import asyncpg
 
-from streams.errors import SecretError, SenderConflictError
+from streams.errors import SecretError, SelectorTakenError
 from streams.secret import ServerSecret
 
 __all__ = [
@@ -112,7 +112,7 @@ async def store_dkim_key(
                 public_txt,
             )
     except asyncpg.UniqueViolationError as exc:
-        raise SenderConflictError(
+        raise SelectorTakenError(
             f"the selector {selector!r} of {domain} is taken; pick another one"
         ) from exc
     return _info(row)

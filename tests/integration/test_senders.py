@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives import serialization
 
 from streams.api.sender_routes import NOT_VERIFIED
 from streams.contract.codec import Codec
+from streams.db.directory import DirectoryHolder
 from streams.db.dkim_keys import SEAL_PURPOSE, seal_context
 from streams.deliver.senders import add_sender
 from streams.settings import Settings
@@ -234,3 +235,37 @@ async def test_private_keys_rest_only_sealed(stack: Settings, db: asyncpg.Connec
         stack.secret.open(
             SEAL_PURPOSE, sealed, context=seal_context("someone-else", domain, sender.key.selector)
         )
+
+
+async def test_a_sender_verified_since_the_last_refresh_is_looked_up_once(
+    stack: Settings, db: asyncpg.Connection
+) -> None:
+    tenant, _ = await new_tenant(stack, "fresh", senders=())
+    domain = _domain("fresh")
+    signing = DirectoryHolder(stack.database, dkim_secret=stack.secret)
+    plain = DirectoryHolder(stack.database)
+    try:
+        for holder in (signing, plain):
+            await holder.refresh()
+            assert not holder.current.verified_sender(tenant, f"news@{domain}")
+        sender = await add_sender(db, stack.secret, tenant, domain, dkim="ed25519", operator=True)
+        assert sender.key is not None
+        assert await signing.lookup_senders(tenant)
+        assert signing.current.verified_sender(tenant, f"news@{domain}")
+        key = signing.current.dkim_key(tenant, domain)
+        assert key is not None
+        assert key.selector == sender.key.selector
+        assert key.pem.startswith(b"-----BEGIN PRIVATE KEY-----")
+        # a process that does not sign never opens a key
+        assert await plain.lookup_senders(tenant)
+        assert plain.current.verified_sender(tenant, f"news@{domain}")
+        assert plain.current.dkim_key(tenant, domain) is None
+        # the same tenant again within a second: no second query, nothing changes
+        await db.execute("DELETE FROM dkim_keys WHERE tenant_id = $1", tenant)
+        assert not await signing.lookup_senders(tenant)
+        assert signing.current.dkim_key(tenant, domain) is not None
+        await signing.refresh()  # the next refresh sees the key gone
+        assert signing.current.dkim_key(tenant, domain) is None
+    finally:
+        await signing.close()
+        await plain.close()

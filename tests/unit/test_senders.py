@@ -5,6 +5,7 @@ concludes from the TXT answers."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -216,3 +217,19 @@ def test_a_sealed_key_opens_only_in_its_own_row() -> None:
     for context in (("b", "a.example", "pw1"), ("a", "b.example", "pw1"), ("a", "a.example", "s")):
         with pytest.raises(Exception, match="does not open"):
             secret.open("dkim-key", sealed, context=seal_context(*context))
+
+
+def test_old_shared_key_files_are_reported_not_used(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from streams.stages.deliver import warn_of_key_files
+
+    warn_of_key_files(tmp_path / "missing")
+    (tmp_path / "notes.txt").write_text("not a key")
+    warn_of_key_files(tmp_path)
+    assert not caplog.records
+    (tmp_path / "pw1._domainkey.acme.example.pem").write_bytes(PEM)
+    warn_of_key_files(tmp_path)
+    [record] = caplog.records
+    assert "1 DKIM key file(s)" in record.getMessage()
+    assert "postwire dkim import" in record.getMessage()
