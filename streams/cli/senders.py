@@ -48,8 +48,8 @@ def _key_type(name: str, option: str) -> KeyType:
 
 
 def _record(host: str, value: str) -> None:
-    # one line however long (a DKIM key is ~400 characters): copied into a zone file as it is
-    out.print(f'  {host}  IN TXT  "{value}"', markup=False, highlight=False, soft_wrap=True)
+    # `out` soft-wraps: a DKIM key (~400 characters) stays one line, copied into a zone file whole
+    out.print(f'  {host}  IN TXT  "{value}"', markup=False, highlight=False)
 
 
 def _print_records(sender: Sender) -> None:
@@ -157,7 +157,7 @@ def sender_verify(tenant: TenantOpt, identity: IdentityArg, as_json: JsonOpt = F
         )
         out.print(f"{sender.identity.name} of {tenant}: {state}")
         for line in _validation_lines(validation):
-            out.print(line, markup=False, highlight=False, soft_wrap=True)
+            out.print(line, markup=False, highlight=False)
     if not sender.identity.verified:
         raise typer.Exit(1)
 
