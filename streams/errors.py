@@ -37,6 +37,10 @@ __all__ = [
     "RuntimeProduceError",
     "SchemaMismatchError",
     "SecretError",
+    "SelectorTakenError",
+    "SenderConflictError",
+    "SenderError",
+    "SenderInvalidError",
     "SinkUnavailableError",
     "StackError",
     "StageCrashError",
@@ -49,6 +53,7 @@ __all__ = [
     "UnknownKeyError",
     "UnknownSchemaError",
     "UnknownScopeError",
+    "UnknownSenderError",
     "UnknownTemplateError",
     "UnknownTenantError",
     "UnknownTopicError",
@@ -348,3 +353,34 @@ class NotReplayableError(ReplayError):
     """The stage or topic cannot be replayed this way (see streams/replay/__init__.py)."""
 
     code = "replay.refused"
+
+
+class SenderError(PostwireError):
+    """A sender identity or DKIM key operation that cannot be done as asked."""
+
+    code = "sender"
+
+
+class SenderInvalidError(SenderError):
+    """Not a domain or address a tenant can send from, or an unusable selector or key."""
+
+    code = "sender.invalid"
+
+
+class UnknownSenderError(SenderError):
+    """The tenant has no such sender identity (another tenant's is just as unknown)."""
+
+    code = "sender.unknown"
+
+
+class SenderConflictError(SenderError):
+    """The identity or selector is taken: added already, another tenant's DKIM selector, or a
+    domain another tenant has verified that the operator would vouch for without DNS proof."""
+
+    code = "sender.conflict"
+
+
+class SelectorTakenError(SenderConflictError):
+    """The DKIM selector of that domain is in use (one DNS name holds one key)."""
+
+    code = "sender.selector_taken"

@@ -100,7 +100,6 @@ class DeliverySettings:
     breaker_threshold: int
     breaker_cool_down: float
     concurrency: int
-    dkim_dir: Path
     # the MX lookups delivery makes go through the same resolver settings as verification
     nameservers: tuple[str, ...]
     dns_timeout: float
@@ -302,9 +301,6 @@ class Settings(BaseSettings):
     breaker_threshold: int = Field(default=5, ge=1)
     breaker_cool_down: float = Field(default=60.0, gt=0)
     deliver_concurrency: int = Field(default=64, ge=1)
-    dkim_keys_dir: Path | None = (
-        None  # <selector>._domainkey.<domain>.pem files; default data_dir/dkim
-    )
 
     # sinks
     sink_batch_size: int = Field(default=2000, ge=1)
@@ -410,7 +406,6 @@ class Settings(BaseSettings):
             breaker_threshold=self.breaker_threshold,
             breaker_cool_down=self.breaker_cool_down,
             concurrency=self.deliver_concurrency,
-            dkim_dir=self.dkim_dir,
             nameservers=tuple(self.nameservers),
             dns_timeout=self.dns_timeout,
             dns_tries=self.dns_tries,
@@ -474,10 +469,6 @@ class Settings(BaseSettings):
         """The install's server secret (loaded once per process)."""
         value = self.secret_key.get_secret_value() if self.secret_key else None
         return load_server_secret(value, self.data_dir / SECRET_FILE)
-
-    @property
-    def dkim_dir(self) -> Path:
-        return self.dkim_keys_dir or self.data_dir / "dkim"
 
     @property
     def embedded_kafka(self) -> bool:

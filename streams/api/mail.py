@@ -7,6 +7,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from streams.api.context import Api, Caller, json_body
+from streams.api.sender_routes import sender_refused
 from streams.api.sendgrid import message_id_for, translate
 from streams.errors import IngressValidationError
 
@@ -37,6 +38,10 @@ async def mail_send(api: Api, request: web.Request, caller: Caller) -> web.Strea
         priority=priority.lower(),
         now=api.clock(),
     )
+    sender = records[0]["from"] if records else None
+    refused = await sender_refused(api, caller.tenant, sender["email"]) if sender else None
+    if refused is not None:
+        return refused
     await api.publish_requests(caller.tenant, records)
     if records[0]["sandbox"]:
         # SendGrid's answer to a sandbox send: 200 with an empty body; the gate records it

@@ -146,6 +146,23 @@ _WEBHOOK_EVENT: Final[dict[str, Any]] = {
 }
 
 
+_DOMAIN_ID: Final[dict[str, Any]] = {
+    "name": "id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "integer", "minimum": 1},
+}
+_NEW_DOMAIN: Final[dict[str, Any]] = {
+    "type": "object",
+    "required": ["domain"],
+    "properties": {
+        "domain": {"type": "string", "minLength": 1, "maxLength": 253},
+        "custom_dkim_selector": {"type": "string", "minLength": 1, "maxLength": 63},
+        "dkim_algorithm": {"type": "string", "enum": ["rsa", "ed25519"]},
+    },
+}
+
+
 def _query(name: str, schema: dict[str, Any]) -> dict[str, Any]:
     return {"name": name, "in": "query", "schema": schema}
 
@@ -321,6 +338,41 @@ SPEC: Final[dict[str, Any]] = {
                 {"204": {"description": "Stored in Kafka"}},
                 parameters=(_path("email"),),
             ),
+        },
+        "/v3/whitelabel/domains": {
+            "post": _op(
+                "Add a sending domain with a new DKIM key; the answer lists the TXT records to"
+                " publish (verification token, DKIM key); scope send",
+                {"201": _json("The domain, unverified, and its DNS records")},
+                body=_NEW_DOMAIN,
+            ),
+            "get": _op(
+                "The tenant's sending domains and their DNS records; scope send",
+                {"200": _json("The domains", {"type": "array", "items": _OBJECT})},
+            ),
+        },
+        "/v3/whitelabel/domains/{id}": {
+            "get": _op(
+                "One sending domain; scope send",
+                {"200": _json("The domain and its DNS records")},
+                parameters=(_DOMAIN_ID,),
+                not_found=True,
+            ),
+            "delete": _op(
+                "Remove a sending domain and its DKIM keys; scope send",
+                {"204": {"description": "Removed: its mail is refused and signed no more"}},
+                parameters=(_DOMAIN_ID,),
+                not_found=True,
+            ),
+        },
+        "/v3/whitelabel/domains/{id}/validate": {
+            "post": _op(
+                "Look the domain's TXT records up: the token verifies it, and says whether the"
+                " DKIM key is published; scope send",
+                {"200": _json("valid, and validation_results per record with the reason")},
+                parameters=(_DOMAIN_ID,),
+                not_found=True,
+            )
         },
         "/healthz": {
             "get": {

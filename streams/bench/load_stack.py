@@ -22,12 +22,14 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from streams.bench.dns_server import ZoneServer
-from streams.bench.load_doors import KafkaDoor
+from streams.bench.load_doors import SENDER, KafkaDoor
 from streams.bench.load_profile import quantiles
 from streams.bench.smtp_peers import SmtpSink, ensure_postfix, free_port
 from streams.bench.stacks import relay_settings
 from streams.db.tenants import create_api_key, create_tenant
+from streams.deliver.senders import add_sender
 from streams.errors import BenchError, StackError
+from streams.secret import ServerSecret
 from streams.settings import Settings
 
 __all__ = [
@@ -103,12 +105,19 @@ def stack_settings(
     )
 
 
-async def make_tenants(conn: asyncpg.Connection[Any], prefix: str, n: int) -> list[tuple[str, str]]:
+async def make_tenants(
+    conn: asyncpg.Connection[Any], prefix: str, n: int, secret: ServerSecret
+) -> list[tuple[str, str]]:
+    """``n`` tenants with a key each, all sending from the bench's domain (one the operator
+    lends to all of them: vouched for as shared)."""
     found = []
     for j in range(n):
         tenant = f"{prefix}-{j}"
         await create_tenant(conn, tenant)
         _, key = await create_api_key(conn, tenant)
+        await add_sender(
+            conn, secret, tenant, SENDER.rpartition("@")[2], dkim=None, operator=True, shared=True
+        )
         found.append((tenant, key))
     return found
 

@@ -1,6 +1,7 @@
-"""The tenant directory a process serves from: a snapshot of tenants, keys, suppressions and
-templates reloaded from PostgreSQL every ``directory_refresh`` s, with single-key lookups for keys
-created since the last reload. Free of faust, so the API and the batch runtime share it."""
+"""The tenant directory a process serves from: a snapshot of tenants, keys, suppressions,
+templates and sender identities reloaded from PostgreSQL every ``directory_refresh`` s, with
+lookups for keys created and senders verified since the last reload. Free of faust, so the API
+and the batch runtime share it."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ from typing import Any
 import asyncpg
 
 from streams.db.config import DatabaseSettings
+from streams.db.senders import load_senders
 from streams.db.tenants import ApiKey, Directory, api_key_digest, load_credentials, load_directory
+from streams.secret import ServerSecret
 
 __all__ = ["DirectoryHolder"]
 
@@ -40,15 +43,21 @@ class _Budget:
 
 
 class DirectoryHolder:
-    """The current tenant directory, reloaded from PostgreSQL every ``directory_refresh`` s."""
+    """The current tenant directory, reloaded from PostgreSQL every ``directory_refresh`` s.
 
-    def __init__(self, database: DatabaseSettings) -> None:
+    ``dkim_secret``: open the tenants' DKIM keys too (only the processes that sign mail)."""
+
+    def __init__(
+        self, database: DatabaseSettings, *, dkim_secret: ServerSecret | None = None
+    ) -> None:
         self.database = database
+        self.dkim_secret = dkim_secret
         self.current = Directory()
         self.ready = asyncio.Event()
         self._pool: asyncpg.Pool[Any] | None = None
         self._misses: dict[bytes, float] = {}  # key digest -> monotonic time it was not found
         self._lookups = _Budget(MISS_LOOKUPS_PER_SECOND)
+        self._sender_lookups: dict[str, float] = {}  # tenant -> monotonic time last looked up
 
     async def _connections(self) -> asyncpg.Pool[Any]:
         if self._pool is None:
@@ -81,10 +90,42 @@ class DirectoryHolder:
         self.current.tenants[tenant.tenant_id] = tenant
         return key
 
+    async def lookup_senders(self, tenant: str) -> bool:
+        """Reload one tenant's verified senders (and keys) that the snapshot may lack: a sender
+        verified a moment ago must work at once. True when that changed what the snapshot
+        holds. A tenant is looked up at most once per ``MISS_MEMORY`` s, within the same
+        per-second budget as keys, so a flood of forged From addresses cannot hammer
+        PostgreSQL."""
+        now = time.monotonic()
+        if now - self._sender_lookups.get(tenant, -MISS_MEMORY) < MISS_MEMORY:
+            return False
+        if not self._lookups.take(now):
+            return False
+        if len(self._sender_lookups) > 100_000:
+            self._sender_lookups.clear()
+        self._sender_lookups[tenant] = now
+        try:
+            async with (await self._connections()).acquire() as conn:
+                found = await load_senders(conn, self.dkim_secret, tenant)
+        except (OSError, asyncpg.PostgresError) as exc:
+            log.warning("sender lookup failed: %s", exc)
+            return False
+        fresh = found.get(tenant)
+        if fresh == self.current.senders.get(tenant):
+            return False
+        if fresh is None:
+            self.current.senders.pop(tenant, None)
+        else:
+            self.current.senders[tenant] = fresh
+        return True
+
+    async def _load(self, conn: Any) -> Directory:
+        return await load_directory(conn, self.database.tenant_defaults, self.dkim_secret)
+
     async def refresh(self) -> None:
         try:
             async with (await self._connections()).acquire() as conn:
-                self.current = await load_directory(conn, self.database.tenant_defaults)
+                self.current = await self._load(conn)
             self.ready.set()
         except (OSError, asyncpg.PostgresError) as exc:
             # keep serving the last snapshot; a gate without any snapshot waits on `ready`
@@ -111,7 +152,7 @@ class DirectoryHolder:
         async def load() -> None:
             conn = await asyncpg.connect(self.database.dsn)
             try:
-                self.current = await load_directory(conn, self.database.tenant_defaults)
+                self.current = await self._load(conn)
             finally:
                 await conn.close()
 

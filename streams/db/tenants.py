@@ -1,5 +1,6 @@
-"""Tenants, hashed API keys and suppressions: a snapshot loaded from PostgreSQL, refreshed every
-few seconds, and pure authentication against it (no database round trip per request)."""
+"""Tenants, hashed API keys, suppressions and sender identities: a snapshot loaded from
+PostgreSQL, refreshed every few seconds, and pure authentication against it (no database round
+trip per request)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,11 @@ from typing import Any
 import asyncpg
 
 from streams.db.config import TenantDefaults
+from streams.db.dkim_keys import SenderKey
+from streams.db.senders import TenantSenders, load_senders
 from streams.errors import AuthError
+from streams.mail.syntax import check_syntax
+from streams.secret import ServerSecret
 
 __all__ = [
     "ApiKey",
@@ -69,6 +74,8 @@ class Directory:
     templates: dict[tuple[str, str], tuple[str | None, str | None, str | None]] = field(
         default_factory=dict
     )
+    # tenant -> its verified domains and addresses (and, where mail is signed, its DKIM keys)
+    senders: dict[str, TenantSenders] = field(default_factory=dict)
 
     def authenticate(self, tenant_id: str, api_key: str | None, operation: str) -> Tenant:
         if not api_key:
@@ -91,6 +98,26 @@ class Directory:
 
     def is_suppressed(self, tenant_id: str, address: str) -> bool:
         return (tenant_id, address.lower()) in self.suppressed
+
+    def verified_sender(self, tenant_id: str, address: str) -> bool:
+        """Whether ``address`` is a From the tenant may use: its domain or the address itself is
+        a verified identity of the tenant. Two dict lookups for an ASCII address."""
+        senders = self.senders.get(tenant_id)
+        if senders is None:
+            return False
+        local, _, domain = address.rpartition("@")
+        if not domain.isascii():
+            syntax = check_syntax(address)
+            if not syntax.valid or syntax.ascii_domain is None:
+                return False
+            local, domain = syntax.local_part or "", syntax.ascii_domain
+        domain = domain.lower()
+        return domain in senders.domains or f"{local.lower()}@{domain}" in senders.addresses
+
+    def dkim_key(self, tenant_id: str, domain: str) -> SenderKey | None:
+        """The tenant's own signing key of ``domain`` (verified), or None: never another's."""
+        senders = self.senders.get(tenant_id)
+        return None if senders is None else senders.keys.get(domain.lower())
 
 
 def _tenant(r: Any, defaults: TenantDefaults) -> Tenant:
@@ -117,7 +144,10 @@ def _key(r: Any) -> ApiKey:
     )
 
 
-async def load_directory(conn: Any, defaults: TenantDefaults) -> Directory:
+async def load_directory(
+    conn: Any, defaults: TenantDefaults, dkim_secret: ServerSecret | None = None
+) -> Directory:
+    """The snapshot; DKIM keys are opened only with ``dkim_secret`` (the processes that sign)."""
     tenants = {
         r["tenant_id"]: _tenant(r, defaults) for r in await conn.fetch("SELECT * FROM tenants")
     }
@@ -134,7 +164,8 @@ async def load_directory(conn: Any, defaults: TenantDefaults) -> Directory:
             "SELECT tenant_id, template_id, subject, html, text FROM templates"
         )
     }
-    return Directory(tenants, keys, suppressed, templates)
+    senders = await load_senders(conn, dkim_secret)
+    return Directory(tenants, keys, suppressed, templates, senders)
 
 
 async def load_credentials(

@@ -9,9 +9,10 @@ MIME headers, List-Unsubscribe and List-Unsubscribe-Post, ...), each over-signed
 than the message holds it, so a header of those names added on the way, above or below ours, makes
 the signature fail (RFC 6376 section 8.15; a receiver shows the topmost From).
 
-Keys are read from files named like their DNS record, ``<selector>._domainkey.<domain>.pem``, one
-per domain. All recipients of a request get the same body, so the body hash is kept in a small LRU
-keyed by the body bytes: per recipient only the header block is canonicalised and signed.
+A key belongs to a (tenant, domain): the signer asks its key source for the sending tenant's key
+of the From domain and signs with nothing else (``streams/deliver/keyring.py`` serves the keys the
+directory opened). All recipients of a request get the same body, so the body hash is kept in a
+small LRU keyed by the body bytes: per recipient only the header block is canonicalised and signed.
 """
 
 from __future__ import annotations
@@ -19,11 +20,10 @@ from __future__ import annotations
 import re
 from base64 import b64encode
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from hashlib import sha256
-from pathlib import Path
 from typing import Final, Literal
 
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -39,11 +39,13 @@ __all__ = [
     "SIGNED_HEADERS",
     "Algorithm",
     "DkimKey",
+    "KeySource",
     "PrivateKey",
     "Signer",
     "canonical_body",
+    "check_selector",
     "keygen",
-    "load_keys",
+    "parse_key_file_name",
 ]
 
 Algorithm = Literal["rsa-sha256", "ed25519-sha256"]
@@ -141,30 +143,21 @@ def keygen(algorithm: KeyType, bits: int = 2048) -> tuple[bytes, str]:
     return pem, _dns_record(key)
 
 
-def load_keys(directory: Path) -> dict[str, DkimKey]:
-    """Every ``<selector>._domainkey.<domain>.pem`` in ``directory``, keyed by domain.
+def check_selector(selector: str) -> str:
+    """``selector`` when it can name a key record (``<selector>._domainkey.<domain>``)."""
+    if not selector.isascii() or not _NAME.fullmatch(selector) or len(selector) > 63:
+        raise DkimKeyError(f"selector {selector!r} is not an ASCII DNS name of at most 63 bytes")
+    return selector
 
-    Other files are ignored; a ``.pem`` file that is misnamed, unreadable, not a usable key or a
-    second key for a domain raises :class:`~streams.errors.DkimKeyError` naming it, because
-    signing with some other key than the operator meant is worse than not starting.
-    """
-    keys: dict[str, DkimKey] = {}
-    for path in sorted(directory.iterdir()):
-        if not path.name.endswith(_SUFFIX) or not path.is_file():
-            continue
-        selector, separator, domain = path.name[: -len(_SUFFIX)].partition(_SEPARATOR)
-        if not separator or not selector or not domain:
-            raise DkimKeyError(f"{path}: name it <selector>{_SEPARATOR}<domain>{_SUFFIX}")
-        if domain.lower() in keys:
-            other = keys[domain.lower()].record_name
-            raise DkimKeyError(f"{path}: a second key for {domain} (already {other}{_SUFFIX})")
-        try:
-            pem = path.read_bytes()
-        except OSError as exc:
-            raise DkimKeyError(f"{path}: cannot be read ({exc})") from exc
-        key = DkimKey.from_pem(domain, selector, pem, source=str(path))
-        keys[key.domain] = key
-    return keys
+
+def parse_key_file_name(name: str) -> tuple[str, str]:
+    """``pw1._domainkey.acme.example.pem`` -> ``("pw1", "acme.example")``: the selector and
+    domain a key file of the old key directory was named for (``postwire dkim import``)."""
+    stem = name.removesuffix(_SUFFIX)
+    selector, separator, domain = stem.partition(_SEPARATOR)
+    if stem == name or not separator or not selector or not domain:
+        raise DkimKeyError(f"{name}: not named <selector>{_SEPARATOR}<domain>{_SUFFIX}")
+    return selector, domain.lower()
 
 
 def canonical_body(body: bytes) -> bytes:
@@ -224,11 +217,15 @@ def _fold(tags: list[str]) -> str:
     return "\r\n".join(lines)
 
 
-class Signer:
-    """Signs messages with the key of their sender's domain; immutable keys, per-body LRU."""
+# (tenant, lower-cased domain) -> that tenant's key of the domain, or None
+KeySource = Callable[[str, str], DkimKey | None]
 
-    def __init__(self, keys: Mapping[str, DkimKey], *, body_cache: int = BODY_CACHE_SIZE) -> None:
-        self.keys = {domain.lower(): key for domain, key in keys.items()}
+
+class Signer:
+    """Signs messages with the sending tenant's key of the From domain; per-body LRU."""
+
+    def __init__(self, keys: KeySource, *, body_cache: int = BODY_CACHE_SIZE) -> None:
+        self.keys = keys
         self._cache_size = body_cache
         self._body_hashes: OrderedDict[bytes, str] = OrderedDict()
 
@@ -245,12 +242,13 @@ class Signer:
                 self._body_hashes.popitem(last=False)
         return digest
 
-    def sign(self, message: bytes, domain: str, now: datetime) -> bytes:
-        """``message`` with a DKIM-Signature prepended, or unchanged if ``domain`` has no key.
+    def sign(self, message: bytes, tenant: str, domain: str, now: datetime) -> bytes:
+        """``message`` with a DKIM-Signature prepended, or unchanged if ``tenant`` has no key of
+        ``domain`` (another tenant's key of it never signs).
 
         Raises DkimMessageError when the message is not CRLF-only headers, blank line, body.
         """
-        key = self.keys.get(domain.lower())
+        key = self.keys(tenant, domain.lower())
         if key is None:
             return message
         if now.tzinfo is None:

@@ -59,6 +59,7 @@ __all__ = [
     "replayed_memo",
     "track_outcome",
     "unknown_credentials",
+    "unknown_sender",
     "verify_tasks",
 ]
 
@@ -233,11 +234,24 @@ def decide(
     return result
 
 
+NOT_VERIFIED = "auth.sender_not_verified"
+
+
 def _expansion(request: EmailRequest, now: datetime, directory: Directory) -> Expansion:
-    """A send request's tasks and drop events; raises InvalidContentError for a bad one."""
+    """A send request's tasks and drop events; raises InvalidContentError for a bad one and
+    AuthError when its From is not a verified sender identity of its tenant."""
     if request["operation"] != "send":
         return Expansion()
-    return expand(request, now, directory.is_suppressed)
+    expansion = expand(request, now, directory.is_suppressed)
+    sender = request["from"]
+    # expand refused a request without a valid From; a direct producer skips the ingress's 403
+    if sender is not None and not directory.verified_sender(request["tenant"], sender["email"]):
+        raise AuthError(
+            NOT_VERIFIED,
+            f"from {sender['email']!r} is not a verified sender identity of tenant"
+            f" {request['tenant']!r}",
+        )
+    return expansion
 
 
 def _dedup(
@@ -352,6 +366,11 @@ def track_outcome(
         f"message {track['message_id']}",
     )
     return [event], [suppression]
+
+
+def unknown_sender(result: GateResult) -> bool:
+    """A rejection that a sender identity verified since the last refresh would undo."""
+    return result.rejection is not None and result.rejection["error_code"] == NOT_VERIFIED
 
 
 def unknown_credentials(result: GateResult) -> bool:

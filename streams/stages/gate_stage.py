@@ -31,6 +31,7 @@ from streams.gate.core import (
     decide,
     replayed_memo,
     unknown_credentials,
+    unknown_sender,
 )
 from streams.kafka.config import TopicNames
 from streams.kafka.limits import DEFAULT_LIMIT, RecordLimit
@@ -158,6 +159,8 @@ class GateStage:
         result = decide(request, self.directory.current, seen, arrival, now, dedup_ttl=ttl)
         key = request["api_key"]
         if unknown_credentials(result) and key and await self.directory.lookup_miss(key):
+            result = decide(request, self.directory.current, seen, arrival, now, dedup_ttl=ttl)
+        if unknown_sender(result) and await self.directory.lookup_senders(tenant):
             result = decide(request, self.directory.current, seen, arrival, now, dedup_ttl=ttl)
         if result.memo_entry is not None:
             state.put(p, memo_key, result.memo_entry)

@@ -108,6 +108,12 @@ class RuntimeService(mode.Service):
             self.tables.close()
 
 
+def stage_directory(settings: Settings, stages: tuple[str, ...]) -> DirectoryHolder:
+    """The directory of a worker; one that delivers mail also opens the tenants' DKIM keys."""
+    signs = any(part in DELIVER_PARTS for part in stages)
+    return DirectoryHolder(settings.database, dkim_secret=settings.secret if signs else None)
+
+
 def create_app(
     settings: Settings,
     stages: tuple[str, ...] = STAGES,
@@ -142,7 +148,7 @@ def create_app(
     unknown = set(stages) - set(KNOWN_STAGES)
     if unknown:
         raise ValueError(f"unknown stage(s) {sorted(unknown)}; known: {', '.join(KNOWN_STAGES)}")
-    directory = directory or DirectoryHolder(settings.database)
+    directory = directory or stage_directory(settings, stages)
     install_directory(app, directory)
     checks = {"directory_loaded": directory.ready.is_set}
     tables = state_tables(settings)
@@ -215,7 +221,7 @@ def run_worker(settings: Settings, stages: tuple[str, ...] = STAGES) -> None:
     install_fast_loop()
     # faust and aiokafka build debug records on every send even when nobody prints them
     logging.disable(logging.DEBUG)
-    directory = DirectoryHolder(settings.database)
+    directory = stage_directory(settings, stages)
     directory.preload()
     control = None
     if any(part in DELIVER_PARTS for part in stages):

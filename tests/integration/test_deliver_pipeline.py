@@ -27,7 +27,7 @@ from streams.stack.stack import Stack
 from streams.stages.deliver import ENQUEUED
 from streams.stages.policies import retry_policy
 from tests.conftest import SENDER_DOMAIN
-from tests.integration.helpers import eventually, new_tenant
+from tests.integration.helpers import eventually, install_dkim_key, new_tenant
 from tests.peers.world import World
 
 pytestmark = pytest.mark.integration
@@ -116,6 +116,7 @@ async def test_delivered_signed_with_args_and_state(
     stack: Settings, codec: Codec, world: World, db: asyncpg.Connection
 ) -> None:
     tenant, key = await _tenant(stack)
+    dkim_key = await install_dkim_key(stack, world, tenant)
     request = send_request(tenant, key, ["alice@normal.example", "bob@normal.example"])
     await _send(stack, codec, request)
     mid = request["request_id"]
@@ -129,6 +130,7 @@ async def test_delivered_signed_with_args_and_state(
     assert b"Subject: Hello alice" in message
     assert b"X-Postwire-Categories" in message
     assert dkim.verify(message, dnsfunc=_dns_txt(world)), "DKIM signature does not verify"
+    assert f"d={SENDER_DOMAIN}; s={dkim_key.selector};".encode() in message.replace(b"\r\n ", b" ")
     delivered = [e for e in await _events(db, mid) if e["type"] == "delivered"]
     assert len(delivered) == 2
     assert '"code": 250' in delivered[0]["detail"]

@@ -56,7 +56,8 @@ def test_dkimpy_verifies_with_the_key_from_dns(
     prepared = prepare(task)
     key = DkimKey.from_pem(prepared.sender_domain, selector, pem)
     message = prepared.render({"email": "ann@example.com", "name": "Ann"}, "m1")
-    signed = Signer({DOMAIN: key}).sign(message, prepared.sender_domain, datetime.now(UTC))
+    signer = Signer(lambda tenant, domain: key if tenant == "shop" else None)
+    signed = signer.sign(message, "shop", prepared.sender_domain, datetime.now(UTC))
 
     assert dkim.verify(signed, dnsfunc=dnsfunc)
     assert zone_server.queries(record_name, "TXT") == 1
