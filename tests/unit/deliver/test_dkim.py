@@ -126,7 +126,7 @@ def test_tampering_breaks_the_signature(algorithm: str, old: bytes, new: bytes) 
     ],
 )
 def test_an_added_signed_header_breaks_the_signature(algorithm: str, added: bytes) -> None:
-    signed = signer(algorithm).sign(message(), DOMAIN, NOW)
+    signed = signer(algorithm).sign(message(), TENANT, DOMAIN, NOW)
     assert verify(signed, algorithm)
     head, _, body = signed.partition(b"\r\n\r\n")
     assert not verify(added + signed, algorithm)
@@ -147,7 +147,7 @@ def test_one_click_unsubscribe_is_signed() -> None:
         "created_at": NOW,
     }
     raw = prepare(task).render({"email": "ann@example.com"}, "m1")
-    signed = signer("rsa").sign(raw, DOMAIN, NOW)
+    signed = signer("rsa").sign(raw, TENANT, DOMAIN, NOW)
     names = tags(signed)["h"].split(":")
     assert names.count("list-unsubscribe-post") == 2  # the one present, and over-signed
     assert verify(signed, "rsa")
