@@ -88,6 +88,10 @@ async def _states(conn: asyncpg.Connection, message_id: str) -> dict[str, str]:
     return {r["recipient"]: r["state"] for r in rows}
 
 
+async def _kinds(conn: asyncpg.Connection, message_id: str, kind: str) -> list[asyncpg.Record]:
+    return [e for e in await _events(conn, message_id) if e["type"] == kind]
+
+
 async def _events(conn: asyncpg.Connection, message_id: str) -> list[asyncpg.Record]:
     return list(
         await conn.fetch(
@@ -131,7 +135,11 @@ async def test_delivered_signed_with_args_and_state(
     assert b"X-Postwire-Categories" in message
     assert dkim.verify(message, dnsfunc=_dns_txt(world)), "DKIM signature does not verify"
     assert f"d={SENDER_DOMAIN}; s={dkim_key.selector};".encode() in message.replace(b"\r\n ", b" ")
-    delivered = [e for e in await _events(db, mid) if e["type"] == "delivered"]
+
+    def delivered_events() -> Awaitable[list[asyncpg.Record]]:
+        return _kinds(db, mid, "delivered")
+
+    delivered = await eventually(delivered_events, lambda found: len(found) >= 2)
     assert len(delivered) == 2
     assert '"code": 250' in delivered[0]["detail"]
     assert '"campaign": "c1"' in delivered[0]["detail"]
@@ -148,7 +156,11 @@ async def test_hard_bounce_suppresses_the_address(
         return _states(db, first["request_id"])
 
     assert await eventually(states, bool) == {"nobody@normal.example": "bounced"}
-    [bounce] = [e for e in await _events(db, first["request_id"]) if e["type"] == "bounced"]
+
+    def bounces() -> Awaitable[list[asyncpg.Record]]:
+        return _kinds(db, first["request_id"], "bounced")
+
+    [bounce] = await eventually(bounces, bool)  # the events sink may trail the messages sink
     assert "user_unknown" in bounce["detail"]
     assert "5.1.1" in bounce["reason"]
 
@@ -169,7 +181,11 @@ async def test_hard_bounce_suppresses_the_address(
         return _states(db, second["request_id"])
 
     assert await eventually(states2, bool) == {"nobody@normal.example": "dropped"}
-    [dropped] = [e for e in await _events(db, second["request_id"]) if e["type"] == "dropped"]
+
+    def drops() -> Awaitable[list[asyncpg.Record]]:
+        return _kinds(db, second["request_id"], "dropped")
+
+    [dropped] = await eventually(drops, bool)
     assert dropped["reason"] == "suppressed"
     assert world.mx["normal"].count("rcpt") == rcpts_before  # never asked the server again
 
