@@ -16,6 +16,7 @@ __all__ = [
     "BenchError",
     "CodecError",
     "ConfigError",
+    "ControlCharacterError",
     "DkimError",
     "DkimKeyError",
     "DkimMessageError",
@@ -28,12 +29,18 @@ __all__ = [
     "NotAvroError",
     "NotReplayableError",
     "PostwireError",
+    "RecordTooLargeError",
     "RecoveryStalledError",
     "RenderError",
     "ReplayError",
+    "RequestLimitError",
     "RuntimeProduceError",
     "SchemaMismatchError",
     "SecretError",
+    "SelectorTakenError",
+    "SenderConflictError",
+    "SenderError",
+    "SenderInvalidError",
     "SinkUnavailableError",
     "StackError",
     "StageCrashError",
@@ -47,6 +54,7 @@ __all__ = [
     "UnknownKeyError",
     "UnknownSchemaError",
     "UnknownScopeError",
+    "UnknownSenderError",
     "UnknownTemplateError",
     "UnknownTenantError",
     "UnknownTopicError",
@@ -166,6 +174,7 @@ class RenderError(PostwireError):
     def __init__(self, field: str, message: str) -> None:
         super().__init__(f"{field}: {message}")
         self.field = field
+        self.detail = message
 
 
 class HeaderInjectionError(RenderError):
@@ -178,6 +187,13 @@ class BareLineEndingError(RenderError):
     """A body holds CR or LF outside a CRLF pair (SMTP smuggling)."""
 
     code = "render.bare_line_ending"
+
+
+class ControlCharacterError(RenderError):
+    """A header value or one-line text holds a control character other than TAB, or a body a
+    NUL: no reader agrees on what they mean."""
+
+    code = "render.control_character"
 
 
 class UndefinedVariableError(RenderError):
@@ -202,6 +218,33 @@ class InvalidContentError(RenderError):
     """Missing sender or content, an unusable address, a reserved header or a bad attachment."""
 
     code = "render.invalid"
+
+
+class RequestLimitError(PostwireError):
+    """A request over one of the per-request limits every door enforces (recipients,
+    categories, custom args); ``code`` names the limit (``limits.recipients``, ...)."""
+
+    code = "limits"
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class RecordTooLargeError(RequestLimitError):
+    """A request whose Kafka record would be larger than the pipeline can carry: Kafka would
+    refuse it, or the records the gate makes of it. ``limit`` is the largest allowed."""
+
+    code = "limits.record_size"
+
+    def __init__(self, size: int, limit: int, reason: str) -> None:
+        super().__init__(
+            "limits.record_size",
+            f"the request's Kafka record would be {size:,} bytes; at most {limit:,} bytes "
+            f"fit ({reason})",
+        )
+        self.size = size
+        self.limit = limit
 
 
 class DkimError(PostwireError):
@@ -324,3 +367,34 @@ class NotReplayableError(ReplayError):
     """The stage or topic cannot be replayed this way (see streams/replay/__init__.py)."""
 
     code = "replay.refused"
+
+
+class SenderError(PostwireError):
+    """A sender identity or DKIM key operation that cannot be done as asked."""
+
+    code = "sender"
+
+
+class SenderInvalidError(SenderError):
+    """Not a domain or address a tenant can send from, or an unusable selector or key."""
+
+    code = "sender.invalid"
+
+
+class UnknownSenderError(SenderError):
+    """The tenant has no such sender identity (another tenant's is just as unknown)."""
+
+    code = "sender.unknown"
+
+
+class SenderConflictError(SenderError):
+    """The identity or selector is taken: added already, another tenant's DKIM selector, or a
+    domain another tenant has verified that the operator would vouch for without DNS proof."""
+
+    code = "sender.conflict"
+
+
+class SelectorTakenError(SenderConflictError):
+    """The DKIM selector of that domain is in use (one DNS name holds one key)."""
+
+    code = "sender.selector_taken"

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
+from urllib.parse import quote
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -99,7 +100,6 @@ class DeliverySettings:
     breaker_threshold: int
     breaker_cool_down: float
     concurrency: int
-    dkim_dir: Path
     # the MX lookups delivery makes go through the same resolver settings as verification
     nameservers: tuple[str, ...]
     dns_timeout: float
@@ -301,9 +301,6 @@ class Settings(BaseSettings):
     breaker_threshold: int = Field(default=5, ge=1)
     breaker_cool_down: float = Field(default=60.0, gt=0)
     deliver_concurrency: int = Field(default=64, ge=1)
-    dkim_keys_dir: Path | None = (
-        None  # <selector>._domainkey.<domain>.pem files; default data_dir/dkim
-    )
 
     # sinks
     sink_batch_size: int = Field(default=2000, ge=1)
@@ -409,7 +406,6 @@ class Settings(BaseSettings):
             breaker_threshold=self.breaker_threshold,
             breaker_cool_down=self.breaker_cool_down,
             concurrency=self.deliver_concurrency,
-            dkim_dir=self.dkim_dir,
             nameservers=tuple(self.nameservers),
             dns_timeout=self.dns_timeout,
             dns_tries=self.dns_tries,
@@ -475,10 +471,6 @@ class Settings(BaseSettings):
         return load_server_secret(value, self.data_dir / SECRET_FILE)
 
     @property
-    def dkim_dir(self) -> Path:
-        return self.dkim_keys_dir or self.data_dir / "dkim"
-
-    @property
     def embedded_kafka(self) -> bool:
         return self.kafka_bootstrap is None
 
@@ -498,7 +490,20 @@ class Settings(BaseSettings):
     def dsn(self) -> str:
         if self.database_url is not None:
             return self.database_url.get_secret_value()
-        return f"postgresql://postgres@{self.postgres_host}:{self.postgres_port}/{self.postgres_db}"
+        return self.embedded_dsn(self.postgres_db)
+
+    @property
+    def postgres_passfile(self) -> Path:
+        """The embedded server's password, in libpq's passfile format (mode 0600)."""
+        return self.data_dir / "postgres.pgpass"
+
+    def embedded_dsn(self, database: str) -> str:
+        """A URL of the embedded server that names the file holding its password, so the
+        password itself is never in a URL, an environment or a log (libpq and asyncpg both read
+        ``passfile``)."""
+        where = quote(str(self.postgres_passfile), safe="/")
+        host, port = self.postgres_host, self.postgres_port
+        return f"postgresql://postgres@{host}:{port}/{database}?passfile={where}"
 
     @property
     def nameservers(self) -> list[str]:

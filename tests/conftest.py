@@ -46,18 +46,9 @@ def stack_settings(data_dir: Path, **overrides: object) -> Settings:
     return Settings(**values)  # type: ignore[arg-type]
 
 
+# the domain the suite's mail comes from: every tenant of `new_tenant` may send as it (the
+# operator vouches for it, shared), and `install_dkim_key` gives a tenant its own key of it
 SENDER_DOMAIN = "acme.example"
-DKIM_SELECTOR = "pw1"
-
-
-def install_dkim_key(world: World, directory: Path) -> None:
-    """An RSA key for the test sender's domain, its public half served by the world's DNS."""
-    from streams.deliver.dkim import keygen
-
-    pem, txt = keygen("rsa")
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / f"{DKIM_SELECTOR}._domainkey.{SENDER_DOMAIN}.pem").write_bytes(pem)
-    world.dns.zone.txt[f"{DKIM_SELECTOR}._domainkey.{SENDER_DOMAIN}"] = txt
 
 
 @pytest.fixture(scope="session")
@@ -90,8 +81,6 @@ async def pipeline(tmp_path_factory: pytest.TempPathFactory, world: World) -> As
         overrides["kafka_bootstrap"] = os.environ["POSTWIRE_KAFKA_BOOTSTRAP"]
     if os.environ.get("POSTWIRE_DATABASE_URL"):
         overrides["database_url"] = os.environ["POSTWIRE_DATABASE_URL"]
-    dkim_dir = data_dir / "dkim"
-    install_dkim_key(world, dkim_dir)
     overrides.update(
         # delivery against the fake MXs: short timeouts and a ladder of seconds, not minutes
         smtp_port=world.smtp_port,
@@ -105,7 +94,6 @@ async def pipeline(tmp_path_factory: pytest.TempPathFactory, world: World) -> As
         retry_tiers="1,2,4",
         breaker_threshold=50,
         deliver_concurrency=16,
-        dkim_keys_dir=dkim_dir,
         dns_nameservers=world.dns.nameserver,
         dns_timeout=0.5,
         dns_tries=1,

@@ -3,13 +3,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 
 from streams.contract.records import Address
-from streams.errors import IngressValidationError
+from streams.errors import IngressValidationError, RenderError, RequestLimitError
+from streams.mail.headers import check_line
+from streams.mail.limits import address_problem
 
 __all__ = ["Check"]
 
@@ -67,15 +70,37 @@ class Check:
                 self.fail(f"{field}.{key}", "Values must be strings.")
         return out
 
+    def rule(self, rule: Callable[..., None], *args: Any, at: str | None = None) -> bool:
+        """Run one of the mail rules (:mod:`streams.mail.headers`, :mod:`streams.mail.limits`);
+        what it raises becomes a problem of the field it names (under ``at``, when given)."""
+        try:
+            rule(*args)
+        except RenderError as exc:
+            self.fail(exc.field if at is None else f"{at}.{exc.field}", exc.detail)
+            return False
+        except RequestLimitError as exc:
+            self.fail(at, str(exc))
+            return False
+        return True
+
     def address(self, value: Any, field: str, *, required: bool = False) -> Address | None:
+        """A mailbox we can send as or to: a valid address (email-validator, as the gate
+        checks it) and a display name without control characters."""
         found = self.obj(value, field, required=required)
         if found is None:
             return None
         email = self.text(found.get("email"), f"{field}.email")
-        if not email or "@" not in email:
+        if not email:
             self.fail(f"{field}.email", "Does not contain a valid address.")
             return None
-        return {"email": email, "name": self.text(found.get("name"), f"{field}.name")}
+        problem = address_problem(email)
+        if problem is not None:
+            self.fail(f"{field}.email", f"Does not contain a valid address: {problem}")
+            return None
+        name = self.text(found.get("name"), f"{field}.name")
+        if name is not None and not self.rule(check_line, f"{field}.name", name):
+            return None
+        return {"email": email, "name": name}
 
     def send_at(self, value: Any, field: str) -> datetime | None:
         if value is None:

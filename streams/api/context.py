@@ -19,10 +19,10 @@ from typing import Any
 import asyncpg
 import orjson
 from aiohttp import web
-from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from streams.api.group_commit import GroupCommit
+from streams.api.producer import IngressProducer
 from streams.api.queries import JobRow, insert_jobs
 from streams.contract.codec import Codec, default_codec
 from streams.contract.ids import MessageIds
@@ -30,7 +30,8 @@ from streams.contract.records import EmailRequest
 from streams.contract.signing import INGRESS_PURPOSE, ingress_headers
 from streams.db.directory import DirectoryHolder
 from streams.deliver.throttle import TokenBucket
-from streams.errors import AuthError, IngressValidationError
+from streams.errors import AuthError, IngressValidationError, RecordTooLargeError
+from streams.kafka.limits import flow_topics
 from streams.settings import Settings
 
 __all__ = ["Api", "Caller", "Handler", "json_body", "problem", "reply"]
@@ -91,22 +92,25 @@ class Api:
         self.clock = clock
         self.ids = MessageIds(settings.secret)
         self._signing_key = settings.secret.subkey(INGRESS_PURPOSE)
-        self.producer: AIOKafkaProducer | None = None
+        self.producer = IngressProducer(
+            settings.bootstrap,
+            flow_topics(settings.topics),
+            {
+                "bootstrap_servers": settings.bootstrap,
+                "acks": "all",
+                "enable_idempotence": True,
+                "linger_ms": 1,
+                # one batch per partition and linger instead of a full 16 KB batch making send
+                # wait; the record limit caps the batch and request sizes
+            },
+            timeout=settings.api_produce_timeout,
+        )
         self.pool: asyncpg.Pool[Any] | None = None
         self.buckets: dict[tuple[str, str], TokenBucket] = {}
         self._refresher: asyncio.Task[None] | None = None
         self.jobs: GroupCommit[JobRow] = GroupCommit(self._write_jobs)
 
     async def start(self) -> None:
-        self.producer = AIOKafkaProducer(
-            bootstrap_servers=self.settings.bootstrap,
-            acks="all",
-            enable_idempotence=True,
-            linger_ms=1,
-            # one batch per partition and linger instead of a full 16 KB batch making send wait
-            max_batch_size=256 * 1024,
-            max_request_size=self.settings.api_max_body + 1024 * 1024,
-        )
         await self.producer.start()
         self.pool = await asyncpg.create_pool(
             self.settings.dsn, min_size=1, max_size=self.settings.api_db_pool
@@ -122,8 +126,7 @@ class Api:
         await self.jobs.close()
         if self._refresher is not None:
             self._refresher.cancel()
-        if self.producer is not None:
-            await self.producer.stop()
+        await self.producer.stop()
         if self.pool is not None:
             await self.pool.close()
         await self.directory.close()
@@ -163,16 +166,12 @@ class Api:
         headers: Sequence[list[tuple[str, bytes]]] = (),
     ) -> None:
         """Produce (key, value) records (with ``headers[i]`` for the i-th, if given) and wait
-        until Kafka acknowledged all of them."""
-        producer = self.producer
-        if producer is None:
-            raise KafkaError("the producer is not started")
-        sends = [
-            await producer.send(topic, value, key=key, headers=headers[i] if headers else None)
-            for i, (key, value) in enumerate(records)
-        ]
-        async with asyncio.timeout(self.settings.api_produce_timeout):
-            await asyncio.gather(*sends)
+        until Kafka acknowledged all of them; a record too large for the pipeline raises
+        RecordTooLargeError before any is sent."""
+        await self.producer.send_all(
+            topic,
+            [(key, value, headers[i] if headers else ()) for i, (key, value) in enumerate(records)],
+        )
 
     async def publish_requests(self, caller: Caller, records: Sequence[EmailRequest]) -> None:
         """The caller's requests onto ``requests``, each signed by the ingress for its key id."""
@@ -207,6 +206,11 @@ class Api:
             except web.HTTPRequestEntityTooLarge:
                 limit = self.settings.api_max_body
                 return problem(413, (None, f"the request body is larger than {limit} bytes"))
+            except RecordTooLargeError as exc:
+                # what Kafka would refuse, or the gate could not pass on: never sent
+                return problem(
+                    413, (None, f"{exc}; store large attachments elsewhere and link them")
+                )
             except (KafkaError, TimeoutError) as exc:
                 # nothing is promised: the caller retries (safely, with an Idempotency-Key)
                 log.warning("api: Kafka did not acknowledge %s: %s", request.path, exc)

@@ -1,11 +1,13 @@
 """``POST /v3/mail/send`` (SendGrid v3) onto ``postwire.requests``: 202 means Kafka (acks=all)
-has the request, from there the pipeline owns it."""
+has the request, from there the pipeline owns it; 200 the same for a sandbox send, which the
+pipeline records and never delivers."""
 
 from __future__ import annotations
 
 from aiohttp import web
 
 from streams.api.context import Api, Caller, json_body
+from streams.api.sender_routes import sender_refused
 from streams.api.sendgrid import translate
 from streams.errors import IngressValidationError
 
@@ -36,5 +38,13 @@ async def mail_send(api: Api, request: web.Request, caller: Caller) -> web.Strea
         priority=priority.lower(),
         now=api.clock(),
     )
+    sender = records[0]["from"] if records else None
+    refused = await sender_refused(api, caller.tenant, sender["email"]) if sender else None
+    if refused is not None:
+        return refused
     await api.publish_requests(caller, records)
+    if records[0]["sandbox"]:
+        # SendGrid's answer to a sandbox send: 200 with an empty body; the gate records it
+        # (processed, then dropped with reason sandbox per recipient) and queues nothing
+        return web.Response(status=200, headers={"X-Message-Id": message_id})
     return web.Response(status=202, headers={"X-Message-Id": message_id})

@@ -52,6 +52,11 @@ _PERSONALIZATION: Final[dict[str, Any]] = {
         "send_at": {"type": "integer", "minimum": 0},
     },
 }
+# a SendGrid setting: `enable` is what is read (only mail_settings.sandbox_mode acts)
+_SETTING: Final[dict[str, Any]] = {
+    "type": "object",
+    "properties": {"enable": {"type": "boolean"}},
+}
 _MAIL_SEND: Final[dict[str, Any]] = {
     "type": "object",
     "required": ["personalizations", "from"],
@@ -96,6 +101,12 @@ _MAIL_SEND: Final[dict[str, Any]] = {
         "custom_args": _STRINGS,
         "send_at": {"type": "integer", "minimum": 0},
         "batch_id": {"type": "string"},
+        "mail_settings": {
+            "type": "object",
+            "properties": {"sandbox_mode": _SETTING},
+            "additionalProperties": _SETTING,
+        },
+        "tracking_settings": {"type": "object", "additionalProperties": _SETTING},
     },
 }
 
@@ -131,6 +142,23 @@ _WEBHOOK_EVENT: Final[dict[str, Any]] = {
         "url": {"type": "string"},
         "user_agent": {"type": "string"},
         "ip": {"type": "string"},
+    },
+}
+
+
+_DOMAIN_ID: Final[dict[str, Any]] = {
+    "name": "id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "integer", "minimum": 1},
+}
+_NEW_DOMAIN: Final[dict[str, Any]] = {
+    "type": "object",
+    "required": ["domain"],
+    "properties": {
+        "domain": {"type": "string", "minLength": 1, "maxLength": 253},
+        "custom_dkim_selector": {"type": "string", "minLength": 1, "maxLength": 63},
+        "dkim_algorithm": {"type": "string", "enum": ["rsa", "ed25519"]},
     },
 }
 
@@ -192,10 +220,15 @@ SPEC: Final[dict[str, Any]] = {
             "post": _op(
                 "Send mail (SendGrid v3 body); scope send",
                 {
+                    "200": {
+                        "description": "mail_settings.sandbox_mode: validated and recorded, "
+                        "never delivered (empty body)",
+                        "headers": {"X-Message-Id": {"schema": {"type": "string"}}},
+                    },
                     "202": {
                         "description": "Stored in Kafka (acks=all); the pipeline owns it now",
                         "headers": {"X-Message-Id": {"schema": {"type": "string"}}},
-                    }
+                    },
                 },
                 body=_MAIL_SEND,
                 parameters=(_IDEMPOTENCY, _PRIORITY),
@@ -306,6 +339,41 @@ SPEC: Final[dict[str, Any]] = {
                 {"204": {"description": "Stored in Kafka"}},
                 parameters=(_path("email"),),
             ),
+        },
+        "/v3/whitelabel/domains": {
+            "post": _op(
+                "Add a sending domain with a new DKIM key; the answer lists the TXT records to"
+                " publish (verification token, DKIM key); scope send",
+                {"201": _json("The domain, unverified, and its DNS records")},
+                body=_NEW_DOMAIN,
+            ),
+            "get": _op(
+                "The tenant's sending domains and their DNS records; scope send",
+                {"200": _json("The domains", {"type": "array", "items": _OBJECT})},
+            ),
+        },
+        "/v3/whitelabel/domains/{id}": {
+            "get": _op(
+                "One sending domain; scope send",
+                {"200": _json("The domain and its DNS records")},
+                parameters=(_DOMAIN_ID,),
+                not_found=True,
+            ),
+            "delete": _op(
+                "Remove a sending domain and its DKIM keys; scope send",
+                {"204": {"description": "Removed: its mail is refused and signed no more"}},
+                parameters=(_DOMAIN_ID,),
+                not_found=True,
+            ),
+        },
+        "/v3/whitelabel/domains/{id}/validate": {
+            "post": _op(
+                "Look the domain's TXT records up: the token verifies it, and says whether the"
+                " DKIM key is published; scope send",
+                {"200": _json("valid, and validation_results per record with the reason")},
+                parameters=(_DOMAIN_ID,),
+                not_found=True,
+            )
         },
         "/healthz": {
             "get": {

@@ -26,7 +26,23 @@ from streams.contract.records import (
     Recipient,
     RecipientKind,
 )
-from streams.errors import IngressValidationError
+from streams.mail.headers import (
+    DISPOSITIONS,
+    check_body,
+    check_custom_headers,
+    check_header_name,
+    check_line,
+    is_mime_type,
+)
+from streams.mail.limits import (
+    MAX_CATEGORIES,
+    MAX_CATEGORY_CHARS,
+    MAX_CUSTOM_ARGS_BYTES,
+    MAX_PERSONALIZATIONS,
+    MAX_RECIPIENTS,
+    check_request,
+    custom_args_bytes,
+)
 
 __all__ = [
     "MAX_PERSONALIZATIONS",
@@ -34,31 +50,21 @@ __all__ = [
     "translate",
 ]
 
-MAX_PERSONALIZATIONS: Final = 1000  # SendGrid's limits
-MAX_RECIPIENTS: Final = 1000
-MAX_CATEGORIES: Final = 10
-MAX_CUSTOM_ARGS_BYTES: Final = 10_000
 PRIORITIES: Final = ("critical", "high", "normal", "bulk")
-# set by the pipeline itself; SendGrid refuses them in `headers` too
-RESERVED_HEADERS: Final = frozenset(
-    {
-        "bcc",
-        "cc",
-        "content-transfer-encoding",
-        "content-type",
-        "date",
-        "dkim-signature",
-        "from",
-        "message-id",
-        "mime-version",
-        "received",
-        "reply-to",
-        "return-path",
-        "subject",
-        "to",
-        "x-sg-eid",
-        "x-sg-id",
-    }
+# SendGrid's settings objects: `enable` is all of each that is read; only sandbox_mode acts
+MAIL_SETTINGS: Final = (
+    "bypass_list_management",
+    "bypass_spam_management",
+    "bypass_bounce_management",
+    "bypass_unsubscribe_management",
+    "footer",
+    "sandbox_mode",
+)
+TRACKING_SETTINGS: Final = (
+    "click_tracking",
+    "open_tracking",
+    "subscription_tracking",
+    "ganalytics",
 )
 
 
@@ -78,7 +84,9 @@ def _content(check: Check, body: dict[str, Any]) -> tuple[str | None, str | None
         value = check.text(part.get("value"), f"{field}.value")
         if not value:
             check.fail(f"{field}.value", "The content value must be at least one character.")
-        elif kind == "text/plain":
+            continue
+        check.rule(check_body, f"{field}.value", value)
+        if kind == "text/plain":
             text = value
         elif kind == "text/html":
             html = value
@@ -104,15 +112,23 @@ def _attachments(check: Check, body: dict[str, Any]) -> list[Attachment]:
         except (binascii.Error, ValueError):
             check.fail(f"{field}.content", "The attachment content must be base64 encoded.")
             continue
+        kind = check.text(item.get("type"), f"{field}.type") or "application/octet-stream"
+        if not is_mime_type(kind):
+            check.fail(f"{field}.type", "The attachment type must be a MIME type (type/subtype).")
+        disposition = check.text(item.get("disposition"), f"{field}.disposition") or "attachment"
+        if disposition not in DISPOSITIONS:
+            check.fail(f"{field}.disposition", "The disposition must be attachment or inline.")
+        content_id = check.text(item.get("content_id"), f"{field}.content_id")
+        for key, text in (("filename", filename), ("content_id", content_id)):
+            if text is not None:
+                check.rule(check_line, f"{field}.{key}", text)
         out.append(
             {
                 "filename": filename or "attachment",
-                "content_type": check.text(item.get("type"), f"{field}.type")
-                or "application/octet-stream",
+                "content_type": kind,
                 "content": content,
-                "disposition": check.text(item.get("disposition"), f"{field}.disposition")
-                or "attachment",
-                "content_id": check.text(item.get("content_id"), f"{field}.content_id"),
+                "disposition": disposition,
+                "content_id": content_id,
             }
         )
     return out
@@ -120,10 +136,23 @@ def _attachments(check: Check, body: dict[str, Any]) -> list[Attachment]:
 
 def _headers(check: Check, value: Any, field: str) -> dict[str, str]:
     headers = check.strings(value, field)
-    for name in headers:
-        if name.lower() in RESERVED_HEADERS:
-            check.fail(f"{field}.{name}", f"The {name} header is reserved.")
+    for name, text in headers.items():
+        if check.rule(check_header_name, f"{field}.{name}", name):
+            check.rule(check_line, f"{field}.{name}", text)
     return headers
+
+
+def _merged(check: Check, message: _Message, value: Any, field: str) -> dict[str, str]:
+    """A personalization's headers over the message's, a name in any case replacing the
+    other; then the rules over the whole set (a name twice, the one-click pair)."""
+    before = len(check.errors)
+    own = _headers(check, value, field)
+    names = {name.lower() for name in own}
+    shared = message.headers
+    merged = {name: text for name, text in shared.items() if name.lower() not in names} | own
+    if message.headers_ok and len(check.errors) == before:
+        check.rule(check_custom_headers, merged, field)
+    return merged
 
 
 def _recipients(check: Check, p: dict[str, Any], field: str) -> list[Recipient]:
@@ -138,7 +167,8 @@ def _recipients(check: Check, p: dict[str, Any], field: str) -> list[Recipient]:
             address = check.address(item, f"{field}.{kind}.{j}")
             if address is not None:
                 out.append({**address, "kind": kind, "substitutions": subs, "custom_args": {}})
-    if not any(r["kind"] == "to" for r in out):
+    to = p.get("to")
+    if not (isinstance(to, list) and to):  # invalid addresses in it are problems of their own
         check.fail(f"{field}.to", "The to array is required for all personalization objects.")
     return out
 
@@ -155,10 +185,12 @@ class _Message:
     html: str | None
     attachments: list[Attachment]
     headers: dict[str, str]
+    headers_ok: bool  # each header passed its own checks (the set is checked per personalization)
     categories: list[str]
     custom_args: dict[str, str]
     send_at: datetime | None
     batch_id: str | None
+    sandbox: bool
 
 
 @dataclass(frozen=True)
@@ -205,8 +237,11 @@ def translate(
     ]
     if sum(len(r["recipients"]) for r in records) > MAX_RECIPIENTS:
         check.fail("personalizations", f"At most {MAX_RECIPIENTS} recipients per request.")
-    if check.errors:
-        raise IngressValidationError(check.errors)
+    if not check.errors:
+        # the gate's own rules, so what is answered 202 here is never dead-lettered there
+        for i, record in enumerate(records):
+            check.rule(check_request, record, at=f"personalizations.{i}")
+    check.done()
     return records
 
 
@@ -216,18 +251,21 @@ def _message(check: Check, root: dict[str, Any]) -> _Message:
     sender = check.address(root.get("from"), "from", required=True)
     reply_to = check.address(root.get("reply_to"), "reply_to")
     subject = check.text(root.get("subject"), "subject")
+    if subject is not None:
+        check.rule(check_line, "subject", subject)
     template_id = check.text(root.get("template_id"), "template_id")
     text, html = _content(check, root)
     if not (text or html or template_id):
         check.fail("content", "Unless a valid template_id is provided, content is required.")
     attachments = _attachments(check, root)
+    before = len(check.errors)
     headers = _headers(check, root.get("headers"), "headers")
-    categories = [str(c) for c in check.items(root.get("categories"), "categories")]
-    if len(categories) > MAX_CATEGORIES:
-        check.fail("categories", f"You may not have more than {MAX_CATEGORIES} categories.")
+    headers_ok = len(check.errors) == before
+    categories = _categories(check, root.get("categories"))
     custom_args = check.strings(root.get("custom_args"), "custom_args")
     send_at = check.send_at(root.get("send_at"), "send_at")
     batch_id = check.text(root.get("batch_id"), "batch_id")
+    sandbox = _sandbox(check, root)
     return _Message(
         sender,
         reply_to,
@@ -237,11 +275,43 @@ def _message(check: Check, root: dict[str, Any]) -> _Message:
         html,
         attachments,
         headers,
+        headers_ok,
         categories,
         custom_args,
         send_at,
         batch_id,
+        sandbox,
     )
+
+
+def _categories(check: Check, value: Any) -> list[str]:
+    categories = [str(c) for c in check.items(value, "categories")]
+    if len(categories) > MAX_CATEGORIES:
+        check.fail("categories", f"You may not have more than {MAX_CATEGORIES} categories.")
+    for i, category in enumerate(categories):
+        if len(category) > MAX_CATEGORY_CHARS:
+            check.fail(f"categories.{i}", f"A category may have {MAX_CATEGORY_CHARS} characters.")
+        check.rule(check_line, f"categories.{i}", category)
+    return categories
+
+
+def _sandbox(check: Check, root: dict[str, Any]) -> bool:
+    """mail_settings and tracking_settings: their shape is checked, sandbox_mode acts, the
+    others are read and have no effect (see the README)."""
+    enabled = {}
+    for group, names in (
+        ("mail_settings", MAIL_SETTINGS),
+        ("tracking_settings", TRACKING_SETTINGS),
+    ):
+        settings = check.obj(root.get(group), group) or {}
+        for name in names:
+            field = f"{group}.{name}"
+            setting = check.obj(settings.get(name), field) or {}
+            enable = setting.get("enable")
+            if enable is not None and not isinstance(enable, bool):
+                check.fail(f"{field}.enable", "The enable parameter must be a boolean.")
+            enabled[name] = enable is True
+    return enabled["sandbox_mode"]
 
 
 def _personalizations(check: Check, root: dict[str, Any]) -> list[Any]:
@@ -267,20 +337,23 @@ def _personalized(
     what the message shares."""
     p = check.obj(raw, field) or {}
     recipients = _recipients(check, p, field)
-    subject = check.text(p.get("subject"), f"{field}.subject") or message.subject
+    own_subject = check.text(p.get("subject"), f"{field}.subject")
+    if own_subject is not None:
+        check.rule(check_line, f"{field}.subject", own_subject)
+    subject = own_subject or message.subject
     if not subject and not message.template_id:
         check.fail(f"{field}.subject", "The subject is required (here or at the top level).")
     args = {**message.custom_args, **check.strings(p.get("custom_args"), f"{field}.custom_args")}
     if message.batch_id:
         args["batch_id"] = message.batch_id
-    if len(orjson.dumps(args)) > MAX_CUSTOM_ARGS_BYTES:
+    if custom_args_bytes(args) > MAX_CUSTOM_ARGS_BYTES:
         check.fail(f"{field}.custom_args", "custom_args may not exceed 10,000 bytes.")
     content: Content = {
         "subject": subject,
         "text": message.text,
         "html": message.html,
         "template_id": message.template_id,
-        "headers": {**message.headers, **_headers(check, p.get("headers"), f"{field}.headers")},
+        "headers": _merged(check, message, p.get("headers"), f"{field}.headers"),
         "attachments": message.attachments,
     }
     return email_request(
@@ -297,4 +370,5 @@ def _personalized(
         categories=message.categories,
         custom_args=args,
         send_at=check.send_at(p.get("send_at"), f"{field}.send_at") or message.send_at,
+        sandbox=message.sandbox,
     )

@@ -1,5 +1,6 @@
 """The HTTP API on one port: SendGrid's mail/send, verification, message status, the event
-feed and webhook, suppressions; ``/healthz``, ``/metrics``, ``/openapi.json``.
+feed and webhook, suppressions, domain authentication; ``/healthz``, ``/metrics``,
+``/openapi.json``.
 
 Keys are checked here against the same tenant directory the gate uses (the gate checks again),
 so a bad key is a 401 rather than a dead letter.
@@ -18,6 +19,14 @@ from streams.api.context import Api, Handler
 from streams.api.mail import mail_send
 from streams.api.openapi import SPEC
 from streams.api.read_routes import event_feed, message_status, tracking_webhook
+from streams.api.sender_routes import (
+    RESOLVER,
+    add_domain,
+    delete_domain,
+    get_domain,
+    list_domains,
+    validate_domain,
+)
 from streams.api.suppression_routes import (
     add_suppressions,
     get_suppression,
@@ -25,6 +34,7 @@ from streams.api.suppression_routes import (
     remove_suppression,
 )
 from streams.api.verify_routes import WAITER, ResultWaiter, verify_batch, verify_job, verify_one
+from streams.mail.dns import MxResolver
 from streams.obs.http import metrics_handler, metrics_middleware
 from streams.obs.logs import configure_logging
 from streams.runtime.eventloop import install_fast_loop
@@ -47,6 +57,11 @@ ROUTES: tuple[tuple[str, str, str, Handler], ...] = (
     ("POST", "/v1/suppressions", "send", add_suppressions),
     ("GET", "/v1/suppressions/{email}", "read", get_suppression),
     ("DELETE", "/v1/suppressions/{email}", "send", remove_suppression),
+    ("POST", "/v3/whitelabel/domains", "send", add_domain),
+    ("GET", "/v3/whitelabel/domains", "send", list_domains),
+    ("GET", "/v3/whitelabel/domains/{id}", "send", get_domain),
+    ("DELETE", "/v3/whitelabel/domains/{id}", "send", delete_domain),
+    ("POST", "/v3/whitelabel/domains/{id}/validate", "send", validate_domain),
 )
 
 
@@ -61,6 +76,8 @@ class Ingress(Api):
         app.router.add_get("/metrics", metrics_handler)
         app.router.add_get("/openapi.json", self.openapi)
         app[WAITER] = ResultWaiter(self)
+        s = self.settings
+        app[RESOLVER] = MxResolver(s.nameservers, s.dns_timeout, s.dns_tries)
         app.on_startup.append(self._start)
         app.on_cleanup.append(self._stop)
         return app
@@ -73,8 +90,10 @@ class Ingress(Api):
         await self.stop()
 
     async def healthz(self, _request: web.Request) -> web.Response:
-        ok = self.producer is not None and self.pool is not None and self.directory.ready.is_set()
-        return web.json_response({"ok": ok}, status=200 if ok else 503)
+        producing, producer = self.producer.health()
+        ok = producing and self.pool is not None and self.directory.ready.is_set()
+        body = {"ok": ok, "producer": producer}
+        return web.json_response(body, status=200 if ok else 503)
 
     async def openapi(self, _request: web.Request) -> web.Response:
         return web.Response(body=orjson.dumps(SPEC), content_type="application/json")

@@ -28,7 +28,8 @@ from streams.contract.codec import default_codec
 from streams.contract.records import Content, EmailRequest, Priority
 from streams.contract.signing import sign
 from streams.db.tenants import create_api_key, create_tenant
-from streams.deliver.dkim import KeyType, keygen
+from streams.deliver.dkim import KeyType
+from streams.deliver.senders import add_sender
 from streams.settings import Settings
 from streams.stack.stack import Stack
 
@@ -123,7 +124,6 @@ def _settings(data_dir: Path, sink: SmtpSink, workers: int, partitions: int) -> 
         sink.port,
         partitions=partitions,
         worker_processes=workers,
-        dkim_keys_dir=data_dir / "dkim",
     )
 
 
@@ -185,18 +185,14 @@ async def _lane_probe(
     return figures
 
 
-def _setup(workers: int, partitions: int, dkim: KeyType) -> tuple[Path, SmtpSink, Settings]:
-    """A fresh data dir, a running smtp-sink and a DKIM key for the bench sender's domain."""
+def _setup(workers: int, partitions: int) -> tuple[Path, SmtpSink, Settings]:
+    """A fresh data dir and a running smtp-sink."""
     binaries = ensure_postfix()
     data_dir = Path(tempfile.mkdtemp(prefix="postwire-bench-deliver-"))
     data_dir.chmod(0o755)  # smtp-sink drops to the postfix user and writes its counter here
     sink = SmtpSink(binaries, data_dir)
     sink.start()
-    settings = _settings(data_dir, sink, workers, partitions)
-    pem, _txt = keygen(dkim)
-    settings.dkim_dir.mkdir(parents=True)
-    (settings.dkim_dir / f"{SELECTOR}._domainkey.bench.example.pem").write_bytes(pem)
-    return data_dir, sink, settings
+    return data_dir, sink, _settings(data_dir, sink, workers, partitions)
 
 
 async def _wait_rows(conn: asyncpg.Connection[Any], run: str, n: int, timeout: float) -> None:
@@ -245,7 +241,7 @@ async def run_deliver_bench(
     progress: Any = None,
 ) -> DeliverBenchResult:
     say = progress or (lambda _m: None)
-    data_dir, sink, settings = await asyncio.to_thread(_setup, workers, partitions, dkim)
+    data_dir, sink, settings = await asyncio.to_thread(_setup, workers, partitions)
     stack = Stack(settings, workers=True)
     lanes: dict[str, list[float]] = {}
     try:
@@ -254,6 +250,16 @@ async def run_deliver_bench(
         try:
             await create_tenant(conn, "bench")
             key = await create_api_key(conn, "bench", secret=settings.secret)
+            # the bench sender's domain, vouched for by the operator, with its own DKIM key
+            await add_sender(
+                conn,
+                settings.secret,
+                "bench",
+                "bench.example",
+                dkim=dkim,
+                selector=SELECTOR,
+                operator=True,
+            )
             await asyncio.sleep(settings.directory_refresh + 1)
             before = await kafka_counts(settings.bootstrap, settings.topic_prefix)
             seconds, rows_seconds = await _measure(settings, conn, sink, key, messages, say)

@@ -18,7 +18,8 @@ class Zone:
     mx: dict[str, list[tuple[int, str]]] = field(default_factory=dict)
     a: dict[str, str] = field(default_factory=dict)
     aaaa: dict[str, str] = field(default_factory=dict)
-    txt: dict[str, str] = field(default_factory=dict)
+    # a name's TXT record, or several (as when two tenants each publish a verification token)
+    txt: dict[str, str | list[str]] = field(default_factory=dict)
     # names that exist but have no records of the asked type are answered NOERROR/NODATA;
     # names listed here are never answered (the client times out)
     silent: set[str] = field(default_factory=set)
@@ -63,8 +64,10 @@ class _Resolver(BaseResolver):  # type: ignore[misc]  # dnslib ships no types
         elif qtype == "AAAA" and name in self.zone.aaaa:
             reply.add_answer(RR(q.qname, QTYPE.AAAA, rdata=AAAA(self.zone.aaaa[name]), ttl=300))
         elif qtype == "TXT" and name in self.zone.txt:
-            rdata = TXT(_character_strings(self.zone.txt[name]))
-            reply.add_answer(RR(q.qname, QTYPE.TXT, rdata=rdata, ttl=300))
+            values = self.zone.txt[name]
+            for value in [values] if isinstance(values, str) else values:
+                rdata = TXT(_character_strings(value))
+                reply.add_answer(RR(q.qname, QTYPE.TXT, rdata=rdata, ttl=300))
         return reply
 
 

@@ -179,7 +179,7 @@ async def _one_door(
 ) -> None:
     """Warm the door up on tenants of its own, then run the scenario through it."""
     settings = stack.settings
-    tenants = await make_tenants(conn, settings.secret, f"load-{name}", opts.tenants)
+    tenants = await make_tenants(conn, f"load-{name}", opts.tenants, settings.secret)
     await warm_up(
         name,
         stack,

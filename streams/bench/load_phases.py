@@ -168,7 +168,7 @@ async def warm_up(
     restarted once and the warm-up repeated; the requests the race cost are in the notes."""
     settings = stack.settings
     for attempt in (1, 2):
-        keys = await make_tenants(conn, settings.secret, f"warm{attempt}-{name}", tenants)
+        keys = await make_tenants(conn, f"warm{attempt}-{name}", tenants, settings.secret)
         await asyncio.sleep(settings.directory_refresh + 1)  # every process knows the keys
         door = make_door(keys)
         await door.start()

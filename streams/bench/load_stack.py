@@ -22,11 +22,12 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from streams.bench.dns_server import ZoneServer
-from streams.bench.load_doors import KafkaDoor
+from streams.bench.load_doors import SENDER, KafkaDoor
 from streams.bench.load_profile import quantiles
 from streams.bench.smtp_peers import SmtpSink, ensure_postfix, free_port
 from streams.bench.stacks import Credentials, relay_settings
 from streams.db.tenants import create_api_key, create_tenant
+from streams.deliver.senders import add_sender
 from streams.errors import BenchError, StackError
 from streams.secret import ServerSecret
 from streams.settings import Settings
@@ -105,13 +106,19 @@ def stack_settings(
 
 
 async def make_tenants(
-    conn: asyncpg.Connection[Any], secret: ServerSecret, prefix: str, n: int
+    conn: asyncpg.Connection[Any], prefix: str, n: int, secret: ServerSecret
 ) -> list[tuple[str, Credentials]]:
+    """``n`` tenants with a key each (its id and the key), all sending from the bench's domain
+    (one the operator lends to all of them: vouched for as shared)."""
     found = []
     for j in range(n):
         tenant = f"{prefix}-{j}"
         await create_tenant(conn, tenant)
-        found.append((tenant, await create_api_key(conn, tenant, secret=secret)))
+        credentials = await create_api_key(conn, tenant, secret=secret)
+        await add_sender(
+            conn, secret, tenant, SENDER.rpartition("@")[2], dkim=None, operator=True, shared=True
+        )
+        found.append((tenant, credentials))
     return found
 
 

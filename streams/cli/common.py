@@ -14,7 +14,8 @@ from streams.settings import Settings
 
 __all__ = ["err", "fail", "out", "run", "settings", "with_db"]
 
-out = Console()
+# soft wrap: a long URL or path stays on one line, so it can be copied (and grepped) whole
+out = Console(soft_wrap=True)
 err = Console(stderr=True)
 T = TypeVar("T")
 

@@ -1,4 +1,4 @@
-"""`postwire queue`, `postwire suppression` and `postwire dkim`: the operator's mail commands."""
+"""`postwire queue`, `postwire suppression`, `postwire template`: the operator's mail commands."""
 
 from __future__ import annotations
 
@@ -11,18 +11,17 @@ import orjson
 import typer
 from rich.table import Table
 
-from streams.cli.common import err, fail, out, run, settings, with_db
+from streams.cli.common import fail, out, run, settings, with_db
 from streams.contract.build import make_suppression
 from streams.contract.records import Suppression
 
-__all__ = ["dkim_app", "queue_app", "suppression_app", "template_app"]
+__all__ = ["queue_app", "suppression_app", "template_app"]
 
 queue_app = typer.Typer(
     help="The mail queue, like Postfix: list (mailq), flush, hold, release, delete.",
     no_args_is_help=True,
 )
 suppression_app = typer.Typer(help="Per-tenant suppression lists.", no_args_is_help=True)
-dkim_app = typer.Typer(help="DKIM signing keys.", no_args_is_help=True)
 
 TaskOpt = Annotated[str | None, typer.Option("--task", help="One task (message + recipient).")]
 MessageOpt = Annotated[str | None, typer.Option("--message", help="Every recipient of a message.")]
@@ -199,33 +198,6 @@ def suppression_list(
         )
     out.print(grid)
     out.print(f"{len(rows)} suppressed")
-
-
-@dkim_app.command("keygen")
-def dkim_keygen(
-    domain: Annotated[str, typer.Option(help="The sending domain (the From domain).")],
-    selector: Annotated[str, typer.Option(help="The DKIM selector, e.g. pw1.")] = "pw1",
-    algorithm: Annotated[str, typer.Option(help="rsa (2048 bits) or ed25519.")] = "rsa",
-) -> None:
-    """Create a signing key in the DKIM keys dir and print the DNS TXT record to publish."""
-    from streams.deliver.dkim import key_type, keygen
-    from streams.errors import DkimKeyError
-
-    try:
-        kind = key_type(algorithm)
-    except DkimKeyError as exc:
-        raise fail(f"--algorithm: {exc}", 2) from None
-    directory = settings().dkim_dir
-    path = directory / f"{selector}._domainkey.{domain.lower()}.pem"
-    if path.exists():
-        raise fail(f"{path} exists; pick another selector to rotate keys", 1)
-    pem, txt = keygen(kind)
-    directory.mkdir(parents=True, exist_ok=True)
-    path.touch(mode=0o600)
-    path.write_bytes(pem)
-    out.print(f"wrote {path}")
-    out.print(f'publish: {selector}._domainkey.{domain.lower()} IN TXT "{txt}"')
-    err.print("[dim]workers load keys at start: restart them to sign with the new key[/]")
 
 
 template_app = typer.Typer(

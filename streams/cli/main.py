@@ -13,8 +13,9 @@ from rich.table import Table
 from streams.cli.api import register as register_api_commands
 from streams.cli.common import err, out, run, settings, with_db
 from streams.cli.keys import keys_app
-from streams.cli.mail import dkim_app, queue_app, suppression_app, template_app
+from streams.cli.mail import queue_app, suppression_app, template_app
 from streams.cli.replay import replay
+from streams.cli.senders import dkim_app, sender_app
 
 __all__ = ["app", "main"]
 
@@ -35,6 +36,7 @@ tenant_app = typer.Typer(help="Tenants (their API keys: `postwire keys`).", no_a
 app.add_typer(tenant_app, name="tenant")
 app.add_typer(queue_app, name="queue")
 app.add_typer(suppression_app, name="suppression")
+app.add_typer(sender_app, name="sender")
 app.add_typer(dkim_app, name="dkim")
 app.add_typer(template_app, name="template")
 app.add_typer(keys_app, name="keys")

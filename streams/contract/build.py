@@ -42,6 +42,7 @@ __all__ = [
     "task_id",
 ]
 
+MAX_ERROR_CHARS = 2000
 # priorities that ride the transactional lane
 TRANSACTIONAL = frozenset({"critical", "high"})
 
@@ -150,7 +151,9 @@ def rejection(
         "source_offset": source.offset,
         "stage": stage,
         "error_code": error.code,
-        "error": scrub_keys(str(error)),
+        # bounded: a dead letter must fit the topic its record came from (an error may quote
+        # the request, say a megabyte-long address)
+        "error": scrub_keys(str(error))[:MAX_ERROR_CHARS],
         "key": None if key is None else scrub_key_bytes(key),
         "raw": scrub_key_bytes(raw),
         "tenant": tenant,
@@ -214,6 +217,7 @@ class RequestFields(TypedDict, total=False):
     send_at: datetime | None
     smtp_probe: bool | None
     track: TrackEvent | None
+    sandbox: bool
 
 
 def email_request(
@@ -241,6 +245,7 @@ def email_request(
         "send_at": fields.get("send_at"),
         "smtp_probe": fields.get("smtp_probe"),
         "track": fields.get("track"),
+        "sandbox": fields.get("sandbox", False),
         "created_at": created_at,
     }
 

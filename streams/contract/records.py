@@ -170,6 +170,7 @@ EmailRequest = TypedDict(
         "send_at": datetime | None,
         "smtp_probe": bool | None,
         "track": TrackEvent | None,
+        "sandbox": bool,
         "created_at": datetime,
     },
 )

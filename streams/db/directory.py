@@ -1,9 +1,10 @@
-"""The tenant directory a process serves from: a snapshot of tenants, keys, suppressions and
-templates reloaded from PostgreSQL every ``directory_refresh`` s, with single-key lookups for keys
-created since the last reload. Free of faust, so the API and the batch runtime share it.
+"""The tenant directory a process serves from: a snapshot of tenants, keys, suppressions,
+templates and sender identities reloaded from PostgreSQL every ``directory_refresh`` s, with
+lookups for keys created and senders verified since the last reload. Free of faust, so the API
+and the batch runtime share it.
 
-Given the server secret (the gate is), the holder opens the API keys' sealed copies into memory
-at each load; the API, which finds keys by the digest of what callers present, is not given it."""
+Given ``key_secret`` (the gate is), the holder opens the API keys' sealed copies into memory at
+each load; the API, which finds keys by the digest of what callers present, is not given it."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from typing import Any
 import asyncpg
 
 from streams.db.config import DatabaseSettings
+from streams.db.senders import load_senders
 from streams.db.tenants import ApiKey, Directory, api_key_digest, load_credentials, load_directory
 from streams.secret import ServerSecret
 
@@ -44,17 +46,28 @@ class _Budget:
 
 
 class DirectoryHolder:
-    """The current tenant directory, reloaded from PostgreSQL every ``directory_refresh`` s."""
+    """The current tenant directory, reloaded from PostgreSQL every ``directory_refresh`` s.
 
-    def __init__(self, database: DatabaseSettings, secret: ServerSecret | None = None) -> None:
+    ``key_secret``: open the API keys' sealed copies too (the gate, which checks signatures);
+    ``dkim_secret``: open the tenants' DKIM keys too (only the processes that sign mail)."""
+
+    def __init__(
+        self,
+        database: DatabaseSettings,
+        *,
+        key_secret: ServerSecret | None = None,
+        dkim_secret: ServerSecret | None = None,
+    ) -> None:
         self.database = database
-        self.secret = secret
+        self.key_secret = key_secret
+        self.dkim_secret = dkim_secret
         self.current = Directory()
         self.ready = asyncio.Event()
         self._pool: asyncpg.Pool[Any] | None = None
         # key digest or key id -> monotonic time it was not found
         self._misses: dict[bytes | str, float] = {}
         self._lookups = _Budget(MISS_LOOKUPS_PER_SECOND)
+        self._sender_lookups: dict[str, float] = {}  # tenant -> monotonic time last looked up
 
     async def _connections(self) -> asyncpg.Pool[Any]:
         if self._pool is None:
@@ -87,7 +100,7 @@ class DirectoryHolder:
                     self.database.tenant_defaults,
                     key_sha256=key_sha256,
                     key_id=key_id,
-                    secret=self.secret,
+                    secret=self.key_secret,
                 )
         except (OSError, asyncpg.PostgresError) as exc:
             log.warning("api key lookup failed: %s", exc)
@@ -102,12 +115,44 @@ class DirectoryHolder:
         self.current.tenants[tenant.tenant_id] = tenant
         return key
 
+    async def lookup_senders(self, tenant: str) -> bool:
+        """Reload one tenant's verified senders (and keys) that the snapshot may lack: a sender
+        verified a moment ago must work at once. True when that changed what the snapshot
+        holds. A tenant is looked up at most once per ``MISS_MEMORY`` s, within the same
+        per-second budget as keys, so a flood of forged From addresses cannot hammer
+        PostgreSQL."""
+        now = time.monotonic()
+        if now - self._sender_lookups.get(tenant, -MISS_MEMORY) < MISS_MEMORY:
+            return False
+        if not self._lookups.take(now):
+            return False
+        if len(self._sender_lookups) > 100_000:
+            self._sender_lookups.clear()
+        self._sender_lookups[tenant] = now
+        try:
+            async with (await self._connections()).acquire() as conn:
+                found = await load_senders(conn, self.dkim_secret, tenant)
+        except (OSError, asyncpg.PostgresError) as exc:
+            log.warning("sender lookup failed: %s", exc)
+            return False
+        fresh = found.get(tenant)
+        if fresh == self.current.senders.get(tenant):
+            return False
+        if fresh is None:
+            self.current.senders.pop(tenant, None)
+        else:
+            self.current.senders[tenant] = fresh
+        return True
+
+    async def _load(self, conn: Any) -> Directory:
+        return await load_directory(
+            conn, self.database.tenant_defaults, self.dkim_secret, key_secret=self.key_secret
+        )
+
     async def refresh(self) -> None:
         try:
             async with (await self._connections()).acquire() as conn:
-                self.current = await load_directory(
-                    conn, self.database.tenant_defaults, self.secret
-                )
+                self.current = await self._load(conn)
             self.ready.set()
         except (OSError, asyncpg.PostgresError) as exc:
             # keep serving the last snapshot; a gate without any snapshot waits on `ready`
@@ -134,9 +179,7 @@ class DirectoryHolder:
         async def load() -> None:
             conn = await asyncpg.connect(self.database.dsn)
             try:
-                self.current = await load_directory(
-                    conn, self.database.tenant_defaults, self.secret
-                )
+                self.current = await self._load(conn)
             finally:
                 await conn.close()
 

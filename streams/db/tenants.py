@@ -1,5 +1,6 @@
-"""Tenants, API keys and suppressions: a snapshot loaded from PostgreSQL, refreshed every few
-seconds, and pure authorization against it (no database round trip per request).
+"""Tenants, API keys, suppressions and sender identities: a snapshot loaded from PostgreSQL,
+refreshed every few seconds, and pure authorization against it (no database round trip per
+request).
 
 A key is stored twice, neither time in plaintext: its sha256 (how the HTTP API finds the key a
 caller presents) and a sealed copy (``key_sealed``, AES-GCM under the server secret), which a
@@ -16,7 +17,10 @@ from typing import Any
 import asyncpg
 
 from streams.db.config import TenantDefaults
+from streams.db.dkim_keys import SenderKey
+from streams.db.senders import TenantSenders, load_senders
 from streams.errors import AuthError, SecretError
+from streams.mail.syntax import check_syntax
 from streams.secret import ServerSecret
 
 __all__ = [
@@ -82,6 +86,8 @@ class Directory:
     templates: dict[tuple[str, str], tuple[str | None, str | None, str | None]] = field(
         default_factory=dict
     )
+    # tenant -> its verified domains and addresses (and, where mail is signed, its DKIM keys)
+    senders: dict[str, TenantSenders] = field(default_factory=dict)
     key_ids: dict[str, ApiKey] = field(default_factory=dict)  # the same keys by id
 
     def __post_init__(self) -> None:
@@ -117,6 +123,26 @@ class Directory:
 
     def is_suppressed(self, tenant_id: str, address: str) -> bool:
         return (tenant_id, address.lower()) in self.suppressed
+
+    def verified_sender(self, tenant_id: str, address: str) -> bool:
+        """Whether ``address`` is a From the tenant may use: its domain or the address itself is
+        a verified identity of the tenant. Two dict lookups for an ASCII address."""
+        senders = self.senders.get(tenant_id)
+        if senders is None:
+            return False
+        local, _, domain = address.rpartition("@")
+        if not domain.isascii():
+            syntax = check_syntax(address)
+            if not syntax.valid or syntax.ascii_domain is None:
+                return False
+            local, domain = syntax.local_part or "", syntax.ascii_domain
+        domain = domain.lower()
+        return domain in senders.domains or f"{local.lower()}@{domain}" in senders.addresses
+
+    def dkim_key(self, tenant_id: str, domain: str) -> SenderKey | None:
+        """The tenant's own signing key of ``domain`` (verified), or None: never another's."""
+        senders = self.senders.get(tenant_id)
+        return None if senders is None else senders.keys.get(domain.lower())
 
 
 def _tenant(r: Any, defaults: TenantDefaults) -> Tenant:
@@ -157,14 +183,20 @@ def _key(r: Any, secret: ServerSecret | None) -> ApiKey:
 
 
 async def load_directory(
-    conn: Any, defaults: TenantDefaults, secret: ServerSecret | None = None
+    conn: Any,
+    defaults: TenantDefaults,
+    dkim_secret: ServerSecret | None = None,
+    *,
+    key_secret: ServerSecret | None = None,
 ) -> Directory:
-    """The whole snapshot; with ``secret``, API keys are opened from their sealed copies."""
+    """The snapshot; DKIM keys are opened only with ``dkim_secret`` (the processes that sign),
+    API keys from their sealed copies only with ``key_secret`` (the gate)."""
     tenants = {
         r["tenant_id"]: _tenant(r, defaults) for r in await conn.fetch("SELECT * FROM tenants")
     }
     keys = {
-        bytes(r["key_sha256"]): _key(r, secret) for r in await conn.fetch("SELECT * FROM api_keys")
+        bytes(r["key_sha256"]): _key(r, key_secret)
+        for r in await conn.fetch("SELECT * FROM api_keys")
     }
     suppressed = {
         (r["tenant_id"], r["address"].lower())
@@ -178,7 +210,8 @@ async def load_directory(
             "SELECT tenant_id, template_id, subject, html, text FROM templates"
         )
     }
-    return Directory(tenants, keys, suppressed, templates)
+    senders = await load_senders(conn, dkim_secret)
+    return Directory(tenants, keys, suppressed, templates, senders)
 
 
 async def load_credentials(

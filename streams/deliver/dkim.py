@@ -4,9 +4,15 @@ The signature itself goes through ``cryptography`` (OpenSSL): dkimpy's pure-Pyth
 about 105 messages/s, OpenSSL about 2,200. Canonicalisation is relaxed/relaxed, so folding and
 whitespace changes made by relays on the way do not break the signature.
 
-Keys are read from files named like their DNS record, ``<selector>._domainkey.<domain>.pem``, one
-per domain. All recipients of a request get the same body, so the body hash is kept in a small LRU
-keyed by the body bytes: per recipient only the header block is canonicalised and signed.
+Signed: the headers :data:`~streams.mail.headers.SIGNED_HEADERS` lists (From, Subject, To, the
+MIME headers, List-Unsubscribe and List-Unsubscribe-Post, ...), each over-signed: named once more
+than the message holds it, so a header of those names added on the way, above or below ours, makes
+the signature fail (RFC 6376 section 8.15; a receiver shows the topmost From).
+
+A key belongs to a (tenant, domain): the signer asks its key source for the sending tenant's key
+of the From domain and signs with nothing else (``streams/deliver/keyring.py`` serves the keys the
+directory opened). All recipients of a request get the same body, so the body hash is kept in a
+small LRU keyed by the body bytes: per recipient only the header block is canonicalised and signed.
 """
 
 from __future__ import annotations
@@ -14,11 +20,10 @@ from __future__ import annotations
 import re
 from base64 import b64encode
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from hashlib import sha256
-from pathlib import Path
 from typing import Final, Literal
 
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -27,28 +32,25 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from streams.errors import DkimError, DkimKeyError, DkimMessageError
+from streams.mail.headers import SIGNED_HEADERS
 
 __all__ = [
     "BODY_CACHE_SIZE",
     "SIGNED_HEADERS",
     "Algorithm",
     "DkimKey",
+    "KeySource",
     "PrivateKey",
     "Signer",
     "canonical_body",
+    "check_selector",
     "keygen",
-    "load_keys",
+    "parse_key_file_name",
 ]
 
 Algorithm = Literal["rsa-sha256", "ed25519-sha256"]
 PrivateKey = rsa.RSAPrivateKey | Ed25519PrivateKey
 
-# Signed when present. "from" is mandatory (RFC 6376 section 5.4); the others are what a
-# forwarder could change to make a signed message say something else.
-SIGNED_HEADERS: Final = (
-    "from", "to", "cc", "subject", "date", "message-id", "reply-to", "mime-version",
-    "content-type", "content-transfer-encoding", "list-unsubscribe",
-)  # fmt: skip
 BODY_CACHE_SIZE: Final = 32
 MIN_RSA_BITS: Final = 1024  # RFC 8301: verifiers must accept 1024, signers should use 2048
 _SUFFIX: Final = ".pem"
@@ -141,30 +143,21 @@ def keygen(algorithm: KeyType, bits: int = 2048) -> tuple[bytes, str]:
     return pem, _dns_record(key)
 
 
-def load_keys(directory: Path) -> dict[str, DkimKey]:
-    """Every ``<selector>._domainkey.<domain>.pem`` in ``directory``, keyed by domain.
+def check_selector(selector: str) -> str:
+    """``selector`` when it can name a key record (``<selector>._domainkey.<domain>``)."""
+    if not selector.isascii() or not _NAME.fullmatch(selector) or len(selector) > 63:
+        raise DkimKeyError(f"selector {selector!r} is not an ASCII DNS name of at most 63 bytes")
+    return selector
 
-    Other files are ignored; a ``.pem`` file that is misnamed, unreadable, not a usable key or a
-    second key for a domain raises :class:`~streams.errors.DkimKeyError` naming it, because
-    signing with some other key than the operator meant is worse than not starting.
-    """
-    keys: dict[str, DkimKey] = {}
-    for path in sorted(directory.iterdir()):
-        if not path.name.endswith(_SUFFIX) or not path.is_file():
-            continue
-        selector, separator, domain = path.name[: -len(_SUFFIX)].partition(_SEPARATOR)
-        if not separator or not selector or not domain:
-            raise DkimKeyError(f"{path}: name it <selector>{_SEPARATOR}<domain>{_SUFFIX}")
-        if domain.lower() in keys:
-            other = keys[domain.lower()].record_name
-            raise DkimKeyError(f"{path}: a second key for {domain} (already {other}{_SUFFIX})")
-        try:
-            pem = path.read_bytes()
-        except OSError as exc:
-            raise DkimKeyError(f"{path}: cannot be read ({exc})") from exc
-        key = DkimKey.from_pem(domain, selector, pem, source=str(path))
-        keys[key.domain] = key
-    return keys
+
+def parse_key_file_name(name: str) -> tuple[str, str]:
+    """``pw1._domainkey.acme.example.pem`` -> ``("pw1", "acme.example")``: the selector and
+    domain a key file of the old key directory was named for (``postwire dkim import``)."""
+    stem = name.removesuffix(_SUFFIX)
+    selector, separator, domain = stem.partition(_SEPARATOR)
+    if stem == name or not separator or not selector or not domain:
+        raise DkimKeyError(f"{name}: not named <selector>{_SEPARATOR}<domain>{_SUFFIX}")
+    return selector, domain.lower()
 
 
 def canonical_body(body: bytes) -> bytes:
@@ -200,6 +193,20 @@ def _split(message: bytes) -> tuple[list[bytes], bytes]:
     return fields, body
 
 
+def _header_list(names: list[str]) -> list[str]:
+    """The ``h=`` tag in pieces that each fit a line: over-signed, it no longer does whole.
+    Folding white space may follow each colon (RFC 6376 section 3.5)."""
+    pieces = [f"h={names[0]}"]
+    for name in names[1:]:
+        if len(pieces[-1]) + len(name) + 2 > _MAX_LINE - 2:
+            pieces[-1] += ":"
+            pieces.append(name)
+        else:
+            pieces[-1] += f":{name}"
+    pieces[-1] += ";"
+    return pieces
+
+
 def _fold(tags: list[str]) -> str:
     # Relaxed canonicalisation turns each fold back into one space, so any layout signs alike.
     lines = ["DKIM-Signature:"]
@@ -210,11 +217,15 @@ def _fold(tags: list[str]) -> str:
     return "\r\n".join(lines)
 
 
-class Signer:
-    """Signs messages with the key of their sender's domain; immutable keys, per-body LRU."""
+# (tenant, lower-cased domain) -> that tenant's key of the domain, or None
+KeySource = Callable[[str, str], DkimKey | None]
 
-    def __init__(self, keys: Mapping[str, DkimKey], *, body_cache: int = BODY_CACHE_SIZE) -> None:
-        self.keys = {domain.lower(): key for domain, key in keys.items()}
+
+class Signer:
+    """Signs messages with the sending tenant's key of the From domain; per-body LRU."""
+
+    def __init__(self, keys: KeySource, *, body_cache: int = BODY_CACHE_SIZE) -> None:
+        self.keys = keys
         self._cache_size = body_cache
         self._body_hashes: OrderedDict[bytes, str] = OrderedDict()
 
@@ -231,12 +242,13 @@ class Signer:
                 self._body_hashes.popitem(last=False)
         return digest
 
-    def sign(self, message: bytes, domain: str, now: datetime) -> bytes:
-        """``message`` with a DKIM-Signature prepended, or unchanged if ``domain`` has no key.
+    def sign(self, message: bytes, tenant: str, domain: str, now: datetime) -> bytes:
+        """``message`` with a DKIM-Signature prepended, or unchanged if ``tenant`` has no key of
+        ``domain`` (another tenant's key of it never signs).
 
         Raises DkimMessageError when the message is not CRLF-only headers, blank line, body.
         """
-        key = self.keys.get(domain.lower())
+        key = self.keys(tenant, domain.lower())
         if key is None:
             return message
         if now.tzinfo is None:
@@ -254,6 +266,9 @@ class Signer:
             for field in reversed(by_name.get(name.encode("ascii"), ())):
                 names.append(name)
                 signed.append(_relaxed_header(field) + b"\r\n")
+            # ...and the name once more, for an instance that does not exist: it signs as
+            # nothing, and any instance added later takes its place and breaks the signature
+            names.append(name)
         tags = [
             "v=1;",
             f"a={key.algorithm};",
@@ -261,7 +276,7 @@ class Signer:
             f"d={key.domain};",
             f"s={key.selector};",
             f"t={int(now.timestamp())};",
-            f"h={':'.join(names)};",
+            *_header_list(names),
             f"bh={self.body_hash(body)};",
             "b=",
         ]

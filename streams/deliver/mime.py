@@ -8,10 +8,12 @@ header block: building and serialising an ``EmailMessage`` costs about 0.9 ms, t
 The bytes follow ``email.policy.SMTP`` with ``cte_type="7bit"`` (CRLF everywhere, headers folded
 at 78, RFC 2047 for non-ASCII) and parse back to what the stdlib would have produced.
 
-Nothing is sanitised: a CR or LF in a header value, or a CR or LF outside a CRLF pair in a body,
-before or after substitution, raises a typed :class:`~streams.errors.RenderError` naming the
-field. A message that silently differs from what the producer sent would be worse than a dead
-letter, and the stray line endings are exactly what header injection and SMTP smuggling need.
+Nothing is sanitised but line ends: a body's LF line ends are written as CRLF, as every MTA does.
+A CR or LF or another control character in a header value, or a CR outside a CRLF pair or a NUL
+in a body, before or after substitution, raises a typed :class:`~streams.errors.RenderError`
+naming the field (the rules are :mod:`streams.mail.headers`'). A message that silently differs
+from what the producer sent would be worse than a dead letter, and the stray line endings are
+exactly what header injection and SMTP smuggling need.
 """
 
 from __future__ import annotations
@@ -35,8 +37,6 @@ from streams.deliver.mimewire import (
     POLICY,
     address_line,
     attachment_part,
-    check_body,
-    check_header,
     is_inline,
     message_id_line,
     multipart,
@@ -51,6 +51,7 @@ from streams.errors import (
     UndefinedVariableError,
     UnknownTemplateError,
 )
+from streams.mail.headers import check_body, check_custom_headers, check_line
 
 __all__ = [
     "ARGS_HEADER",
@@ -69,15 +70,6 @@ MAX_RENDERED_CHARS: Final = 10_000_000
 _MAX_EXPONENT: Final = 1024
 
 _TEMPLATE_MARKER = re.compile(r"\{[{%#]")
-_HEADER_NAME = re.compile(r"[!-9;-~]+")
-# Set through their own fields, or owned by the MIME structure and by DKIM.
-_RESERVED_HEADERS = frozenset(
-    {
-        "from", "to", "cc", "bcc", "reply-to", "sender", "subject", "date", "message-id",
-        "mime-version", "dkim-signature", "received", "return-path",
-    }
-)  # fmt: skip
-_RESERVED_PREFIXES = ("content-", "x-postwire-")
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,14 +131,14 @@ class _Piece:
         if self.template is None:
             return self.constant
         value = _run(self.template, context, self.field)
-        check = check_header if self.header else check_body
+        check = check_line if self.header else check_body
         check(self.field, value, "after substitution")
         return value
 
 
 def _piece(field: str, source: str, *, header: bool, html: bool = False) -> _Piece:
-    # Checked before compiling too: jinja would quietly turn a bare LF in the source into CRLF.
-    (check_header if header else check_body)(field, source, "in the request")
+    # Checked before compiling too: jinja would quietly turn a bare CR in the source into CRLF.
+    (check_line if header else check_body)(field, source, "in the request")
     if not _TEMPLATE_MARKER.search(source):
         return _Piece(field, header, source, None)
     try:
@@ -238,15 +230,9 @@ def _date(value: object) -> datetime:
 
 
 def _custom_headers(headers: Mapping[str, str]) -> Iterator[bytes | tuple[str, _Piece]]:
+    check_custom_headers(headers, "content.headers")
     for name, value in headers.items():
-        field = f"content.headers[{name!r}]"
-        check_header(field, name, "in the header name")
-        if not _HEADER_NAME.fullmatch(name):
-            raise InvalidContentError(field, "not a valid header name")
-        lower = name.lower()
-        if lower in _RESERVED_HEADERS or lower.startswith(_RESERVED_PREFIXES):
-            raise InvalidContentError(field, "reserved header; set it through its own field")
-        piece = _piece(field, value, header=True)
+        piece = _piece(f"content.headers.{name}", value, header=True)
         yield unstructured_line(name, value) if piece.template is None else (name, piece)
 
 

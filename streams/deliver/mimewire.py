@@ -2,10 +2,10 @@
 
 Writes the exact bytes ``email.policy.SMTP`` with ``cte_type="7bit"`` would: header lines (folded
 at 78, RFC 2047 encoded words for non-ASCII), text parts with the transfer encoding
-``set_content`` would choose, multipart bodies and their boundaries, and attachment parts. It
-also holds the CR/LF checks a header value or body must pass before it is written, which raise a
-typed :class:`~streams.errors.RenderError` naming the field. Templates and the assembly of a
-message live in :mod:`streams.deliver.mime`.
+``set_content`` would choose (a body's line ends, LF or CRLF, become CRLF), multipart bodies and
+their boundaries, and attachment parts. The checks a header value or body must pass before it is
+written are :mod:`streams.mail.headers`'. Templates and the assembly of a message live in
+:mod:`streams.deliver.mime`.
 """
 
 from __future__ import annotations
@@ -23,15 +23,14 @@ from email.quoprimime import body_encode
 from functools import lru_cache
 from typing import Any, Final
 
-from streams.errors import BareLineEndingError, HeaderInjectionError, InvalidContentError
+from streams.errors import InvalidContentError
+from streams.mail.headers import DISPOSITIONS, check_line, is_mime_type
 
 __all__ = [
     "MIME_VERSION",
     "POLICY",
     "address_line",
     "attachment_part",
-    "check_body",
-    "check_header",
     "is_inline",
     "message_id_line",
     "multipart",
@@ -51,22 +50,8 @@ _ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
 _PHRASE = re.compile(rf"{_ATOM}(?: {_ATOM})*")
 _ADDR_SPEC = re.compile(rf"{_ATOM}(?:\.{_ATOM})*@{_LABEL}(?:\.{_LABEL})*")
-_MIME_TYPE = re.compile(r"[A-Za-z0-9!#$&^_.+-]+/[A-Za-z0-9!#$&^_.+-]+")
 _MESSAGE_ID = re.compile(r"<[!-;=?A-~]+@[!-;=?A-~]+>")
 _KIND_HEADERS = {"to": "To", "cc": "Cc", "bcc": "To"}
-
-
-def check_header(field: str, value: str, when: str) -> None:
-    if "\r" in value or "\n" in value:
-        raise HeaderInjectionError(field, f"CR or LF in a header value {when}")
-
-
-def check_body(field: str, value: str, when: str) -> None:
-    crlf = value.count("\r\n")
-    if value.count("\r") != crlf or value.count("\n") != crlf:
-        raise BareLineEndingError(
-            field, f"CR or LF outside a CRLF pair {when}; bodies must use CRLF line endings"
-        )
 
 
 # Header lines are formatted by hand where that is provably what the stdlib folder would write
@@ -118,8 +103,8 @@ def address_line(name: str, field: str, mailbox: Mapping[str, Any]) -> tuple[byt
     """The header line for an Address/Recipient record, and its ASCII (IDNA) domain."""
     email = mailbox.get("email") or ""
     display = mailbox.get("name") or ""
-    check_header(f"{field}.email", email, "in the request")
-    check_header(f"{field}.name", display, "in the request")
+    check_line(f"{field}.email", email)
+    check_line(f"{field}.name", display)
     local, _, domain = email.rpartition("@")
     if not local or not domain:
         raise InvalidContentError(f"{field}.email", f"{email!r} is not an address")
@@ -193,7 +178,7 @@ def multipart(subtype: str, children: Sequence[bytes], boundary: bytes | None = 
 
 
 def message_id_line(value: str, domain: str) -> bytes:
-    check_header("message_id", value, "in the task")
+    check_line("message_id", value, "in the task")
     if not value.startswith("<"):
         value = f"<{value}>" if "@" in value else f"<{value}@{domain}>"
     if not _MESSAGE_ID.fullmatch(value):
@@ -206,12 +191,12 @@ def attachment_part(index: int, attachment: Mapping[str, Any]) -> MIMEPart:
     field = f"content.attachments[{index}]"
     for key in ("filename", "content_type", "disposition", "content_id"):
         if (value := attachment.get(key)) is not None:
-            check_header(f"{field}.{key}", value, "in the request")
+            check_line(f"{field}.{key}", value)
     content_type = attachment.get("content_type") or "application/octet-stream"
-    if not _MIME_TYPE.fullmatch(content_type):
+    if not is_mime_type(content_type):
         raise InvalidContentError(f"{field}.content_type", "not a type/subtype pair")
     disposition = attachment.get("disposition") or "attachment"
-    if disposition not in ("attachment", "inline"):
+    if disposition not in DISPOSITIONS:
         raise InvalidContentError(f"{field}.disposition", "must be attachment or inline")
     cid = attachment.get("content_id")
     if cid is not None and not cid.startswith("<"):

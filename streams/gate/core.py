@@ -28,8 +28,10 @@ from streams.db.tenants import Directory, Limits, Tenant
 from streams.errors import (
     AuthError,
     CodecError,
-    InvalidContentError,
     PostwireError,
+    RecordTooLargeError,
+    RenderError,
+    RequestLimitError,
     TrackRefusedError,
 )
 from streams.gate.admission import (
@@ -43,7 +45,9 @@ from streams.gate.admission import (
 )
 from streams.gate.expand import Expansion, expand
 from streams.gate.trust import Trust
+from streams.kafka.limits import DEFAULT_LIMIT, RecordLimit
 from streams.kafka.records import SourcePosition
+from streams.mail.limits import check_request
 from streams.mail.syntax import split_domain
 
 __all__ = [
@@ -59,6 +63,7 @@ __all__ = [
     "replayed_memo",
     "track_outcome",
     "unknown_credentials",
+    "unknown_sender",
     "verify_tasks",
 ]
 
@@ -66,6 +71,8 @@ STAGE = "gate"
 # how long a throttle/defer decision is remembered for replays (admissions need no memo, see
 # `replayed_memo`); memos are as rare as throttled requests, so a day costs little
 MEMO_TTL = 24 * 3600.0
+# how much of a record too large to carry its dead letter keeps
+RAW_PREFIX = 64 * 1024
 # what a replayed request that left no memo was: admitted (and counted) the first time
 ADMITTED: Memo = {"window": None, "retry_after": 0.0, "expires": float("inf")}
 
@@ -95,9 +102,21 @@ class Reject:
 
 
 def admit(
-    codec: Codec, raw: bytes | None, key: bytes | None, source: SourcePosition, now: datetime
+    codec: Codec,
+    raw: bytes | None,
+    key: bytes | None,
+    source: SourcePosition,
+    now: datetime,
+    limit: RecordLimit = DEFAULT_LIMIT,
 ) -> Accept | Reject:
-    """Decode; anything undecodable becomes a Rejection record."""
+    """Measure and decode; a record too large for what the gate would make of it, or one that
+    does not decode, becomes a Rejection record."""
+    try:
+        limit.check(key, raw)
+    except RecordTooLargeError as exc:
+        # only a prefix: the whole record would not fit the dead-letter topic either
+        prefix = (raw or b"")[: min(RAW_PREFIX, limit.request_bytes)]
+        return Reject(rejection(source, STAGE, exc, key, prefix, now))
     try:
         if raw is None:
             raise CodecError("record has no value (a tombstone is not a request)")
@@ -195,15 +214,17 @@ def decide(
     trust: Trust,
     dedup_ttl: float,
 ) -> GateResult:
-    """Authenticate, check the send policy, deduplicate, rate-limit; one request, pure."""
+    """Authenticate, check the limits and the send policy, deduplicate, rate-limit; one request,
+    pure."""
     tenant_id = request["tenant"]
     try:
         tenant, signed = trust.authenticate(
             directory, request, arrival.headers, arrival.key, arrival.raw
         )
         trust.check_track(request, signed, now)
+        check_request(request)
         expansion = _expansion(request, now, directory)
-    except (AuthError, InvalidContentError, TrackRefusedError) as exc:
+    except (AuthError, RequestLimitError, RenderError, TrackRefusedError) as exc:
         return arrival.rejected(exc, now, tenant_id)
     ts = now.timestamp()
     details: RequestDetails = {
@@ -230,11 +251,24 @@ def decide(
     return result
 
 
+NOT_VERIFIED = "auth.sender_not_verified"
+
+
 def _expansion(request: EmailRequest, now: datetime, directory: Directory) -> Expansion:
-    """A send request's tasks and drop events; raises InvalidContentError for a bad one."""
+    """A send request's tasks and drop events; raises InvalidContentError for a bad one and
+    AuthError when its From is not a verified sender identity of its tenant."""
     if request["operation"] != "send":
         return Expansion()
-    return expand(request, now, directory.is_suppressed)
+    expansion = expand(request, now, directory.is_suppressed)
+    sender = request["from"]
+    # expand refused a request without a valid From; a direct producer skips the ingress's 403
+    if sender is not None and not directory.verified_sender(request["tenant"], sender["email"]):
+        raise AuthError(
+            NOT_VERIFIED,
+            f"from {sender['email']!r} is not a verified sender identity of tenant"
+            f" {request['tenant']!r}",
+        )
+    return expansion
 
 
 def _dedup(
@@ -349,6 +383,11 @@ def track_outcome(
         f"message {track['message_id']}",
     )
     return [event], [suppression]
+
+
+def unknown_sender(result: GateResult) -> bool:
+    """A rejection that a sender identity verified since the last refresh would undo."""
+    return result.rejection is not None and result.rejection["error_code"] == NOT_VERIFIED
 
 
 def unknown_credentials(result: GateResult) -> bool:

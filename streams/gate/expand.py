@@ -1,10 +1,11 @@
 """A send request becomes one DeliveryTask per recipient (pure).
 
 The gate applies the send policy here, before anything is queued: the request must have a sender
-and content (else it is a dead letter as a whole), every recipient must be a syntactically valid
-address (else a ``dropped`` event with reason ``invalid_address``), and a recipient on the
-tenant's suppression list is ``dropped`` with reason ``suppressed``. What remains is keyed by the
-recipient's ASCII domain and put on the lane its priority chooses.
+and content (else it is a dead letter as a whole), every recipient must be an address we can send
+to (else a ``dropped`` event with reason ``invalid_address``), and a recipient on the tenant's
+suppression list is ``dropped`` with reason ``suppressed``. What remains is keyed by the
+recipient's ASCII domain and put on the lane its priority chooses; a sandbox request's recipients
+are ``dropped`` with reason ``sandbox`` instead (validated and recorded, never delivered).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from streams.contract.records import (
     Recipient,
 )
 from streams.errors import InvalidContentError
+from streams.mail.limits import address_problem
 from streams.mail.syntax import check_syntax
 
 __all__ = ["Expansion", "expand"]
@@ -39,8 +41,8 @@ def _check_request(request: EmailRequest) -> tuple[Address, Content]:
     sender = request["from"]
     if sender is None or not sender["email"]:
         raise InvalidContentError("from", "a send request needs a from address")
-    if not check_syntax(sender["email"]).valid:
-        raise InvalidContentError("from", f"{sender['email']!r} is not a valid address")
+    if (problem := address_problem(sender["email"])) is not None:
+        raise InvalidContentError("from", problem)
     content = request["content"]
     if content is None or not (content["text"] or content["html"] or content["template_id"]):
         raise InvalidContentError("content", "a send request needs text, html or a template_id")
@@ -65,13 +67,20 @@ def expand(
             out.events.append(_dropped(request, recipient, recipient["email"], reason, now))
             continue
         local = syntax.local_part or ""
-        # the ASCII (IDNA) form on the envelope; only a non-ASCII local part needs SMTPUTF8
-        address = f"{local}@{syntax.ascii_domain}" if local.isascii() else syntax.normalized
+        if not local.isascii():
+            reason = "invalid_address: a non-ASCII local part (SMTPUTF8) cannot be sent"
+            out.events.append(_dropped(request, recipient, recipient["email"], reason, now))
+            continue
+        # the ASCII (IDNA) form on the envelope
+        address = f"{local}@{syntax.ascii_domain}"
         if address.lower() in seen:
             continue
         seen.add(address.lower())
         if suppressed(tenant, address):
             out.events.append(_dropped(request, recipient, address, "suppressed", now))
+            continue
+        if request.get("sandbox"):
+            out.events.append(_dropped(request, recipient, address, "sandbox", now))
             continue
         envelope: Recipient = {**recipient, "email": address}
         task = delivery_task(request, envelope, syntax.ascii_domain, sender=sender, content=content)

@@ -112,7 +112,7 @@ class Trust:
 
     def check_track(self, request: EmailRequest, signed: Signed, now: datetime) -> None:
         """TrackRefusedError for an event that is not the tenant's to record."""
-        track = request["track"]
+        track = request.get("track")
         if request["operation"] != "track" or track is None:
             return
         refusal = future_refusal(track["occurred_at"], now)

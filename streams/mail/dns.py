@@ -1,5 +1,6 @@
 """MX lookup (aiodns / c-ares) against configurable nameservers, its pure classification, and
-the cache verification and delivery share.
+the cache verification and delivery share; TXT lookup through the same resolver (sender
+verification tokens and DKIM key records).
 
 RFC 5321 section 5.1: no MX means the domain's own A/AAAA is the implicit MX.
 RFC 7505: a lone MX with exchange "." (a null MX) says the domain accepts no mail.
@@ -16,7 +17,7 @@ from typing import Any, Generic, Literal, TypeVar
 import aiodns
 import pycares
 
-__all__ = ["MxAnswer", "MxCache", "MxResolver", "MxStatus", "classify_mx"]
+__all__ = ["MxAnswer", "MxCache", "MxResolver", "MxStatus", "TxtAnswer", "TxtStatus", "classify_mx"]
 
 T = TypeVar("T")
 
@@ -44,6 +45,18 @@ class MxAnswer:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> MxAnswer:
         return cls(data["status"], tuple(data["hosts"]), int(data["ttl"]), data.get("error"))
+
+
+TxtStatus = Literal["ok", "nxdomain", "no_data", "timeout", "error"]
+
+
+@dataclass(frozen=True)
+class TxtAnswer:
+    """The TXT records of a name, each one's character-strings joined (RFC 7208 3.3)."""
+
+    status: TxtStatus
+    values: tuple[str, ...] = ()
+    error: str | None = None
 
 
 def classify_mx(records: Iterable[tuple[int, str]], ttl: int = 0) -> MxAnswer:
@@ -103,6 +116,29 @@ class MxResolver:
         if not records:
             return await self._implicit(domain)
         return classify_mx(records, ttl)
+
+    async def txt(self, name: str) -> TxtAnswer:
+        """The TXT records at ``name``; never raises for a DNS failure, the status says it."""
+        try:
+            result = await self._get().query_dns(name, "TXT")
+        except aiodns.error.DNSError as exc:
+            code = _code(exc)
+            status: TxtStatus = (
+                "no_data"
+                if code in _NO_DATA
+                else "nxdomain"
+                if code in _NX
+                else "timeout"
+                if code in _TIMEOUTS
+                else "error"
+            )
+            return TxtAnswer(status, error=str(exc.args[-1]))
+        values = tuple(
+            r.data.data.decode("utf-8", "replace")
+            for r in result.answer
+            if isinstance(r.data, pycares.TXTRecordData)
+        )
+        return TxtAnswer("ok" if values else "no_data", values)
 
     async def addresses(self, host: str) -> list[str]:
         """IPv4 then IPv6 addresses of an MX host, through the same nameservers."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable, Coroutine, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from streams.clock import Clock, wall_clock
@@ -32,6 +32,8 @@ class HostConfig:
     session_timeout: float = 10.0
     heartbeat_interval: float = 1.0
     commit_interval: float = 0.5
+    # producer settings beyond these (its request and batch sizes, from the record limit)
+    producer: dict[str, Any] = field(default_factory=dict)
 
     def runner(self, stage: Stage) -> RunnerConfig:
         return RunnerConfig(
@@ -58,7 +60,9 @@ class StageHost:
     ) -> None:
         self.config = config
         self.background = list(background)
-        self.producer = BatchProducer(config.bootstrap, linger_ms=config.linger_ms)
+        self.producer = BatchProducer(
+            config.bootstrap, linger_ms=config.linger_ms, **config.producer
+        )
         self.runners = [
             StageRunner(stage, config.runner(stage), self.producer, clock) for stage in stages
         ]

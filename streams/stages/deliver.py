@@ -34,7 +34,8 @@ from streams.contract.records import DeliveryEvent, DeliveryTask, Rejection
 from streams.db.directory import DirectoryHolder
 from streams.deliver.control import Command
 from streams.deliver.core import Conclusion, failed, flush_now, task_meta, triage
-from streams.deliver.dkim import Signer, load_keys
+from streams.deliver.dkim import Signer
+from streams.deliver.keyring import KeyRing
 from streams.deliver.mime import StoredTemplate
 from streams.deliver.queue import ControlFeed, index_entry, task_meta_of_entry
 from streams.deliver.retry import delay_tier, tier_name, tier_topic
@@ -64,6 +65,7 @@ __all__ = [
     "LaneStage",
     "build_deliverer",
     "deliver_stages",
+    "directory_signer",
 ]
 
 STAGE = "deliver"
@@ -102,11 +104,31 @@ def transport_config(delivery: DeliverySettings) -> TransportConfig:
     )
 
 
-def load_signer(directory: Path) -> Signer:
-    return Signer(load_keys(directory) if directory.is_dir() else {})
+def directory_signer(directory: DirectoryHolder) -> Signer:
+    """Signs with the sending tenant's own key of the From domain, as the directory holds it."""
+
+    def pem(tenant: str, domain: str) -> tuple[str, bytes] | None:
+        key = directory.current.dkim_key(tenant, domain)
+        return None if key is None else (key.selector, key.pem)
+
+    return Signer(KeyRing(pem))
 
 
-def build_deliverer(delivery: DeliverySettings, clock: Clock, templates: Any = None) -> Deliverer:
+def warn_of_key_files(legacy_dir: Path) -> None:
+    """Key files of the old shared directory sign nothing any more: say so once at start."""
+    found = sorted(legacy_dir.glob("*._domainkey.*.pem")) if legacy_dir.is_dir() else []
+    if found:
+        log.warning(
+            "%d DKIM key file(s) in %s are not used: keys belong to a tenant now; import each"
+            " with `postwire dkim import --tenant T FILE`, then delete the files",
+            len(found),
+            legacy_dir,
+        )
+
+
+def build_deliverer(
+    delivery: DeliverySettings, clock: Clock, signer: Signer, templates: Any = None
+) -> Deliverer:
     throttle = DestinationThrottle(destination_limits(delivery))
     resolver = MxResolver(delivery.nameservers, delivery.dns_timeout, delivery.dns_tries)
     relay = delivery.mode == "relay"
@@ -118,7 +140,7 @@ def build_deliverer(delivery: DeliverySettings, clock: Clock, templates: Any = N
     )
     return Deliverer(
         Transport(transport_config(delivery), throttle, None if relay else resolver),
-        load_signer(delivery.dkim_dir),
+        signer,
         throttle,
         rules,
         templates=templates,
@@ -317,6 +339,11 @@ class DeliverShell:
     async def _send(
         self, task: DeliveryTask, raw: bytes, position: SourcePosition, lane: str, queued: bool
     ) -> str:
+        tenant = task["tenant"]
+        if not self.directory.current.verified_sender(tenant, task["from"]["email"]):
+            # verified since this process's last refresh (the gate said so): fetch the tenant's
+            # senders and keys now rather than send this one unsigned
+            await self.directory.lookup_senders(tenant)
         try:
             result: Conclusion = await self.deliverer.attempt(task)
         except (RenderError, DkimError) as exc:
@@ -558,7 +585,8 @@ def deliver_stages(
     policy = retry_policy(settings.delivery)
     tiers = {s: tier_topic(settings.topics.prefix, tier_name(s)) for s in policy.tiers}
     outputs = Outputs(codec, settings.topics, list(tiers.values()))
-    deliverer = build_deliverer(settings.delivery, clock, template)
+    warn_of_key_files(settings.data_dir / "dkim")
+    deliverer = build_deliverer(settings.delivery, clock, directory_signer(directory), template)
     # kept a day longer than a message can live
     keep = settings.retry_max_age + 86400.0
     stages: list[LaneStage | DelayStage | ControlStage] = []

@@ -33,9 +33,11 @@ from streams.gate.core import (
     decide,
     replayed_memo,
     unknown_credentials,
+    unknown_sender,
 )
 from streams.gate.trust import Trust
 from streams.kafka.config import TopicNames
+from streams.kafka.limits import DEFAULT_LIMIT, RecordLimit
 from streams.runtime.deadletter import dead_letter
 from streams.runtime.records import Consumed, Out
 from streams.runtime.stage import Held, Step
@@ -120,6 +122,7 @@ class GateStage:
         *,
         trust: Trust,
         dedup_ttl: float,
+        limit: RecordLimit = DEFAULT_LIMIT,
     ) -> None:
         self.codec = codec
         self.directory = directory
@@ -128,6 +131,7 @@ class GateStage:
         self.stores: tuple[Store, ...] = (store,)
         self.inputs: tuple[str, ...] = (topics.requests,)
         self.dedup_ttl = dedup_ttl
+        self.limit = limit
         self.outputs = GateOutputs(codec, topics)
 
     async def process(self, batch: Sequence[Consumed], now: datetime) -> Step:
@@ -143,7 +147,7 @@ class GateStage:
         return step
 
     async def _one(self, state: Overlay, record: Consumed, now: datetime) -> tuple[GateResult, int]:
-        decoded = admit(self.codec, record.value, record.key, record.position, now)
+        decoded = admit(self.codec, record.value, record.key, record.position, now, self.limit)
         if isinstance(decoded, Reject):
             return GateResult("undecodable", rejection=decoded.record), 0
         request = decoded.request
@@ -199,6 +203,10 @@ class GateStage:
                 result = decide(
                     request, directory.current, seen, arrival, now, trust=trust, dedup_ttl=ttl
                 )
+        if unknown_sender(result) and await directory.lookup_senders(request["tenant"]):
+            result = decide(
+                request, directory.current, seen, arrival, now, trust=trust, dedup_ttl=ttl
+            )
         return result
 
     def housekeeping(self, now: datetime) -> None:

@@ -17,6 +17,7 @@ from streams.clock import Clock, wall_clock
 from streams.contract.codec import Codec, default_codec
 from streams.db.directory import DirectoryHolder
 from streams.deliver.queue import ControlFeed
+from streams.kafka.limits import DEFAULT_LIMIT, RecordLimit, flow_topics, read_or_default
 from streams.kafka.topics import changelog_topic
 from streams.obs.logs import configure_logging
 from streams.runtime.eventloop import install_fast_loop
@@ -51,15 +52,25 @@ def runtime_stages(
     codec: Codec,
     directory: DirectoryHolder,
     tables: TableFactory | None = None,
+    limit: RecordLimit = DEFAULT_LIMIT,
 ) -> list[Stage]:
-    """The stages of ``stages`` that run on the batch runtime, with their stores."""
+    """The stages of ``stages`` that run on the batch runtime, with their stores; ``limit``:
+    the record size the flow's topics take."""
     found: list[Stage] = []
     topics = settings.topics
     if "gate" in stages:
         store = Store("gate", changelog_topic(settings.app_id, "gate"), tables)
         trust = gate_trust(settings.secret)
         found.append(
-            GateStage(codec, topics, directory, store, trust=trust, dedup_ttl=settings.dedup_ttl)
+            GateStage(
+                codec,
+                topics,
+                directory,
+                store,
+                trust=trust,
+                dedup_ttl=settings.dedup_ttl,
+                limit=limit,
+            )
         )
         found.append(DeferralStage(codec, topics))
     if "verify" in stages:
@@ -107,6 +118,18 @@ class RuntimeService(mode.Service):
             self.tables.close()
 
 
+def stage_directory(settings: Settings, stages: tuple[str, ...]) -> DirectoryHolder:
+    """The directory of a worker; one that delivers mail also opens the tenants' DKIM keys, one
+    that gates requests the API keys' sealed copies (it checks what direct producers sign)."""
+    signs = any(part in DELIVER_PARTS for part in stages)
+    gates = "gate" in stages
+    return DirectoryHolder(
+        settings.database,
+        key_secret=settings.secret if gates else None,
+        dkim_secret=settings.secret if signs else None,
+    )
+
+
 def create_app(
     settings: Settings,
     stages: tuple[str, ...] = STAGES,
@@ -114,6 +137,7 @@ def create_app(
     directory: DirectoryHolder | None = None,
     control: ControlFeed | None = None,
     on_failure: Any = None,
+    limit: RecordLimit = DEFAULT_LIMIT,
 ) -> faust.App:
     app = faust.App(
         settings.app_id,
@@ -130,6 +154,8 @@ def create_app(
         producer_acks=-1,
         # a few ms of linger turns one produce request per record into one per batch
         producer_linger_ms=settings.producer_linger_ms,
+        # faust binds `web_bind` (0.0.0.0 unless told) and only names `web_host` in URLs
+        web_bind=settings.web_host,
         web_host=settings.web_host,
         web_port=settings.worker_web_port,
         datadir=str(settings.data_dir / "faust"),
@@ -138,11 +164,11 @@ def create_app(
     unknown = set(stages) - set(KNOWN_STAGES)
     if unknown:
         raise ValueError(f"unknown stage(s) {sorted(unknown)}; known: {', '.join(KNOWN_STAGES)}")
-    directory = directory or DirectoryHolder(settings.database, settings.secret)
+    directory = directory or stage_directory(settings, stages)
     install_directory(app, directory)
     checks = {"directory_loaded": directory.ready.is_set}
     tables = state_tables(settings)
-    found = runtime_stages(settings, stages, codec, directory, tables)
+    found = runtime_stages(settings, stages, codec, directory, tables, limit)
     background = []
     lanes = tuple(sorted({lane for part in stages for lane in DELIVER_PARTS.get(part, ())}))
     if lanes:
@@ -162,6 +188,7 @@ def create_app(
             session_timeout=settings.session_timeout,
             heartbeat_interval=settings.heartbeat_interval,
             commit_interval=settings.commit_interval,
+            producer=limit.producer_config(),
         ),
         found,
         clock,
@@ -210,8 +237,7 @@ def run_worker(settings: Settings, stages: tuple[str, ...] = STAGES) -> None:
     install_fast_loop()
     # faust and aiokafka build debug records on every send even when nobody prints them
     logging.disable(logging.DEBUG)
-    # the secret opens the API keys' sealed copies: the gate checks what direct producers sign
-    directory = DirectoryHolder(settings.database, settings.secret)
+    directory = stage_directory(settings, stages)
     directory.preload()
     control = None
     if any(part in DELIVER_PARTS for part in stages):
@@ -224,7 +250,12 @@ def run_worker(settings: Settings, stages: tuple[str, ...] = STAGES) -> None:
         assert worker is not None
         await worker.crash(exc)
 
-    app = create_app(settings, stages, directory=directory, control=control, on_failure=crash)
+    # read before the stages start: the gate measures every request against it, and the
+    # producer is sized by it
+    limit = asyncio.run(read_or_default(settings.bootstrap, flow_topics(settings.topics)))
+    app = create_app(
+        settings, stages, directory=directory, control=control, on_failure=crash, limit=limit
+    )
     tune_gc()
     # override_logging=False: mode's Worker would otherwise replace our root handler with its
     # own text formatter when it starts (configure_logging above set the level)

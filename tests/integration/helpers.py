@@ -9,8 +9,12 @@ from typing import TypeVar
 import asyncpg
 
 from streams.contract.signing import sign
+from streams.db.dkim_keys import DkimKeyInfo
 from streams.db.tenants import api_key_digest, create_api_key, create_tenant
+from streams.deliver.senders import add_sender, rotate_key
 from streams.settings import Settings
+from tests.conftest import SENDER_DOMAIN
+from tests.peers.world import World
 
 T = TypeVar("T")
 Headers = list[tuple[str, bytes]]
@@ -30,20 +34,46 @@ async def eventually(
 
 
 async def new_tenant(
-    settings: Settings, prefix: str = "tenant", settle: bool = False
+    settings: Settings,
+    prefix: str = "tenant",
+    settle: bool = False,
+    senders: tuple[str, ...] = (SENDER_DOMAIN,),
 ) -> tuple[str, str]:
-    """A fresh tenant and API key. ``settle``: wait for the gate's directory refresh too (a
-    brand-new key is otherwise looked up on first use, which also works)."""
+    """A fresh tenant and API key, allowed to send from ``senders`` (the suite's mail comes from
+    acme.example: the operator vouches for it for every test tenant, shared, without a DKIM
+    key; `install_dkim_key` adds one). ``settle``: wait for the gate's directory refresh too (a
+    brand-new key or sender is otherwise looked up on first use, which also works)."""
     tenant = f"{prefix}-{uuid.uuid4().hex[:6]}"
     conn = await asyncpg.connect(settings.dsn)
     try:
         await create_tenant(conn, tenant)
         _, key = await create_api_key(conn, tenant, secret=settings.secret)
+        for sender in senders:
+            await add_sender(
+                conn, settings.secret, tenant, sender, dkim=None, operator=True, shared=True
+            )
     finally:
         await conn.close()
     if settle:
         await asyncio.sleep(settings.directory_refresh * 2)
     return tenant, key
+
+
+async def install_dkim_key(
+    settings: Settings, world: World, tenant: str, domain: str = SENDER_DOMAIN
+) -> DkimKeyInfo:
+    """A new RSA key of the tenant's ``domain`` (sealed in PostgreSQL, as `postwire dkim keygen`
+    makes it), its public half served by the world's DNS under the key's own selector."""
+    conn = await asyncpg.connect(settings.dsn)
+    try:
+        key = await rotate_key(conn, settings.secret, tenant, domain, "rsa")
+    finally:
+        await conn.close()
+    world.dns.zone.txt[key.record_name] = key.public_txt
+    # every worker's directory holds the key before the test sends (a rotation signs from the
+    # next refresh; the tenant's senders were known before, so nothing looks it up earlier)
+    await asyncio.sleep(settings.directory_refresh * 2)
+    return key
 
 
 async def key_id_of(settings: Settings, key: str) -> str:

@@ -56,7 +56,8 @@ def test_dkimpy_verifies_with_the_key_from_dns(
     prepared = prepare(task)
     key = DkimKey.from_pem(prepared.sender_domain, selector, pem)
     message = prepared.render({"email": "ann@example.com", "name": "Ann"}, "m1")
-    signed = Signer({DOMAIN: key}).sign(message, prepared.sender_domain, datetime.now(UTC))
+    signer = Signer(lambda tenant, domain: key if tenant == "shop" else None)
+    signed = signer.sign(message, "shop", prepared.sender_domain, datetime.now(UTC))
 
     assert dkim.verify(signed, dnsfunc=dnsfunc)
     assert zone_server.queries(record_name, "TXT") == 1
@@ -66,3 +67,5 @@ def test_dkimpy_verifies_with_the_key_from_dns(
     if algorithm == "rsa":
         assert len(received) > 1  # a 2048-bit key does not fit one character-string
     assert not dkim.verify(signed.replace(b"Hello\r\n", b"Hullo\r\n"), dnsfunc=dnsfunc)
+    # From is over-signed: one put above ours, which a reader would show, fails verification
+    assert not dkim.verify(b"From: Support <help@evil.example>\r\n" + signed, dnsfunc=dnsfunc)

@@ -3,6 +3,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
@@ -20,9 +21,8 @@ async def scratch_dsn(stack: Settings) -> AsyncIterator[str]:
     name = f"scratch_{uuid.uuid4().hex[:8]}"
     admin = await asyncpg.connect(stack.dsn)
     await admin.execute(f'CREATE DATABASE "{name}"')
-    base = stack.dsn.rsplit("/", 1)[0]
     try:
-        yield f"{base}/{name}"
+        yield urlunsplit(urlsplit(stack.dsn)._replace(path=f"/{name}"))
     finally:
         await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
         await admin.close()

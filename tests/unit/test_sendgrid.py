@@ -113,3 +113,144 @@ def test_a_template_needs_no_content_or_subject() -> None:
 def test_bad_priority_and_non_object_bodies() -> None:
     assert "X-Postwire-Priority" in problems(body(), priority="urgent")
     assert "body" in problems(["not", "an", "object"])
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"from": {"email": "news@"}}, "from.email"),
+        ({"from": {"email": "jörg@acme.example"}}, "from.email"),  # needs SMTPUTF8
+        ({"reply_to": {"email": "two@@acme.example"}}, "reply_to.email"),
+        (
+            {"personalizations": [{"to": [{"email": "bob@example..com"}]}]},
+            "personalizations.0.to.0.email",
+        ),
+        (
+            {"personalizations": [{"to": [{"email": "b@example.com"}], "bcc": [{"email": "x"}]}]},
+            "personalizations.0.bcc.0.email",
+        ),
+    ],
+)
+def test_addresses_that_cannot_be_sent_are_400s(change: dict[str, Any], field: str) -> None:
+    found = problems(body(**change))
+    assert field in found
+    assert found[field].startswith("Does not contain a valid address")
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"subject": "Hi\r\nBcc: x@evil.example"}, "subject"),
+        ({"subject": "Hi\x1b[31m"}, "subject"),
+        ({"from": {"email": "a@acme.example", "name": "Acme\nBcc: x@evil.example"}}, "from.name"),
+        (
+            {"personalizations": [{"to": [{"email": "b@example.com", "name": "B\x00"}]}]},
+            "personalizations.0.to.0.name",
+        ),
+        (
+            {"personalizations": [{"to": [{"email": "b@example.com"}], "subject": "a\rb"}]},
+            "personalizations.0.subject",
+        ),
+        ({"headers": {"X-A": "ok\r\nBcc: x@evil.example"}}, "headers.X-A"),
+        ({"headers": {"X-A\r\nBcc": "x"}}, "headers.X-A\r\nBcc"),
+        ({"headers": {"X A": "x"}}, "headers.X A"),
+        ({"categories": ["a\nb"]}, "categories.0"),
+        ({"categories": ["x" * 256]}, "categories.0"),
+        ({"content": [{"type": "text/plain", "value": "bare\rcr"}]}, "content.0.value"),
+        ({"content": [{"type": "text/html", "value": "<p>\x00</p>"}]}, "content.0.value"),
+        ({"attachments": [{"filename": "a\r\n.txt", "content": "aGk="}]}, "attachments.0.filename"),
+        (
+            {"attachments": [{"filename": "a", "content": "aGk=", "type": "pdf"}]},
+            "attachments.0.type",
+        ),
+        (
+            {"attachments": [{"filename": "a", "content": "aGk=", "disposition": "x"}]},
+            "attachments.0.disposition",
+        ),
+    ],
+)
+def test_what_would_fail_later_is_a_400_at_the_door(change: dict[str, Any], field: str) -> None:
+    assert field in problems(body(**change))
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "From",
+        "sender",
+        "Return-Path",
+        "DKIM-Signature",
+        "Received",
+        "Message-ID",
+        "Content-Type",
+        "X-Postwire-Args",
+        "ARC-Seal",
+    ],
+)
+def test_custom_headers_cannot_set_reserved_ones(name: str) -> None:
+    found = problems(body(headers={name: "x"}))
+    assert "reserved" in found[f"headers.{name}"]
+
+
+def test_one_click_unsubscribe_headers_are_allowed_and_checked() -> None:
+    pair = {
+        "List-Unsubscribe": "<https://acme.example/u/1>",
+        "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
+    }
+    [r] = run(body(headers=pair))
+    assert r["content"]["headers"] == pair
+    # the pair is checked over the message's and the personalization's headers together
+    split = body(
+        headers={"List-Unsubscribe-Post": "List-Unsubscribe=One-Click"},
+        personalizations=[
+            {
+                "to": [{"email": "b@example.com"}],
+                "headers": {"list-unsubscribe": "<https://a.example/u>"},
+            }
+        ],
+    )
+    [r] = run(split)
+    assert set(r["content"]["headers"]) == {"List-Unsubscribe-Post", "list-unsubscribe"}
+    assert "headers" in "".join(
+        str(k) for k in problems(body(headers={"List-Unsubscribe-Post": "yes"}))
+    )
+
+
+def test_a_personalizations_header_replaces_the_messages_in_any_case() -> None:
+    b = body(
+        headers={"X-Campaign": "all"},
+        personalizations=[{"to": [{"email": "b@example.com"}], "headers": {"x-campaign": "own"}}],
+    )
+    [r] = run(b)
+    assert r["content"]["headers"] == {"x-campaign": "own"}
+
+
+def test_lf_bodies_and_non_ascii_texts_are_accepted() -> None:
+    [r] = run(
+        body(
+            subject="Grüße\tund mehr",
+            content=[{"type": "text/plain", "value": "line one\nline two\n"}],
+            categories=["Bücher"],
+        )
+    )
+    assert r["content"]["text"] == "line one\nline two\n"  # CRLF on the wire, not in the record
+
+
+def test_sandbox_mode_is_carried_and_validated() -> None:
+    [r] = run(body(mail_settings={"sandbox_mode": {"enable": True}}))
+    assert r["sandbox"] is True
+    default_codec().encode("EmailRequest", r)
+    [r] = run(
+        body(
+            mail_settings={"sandbox_mode": {"enable": False}},
+            tracking_settings={"click_tracking": {"enable": True}},
+        )
+    )
+    assert r["sandbox"] is False
+    found = problems(body(mail_settings={"sandbox_mode": {"enable": "yes"}}, tracking_settings=[]))
+    assert "mail_settings.sandbox_mode.enable" in found
+    assert "tracking_settings" in found
+    # a sandbox send is validated like any other
+    assert "from.email" in problems(
+        body(mail_settings={"sandbox_mode": {"enable": True}}, **{"from": {"email": "x"}})
+    )

@@ -19,7 +19,9 @@ def test_env_prefix_and_derived_values(monkeypatch: pytest.MonkeyPatch, tmp_path
     assert s.embedded_postgres
     assert s.topics.requests == "pw2.requests"
     assert s.data_dir == tmp_path
-    assert s.dsn == "postgresql://postgres@127.0.0.1:5432/postwire"
+    assert s.dsn == (
+        f"postgresql://postgres@127.0.0.1:5432/postwire?passfile={tmp_path}/postgres.pgpass"
+    )
 
 
 def test_external_services_switch_off_the_embedded_ones(monkeypatch: pytest.MonkeyPatch) -> None:

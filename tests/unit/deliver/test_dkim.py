@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from functools import cache
-from pathlib import Path
 from typing import Any
 
 import dkim
@@ -13,12 +12,22 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from streams.deliver import dkim as signing
-from streams.deliver.dkim import DkimKey, Signer, canonical_body, key_type, keygen, load_keys
+from streams.deliver.dkim import (
+    DkimKey,
+    Signer,
+    canonical_body,
+    check_selector,
+    key_type,
+    keygen,
+    parse_key_file_name,
+)
+from streams.deliver.keyring import KeyRing
 from streams.deliver.mime import Prepared, prepare
 from streams.errors import DkimKeyError, DkimMessageError
 
 NOW = datetime(2024, 5, 6, 7, 8, 9, tzinfo=UTC)
 DOMAIN = "shop.example"
+TENANT = "shop"
 KEYS = {algorithm: keygen(algorithm) for algorithm in ("rsa", "ed25519")}
 
 
@@ -44,7 +53,11 @@ def message(text: str = "Hello there,\r\nthe weekly news.  \r\n\r\n", **extra: A
 
 
 def signer(algorithm: str, **kw: Any) -> Signer:
-    return Signer({DOMAIN: DkimKey.from_pem(DOMAIN, "s1", KEYS[algorithm][0])}, **kw)
+    """A signer holding one key: the shop tenant's, of shop.example."""
+    key = DkimKey.from_pem(DOMAIN, "s1", KEYS[algorithm][0])
+    return Signer(
+        lambda tenant, domain: key if (tenant, domain) == (TENANT, DOMAIN) else None, **kw
+    )
 
 
 def verify(signed: bytes, algorithm: str) -> bool:
@@ -68,16 +81,19 @@ def tags(signed: bytes) -> dict[str, str]:
 
 @pytest.mark.parametrize("algorithm", ["rsa", "ed25519"])
 def test_signature_verifies_with_dkimpy(algorithm: str) -> None:
-    signed = signer(algorithm).sign(message(), DOMAIN, NOW)
+    signed = signer(algorithm).sign(message(), TENANT, DOMAIN, NOW)
     assert signed.endswith(message())
     assert verify(signed, algorithm)
     found = tags(signed)
     assert found["a"] == f"{algorithm}-sha256"
     assert (found["d"], found["s"], found["c"]) == (DOMAIN, "s1", "relaxed/relaxed")
     assert found["t"] == str(int(NOW.timestamp()))
+    # every signed name once more than the message has it (over-signing)
     assert found["h"].split(":") == [
-        "from", "to", "subject", "date", "message-id", "mime-version", "content-type",
-        "list-unsubscribe",
+        "from", "from", "sender", "reply-to", "to", "to", "cc", "subject", "subject", "date",
+        "date", "message-id", "message-id", "mime-version", "mime-version", "content-type",
+        "content-type", "content-transfer-encoding", "list-unsubscribe", "list-unsubscribe",
+        "list-unsubscribe-post",
     ]  # fmt: skip
     head = signed.partition(b"\r\n\r\n")[0]
     assert max(len(line) for line in head.split(b"\r\n")) <= 78
@@ -93,26 +109,73 @@ def test_signature_verifies_with_dkimpy(algorithm: str) -> None:
     ],
 )
 def test_tampering_breaks_the_signature(algorithm: str, old: bytes, new: bytes) -> None:
-    signed = signer(algorithm).sign(message(), DOMAIN, NOW)
+    signed = signer(algorithm).sign(message(), TENANT, DOMAIN, NOW)
     assert old in signed
     assert not verify(signed.replace(old, new), algorithm)
 
 
 @pytest.mark.parametrize("algorithm", ["rsa", "ed25519"])
+@pytest.mark.parametrize(
+    "added",
+    [
+        b"From: Support <help@evil.example>\r\n",  # a prepended From: what a reader shows
+        b"Subject: Urgent: verify your account\r\n",
+        b"List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n",
+        b"Cc: someone@evil.example\r\n",
+        b"Sender: x@evil.example\r\n",
+    ],
+)
+def test_an_added_signed_header_breaks_the_signature(algorithm: str, added: bytes) -> None:
+    signed = signer(algorithm).sign(message(), TENANT, DOMAIN, NOW)
+    assert verify(signed, algorithm)
+    head, _, body = signed.partition(b"\r\n\r\n")
+    assert not verify(added + signed, algorithm)
+    assert not verify(head + b"\r\n" + added + b"\r\n" + body, algorithm)
+
+
+def test_one_click_unsubscribe_is_signed() -> None:
+    task = {
+        "from": {"email": f"news@{DOMAIN}", "name": None},
+        "content": {
+            "subject": "Weekly news",
+            "text": "Hello\n",
+            "headers": {
+                "List-Unsubscribe": "<https://shop.example/u/1>",
+                "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
+            },
+        },
+        "created_at": NOW,
+    }
+    raw = prepare(task).render({"email": "ann@example.com"}, "m1")
+    signed = signer("rsa").sign(raw, TENANT, DOMAIN, NOW)
+    names = tags(signed)["h"].split(":")
+    assert names.count("list-unsubscribe-post") == 2  # the one present, and over-signed
+    assert verify(signed, "rsa")
+    changed = signed.replace(b"List-Unsubscribe=One-Click", b"List-Unsubscribe=One-Click ; x")
+    assert not verify(changed, "rsa")
+
+
+@pytest.mark.parametrize("algorithm", ["rsa", "ed25519"])
 def test_relaxed_canonicalisation_tolerates_relay_whitespace(algorithm: str) -> None:
-    signed = signer(algorithm).sign(message(), DOMAIN, NOW)
+    signed = signer(algorithm).sign(message(), TENANT, DOMAIN, NOW)
     relayed = signed.replace(b"Subject: Weekly news", b"Subject:  Weekly\r\n\tnews ")
     relayed = relayed.replace(b"Hello there,", b"Hello   there,") + b"\r\n\r\n"
     assert verify(relayed, algorithm)
 
 
 def test_unsigned_headers_may_change() -> None:
-    signed = signer("rsa").sign(message(), DOMAIN, NOW)
+    signed = signer("rsa").sign(message(), TENANT, DOMAIN, NOW)
     assert verify(signed.replace(b"X-Campaign: c1", b"X-Campaign: c2"), "rsa")
 
 
 def test_unknown_domain_is_left_unsigned() -> None:
-    assert signer("rsa").sign(message(), "other.example", NOW) == message()
+    assert signer("rsa").sign(message(), TENANT, "other.example", NOW) == message()
+
+
+def test_another_tenants_key_never_signs() -> None:
+    # the issue's case: tenant B sends as shop.example, whose key is tenant shop's
+    assert signer("rsa").sign(message(), "b", DOMAIN, NOW) == message()
+    assert signer("rsa").sign(message(), TENANT, "Shop.Example", NOW) != message()
 
 
 @pytest.mark.parametrize("algorithm", ["rsa", "ed25519"])
@@ -129,11 +192,11 @@ def test_body_hash_cache_signs_like_no_cache(
     cached, uncached = signer(algorithm), signer(algorithm, body_cache=0)
     for name in ("Ann", "Bob", "Cleo"):
         msg = message(name=name)
-        assert cached.sign(msg, DOMAIN, NOW) == uncached.sign(msg, DOMAIN, NOW)
+        assert cached.sign(msg, TENANT, DOMAIN, NOW) == uncached.sign(msg, TENANT, DOMAIN, NOW)
     assert len(calls) == 1 + 3  # the cached signer hashed the shared body once
     other = message(text="another body")
-    assert cached.sign(other, DOMAIN, NOW) == uncached.sign(other, DOMAIN, NOW)
-    assert verify(cached.sign(other, DOMAIN, NOW), algorithm)
+    assert cached.sign(other, TENANT, DOMAIN, NOW) == uncached.sign(other, TENANT, DOMAIN, NOW)
+    assert verify(cached.sign(other, TENANT, DOMAIN, NOW), algorithm)
 
 
 def test_canonical_body_follows_rfc_6376_example() -> None:
@@ -155,7 +218,7 @@ def test_canonical_body_follows_rfc_6376_example() -> None:
 )
 def test_malformed_messages_are_refused(bad: bytes) -> None:
     with pytest.raises(DkimMessageError):
-        signer("ed25519").sign(bad, DOMAIN, NOW)
+        signer("ed25519").sign(bad, TENANT, DOMAIN, NOW)
 
 
 def test_keygen_records() -> None:
@@ -174,17 +237,21 @@ def test_key_type_names_the_choices() -> None:
         key_type("dsa")
 
 
-def test_load_keys(tmp_path: Path) -> None:
-    (tmp_path / "s2024._domainkey.shop.example.pem").write_bytes(KEYS["rsa"][0])
-    (tmp_path / "ed._domainkey.Mail.Other.example.pem").write_bytes(KEYS["ed25519"][0])
-    (tmp_path / "s2024._domainkey.shop.example.txt").write_text(KEYS["rsa"][1])  # ignored
-    keys = load_keys(tmp_path)
-    assert sorted(keys) == ["mail.other.example", "shop.example"]
-    assert (keys["shop.example"].selector, keys["shop.example"].algorithm) == (
+def test_key_file_names_give_selector_and_domain() -> None:
+    assert parse_key_file_name("s2024._domainkey.Mail.Shop.example.pem") == (
         "s2024",
-        "rsa-sha256",
+        "mail.shop.example",
     )
-    assert keys["mail.other.example"].algorithm == "ed25519-sha256"
+    for name in ("shop.example.pem", "s1._domainkey.shop.example.txt", "._domainkey.x.pem"):
+        with pytest.raises(DkimKeyError, match="not named"):
+            parse_key_file_name(name)
+
+
+def test_selectors_must_be_dns_names() -> None:
+    assert check_selector("pw-2024_a") == "pw-2024_a"
+    for bad in ("bad selector", "-pw", "pw.", "sélecteur", "x" * 64):
+        with pytest.raises(DkimKeyError, match="selector"):
+            check_selector(bad)
 
 
 def ec_pem() -> bytes:
@@ -196,23 +263,34 @@ def ec_pem() -> bytes:
 
 
 @pytest.mark.parametrize(
-    ("name", "content", "match"),
-    [
-        ("s1._domainkey.shop.example.pem", b"not a key", "not an unencrypted PEM"),
-        ("s1._domainkey.shop.example.pem", ec_pem(), "RSA or Ed25519"),
-        ("shop.example.pem", KEYS["rsa"][0], "name it"),
-        ("bad selector._domainkey.shop.example.pem", KEYS["rsa"][0], "selector"),
-    ],
+    ("content", "match"),
+    [(b"not a key", "not an unencrypted PEM"), (ec_pem(), "RSA or Ed25519")],
 )
-def test_bad_key_files_name_the_file(tmp_path: Path, name: str, content: bytes, match: str) -> None:
-    (tmp_path / name).write_bytes(content)
+def test_unusable_keys_name_their_source(content: bytes, match: str) -> None:
     with pytest.raises(DkimKeyError, match=match) as raised:
-        load_keys(tmp_path)
-    assert name in str(raised.value)
+        DkimKey.from_pem(DOMAIN, "s1", content, source="the key of shop")
+    assert "the key of shop" in str(raised.value)
 
 
-def test_two_keys_for_one_domain_are_refused(tmp_path: Path) -> None:
-    (tmp_path / "a._domainkey.shop.example.pem").write_bytes(KEYS["rsa"][0])
-    (tmp_path / "b._domainkey.shop.example.pem").write_bytes(KEYS["ed25519"][0])
-    with pytest.raises(DkimKeyError, match="second key"):
-        load_keys(tmp_path)
+def test_key_ring_parses_a_key_once_and_follows_rotation() -> None:
+    current: dict[tuple[str, str], tuple[str, bytes]] = {(TENANT, DOMAIN): ("s1", KEYS["rsa"][0])}
+    asked: list[tuple[str, str]] = []
+
+    def source(tenant: str, domain: str) -> tuple[str, bytes] | None:
+        asked.append((tenant, domain))
+        return current.get((tenant, domain))
+
+    ring = KeyRing(source)
+    first = ring(TENANT, DOMAIN)
+    assert first is not None
+    assert (first.selector, first.algorithm) == ("s1", "rsa-sha256")
+    assert ring(TENANT, DOMAIN) is first  # parsed once
+    assert ring("b", DOMAIN) is None  # keys are looked up per tenant
+    current[(TENANT, DOMAIN)] = ("s2", KEYS["ed25519"][0])
+    rotated = ring(TENANT, DOMAIN)
+    assert rotated is not None
+    assert (rotated.selector, rotated.algorithm) == ("s2", "ed25519-sha256")
+    assert asked.count((TENANT, DOMAIN)) == 3
+    current[(TENANT, DOMAIN)] = ("s3", b"garbage")
+    with pytest.raises(DkimKeyError, match="tenant shop"):
+        ring(TENANT, DOMAIN)

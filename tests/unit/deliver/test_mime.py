@@ -16,6 +16,7 @@ import pytest
 from streams.deliver.mime import ARGS_HEADER, CATEGORIES_HEADER, StoredTemplate, prepare
 from streams.errors import (
     BareLineEndingError,
+    ControlCharacterError,
     HeaderInjectionError,
     InvalidContentError,
     TemplateRenderError,
@@ -306,25 +307,122 @@ def test_header_injection_through_recipient_name() -> None:
 
 
 @pytest.mark.parametrize(
-    ("content", "field"),
+    ("content", "error", "field"),
     [
-        ({"text": "one\ntwo"}, "content.text"),
-        ({"text": "one\rtwo"}, "content.text"),
-        ({"html": "<p>\r\n.\n</p>"}, "content.html"),
-        ({"text": "ends with\r\n\r"}, "content.text"),
+        ({"text": "one\rtwo"}, BareLineEndingError, "content.text"),
+        ({"html": "<p>\r.\r\n</p>"}, BareLineEndingError, "content.html"),
+        ({"text": "ends with\r\n\r"}, BareLineEndingError, "content.text"),
+        ({"text": "nul\x00byte"}, ControlCharacterError, "content.text"),
     ],
 )
-def test_bare_line_endings_in_the_body(content: dict[str, Any], field: str) -> None:
-    with pytest.raises(BareLineEndingError, match=field):
+def test_bare_cr_and_nul_in_the_body_are_refused(
+    content: dict[str, Any], error: type[Exception], field: str
+) -> None:
+    with pytest.raises(error, match=field):
         prepare(make_task(**content))
 
 
-@pytest.mark.parametrize("value", ["a\nb", "a\rb", "\r\n.\n"])
-def test_bare_line_endings_through_substitution(value: str) -> None:
+def body_of(task: dict[str, Any]) -> bytes:
+    return prepare(task).render(recipient(), "m1").partition(b"MIME-Version: 1.0\r\n")[2]
+
+
+@pytest.mark.parametrize(
+    ("text", "html"),
+    [
+        ("one\ntwo\n", None),
+        ("one\ntwo\n", "<p>\n.\n</p>\n"),
+        ("Grüße\n" * 30, None),  # quoted-printable
+        ("日本語のテキスト\n" * 30, None),  # base64
+    ],
+)
+def test_lf_line_ends_are_written_as_crlf(text: str, html: str | None) -> None:
+    lf = make_task(text=text, html=html)
+    crlf = make_task(text=text.replace("\n", "\r\n"), html=html and html.replace("\n", "\r\n"))
+    message = render(lf)  # asserts there is no bare LF in the bytes
+    part = message.get_body(("plain",))
+    assert part is not None
+    assert text_of(part) == text
+    if html is None:  # one part: no boundary, so the bytes can be compared
+        assert body_of(lf) == body_of(crlf)
+    else:
+        assert b"\r\n.\r\n" in body_of(lf)  # a line with a dot: SMTP dot-stuffs it
+
+
+@pytest.mark.parametrize("value", ["a\nb", "\r\n.\n"])
+def test_lf_through_substitution_becomes_crlf(value: str) -> None:
+    prepared = prepare(make_task(text="Hi {{ name }}\r\n"))
+    raw = prepared.render(recipient(substitutions={"name": value}), "m1")
+    assert b"\n" not in raw.replace(b"\r\n", b"")
+
+
+@pytest.mark.parametrize(
+    ("value", "error"), [("a\rb", BareLineEndingError), ("a\x00b", ControlCharacterError)]
+)
+def test_bare_cr_and_nul_through_substitution(value: str, error: type[Exception]) -> None:
     prepared = prepare(make_task(text="Hi {{ name }}\r\n", html="<p>{{ name }}</p>"))
     prepared.render(recipient(substitutions={"name": "ok\r\nok"}), "m1")
-    with pytest.raises(BareLineEndingError, match=r"content\.(text|html)"):
+    with pytest.raises(error, match=r"content\.(text|html)"):
         prepared.render(recipient(substitutions={"name": value}), "m1")
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"subject": "Hi \x1b[31mred"}, "content.subject"),
+        ({"headers": {"X-A": "nul\x00"}}, "X-A"),
+        ({"headers": {"X-A": "del\x7f"}}, "X-A"),
+        ({"headers": {"X-A": "c1\x85"}}, "X-A"),
+    ],
+)
+def test_control_characters_in_header_values(change: dict[str, Any], field: str) -> None:
+    with pytest.raises(ControlCharacterError, match=field):
+        prepare(make_task(**change))
+
+
+def test_control_characters_in_a_display_name() -> None:
+    task = make_task()
+    task["from"] = {"email": "news@shop.example", "name": "Shop\x07"}
+    with pytest.raises(ControlCharacterError, match=r"from\.name"):
+        prepare(task)
+
+
+def test_a_tab_in_a_header_value_is_fine() -> None:
+    assert render(make_task(subject="a\tb"))["Subject"] == "a\tb"
+
+
+def test_one_click_unsubscribe_headers_pass_through() -> None:
+    headers = {
+        "List-Unsubscribe": "<https://shop.example/u/1>, <mailto:u@shop.example>",
+        "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
+    }
+    message = render(make_task(headers=headers))
+    assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    assert message["List-Unsubscribe"].startswith("<https://shop.example/u/1>")
+
+
+@pytest.mark.parametrize(
+    ("headers", "match"),
+    [
+        ({"List-Unsubscribe-Post": "List-Unsubscribe=One-Click"}, "needs a List-Unsubscribe"),
+        (
+            {
+                "List-Unsubscribe": "<mailto:u@x.example>",
+                "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
+            },
+            "https",
+        ),
+        ({"List-Unsubscribe": "<https://x.example/u>", "List-Unsubscribe-Post": "yes"}, "RFC 8058"),
+        ({"Sender": "x@evil.example"}, "reserved"),
+        ({"ARC-Seal": "i=1"}, "reserved"),
+        ({"Resent-From": "x@evil.example"}, "reserved"),
+        ({"X-Postwire-Args": "{}"}, "reserved"),
+        ({"X-A": "1", "x-a": "2"}, "twice"),
+        ({"X A": "1"}, "not a header name"),
+    ],
+)
+def test_custom_header_rules(headers: dict[str, str], match: str) -> None:
+    with pytest.raises(InvalidContentError, match=match):
+        prepare(make_task(headers=headers))
 
 
 # -- encodings ------------------------------------------------------------------------------

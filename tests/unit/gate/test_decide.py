@@ -5,9 +5,11 @@ from typing import Any
 
 import pytest
 
+from streams.contract.build import recipient
 from streams.contract.signing import KEY_ID, SIGNATURE, SIGNER, sign
 from streams.db.tenants import Directory
 from streams.gate.core import ADMITTED, Arrival, Seen, decide, replayed_memo, unknown_credentials
+from streams.mail.limits import MAX_RECIPIENTS
 from tests.unit.gate.helpers import (
     RAW,
     SRC,
@@ -29,9 +31,9 @@ def request(**extra: Any) -> dict[str, Any]:
         "priority": "normal",
         "smtp_probe": None,
         "recipients": [
-            {"email": "a@x.example"},
-            {"email": "b@y.example"},
-            {"email": "a@x.example"},
+            recipient("a@x.example"),
+            recipient("b@y.example"),
+            recipient("a@x.example"),
         ],
         "categories": ["c"],
         "custom_args": {},
@@ -294,3 +296,30 @@ def test_key_lookups_are_capped_per_second() -> None:
     assert [budget.take(10.1) for _ in range(4)] == [True, True, True, False]
     assert budget.take(10.9) is False
     assert budget.take(11.0) is True
+
+
+def test_a_direct_producers_request_over_the_limits_is_dead_lettered() -> None:
+    many = [recipient(f"u{i}@x.example") for i in range(MAX_RECIPIENTS + 1)]
+    result = run(request(recipients=many))
+    assert result.outcome == "rejected"
+    assert result.rejection["error_code"] == "limits.recipients"
+    assert not result.tasks
+    assert not result.count  # a refused request takes nothing from the tenant's rate
+
+
+def test_a_send_that_cannot_be_written_is_dead_lettered_at_the_gate() -> None:
+    content = {
+        "subject": "Hi\r\nBcc: x@evil.example",
+        "text": "t",
+        "html": None,
+        "template_id": None,
+        "headers": {},
+        "attachments": [],
+    }
+    send = request(operation="send", sender=None, content=content)
+    send["from"] = {"email": "news@acme.example", "name": None}
+    send["reply_to"] = None
+    result = run(send)
+    assert result.outcome == "rejected"
+    assert result.rejection["error_code"] == "render.header_injection"
+    assert not result.deliveries

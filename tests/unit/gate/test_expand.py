@@ -97,3 +97,23 @@ def test_unsendable_requests_are_refused_whole(change: dict[str, Any], field: st
     with pytest.raises(InvalidContentError) as info:
         expand(request(**change), NOW, lambda *_: False)
     assert info.value.field == field
+
+
+def test_a_sandbox_request_is_recorded_and_never_queued() -> None:
+    r = request(
+        sandbox=True,
+        recipients=[rcpt("a@normal.example"), rcpt("gone@normal.example"), rcpt("bad@@x")],
+    )
+    out = expand(r, NOW, lambda tenant, addr: addr == "gone@normal.example")
+    assert out.tasks == []
+    assert [(e["recipient"], e["reason"].split(":")[0]) for e in out.events] == [
+        ("a@normal.example", "sandbox"),
+        ("gone@normal.example", "suppressed"),  # what would have happened, as for real
+        ("bad@@x", "invalid_address"),
+    ]
+
+
+def test_a_non_ascii_local_part_is_dropped_not_failed_later() -> None:
+    out = expand(request(recipients=[rcpt("jörg@normal.example")]), NOW, lambda *_: False)
+    assert out.tasks == []
+    assert "SMTPUTF8" in out.events[0]["reason"]

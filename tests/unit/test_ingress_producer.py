@@ -1,0 +1,56 @@
+"""The ingress producer's failure classes, and its state when no producer can be started."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+from aiokafka.errors import (
+    KafkaConnectionError,
+    KafkaError,
+    KafkaTimeoutError,
+    MessageSizeTooLargeError,
+    NotLeaderForPartitionError,
+    OutOfOrderSequenceNumber,
+    ProducerFenced,
+    RecordListTooLargeError,
+)
+
+from streams.api.producer import IngressProducer, classify
+
+
+@pytest.mark.parametrize(
+    ("error", "kind"),
+    [
+        (KafkaTimeoutError(), "timeout"),
+        (TimeoutError(), "timeout"),
+        (MessageSizeTooLargeError(), "too_large"),
+        (RecordListTooLargeError(), "too_large"),
+        (OutOfOrderSequenceNumber(), "unwritten"),
+        (ProducerFenced(), "unwritten"),
+        (NotLeaderForPartitionError(), "failed"),
+        (KafkaConnectionError(), "failed"),
+    ],
+)
+def test_failures_are_classified(error: BaseException, kind: str) -> None:
+    assert classify(error) == kind
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def test_without_kafka_it_does_not_start_and_says_why() -> None:
+    bootstrap = f"127.0.0.1:{closed_port()}"
+    producer = IngressProducer(
+        bootstrap, ["t.requests"], {"bootstrap_servers": bootstrap}, timeout=1.0
+    )
+    with pytest.raises(KafkaError, match="no Kafka producer"):
+        await producer.start()
+    ok, health = producer.health()
+    assert not ok
+    assert health["state"] == "down"
+    assert "KafkaConnectionError" in health["reason"]
+    await producer.stop()
