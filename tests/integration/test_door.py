@@ -27,7 +27,7 @@ from streams.kafka.topics import topic_specs
 from streams.settings import Settings
 from tests.conftest import SENDER_DOMAIN
 from tests.integration.api_client import ApiClient
-from tests.integration.helpers import eventually, new_tenant, signer
+from tests.integration.helpers import eventually, install_dkim_key, new_tenant, signer
 from tests.integration.test_deliver_pipeline import _dns_txt
 from tests.peers.world import World
 
@@ -317,7 +317,9 @@ async def test_door_errors_are_400s_with_every_problem(stack: Settings, api: Api
 async def test_lf_bodies_go_out_as_crlf_signed_with_the_unsubscribe_pair(
     stack: Settings, api: ApiClient, world: World, db: asyncpg.Connection
 ) -> None:
-    _tenant, key = await new_tenant(stack, "lf")
+    tenant, key = await new_tenant(stack, "lf")
+    # mail is signed only with the sending tenant's own key of its From domain
+    await install_dkim_key(stack, world, tenant)
     to = "alice@normal.example"  # a mailbox the MX has
     marker = f"lf-{uuid.uuid4().hex}".encode()
     headers = {
