@@ -26,6 +26,8 @@ from streams.db.directory import DirectoryHolder
 from streams.db.tenants import api_key_digest
 from streams.deliver.throttle import TokenBucket
 from streams.errors import AuthError, IngressValidationError
+from streams.kafka.config import client_options
+from streams.kafka.connect import start_client
 from streams.settings import Settings
 
 __all__ = ["Api", "Caller", "Handler", "json_body", "problem", "reply"]
@@ -89,8 +91,9 @@ class Api:
         self.jobs: GroupCommit[JobRow] = GroupCommit(self._write_jobs)
 
     async def start(self) -> None:
+        options = client_options(self.settings.kafka)
         self.producer = AIOKafkaProducer(
-            bootstrap_servers=self.settings.bootstrap,
+            **options,
             acks="all",
             enable_idempotence=True,
             linger_ms=1,
@@ -98,7 +101,7 @@ class Api:
             max_batch_size=256 * 1024,
             max_request_size=self.settings.api_max_body + 1024 * 1024,
         )
-        await self.producer.start()
+        await start_client(self.producer, options)
         self.pool = await asyncpg.create_pool(
             self.settings.dsn, min_size=1, max_size=self.settings.api_db_pool
         )

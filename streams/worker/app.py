@@ -17,6 +17,7 @@ from streams.clock import Clock, wall_clock
 from streams.contract.codec import Codec, default_codec
 from streams.db.directory import DirectoryHolder
 from streams.deliver.queue import ControlFeed
+from streams.kafka.config import client_options
 from streams.kafka.topics import changelog_topic
 from streams.obs.logs import configure_logging
 from streams.runtime.eventloop import install_fast_loop
@@ -29,6 +30,7 @@ from streams.stages.deliver import deliver_stages
 from streams.stages.gate_stage import DeferralStage, GateStage
 from streams.stages.names import DELIVER_PARTS, KNOWN_STAGES, STAGES
 from streams.stages.verify import VerifyStage, build_verifier
+from streams.worker.broker import broker_credentials
 from streams.worker.shell import install_directory
 from streams.worker.web import install_pages
 
@@ -114,6 +116,7 @@ def create_app(
     app = faust.App(
         settings.app_id,
         broker=f"kafka://{settings.bootstrap}",
+        broker_credentials=broker_credentials(settings.kafka.security),
         store="memory://",
         autodiscover=False,
         topic_partitions=settings.partitions,
@@ -150,7 +153,7 @@ def create_app(
         background.append(_control_feed(feed))
     host = StageHost(
         HostConfig(
-            settings.bootstrap,
+            client_options(settings.kafka),
             settings.app_id,
             partitions=settings.partitions,
             replication=settings.replication_factor,
