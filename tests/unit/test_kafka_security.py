@@ -255,3 +255,18 @@ def test_a_refusal_is_named_with_its_code(exc: BaseException, code: str) -> None
 )
 def test_a_cluster_that_does_not_answer_is_no_refusal(exc: BaseException) -> None:
     assert refusal_of(exc, "k1:9093", {"security_protocol": "PLAINTEXT"}) is None
+
+
+def test_a_command_with_unusable_kafka_settings_says_why_in_one_sentence(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from typer.testing import CliRunner
+
+    from streams.cli.main import app
+
+    monkeypatch.setenv("POSTWIRE_KAFKA_BOOTSTRAP", "127.0.0.1:1")
+    monkeypatch.setenv("POSTWIRE_KAFKA_SECURITY_PROTOCOL", "SASL_SSL")
+    done = CliRunner().invoke(app, ["topics"])
+    assert done.exit_code == 2
+    assert "needs POSTWIRE_KAFKA_SASL_USERNAME" in " ".join(done.output.split())
+    assert "Traceback" not in done.output
