@@ -1,7 +1,7 @@
 """Every Kafka client postwire makes is built from ``client_options`` (the cluster, SASL and TLS),
 and the faust app gets ``broker_credentials``: a client made any other way would connect to a
 secured cluster without credentials and fail, or silently talk to another cluster. This reads
-the source, so a new client added without them fails here, not in production."""
+the sources (tests included), so a new client added without them fails here, not in production."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ BUILDER = ROOT / "streams" / "kafka" / "config.py"
 
 
 def _sources() -> list[Path]:
-    return sorted([*(ROOT / "streams").rglob("*.py"), *(ROOT / "sinks").rglob("*.py")])
+    # the tests too: the suite runs against a secured cluster given POSTWIRE_KAFKA_* settings
+    return sorted(p for part in ("streams", "sinks", "tests") for p in (ROOT / part).rglob("*.py"))
 
 
 def _name(func: ast.expr) -> str:
