@@ -10,6 +10,7 @@ a cluster that simply does not answer keeps its original error (retriable, as be
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ssl
 from collections.abc import Mapping
@@ -29,6 +30,7 @@ from streams.errors import KafkaRefusedError
 __all__ = ["explain_refusal", "refusal_of", "start_client"]
 
 PROBE_TIMEOUT_MS = 10_000
+MISMATCH_RECHECK = 0.5  # seconds
 _CONNECTION_KEYS = (
     "security_protocol",
     "ssl_context",
@@ -97,6 +99,17 @@ def _strip(exc: BaseException) -> str:
 async def explain_refusal(options: Mapping[str, Any]) -> KafkaRefusedError | None:
     """Connect to each bootstrap server with ``options`` and return the first refusal; None
     when one accepted (the failure was elsewhere) or none answered at all."""
+    found = await _probe(options)
+    if found is not None and found.code == "kafka.protocol_mismatch":
+        # a broker that is shutting down drops connections the same way: believe it when a
+        # second look a moment later sees it again
+        await asyncio.sleep(MISMATCH_RECHECK)
+        again = await _probe(options)
+        return again if again is not None and again.code == found.code else None
+    return found
+
+
+async def _probe(options: Mapping[str, Any]) -> KafkaRefusedError | None:
     connection: dict[str, Any] = {k: options[k] for k in _CONNECTION_KEYS if k in options}
     for host, port, _ in collect_hosts(options["bootstrap_servers"], randomize=False):
         where = f"{host}:{port}"

@@ -20,6 +20,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
+from streams.errors import KafkaRefusedError
 from streams.kafka.config import KafkaSettings, client_options
 from streams.kafka.connect import start_client
 from streams.obs.metrics import CONSUMER_LAG
@@ -126,7 +127,7 @@ class LagMonitor:
             while not stop.is_set():
                 try:
                     await self.report()
-                except (KafkaError, OSError, TimeoutError) as exc:
+                except (KafkaError, KafkaRefusedError, OSError, TimeoutError) as exc:
                     log.warning("consumer lag not measured this round: %s", exc)
                     await self.close()  # start over with fresh connections
                 with contextlib.suppress(TimeoutError):

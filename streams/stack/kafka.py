@@ -6,7 +6,8 @@ directly) and SASL with SCRAM-SHA-256, SCRAM-SHA-512 and PLAIN for the listener'
 SCRAM users are written into the metadata log when the storage is formatted (``--add-scram``,
 KRaft since 3.5), so only the first start of a data dir creates them; PLAIN users are checked
 against ``server.properties`` (mode 0600). The controller listener stays PLAINTEXT on loopback:
-KRaft cannot check SCRAM there (the credentials live in the metadata it serves)."""
+KRaft does not support SCRAM on controller listeners (the credentials live in the metadata
+the controllers serve)."""
 
 from __future__ import annotations
 

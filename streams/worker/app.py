@@ -206,7 +206,7 @@ def tune_gc() -> None:
 def run_worker(settings: Settings, stages: tuple[str, ...] = STAGES) -> None:
     """Run the faust worker in this process until SIGINT/SIGTERM."""
     configure_logging(settings.logs, "worker", app=settings.app_id, stages=",".join(stages))
-    install_fast_loop()
+    install_fast_loop(kafka_tls=settings.kafka.security.tls)
     # faust and aiokafka build debug records on every send even when nobody prints them
     logging.disable(logging.DEBUG)
     directory = DirectoryHolder(settings.database)

@@ -3,6 +3,7 @@ connection, and how a refusal by the cluster is told apart from a cluster that i
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 from pathlib import Path
 
@@ -18,7 +19,8 @@ from pydantic import SecretStr
 
 from streams.errors import ConfigError
 from streams.kafka.config import KafkaSecurity, KafkaSettings, TopicNames, client_options
-from streams.kafka.connect import refusal_of
+from streams.kafka.connect import explain_refusal, refusal_of
+from streams.runtime.eventloop import install_fast_loop
 from streams.runtime.host import HostConfig
 from streams.settings import Settings
 from streams.stack.tls import issue_server_cert, make_ca
@@ -270,3 +272,51 @@ def test_a_command_with_unusable_kafka_settings_says_why_in_one_sentence(
     assert done.exit_code == 2
     assert "needs POSTWIRE_KAFKA_SASL_USERNAME" in " ".join(done.output.split())
     assert "Traceback" not in done.output
+
+
+async def _dropping_server(
+    *, once: bool, seen: list[int] | None = None
+) -> tuple[asyncio.Server, dict[str, str]]:
+    """A loopback listener that drops every connection (``once``: then stops listening), as a
+    TLS listener does to a plaintext client, or a broker on its way down."""
+    server: asyncio.Server | None = None
+
+    async def drop(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if seen is not None:
+            seen.append(1)
+        writer.close()
+        if once and server is not None:
+            server.close()
+
+    server = await asyncio.start_server(drop, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    return server, {"bootstrap_servers": f"127.0.0.1:{port}", "security_protocol": "PLAINTEXT"}
+
+
+async def test_a_dropped_connection_is_a_protocol_mismatch_when_it_happens_again() -> None:
+    server, options = await _dropping_server(once=False)
+    try:
+        found = await explain_refusal(options)
+    finally:
+        server.close()
+    assert found is not None
+    assert found.code == "kafka.protocol_mismatch"
+    assert "POSTWIRE_KAFKA_SECURITY_PROTOCOL=PLAINTEXT" in str(found)
+
+
+async def test_a_broker_that_went_away_is_no_refusal() -> None:
+    seen: list[int] = []
+    server, options = await _dropping_server(once=True, seen=seen)
+    try:
+        assert await explain_refusal(options) is None  # dropped, then nobody listening
+    finally:
+        server.close()
+    assert len(seen) == 1  # the first look was dropped, as by a mismatch
+
+
+def test_processes_keep_the_standard_loop_when_kafka_speaks_tls() -> None:
+    # uvloop's SSL transport waits 30 s to close a consumer stopped with a fetch in flight
+    # (every state recovery), long enough for the group to evict the stage
+    before = asyncio.get_event_loop_policy()
+    assert install_fast_loop(kafka_tls=True) is False
+    assert asyncio.get_event_loop_policy() is before
