@@ -31,7 +31,7 @@ from streams.obs.lag import LagMonitor
 from streams.replay.into_sinks import replay_into_sinks
 from streams.runtime.producer import BatchProducer
 from streams.settings import Settings
-from streams.stack.kafka import EmbeddedKafka, SecuredListener
+from streams.stack.kafka import EmbeddedKafka, SecuredListener, wait_for_kafka
 from streams.stack.process import ManagedProcess
 from streams.stack.stack import Stack
 from streams.stack.tls import make_ca, write_broker_tls
@@ -230,6 +230,9 @@ async def test_a_wrong_password_is_refused_at_once_by_every_door(secured: Secure
     producer = BatchProducer(client_options(wrong.kafka))
     with pytest.raises(KafkaRefusedError):
         await producer.start()
+    # waiting for a broker to come up gives up at once too: waiting cannot mend a password
+    with pytest.raises(KafkaRefusedError, match="refused the SCRAM-SHA-512 credentials"):
+        await wait_for_kafka(wrong.kafka, timeout=60)
     assert time.monotonic() - began < 10  # refused, not retried until a timeout
 
 
