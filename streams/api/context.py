@@ -26,6 +26,7 @@ from streams.db.directory import DirectoryHolder
 from streams.db.tenants import api_key_digest
 from streams.deliver.throttle import TokenBucket
 from streams.errors import AuthError, IngressValidationError, RecordTooLargeError
+from streams.kafka.config import client_options
 from streams.kafka.limits import flow_topics
 from streams.settings import Settings
 
@@ -83,11 +84,12 @@ class Api:
         self.codec = codec or default_codec()
         self.directory = directory or DirectoryHolder(settings.database)
         self.clock = clock
+        options = client_options(settings.kafka)
         self.producer = IngressProducer(
-            settings.bootstrap,
+            options,
             flow_topics(settings.topics),
             {
-                "bootstrap_servers": settings.bootstrap,
+                **options,
                 "acks": "all",
                 "enable_idempotence": True,
                 "linger_ms": 1,

@@ -39,7 +39,8 @@ from aiokafka.errors import (
     RecordListTooLargeError,
 )
 
-from streams.errors import RecordTooLargeError
+from streams.errors import KafkaRefusedError, RecordTooLargeError
+from streams.kafka.connect import start_client
 from streams.kafka.limits import DEFAULT_LIMIT, RecordLimit, read_record_limit, record_size
 
 __all__ = ["Failure", "IngressProducer", "Record", "classify"]
@@ -76,13 +77,13 @@ class IngressProducer:
 
     def __init__(
         self,
-        bootstrap: str,
+        client: Mapping[str, Any],
         flow: Sequence[str],
         config: Mapping[str, Any],
         *,
         timeout: float,
     ) -> None:
-        self.bootstrap = bootstrap
+        self.client = dict(client)  # how to reach the cluster (client_options)
         self.flow = tuple(flow)
         self.config = dict(config)
         self.timeout = timeout
@@ -202,7 +203,7 @@ class IngressProducer:
             if not force and time.monotonic() - self._limit_read_at <= LIMIT_REREAD / 10:
                 return  # another request just read it
             try:
-                limit = await read_record_limit(self.bootstrap, self.flow)
+                limit = await read_record_limit(self.client, self.flow)
             except (KafkaError, OSError) as exc:
                 # keep what was known (Kafka's default before the first read): a limit that
                 # flipped whenever the cluster could not be asked would turn requests away
@@ -244,8 +245,8 @@ class IngressProducer:
         limit = self.limit
         producer = AIOKafkaProducer(**{**self.config, **limit.producer_config()})
         try:
-            await producer.start()
-        except (KafkaError, OSError) as exc:
+            await start_client(producer, self.client)
+        except (KafkaError, OSError, KafkaRefusedError) as exc:
             with contextlib.suppress(KafkaError, OSError):
                 await producer.stop()
             self.state, self.reason = "down", f"{type(exc).__name__}: {exc}"

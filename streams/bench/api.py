@@ -28,6 +28,7 @@ from streams.contract.codec import default_codec
 from streams.db.tenants import create_api_key, create_tenant
 from streams.deliver.senders import add_sender
 from streams.errors import BenchError
+from streams.kafka.config import client_options
 from streams.settings import Settings
 from streams.stack.stack import Stack
 
@@ -98,7 +99,7 @@ async def _http(
 async def _raw(settings: Settings, key: str, n: int, concurrency: int) -> tuple[float, list[float]]:
     codec = default_codec()
     producer = AIOKafkaProducer(
-        bootstrap_servers=settings.bootstrap, acks="all", enable_idempotence=True, linger_ms=1
+        **client_options(settings.kafka), acks="all", enable_idempotence=True, linger_ms=1
     )
     await producer.start()
     try:

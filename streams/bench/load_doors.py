@@ -28,6 +28,7 @@ from streams.api.verifyjobs import requests as verify_requests
 from streams.bench.load_report import Sent
 from streams.contract.codec import default_codec
 from streams.contract.records import EmailRequest
+from streams.kafka.config import client_options
 from streams.settings import Settings
 
 __all__ = ["DOMAINS", "Door", "DoorError", "Generator", "HttpDoor", "KafkaDoor", "send_body"]
@@ -142,7 +143,7 @@ class KafkaDoor:
 
     async def start(self) -> None:
         self.producer = AIOKafkaProducer(
-            bootstrap_servers=self.settings.bootstrap,
+            **client_options(self.settings.kafka),
             acks="all",
             enable_idempotence=True,
             linger_ms=2,

@@ -21,6 +21,7 @@ from streams.deliver.control import Command, Selector
 from streams.deliver.queue import publish_command
 from streams.deliver.retry import tier_topics
 from streams.gate.expand import expand
+from streams.kafka.config import client_options
 from streams.kafka.read import read_compacted
 from streams.settings import Settings
 from streams.stack.stack import Stack
@@ -63,7 +64,7 @@ def send_request(tenant: str, key: str, recipients: list[str], **extra: Any) -> 
 
 
 async def _publish(settings: Settings, topic: str, values: list[tuple[bytes, bytes]]) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap, acks="all")
+    producer = AIOKafkaProducer(**client_options(settings.kafka), acks="all")
     await producer.start()
     try:
         for key, value in values:
@@ -268,7 +269,7 @@ async def test_flush_sends_deferred_mail_now(
         "not_before": now + timedelta(hours=1),
     }
     longest = tier_topics(retry_policy(stack.delivery), stack.topics.prefix)[-1]
-    producer = AIOKafkaProducer(bootstrap_servers=stack.bootstrap, acks="all")
+    producer = AIOKafkaProducer(**client_options(stack.kafka), acks="all")
     await producer.start()
     try:
         await producer.send_and_wait(

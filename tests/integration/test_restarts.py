@@ -16,6 +16,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from sinks.runner import run_sinks
 from streams.contract.codec import Codec
 from streams.db.tenants import create_api_key, create_tenant
+from streams.kafka.config import client_options
 from streams.settings import Settings
 from streams.stack.stack import Stack
 from tests.conftest import stack_settings
@@ -36,7 +37,7 @@ def _request(tenant: str, key: str) -> dict[str, object]:
 
 
 async def _publish(settings: Settings, codec: Codec, records: list[dict[str, object]]) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap, acks="all")
+    producer = AIOKafkaProducer(**client_options(settings.kafka), acks="all")
     await producer.start()
     try:
         for r in records:
@@ -89,7 +90,7 @@ async def _rewind(settings: Settings, topic: str) -> None:
     """Move the stopped worker's gate group back to the start of ``topic``: a deliberate
     replay."""
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.bootstrap,
+        **client_options(settings.kafka),
         group_id=f"{settings.app_id}-gate",
         enable_auto_commit=False,
     )
@@ -174,7 +175,7 @@ async def test_sink_rides_out_a_postgres_outage(tmp_path: Path, codec: Codec) ->
     stop = asyncio.Event()
     sinks = asyncio.create_task(run_sinks(settings, ("requests",), stop))
     try:
-        producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap, acks="all")
+        producer = AIOKafkaProducer(**client_options(settings.kafka), acks="all")
         await producer.start()
         ids: list[str] = []
 

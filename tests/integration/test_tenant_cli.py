@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 from streams.cli.main import app
 from streams.contract.codec import Codec
+from streams.kafka.config import client_options
 from streams.settings import Settings
 from tests.integration.helpers import eventually
 
@@ -41,7 +42,7 @@ async def _send(settings: Settings, codec: Codec, tenant: str, key: str) -> str:
         "recipients": [{"email": "alice@normal.example"}],
         "created_at": datetime.now(UTC),
     }
-    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap, acks="all")
+    producer = AIOKafkaProducer(**client_options(settings.kafka), acks="all")
     await producer.start()
     try:
         await producer.send_and_wait(

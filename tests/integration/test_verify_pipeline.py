@@ -15,6 +15,7 @@ from aiokafka import AIOKafkaProducer
 
 from streams.contract.codec import Codec
 from streams.db.tenants import create_api_key, create_tenant
+from streams.kafka.config import client_options
 from streams.settings import Settings
 from tests.integration.helpers import eventually
 
@@ -72,7 +73,7 @@ async def test_mixed_batch_books_balance(stack: Settings, codec: Codec) -> None:
     avro = [*requests, first, second, bad_key, *capped_reqs, *slow_reqs]
     garbage = f"garbage-{run}".encode()
 
-    producer = AIOKafkaProducer(bootstrap_servers=stack.bootstrap, acks="all")
+    producer = AIOKafkaProducer(**client_options(stack.kafka), acks="all")
     await producer.start()
     try:
         for r in avro:
