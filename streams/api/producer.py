@@ -243,7 +243,9 @@ class IngressProducer:
         does not start."""
         self._ready.clear()
         limit = self.limit
-        producer = AIOKafkaProducer(**{**self.config, **limit.producer_config()})
+        # self.config holds the client options (cluster, SASL, TLS) and the producer's own
+        config = {**self.config, **limit.producer_config()}
+        producer = AIOKafkaProducer(**config)
         try:
             await start_client(producer, self.client)
         except (KafkaError, OSError, KafkaRefusedError) as exc:
