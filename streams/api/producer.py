@@ -98,12 +98,15 @@ class IngressProducer:
         self._limit_lock = asyncio.Lock()
         self._limit_read_at = 0.0
         self._tasks: set[asyncio.Task[None]] = set()
+        self._refused: KafkaRefusedError | None = None  # why the cluster last refused us
 
     async def start(self) -> None:
         """Read the record limit and start a producer; KafkaError when none can be started."""
         await self._read_limit()
         async with self._lock:
             if not await self._open():
+                if self._refused is not None:
+                    raise self._refused  # the cluster refused our settings: say which
                 raise KafkaError(f"no Kafka producer could be started: {self.reason}")
 
     async def stop(self) -> None:
@@ -249,6 +252,7 @@ class IngressProducer:
         try:
             await start_client(producer, self.client)
         except (KafkaError, OSError, KafkaRefusedError) as exc:
+            self._refused = exc if isinstance(exc, KafkaRefusedError) else None
             with contextlib.suppress(KafkaError, OSError):
                 await producer.stop()
             self.state, self.reason = "down", f"{type(exc).__name__}: {exc}"
