@@ -18,6 +18,8 @@ from sinks.tables import TableSpec, sink_feeds, table_specs
 from sinks.writer import PostgresWriter
 from streams.contract.codec import Codec, default_codec
 from streams.errors import SinkUnavailableError
+from streams.kafka.config import client_options
+from streams.kafka.connect import start_client
 from streams.obs.http import metrics_app, serve
 from streams.obs.lag import LagMonitor
 from streams.obs.metrics import (
@@ -87,9 +89,10 @@ class SinkRunner:
         return mapped.table, mapped.row
 
     async def run(self, stop: asyncio.Event) -> None:
+        options = client_options(self.settings.kafka)
         consumer = AIOKafkaConsumer(
             self.spec.topic,
-            bootstrap_servers=self.settings.bootstrap,
+            **options,
             group_id=self.group,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
@@ -97,7 +100,7 @@ class SinkRunner:
             session_timeout_ms=int(self.settings.session_timeout * 1000),
             heartbeat_interval_ms=int(self.settings.heartbeat_interval * 1000),
         )
-        await consumer.start()
+        await start_client(consumer, options)
         self.started = True
         try:
             while not stop.is_set():

@@ -25,6 +25,7 @@ __all__ = [
     "InputFileError",
     "InvalidContentError",
     "InvalidRecordError",
+    "KafkaRefusedError",
     "MigrationError",
     "NotAvroError",
     "NotReplayableError",
@@ -82,6 +83,19 @@ class StackError(PostwireError):
     """The embedded Kafka/PostgreSQL stack could not be fetched, started or stopped."""
 
     code = "stack"
+
+
+class KafkaRefusedError(StackError):
+    """The Kafka cluster answered but refused this client: its SASL credentials or mechanism,
+    or the TLS handshake (the cluster's certificate not trusted, or a listener that speaks
+    another protocol). ``code`` says which; never retriable: the same settings are refused
+    again."""
+
+    code = "kafka.refused"
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class AuthError(PostwireError):

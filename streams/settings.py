@@ -16,11 +16,17 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import quote
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from streams.db.config import DatabaseSettings, TenantDefaults
-from streams.kafka.config import KafkaSettings, TopicNames
+from streams.kafka.config import (
+    KafkaSecurity,
+    KafkaSettings,
+    SaslMechanism,
+    SecurityProtocol,
+    TopicNames,
+)
 from streams.obs.logs import LogSettings
 from streams.secret import SECRET_FILE, ServerSecret, load_server_secret
 
@@ -170,6 +176,18 @@ class Settings(BaseSettings):
     kafka_controller_port: int = 9093
     kafka_heap: str = "512m"
     kafka_start_timeout: float = 60.0
+    # how every client (workers, API, sinks, replay, CLI, bench) authenticates to the cluster:
+    # SASL credentials and TLS files, see streams.kafka.config.KafkaSecurity. The embedded
+    # broker speaks PLAINTEXT on loopback; a secured cluster is an external one.
+    kafka_security_protocol: SecurityProtocol = "PLAINTEXT"
+    kafka_sasl_mechanism: SaslMechanism = "SCRAM-SHA-512"
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: Path | None = None  # unset: the system's CAs
+    kafka_ssl_certfile: Path | None = None  # a client certificate, for clusters that ask for one
+    kafka_ssl_keyfile: Path | None = None
+    kafka_ssl_key_password: SecretStr | None = None
+    kafka_ssl_check_hostname: bool = True
 
     # PostgreSQL: set database_url to use an external server; otherwise the embedded one runs
     database_url: SecretStr | None = None
@@ -313,6 +331,13 @@ class Settings(BaseSettings):
     # how often the sinks process asks Kafka for every consumer group's lag (0: never)
     lag_interval: float = Field(default=15.0, ge=0)
 
+    @model_validator(mode="after")
+    def _kafka_security_is_usable(self) -> Settings:
+        # refused (a ConfigError naming the variable) when the settings are read, not when the
+        # first client connects
+        _ = self.kafka_security
+        return self
+
     def to_env(self) -> dict[str, str]:
         """These settings as ``POSTWIRE_*`` variables, so a child process sees exactly them."""
         env = {}
@@ -342,6 +367,21 @@ class Settings(BaseSettings):
             rebalance_timeout=self.rebalance_timeout,
             commit_interval=self.commit_interval,
             producer_linger_ms=self.producer_linger_ms,
+            security=self.kafka_security,
+        )
+
+    @cached_property
+    def kafka_security(self) -> KafkaSecurity:
+        return KafkaSecurity(
+            protocol=self.kafka_security_protocol,
+            sasl_mechanism=self.kafka_sasl_mechanism,
+            sasl_username=self.kafka_sasl_username,
+            sasl_password=self.kafka_sasl_password,
+            ssl_cafile=self.kafka_ssl_cafile,
+            ssl_certfile=self.kafka_ssl_certfile,
+            ssl_keyfile=self.kafka_ssl_keyfile,
+            ssl_key_password=self.kafka_ssl_key_password,
+            ssl_check_hostname=self.kafka_ssl_check_hostname,
         )
 
     @cached_property

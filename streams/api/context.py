@@ -31,6 +31,7 @@ from streams.contract.signing import INGRESS_PURPOSE, ingress_headers
 from streams.db.directory import DirectoryHolder
 from streams.deliver.throttle import TokenBucket
 from streams.errors import AuthError, IngressValidationError, RecordTooLargeError
+from streams.kafka.config import client_options
 from streams.kafka.limits import flow_topics
 from streams.settings import Settings
 
@@ -92,11 +93,12 @@ class Api:
         self.clock = clock
         self.ids = MessageIds(settings.secret)
         self._signing_key = settings.secret.subkey(INGRESS_PURPOSE)
+        options = client_options(settings.kafka)
         self.producer = IngressProducer(
-            settings.bootstrap,
+            options,
             flow_topics(settings.topics),
             {
-                "bootstrap_servers": settings.bootstrap,
+                **options,
                 "acks": "all",
                 "enable_idempotence": True,
                 "linger_ms": 1,

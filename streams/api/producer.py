@@ -39,7 +39,8 @@ from aiokafka.errors import (
     RecordListTooLargeError,
 )
 
-from streams.errors import RecordTooLargeError
+from streams.errors import KafkaRefusedError, RecordTooLargeError
+from streams.kafka.connect import start_client
 from streams.kafka.limits import DEFAULT_LIMIT, RecordLimit, read_record_limit, record_size
 
 __all__ = ["Failure", "IngressProducer", "Record", "classify"]
@@ -76,13 +77,13 @@ class IngressProducer:
 
     def __init__(
         self,
-        bootstrap: str,
+        client: Mapping[str, Any],
         flow: Sequence[str],
         config: Mapping[str, Any],
         *,
         timeout: float,
     ) -> None:
-        self.bootstrap = bootstrap
+        self.client = dict(client)  # how to reach the cluster (client_options)
         self.flow = tuple(flow)
         self.config = dict(config)
         self.timeout = timeout
@@ -97,12 +98,15 @@ class IngressProducer:
         self._limit_lock = asyncio.Lock()
         self._limit_read_at = 0.0
         self._tasks: set[asyncio.Task[None]] = set()
+        self._refused: KafkaRefusedError | None = None  # why the cluster last refused us
 
     async def start(self) -> None:
         """Read the record limit and start a producer; KafkaError when none can be started."""
         await self._read_limit()
         async with self._lock:
             if not await self._open():
+                if self._refused is not None:
+                    raise self._refused  # the cluster refused our settings: say which
                 raise KafkaError(f"no Kafka producer could be started: {self.reason}")
 
     async def stop(self) -> None:
@@ -202,7 +206,7 @@ class IngressProducer:
             if not force and time.monotonic() - self._limit_read_at <= LIMIT_REREAD / 10:
                 return  # another request just read it
             try:
-                limit = await read_record_limit(self.bootstrap, self.flow)
+                limit = await read_record_limit(self.client, self.flow)
             except (KafkaError, OSError) as exc:
                 # keep what was known (Kafka's default before the first read): a limit that
                 # flipped whenever the cluster could not be asked would turn requests away
@@ -242,10 +246,13 @@ class IngressProducer:
         does not start."""
         self._ready.clear()
         limit = self.limit
-        producer = AIOKafkaProducer(**{**self.config, **limit.producer_config()})
+        # self.config holds the client options (cluster, SASL, TLS) and the producer's own
+        config = {**self.config, **limit.producer_config()}
+        producer = AIOKafkaProducer(**config)
         try:
-            await producer.start()
-        except (KafkaError, OSError) as exc:
+            await start_client(producer, self.client)
+        except (KafkaError, OSError, KafkaRefusedError) as exc:
+            self._refused = exc if isinstance(exc, KafkaRefusedError) else None
             with contextlib.suppress(KafkaError, OSError):
                 await producer.stop()
             self.state, self.reason = "down", f"{type(exc).__name__}: {exc}"

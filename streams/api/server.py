@@ -119,5 +119,5 @@ def run_api(settings: Settings) -> None:
         finally:
             await runner.cleanup()
 
-    install_fast_loop()
+    install_fast_loop(kafka_tls=settings.kafka.security.tls)
     asyncio.run(main())

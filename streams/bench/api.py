@@ -29,6 +29,7 @@ from streams.contract.signing import sign
 from streams.db.tenants import create_api_key, create_tenant
 from streams.deliver.senders import add_sender
 from streams.errors import BenchError
+from streams.kafka.config import client_options
 from streams.settings import Settings
 from streams.stack.stack import Stack
 
@@ -101,7 +102,7 @@ async def _raw(
 ) -> tuple[float, list[float]]:
     codec = default_codec()
     producer = AIOKafkaProducer(
-        bootstrap_servers=settings.bootstrap, acks="all", enable_idempotence=True, linger_ms=1
+        **client_options(settings.kafka), acks="all", enable_idempotence=True, linger_ms=1
     )
     await producer.start()
     try:

@@ -11,19 +11,21 @@ import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from streams.kafka.config import KafkaSettings, client_options
+
 __all__ = ["aiokafka_passthrough_rate", "copy_rate"]
 
 
-async def aiokafka_passthrough_rate(bootstrap: str, n: int, size: int = 200) -> float:
+async def aiokafka_passthrough_rate(kafka: KafkaSettings, n: int, size: int = 200) -> float:
     """Messages/s for: consume from topic A and produce each to topic B, acks=all, one process."""
     src, dst = f"bench-src-{uuid.uuid4().hex[:6]}", f"bench-dst-{uuid.uuid4().hex[:6]}"
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(**client_options(kafka))
     await admin.start()
     try:
         await admin.create_topics([NewTopic(src, 4, 1), NewTopic(dst, 4, 1)])
     finally:
         await admin.close()
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    producer = AIOKafkaProducer(**client_options(kafka), acks="all", linger_ms=5)
     await producer.start()
     payload = b"x" * size
     try:
@@ -32,7 +34,7 @@ async def aiokafka_passthrough_rate(bootstrap: str, n: int, size: int = 200) -> 
         await producer.flush()
         consumer = AIOKafkaConsumer(
             src,
-            bootstrap_servers=bootstrap,
+            **client_options(kafka),
             group_id=f"bench-{src}",
             auto_offset_reset="earliest",
             enable_auto_commit=False,

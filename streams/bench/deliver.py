@@ -30,6 +30,7 @@ from streams.contract.signing import sign
 from streams.db.tenants import create_api_key, create_tenant
 from streams.deliver.dkim import KeyType
 from streams.deliver.senders import add_sender
+from streams.kafka.config import client_options
 from streams.settings import Settings
 from streams.stack.stack import Stack
 
@@ -93,7 +94,7 @@ def _request(tenant: str, run: str, i: int, n: int, priority: Priority) -> Email
 
 async def _publish(settings: Settings, requests: list[EmailRequest], key: Credentials) -> None:
     codec = default_codec()
-    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap, acks="all", linger_ms=5)
+    producer = AIOKafkaProducer(**client_options(settings.kafka), acks="all", linger_ms=5)
     await producer.start()
     try:
         for r in requests:
@@ -261,10 +262,10 @@ async def run_deliver_bench(
                 operator=True,
             )
             await asyncio.sleep(settings.directory_refresh + 1)
-            before = await kafka_counts(settings.bootstrap, settings.topic_prefix)
+            before = await kafka_counts(settings.kafka, settings.topic_prefix)
             seconds, rows_seconds = await _measure(settings, conn, sink, key, messages, say)
             await asyncio.sleep(3)  # the last commits follow the rows by a moment
-            delta = (await kafka_counts(settings.bootstrap, settings.topic_prefix)).minus(before)
+            delta = (await kafka_counts(settings.kafka, settings.topic_prefix)).minus(before)
             per_message = records_per_request(delta, messages, messages // PER_REQUEST)
             if lane_backlog:
                 say(f"priority lanes: {lane_backlog:,} bulk messages, then 20 high-priority ones")

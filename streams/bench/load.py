@@ -274,10 +274,10 @@ async def run_load_bench(opts: LoadOptions, progress: Progress) -> LoadResult:
                     "the baselines ran while the pipeline was still working off the backlog "
                     "of a drain that timed out: they shared the cores with it"
                 )
-            bootstrap, dsn = stack.settings.bootstrap, stack.settings.dsn
+            dsn = stack.settings.dsn
             result.baselines = await raw_producer(stack.settings, 5000, 32)
             result.baselines["passthrough_per_s"] = await aiokafka_passthrough_rate(
-                bootstrap, 20000
+                stack.settings.kafka, 20000
             )
             result.baselines["copy_per_s"] = await copy_rate(dsn, 20000)
         finished = True

@@ -30,6 +30,7 @@ from streams.bench.stacks import Credentials
 from streams.contract.codec import default_codec
 from streams.contract.records import EmailRequest
 from streams.contract.signing import sign
+from streams.kafka.config import client_options
 from streams.settings import Settings
 
 __all__ = ["DOMAINS", "Door", "DoorError", "Generator", "HttpDoor", "KafkaDoor", "send_body"]
@@ -149,7 +150,7 @@ class KafkaDoor:
 
     async def start(self) -> None:
         self.producer = AIOKafkaProducer(
-            bootstrap_servers=self.settings.bootstrap,
+            **client_options(self.settings.kafka),
             acks="all",
             enable_idempotence=True,
             linger_ms=2,

@@ -29,6 +29,7 @@ from streams.bench.stacks import Credentials, relay_settings
 from streams.db.tenants import create_api_key, create_tenant
 from streams.deliver.senders import add_sender
 from streams.errors import BenchError, StackError
+from streams.kafka.config import client_options
 from streams.secret import ServerSecret
 from streams.settings import Settings
 
@@ -139,7 +140,7 @@ async def raw_producer(settings: Settings, n: int, concurrency: int) -> dict[str
     AIOKafkaProducer (acks=all, idempotent), ``concurrency`` awaited at a time, into a scratch
     topic nobody reads. Records/s and p50/p99 ack latency."""
     topic = f"bench-raw-{uuid.uuid4().hex[:6]}"
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap)
+    admin = AIOKafkaAdminClient(**client_options(settings.kafka))
     await admin.start()
     try:
         await admin.create_topics([NewTopic(topic, settings.partitions, 1)])
@@ -147,7 +148,7 @@ async def raw_producer(settings: Settings, n: int, concurrency: int) -> dict[str
         await admin.close()
     door = KafkaDoor(settings, [("bench", ("k_raw", "raw"))], "raw", timeout=30)
     producer = AIOKafkaProducer(
-        bootstrap_servers=settings.bootstrap, acks="all", enable_idempotence=True, linger_ms=1
+        **client_options(settings.kafka), acks="all", enable_idempotence=True, linger_ms=1
     )
     await producer.start()
     latencies: list[float] = []

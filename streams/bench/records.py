@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
+from streams.kafka.config import KafkaSettings, client_options
+
 __all__ = ["RecordCounts", "kafka_counts", "records_per_request"]
 
 
@@ -31,10 +33,10 @@ def _ours(name: str, prefix: str) -> bool:
     return name.startswith(prefix) and not name.startswith((f"{prefix}-src", f"{prefix}-dst"))
 
 
-async def kafka_counts(bootstrap: str, prefix: str) -> RecordCounts:
+async def kafka_counts(kafka: KafkaSettings, prefix: str) -> RecordCounts:
     """Totals for every topic and group whose name starts with ``prefix``."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(**client_options(kafka))
+    consumer = AIOKafkaConsumer(**client_options(kafka))
     await admin.start()
     await consumer.start()
     counts = RecordCounts()

@@ -25,6 +25,7 @@ from streams.contract.codec import default_codec
 from streams.contract.records import EmailRequest
 from streams.contract.signing import sign
 from streams.db.tenants import create_api_key, create_tenant
+from streams.kafka.config import client_options
 from streams.settings import Settings
 from streams.stack.stack import Stack
 
@@ -65,7 +66,7 @@ async def _publish(
     """Publish ``n`` requests, each stamped ``created_at`` as it is sent (so a paced run measures
     the pipeline, not the queue in this generator)."""
     codec = default_codec()
-    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap, acks="all", linger_ms=2)
+    producer = AIOKafkaProducer(**client_options(settings.kafka), acks="all", linger_ms=2)
     await producer.start()
     began = time.perf_counter()
     try:
@@ -131,13 +132,13 @@ async def run_verify_bench(
             if progress:
                 progress("warm-up done; measuring the pipeline")
             run = uuid.uuid4().hex[:8]
-            before = await kafka_counts(settings.bootstrap, settings.topic_prefix)
+            before = await kafka_counts(settings.kafka, settings.topic_prefix)
             began = await _publish(settings, "bench", key, requests, run, rate)
             await _wait_rows(conn, run, requests, 600)
             elapsed = time.perf_counter() - began
             # the last commits (sinks, stages) follow the rows by a moment
             await asyncio.sleep(3)
-            delta = (await kafka_counts(settings.bootstrap, settings.topic_prefix)).minus(before)
+            delta = (await kafka_counts(settings.kafka, settings.topic_prefix)).minus(before)
             row = await conn.fetchrow(
                 "SELECT max(landed_at) AS last,"
                 " percentile_cont(0.5) WITHIN GROUP (ORDER BY landed_at - requested_at) AS p50,"
@@ -160,7 +161,7 @@ async def run_verify_bench(
             await conn.close()
         if progress:
             progress("measuring baselines: aiokafka pass-through, asyncpg COPY")
-        passthrough = await aiokafka_passthrough_rate(settings.bootstrap, requests)
+        passthrough = await aiokafka_passthrough_rate(settings.kafka, requests)
         copy = await copy_rate(settings.dsn, requests)
     finally:
         await asyncio.to_thread(stack.stop)

@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 import typer
 from rich.console import Console
 
-from streams.errors import PostwireError
+from streams.errors import ConfigError, PostwireError
 from streams.settings import Settings
 
 __all__ = ["err", "fail", "out", "run", "settings", "with_db"]
@@ -35,7 +35,11 @@ def fail(message: str, code: int = 1) -> typer.Exit:
 
 
 def settings() -> Settings:
-    return Settings()
+    """The settings; a knob that cannot work (ConfigError) is one red sentence and exit 2."""
+    try:
+        return Settings()
+    except ConfigError as exc:
+        raise fail(str(exc), 2) from None
 
 
 async def with_db(work: Callable[[Any], Awaitable[T]]) -> T:

@@ -130,12 +130,15 @@ async def _publish_suppression(tenant: str, address: str, value: Suppression | N
     from streams.contract.build import suppression_key
     from streams.contract.codec import default_codec
     from streams.errors import StackError
+    from streams.kafka.config import client_options
+    from streams.kafka.connect import start_client
 
     s = settings()
-    producer = AIOKafkaProducer(bootstrap_servers=s.bootstrap, acks="all")
+    options = client_options(s.kafka)
+    producer = AIOKafkaProducer(**options, acks="all")
     raw = default_codec().encode("Suppression", value) if value is not None else None
     try:
-        await producer.start()
+        await start_client(producer, options)
         await producer.send_and_wait(
             s.topics.suppressions, raw, key=suppression_key(tenant, address)
         )

@@ -152,7 +152,7 @@ def sink(
 
     settings = _settings()
     configure_logging(settings.logs, "sinks")
-    install_fast_loop()
+    install_fast_loop(kafka_tls=settings.kafka.security.tls)
 
     async def main() -> None:
         stop = asyncio.Event()

@@ -23,8 +23,9 @@ from aiokafka.errors import KafkaError
 
 from streams.contract.records import DeliveryTask
 from streams.deliver.control import Command, ControlState, TaskMeta
-from streams.errors import StackError
-from streams.kafka.config import KafkaSettings
+from streams.errors import KafkaRefusedError, StackError
+from streams.kafka.config import KafkaSettings, client_options
+from streams.kafka.connect import start_client
 from streams.kafka.read import read_all
 
 __all__ = [
@@ -73,9 +74,10 @@ def task_meta_of_entry(entry: dict[str, Any]) -> TaskMeta:
 
 
 async def publish_command(kafka: KafkaSettings, command: Command) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=kafka.bootstrap, acks="all")
+    options = client_options(kafka)
+    producer = AIOKafkaProducer(**options, acks="all")
     try:
-        await producer.start()
+        await start_client(producer, options)
         await producer.send_and_wait(kafka.topics.control, command.encode(), key=b"control")
     except KafkaError as exc:
         raise StackError(f"cannot publish to {kafka.topics.control}: {exc}") from exc
@@ -141,11 +143,10 @@ class ControlFeed:
         topic = self.kafka.topics.control
         tp = TopicPartition(topic, 0)
         while True:
-            consumer = AIOKafkaConsumer(
-                bootstrap_servers=self.kafka.bootstrap, enable_auto_commit=False, group_id=None
-            )
+            options = client_options(self.kafka)
+            consumer = AIOKafkaConsumer(**options, enable_auto_commit=False, group_id=None)
             try:
-                await consumer.start()
+                await start_client(consumer, options)
                 consumer.assign([tp])
                 await consumer.seek_to_beginning(tp)
                 end = (await consumer.end_offsets([tp]))[tp]
@@ -158,7 +159,7 @@ class ControlFeed:
                             self.apply(rec.value)
                     if not self.ready.is_set() and await consumer.position(tp) >= end:
                         self.ready.set()
-            except KafkaError as exc:
+            except (KafkaError, KafkaRefusedError) as exc:
                 log.warning("control feed: %s; reconnecting", exc)
                 await asyncio.sleep(1.0)
             finally:

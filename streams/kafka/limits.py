@@ -132,10 +132,11 @@ def max_message_bytes(responses: Sequence[Any]) -> dict[str, int]:
 
 
 async def read_record_limit(
-    bootstrap: str, topics: Sequence[str], *, timeout_ms: int = 10_000
+    client: Mapping[str, Any], topics: Sequence[str], *, timeout_ms: int = 10_000
 ) -> RecordLimit:
-    """The flow's limit as the cluster states it now. KafkaError when it cannot be asked."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=timeout_ms)
+    """The flow's limit as the cluster states it now (``client``: the options of
+    ``client_options``). KafkaError when it cannot be asked."""
+    admin = AIOKafkaAdminClient(**client, request_timeout_ms=timeout_ms)
     try:
         await admin.start()
         resources = [
@@ -150,10 +151,10 @@ async def read_record_limit(
     return limit_of(found)
 
 
-async def read_or_default(bootstrap: str, topics: Sequence[str]) -> RecordLimit:
+async def read_or_default(client: Mapping[str, Any], topics: Sequence[str]) -> RecordLimit:
     """:func:`read_record_limit`, or the default (logged) when the cluster cannot be asked."""
     try:
-        return await read_record_limit(bootstrap, topics)
+        return await read_record_limit(client, topics)
     except (KafkaError, OSError) as exc:
         log.warning("could not read the record limit, assuming Kafka's default: %s", exc)
         return DEFAULT_LIMIT

@@ -11,7 +11,8 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from streams.errors import StackError
-from streams.kafka.config import KafkaSettings
+from streams.kafka.config import KafkaSettings, client_options
+from streams.kafka.connect import start_client
 
 __all__ = ["read_all", "read_compacted"]
 
@@ -36,12 +37,11 @@ async def read_compacted(
     keyed: bool = True,
 ) -> dict[bytes, Any]:
     """Latest value per key of ``topic`` from its start to its current end; tombstones remove."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=kafka.bootstrap, enable_auto_commit=False, group_id=None
-    )
+    options = client_options(kafka)
+    consumer = AIOKafkaConsumer(**options, enable_auto_commit=False, group_id=None)
     latest: dict[bytes, Any] = {}
     try:
-        await consumer.start()
+        await start_client(consumer, options)
         # a consumer's own metadata covers only the topics it asked about: ask the cluster
         cluster = await consumer._client.fetch_all_metadata()
         partitions = cluster.partitions_for_topic(topic)

@@ -9,7 +9,8 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
 from streams.errors import StackError
-from streams.kafka.config import KafkaSettings, TopicNames
+from streams.kafka.config import KafkaSettings, TopicNames, client_options
+from streams.kafka.connect import start_client
 
 __all__ = [
     "CHANGELOG_CONFIG",
@@ -98,9 +99,10 @@ def topic_specs(kafka: KafkaSettings, delay_topics: Sequence[str] = ()) -> list[
 
 async def ensure_topics(kafka: KafkaSettings, delay_topics: Sequence[str] = ()) -> list[str]:
     """Create missing topics; return the names created. Existing topics are left as they are."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap, request_timeout_ms=10000)
+    options = client_options(kafka)
+    admin = AIOKafkaAdminClient(**options, request_timeout_ms=10000)
     try:
-        await admin.start()
+        await start_client(admin, options)
         existing = set(await admin.list_topics())
         missing = [s for s in topic_specs(kafka, delay_topics) if s.name not in existing]
         if missing:

@@ -20,7 +20,9 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
-from streams.kafka.config import KafkaSettings
+from streams.errors import KafkaRefusedError
+from streams.kafka.config import KafkaSettings, client_options
+from streams.kafka.connect import start_client
 from streams.obs.metrics import CONSUMER_LAG
 
 __all__ = ["LagMonitor", "ours", "topic_lag"]
@@ -64,13 +66,11 @@ class LagMonitor:
 
     async def _start(self) -> tuple[AIOKafkaAdminClient, AIOKafkaConsumer]:
         if self._admin is None or self._consumer is None:
-            bootstrap = self.kafka.bootstrap
-            self._admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-            self._consumer = AIOKafkaConsumer(
-                bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False
-            )
-            await self._admin.start()
-            await self._consumer.start()
+            options = client_options(self.kafka)
+            self._admin = AIOKafkaAdminClient(**options)
+            self._consumer = AIOKafkaConsumer(**options, group_id=None, enable_auto_commit=False)
+            await start_client(self._admin, options)
+            await start_client(self._consumer, options)
         return self._admin, self._consumer
 
     async def close(self) -> None:
@@ -127,7 +127,7 @@ class LagMonitor:
             while not stop.is_set():
                 try:
                     await self.report()
-                except (KafkaError, OSError, TimeoutError) as exc:
+                except (KafkaError, KafkaRefusedError, OSError, TimeoutError) as exc:
                     log.warning("consumer lag not measured this round: %s", exc)
                     await self.close()  # start over with fresh connections
                 with contextlib.suppress(TimeoutError):

@@ -13,6 +13,8 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
 from streams.errors import StackError
+from streams.kafka.config import client_options
+from streams.kafka.connect import start_client
 from streams.replay.plan import PartitionRange, RangeTracker, plan_ranges, resolve_topic, to_ms
 from streams.settings import Settings
 
@@ -25,8 +27,9 @@ STALL_SECONDS = 60.0
 
 
 async def open_consumer(settings: Settings, group_id: str | None = None) -> AIOKafkaConsumer:
+    options = client_options(settings.kafka)
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.bootstrap,
+        **options,
         group_id=group_id,
         enable_auto_commit=False,
         # a start offset deleted by retention since planning: begin at what is left
@@ -34,7 +37,7 @@ async def open_consumer(settings: Settings, group_id: str | None = None) -> AIOK
         max_poll_records=settings.sink_batch_size,
     )
     try:
-        await consumer.start()
+        await start_client(consumer, options)
     except KafkaError as exc:
         await consumer.stop()
         raise StackError(f"cannot reach Kafka at {settings.bootstrap}: {exc}") from exc
@@ -44,9 +47,10 @@ async def open_consumer(settings: Settings, group_id: str | None = None) -> AIOK
 async def _partitions(settings: Settings, topic: str) -> tuple[str, list[int]]:
     """The topic's full name and its partitions (the consumer's metadata only covers topics it
     was given, so ask the cluster)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap, request_timeout_ms=10000)
+    options = client_options(settings.kafka)
+    admin = AIOKafkaAdminClient(**options, request_timeout_ms=10000)
     try:
-        await admin.start()
+        await start_client(admin, options)
         name = resolve_topic(topic, settings.topic_prefix, await admin.list_topics())
         described = await admin.describe_topics([name])
     except KafkaError as exc:

@@ -18,6 +18,7 @@ from streams.contract.codec import default_codec
 from streams.db.directory import DirectoryHolder
 from streams.db.tenants import load_directory
 from streams.errors import SinkUnavailableError, StackError
+from streams.kafka.config import client_options
 from streams.replay.plan import ReplaySummary, replay_group, stage_input
 from streams.replay.reader import Progress, Records, open_consumer, plan_offsets, read_range
 from streams.runtime.producer import BatchProducer
@@ -65,7 +66,7 @@ async def replay_stage(
         concurrency=settings.verify_concurrency,
     )
     consumer = await open_consumer(settings, group_id=group)
-    producer = BatchProducer(settings.bootstrap, linger_ms=settings.producer_linger_ms)
+    producer = BatchProducer(client_options(settings.kafka), linger_ms=settings.producer_linger_ms)
 
     async def handle(records: Records) -> None:
         batch = [

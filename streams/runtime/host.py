@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from streams.clock import Clock, wall_clock
+from streams.kafka.config import ClientOptions
 from streams.runtime.producer import BatchProducer
 from streams.runtime.runner import RunnerConfig, StageRunner
 from streams.runtime.stage import Stage
@@ -22,9 +23,10 @@ __all__ = ["HostConfig", "StageHost"]
 
 @dataclass(frozen=True)
 class HostConfig:
-    """The Kafka side of a worker: where, under which app id, and the runners' defaults."""
+    """The Kafka side of a worker: where and how to connect (``client``, the options of
+    ``streams.kafka.config.client_options``), under which app id, and the runners' defaults."""
 
-    bootstrap: str
+    client: ClientOptions = field(repr=False)  # it holds the SASL password
     app_id: str
     partitions: int = 1  # of changelog topics the host creates
     replication: int = 1
@@ -37,7 +39,7 @@ class HostConfig:
 
     def runner(self, stage: Stage) -> RunnerConfig:
         return RunnerConfig(
-            self.bootstrap,
+            self.client,
             f"{self.app_id}-{stage.name}",
             session_timeout=self.session_timeout,
             heartbeat_interval=self.heartbeat_interval,
@@ -60,9 +62,7 @@ class StageHost:
     ) -> None:
         self.config = config
         self.background = list(background)
-        self.producer = BatchProducer(
-            config.bootstrap, linger_ms=config.linger_ms, **config.producer
-        )
+        self.producer = BatchProducer(config.client, linger_ms=config.linger_ms, **config.producer)
         self.runners = [
             StageRunner(stage, config.runner(stage), self.producer, clock) for stage in stages
         ]
@@ -76,7 +76,7 @@ class StageHost:
         # every changelog exists before any stage joins its group (a missing one is an error
         # here, at start, never after a send)
         await ensure_changelogs(
-            self.config.bootstrap, stores, self.config.partitions, self.config.replication
+            self.config.client, stores, self.config.partitions, self.config.replication
         )
         await self.producer.start()
         self.started = True

@@ -5,22 +5,25 @@ them at once (acks=all) before the caller commits the offsets that produced them
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from streams.errors import RuntimeProduceError
+from streams.kafka.connect import start_client
 from streams.runtime.records import Out
 
 __all__ = ["BatchProducer"]
 
 
 class BatchProducer:
-    def __init__(self, bootstrap: str, *, linger_ms: int = 2, **config: Any) -> None:
+    def __init__(self, client: Mapping[str, Any], *, linger_ms: int = 2, **config: Any) -> None:
+        # ``client``: the options of streams.kafka.config.client_options (cluster, SASL, TLS)
+        self._client_options = dict(client)
         self._config: dict[str, Any] = {
-            "bootstrap_servers": bootstrap,
+            **self._client_options,
             "acks": "all",
             "enable_idempotence": True,
             "linger_ms": linger_ms,
@@ -39,7 +42,7 @@ class BatchProducer:
     async def start(self) -> None:
         # made here, not in __init__: aiokafka binds a client to the loop running it
         self._client = AIOKafkaProducer(**self._config)
-        await self._client.start()
+        await start_client(self._client, self._client_options)
 
     async def stop(self) -> None:
         if self._client is not None:

@@ -16,6 +16,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from streams.errors import RecoveryStalledError
+from streams.kafka.connect import start_client
 from streams.runtime.state import Store
 
 __all__ = ["recover"]
@@ -24,13 +25,14 @@ log = logging.getLogger("postwire.runtime")
 
 
 async def recover(
-    consumer_config: dict[str, object],
+    client: Mapping[str, Any],
     stores: Iterable[Store],
     partitions: Iterable[int],
     *,
     stall_timeout: float = 60.0,
 ) -> int:
-    """Reload ``partitions`` of every store; return the number of changelog records read."""
+    """Reload ``partitions`` of every store; return the number of changelog records read.
+    ``client``: the options of ``streams.kafka.config.client_options``."""
     by_tp: dict[TopicPartition, Store] = {}
     parts = sorted(set(partitions))
     for store in stores:
@@ -42,13 +44,13 @@ async def recover(
     # earliest: with no group there is no committed offset, and a reset to "latest" that is
     # still pending would win over a seek made right after assign() (seen with aiokafka 0.14)
     consumer = AIOKafkaConsumer(
-        **consumer_config,
+        **client,
         enable_auto_commit=False,
         group_id=None,
         auto_offset_reset="earliest",
         isolation_level="read_committed",
     )
-    await consumer.start()
+    await start_client(consumer, client)
     read = 0
     try:
         consumer.assign(list(by_tp))

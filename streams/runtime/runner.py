@@ -17,12 +17,14 @@ import logging
 import time
 import traceback
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 
 from streams.clock import Clock, wall_clock
+from streams.kafka.config import ClientOptions
+from streams.kafka.connect import start_client
 from streams.obs.metrics import BATCH_RECORDS, RECORDS, STAGE_SECONDS, STATE_ENTRIES
 from streams.runtime.producer import BatchProducer
 from streams.runtime.records import Consumed
@@ -38,9 +40,10 @@ PIPELINE = 4  # batches a stage may have sent and not yet seen acknowledged
 
 @dataclass(frozen=True)
 class RunnerConfig:
-    """What the runner needs to reach Kafka (a part of the settings, built by the worker)."""
+    """What the runner needs to reach Kafka (a part of the settings, built by the worker):
+    ``client`` is ``streams.kafka.config.client_options`` (the cluster, SASL and TLS)."""
 
-    bootstrap: str
+    client: ClientOptions = field(repr=False)  # it holds the SASL password
     group: str
     session_timeout: float = 10.0
     heartbeat_interval: float = 1.0
@@ -49,9 +52,6 @@ class RunnerConfig:
     # how much work a crash can make a batch stage repeat; also how often its stores' changes
     # are written (coalesced over every batch in between)
     commit_interval: float = 0.5
-
-    def client(self) -> dict[str, Any]:
-        return {"bootstrap_servers": self.bootstrap}
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -114,7 +114,7 @@ class StageRunner:
                 store.drop(p)
         arriving = partitions - self.owned
         if arriving and self.stage.stores:
-            await recover(self.config.client(), self.stage.stores, arriving)
+            await recover(self.config.client, self.stage.stores, arriving)
         self.owned = partitions
         self._paused.clear()  # positions restart from the committed offsets
         for store in self.stage.stores:  # a stage that gets no traffic still shows its state
@@ -126,7 +126,7 @@ class StageRunner:
 
     async def run(self, stop: asyncio.Event) -> None:
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.config.bootstrap,
+            **self.config.client,
             group_id=self.config.group,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
@@ -135,7 +135,7 @@ class StageRunner:
             heartbeat_interval_ms=int(self.config.heartbeat_interval * 1000),
         )
         consumer.subscribe(list(self.stage.inputs), listener=_Rebalance(self))
-        await consumer.start()
+        await start_client(consumer, self.config.client)
         self._consumer = consumer
         self._committer = asyncio.ensure_future(self._commit_in_order(consumer))
         try:

@@ -8,7 +8,7 @@ JSON (orjson); ``None`` is a deletion (a tombstone, which compaction eventually 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import orjson
@@ -16,6 +16,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
 from streams.errors import StackError
+from streams.kafka.connect import start_client
 from streams.kafka.topics import CHANGELOG_CONFIG
 from streams.runtime.records import Out
 from streams.runtime.tables import MemoryTables, Table, TableFactory
@@ -30,14 +31,16 @@ SWEEP_BUDGET = 20_000
 
 
 async def ensure_changelogs(
-    bootstrap: str, stores: list[Store], partitions: int, replication: int
+    client: Mapping[str, Any], stores: list[Store], partitions: int, replication: int
 ) -> list[str]:
-    """Create the changelog topics that do not exist yet; return their names."""
+    """Create the changelog topics that do not exist yet; return their names. ``client``: the
+    options of ``streams.kafka.config.client_options``."""
     if not stores:
         return []
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10000)
+    bootstrap = client["bootstrap_servers"]
+    admin = AIOKafkaAdminClient(**client, request_timeout_ms=10000)
     try:
-        await admin.start()
+        await start_client(admin, client)
         existing = set(await admin.list_topics())
         missing = sorted({s.topic for s in stores} - existing)
         failed: list[str] = []

@@ -17,6 +17,7 @@ from streams.clock import Clock, wall_clock
 from streams.contract.codec import Codec, default_codec
 from streams.db.directory import DirectoryHolder
 from streams.deliver.queue import ControlFeed
+from streams.kafka.config import client_options
 from streams.kafka.limits import DEFAULT_LIMIT, RecordLimit, flow_topics, read_or_default
 from streams.kafka.topics import changelog_topic
 from streams.obs.logs import configure_logging
@@ -31,6 +32,7 @@ from streams.stages.gate_stage import DeferralStage, GateStage
 from streams.stages.names import DELIVER_PARTS, KNOWN_STAGES, STAGES
 from streams.stages.policies import gate_trust
 from streams.stages.verify import VerifyStage, build_verifier
+from streams.worker.broker import broker_credentials
 from streams.worker.shell import install_directory
 from streams.worker.web import install_pages
 
@@ -142,6 +144,7 @@ def create_app(
     app = faust.App(
         settings.app_id,
         broker=f"kafka://{settings.bootstrap}",
+        broker_credentials=broker_credentials(settings.kafka.security),
         store="memory://",
         autodiscover=False,
         topic_partitions=settings.partitions,
@@ -180,7 +183,7 @@ def create_app(
         background.append(_control_feed(feed))
     host = StageHost(
         HostConfig(
-            settings.bootstrap,
+            client_options(settings.kafka),
             settings.app_id,
             partitions=settings.partitions,
             replication=settings.replication_factor,
@@ -234,7 +237,7 @@ def tune_gc() -> None:
 def run_worker(settings: Settings, stages: tuple[str, ...] = STAGES) -> None:
     """Run the faust worker in this process until SIGINT/SIGTERM."""
     configure_logging(settings.logs, "worker", app=settings.app_id, stages=",".join(stages))
-    install_fast_loop()
+    install_fast_loop(kafka_tls=settings.kafka.security.tls)
     # faust and aiokafka build debug records on every send even when nobody prints them
     logging.disable(logging.DEBUG)
     directory = stage_directory(settings, stages)
@@ -252,7 +255,9 @@ def run_worker(settings: Settings, stages: tuple[str, ...] = STAGES) -> None:
 
     # read before the stages start: the gate measures every request against it, and the
     # producer is sized by it
-    limit = asyncio.run(read_or_default(settings.bootstrap, flow_topics(settings.topics)))
+    limit = asyncio.run(
+        read_or_default(client_options(settings.kafka), flow_topics(settings.topics))
+    )
     app = create_app(
         settings, stages, directory=directory, control=control, on_failure=crash, limit=limit
     )

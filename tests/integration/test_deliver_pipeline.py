@@ -21,6 +21,7 @@ from streams.deliver.control import Command, Selector
 from streams.deliver.queue import publish_command
 from streams.deliver.retry import tier_topics
 from streams.gate.expand import expand
+from streams.kafka.config import client_options
 from streams.kafka.read import read_compacted
 from streams.settings import Settings
 from streams.stack.stack import Stack
@@ -67,7 +68,7 @@ async def _publish(
     values: list[tuple[bytes, bytes]],
     headers: Callable[[bytes], list[tuple[str, bytes]]] | None = None,
 ) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap, acks="all")
+    producer = AIOKafkaProducer(**client_options(settings.kafka), acks="all")
     await producer.start()
     try:
         for key, value in values:
@@ -275,7 +276,7 @@ async def test_flush_sends_deferred_mail_now(
         "not_before": now + timedelta(hours=1),
     }
     longest = tier_topics(retry_policy(stack.delivery), stack.topics.prefix)[-1]
-    producer = AIOKafkaProducer(bootstrap_servers=stack.bootstrap, acks="all")
+    producer = AIOKafkaProducer(**client_options(stack.kafka), acks="all")
     await producer.start()
     try:
         await producer.send_and_wait(

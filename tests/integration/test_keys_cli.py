@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 from streams.cli.main import app
 from streams.contract.codec import Codec
 from streams.contract.signing import sign
+from streams.kafka.config import client_options
 from streams.settings import Settings
 from tests.integration.helpers import eventually
 
@@ -86,7 +87,7 @@ async def test_scopes_listing_and_revocation_within_the_refresh(
     ]
     assert key not in output
 
-    producer = AIOKafkaProducer(bootstrap_servers=stack.bootstrap, acks="all")
+    producer = AIOKafkaProducer(**client_options(stack.kafka), acks="all")
     await producer.start()
     conn = await asyncpg.connect(stack.dsn)
     try:

@@ -14,6 +14,7 @@ from aiokafka import AIOKafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
 
 from streams.contract.codec import Codec
+from streams.kafka.config import client_options
 from streams.obs.logs import KEY_FILE
 from streams.obs.redact import Redactor
 from streams.settings import Settings
@@ -75,7 +76,7 @@ def _request(tenant: str, operation: str, recipient: str) -> dict[str, Any]:
 
 async def _publish(settings: Settings, values: list[bytes], tenant: str, api_key: str) -> None:
     headers = await signer(settings, tenant, api_key)
-    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap, acks="all")
+    producer = AIOKafkaProducer(**client_options(settings.kafka), acks="all")
     await producer.start()
     try:
         for value in values:

@@ -10,6 +10,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from streams.contract.codec import Codec
+from streams.kafka.config import client_options
 from streams.settings import Settings
 from tests.integration.helpers import eventually, new_tenant, signer
 
@@ -47,7 +48,7 @@ async def test_requests_and_rejections_land_in_postgres(stack: Settings, codec: 
     good = codec.encode("EmailRequest", requests[0])
     bad_values = [b'{"not": "avro"}', good[:20], wrong_type, good + b"\x00"]
 
-    producer = AIOKafkaProducer(bootstrap_servers=stack.bootstrap, acks="all")
+    producer = AIOKafkaProducer(**client_options(stack.kafka), acks="all")
     await producer.start()
     try:
         for r in requests:
@@ -105,7 +106,7 @@ async def test_replaying_the_same_records_adds_no_rows(stack: Settings, codec: C
     tenant, key = await _tenant(stack)
     headers = await signer(stack, tenant, key)
     requests = [_request(tenant, i) for i in range(50)]
-    producer = AIOKafkaProducer(bootstrap_servers=stack.bootstrap, acks="all")
+    producer = AIOKafkaProducer(**client_options(stack.kafka), acks="all")
     await producer.start()
     conn = await asyncpg.connect(stack.dsn)
     try:
@@ -142,7 +143,7 @@ async def test_a_row_postgres_refuses_is_dead_lettered_and_the_rest_land(
     # valid Avro, but PostgreSQL text cannot hold NUL: a poison row, not an outage
     poison = _request(tenant, 99) | {"idempotency_key": "bad\x00key"}
     poison_bytes = codec.encode("EmailRequest", poison)
-    producer = AIOKafkaProducer(bootstrap_servers=stack.bootstrap, acks="all")
+    producer = AIOKafkaProducer(**client_options(stack.kafka), acks="all")
     await producer.start()
     try:
         for r in good[:10]:

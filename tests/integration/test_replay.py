@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 
 from streams.cli.main import app
 from streams.contract.codec import Codec
+from streams.kafka.config import client_options
 from streams.settings import Settings
 from tests.integration.helpers import eventually, new_tenant, signer
 
@@ -51,7 +52,7 @@ async def _publish(
 ) -> None:
     """The requests of one tenant, produced and signed as its direct producer does."""
     headers = await signer(settings, requests[0]["tenant"], key)
-    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap, acks="all")
+    producer = AIOKafkaProducer(**client_options(settings.kafka), acks="all")
     await producer.start()
     try:
         for r in requests:
@@ -143,7 +144,7 @@ async def test_into_sinks_changes_nothing_then_fills_back_exactly_the_deleted_ra
 
 
 async def _group_offsets(settings: Settings, group: str, topic: str) -> dict[int, int]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap)
+    admin = AIOKafkaAdminClient(**client_options(settings.kafka))
     await admin.start()
     try:
         found = await admin.list_consumer_group_offsets(group)
@@ -155,14 +156,14 @@ async def _group_offsets(settings: Settings, group: str, topic: str) -> dict[int
 async def _end_offsets(settings: Settings, topic: str) -> dict[int, int]:
     from aiokafka import AIOKafkaConsumer
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap)
+    admin = AIOKafkaAdminClient(**client_options(settings.kafka))
     await admin.start()
     try:
         described = await admin.describe_topics([topic])
     finally:
         await admin.close()
     tps = [TopicPartition(topic, p["partition"]) for p in described[0]["partitions"]]
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap)
+    consumer = AIOKafkaConsumer(**client_options(settings.kafka))
     await consumer.start()
     try:
         return {tp.partition: off for tp, off in (await consumer.end_offsets(tps)).items()}

@@ -17,6 +17,7 @@ from sinks.runner import run_sinks
 from streams.contract.codec import Codec
 from streams.contract.signing import sign
 from streams.db.tenants import create_api_key, create_tenant
+from streams.kafka.config import client_options
 from streams.settings import Settings
 from streams.stack.stack import Stack
 from tests.conftest import stack_settings
@@ -39,7 +40,7 @@ async def _publish(
     settings: Settings, codec: Codec, records: list[dict[str, object]], key: tuple[str, str]
 ) -> None:
     """Produce ``records`` as a direct producer holding ``key`` (its id and the key) does."""
-    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap, acks="all")
+    producer = AIOKafkaProducer(**client_options(settings.kafka), acks="all")
     await producer.start()
     try:
         for r in records:
@@ -94,7 +95,7 @@ async def _rewind(settings: Settings, topic: str) -> None:
     """Move the stopped worker's gate group back to the start of ``topic``: a deliberate
     replay."""
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.bootstrap,
+        **client_options(settings.kafka),
         group_id=f"{settings.app_id}-gate",
         enable_auto_commit=False,
     )
@@ -179,7 +180,7 @@ async def test_sink_rides_out_a_postgres_outage(tmp_path: Path, codec: Codec) ->
     stop = asyncio.Event()
     sinks = asyncio.create_task(run_sinks(settings, ("requests",), stop))
     try:
-        producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap, acks="all")
+        producer = AIOKafkaProducer(**client_options(settings.kafka), acks="all")
         await producer.start()
         ids: list[str] = []
 

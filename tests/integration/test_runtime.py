@@ -9,6 +9,7 @@ import uuid
 import pytest
 from aiokafka import AIOKafkaProducer
 
+from streams.kafka.config import client_options
 from streams.runtime.producer import BatchProducer
 from streams.runtime.recovery import recover
 from streams.runtime.state import Store, ensure_changelogs
@@ -20,12 +21,12 @@ pytestmark = pytest.mark.integration
 async def test_a_store_comes_back_from_its_changelog(stack: Settings) -> None:
     topic = f"{stack.app_id}-rt{uuid.uuid4().hex[:6]}-changelog"
     written = Store("rt", topic)
-    assert await ensure_changelogs(stack.bootstrap, [written], 2, 1) == [topic]
-    assert await ensure_changelogs(stack.bootstrap, [written], 2, 1) == []  # idempotent
+    assert await ensure_changelogs(client_options(stack.kafka), [written], 2, 1) == [topic]
+    assert await ensure_changelogs(client_options(stack.kafka), [written], 2, 1) == []  # idempotent
     for i in range(500):
         written.put(i % 2, f"k{i % 50}", {"n": i})
     written.put(0, "gone", 1)
-    producer = BatchProducer(stack.bootstrap)
+    producer = BatchProducer(client_options(stack.kafka))
     await producer.start()
     try:
         await producer.settle(await producer.send(written.changes()))
@@ -34,7 +35,7 @@ async def test_a_store_comes_back_from_its_changelog(stack: Settings) -> None:
     finally:
         await producer.stop()
     recovered = Store("rt", topic)
-    read = await recover({"bootstrap_servers": stack.bootstrap}, [recovered], {0, 1})
+    read = await recover(client_options(stack.kafka), [recovered], {0, 1})
     assert read == 52  # one record per key per flush: 50 keys, "gone", its tombstone
     for p in (0, 1):
         assert dict(recovered.items(p)) == dict(written.items(p))
@@ -44,14 +45,14 @@ async def test_a_store_comes_back_from_its_changelog(stack: Settings) -> None:
 async def test_recovery_of_a_partition_with_nothing_left_finishes(stack: Settings) -> None:
     topic = f"{stack.app_id}-rt{uuid.uuid4().hex[:6]}-changelog"
     store = Store("rt", topic)
-    await ensure_changelogs(stack.bootstrap, [store], 1, 1)
+    await ensure_changelogs(client_options(stack.kafka), [store], 1, 1)
     # records whose value is not JSON for this store: recovery must still end at the end offset
-    producer = AIOKafkaProducer(bootstrap_servers=stack.bootstrap, acks="all")
+    producer = AIOKafkaProducer(**client_options(stack.kafka), acks="all")
     await producer.start()
     try:
         await producer.send_and_wait(topic, b'{"a": 1}', key=b"a", partition=0)
     finally:
         await producer.stop()
-    assert await recover({"bootstrap_servers": stack.bootstrap}, [store], {0}) == 1
+    assert await recover(client_options(stack.kafka), [store], {0}) == 1
     assert store.get(0, "a") == {"a": 1}
-    assert await recover({"bootstrap_servers": stack.bootstrap}, [Store("x", topic)], set()) == 0
+    assert await recover(client_options(stack.kafka), [Store("x", topic)], set()) == 0

@@ -15,6 +15,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from streams.errors import StackError
+from streams.kafka.config import client_options
 from streams.settings import Settings
 from streams.stack.kafka import EmbeddedKafka
 from streams.stack.process import pid_alive
@@ -55,7 +56,7 @@ async def test_data_survives_down_and_up(tmp_path: Path) -> None:
     pids = _pids(settings)
     assert set(pids) == {"kafka", "postgres"}
     try:
-        producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap, acks="all")
+        producer = AIOKafkaProducer(**client_options(settings.kafka), acks="all")
         await producer.start()
         await producer.send_and_wait(settings.topics.events, b"kept across restarts", key=b"k")
         await producer.stop()
@@ -77,7 +78,7 @@ async def test_data_survives_down_and_up(tmp_path: Path) -> None:
         await conn.close()
         consumer = AIOKafkaConsumer(
             settings.topics.events,
-            bootstrap_servers=settings.bootstrap,
+            **client_options(settings.kafka),
             auto_offset_reset="earliest",
         )
         await consumer.start()

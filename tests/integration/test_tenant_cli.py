@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 from streams.cli.main import app
 from streams.contract.codec import Codec
 from streams.contract.signing import sign
+from streams.kafka.config import client_options
 from streams.settings import Settings
 from tests.integration.helpers import eventually
 
@@ -43,7 +44,7 @@ async def _send(settings: Settings, codec: Codec, tenant: str, key_id: str, key:
         "recipients": [{"email": "alice@normal.example"}],
         "created_at": datetime.now(UTC),
     }
-    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap, acks="all")
+    producer = AIOKafkaProducer(**client_options(settings.kafka), acks="all")
     await producer.start()
     try:
         value = codec.encode("EmailRequest", record)

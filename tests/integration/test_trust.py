@@ -22,6 +22,7 @@ from streams.contract.codec import Codec
 from streams.contract.ids import MessageIds
 from streams.contract.signing import KEY_ID, sign
 from streams.db.tenants import api_key_digest
+from streams.kafka.config import client_options
 from streams.settings import Settings
 from streams.stack.stack import Stack
 from tests.conftest import SENDER_DOMAIN
@@ -60,7 +61,7 @@ def _track(tenant: str, message_id: str, at: datetime) -> dict[str, Any]:
 
 async def _produce(settings: Settings, records: list[tuple[str, bytes, Headers | None]]) -> None:
     """(record key = tenant, value, headers) onto ``requests``, as direct producers do."""
-    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap, acks="all")
+    producer = AIOKafkaProducer(**client_options(settings.kafka), acks="all")
     await producer.start()
     try:
         for tenant, value, headers in records:
@@ -232,7 +233,7 @@ async def test_a_tenant_cannot_record_events_about_another_tenants_mail(
 async def _topic_records(settings: Settings) -> list[tuple[str, bytes, bytes, list[Any]]]:
     """Every record of every topic of this stack (its prefix and its app's changelogs), from
     the start: (topic, key, value, headers)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap)
+    admin = AIOKafkaAdminClient(**client_options(settings.kafka))
     await admin.start()
     try:
         names = [
@@ -245,7 +246,7 @@ async def _topic_records(settings: Settings) -> list[tuple[str, bytes, bytes, li
         await admin.close()
     parts = [TopicPartition(d["topic"], p["partition"]) for d in described for p in d["partitions"]]
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.bootstrap,
+        **client_options(settings.kafka),
         enable_auto_commit=False,
         auto_offset_reset="earliest",
     )

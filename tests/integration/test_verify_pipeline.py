@@ -16,6 +16,7 @@ from aiokafka import AIOKafkaProducer
 from streams.contract.codec import Codec
 from streams.contract.signing import sign
 from streams.db.tenants import create_api_key, create_tenant
+from streams.kafka.config import client_options
 from streams.settings import Settings
 from tests.integration.helpers import eventually
 
@@ -74,7 +75,7 @@ async def test_mixed_batch_books_balance(stack: Settings, codec: Codec) -> None:
     signing = {r["request_id"]: keys[r["tenant"]] for r in avro}
     signing[bad_key["request_id"]] = (keys[acme][0], "pw_wrong")
 
-    producer = AIOKafkaProducer(bootstrap_servers=stack.bootstrap, acks="all")
+    producer = AIOKafkaProducer(**client_options(stack.kafka), acks="all")
     await producer.start()
     try:
         for r in avro:

@@ -44,9 +44,8 @@ def closed_port() -> int:
 
 async def test_without_kafka_it_does_not_start_and_says_why() -> None:
     bootstrap = f"127.0.0.1:{closed_port()}"
-    producer = IngressProducer(
-        bootstrap, ["t.requests"], {"bootstrap_servers": bootstrap}, timeout=1.0
-    )
+    client = {"bootstrap_servers": bootstrap}
+    producer = IngressProducer(client, ["t.requests"], client, timeout=1.0)
     with pytest.raises(KafkaError, match="no Kafka producer"):
         await producer.start()
     ok, health = producer.health()

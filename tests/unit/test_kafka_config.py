@@ -3,8 +3,19 @@ from __future__ import annotations
 import base64
 from pathlib import Path
 
+import pytest
+from pydantic import SecretStr
+
+from streams.errors import ConfigError, StackError
 from streams.settings import Settings
-from streams.stack.kafka import _kafka_cluster_id, locate_pom, render_server_properties
+from streams.stack.kafka import (
+    EmbeddedKafka,
+    SecuredListener,
+    _kafka_cluster_id,
+    locate_pom,
+    render_server_properties,
+)
+from streams.stack.tls import TlsFiles
 
 
 def _props(text: str) -> dict[str, str]:
@@ -36,3 +47,74 @@ def test_pom_pins_the_broker_artifacts() -> None:
     text = locate_pom().read_text()
     assert "<artifactId>kafka_2.13</artifactId>" in text
     assert "<kafka.version>3.9.1</kafka.version>" in text
+
+
+def _secured(tmp_path: Path, **users: str) -> SecuredListener:
+    tls = TlsFiles(tmp_path / "ca.pem", tmp_path / "server.keystore.pem")
+    return SecuredListener(tls, {name: SecretStr(pw) for name, pw in users.items()})
+
+
+def test_secured_listener_speaks_sasl_ssl_with_every_mechanism(tmp_path: Path) -> None:
+    s = Settings(kafka_port=19092, kafka_controller_port=19093)
+    secured = _secured(tmp_path, alice="alice-pw", bob="bob-pw")
+    props = _props(render_server_properties(s, tmp_path / "data", secured))
+    assert props["listeners"] == "SASL_SSL://127.0.0.1:19092,CONTROLLER://127.0.0.1:19093"
+    assert props["advertised.listeners"] == "SASL_SSL://127.0.0.1:19092"
+    assert props["inter.broker.listener.name"] == "SASL_SSL"
+    # no plaintext listener for clients is left; the controller's stays on loopback
+    assert props["listener.security.protocol.map"] == "SASL_SSL:SASL_SSL,CONTROLLER:PLAINTEXT"
+    assert props["sasl.enabled.mechanisms"] == "PLAIN,SCRAM-SHA-256,SCRAM-SHA-512"
+    assert props["ssl.keystore.type"] == props["ssl.truststore.type"] == "PEM"
+    assert props["ssl.keystore.location"] == str(tmp_path / "server.keystore.pem")
+    assert props["ssl.truststore.location"] == str(tmp_path / "ca.pem")
+    plain = props["listener.name.sasl_ssl.plain.sasl.jaas.config"]
+    assert 'user_alice="alice-pw"' in plain
+    assert 'user_bob="bob-pw"' in plain
+    broker = secured.broker_password.get_secret_value()
+    assert f'username="broker" password="{broker}" user_broker="{broker}"' in plain
+    assert "ScramLoginModule" in props["listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config"]
+    # the broker's own password is new per start and never shown
+    assert broker != _secured(tmp_path, alice="x").broker_password.get_secret_value()
+    assert broker not in repr(secured)
+    assert "alice-pw" not in repr(secured)
+
+
+def test_scram_users_are_added_with_both_mechanisms(tmp_path: Path) -> None:
+    assert _secured(tmp_path, alice="a-pw", bob="b-pw").scram_arguments() == [
+        "--add-scram",
+        "SCRAM-SHA-256=[name=alice,password=a-pw]",
+        "--add-scram",
+        "SCRAM-SHA-512=[name=alice,password=a-pw]",
+        "--add-scram",
+        "SCRAM-SHA-256=[name=bob,password=b-pw]",
+        "--add-scram",
+        "SCRAM-SHA-512=[name=bob,password=b-pw]",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("users", "message"),
+    [
+        ({}, "at least one user"),
+        ({"alice": "pw,with]brackets"}, "names and passwords are 1-128 of"),
+        ({'al"ice': "pw"}, "names and passwords are 1-128 of"),
+        ({"broker": "pw"}, "the broker's own login"),
+    ],
+)
+def test_users_the_tools_would_misread_are_refused(
+    tmp_path: Path, users: dict[str, str], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        _secured(tmp_path, **users)
+
+
+def test_the_plaintext_embedded_broker_refuses_secured_client_settings(tmp_path: Path) -> None:
+    ca = tmp_path / "ca.pem"
+    ca.write_text("unused")
+    s = Settings(
+        data_dir=tmp_path,
+        kafka_security_protocol="SSL",
+        kafka_ssl_cafile=ca,
+    )
+    with pytest.raises(StackError, match="speaks PLAINTEXT, not POSTWIRE_KAFKA_SECURITY_PROTOCOL"):
+        EmbeddedKafka(s).prepare()
