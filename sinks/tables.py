@@ -19,6 +19,7 @@ from streams.contract.records import (
     VerifyTask,
 )
 from streams.kafka.records import SourcePosition
+from streams.obs.redact import scrub_key_bytes, scrub_keys
 from streams.settings import Settings
 
 __all__ = [
@@ -158,8 +159,19 @@ def rejection_row(r: Rejection, _src: SourcePosition | None = None) -> Row:
 def sink_failure_row(
     src: SourcePosition, stage: str, code: str, error: str, raw: bytes, now: datetime
 ) -> Row:
-    """A record a sink could not map lands in ``rejections`` in the same transaction."""
-    return (src.topic, src.partition, src.offset, stage, code, error, None, raw, now)
+    """A record a sink could not map lands in ``rejections`` in the same transaction, less
+    anything shaped like an API key."""
+    return (
+        src.topic,
+        src.partition,
+        src.offset,
+        stage,
+        code,
+        scrub_keys(error),
+        None,
+        scrub_key_bytes(raw),
+        now,
+    )
 
 
 def _message_row(r: DeliveryEvent, _src: SourcePosition) -> Row | None:

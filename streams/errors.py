@@ -48,6 +48,7 @@ __all__ = [
     "TemplateRenderError",
     "TimeFormatError",
     "TimeRangeError",
+    "TrackRefusedError",
     "TrailingBytesError",
     "TruncatedError",
     "UndefinedVariableError",
@@ -105,6 +106,19 @@ class AuthError(PostwireError):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code = code
+
+
+class TrackRefusedError(PostwireError):
+    """A tracking event that is not the posting tenant's to record: a message id not issued to
+    it (``track.foreign_message``) or a time too far in the future (``track.future_timestamp``).
+    ``field`` names the part of the event at fault."""
+
+    code = "track"
+
+    def __init__(self, code: str, field: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.field = field
 
 
 class MigrationError(PostwireError):

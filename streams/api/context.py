@@ -1,5 +1,9 @@
 """What every API handler shares: the Kafka producer, the database pool, the tenant directory,
-and one guard that authenticates, rate-limits and turns errors into SendGrid-shaped answers."""
+the ids it issues, and one guard that authenticates, rate-limits and turns errors into
+SendGrid-shaped answers.
+
+The caller's key stays here: a handler knows the caller by tenant and key id, and the requests it
+publishes carry the key id and the ingress's signature (``streams/contract/signing.py``)."""
 
 from __future__ import annotations
 
@@ -21,9 +25,10 @@ from streams.api.group_commit import GroupCommit
 from streams.api.producer import IngressProducer
 from streams.api.queries import JobRow, insert_jobs
 from streams.contract.codec import Codec, default_codec
+from streams.contract.ids import MessageIds
 from streams.contract.records import EmailRequest
+from streams.contract.signing import INGRESS_PURPOSE, ingress_headers
 from streams.db.directory import DirectoryHolder
-from streams.db.tenants import api_key_digest
 from streams.deliver.throttle import TokenBucket
 from streams.errors import AuthError, IngressValidationError, RecordTooLargeError
 from streams.kafka.config import client_options
@@ -39,8 +44,10 @@ BAD_GRANT = "The provided authorization grant is invalid, expired, or revoked"
 
 @dataclass(frozen=True, slots=True)
 class Caller:
+    """Who called: the tenant and the id of the key it presented (never the key)."""
+
     tenant: str
-    key: str
+    key_id: str
 
 
 Handler = Callable[["Api", web.Request, Caller], Awaitable[web.StreamResponse]]
@@ -84,6 +91,8 @@ class Api:
         self.codec = codec or default_codec()
         self.directory = directory or DirectoryHolder(settings.database)
         self.clock = clock
+        self.ids = MessageIds(settings.secret)
+        self._signing_key = settings.secret.subkey(INGRESS_PURPOSE)
         options = client_options(settings.kafka)
         self.producer = IngressProducer(
             options,
@@ -137,12 +146,11 @@ class Api:
         if scheme.lower() != "bearer" or not key.strip():
             raise AuthError("auth.missing_key", "no Authorization: Bearer <API key> header")
         key = key.strip()
-        known = self.directory.current.keys.get(api_key_digest(key))
-        found = known or await self.directory.lookup_miss(key)
+        found = self.directory.current.by_secret(key) or await self.directory.lookup_miss(key)
         if found is None:
             raise AuthError("auth.bad_key", BAD_GRANT)
-        self.directory.current.authenticate(found.tenant_id, key, scope)
-        return Caller(found.tenant_id, key)
+        self.directory.current.authorize(found, found.tenant_id, scope)
+        return Caller(found.tenant_id, found.key_id)
 
     def over_rate(self, tenant: str, scope: str) -> float:
         """Seconds to wait before the tenant's next request; 0 when it may go now. Each scope
@@ -153,14 +161,30 @@ class Api:
             self.buckets[(tenant, scope)] = bucket
         return bucket.take(time.monotonic())
 
-    async def publish(self, topic: str, records: Sequence[tuple[bytes, bytes | None]]) -> None:
-        """Produce (key, value) records and wait until Kafka acknowledged all of them; a
-        record too large for the pipeline raises RecordTooLargeError before any is sent."""
-        await self.producer.send_all(topic, [(key, value, ()) for key, value in records])
+    async def publish(
+        self,
+        topic: str,
+        records: Sequence[tuple[bytes, bytes | None]],
+        headers: Sequence[list[tuple[str, bytes]]] = (),
+    ) -> None:
+        """Produce (key, value) records (with ``headers[i]`` for the i-th, if given) and wait
+        until Kafka acknowledged all of them; a record too large for the pipeline raises
+        RecordTooLargeError before any is sent."""
+        await self.producer.send_all(
+            topic,
+            [(key, value, headers[i] if headers else ()) for i, (key, value) in enumerate(records)],
+        )
 
-    async def publish_requests(self, tenant: str, records: Sequence[EmailRequest]) -> None:
-        encoded = [(tenant.encode(), self.codec.encode("EmailRequest", r)) for r in records]
-        await self.publish(self.settings.topics.requests, encoded)
+    async def publish_requests(self, caller: Caller, records: Sequence[EmailRequest]) -> None:
+        """The caller's requests onto ``requests``, each signed by the ingress for its key id."""
+        tenant, key_id, signing_key = caller.tenant, caller.key_id, self._signing_key
+        values = [self.codec.encode("EmailRequest", r) for r in records]
+        headers = [
+            ingress_headers(v, tenant=tenant, key_id=key_id, ingress_key=signing_key)
+            for v in values
+        ]
+        key = tenant.encode()
+        await self.publish(self.settings.topics.requests, [(key, v) for v in values], headers)
 
     def guard(self, scope: str, handler: Handler) -> Callable[[web.Request], Awaitable[Any]]:
         """The aiohttp handler: authenticate for ``scope``, rate-limit per tenant, run, and

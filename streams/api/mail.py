@@ -8,7 +8,7 @@ from aiohttp import web
 
 from streams.api.context import Api, Caller, json_body
 from streams.api.sender_routes import sender_refused
-from streams.api.sendgrid import message_id_for, translate
+from streams.api.sendgrid import translate
 from streams.errors import IngressValidationError
 
 __all__ = ["MAX_IDEMPOTENCY_KEY", "idempotency_key", "mail_send"]
@@ -27,12 +27,12 @@ def idempotency_key(request: web.Request) -> str | None:
 async def mail_send(api: Api, request: web.Request, caller: Caller) -> web.StreamResponse:
     key = idempotency_key(request)
     body = await json_body(request)
-    message_id = message_id_for(caller.tenant, key)
+    # keyed by the server secret: a retry gets the same id, no other tenant can compute it
+    message_id = api.ids.message_id(caller.tenant, key)
     priority = request.headers.get("X-Postwire-Priority", api.settings.api_priority)
     records = translate(
         body,
         tenant=caller.tenant,
-        api_key=caller.key,
         message_id=message_id,
         idempotency_key=key,
         priority=priority.lower(),
@@ -42,7 +42,7 @@ async def mail_send(api: Api, request: web.Request, caller: Caller) -> web.Strea
     refused = await sender_refused(api, caller.tenant, sender["email"]) if sender else None
     if refused is not None:
         return refused
-    await api.publish_requests(caller.tenant, records)
+    await api.publish_requests(caller, records)
     if records[0]["sandbox"]:
         # SendGrid's answer to a sandbox send: 200 with an empty body; the gate records it
         # (processed, then dropped with reason sandbox per recipient) and queues nothing

@@ -302,8 +302,9 @@ SPEC: Final[dict[str, Any]] = {
         },
         "/v1/events/webhook": {
             "post": _op(
-                "Record opens, clicks, complaints, unsubscribes; scope send",
-                {"202": _json("Stored in Kafka")},
+                "Record opens, clicks, complaints, unsubscribes about the caller's own messages"
+                " (at most 5 minutes ahead); scope send",
+                {"202": _json("The accepted events stored in Kafka; refused ones in errors[]")},
                 body={"type": "array", "items": _WEBHOOK_EVENT, "minItems": 1, "maxItems": 1000},
             )
         },

@@ -16,6 +16,7 @@ __all__ = [
     "job",
     "job_results",
     "message_timeline",
+    "own_messages",
     "suppression",
     "suppression_page",
     "verification_rows",
@@ -44,6 +45,17 @@ def _event(r: Any) -> Json:
         "occurred_at": _iso(r["occurred_at"]),
         **orjson.loads(r["detail"]),
     }
+
+
+async def own_messages(conn: Any, tenant: str, message_ids: Sequence[str]) -> set[str]:
+    """Which of ``message_ids`` name messages of ``tenant`` (rows in its messages)."""
+    rows = await conn.fetch(
+        "SELECT DISTINCT message_id FROM messages WHERE tenant_id = $1"
+        " AND message_id = ANY($2::text[])",
+        tenant,
+        list(message_ids),
+    )
+    return {r["message_id"] for r in rows}
 
 
 async def message_timeline(conn: Any, tenant: str, message_id: str) -> Json | None:

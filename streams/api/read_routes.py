@@ -49,9 +49,24 @@ async def event_feed(api: Api, request: web.Request, caller: Caller) -> web.Stre
 
 
 async def tracking_webhook(api: Api, request: web.Request, caller: Caller) -> web.StreamResponse:
-    """Opens, clicks, complaints and unsubscribes reported by a tracker or a provider."""
-    records = translate_webhook(
-        await json_body(request), tenant=caller.tenant, api_key=caller.key, now=api.clock()
+    """Opens, clicks, complaints and unsubscribes reported by a tracker or a provider, about
+    the caller's own messages only. A batch of which some events are refused records the rest
+    (202, the refused ones in ``errors``, so a provider does not retry the batch forever); one
+    of which none is accepted is a 400 and records nothing."""
+    hook = translate_webhook(
+        await json_body(request), tenant=caller.tenant, ids=api.ids, now=api.clock()
     )
-    await api.publish_requests(caller.tenant, records)
-    return reply({"accepted": len(records), "types": sorted(set(TRACK_TYPES.values()))}, 202)
+    if hook.unverified:
+        async with api.db.acquire() as conn:
+            hook.resolve(await queries.own_messages(conn, caller.tenant, hook.message_ids()))
+    refused = sorted(hook.refused, key=lambda p: int(p[0].partition(".")[0]))
+    if not hook.accepted:
+        return problem(400, *refused)
+    await api.publish_requests(caller, hook.accepted)
+    body: dict[str, object] = {
+        "accepted": len(hook.accepted),
+        "types": sorted(set(TRACK_TYPES.values())),
+    }
+    if refused:
+        body["errors"] = [{"field": f, "message": m, "help": None} for f, m in refused]
+    return reply(body, 202)

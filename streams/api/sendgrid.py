@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final, cast
@@ -48,7 +47,6 @@ from streams.mail.limits import (
 __all__ = [
     "MAX_PERSONALIZATIONS",
     "MAX_RECIPIENTS",
-    "message_id_for",
     "translate",
 ]
 
@@ -68,15 +66,6 @@ TRACKING_SETTINGS: Final = (
     "subscription_tracking",
     "ganalytics",
 )
-_IDEMPOTENT_IDS: Final = uuid.UUID("6c1f3f9e-52a4-4d5e-9a59-2a4b0d1cb0e1")
-
-
-def message_id_for(tenant: str, idempotency_key: str | None) -> str:
-    """The X-Message-Id: random, or fixed by the tenant's idempotency key so that a retried
-    request gets the same id (and the gate drops the copy)."""
-    if idempotency_key is None:
-        return uuid.uuid4().hex
-    return uuid.uuid5(_IDEMPOTENT_IDS, f"{tenant}\x1f{idempotency_key}").hex
 
 
 def _template_data(check: Check, value: Any, field: str) -> dict[str, str]:
@@ -209,7 +198,6 @@ class _Caller:
     """Who sends, and what the ingress gives every request of this body."""
 
     tenant: str
-    api_key: str
     priority: Priority
     now: datetime
 
@@ -218,7 +206,6 @@ def translate(
     body: Any,
     *,
     tenant: str,
-    api_key: str,
     message_id: str,
     idempotency_key: str | None,
     priority: str,
@@ -232,7 +219,7 @@ def translate(
         check.fail("X-Postwire-Priority", f"priority must be one of {', '.join(PRIORITIES)}.")
     message = _message(check, root)
     personalizations = _personalizations(check, root)
-    caller = _Caller(tenant, api_key, cast("Priority", priority), now)  # checked above
+    caller = _Caller(tenant, cast("Priority", priority), now)  # checked above
     single = len(personalizations) == 1
     records = [
         _personalized(
@@ -374,7 +361,6 @@ def _personalized(
         caller.tenant,
         "send",
         caller.now,
-        api_key=caller.api_key,
         idempotency_key=idempotency_key,
         priority=caller.priority,
         sender=message.sender,

@@ -2,8 +2,9 @@
 feed and webhook, suppressions, domain authentication; ``/healthz``, ``/metrics``,
 ``/openapi.json``.
 
-Keys are checked here against the same tenant directory the gate uses (the gate checks again),
-so a bad key is a 401 rather than a dead letter.
+Keys are checked here against the same tenant directory the gate uses, so a bad key is a 401
+rather than a dead letter; the requests published carry the key id and the ingress's signature,
+and the gate checks both again (a key revoked meanwhile is refused there).
 """
 
 from __future__ import annotations

@@ -4,20 +4,30 @@ Takes an array of engagement events in SendGrid's event-webhook vocabulary (``op
 ``spamreport``, ``unsubscribe``) or ours (``opened``, ``clicked``, ``complained``,
 ``unsubscribed``). Each event gets an id derived from its content, used as the request's
 idempotency key, so a provider that posts the same batch twice records each event once.
-Pure: time is a parameter.
+
+A malformed event fails the whole body (400, nothing recorded). A well-formed event that is not
+the caller's to record is refused on its own, with its index as the error's field: one dated more
+than a few minutes ahead (``<i>.timestamp``), or one about a message id not issued to the caller
+(``<i>.message_id``). Ids the owner tag does not vouch for (mail sent before ids were tagged, or
+by a direct producer under its own ids) are ``unverified`` until the caller's messages table
+says they are its own. Pure: time and ids are parameters.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
+from collections.abc import Collection
 from datetime import UTC, datetime
 from typing import Any, Final
 
 from streams.api.check import Check
 from streams.contract.build import email_request
+from streams.contract.ids import MessageIds, base_id
 from streams.contract.records import EmailRequest, TrackEvent, TrackType
+from streams.gate.trust import future_refusal
 
-__all__ = ["MAX_EVENTS", "TRACK_TYPES", "translate_webhook"]
+__all__ = ["MAX_EVENTS", "TRACK_TYPES", "Webhook", "translate_webhook"]
 
 MAX_EVENTS: Final = 1000
 TRACK_TYPES: Final[dict[str, TrackType]] = {
@@ -51,9 +61,40 @@ def _when(check: Check, value: Any, field: str, now: datetime) -> datetime:
     return now
 
 
-def translate_webhook(body: Any, *, tenant: str, api_key: str, now: datetime) -> list[EmailRequest]:
-    """The track EmailRequest records for a webhook body; IngressValidationError lists every
-    problem."""
+@dataclasses.dataclass
+class Webhook:
+    """A webhook body's events: the accepted ones, those whose message id awaits the tenant's
+    messages table (each with its index in the body), and the refusals as (field, message)."""
+
+    accepted: list[EmailRequest] = dataclasses.field(default_factory=list)
+    unverified: list[tuple[int, EmailRequest]] = dataclasses.field(default_factory=list)
+    refused: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+
+    def message_ids(self) -> list[str]:
+        """What to look for among the tenant's messages: each unverified id and its base."""
+        found = {r["track"]["message_id"] for _, r in self.unverified if r["track"]}
+        return sorted(found | {base_id(m) for m in found})
+
+    def resolve(self, own: Collection[str]) -> None:
+        """Accept the unverified events whose id (or its base) is among ``own``, refuse the
+        rest."""
+        for i, r in self.unverified:
+            track = r["track"]
+            if track is None:
+                continue
+            message_id = track["message_id"]
+            if message_id in own or base_id(message_id) in own:
+                self.accepted.append(r)
+            else:
+                self.refused.append(
+                    (f"{i}.message_id", f"message id {message_id!r} is not one of your messages")
+                )
+        self.unverified = []
+
+
+def translate_webhook(body: Any, *, tenant: str, ids: MessageIds, now: datetime) -> Webhook:
+    """The track EmailRequest records for a webhook body, sorted by whether they are the
+    tenant's to record; IngressValidationError lists every problem of a malformed body."""
     check = Check()
     if isinstance(body, dict):
         body = [body]
@@ -63,7 +104,7 @@ def translate_webhook(body: Any, *, tenant: str, api_key: str, now: datetime) ->
     if len(items) > MAX_EVENTS:
         check.fail("body", f"At most {MAX_EVENTS} events per call.")
         items = []
-    records: list[EmailRequest] = []
+    hook = Webhook()
     for i, raw in enumerate(items):
         field = str(i)
         event = check.obj(raw, field) or {}
@@ -94,16 +135,15 @@ def translate_webhook(body: Any, *, tenant: str, api_key: str, now: datetime) ->
             "ip": ip,
             "occurred_at": at,
         }
-        records.append(
-            email_request(
-                event_id,
-                tenant,
-                "track",
-                now,
-                api_key=api_key,
-                idempotency_key=f"track:{event_id}",
-                track=track,
-            )
+        record = email_request(
+            event_id, tenant, "track", now, idempotency_key=f"track:{event_id}", track=track
         )
+        future = future_refusal(at, now)
+        if future is not None:
+            hook.refused.append((f"{field}.{future.field}", str(future)))
+        elif ids.issued_to(tenant, message_id):
+            hook.accepted.append(record)
+        else:
+            hook.unverified.append((i, record))
     check.done()
-    return records
+    return hook

@@ -14,7 +14,7 @@ from streams.api import params, queries
 from streams.api.context import Api, Caller, json_body, problem, reply
 from streams.api.mail import idempotency_key
 from streams.api.sendgrid import PRIORITIES
-from streams.api.verifyjobs import Job, job_id_for, parse_batch, parse_single, plan, requests
+from streams.api.verifyjobs import Job, parse_batch, parse_single, plan, requests
 
 __all__ = ["WAITER", "ResultWaiter", "verify_batch", "verify_job", "verify_one"]
 
@@ -82,10 +82,8 @@ async def _submit(api: Api, caller: Caller, job: Job, request: web.Request) -> N
     priority = request.headers.get("X-Postwire-Priority", api.settings.api_priority).lower()
     if priority not in PRIORITIES:
         priority = api.settings.api_priority
-    records = requests(
-        job, tenant=caller.tenant, api_key=caller.key, priority=priority, now=api.clock()
-    )
-    await api.publish_requests(caller.tenant, records)
+    records = requests(job, tenant=caller.tenant, priority=priority, now=api.clock())
+    await api.publish_requests(caller, records)
 
 
 def _job_url(job_id: str) -> str:
@@ -95,7 +93,7 @@ def _job_url(job_id: str) -> str:
 async def verify_one(api: Api, request: web.Request, caller: Caller) -> web.StreamResponse:
     key = idempotency_key(request)
     address, probe, wait = parse_single(await json_body(request), api.settings.api_verify_wait)
-    job = plan(job_id_for(caller.tenant, key), [address], probe)
+    job = plan(api.ids.job_id(caller.tenant, key), [address], probe)
     await _submit(api, caller, job, request)
     waiter = request.app[WAITER]
     result = await waiter.wait(job.job_id, wait) if wait > 0 else None
@@ -108,7 +106,7 @@ async def verify_one(api: Api, request: web.Request, caller: Caller) -> web.Stre
 async def verify_batch(api: Api, request: web.Request, caller: Caller) -> web.StreamResponse:
     key = idempotency_key(request)
     addresses, probe = parse_batch(await json_body(request))
-    job = plan(job_id_for(caller.tenant, key), addresses, probe)
+    job = plan(api.ids.job_id(caller.tenant, key), addresses, probe)
     await _submit(api, caller, job, request)
     url = _job_url(job.job_id)
     body = {"id": job.job_id, "status": "pending", "total": len(addresses), "url": url}

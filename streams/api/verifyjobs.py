@@ -1,13 +1,13 @@
 """``/v1/verify`` bodies to verify EmailRequests: one address waits for its answer, a batch is a
 job of requests of up to ``CHUNK`` addresses each.
 
-Pure: ids and time are parameters. Every verification, single or batch, is a job whose request
+Pure: ids (``streams/contract/ids.py`` ``job_id``, keyed like message ids) and time are
+parameters. Every verification, single or batch, is a job whose request
 ids are known up front, so progress is a count of result rows for those ids.
 """
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final, cast
@@ -21,7 +21,6 @@ __all__ = [
     "MAX_BATCH",
     "MAX_WAIT",
     "Job",
-    "job_id_for",
     "parse_batch",
     "parse_single",
     "plan",
@@ -32,7 +31,6 @@ CHUNK: Final = 1000  # addresses per request: the gate fans each one out per add
 MAX_BATCH: Final = 100_000
 MAX_WAIT: Final = 30.0
 MAX_ADDRESS: Final = 320  # RFC 3696 errata: 64 + 1 + 255
-_JOB_IDS: Final = uuid.UUID("0b7c2f44-5a0e-4e43-8d2f-3f7f6c2b9a11")
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,13 +39,6 @@ class Job:
     addresses: list[str]
     smtp_probe: bool | None
     request_ids: list[str]
-
-
-def job_id_for(tenant: str, idempotency_key: str | None) -> str:
-    """Random, or fixed by the tenant's idempotency key so a retried POST is the same job."""
-    if idempotency_key is None:
-        return uuid.uuid4().hex
-    return uuid.uuid5(_JOB_IDS, f"{tenant}\x1f{idempotency_key}").hex
 
 
 def _address(check: Check, value: Any, field: str) -> str | None:
@@ -110,9 +101,7 @@ def plan(job_id: str, addresses: list[str], smtp_probe: bool | None) -> Job:
     return Job(job_id, addresses, smtp_probe, ids)
 
 
-def requests(
-    job: Job, *, tenant: str, api_key: str, priority: str, now: datetime
-) -> list[EmailRequest]:
+def requests(job: Job, *, tenant: str, priority: str, now: datetime) -> list[EmailRequest]:
     """The job's EmailRequest records (operation ``verify``)."""
     return [
         email_request(
@@ -120,7 +109,6 @@ def requests(
             tenant,
             "verify",
             now,
-            api_key=api_key,
             # the gate drops a second copy of the same request (a retried POST, a replay)
             idempotency_key=f"verify:{request_id}",
             priority=cast("Priority", priority),  # the route falls back to a valid one

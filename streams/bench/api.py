@@ -23,8 +23,9 @@ import asyncpg
 from aiokafka import AIOKafkaProducer
 
 from streams.api.sendgrid import translate
-from streams.bench.stacks import bench_settings
+from streams.bench.stacks import Credentials, bench_settings
 from streams.contract.codec import default_codec
+from streams.contract.signing import sign
 from streams.db.tenants import create_api_key, create_tenant
 from streams.deliver.senders import add_sender
 from streams.errors import BenchError
@@ -96,7 +97,9 @@ async def _http(
         return await _drive(n, concurrency, one)
 
 
-async def _raw(settings: Settings, key: str, n: int, concurrency: int) -> tuple[float, list[float]]:
+async def _raw(
+    settings: Settings, key: Credentials, n: int, concurrency: int
+) -> tuple[float, list[float]]:
     codec = default_codec()
     producer = AIOKafkaProducer(
         **client_options(settings.kafka), acks="all", enable_idempotence=True, linger_ms=1
@@ -108,14 +111,16 @@ async def _raw(settings: Settings, key: str, n: int, concurrency: int) -> tuple[
             records = translate(
                 BODY,
                 tenant="bench",
-                api_key=key,
                 message_id="m",
                 idempotency_key=None,
                 priority="high",
                 now=datetime.now(UTC),
             )
             value = codec.encode("EmailRequest", records[0])
-            await producer.send_and_wait(settings.topics.requests, value, key=b"bench")
+            headers = sign(value, tenant="bench", key_id=key[0], api_key=key[1])
+            await producer.send_and_wait(
+                settings.topics.requests, value, key=b"bench", headers=headers
+            )
 
         await _drive(min(500, n), concurrency, one)
         return await _drive(n, concurrency, one)
@@ -148,7 +153,7 @@ async def run_api_bench(requests: int, concurrency: int, progress: Any = None) -
         conn = await asyncpg.connect(settings.dsn)
         try:
             await create_tenant(conn, "bench")
-            _, key = await create_api_key(conn, "bench")
+            key = await create_api_key(conn, "bench", secret=settings.secret)
             # the bench sends from news@bench.example: a sender the operator vouches for
             await add_sender(
                 conn, settings.secret, "bench", "bench.example", dkim=None, operator=True
@@ -160,7 +165,7 @@ async def run_api_bench(requests: int, concurrency: int, progress: Any = None) -
         say(f"raw aiokafka: {requests:,} records, {concurrency} at a time, acks=all")
         raw_rate, raw_ms = await _raw(settings, key, requests, concurrency)
         say(f"HTTP API: {requests:,} POST /v3/mail/send, {concurrency} at a time")
-        api_rate, api_ms = await _http(settings, key, requests, concurrency)
+        api_rate, api_ms = await _http(settings, key[1], requests, concurrency)
     finally:
         await asyncio.to_thread(api.stop)
         await asyncio.to_thread(stack.stop)

@@ -22,10 +22,11 @@ from aiokafka import AIOKafkaProducer
 
 from streams.bench.records import kafka_counts, records_per_request
 from streams.bench.smtp_peers import SmtpSink, ensure_postfix, run_baselines
-from streams.bench.stacks import relay_settings
+from streams.bench.stacks import Credentials, relay_settings
 from streams.contract.build import email_request, recipient
 from streams.contract.codec import default_codec
 from streams.contract.records import Content, EmailRequest, Priority
+from streams.contract.signing import sign
 from streams.db.tenants import create_api_key, create_tenant
 from streams.deliver.dkim import KeyType
 from streams.deliver.senders import add_sender
@@ -77,13 +78,12 @@ _CONTENT: Content = {
 }
 
 
-def _request(tenant: str, key: str, run: str, i: int, n: int, priority: Priority) -> EmailRequest:
+def _request(tenant: str, run: str, i: int, n: int, priority: Priority) -> EmailRequest:
     return email_request(
         f"{run}-{i}",
         tenant,
         "send",
         datetime.now(UTC),
-        api_key=key,
         priority=priority,
         sender={"email": SENDER, "name": "Bench"},
         recipients=[recipient(f"u{i}x{j}@d{j % 50}.bench.example") for j in range(n)],
@@ -92,15 +92,17 @@ def _request(tenant: str, key: str, run: str, i: int, n: int, priority: Priority
     )
 
 
-async def _publish(settings: Settings, requests: list[EmailRequest]) -> None:
+async def _publish(settings: Settings, requests: list[EmailRequest], key: Credentials) -> None:
     codec = default_codec()
     producer = AIOKafkaProducer(**client_options(settings.kafka), acks="all", linger_ms=5)
     await producer.start()
     try:
         for r in requests:
             r["created_at"] = datetime.now(UTC)
+            value = codec.encode("EmailRequest", r)
+            headers = sign(value, tenant=r["tenant"], key_id=key[0], api_key=key[1])
             await producer.send(
-                settings.topics.requests, codec.encode("EmailRequest", r), key=r["tenant"].encode()
+                settings.topics.requests, value, key=r["tenant"].encode(), headers=headers
             )
         await producer.flush()
     finally:
@@ -132,17 +134,16 @@ def _ms_after(sent: dict[str, datetime], rows: list[Any], column: str) -> list[f
 
 
 async def _lane_probe(
-    settings: Settings, conn: asyncpg.Connection[Any], tenant: str, key: str, backlog: int
+    settings: Settings, conn: asyncpg.Connection[Any], tenant: str, key: Credentials, backlog: int
 ) -> dict[str, list[float]]:
     """Publish a bulk backlog, then one high-priority message every 0.5 s while it drains.
     Per probe, in ms from its request: to the delivered row (``lane``), to the receiver's 250
     (``lane_accepted``) and through the gate (``lane_admitted``)."""
     run = uuid.uuid4().hex[:8]
     bulk = [
-        _request(tenant, key, f"{run}b", i, PER_REQUEST, "bulk")
-        for i in range(backlog // PER_REQUEST)
+        _request(tenant, f"{run}b", i, PER_REQUEST, "bulk") for i in range(backlog // PER_REQUEST)
     ]
-    await _publish(settings, bulk)
+    await _publish(settings, bulk, key)
     # the backlog is measured from the lanes on: wait until the gate has fanned it out
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
@@ -154,8 +155,8 @@ async def _lane_probe(
         await asyncio.sleep(0.1)
     probes = []
     for i in range(20):
-        probe = _request(tenant, key, f"{run}p", i, 1, "high")
-        await _publish(settings, [probe])
+        probe = _request(tenant, f"{run}p", i, 1, "high")
+        await _publish(settings, [probe], key)
         probes.append(probe)
         await asyncio.sleep(0.5)
     sent = {p["request_id"]: p["created_at"] for p in probes}
@@ -204,24 +205,27 @@ async def _wait_rows(conn: asyncpg.Connection[Any], run: str, n: int, timeout: f
 
 
 async def _measure(
-    settings: Settings, conn: asyncpg.Connection[Any], sink: SmtpSink, key: str, n: int, say: Any
+    settings: Settings,
+    conn: asyncpg.Connection[Any],
+    sink: SmtpSink,
+    key: Credentials,
+    n: int,
+    say: Any,
 ) -> tuple[float, float]:
     """(seconds until the sink had all ``n``, seconds until every delivered row landed)."""
     say("warm-up: 1,000 messages (workers joined, connections open)")
     warm = uuid.uuid4().hex[:8]
     base = sink.accepted()
     await _publish(
-        settings, [_request("bench", key, warm, i, PER_REQUEST, "bulk") for i in range(10)]
+        settings, [_request("bench", warm, i, PER_REQUEST, "bulk") for i in range(10)], key
     )
     await sink.wait_for(base + 1000, 300)
     say(f"measuring {n:,} DKIM-signed messages through the pipeline")
     run = uuid.uuid4().hex[:8]
     base = sink.accepted()
-    requests = [
-        _request("bench", key, run, i, PER_REQUEST, "bulk") for i in range(n // PER_REQUEST)
-    ]
+    requests = [_request("bench", run, i, PER_REQUEST, "bulk") for i in range(n // PER_REQUEST)]
     began = time.perf_counter()
-    await _publish(settings, requests)
+    await _publish(settings, requests, key)
     done = await sink.wait_for(base + n, 1800)
     await _wait_rows(conn, run, n, 600)
     return done - began, time.perf_counter() - began
@@ -246,7 +250,7 @@ async def run_deliver_bench(
         conn = await asyncpg.connect(settings.dsn)
         try:
             await create_tenant(conn, "bench")
-            _, key = await create_api_key(conn, "bench")
+            key = await create_api_key(conn, "bench", secret=settings.secret)
             # the bench sender's domain, vouched for by the operator, with its own DKIM key
             await add_sender(
                 conn,

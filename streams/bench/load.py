@@ -58,6 +58,7 @@ from streams.bench.load_watch import (
     scrape_state,
     table_sizes,
 )
+from streams.bench.stacks import Credentials
 from streams.settings import Settings
 from streams.stack.stack import Stack
 
@@ -95,7 +96,9 @@ class LoadResult:
     notes: list[str] = field(default_factory=list)  # what the harness had to do, for the record
 
 
-def _door(name: str, settings: Settings, tenants: list[tuple[str, str]], opts: LoadOptions) -> Door:
+def _door(
+    name: str, settings: Settings, tenants: list[tuple[str, Credentials]], opts: LoadOptions
+) -> Door:
     run = uuid.uuid4().hex[:6]
     if name == "http":
         return HttpDoor(settings, tenants, run, timeout=opts.timeout, connections=opts.connections)

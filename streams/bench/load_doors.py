@@ -4,7 +4,7 @@ generator that fires requests at them on schedule.
 HTTP: ``POST /v1/verify`` (``timeout: 0``, answered 202 at once) and SendGrid ``POST
 /v3/mail/send``, over one aiohttp session. Kafka: the EmailRequest records the API would have
 produced for the same requests, from one AIOKafkaProducer (acks=all, idempotent), as a
-producer that writes to ``postwire.requests`` directly does.
+producer that writes to ``postwire.requests`` directly does (signed with the tenant's key).
 """
 
 from __future__ import annotations
@@ -26,8 +26,10 @@ from streams.api.sendgrid import translate
 from streams.api.verifyjobs import plan
 from streams.api.verifyjobs import requests as verify_requests
 from streams.bench.load_report import Sent
+from streams.bench.stacks import Credentials
 from streams.contract.codec import default_codec
 from streams.contract.records import EmailRequest
+from streams.contract.signing import sign
 from streams.kafka.config import client_options
 from streams.settings import Settings
 
@@ -78,14 +80,14 @@ class HttpDoor:
     def __init__(
         self,
         settings: Settings,
-        tenants: Sequence[tuple[str, str]],
+        tenants: Sequence[tuple[str, Credentials]],
         run: str,
         *,
         timeout: float,
         connections: int,
     ) -> None:
         self.base = settings.api_base
-        self.headers = [{"Authorization": f"Bearer {key}"} for _, key in tenants]
+        self.headers = [{"Authorization": f"Bearer {key}"} for _, (_, key) in tenants]
         self.run = run
         self.timeout = timeout
         self.connections = connections
@@ -131,7 +133,12 @@ class KafkaDoor:
     name = "kafka"
 
     def __init__(
-        self, settings: Settings, tenants: Sequence[tuple[str, str]], run: str, *, timeout: float
+        self,
+        settings: Settings,
+        tenants: Sequence[tuple[str, Credentials]],
+        run: str,
+        *,
+        timeout: float,
     ) -> None:
         self.settings = settings
         self.tenants = list(tenants)
@@ -159,19 +166,18 @@ class KafkaDoor:
 
     def record(self, kind: str, i: int) -> tuple[str, str, EmailRequest]:
         """(tenant, request id, EmailRequest) as the API would have produced it."""
-        tenant, key = self.tenants[i % len(self.tenants)]
+        tenant, _ = self.tenants[i % len(self.tenants)]
         request_id = uuid.uuid4().hex
         now = datetime.now(UTC)
         priority = self.settings.api_priority
         recipient = address(self.run, kind, i)
         if kind == "verify":
             job = plan(request_id, [recipient], None)
-            rec = verify_requests(job, tenant=tenant, api_key=key, priority=priority, now=now)[0]
+            rec = verify_requests(job, tenant=tenant, priority=priority, now=now)[0]
         else:
             rec = translate(
                 send_body(recipient),
                 tenant=tenant,
-                api_key=key,
                 message_id=request_id,
                 idempotency_key=None,
                 priority=priority,
@@ -182,7 +188,9 @@ class KafkaDoor:
     async def send(self, kind: str, i: int) -> str:
         assert self.producer is not None
         tenant, request_id, rec = self.record(kind, i)
+        key_id, key = self.tenants[i % len(self.tenants)][1]
         value = self.codec.encode("EmailRequest", rec)
+        headers = sign(value, tenant=tenant, key_id=key_id, api_key=key)
         try:
             async with asyncio.timeout(self.timeout):
                 # one caller at a time: thousands of tasks waiting in send() for room in a
@@ -190,7 +198,7 @@ class KafkaDoor:
                 # queues them in order instead
                 async with self.lock:
                     ack = await self.producer.send(
-                        self.settings.topics.requests, value, key=tenant.encode()
+                        self.settings.topics.requests, value, key=tenant.encode(), headers=headers
                     )
                 await ack
         except (TimeoutError, KafkaTimeoutError):

@@ -18,6 +18,7 @@ from streams.bench.load_profile import Scenario, Stage, kinds, schedule
 from streams.bench.load_report import Drain
 from streams.bench.load_stack import make_tenants
 from streams.bench.load_watch import BacklogWatch, count_end_rows
+from streams.bench.stacks import Credentials
 from streams.errors import BenchError
 from streams.stack.process import ManagedProcess
 from streams.stack.stack import WORKER_ROLES, Stack
@@ -159,7 +160,7 @@ async def warm_up(
     stack: Stack,
     conn: asyncpg.Connection[Any],
     tenants: int,
-    make_door: Callable[[list[tuple[str, str]]], Door],
+    make_door: Callable[[list[tuple[str, Credentials]]], Door],
     progress: Progress,
     notes: list[str],
 ) -> None:

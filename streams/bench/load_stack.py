@@ -25,7 +25,7 @@ from streams.bench.dns_server import ZoneServer
 from streams.bench.load_doors import SENDER, KafkaDoor
 from streams.bench.load_profile import quantiles
 from streams.bench.smtp_peers import SmtpSink, ensure_postfix, free_port
-from streams.bench.stacks import relay_settings
+from streams.bench.stacks import Credentials, relay_settings
 from streams.db.tenants import create_api_key, create_tenant
 from streams.deliver.senders import add_sender
 from streams.errors import BenchError, StackError
@@ -108,18 +108,18 @@ def stack_settings(
 
 async def make_tenants(
     conn: asyncpg.Connection[Any], prefix: str, n: int, secret: ServerSecret
-) -> list[tuple[str, str]]:
-    """``n`` tenants with a key each, all sending from the bench's domain (one the operator
-    lends to all of them: vouched for as shared)."""
+) -> list[tuple[str, Credentials]]:
+    """``n`` tenants with a key each (its id and the key), all sending from the bench's domain
+    (one the operator lends to all of them: vouched for as shared)."""
     found = []
     for j in range(n):
         tenant = f"{prefix}-{j}"
         await create_tenant(conn, tenant)
-        _, key = await create_api_key(conn, tenant)
+        credentials = await create_api_key(conn, tenant, secret=secret)
         await add_sender(
             conn, secret, tenant, SENDER.rpartition("@")[2], dkim=None, operator=True, shared=True
         )
-        found.append((tenant, key))
+        found.append((tenant, credentials))
     return found
 
 
@@ -146,7 +146,7 @@ async def raw_producer(settings: Settings, n: int, concurrency: int) -> dict[str
         await admin.create_topics([NewTopic(topic, settings.partitions, 1)])
     finally:
         await admin.close()
-    door = KafkaDoor(settings, [("bench", "pw_raw")], "raw", timeout=30)
+    door = KafkaDoor(settings, [("bench", ("k_raw", "raw"))], "raw", timeout=30)
     producer = AIOKafkaProducer(
         **client_options(settings.kafka), acks="all", enable_idempotence=True, linger_ms=1
     )

@@ -9,7 +9,10 @@ from typing import Any
 from streams.bench.smtp_peers import free_port, free_port_block
 from streams.settings import Settings
 
-__all__ = ["bench_settings", "relay_settings"]
+__all__ = ["Credentials", "bench_settings", "relay_settings"]
+
+# a bench tenant's (key id, API key), which its directly produced records are signed with
+Credentials = tuple[str, str]
 
 
 def bench_settings(data_dir: Path, **overrides: Any) -> Settings:

@@ -19,10 +19,11 @@ from aiokafka import AIOKafkaProducer
 from streams.bench.baselines import aiokafka_passthrough_rate, copy_rate
 from streams.bench.dns_server import ZoneServer, bench_zone
 from streams.bench.records import kafka_counts, records_per_request
-from streams.bench.stacks import bench_settings
+from streams.bench.stacks import Credentials, bench_settings
 from streams.contract.build import email_request, recipient
 from streams.contract.codec import default_codec
 from streams.contract.records import EmailRequest
+from streams.contract.signing import sign
 from streams.db.tenants import create_api_key, create_tenant
 from streams.kafka.config import client_options
 from streams.settings import Settings
@@ -60,7 +61,7 @@ class VerifyBenchResult:
 
 
 async def _publish(
-    settings: Settings, tenant: str, key: str, n: int, run: str, rate: float | None
+    settings: Settings, tenant: str, key: Credentials, n: int, run: str, rate: float | None
 ) -> float:
     """Publish ``n`` requests, each stamped ``created_at`` as it is sent (so a paced run measures
     the pipeline, not the queue in this generator)."""
@@ -70,8 +71,11 @@ async def _publish(
     began = time.perf_counter()
     try:
         for i in range(n):
-            value = codec.encode("EmailRequest", _request(tenant, key, i, run))
-            await producer.send(settings.topics.requests, value, key=tenant.encode())
+            value = codec.encode("EmailRequest", _request(tenant, i, run))
+            headers = sign(value, tenant=tenant, key_id=key[0], api_key=key[1])
+            await producer.send(
+                settings.topics.requests, value, key=tenant.encode(), headers=headers
+            )
             if rate is not None and i % 20 == 19:
                 ahead = began + (i + 1) / rate - time.perf_counter()
                 if ahead > 0:
@@ -82,14 +86,13 @@ async def _publish(
     return began
 
 
-def _request(tenant: str, key: str, i: int, run: str) -> EmailRequest:
+def _request(tenant: str, i: int, run: str) -> EmailRequest:
     address = f"user{i}@d{i % DOMAINS}.bench.example"
     return email_request(
         f"{run}-{i}",
         tenant,
         "validate",
         datetime.now(UTC),
-        api_key=key,
         recipients=[recipient(address)],
     )
 
@@ -121,7 +124,7 @@ async def run_verify_bench(
         conn = await asyncpg.connect(settings.dsn)
         try:
             await create_tenant(conn, "bench")
-            _, key = await create_api_key(conn, "bench")
+            key = await create_api_key(conn, "bench", secret=settings.secret)
             # warm-up: every domain's MX into the cache, workers joined and recovered
             await asyncio.sleep(settings.directory_refresh + 1)
             await _publish(settings, "bench", key, DOMAINS * 4, "warm", None)

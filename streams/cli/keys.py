@@ -8,13 +8,13 @@ import orjson
 import typer
 from rich.table import Table
 
-from streams.cli.common import err, fail, out, run, with_db
+from streams.cli.common import err, fail, out, run, settings, with_db
 from streams.errors import UnknownScopeError
 
 __all__ = ["create", "keys_app", "print_new_key", "revoke"]
 
 keys_app = typer.Typer(
-    help="API keys: create (shown once), list, revoke. Only a key's sha256 is stored.",
+    help="API keys: create (shown once), list, revoke. The key is never stored in plaintext.",
     no_args_is_help=True,
 )
 
@@ -24,7 +24,10 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output."
 
 def print_new_key(key_id: str, key: str) -> None:
     out.print(f"api key {key_id}: {key}", markup=False, highlight=False)
-    err.print("[dim]only its sha256 is stored: keep the key now, it cannot be shown again[/]")
+    err.print(
+        "[dim]stored are its sha256 and a copy sealed under the server secret: keep the key now,"
+        " it cannot be shown again (direct Kafka producers sign with it and its id)[/]"
+    )
 
 
 def create(tenant: str, scopes: str = "send,verify,read", as_json: bool = False) -> None:
@@ -35,8 +38,10 @@ def create(tenant: str, scopes: str = "send,verify,read", as_json: bool = False)
     except UnknownScopeError as exc:
         raise fail(str(exc), 2) from None
 
+    secret = settings().secret
+
     async def work(conn: Any) -> tuple[str, str]:
-        return await create_key(conn, tenant, chosen)
+        return await create_key(conn, tenant, chosen, secret=secret)
 
     key_id, key = run(with_db(work))
     if as_json:
@@ -65,7 +70,7 @@ def keys_create(
     ] = "send,verify,read",
     as_json: JsonOpt = False,
 ) -> None:
-    """Create a key and print it once; only its sha256 is stored."""
+    """Create a key and print it once, with its id (direct producers sign with both)."""
     create(tenant, scopes, as_json)
 
 

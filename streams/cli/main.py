@@ -235,6 +235,8 @@ def tenant_add(
         err.print(f"[bold red]error:[/] --policy must be defer or reject, not {policy!r}")
         raise typer.Exit(2)
 
+    secret = _settings().secret if key else None
+
     async def work(conn: Any) -> tuple[str, str] | None:
         await create_tenant(
             conn,
@@ -245,7 +247,7 @@ def tenant_add(
             per_hour=per_hour,
             smtp_probe=smtp_probe,
         )
-        return await create_api_key(conn, tenant_id) if key else None
+        return await create_api_key(conn, tenant_id, secret=secret) if secret else None
 
     created = _run(_with_db(work))
     out.print(f"tenant {tenant_id} saved; the gate picks it up within a few seconds")

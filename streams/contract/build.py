@@ -25,6 +25,7 @@ from streams.contract.records import (
 )
 from streams.errors import PostwireError
 from streams.kafka.records import SourcePosition
+from streams.obs.redact import scrub_key_bytes, scrub_keys
 
 __all__ = [
     "TRANSACTIONAL",
@@ -142,6 +143,8 @@ def rejection(
     now: datetime,
     tenant: str | None = None,
 ) -> Rejection:
+    """A dead letter: the input as it came, less anything shaped like an API key (overwritten
+    in place, so the bytes still decode), with the error that stopped it."""
     return {
         "source_topic": source.topic,
         "source_partition": source.partition,
@@ -150,9 +153,9 @@ def rejection(
         "error_code": error.code,
         # bounded: a dead letter must fit the topic its record came from (an error may quote
         # the request, say a megabyte-long address)
-        "error": str(error)[:MAX_ERROR_CHARS],
-        "key": key,
-        "raw": raw,
+        "error": scrub_keys(str(error))[:MAX_ERROR_CHARS],
+        "key": None if key is None else scrub_key_bytes(key),
+        "raw": scrub_key_bytes(raw),
         "tenant": tenant,
         "rejected_at": now,
     }
@@ -202,7 +205,6 @@ def delivery_task(
 class RequestFields(TypedDict, total=False):
     """The EmailRequest fields a producer may leave out (each has a schema default)."""
 
-    api_key: str | None
     idempotency_key: str | None
     priority: Priority
     sender: Address | None  # the record's "from"
@@ -230,7 +232,6 @@ def email_request(
     return {
         "request_id": request_id,
         "tenant": tenant,
-        "api_key": fields.get("api_key"),
         "operation": operation,
         "idempotency_key": fields.get("idempotency_key"),
         "priority": fields.get("priority", "normal"),

@@ -27,6 +27,7 @@ from streams.contract.records import (
 )
 from streams.contract.registry import SchemaSet, SchemaVersion, load_schema_set
 from streams.errors import (
+    CodecError,
     InvalidRecordError,
     NotAvroError,
     SchemaMismatchError,
@@ -107,6 +108,38 @@ class Codec:
         if not isinstance(record, dict):
             raise InvalidRecordError(f"{writer.record} did not decode to a record")
         return writer.record, record
+
+    def is_current(self, data: bytes, record_name: str) -> bool:
+        """Whether ``data`` was written with the current schema of ``record_name`` (its header
+        says so; the body is not looked at)."""
+        return data[:HEADER_SIZE] == self._headers[record_name]
+
+    def current_bytes(self, data: bytes) -> bytes:
+        """``data`` re-encoded with the current schema when an older one wrote it, so what the
+        current schema dropped (EmailRequest v1's api_key) goes; unchanged when it is current
+        or does not decode (a dead letter keeps what it can)."""
+        try:
+            writer = self.schema_of(data)
+            if data[:HEADER_SIZE] == self._headers[writer.record]:
+                return data
+            name, record = self.decode(data)
+            return self.encode(name, record)
+        except CodecError:
+            return data
+
+    def decode_written(self, data: bytes) -> Record:
+        """The record as its writer wrote it, not resolved to the current schema: what an old
+        version carried that the current one dropped (EmailRequest v1's api_key)."""
+        writer = self.schema_of(data)
+        buf = BytesIO(data)
+        buf.seek(HEADER_SIZE)
+        try:
+            record = schemaless_reader(buf, writer.parsed, None)
+        except Exception as exc:  # fastavro raises many types on garbage; classify all of them
+            raise InvalidRecordError(f"{writer.record} body is not valid Avro: {exc}") from exc
+        if not isinstance(record, dict):
+            raise InvalidRecordError(f"{writer.record} did not decode to a record")
+        return record
 
     @overload
     def decode_as(self, data: bytes, expected: Literal["EmailRequest"]) -> EmailRequest: ...

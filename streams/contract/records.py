@@ -157,7 +157,6 @@ EmailRequest = TypedDict(
     {
         "request_id": str,
         "tenant": str,
-        "api_key": str | None,
         "operation": Operation,
         "idempotency_key": str | None,
         "priority": Priority,

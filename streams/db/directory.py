@@ -1,7 +1,10 @@
 """The tenant directory a process serves from: a snapshot of tenants, keys, suppressions,
 templates and sender identities reloaded from PostgreSQL every ``directory_refresh`` s, with
 lookups for keys created and senders verified since the last reload. Free of faust, so the API
-and the batch runtime share it."""
+and the batch runtime share it.
+
+Given ``key_secret`` (the gate is), the holder opens the API keys' sealed copies into memory at
+each load; the API, which finds keys by the digest of what callers present, is not given it."""
 
 from __future__ import annotations
 
@@ -45,17 +48,24 @@ class _Budget:
 class DirectoryHolder:
     """The current tenant directory, reloaded from PostgreSQL every ``directory_refresh`` s.
 
+    ``key_secret``: open the API keys' sealed copies too (the gate, which checks signatures);
     ``dkim_secret``: open the tenants' DKIM keys too (only the processes that sign mail)."""
 
     def __init__(
-        self, database: DatabaseSettings, *, dkim_secret: ServerSecret | None = None
+        self,
+        database: DatabaseSettings,
+        *,
+        key_secret: ServerSecret | None = None,
+        dkim_secret: ServerSecret | None = None,
     ) -> None:
         self.database = database
+        self.key_secret = key_secret
         self.dkim_secret = dkim_secret
         self.current = Directory()
         self.ready = asyncio.Event()
         self._pool: asyncpg.Pool[Any] | None = None
-        self._misses: dict[bytes, float] = {}  # key digest -> monotonic time it was not found
+        # key digest or key id -> monotonic time it was not found
+        self._misses: dict[bytes | str, float] = {}
         self._lookups = _Budget(MISS_LOOKUPS_PER_SECOND)
         self._sender_lookups: dict[str, float] = {}  # tenant -> monotonic time last looked up
 
@@ -70,23 +80,38 @@ class DirectoryHolder:
         up again for ``MISS_MEMORY`` s, and lookups are capped per second, so a flood of bad keys
         cannot hammer PostgreSQL."""
         digest = api_key_digest(api_key)
+        return await self._lookup(digest, key_sha256=digest)
+
+    async def lookup_key_id(self, key_id: str) -> ApiKey | None:
+        """``lookup_miss`` for the key id a signed record names (the gate's lookup)."""
+        return await self._lookup(key_id, key_id=key_id)
+
+    async def _lookup(
+        self, marker: bytes | str, *, key_sha256: bytes | None = None, key_id: str | None = None
+    ) -> ApiKey | None:
         now = time.monotonic()
-        recently_missed = now - self._misses.get(digest, -MISS_MEMORY) < MISS_MEMORY
+        recently_missed = now - self._misses.get(marker, -MISS_MEMORY) < MISS_MEMORY
         if recently_missed or not self._lookups.take(now):
             return None
         try:
             async with (await self._connections()).acquire() as conn:
-                found = await load_credentials(conn, self.database.tenant_defaults, digest)
+                found = await load_credentials(
+                    conn,
+                    self.database.tenant_defaults,
+                    key_sha256=key_sha256,
+                    key_id=key_id,
+                    secret=self.key_secret,
+                )
         except (OSError, asyncpg.PostgresError) as exc:
             log.warning("api key lookup failed: %s", exc)
             return None
         if found is None:
             if len(self._misses) > 100_000:
                 self._misses.clear()
-            self._misses[digest] = now
+            self._misses[marker] = now
             return None
         key, tenant = found
-        self.current.keys[digest] = key
+        self.current.add_key(key)
         self.current.tenants[tenant.tenant_id] = tenant
         return key
 
@@ -120,7 +145,9 @@ class DirectoryHolder:
         return True
 
     async def _load(self, conn: Any) -> Directory:
-        return await load_directory(conn, self.database.tenant_defaults, self.dkim_secret)
+        return await load_directory(
+            conn, self.database.tenant_defaults, self.dkim_secret, key_secret=self.key_secret
+        )
 
     async def refresh(self) -> None:
         try:

@@ -1,5 +1,5 @@
-"""API keys as operators manage them: create (the key is shown once, only its sha256 is stored),
-list (never the key), revoke.
+"""API keys as operators manage them: create (the key is shown once; stored are its sha256 and a
+copy sealed under the server secret), list (never the key), revoke.
 
 Authentication itself is in ``streams/db/tenants.py``: keys are found by the sha256 of what the
 caller presented, so no secret is ever compared with ``==`` (a timing difference could at most
@@ -17,6 +17,7 @@ import asyncpg
 
 from streams.db.tenants import create_api_key
 from streams.errors import UnknownKeyError, UnknownScopeError, UnknownTenantError
+from streams.secret import ServerSecret
 
 __all__ = ["SCOPES", "KeyInfo", "create_key", "list_keys", "parse_scopes", "revoke_key"]
 
@@ -58,11 +59,12 @@ def _no_tenant(tenant_id: str) -> UnknownTenantError:
 
 
 async def create_key(
-    conn: Any, tenant_id: str, scopes: tuple[str, ...] = SCOPES
+    conn: Any, tenant_id: str, scopes: tuple[str, ...] = SCOPES, *, secret: ServerSecret
 ) -> tuple[str, str]:
-    """A new key for an existing tenant; returns (key_id, key). The key is not kept anywhere."""
+    """A new key for an existing tenant; returns (key_id, key). The key is kept nowhere in
+    plaintext."""
     try:
-        return await create_api_key(conn, tenant_id, scopes)
+        return await create_api_key(conn, tenant_id, scopes, secret=secret)
     except asyncpg.ForeignKeyViolationError as exc:
         raise _no_tenant(tenant_id) from exc
 

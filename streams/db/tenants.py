@@ -1,6 +1,11 @@
-"""Tenants, hashed API keys, suppressions and sender identities: a snapshot loaded from
-PostgreSQL, refreshed every few seconds, and pure authentication against it (no database round
-trip per request)."""
+"""Tenants, API keys, suppressions and sender identities: a snapshot loaded from PostgreSQL,
+refreshed every few seconds, and pure authorization against it (no database round trip per
+request).
+
+A key is stored twice, neither time in plaintext: its sha256 (how the HTTP API finds the key a
+caller presents) and a sealed copy (``key_sealed``, AES-GCM under the server secret), which a
+process given the secret opens into memory at load, so the gate can check the signature of a
+record a direct producer signed with the key."""
 
 from __future__ import annotations
 
@@ -14,11 +19,12 @@ import asyncpg
 from streams.db.config import TenantDefaults
 from streams.db.dkim_keys import SenderKey
 from streams.db.senders import TenantSenders, load_senders
-from streams.errors import AuthError
+from streams.errors import AuthError, SecretError
 from streams.mail.syntax import check_syntax
 from streams.secret import ServerSecret
 
 __all__ = [
+    "SEAL_PURPOSE",
     "ApiKey",
     "Directory",
     "Limits",
@@ -31,6 +37,8 @@ __all__ = [
 ]
 
 SCOPE_OF_OPERATION = {"send": "send", "track": "send", "verify": "verify", "validate": "verify"}
+# the ServerSecret purpose API keys are sealed under (the key id is the context)
+SEAL_PURPOSE = "api-key"
 
 
 def api_key_digest(api_key: str) -> bytes:
@@ -63,12 +71,16 @@ class ApiKey:
     key_sha256: bytes
     scopes: frozenset[str]
     revoked: bool
+    # whether a sealed copy is stored, and the key opened from it (None when there is none, or
+    # it does not open under this server secret); only in memory, never in a repr or a log
+    sealed: bool = False
+    secret: bytes | None = field(default=None, repr=False)
 
 
 @dataclass
 class Directory:
     tenants: dict[str, Tenant] = field(default_factory=dict)
-    keys: dict[bytes, ApiKey] = field(default_factory=dict)
+    keys: dict[bytes, ApiKey] = field(default_factory=dict)  # by sha256 of the key
     suppressed: set[tuple[str, str]] = field(default_factory=set)
     # (tenant, template id) -> (subject, html, text)
     templates: dict[tuple[str, str], tuple[str | None, str | None, str | None]] = field(
@@ -76,14 +88,27 @@ class Directory:
     )
     # tenant -> its verified domains and addresses (and, where mail is signed, its DKIM keys)
     senders: dict[str, TenantSenders] = field(default_factory=dict)
+    key_ids: dict[str, ApiKey] = field(default_factory=dict)  # the same keys by id
 
-    def authenticate(self, tenant_id: str, api_key: str | None, operation: str) -> Tenant:
-        if not api_key:
-            raise AuthError("auth.missing_key", "request has no api_key")
-        # looked up by sha256: timing can at most reveal bits of a digest, never of the key
-        key = self.keys.get(api_key_digest(api_key))
-        if key is None or key.tenant_id != tenant_id:
-            raise AuthError("auth.bad_key", f"api_key is not valid for tenant {tenant_id!r}")
+    def __post_init__(self) -> None:
+        if not self.key_ids:
+            self.key_ids = {key.key_id: key for key in self.keys.values()}
+
+    def add_key(self, key: ApiKey) -> None:
+        self.keys[key.key_sha256] = key
+        self.key_ids[key.key_id] = key
+
+    def by_secret(self, api_key: str) -> ApiKey | None:
+        """The key a caller presents, found by its sha256: timing can at most reveal bits of a
+        digest, never of the key."""
+        return self.keys.get(api_key_digest(api_key))
+
+    def authorize(self, key: ApiKey, tenant_id: str, operation: str) -> Tenant:
+        """The tenant a request of ``key`` acts for; AuthError saying which check failed."""
+        if key.tenant_id != tenant_id:
+            raise AuthError(
+                "auth.wrong_tenant", f"key {key.key_id} is another tenant's, not {tenant_id!r}'s"
+            )
         if key.revoked:
             raise AuthError("auth.revoked_key", f"api_key {key.key_id} was revoked")
         tenant = self.tenants.get(tenant_id)
@@ -134,24 +159,45 @@ def _tenant(r: Any, defaults: TenantDefaults) -> Tenant:
     )
 
 
-def _key(r: Any) -> ApiKey:
+def _opened(sealed: bytes | None, key_id: str, secret: ServerSecret | None) -> bytes | None:
+    if sealed is None or secret is None:
+        return None
+    try:
+        return secret.open(SEAL_PURPOSE, sealed, context=key_id)
+    except SecretError:
+        # the gate says so for each record the key signs (auth.key_not_sealed)
+        return None
+
+
+def _key(r: Any, secret: ServerSecret | None) -> ApiKey:
+    sealed = r["key_sealed"]
     return ApiKey(
         r["key_id"],
         r["tenant_id"],
         bytes(r["key_sha256"]),
         frozenset(r["scopes"]),
         r["revoked_at"] is not None,
+        sealed is not None,
+        _opened(None if sealed is None else bytes(sealed), r["key_id"], secret),
     )
 
 
 async def load_directory(
-    conn: Any, defaults: TenantDefaults, dkim_secret: ServerSecret | None = None
+    conn: Any,
+    defaults: TenantDefaults,
+    dkim_secret: ServerSecret | None = None,
+    *,
+    key_secret: ServerSecret | None = None,
 ) -> Directory:
-    """The snapshot; DKIM keys are opened only with ``dkim_secret`` (the processes that sign)."""
+    """The snapshot; DKIM keys are opened only with ``dkim_secret`` (the processes that sign),
+    API keys from their sealed copies only with ``key_secret`` (the gate)."""
     tenants = {
         r["tenant_id"]: _tenant(r, defaults) for r in await conn.fetch("SELECT * FROM tenants")
     }
-    keys = {bytes(r["key_sha256"]): _key(r) for r in await conn.fetch("SELECT * FROM api_keys")}
+    keys = {
+        bytes(r["key_sha256"]): _key(r, key_secret)
+        for r in await conn.fetch("SELECT * FROM api_keys")
+    }
     suppressed = {
         (r["tenant_id"], r["address"].lower())
         for r in await conn.fetch(
@@ -169,16 +215,25 @@ async def load_directory(
 
 
 async def load_credentials(
-    conn: Any, defaults: TenantDefaults, key_sha256: bytes
+    conn: Any,
+    defaults: TenantDefaults,
+    *,
+    key_sha256: bytes | None = None,
+    key_id: str | None = None,
+    secret: ServerSecret | None = None,
 ) -> tuple[ApiKey, Tenant] | None:
-    """One key and its tenant, for a key the snapshot does not know yet (an indexed lookup)."""
-    row = await conn.fetchrow("SELECT * FROM api_keys WHERE key_sha256 = $1", key_sha256)
+    """One key (by its sha256 or its id) and its tenant, for a key the snapshot does not know
+    yet (an indexed lookup)."""
+    if key_sha256 is not None:
+        row = await conn.fetchrow("SELECT * FROM api_keys WHERE key_sha256 = $1", key_sha256)
+    else:
+        row = await conn.fetchrow("SELECT * FROM api_keys WHERE key_id = $1", key_id)
     if row is None:
         return None
     tenant = await conn.fetchrow("SELECT * FROM tenants WHERE tenant_id = $1", row["tenant_id"])
     if tenant is None:
         return None
-    return _key(row), _tenant(tenant, defaults)
+    return _key(row, secret), _tenant(tenant, defaults)
 
 
 async def create_tenant(
@@ -210,15 +265,20 @@ async def create_api_key(
     conn: asyncpg.Connection[Any],
     tenant_id: str,
     scopes: tuple[str, ...] = ("send", "verify", "read"),
+    *,
+    secret: ServerSecret,
 ) -> tuple[str, str]:
-    """Create a key; return (key_id, key). Only the key's sha256 is stored."""
+    """Create a key; return (key_id, key). Stored are its sha256 and a copy sealed under the
+    server secret (for the gate to check what the key signs), never the key itself."""
     key = f"pw_{secrets.token_urlsafe(32)}"
     key_id = f"k_{secrets.token_hex(6)}"
     await conn.execute(
-        "INSERT INTO api_keys (key_id, tenant_id, key_sha256, scopes) VALUES ($1, $2, $3, $4)",
+        "INSERT INTO api_keys (key_id, tenant_id, key_sha256, scopes, key_sealed)"
+        " VALUES ($1, $2, $3, $4, $5)",
         key_id,
         tenant_id,
         api_key_digest(key),
         list(scopes),
+        secret.seal(SEAL_PURPOSE, key.encode(), context=key_id),
     )
     return key_id, key

@@ -10,6 +10,7 @@ request, its VerifyTasks), ``dropped`` (duplicate), ``throttled`` (reject policy
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -27,9 +28,11 @@ from streams.db.tenants import Directory, Limits, Tenant
 from streams.errors import (
     AuthError,
     CodecError,
+    PostwireError,
     RecordTooLargeError,
     RenderError,
     RequestLimitError,
+    TrackRefusedError,
 )
 from streams.gate.admission import (
     Admit,
@@ -41,6 +44,7 @@ from streams.gate.admission import (
     rate_decide,
 )
 from streams.gate.expand import Expansion, expand
+from streams.gate.trust import Trust
 from streams.kafka.limits import DEFAULT_LIMIT, RecordLimit
 from streams.kafka.records import SourcePosition
 from streams.mail.limits import check_request
@@ -169,13 +173,23 @@ def verify_tasks(request: EmailRequest, smtp_probe: bool) -> list[tuple[str, Ver
 
 @dataclass(frozen=True)
 class Arrival:
-    """Where a request came from: its place in the source topic, its bytes and key (for a dead
-    letter), and how often it has come back deferred."""
+    """Where a request came from: its place in the source topic, its bytes, key and headers
+    (what its signature covers), and how often it has come back deferred. ``kept``: what a dead
+    letter keeps instead of ``raw``, when that differs (an old-schema record re-encoded without
+    the fields it may no longer carry)."""
 
     source: SourcePosition
     raw: bytes
     key: bytes | None
     deferrals: int = 0
+    headers: Sequence[tuple[str, bytes]] = ()
+    kept: bytes | None = None
+
+    def rejected(self, error: PostwireError, now: datetime, tenant: str) -> GateResult:
+        raw = self.raw if self.kept is None else self.kept
+        return GateResult(
+            "rejected", rejection=rejection(self.source, STAGE, error, self.key, raw, now, tenant)
+        )
 
 
 @dataclass(frozen=True)
@@ -197,18 +211,21 @@ def decide(
     arrival: Arrival,
     now: datetime,
     *,
+    trust: Trust,
     dedup_ttl: float,
 ) -> GateResult:
     """Authenticate, check the limits and the send policy, deduplicate, rate-limit; one request,
     pure."""
     tenant_id = request["tenant"]
     try:
-        tenant = directory.authenticate(tenant_id, request["api_key"], request["operation"])
+        tenant, signed = trust.authenticate(
+            directory, request, arrival.headers, arrival.key, arrival.raw
+        )
+        trust.check_track(request, signed, now)
         check_request(request)
         expansion = _expansion(request, now, directory)
-    except (AuthError, RequestLimitError, RenderError) as exc:
-        dead = rejection(arrival.source, STAGE, exc, arrival.key, arrival.raw, now, tenant_id)
-        return GateResult("rejected", rejection=dead)
+    except (AuthError, RequestLimitError, RenderError, TrackRefusedError) as exc:
+        return arrival.rejected(exc, now, tenant_id)
     ts = now.timestamp()
     details: RequestDetails = {
         "request_id": request["request_id"],
@@ -376,6 +393,6 @@ def unknown_sender(result: GateResult) -> bool:
 def unknown_credentials(result: GateResult) -> bool:
     """A rejection that a fresher tenant directory might turn into an admission."""
     return result.rejection is not None and result.rejection["error_code"] in (
-        "auth.bad_key",
+        "auth.unknown_key",
         "auth.unknown_tenant",
     )

@@ -18,8 +18,10 @@ from typing import Any
 
 from streams.contract.build import suppression_key
 from streams.contract.codec import Codec
-from streams.contract.records import DeliveryEvent, Rejection
+from streams.contract.records import DeliveryEvent, EmailRequest, Rejection
+from streams.contract.signing import KEY_ID, carried
 from streams.db.directory import DirectoryHolder
+from streams.errors import AuthError
 from streams.gate.admission import count_admission, window_counts, windows_expired
 from streams.gate.core import (
     STAGE,
@@ -33,6 +35,7 @@ from streams.gate.core import (
     unknown_credentials,
     unknown_sender,
 )
+from streams.gate.trust import Trust
 from streams.kafka.config import TopicNames
 from streams.kafka.limits import DEFAULT_LIMIT, RecordLimit
 from streams.runtime.deadletter import dead_letter
@@ -44,6 +47,15 @@ __all__ = ["DEFERRALS", "NOT_BEFORE", "DeferralStage", "GateOutputs", "GateStage
 
 NOT_BEFORE = "postwire-not-before"
 DEFERRALS = "postwire-deferrals"
+
+
+def key_in_record() -> AuthError:
+    return AuthError(
+        "auth.key_in_record",
+        "the record carries its API key in plaintext (EmailRequest v1 api_key), which the gate"
+        " no longer reads: produce EmailRequest v2 signed with the key (README 'Trust model'),"
+        " and rotate the key, which is now on the requests topic",
+    )
 
 
 class GateOutputs:
@@ -86,7 +98,9 @@ class GateOutputs:
         )
         if result.defer_for is not None:
             not_before = int((now.timestamp() + result.defer_for) * 1000)
+            # the signature goes along: the request is verified again when it comes back
             headers = (
+                *carried(record.headers),
                 (NOT_BEFORE, str(not_before).encode()),
                 (DEFERRALS, str(deferrals + 1).encode()),
             )
@@ -106,11 +120,13 @@ class GateStage:
         directory: DirectoryHolder,
         store: Store,
         *,
+        trust: Trust,
         dedup_ttl: float,
         limit: RecordLimit = DEFAULT_LIMIT,
     ) -> None:
         self.codec = codec
         self.directory = directory
+        self.trust = trust
         self.store = store
         self.stores: tuple[Store, ...] = (store,)
         self.inputs: tuple[str, ...] = (topics.requests,)
@@ -154,14 +170,7 @@ class GateStage:
             window_counts(rates, ts),
             memo,
         )
-        arrival = Arrival(record.position, record.value or b"", record.key, deferrals)
-        ttl = self.dedup_ttl
-        result = decide(request, self.directory.current, seen, arrival, now, dedup_ttl=ttl)
-        key = request["api_key"]
-        if unknown_credentials(result) and key and await self.directory.lookup_miss(key):
-            result = decide(request, self.directory.current, seen, arrival, now, dedup_ttl=ttl)
-        if unknown_sender(result) and await self.directory.lookup_senders(tenant):
-            result = decide(request, self.directory.current, seen, arrival, now, dedup_ttl=ttl)
+        result = await self._decide(request, record, seen, deferrals, now)
         if result.memo_entry is not None:
             state.put(p, memo_key, result.memo_entry)
         if watermark is None or record.offset > watermark:
@@ -171,6 +180,34 @@ class GateStage:
         if result.count:
             state.put(p, rate_key, count_admission(rates, ts))
         return result, deferrals
+
+    async def _decide(
+        self, request: EmailRequest, record: Consumed, seen: Seen, deferrals: int, now: datetime
+    ) -> GateResult:
+        raw = record.value or b""
+        kept = None
+        if not self.codec.is_current(raw, "EmailRequest"):
+            # an old-schema record: a dead letter keeps it re-encoded, without what the current
+            # schema dropped; one still carrying its key in plaintext is refused outright
+            kept = self.codec.current_bytes(raw)
+            if self.codec.decode_written(raw).get("api_key"):
+                arrival = Arrival(record.position, raw, record.key, kept=kept)
+                return arrival.rejected(key_in_record(), now, request["tenant"])
+        arrival = Arrival(record.position, raw, record.key, deferrals, record.headers, kept)
+        directory, ttl, trust = self.directory, self.dedup_ttl, self.trust
+        result = decide(request, directory.current, seen, arrival, now, trust=trust, dedup_ttl=ttl)
+        if unknown_credentials(result):
+            # a key made since the last snapshot must work at once: look it up by its id
+            key_id = record.header(KEY_ID)
+            if key_id and await directory.lookup_key_id(key_id.decode(errors="replace")):
+                result = decide(
+                    request, directory.current, seen, arrival, now, trust=trust, dedup_ttl=ttl
+                )
+        if unknown_sender(result) and await directory.lookup_senders(request["tenant"]):
+            result = decide(
+                request, directory.current, seen, arrival, now, trust=trust, dedup_ttl=ttl
+            )
+        return result
 
     def housekeeping(self, now: datetime) -> None:
         """Expired dedup keys and memos, and windows that count nothing any more, go."""
@@ -222,9 +259,8 @@ class DeferralStage:
                 step.held[tp] = Held(record.offset, not_before)
                 continue
             deferrals = record.header(DEFERRALS) or b"1"
-            step.outputs.append(
-                Out(self.topics.requests, record.key, record.value, ((DEFERRALS, deferrals),))
-            )
+            headers = (*carried(record.headers), (DEFERRALS, deferrals))
+            step.outputs.append(Out(self.topics.requests, record.key, record.value, headers))
             step.outcomes["released"] += 1
         return step
 

@@ -1,17 +1,26 @@
-"""The delivery domain's policies, built from the ``delivery`` settings group: the retry ladder,
-the per-destination limits and the circuit breaker. Here, in the runtime, so that the settings
-module imports no domain code."""
+"""The domain's policies, built from the settings: the delivery group's retry ladder,
+per-destination limits and circuit breaker, and the gate's trust (keys from the server secret).
+Here, in the runtime, so that the settings module imports no domain code."""
 
 from __future__ import annotations
 
 import orjson
 
+from streams.contract.ids import MessageIds
+from streams.contract.signing import INGRESS_PURPOSE
 from streams.deliver.breaker import BreakerPolicy
 from streams.deliver.retry import RetryPolicy, tier_topics
 from streams.deliver.throttle import DestinationLimits, Limit
+from streams.gate.trust import Trust
+from streams.secret import ServerSecret
 from streams.settings import DeliverySettings, Settings
 
-__all__ = ["breaker_policy", "delay_topics", "destination_limits", "retry_policy"]
+__all__ = ["breaker_policy", "delay_topics", "destination_limits", "gate_trust", "retry_policy"]
+
+
+def gate_trust(secret: ServerSecret) -> Trust:
+    """What the gate verifies signatures and message owners with."""
+    return Trust(secret.subkey(INGRESS_PURPOSE), MessageIds(secret))
 
 
 def retry_policy(delivery: DeliverySettings) -> RetryPolicy:

@@ -30,6 +30,7 @@ from streams.settings import Settings
 from streams.stages.deliver import deliver_stages
 from streams.stages.gate_stage import DeferralStage, GateStage
 from streams.stages.names import DELIVER_PARTS, KNOWN_STAGES, STAGES
+from streams.stages.policies import gate_trust
 from streams.stages.verify import VerifyStage, build_verifier
 from streams.worker.broker import broker_credentials
 from streams.worker.shell import install_directory
@@ -61,8 +62,17 @@ def runtime_stages(
     topics = settings.topics
     if "gate" in stages:
         store = Store("gate", changelog_topic(settings.app_id, "gate"), tables)
+        trust = gate_trust(settings.secret)
         found.append(
-            GateStage(codec, topics, directory, store, dedup_ttl=settings.dedup_ttl, limit=limit)
+            GateStage(
+                codec,
+                topics,
+                directory,
+                store,
+                trust=trust,
+                dedup_ttl=settings.dedup_ttl,
+                limit=limit,
+            )
         )
         found.append(DeferralStage(codec, topics))
     if "verify" in stages:
@@ -111,9 +121,15 @@ class RuntimeService(mode.Service):
 
 
 def stage_directory(settings: Settings, stages: tuple[str, ...]) -> DirectoryHolder:
-    """The directory of a worker; one that delivers mail also opens the tenants' DKIM keys."""
+    """The directory of a worker; one that delivers mail also opens the tenants' DKIM keys, one
+    that gates requests the API keys' sealed copies (it checks what direct producers sign)."""
     signs = any(part in DELIVER_PARTS for part in stages)
-    return DirectoryHolder(settings.database, dkim_secret=settings.secret if signs else None)
+    gates = "gate" in stages
+    return DirectoryHolder(
+        settings.database,
+        key_secret=settings.secret if gates else None,
+        dkim_secret=settings.secret if signs else None,
+    )
 
 
 def create_app(

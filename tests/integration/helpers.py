@@ -8,14 +8,16 @@ from typing import TypeVar
 
 import asyncpg
 
+from streams.contract.signing import sign
 from streams.db.dkim_keys import DkimKeyInfo
-from streams.db.tenants import create_api_key, create_tenant
+from streams.db.tenants import api_key_digest, create_api_key, create_tenant
 from streams.deliver.senders import add_sender, rotate_key
 from streams.settings import Settings
 from tests.conftest import SENDER_DOMAIN
 from tests.peers.world import World
 
 T = TypeVar("T")
+Headers = list[tuple[str, bytes]]
 
 
 async def eventually(
@@ -45,7 +47,7 @@ async def new_tenant(
     conn = await asyncpg.connect(settings.dsn)
     try:
         await create_tenant(conn, tenant)
-        _, key = await create_api_key(conn, tenant)
+        _, key = await create_api_key(conn, tenant, secret=settings.secret)
         for sender in senders:
             await add_sender(
                 conn, settings.secret, tenant, sender, dkim=None, operator=True, shared=True
@@ -72,3 +74,28 @@ async def install_dkim_key(
     # next refresh; the tenant's senders were known before, so nothing looks it up earlier)
     await asyncio.sleep(settings.directory_refresh * 2)
     return key
+
+
+async def key_id_of(settings: Settings, key: str) -> str:
+    """The id of an API key (a direct producer is configured with both)."""
+    conn = await asyncpg.connect(settings.dsn)
+    try:
+        key_id = await conn.fetchval(
+            "SELECT key_id FROM api_keys WHERE key_sha256 = $1", api_key_digest(key)
+        )
+    finally:
+        await conn.close()
+    if key_id is None:
+        raise LookupError("no such API key")
+    return str(key_id)
+
+
+async def signer(settings: Settings, tenant: str, key: str) -> Callable[[bytes], Headers]:
+    """What a direct producer of ``tenant`` holding ``key`` attaches to each record value: the
+    signing headers."""
+    key_id = await key_id_of(settings, key)
+
+    def headers(value: bytes) -> Headers:
+        return sign(value, tenant=tenant, key_id=key_id, api_key=key)
+
+    return headers

@@ -81,7 +81,7 @@ async def test_bad_bodies_scopes_and_other_tenants(stack: Settings, api: ApiClie
     other_tenant, other = await new_tenant(stack, "vx")
     conn = await asyncpg.connect(stack.dsn)
     try:
-        _, send_only = await create_api_key(conn, owner, scopes=("send",))
+        _, send_only = await create_api_key(conn, owner, scopes=("send",), secret=stack.secret)
     finally:
         await conn.close()
     client = api.as_key(key)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -28,7 +28,7 @@ from streams.stack.stack import Stack
 from streams.stages.deliver import ENQUEUED
 from streams.stages.policies import retry_policy
 from tests.conftest import SENDER_DOMAIN
-from tests.integration.helpers import eventually, install_dkim_key, new_tenant
+from tests.integration.helpers import eventually, install_dkim_key, new_tenant, signer
 from tests.peers.world import World
 
 pytestmark = pytest.mark.integration
@@ -38,11 +38,10 @@ async def _tenant(settings: Settings) -> tuple[str, str]:
     return await new_tenant(settings, "mail", settle=False)
 
 
-def send_request(tenant: str, key: str, recipients: list[str], **extra: Any) -> dict[str, Any]:
+def send_request(tenant: str, recipients: list[str], **extra: Any) -> dict[str, Any]:
     request: dict[str, Any] = {
         "request_id": str(uuid.uuid4()),
         "tenant": tenant,
-        "api_key": key,
         "operation": "send",
         "priority": "high",
         "from": {"email": f"news@{SENDER_DOMAIN}", "name": "Acme News"},
@@ -63,22 +62,30 @@ def send_request(tenant: str, key: str, recipients: list[str], **extra: Any) -> 
     return request
 
 
-async def _publish(settings: Settings, topic: str, values: list[tuple[bytes, bytes]]) -> None:
+async def _publish(
+    settings: Settings,
+    topic: str,
+    values: list[tuple[bytes, bytes]],
+    headers: Callable[[bytes], list[tuple[str, bytes]]] | None = None,
+) -> None:
     producer = AIOKafkaProducer(**client_options(settings.kafka), acks="all")
     await producer.start()
     try:
         for key, value in values:
-            await producer.send(topic, value, key=key)
+            await producer.send(topic, value, key=key, headers=headers(value) if headers else None)
         await producer.flush()
     finally:
         await producer.stop()
 
 
-async def _send(settings: Settings, codec: Codec, *requests: dict[str, Any]) -> None:
+async def _send(settings: Settings, codec: Codec, key: str, request: dict[str, Any]) -> None:
+    """``request`` produced as its tenant's direct producer, signed with ``key``."""
+    tenant = request["tenant"]
     await _publish(
         settings,
         settings.topics.requests,
-        [(r["tenant"].encode(), codec.encode("EmailRequest", r)) for r in requests],
+        [(tenant.encode(), codec.encode("EmailRequest", request))],
+        await signer(settings, tenant, key),
     )
 
 
@@ -122,8 +129,8 @@ async def test_delivered_signed_with_args_and_state(
 ) -> None:
     tenant, key = await _tenant(stack)
     dkim_key = await install_dkim_key(stack, world, tenant)
-    request = send_request(tenant, key, ["alice@normal.example", "bob@normal.example"])
-    await _send(stack, codec, request)
+    request = send_request(tenant, ["alice@normal.example", "bob@normal.example"])
+    await _send(stack, codec, key, request)
     mid = request["request_id"]
 
     def states() -> Awaitable[dict[str, str]]:
@@ -150,8 +157,8 @@ async def test_hard_bounce_suppresses_the_address(
     stack: Settings, codec: Codec, world: World, db: asyncpg.Connection
 ) -> None:
     tenant, key = await _tenant(stack)
-    first = send_request(tenant, key, ["nobody@normal.example"])
-    await _send(stack, codec, first)
+    first = send_request(tenant, ["nobody@normal.example"])
+    await _send(stack, codec, key, first)
 
     def states() -> Awaitable[dict[str, str]]:
         return _states(db, first["request_id"])
@@ -175,8 +182,8 @@ async def test_hard_bounce_suppresses_the_address(
 
     assert await eventually(suppressed, lambda n: n == 1) == 1
     rcpts_before = world.mx["normal"].count("rcpt")
-    second = send_request(tenant, key, ["nobody@normal.example"])
-    await _send(stack, codec, second)
+    second = send_request(tenant, ["nobody@normal.example"])
+    await _send(stack, codec, key, second)
 
     def states2() -> Awaitable[dict[str, str]]:
         return _states(db, second["request_id"])
@@ -195,8 +202,8 @@ async def test_4xx_is_deferred_then_retried_and_delivered(
     stack: Settings, codec: Codec, db: asyncpg.Connection
 ) -> None:
     tenant, key = await _tenant(stack)
-    request = send_request(tenant, key, ["fred@flaky.example"])
-    await _send(stack, codec, request)
+    request = send_request(tenant, ["fred@flaky.example"])
+    await _send(stack, codec, key, request)
 
     def states() -> Awaitable[dict[str, str]]:
         return _states(db, request["request_id"])
@@ -221,8 +228,8 @@ async def test_unreachable_mx_is_deferred_and_listed_in_the_queue(
     stack: Settings, codec: Codec, db: asyncpg.Connection
 ) -> None:
     tenant, key = await _tenant(stack)
-    request = send_request(tenant, key, ["alice@stall.example"])
-    await _send(stack, codec, request)
+    request = send_request(tenant, ["alice@stall.example"])
+    await _send(stack, codec, key, request)
 
     async def deferred() -> list[asyncpg.Record]:
         return [e for e in await _events(db, request["request_id"]) if e["type"] == "deferred"]
@@ -254,9 +261,9 @@ async def test_unreachable_mx_is_deferred_and_listed_in_the_queue(
 async def test_flush_sends_deferred_mail_now(
     stack: Settings, codec: Codec, world: World, db: asyncpg.Connection
 ) -> None:
-    tenant, key = await _tenant(stack)
+    tenant, _key = await _tenant(stack)
     before = len(world.mx["normal"].messages_to("joe@normal.example"))
-    request = send_request(tenant, key, ["joe@normal.example"])
+    request = send_request(tenant, ["joe@normal.example"])
     now = datetime.now(UTC)
     [(domain, _lane, task)] = expand(
         {**request, "send_at": None, "reply_to": None, "substitutions": {}}, now, lambda *_: False
@@ -302,10 +309,10 @@ async def test_hold_then_release(
     stack: Settings, codec: Codec, world: World, db: asyncpg.Connection
 ) -> None:
     tenant, key = await _tenant(stack)
-    request = send_request(tenant, key, ["joe@normal.example"])
+    request = send_request(tenant, ["joe@normal.example"])
     await publish_command(stack.kafka, Command("hold", Selector(tenant=tenant), _now_ms()))
     await asyncio.sleep(1.0)  # every worker's control feed has it
-    await _send(stack, codec, request)
+    await _send(stack, codec, key, request)
 
     async def queued() -> list[dict[str, Any]]:
         entries = await read_compacted(stack.kafka, stack.topics.queue)
@@ -330,8 +337,8 @@ async def test_a_redelivered_task_is_not_sent_twice(
 ) -> None:
     stack = pipeline.settings
     tenant, key = await _tenant(stack)
-    request = send_request(tenant, key, ["x@normal.example"])
-    await _send(stack, codec, request)
+    request = send_request(tenant, ["x@normal.example"])
+    await _send(stack, codec, key, request)
 
     def states() -> Awaitable[dict[str, str]]:
         return _states(db, request["request_id"])
@@ -355,8 +362,8 @@ async def test_a_redelivered_task_is_not_sent_twice(
         stack, stack.topics.lane(lane), [(domain.encode(), codec.encode("DeliveryTask", task))]
     )
     # a fresh message behind it on the same lane proves the duplicate was processed
-    marker = send_request(tenant, key, ["x@normal.example"])
-    await _send(stack, codec, marker)
+    marker = send_request(tenant, ["x@normal.example"])
+    await _send(stack, codec, key, marker)
 
     def marker_states() -> Awaitable[dict[str, str]]:
         return _states(db, marker["request_id"])
@@ -371,10 +378,10 @@ async def test_bad_task_bytes_and_unrenderable_mail_are_dead_lettered(
     tenant, key = await _tenant(stack)
     await _publish(stack, stack.topics.deliveries, [(b"normal.example", b"not a task")])
     bad = send_request(
-        tenant, key, ["alice@normal.example"], substitutions={"name": "x\r\nBcc: evil@x.example"}
+        tenant, ["alice@normal.example"], substitutions={"name": "x\r\nBcc: evil@x.example"}
     )
     bad["recipients"][0]["substitutions"] = {}
-    await _send(stack, codec, bad)
+    await _send(stack, codec, key, bad)
 
     async def rejections() -> list[asyncpg.Record]:
         return list(

@@ -28,7 +28,7 @@ from streams.kafka.topics import topic_specs
 from streams.settings import Settings
 from tests.conftest import SENDER_DOMAIN
 from tests.integration.api_client import ApiClient
-from tests.integration.helpers import eventually, install_dkim_key, new_tenant
+from tests.integration.helpers import eventually, install_dkim_key, new_tenant, signer
 from tests.integration.test_deliver_pipeline import _dns_txt
 from tests.peers.world import World
 
@@ -221,11 +221,10 @@ def _closed_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _direct(tenant: str, key: str, **extra: Any) -> dict[str, Any]:
+def _direct(tenant: str, **extra: Any) -> dict[str, Any]:
     request: dict[str, Any] = {
         "request_id": str(uuid.uuid4()),
         "tenant": tenant,
-        "api_key": key,
         "operation": "send",
         "priority": "high",
         "from": {"email": f"news@{SENDER_DOMAIN}", "name": "Acme"},
@@ -241,20 +240,23 @@ async def test_the_gate_enforces_the_limits_for_direct_producers(
     stack: Settings, codec: Codec, db: asyncpg.Connection, world: World
 ) -> None:
     tenant, key = await new_tenant(stack, "direct")
-    many = _direct(tenant, key, recipients=[{"email": f"u{i}@normal.example"} for i in range(5000)])
-    injected = _direct(tenant, key, content={"subject": "Hi\r\nBcc: x@evil.example", "text": "t"})
-    bare_cr = _direct(tenant, key, content={"subject": "Hi", "text": "a\rb"})
-    fine = _direct(tenant, key, recipients=[{"email": "joe@normal.example"}])
+    many = _direct(tenant, recipients=[{"email": f"u{i}@normal.example"} for i in range(5000)])
+    injected = _direct(tenant, content={"subject": "Hi\r\nBcc: x@evil.example", "text": "t"})
+    bare_cr = _direct(tenant, content={"subject": "Hi", "text": "a\rb"})
+    fine = _direct(tenant, recipients=[{"email": "joe@normal.example"}])
     # a record Kafka takes (1 MB) that the gate could not pass on as a task or a dead letter
-    huge = codec.encode("EmailRequest", _direct(tenant, key)) + b"\x00" * (1_048_588 - 10_000)
+    huge = codec.encode("EmailRequest", _direct(tenant)) + b"\x00" * (1_048_588 - 10_000)
     values = [codec.encode("EmailRequest", r) for r in (many, injected, bare_cr, fine)]
+    headers = await signer(stack, tenant, key)
     producer = AIOKafkaProducer(
         **client_options(stack.kafka), acks="all", max_request_size=2_000_000
     )
     await producer.start()
     try:
         for value in [*values[:3], huge, values[3]]:
-            await producer.send_and_wait(stack.topics.requests, value, key=tenant.encode())
+            await producer.send_and_wait(
+                stack.topics.requests, value, key=tenant.encode(), headers=headers(value)
+            )
     finally:
         await producer.stop()
 

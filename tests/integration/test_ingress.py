@@ -60,7 +60,7 @@ async def test_auth_failures(stack: Settings, api: ApiClient) -> None:
     tenant, _key = await new_tenant(stack, "auth")
     conn = await asyncpg.connect(stack.dsn)
     try:
-        _, verify_only = await create_api_key(conn, tenant, scopes=("verify",))
+        _, verify_only = await create_api_key(conn, tenant, scopes=("verify",), secret=stack.secret)
     finally:
         await conn.close()
     for key in (None, "pw_not-a-key"):

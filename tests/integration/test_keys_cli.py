@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 from streams.cli.main import app
 from streams.contract.codec import Codec
+from streams.contract.signing import sign
 from streams.kafka.config import client_options
 from streams.settings import Settings
 from tests.integration.helpers import eventually
@@ -26,7 +27,9 @@ SLACK = timedelta(seconds=2)
 
 
 def _invoke(settings: Settings, *args: str) -> tuple[int, str, str]:
-    result = CliRunner().invoke(app, list(args), env={"POSTWIRE_DATABASE_URL": settings.dsn})
+    # the install's data dir: keys are sealed under its server secret
+    env = {"POSTWIRE_DATABASE_URL": settings.dsn, "POSTWIRE_DATA_DIR": str(settings.data_dir)}
+    result = CliRunner().invoke(app, list(args), env=env)
     return result.exit_code, result.stdout, result.stderr
 
 
@@ -34,11 +37,10 @@ async def _cli(settings: Settings, *args: str) -> tuple[int, str, str]:
     return await asyncio.to_thread(_invoke, settings, *args)
 
 
-def _request(tenant: str, key: str, operation: str) -> dict[str, object]:
+def _request(tenant: str, operation: str) -> dict[str, object]:
     return {
         "request_id": str(uuid.uuid4()),
         "tenant": tenant,
-        "api_key": key,
         "operation": operation,
         "recipients": [{"email": "alice@normal.example"}],
         "from": {"email": "it@acme.example"},
@@ -91,11 +93,13 @@ async def test_scopes_listing_and_revocation_within_the_refresh(
     try:
 
         async def send(operation: str = "validate") -> str:
-            request = _request(tenant, key, operation)
+            request = _request(tenant, operation)
+            value = codec.encode("EmailRequest", request)
             await producer.send_and_wait(
                 stack.topics.requests,
-                codec.encode("EmailRequest", request),
+                value,
                 key=tenant.encode(),
+                headers=sign(value, tenant=tenant, key_id=key_id, api_key=key),
             )
             return str(request["request_id"])
 

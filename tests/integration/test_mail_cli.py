@@ -57,11 +57,9 @@ async def test_stored_template_renders_per_recipient(
     assert code == 1
     assert "template refused" in output
     await asyncio.sleep(stack.directory_refresh * 3)  # workers reload their directory
-    request = send_request(
-        tenant, key, ["info@normal.example"], substitutions={"product": "Postwire"}
-    )
+    request = send_request(tenant, ["info@normal.example"], substitutions={"product": "Postwire"})
     request["content"] = {"template_id": "welcome"}
-    await _send(stack, codec, request)
+    await _send(stack, codec, key, request)
     conn = await asyncpg.connect(stack.dsn)
     try:
 

@@ -20,7 +20,7 @@ from streams.obs.redact import Redactor
 from streams.settings import Settings
 from streams.stack.stack import WORKER_ROLES, worker_port
 from tests.conftest import SENDER_DOMAIN
-from tests.integration.helpers import eventually, new_tenant
+from tests.integration.helpers import eventually, new_tenant, signer
 
 pytestmark = pytest.mark.integration
 
@@ -61,11 +61,10 @@ async def _scrape(http: aiohttp.ClientSession, *ports: int) -> Samples:
     return summed
 
 
-def _request(tenant: str, key: str, operation: str, recipient: str) -> dict[str, Any]:
+def _request(tenant: str, operation: str, recipient: str) -> dict[str, Any]:
     return {
         "request_id": str(uuid.uuid4()),
         "tenant": tenant,
-        "api_key": key,
         "operation": operation,
         "priority": "high",  # the transactional lane: the tx process
         "recipients": [{"email": recipient}],
@@ -75,12 +74,15 @@ def _request(tenant: str, key: str, operation: str, recipient: str) -> dict[str,
     }
 
 
-async def _publish(settings: Settings, codec: Codec, values: list[bytes], key: bytes) -> None:
+async def _publish(settings: Settings, values: list[bytes], tenant: str, api_key: str) -> None:
+    headers = await signer(settings, tenant, api_key)
     producer = AIOKafkaProducer(**client_options(settings.kafka), acks="all")
     await producer.start()
     try:
         for value in values:
-            await producer.send(settings.topics.requests, value, key=key)
+            await producer.send(
+                settings.topics.requests, value, key=tenant.encode(), headers=headers(value)
+            )
         await producer.flush()
     finally:
         await producer.stop()
@@ -119,13 +121,13 @@ async def test_traffic_moves_the_counters_of_its_stage_and_outcome(
     w0, s0 = await _scrape(http, *front), await _scrape(http, sinks)
     unknown = f"obs-{uuid.uuid4().hex[:8]}@normal.example"  # the MX says 550 user unknown
     requests = [
-        _request(tenant, key, "send", "bob@normal.example"),
-        _request(tenant, key, "send", unknown),
-        _request(tenant, key, "verify", "alice@normal.example"),
+        _request(tenant, "send", "bob@normal.example"),
+        _request(tenant, "send", unknown),
+        _request(tenant, "verify", "alice@normal.example"),
     ]
     # (no garbage record: other tests count every rejection on the shared requests topic)
     values = [codec.encode("EmailRequest", r) for r in requests]
-    await _publish(stack, codec, values, tenant.encode())
+    await _publish(stack, values, tenant, key)
 
     def moved(before: Samples, after: Samples, name: str, **labels: str) -> float:
         return _sum(after, name, **labels) - _sum(before, name, **labels)

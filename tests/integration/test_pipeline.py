@@ -12,7 +12,7 @@ from aiokafka import AIOKafkaProducer
 from streams.contract.codec import Codec
 from streams.kafka.config import client_options
 from streams.settings import Settings
-from tests.integration.helpers import eventually, new_tenant
+from tests.integration.helpers import eventually, new_tenant, signer
 
 pytestmark = pytest.mark.integration
 
@@ -21,11 +21,10 @@ async def _tenant(settings: Settings) -> tuple[str, str]:
     return await new_tenant(settings, "tenant", settle=True)
 
 
-def _request(tenant: str, i: int, key: str) -> dict[str, object]:
+def _request(tenant: str, i: int) -> dict[str, object]:
     return {
         "request_id": str(uuid.uuid4()),
         "tenant": tenant,
-        "api_key": key,
         "operation": "verify" if i % 2 else "send",
         "idempotency_key": f"k{i}",
         "priority": "bulk" if i % 3 == 0 else "normal",
@@ -40,7 +39,8 @@ def _request(tenant: str, i: int, key: str) -> dict[str, object]:
 
 async def test_requests_and_rejections_land_in_postgres(stack: Settings, codec: Codec) -> None:
     tenant, key = await _tenant(stack)
-    requests = [_request(tenant, i, key) for i in range(200)]
+    headers = await signer(stack, tenant, key)
+    requests = [_request(tenant, i) for i in range(200)]
     wrong_type = codec.encode(
         "DeliveryEvent",
         {"event_id": "e1", "tenant": tenant, "type": "opened", "occurred_at": datetime.now(UTC)},
@@ -52,8 +52,9 @@ async def test_requests_and_rejections_land_in_postgres(stack: Settings, codec: 
     await producer.start()
     try:
         for r in requests:
+            value = codec.encode("EmailRequest", r)
             await producer.send(
-                stack.topics.requests, codec.encode("EmailRequest", r), key=tenant.encode()
+                stack.topics.requests, value, key=tenant.encode(), headers=headers(value)
             )
         for value in bad_values:
             await producer.send(stack.topics.requests, value, key=tenant.encode())
@@ -103,7 +104,8 @@ async def test_requests_and_rejections_land_in_postgres(stack: Settings, codec: 
 
 async def test_replaying_the_same_records_adds_no_rows(stack: Settings, codec: Codec) -> None:
     tenant, key = await _tenant(stack)
-    requests = [_request(tenant, i, key) for i in range(50)]
+    headers = await signer(stack, tenant, key)
+    requests = [_request(tenant, i) for i in range(50)]
     producer = AIOKafkaProducer(**client_options(stack.kafka), acks="all")
     await producer.start()
     conn = await asyncpg.connect(stack.dsn)
@@ -116,15 +118,16 @@ async def test_replaying_the_same_records_adds_no_rows(stack: Settings, codec: C
 
         for _ in range(2):  # the second pass is a replay of the same records
             for r in requests:
+                value = codec.encode("EmailRequest", r)
                 await producer.send(
-                    stack.topics.requests, codec.encode("EmailRequest", r), key=tenant.encode()
+                    stack.topics.requests, value, key=tenant.encode(), headers=headers(value)
                 )
             await producer.flush()
             assert await eventually(count, lambda n: n == 50) == 50
         # give the replayed copies time to reach the sink; the count must stay put
-        marker = _request(tenant, 999, key)
+        marker = codec.encode("EmailRequest", _request(tenant, 999))
         await producer.send_and_wait(
-            stack.topics.requests, codec.encode("EmailRequest", marker), key=tenant.encode()
+            stack.topics.requests, marker, key=tenant.encode(), headers=headers(marker)
         )
         assert await eventually(count, lambda n: n == 51) == 51
     finally:
@@ -136,9 +139,9 @@ async def test_a_row_postgres_refuses_is_dead_lettered_and_the_rest_land(
     stack: Settings, codec: Codec
 ) -> None:
     tenant = f"nul-{uuid.uuid4().hex[:6]}"
-    good = [_request(tenant, i, "k") for i in range(20)]
+    good = [_request(tenant, i) for i in range(20)]
     # valid Avro, but PostgreSQL text cannot hold NUL: a poison row, not an outage
-    poison = _request(tenant, 99, "k") | {"idempotency_key": "bad\x00key"}
+    poison = _request(tenant, 99) | {"idempotency_key": "bad\x00key"}
     poison_bytes = codec.encode("EmailRequest", poison)
     producer = AIOKafkaProducer(**client_options(stack.kafka), acks="all")
     await producer.start()

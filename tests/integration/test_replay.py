@@ -20,7 +20,7 @@ from streams.cli.main import app
 from streams.contract.codec import Codec
 from streams.kafka.config import client_options
 from streams.settings import Settings
-from tests.integration.helpers import eventually, new_tenant
+from tests.integration.helpers import eventually, new_tenant, signer
 
 pytestmark = pytest.mark.integration
 
@@ -37,26 +37,28 @@ async def _replay(settings: Settings, *args: str) -> dict[str, Any]:
     return summary
 
 
-def _request(tenant: str, key: str, address: str, operation: str = "validate") -> dict[str, Any]:
+def _request(tenant: str, address: str, operation: str = "validate") -> dict[str, Any]:
     return {
         "request_id": str(uuid.uuid4()),
         "tenant": tenant,
-        "api_key": key,
         "operation": operation,
         "recipients": [{"email": address}],
         "created_at": datetime.now(UTC),
     }
 
 
-async def _publish(settings: Settings, codec: Codec, requests: list[dict[str, Any]]) -> None:
+async def _publish(
+    settings: Settings, codec: Codec, requests: list[dict[str, Any]], key: str
+) -> None:
+    """The requests of one tenant, produced and signed as its direct producer does."""
+    headers = await signer(settings, requests[0]["tenant"], key)
     producer = AIOKafkaProducer(**client_options(settings.kafka), acks="all")
     await producer.start()
     try:
         for r in requests:
+            value = codec.encode("EmailRequest", r)
             await producer.send(
-                settings.topics.requests,
-                codec.encode("EmailRequest", r),
-                key=r["tenant"].encode(),
+                settings.topics.requests, value, key=r["tenant"].encode(), headers=headers(value)
             )
         await producer.flush()
     finally:
@@ -71,8 +73,8 @@ async def test_into_sinks_changes_nothing_then_fills_back_exactly_the_deleted_ra
     stack: Settings, codec: Codec
 ) -> None:
     tenant, key = await new_tenant(stack, "replay")
-    first = [_request(tenant, key, f"a{i}@normal.example") for i in range(30)]
-    second = [_request(tenant, key, f"b{i}@normal.example") for i in range(30)]
+    first = [_request(tenant, f"a{i}@normal.example") for i in range(30)]
+    second = [_request(tenant, f"b{i}@normal.example") for i in range(30)]
     conn = await asyncpg.connect(stack.dsn)
     try:
         # validate requests: their requests rows come from the verify topic (their VerifyTasks
@@ -84,10 +86,10 @@ async def test_into_sinks_changes_nothing_then_fills_back_exactly_the_deleted_ra
             return await _count(conn, mine, tenant), await _count(conn, results, tenant)
 
         began = datetime.now(UTC)
-        await _publish(stack, codec, first)
+        await _publish(stack, codec, first, key)
         assert await eventually(landed, lambda n: n == (30, 30)) == (30, 30)
         middle = datetime.now(UTC)
-        await _publish(stack, codec, second)
+        await _publish(stack, codec, second, key)
         assert await eventually(landed, lambda n: n == (60, 60)) == (60, 60)
         ended = datetime.now(UTC) + timedelta(seconds=1)
         window = ("--from", began.isoformat(), "--to", ended.isoformat())
@@ -172,14 +174,14 @@ async def _end_offsets(settings: Settings, topic: str) -> dict[int, int]:
 async def test_stage_verify_reverifies_under_its_own_group(stack: Settings, codec: Codec) -> None:
     tenant, key = await new_tenant(stack, "reverify")
     addresses = [f"u{i}@normal.example" for i in range(10)] + ["x@doesnotexist.example"]
-    requests = [_request(tenant, key, a, "verify") for a in addresses]
+    requests = [_request(tenant, a, "verify") for a in addresses]
     verify_topic = stack.topics.verify
     live_group = f"{stack.app_id}-verify"  # the verify stage's consumer group
     conn = await asyncpg.connect(stack.dsn)
     try:
         mine = "SELECT count(*) FROM verifications WHERE tenant_id = $1"
         began = datetime.now(UTC)
-        await _publish(stack, codec, requests)
+        await _publish(stack, codec, requests, key)
         assert await eventually(lambda: _count(conn, mine, tenant), lambda n: n == 11) == 11
         ended = datetime.now(UTC) + timedelta(seconds=1)
         # the live group has committed everything it read: its offsets must stay where they are

@@ -15,6 +15,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from sinks.runner import run_sinks
 from streams.contract.codec import Codec
+from streams.contract.signing import sign
 from streams.db.tenants import create_api_key, create_tenant
 from streams.kafka.config import client_options
 from streams.settings import Settings
@@ -25,26 +26,30 @@ from tests.integration.helpers import eventually
 pytestmark = pytest.mark.integration
 
 
-def _request(tenant: str, key: str) -> dict[str, object]:
+def _request(tenant: str) -> dict[str, object]:
     return {
         "request_id": str(uuid.uuid4()),
         "tenant": tenant,
-        "api_key": key,
         "operation": "validate",
         "recipients": [{"email": "alice@normal.example"}],
         "created_at": datetime.now(UTC),
     }
 
 
-async def _publish(settings: Settings, codec: Codec, records: list[dict[str, object]]) -> None:
+async def _publish(
+    settings: Settings, codec: Codec, records: list[dict[str, object]], key: tuple[str, str]
+) -> None:
+    """Produce ``records`` as a direct producer holding ``key`` (its id and the key) does."""
     producer = AIOKafkaProducer(**client_options(settings.kafka), acks="all")
     await producer.start()
     try:
         for r in records:
+            value, tenant = codec.encode("EmailRequest", r), str(r["tenant"])
             await producer.send(
                 settings.topics.requests,
-                codec.encode("EmailRequest", r),
-                key=str(r["tenant"]).encode(),
+                value,
+                key=tenant.encode(),
+                headers=sign(value, tenant=tenant, key_id=key[0], api_key=key[1]),
             )
         await producer.flush()
     finally:
@@ -66,20 +71,20 @@ async def test_rate_windows_survive_a_worker_restart(pipeline: Stack, codec: Cod
     conn = await asyncpg.connect(settings.dsn)
     try:
         await create_tenant(conn, tenant, policy="reject", per_hour=4)
-        _, key = await create_api_key(conn, tenant)
+        key = await create_api_key(conn, tenant, secret=settings.secret)
         await asyncio.sleep(1.0)  # the directory refresh picks the tenant up
 
         def outcomes() -> Awaitable[tuple[int, int]]:
             return _outcomes(conn, tenant)
 
-        await _publish(settings, codec, [_request(tenant, key) for _ in range(3)])
+        await _publish(settings, codec, [_request(tenant) for _ in range(3)], key)
         assert await eventually(outcomes, lambda v: v == (3, 0)) == (3, 0)
 
         worker = next(p for p in pipeline.apps if p.name == "worker")
         worker.stop()
         worker.start(detach=False)
 
-        await _publish(settings, codec, [_request(tenant, key) for _ in range(3)])
+        await _publish(settings, codec, [_request(tenant) for _ in range(3)], key)
         # 3 counted before the restart + 1 more = the limit of 4; the other 2 are throttled
         assert await eventually(outcomes, lambda v: v[0] + v[1] == 6, timeout=90) == (4, 2)
     finally:
@@ -109,12 +114,12 @@ async def test_a_replay_from_the_start_counts_nothing_twice(pipeline: Stack, cod
     conn = await asyncpg.connect(settings.dsn)
     try:
         await create_tenant(conn, tenant, policy="reject", per_hour=6)
-        _, key = await create_api_key(conn, tenant)
+        key = await create_api_key(conn, tenant, secret=settings.secret)
 
         def outcomes() -> Awaitable[tuple[int, int]]:
             return _outcomes(conn, tenant)
 
-        await _publish(settings, codec, [_request(tenant, key) for _ in range(3)])
+        await _publish(settings, codec, [_request(tenant) for _ in range(3)], key)
         assert await eventually(outcomes, lambda v: v == (3, 0)) == (3, 0)
 
         worker = next(p for p in pipeline.apps if p.name == "worker")
@@ -124,7 +129,7 @@ async def test_a_replay_from_the_start_counts_nothing_twice(pipeline: Stack, cod
 
         # every request since the topic began is decided again; had the 3 been counted twice,
         # the window (6 per hour) would be full and these 3 throttled
-        await _publish(settings, codec, [_request(tenant, key) for _ in range(3)])
+        await _publish(settings, codec, [_request(tenant) for _ in range(3)], key)
         assert await eventually(outcomes, lambda v: sum(v) >= 6, timeout=90) == (6, 0)
         await asyncio.sleep(2)
         assert await outcomes() == (6, 0)
@@ -138,8 +143,8 @@ async def test_worker_restarts_mid_verification_lose_nothing(pipeline: Stack, co
     conn = await asyncpg.connect(settings.dsn)
     try:
         await create_tenant(conn, tenant, per_second=100_000)
-        _, key = await create_api_key(conn, tenant)
-        requests = [_request(tenant, key) for _ in range(600)]
+        key = await create_api_key(conn, tenant, secret=settings.secret)
+        requests = [_request(tenant) for _ in range(600)]
         ids = {str(r["request_id"]) for r in requests}
 
         async def verified() -> int:
@@ -150,7 +155,7 @@ async def test_worker_restarts_mid_verification_lose_nothing(pipeline: Stack, co
                 )
             )
 
-        await _publish(settings, codec, requests)
+        await _publish(settings, codec, requests, key)
         worker = next(p for p in pipeline.apps if p.name == "worker")
         for pause in (0.5, 2.0):  # once while the gate is busy, once mid-verification
             await asyncio.sleep(pause)
@@ -181,7 +186,7 @@ async def test_sink_rides_out_a_postgres_outage(tmp_path: Path, codec: Codec) ->
 
         async def send(n: int) -> None:
             for _ in range(n):
-                r = _request("t", "k")
+                r = _request("t")
                 ids.append(str(r["request_id"]))
                 await producer.send(
                     settings.topics.accepted, codec.encode("EmailRequest", r), key=b"t"

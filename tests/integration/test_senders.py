@@ -84,10 +84,10 @@ async def test_a_tenant_cannot_send_as_another_tenants_domain(
     assert refused.body == {"errors": [{"message": NOT_VERIFIED, "field": "from", "help": None}]}
 
     # B straight to Kafka: the gate dead-letters it
-    forged = send_request(forger, forger_key, ["alice@normal.example"])
+    forged = send_request(forger, ["alice@normal.example"])
     forged["from"] = {"email": f"x@{domain}", "name": None}
     forged["content"]["subject"] = subject
-    await _send(stack, codec, forged)
+    await _send(stack, codec, forger_key, forged)
 
     def dead_letter() -> Awaitable[asyncpg.Record | None]:
         return db.fetchrow(

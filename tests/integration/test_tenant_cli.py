@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 from streams.cli.main import app
 from streams.contract.codec import Codec
+from streams.contract.signing import sign
 from streams.kafka.config import client_options
 from streams.settings import Settings
 from tests.integration.helpers import eventually
@@ -23,7 +24,9 @@ pytestmark = pytest.mark.integration
 
 
 def _invoke(settings: Settings, *args: str) -> tuple[int, str]:
-    result = CliRunner().invoke(app, list(args), env={"POSTWIRE_DATABASE_URL": settings.dsn})
+    # the install's data dir: keys are sealed under its server secret
+    env = {"POSTWIRE_DATABASE_URL": settings.dsn, "POSTWIRE_DATA_DIR": str(settings.data_dir)}
+    result = CliRunner().invoke(app, list(args), env=env)
     return result.exit_code, result.output
 
 
@@ -32,12 +35,11 @@ async def _cli(settings: Settings, *args: str) -> tuple[int, str]:
     return await asyncio.to_thread(_invoke, settings, *args)
 
 
-async def _send(settings: Settings, codec: Codec, tenant: str, key: str) -> str:
+async def _send(settings: Settings, codec: Codec, tenant: str, key_id: str, key: str) -> str:
     request_id = str(uuid.uuid4())
     record = {
         "request_id": request_id,
         "tenant": tenant,
-        "api_key": key,
         "operation": "validate",
         "recipients": [{"email": "alice@normal.example"}],
         "created_at": datetime.now(UTC),
@@ -45,8 +47,12 @@ async def _send(settings: Settings, codec: Codec, tenant: str, key: str) -> str:
     producer = AIOKafkaProducer(**client_options(settings.kafka), acks="all")
     await producer.start()
     try:
+        value = codec.encode("EmailRequest", record)
         await producer.send_and_wait(
-            settings.topics.requests, codec.encode("EmailRequest", record), key=tenant.encode()
+            settings.topics.requests,
+            value,
+            key=tenant.encode(),
+            headers=sign(value, tenant=tenant, key_id=key_id, api_key=key),
         )
     finally:
         await producer.stop()
@@ -79,7 +85,7 @@ async def test_add_use_and_revoke_a_key(stack: Settings, codec: Codec) -> None:
         )
         assert limit == 50
         # used at once, before the periodic refresh could have seen it
-        first = await _send(stack, codec, tenant, key)
+        first = await _send(stack, codec, tenant, key_id, key)
         assert await eventually(lambda: _outcome(conn, first), lambda v: v is not None) == (
             "admitted"
         )
@@ -95,10 +101,10 @@ async def test_add_use_and_revoke_a_key(stack: Settings, codec: Codec) -> None:
             return await eventually(lambda: _outcome(conn, request_id), lambda v: v is not None)
 
         # admitted until the gate's next directory refresh, refused from then on
-        outcomes = [await landed(await _send(stack, codec, tenant, key))]
+        outcomes = [await landed(await _send(stack, codec, tenant, key_id, key))]
         while outcomes[-1] == "admitted" and len(outcomes) < 20:
             await asyncio.sleep(stack.directory_refresh)
-            outcomes.append(await landed(await _send(stack, codec, tenant, key)))
+            outcomes.append(await landed(await _send(stack, codec, tenant, key_id, key)))
         assert outcomes[-1] == "auth.revoked_key", outcomes
     finally:
         await conn.close()

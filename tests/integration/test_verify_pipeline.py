@@ -14,6 +14,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from streams.contract.codec import Codec
+from streams.contract.signing import sign
 from streams.db.tenants import create_api_key, create_tenant
 from streams.kafka.config import client_options
 from streams.settings import Settings
@@ -22,11 +23,10 @@ from tests.integration.helpers import eventually
 pytestmark = pytest.mark.integration
 
 
-def req(tenant: str, key: str, addresses: list[str], **extra: Any) -> dict[str, Any]:
+def req(tenant: str, addresses: list[str], **extra: Any) -> dict[str, Any]:
     return {
         "request_id": str(uuid.uuid4()),
         "tenant": tenant,
-        "api_key": key,
         "operation": "verify",
         "recipients": [{"email": a} for a in addresses],
         "created_at": datetime.now(UTC),
@@ -42,7 +42,7 @@ async def test_mixed_batch_books_balance(stack: Settings, codec: Codec) -> None:
         await create_tenant(conn, acme, smtp_probe=True)
         await create_tenant(conn, capped, policy="reject", per_hour=5)
         await create_tenant(conn, slow, per_second=3)
-        keys = {t: (await create_api_key(conn, t))[1] for t in (acme, capped, slow)}
+        keys = {t: await create_api_key(conn, t, secret=stack.secret) for t in (acme, capped, slow)}
     finally:
         await conn.close()
 
@@ -57,28 +57,34 @@ async def test_mixed_batch_books_balance(stack: Settings, codec: Codec) -> None:
         "x@doesnotexist.example": "invalid",
         "not-an-address": "invalid",
     }
-    requests = [req(acme, keys[acme], [a]) for a in expected]
+    requests = [req(acme, [a]) for a in expected]
     validate = req(
         acme,
-        keys[acme],
         ["ünïcode@bücher.example", "joe@gmial.com", "info@normal.example"],
         operation="validate",
     )
     requests.append(validate)
-    first = req(acme, keys[acme], ["bob@normal.example"], idempotency_key=f"dup-{run}")
-    second = req(acme, keys[acme], ["bob@normal.example"], idempotency_key=f"dup-{run}")
-    bad_key = req(acme, "pw_wrong", ["alice@normal.example"])
-    capped_reqs = [req(capped, keys[capped], ["alice@normal.example"]) for _ in range(8)]
-    slow_reqs = [req(slow, keys[slow], [f"u{i}@normal.example"]) for i in range(6)]
+    first = req(acme, ["bob@normal.example"], idempotency_key=f"dup-{run}")
+    second = req(acme, ["bob@normal.example"], idempotency_key=f"dup-{run}")
+    bad_key = req(acme, ["alice@normal.example"])
+    capped_reqs = [req(capped, ["alice@normal.example"]) for _ in range(8)]
+    slow_reqs = [req(slow, [f"u{i}@normal.example"]) for i in range(6)]
     avro = [*requests, first, second, bad_key, *capped_reqs, *slow_reqs]
     garbage = f"garbage-{run}".encode()
+    # every request signed with its tenant's key, but one: acme's key id, signed with a guess
+    signing = {r["request_id"]: keys[r["tenant"]] for r in avro}
+    signing[bad_key["request_id"]] = (keys[acme][0], "pw_wrong")
 
     producer = AIOKafkaProducer(**client_options(stack.kafka), acks="all")
     await producer.start()
     try:
         for r in avro:
+            value, (key_id, key) = codec.encode("EmailRequest", r), signing[r["request_id"]]
             await producer.send(
-                stack.topics.requests, codec.encode("EmailRequest", r), key=r["tenant"].encode()
+                stack.topics.requests,
+                value,
+                key=r["tenant"].encode(),
+                headers=sign(value, tenant=r["tenant"], key_id=key_id, api_key=key),
             )
         await producer.send(stack.topics.requests, garbage, key=acme.encode())
         await producer.flush()
@@ -150,7 +156,10 @@ async def test_mixed_batch_books_balance(stack: Settings, codec: Codec) -> None:
     assert dropped[0]["reason"] == "duplicate"
     assert len(throttled) == 3
     assert all(e["reason"] == "rate_limit:hour" for e in throttled)
-    assert sorted(r["error_code"] for r in b["rejected"]) == ["auth.bad_key", "codec.not_avro"]
+    assert sorted(r["error_code"] for r in b["rejected"]) == [
+        "auth.bad_signature",
+        "codec.not_avro",
+    ]
     # a verify request's admission is its requests row (from its VerifyTasks) and its outcome
     # the results: no processed event, one record fewer each way
     assert by_type.get("processed", 0) == 0

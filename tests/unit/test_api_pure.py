@@ -8,11 +8,14 @@ import pytest
 
 from streams.api import params
 from streams.api.tracking import translate_webhook
-from streams.api.verifyjobs import CHUNK, job_id_for, parse_batch, parse_single, plan, requests
+from streams.api.verifyjobs import CHUNK, parse_batch, parse_single, plan, requests
 from streams.contract.codec import default_codec
+from streams.contract.ids import MessageIds
 from streams.errors import IngressValidationError
+from streams.secret import ServerSecret
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+IDS = MessageIds(ServerSecret(b"s" * 32))
 
 
 def fields(exc: pytest.ExceptionInfo[IngressValidationError]) -> set[str | None]:
@@ -45,7 +48,7 @@ def test_a_job_is_split_into_requests_the_gate_accepts() -> None:
     addresses = [f"u{i}@x.example" for i in range(CHUNK + 1)]
     job = plan("j1", addresses, None)
     assert job.request_ids == ["j1.0", "j1.1"]
-    records = requests(job, tenant="t", api_key="k", priority="high", now=NOW)
+    records = requests(job, tenant="t", priority="high", now=NOW)
     assert [len(r["recipients"]) for r in records] == [CHUNK, 1]
     assert {r["idempotency_key"] for r in records} == {"verify:j1.0", "verify:j1.1"}
     codec = default_codec()
@@ -55,37 +58,64 @@ def test_a_job_is_split_into_requests_the_gate_accepts() -> None:
     assert plan("j2", ["a@x"], True).request_ids == ["j2"]
 
 
-def test_job_ids_are_fixed_by_idempotency_keys_per_tenant() -> None:
-    assert job_id_for("t", "k") == job_id_for("t", "k")
-    assert job_id_for("t", "k") != job_id_for("u", "k")
-    assert job_id_for("t", None) != job_id_for("t", None)
-
-
 def test_webhook_events_map_to_track_requests_with_stable_ids() -> None:
+    own = IDS.message_id("t", "order-1")
     body = [
         {
             "event": "open",
             "email": "a@x.example",
-            "sg_message_id": "m1",
+            "sg_message_id": f"{own}.filter0001.123",
             "timestamp": 1_700_000_000,
         },
         {
             "event": "spamreport",
             "email": "a@x.example",
-            "message_id": "m1",
+            "message_id": own,
             "timestamp": "2026-11-23T10:00:00",
         },
     ]
-    first = translate_webhook(body, tenant="t", api_key="k", now=NOW)
-    again = translate_webhook(body, tenant="t", api_key="k", now=NOW)
+    first = translate_webhook(body, tenant="t", ids=IDS, now=NOW).accepted
+    again = translate_webhook(body, tenant="t", ids=IDS, now=NOW).accepted
     assert [r["track"]["event_type"] for r in first] == ["opened", "complained"]
     assert [r["request_id"] for r in first] == [r["request_id"] for r in again]
     assert first[1]["track"]["occurred_at"] == datetime(2026, 11, 23, 10, tzinfo=UTC)
-    other = translate_webhook(body, tenant="u", api_key="k", now=NOW)
-    assert other[0]["request_id"] != first[0]["request_id"]
     codec = default_codec()
     for r in first:
         codec.encode("EmailRequest", r)
+
+
+def test_webhook_events_not_the_callers_are_refused_one_by_one() -> None:
+    own = IDS.message_id("t", "order-1")
+    foreign = IDS.message_id("u", "order-1")  # tenant u's message, same Idempotency-Key
+    soon, later = NOW.timestamp() + 240, NOW.timestamp() + 400
+    body = [
+        {"event": "open", "email": "a@x.example", "message_id": own, "timestamp": soon},
+        {"event": "spamreport", "email": "a@x.example", "message_id": foreign},
+        {"event": "click", "email": "a@x.example", "message_id": own, "timestamp": later},
+        {"event": "open", "email": "a@x.example", "message_id": "legacy-1"},
+    ]
+    hook = translate_webhook(body, tenant="t", ids=IDS, now=NOW)
+    assert [r["track"]["message_id"] for r in hook.accepted] == [own]
+    assert [f for f, _ in hook.refused] == ["2.timestamp"]
+    assert "400 s in the future" in hook.refused[0][1]
+    # ids the tag does not vouch for wait for the tenant's messages table
+    assert [i for i, _ in hook.unverified] == [1, 3]
+    assert hook.message_ids() == sorted({foreign, "legacy-1"})
+    hook.resolve({"legacy-1"})
+    assert [r["track"]["message_id"] for r in hook.accepted] == [own, "legacy-1"]
+    assert hook.refused[1] == (
+        "1.message_id",
+        f"message id {foreign!r} is not one of your messages",
+    )
+    assert hook.unverified == []
+
+
+def test_webhook_events_about_an_ids_personalizations_resolve_by_its_base() -> None:
+    body = [{"event": "open", "email": "a@x.example", "message_id": "legacy-2.3"}]
+    hook = translate_webhook(body, tenant="t", ids=IDS, now=NOW)
+    assert hook.message_ids() == ["legacy-2", "legacy-2.3"]
+    hook.resolve({"legacy-2"})
+    assert len(hook.accepted) == 1
 
 
 def test_webhook_problems_are_all_reported() -> None:
@@ -102,12 +132,12 @@ def test_webhook_problems_are_all_reported() -> None:
                 },
             ],
             tenant="t",
-            api_key="k",
+            ids=IDS,
             now=NOW,
         )
     assert fields(exc) == {"0.event", "0.message_id", "0.email", "1.timestamp", "1.url"}
     with pytest.raises(IngressValidationError):
-        translate_webhook([], tenant="t", api_key="k", now=NOW)
+        translate_webhook([], tenant="t", ids=IDS, now=NOW)
 
 
 def test_query_parameters() -> None:

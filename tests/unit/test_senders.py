@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from streams.contract.signing import sign
 from streams.db.dkim_keys import DkimKeyInfo, SenderKey, seal_context
 from streams.db.senders import Identity, TenantSenders, parse_identity
 from streams.db.tenants import ApiKey, Directory, Tenant, api_key_digest
@@ -21,6 +22,7 @@ from streams.gate.core import Arrival, Seen, decide, unknown_credentials, unknow
 from streams.kafka.records import SourcePosition
 from streams.mail.dns import TxtAnswer
 from streams.secret import ServerSecret
+from tests.unit.gate.helpers import TRUST
 
 NOW = datetime(2026, 12, 2, 9, 0, tzinfo=UTC)
 PEM, PUBLIC = keygen("ed25519")
@@ -52,8 +54,17 @@ def directory() -> Directory:
     d = Directory()
     for tenant in ("a", "b"):
         d.tenants[tenant] = Tenant(tenant, Limits(100, 1000, 10000), "defer", False)
-        d.keys[api_key_digest(f"key-{tenant}")] = ApiKey(
-            f"k{tenant}", tenant, api_key_digest(f"key-{tenant}"), frozenset({"send"}), False
+        secret = f"key-{tenant}"
+        d.add_key(
+            ApiKey(
+                f"k{tenant}",
+                tenant,
+                api_key_digest(secret),
+                frozenset({"send"}),
+                False,
+                True,
+                secret.encode(),
+            )
         )
     d.senders["a"] = TenantSenders(
         frozenset({"a.example", "xn--bcher-kva.example"}),
@@ -98,7 +109,6 @@ def send(tenant: str, sender: str) -> dict[str, Any]:
     return {
         "request_id": "r1",
         "tenant": tenant,
-        "api_key": f"key-{tenant}",
         "operation": "send",
         "idempotency_key": None,
         "priority": "high",
@@ -126,8 +136,11 @@ def send(tenant: str, sender: str) -> dict[str, Any]:
 
 
 def gate(request: dict[str, Any]) -> Any:
-    arrival = Arrival(SourcePosition("t.requests", 0, 3), b"raw", request["tenant"].encode())
-    return decide(request, directory(), Seen(None, {}), arrival, NOW, dedup_ttl=60)  # type: ignore[arg-type]
+    tenant = request["tenant"]
+    # signed by the tenant's own key, as its direct producer does
+    headers = sign(b"raw", tenant=tenant, key_id=f"k{tenant}", api_key=f"key-{tenant}")
+    arrival = Arrival(SourcePosition("t.requests", 0, 3), b"raw", tenant.encode(), headers=headers)
+    return decide(request, directory(), Seen(None, {}), arrival, NOW, trust=TRUST, dedup_ttl=60)  # type: ignore[arg-type]
 
 
 def test_the_gate_dead_letters_a_from_its_tenant_has_not_verified() -> None:

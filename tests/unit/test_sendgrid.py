@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from streams.api.sendgrid import MAX_RECIPIENTS, message_id_for, translate
+from streams.api.sendgrid import MAX_RECIPIENTS, translate
 from streams.contract.codec import default_codec
 from streams.errors import IngressValidationError
 
@@ -29,7 +29,6 @@ def body(**kw: Any) -> dict[str, Any]:
 def run(b: Any, **kw: Any) -> list[dict[str, Any]]:
     args: dict[str, Any] = {
         "tenant": "acme",
-        "api_key": "pw_x",
         "message_id": "m1",
         "idempotency_key": None,
         "priority": "normal",
@@ -114,12 +113,6 @@ def test_a_template_needs_no_content_or_subject() -> None:
 def test_bad_priority_and_non_object_bodies() -> None:
     assert "X-Postwire-Priority" in problems(body(), priority="urgent")
     assert "body" in problems(["not", "an", "object"])
-
-
-def test_idempotent_message_ids_repeat_per_tenant_only() -> None:
-    assert message_id_for("acme", "k1") == message_id_for("acme", "k1")
-    assert message_id_for("acme", "k1") != message_id_for("other", "k1")
-    assert message_id_for("acme", None) != message_id_for("acme", None)
 
 
 @pytest.mark.parametrize(

@@ -1,43 +1,31 @@
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
 from streams.contract.build import recipient
-from streams.db.tenants import ApiKey, Directory, Tenant, api_key_digest
-from streams.errors import AuthError
-from streams.gate.admission import Limits
+from streams.contract.signing import KEY_ID, SIGNATURE, SIGNER, sign
+from streams.db.tenants import Directory
 from streams.gate.core import ADMITTED, Arrival, Seen, decide, replayed_memo, unknown_credentials
-from streams.kafka.records import SourcePosition
 from streams.mail.limits import MAX_RECIPIENTS
+from tests.unit.gate.helpers import (
+    RAW,
+    SRC,
+    TRUST,
+    directory,
+    ingress_signed,
+    key_signed,
+)
 
 NOW = datetime(2026, 11, 23, 12, 0, 0, 250000, tzinfo=UTC)
-SRC = SourcePosition("postwire.requests", 0, 7)
-
-
-def directory(policy: str = "defer", probe: bool = False) -> Directory:
-    d = Directory()
-    d.tenants["acme"] = Tenant("acme", Limits(2, 100, 1000), policy, probe)
-    d.tenants["other"] = Tenant("other", Limits(2, 100, 1000), policy, probe)
-    d.keys[api_key_digest("good")] = ApiKey(
-        "k1", "acme", api_key_digest("good"), frozenset({"send", "verify"}), False
-    )
-    d.keys[api_key_digest("sendonly")] = ApiKey(
-        "k2", "acme", api_key_digest("sendonly"), frozenset({"send"}), False
-    )
-    d.keys[api_key_digest("old")] = ApiKey(
-        "k3", "acme", api_key_digest("old"), frozenset({"verify"}), True
-    )
-    return d
 
 
 def request(**extra: Any) -> dict[str, Any]:
     base: dict[str, Any] = {
         "request_id": "r1",
         "tenant": "acme",
-        "api_key": "good",
         "operation": "verify",
         "idempotency_key": None,
         "priority": "normal",
@@ -49,6 +37,7 @@ def request(**extra: Any) -> dict[str, Any]:
         ],
         "categories": ["c"],
         "custom_args": {},
+        "track": None,
         "created_at": NOW,
     }
     base.update(extra)
@@ -61,63 +50,146 @@ def run(
     entry: Any = None,
     counts: dict[str, int] | None = None,
     memo: dict[str, Any] | None = None,
+    arrival: Arrival | None = None,
 ) -> Any:
     return decide(
         req,
         d or directory(),
         Seen(entry, counts or {}, memo),
-        Arrival(SRC, b"raw", b"acme"),
+        arrival or key_signed(),
         NOW,
+        trust=TRUST,
         dedup_ttl=60,
     )
 
 
 @pytest.mark.parametrize(
-    ("key", "tenant", "operation", "code"),
+    ("arrival", "tenant", "operation", "code"),
     [
-        (None, "acme", "verify", "auth.missing_key"),
-        ("nope", "acme", "verify", "auth.bad_key"),
-        ("good", "other", "verify", "auth.bad_key"),  # another tenant's key
-        ("old", "acme", "verify", "auth.revoked_key"),
-        ("sendonly", "acme", "verify", "auth.scope"),
+        (Arrival(SRC, RAW, b"acme"), "acme", "verify", "auth.unsigned"),
+        (key_signed("k9", "good"), "acme", "verify", "auth.unknown_key"),
+        (key_signed("k1", "not the key"), "acme", "verify", "auth.bad_signature"),
+        (key_signed("k1", "sendonly"), "acme", "verify", "auth.bad_signature"),  # k2's key
+        (key_signed("k1", "good"), "other", "verify", "auth.wrong_tenant"),
+        (key_signed("k3", "old"), "acme", "verify", "auth.revoked_key"),
+        (key_signed("k2", "sendonly"), "acme", "verify", "auth.scope"),
+        (key_signed("k4", "unsealed"), "acme", "verify", "auth.key_not_sealed"),
+        (key_signed("k5", "broken"), "acme", "verify", "auth.key_not_sealed"),
+        (ingress_signed("k1", signing_key=b"x" * 32), "acme", "verify", "auth.bad_signature"),
+        (ingress_signed("k3"), "acme", "verify", "auth.revoked_key"),
+        (ingress_signed("k9"), "acme", "verify", "auth.unknown_key"),
     ],
 )
 def test_authentication_failures_are_dead_lettered(
-    key: str | None, tenant: str, operation: str, code: str
+    arrival: Arrival, tenant: str, operation: str, code: str
 ) -> None:
-    result = run(request(api_key=key, tenant=tenant, operation=operation))
+    result = run(request(tenant=tenant, operation=operation), arrival=arrival)
     assert result.outcome == "rejected"
     assert result.rejection["error_code"] == code
     assert result.rejection["tenant"] == tenant
-    assert result.rejection["raw"] == b"raw"
+    assert result.rejection["raw"] == RAW
     assert not result.count
 
 
+def test_a_record_altered_after_signing_is_refused() -> None:
+    signed = key_signed()
+    altered = Arrival(SRC, RAW + b"!", b"acme", headers=signed.headers)
+    assert run(request(), arrival=altered).rejection["error_code"] == "auth.bad_signature"
+    moved = Arrival(SRC, RAW, b"other", headers=signed.headers)  # another record key
+    assert run(request(), arrival=moved).rejection["error_code"] == "auth.bad_signature"
+
+
+def test_a_record_keyed_by_another_than_its_tenant_is_refused() -> None:
+    # signed as it is, but partitioned apart from the tenant's rate windows
+    rekeyed = sign(RAW, tenant="elsewhere", key_id="k1", api_key="good")
+    result = run(request(), arrival=Arrival(SRC, RAW, b"elsewhere", headers=rekeyed))
+    assert result.rejection["error_code"] == "auth.wrong_record_key"
+    assert "not its tenant 'acme'" in result.rejection["error"]
+
+
+def test_both_signers_admit_and_the_key_only_knows_why_it_cannot_sign() -> None:
+    assert run(request(), arrival=key_signed()).outcome == "admitted"
+    assert run(request(), arrival=ingress_signed()).outcome == "admitted"
+    # a key made before sealing still works through the ingress, which signs for it
+    assert run(request(), arrival=ingress_signed("k4")).outcome == "admitted"
+    old = run(request(), arrival=key_signed("k4", "unsealed")).rejection["error"]
+    assert "created before keys were sealed" in old
+    assert "postwire keys create" in old
+    broken = run(request(), arrival=key_signed("k5", "broken")).rejection["error"]
+    assert "does not open under this server secret" in broken
+
+
+def test_a_malformed_signature_header_is_unsigned() -> None:
+    headers = [(KEY_ID, b"k1"), (SIGNER, b"key"), (SIGNATURE, b"short")]
+    result = run(request(), arrival=Arrival(SRC, RAW, b"acme", headers=headers))
+    assert result.rejection["error_code"] == "auth.unsigned"
+    assert "64 hex digits" in result.rejection["error"]
+
+
+def track(message_id: str, at: datetime = NOW) -> dict[str, Any]:
+    return request(
+        operation="track",
+        recipients=[],
+        track={
+            "event_type": "complained",
+            "message_id": message_id,
+            "recipient": "bob@x.example",
+            "url": None,
+            "user_agent": None,
+            "ip": None,
+            "occurred_at": at,
+        },
+    )
+
+
+def test_direct_producers_track_only_their_own_messages() -> None:
+    mine = TRUST.ids.message_id("acme", "order-1")
+    theirs = TRUST.ids.message_id("other", "order-1")
+    assert run(track(mine)).outcome == "admitted"
+    assert run(track(f"{mine}.2")).outcome == "admitted"
+    for foreign in (theirs, "not-an-issued-id"):
+        result = run(track(foreign))
+        assert result.rejection["error_code"] == "track.foreign_message"
+        assert foreign in result.rejection["error"]
+        assert not result.suppressions
+    # the ingress checked its own (it also knows ids of mail sent before ids were tagged)
+    assert run(track("legacy-id"), arrival=ingress_signed()).outcome == "admitted"
+
+
+def test_events_dated_in_the_future_are_refused_at_both_doors() -> None:
+    mine = TRUST.ids.message_id("acme", "order-1")
+    assert run(track(mine, NOW + timedelta(minutes=4))).outcome == "admitted"
+    a_year_on = NOW + timedelta(days=365)
+    for arrival in (key_signed(), ingress_signed()):
+        result = run(track(mine, a_year_on), arrival=arrival)
+        assert result.rejection["error_code"] == "track.future_timestamp"
+        assert not result.events
+        assert not result.suppressions
+
+
 @pytest.mark.parametrize(
-    ("key", "tenant", "retry"),
+    ("arrival", "tenant", "retry"),
     [
-        ("nope", "acme", True),
-        ("good", "other", True),
-        ("old", "acme", False),
-        (None, "acme", False),
+        (key_signed("k9", "good"), "acme", True),  # a key made since the snapshot
+        (key_signed("k1"), "ghost", False),  # another tenant's key: no lookup mends that
+        (key_signed("k3", "old"), "acme", False),
+        (Arrival(SRC, RAW, b"acme"), "acme", False),
     ],
 )
 def test_only_unknown_credentials_ask_for_a_fresh_directory(
-    key: str | None, tenant: str, retry: bool
+    arrival: Arrival, tenant: str, retry: bool
 ) -> None:
     # a key created a moment ago may be missing from the snapshot; a revoked or absent one is not
-    assert unknown_credentials(run(request(api_key=key, tenant=tenant))) is retry
+    assert unknown_credentials(run(request(tenant=tenant), arrival=arrival)) is retry
     assert not unknown_credentials(run(request()))
 
 
-def test_directory_authenticate_unknown_tenant() -> None:
+def test_a_key_whose_tenant_is_not_in_the_snapshot_asks_for_one() -> None:
     d = directory()
-    d.keys[api_key_digest("ghost")] = ApiKey(
-        "k9", "ghost", api_key_digest("ghost"), frozenset({"verify"}), False
-    )
-    with pytest.raises(AuthError) as info:
-        d.authenticate("ghost", "ghost", "verify")
-    assert info.value.code == "auth.unknown_tenant"
+    del d.tenants["acme"]
+    result = run(request(), d)
+    assert result.rejection["error_code"] == "auth.unknown_tenant"
+    assert unknown_credentials(result)
 
 
 def test_admitted_verify_request_fans_out_one_task_per_distinct_address() -> None:

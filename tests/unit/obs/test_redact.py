@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import pytest
 
 from streams.obs.redact import Redactor
@@ -97,3 +99,41 @@ def test_values_nested_anywhere_are_redacted_keys_too() -> None:
 def test_an_empty_key_is_refused() -> None:
     with pytest.raises(ValueError, match="empty"):
         Redactor(b"")
+
+
+KEY = "pw_" + "Ab0_-" * 8 + "xyz"  # the shape create_api_key makes: pw_ + 43 URL-safe chars
+
+
+def test_api_keys_are_scrubbed_from_log_text() -> None:
+    from streams.obs.redact import scrub_keys
+
+    assert len(KEY) == 46
+    line = f"Authorization: Bearer {KEY}, then key={KEY[:30]}."
+    out = R.text(line)
+    assert "Ab0_-" not in out
+    assert out == "Authorization: Bearer pw_[redacted], then key=pw_[redacted]."
+    assert scrub_keys("pw_short and pw_") == "pw_short and pw_"  # too short to be a key
+    assert R.value({"key": KEY, "n": [KEY]}) == {"key": "pw_[redacted]", "n": ["pw_[redacted]"]}
+
+
+def test_api_keys_are_overwritten_in_bytes_keeping_their_length() -> None:
+    from streams.contract.codec import default_codec
+    from streams.obs.redact import API_KEY, scrub_key_bytes
+
+    codec = default_codec()
+    record = {
+        "request_id": "r1",
+        "tenant": "acme",
+        "operation": "send",
+        "content": {"subject": f"my key is {KEY}", "text": KEY},
+        "created_at": datetime(2026, 1, 1, tzinfo=UTC),
+    }
+    raw = codec.encode("EmailRequest", record)
+    scrubbed = scrub_key_bytes(raw)
+    assert len(scrubbed) == len(raw)
+    assert KEY.encode() not in scrubbed
+    assert API_KEY.search(scrubbed.decode("latin-1")) is None  # nothing key-shaped is left
+    # Avro strings are length-prefixed: the record still decodes, the key replaced
+    decoded = codec.decode_as(scrubbed, "EmailRequest")
+    assert decoded["content"]["subject"] == "my key is pw_" + "*" * 43
+    assert scrub_key_bytes(b"no key here") == b"no key here"

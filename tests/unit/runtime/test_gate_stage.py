@@ -3,12 +3,14 @@ batch, redelivered batches counted once, deferred requests held until due."""
 
 from __future__ import annotations
 
+import io
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
 
 from streams.contract.codec import default_codec
+from streams.contract.signing import SIGNATURE, sign
 from streams.db.directory import DirectoryHolder
 from streams.db.tenants import ApiKey, Tenant, api_key_digest
 from streams.gate.admission import Limits
@@ -17,6 +19,7 @@ from streams.runtime.records import Consumed
 from streams.runtime.state import Store
 from streams.settings import Settings
 from streams.stages.gate_stage import DEFERRALS, NOT_BEFORE, DeferralStage, GateStage
+from tests.unit.gate.helpers import TRUST
 
 NOW = datetime(2026, 12, 1, 12, 0, 0, tzinfo=UTC)
 TOPICS = TopicNames("t")
@@ -30,14 +33,19 @@ def gate(per_second: int = 1000) -> GateStage:
         holder.current.tenants[tenant] = Tenant(
             tenant, Limits(per_second, 10**6, 10**7), "defer", False
         )
-        holder.current.keys[api_key_digest(f"key-{tenant}")] = ApiKey(
-            f"k{tenant}",
-            tenant,
-            api_key_digest(f"key-{tenant}"),
-            frozenset({"verify", "send"}),
-            False,
+        holder.current.add_key(
+            ApiKey(
+                f"k{tenant}",
+                tenant,
+                api_key_digest(f"key-{tenant}"),
+                frozenset({"verify", "send"}),
+                False,
+                True,
+                f"key-{tenant}".encode(),
+            )
         )
-    return GateStage(CODEC, TOPICS, holder, Store("gate", "t-gate-changelog"), dedup_ttl=3600)
+    store = Store("gate", "t-gate-changelog")
+    return GateStage(CODEC, TOPICS, holder, store, trust=TRUST, dedup_ttl=3600)
 
 
 def request(i: int, tenant: str = "a", **extra: Any) -> bytes:
@@ -46,7 +54,6 @@ def request(i: int, tenant: str = "a", **extra: Any) -> bytes:
         {
             "request_id": f"{tenant}-{i}",
             "tenant": tenant,
-            "api_key": f"key-{tenant}",
             "operation": "validate",
             "recipients": [{"email": f"u{i}@d{i % 3}.example"}],
             "created_at": NOW,
@@ -55,8 +62,19 @@ def request(i: int, tenant: str = "a", **extra: Any) -> bytes:
     )
 
 
+def signed(value: bytes, tenant: str) -> list[tuple[str, bytes]]:
+    return sign(value, tenant=tenant, key_id=f"k{tenant}", api_key=f"key-{tenant}")
+
+
 def batch(values: list[bytes], partition: int = 0, start: int = 0) -> list[Consumed]:
-    return [Consumed(TOPICS.requests, partition, start + i, b"a", v) for i, v in enumerate(values)]
+    """Records as a direct producer signs them (the tenant is in the value; a or b)."""
+    out = []
+    for i, v in enumerate(values):
+        tenant = CODEC.decode_as(v, "EmailRequest")["tenant"] if v[:2] == b"\xc3\x01" else "a"
+        out.append(
+            Consumed(TOPICS.requests, partition, start + i, tenant.encode(), v, signed(v, tenant))
+        )
+    return out
 
 
 async def test_a_batch_writes_each_tenant_window_and_watermark_once() -> None:
@@ -79,6 +97,79 @@ async def test_limits_hold_inside_one_batch() -> None:
     step = await stage.process(batch([request(i) for i in range(15)]), NOW)
     assert step.outcomes == {"admitted": 10, "deferred": 5}
     assert sum(o.topic == TOPICS.deferred for o in step.outputs) == 5
+
+
+async def test_a_deferred_request_keeps_its_signature_and_verifies_when_it_comes_back() -> None:
+    stage = gate(per_second=1)
+    records = batch([request(i) for i in range(2)])
+    step = await stage.process(records, NOW)
+    [deferred] = [o for o in step.outputs if o.topic == TOPICS.deferred]
+    assert dict(deferred.headers)[SIGNATURE] == dict(records[1].headers)[SIGNATURE]
+    # the deferral stage puts it back on requests with its signature ...
+    back = Consumed(TOPICS.deferred, 0, 0, deferred.key, deferred.value, deferred.headers)
+    released = await DeferralStage(CODEC, TOPICS).process([back], NOW + timedelta(seconds=5))
+    [again] = released.outputs
+    assert again.topic == TOPICS.requests
+    assert dict(again.headers)[SIGNATURE] == dict(records[1].headers)[SIGNATURE]
+    # ... and the gate, a window later, admits it
+    returned = Consumed(TOPICS.requests, 0, 2, again.key, again.value, again.headers)
+    later = await stage.process([returned], NOW + timedelta(seconds=5))
+    assert later.outcomes == {"admitted": 1}
+
+
+async def test_an_old_schema_record_with_its_key_inside_is_refused_and_kept_without_it() -> None:
+    from fastavro import schemaless_writer
+
+    from streams.contract.codec import MAGIC
+
+    v1 = next(v for v in CODEC.schemas.history["EmailRequest"] if v.version == 1)
+    buf = io.BytesIO()
+    buf.write(MAGIC + v1.fingerprint)
+    key = "pw_" + "K" * 43
+    old = {
+        "request_id": "old-1",
+        "tenant": "a",
+        "api_key": key,
+        "operation": "validate",
+        "recipients": [{"email": "u@d.example"}],
+        "created_at": NOW,
+    }
+    schemaless_writer(buf, v1.parsed, old, strict_allow_default=True)
+    value = buf.getvalue()
+    step = await gate().process(batch([value]), NOW)
+    assert step.outcomes == {"rejected": 1}
+    [dead] = [CODEC.decode_as(o.value or b"", "Rejection") for o in step.outputs]
+    assert dead["error_code"] == "auth.key_in_record"
+    assert key.encode() not in dead["raw"]
+    # the dead letter keeps the request, re-encoded on the current schema
+    assert CODEC.is_current(dead["raw"], "EmailRequest")
+    assert CODEC.decode_as(dead["raw"], "EmailRequest")["request_id"] == "old-1"
+
+
+async def test_unsigned_and_forged_records_are_dead_lettered_among_good_ones() -> None:
+    stage = gate()
+    good, unsigned, forged = request(1), request(2), request(3)
+    records = [
+        Consumed(TOPICS.requests, 0, 0, b"a", good, signed(good, "a")),
+        Consumed(TOPICS.requests, 0, 1, b"a", unsigned),
+        # signed by tenant b's key for tenant a's request
+        Consumed(
+            TOPICS.requests,
+            0,
+            2,
+            b"a",
+            forged,
+            sign(forged, tenant="a", key_id="ka", api_key="key-b"),
+        ),
+    ]
+    step = await stage.process(records, NOW)
+    assert step.outcomes == {"admitted": 1, "rejected": 2}
+    codes = [
+        CODEC.decode_as(o.value or b"", "Rejection")["error_code"]
+        for o in step.outputs
+        if o.topic == TOPICS.rejections
+    ]
+    assert codes == ["auth.unsigned", "auth.bad_signature"]
 
 
 async def test_a_redelivered_batch_is_not_counted_again() -> None:
