@@ -68,6 +68,7 @@ class DirectoryHolder:
         self._misses: dict[bytes | str, float] = {}
         self._lookups = _Budget(MISS_LOOKUPS_PER_SECOND)
         self._sender_lookups: dict[str, float] = {}  # tenant -> monotonic time last looked up
+        self._sender_pending: dict[str, asyncio.Future[bool]] = {}  # lookups under way
 
     async def _connections(self) -> asyncpg.Pool[Any]:
         if self._pool is None:
@@ -121,6 +122,11 @@ class DirectoryHolder:
         holds. A tenant is looked up at most once per ``MISS_MEMORY`` s, within the same
         per-second budget as keys, so a flood of forged From addresses cannot hammer
         PostgreSQL."""
+        pending = self._sender_pending.get(tenant)
+        if pending is not None:
+            # a request arriving while another one's lookup runs shares its answer instead of
+            # being turned away by the lookup memory
+            return await asyncio.shield(pending)
         now = time.monotonic()
         if now - self._sender_lookups.get(tenant, -MISS_MEMORY) < MISS_MEMORY:
             return False
@@ -129,6 +135,17 @@ class DirectoryHolder:
         if len(self._sender_lookups) > 100_000:
             self._sender_lookups.clear()
         self._sender_lookups[tenant] = now
+        pending = asyncio.get_running_loop().create_future()
+        self._sender_pending[tenant] = pending
+        changed = False
+        try:
+            changed = await self._lookup_senders(tenant)
+        finally:
+            del self._sender_pending[tenant]
+            pending.set_result(changed)
+        return changed
+
+    async def _lookup_senders(self, tenant: str) -> bool:
         try:
             async with (await self._connections()).acquire() as conn:
                 found = await load_senders(conn, self.dkim_secret, tenant)

@@ -5,6 +5,7 @@ resting only sealed."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Awaitable
 from typing import Any
@@ -269,3 +270,20 @@ async def test_a_sender_verified_since_the_last_refresh_is_looked_up_once(
     finally:
         await signing.close()
         await plain.close()
+
+
+async def test_requests_arriving_during_a_sender_lookup_share_its_answer(
+    stack: Settings, db: asyncpg.Connection
+) -> None:
+    tenant, _ = await new_tenant(stack, "burst", senders=())
+    domain = _domain("burst")
+    holder = DirectoryHolder(stack.database)
+    try:
+        await holder.refresh()
+        await add_sender(db, stack.secret, tenant, domain, dkim="ed25519", operator=True)
+        # the first mail of a newly verified sender rarely comes alone: none of them is refused
+        answers = await asyncio.gather(*(holder.lookup_senders(tenant) for _ in range(5)))
+        assert answers == [True] * 5
+        assert holder.current.verified_sender(tenant, f"news@{domain}")
+    finally:
+        await holder.close()
