@@ -36,7 +36,12 @@ def upsert_sql(
         sets = ", ".join(f"{c} = EXCLUDED.{c}" for c in update)
         # DISTINCT ON: a key twice in one batch would make ON CONFLICT DO UPDATE fail
         select = f"SELECT DISTINCT ON ({keys}) {cols} FROM _pw_{table}"  # noqa: S608
-        guard = f" WHERE {table}.{newest} <= EXCLUDED.{newest}" if newest else ""
+        conditions = [f"{table}.{newest} <= EXCLUDED.{newest}"] if newest else []
+        if "tenant_id" in columns and "tenant_id" not in key:
+            # a row one tenant owns is never changed by a record about another tenant (a
+            # message id is unguessable, and the doors check ownership; this is the last line)
+            conditions.append(f"{table}.tenant_id = EXCLUDED.tenant_id")
+        guard = f" WHERE {' AND '.join(conditions)}" if conditions else ""
         return (
             f"INSERT INTO {table} ({cols}) {select} "
             f"ON CONFLICT ({keys}) DO UPDATE SET {sets}{guard}"

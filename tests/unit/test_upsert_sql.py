@@ -35,3 +35,19 @@ def test_update_tables_never_roll_back_and_keep_the_newest_row_of_a_batch() -> N
     # without an order column the last one wins (a tombstone after an add on one topic)
     last = newest_per_key(rows, ("id", "state", "at"), ("id",), None)
     assert sorted(last) == [("m1", "late", 2), ("m2", "delivered", 5)]
+
+
+def test_a_row_of_one_tenant_is_never_updated_by_another_tenants_record() -> None:
+    columns = ("message_id", "recipient", "tenant_id", "state", "updated_at")
+    sql = upsert_sql(
+        "messages", columns, ("message_id", "recipient"), ("state", "updated_at"), "updated_at"
+    )
+    assert sql.endswith(
+        "WHERE messages.updated_at <= EXCLUDED.updated_at"
+        " AND messages.tenant_id = EXCLUDED.tenant_id"
+    )
+    # where the tenant is part of the key, the key already keeps tenants apart
+    keyed = upsert_sql(
+        "suppressions", ("tenant_id", "address", "reason"), ("tenant_id", "address"), ("reason",)
+    )
+    assert "WHERE" not in keyed
