@@ -35,6 +35,7 @@ __all__ = [
     "RenderError",
     "ReplayError",
     "RequestLimitError",
+    "RequestTooLargeError",
     "RuntimeProduceError",
     "SchemaMismatchError",
     "SecretError",
@@ -256,6 +257,24 @@ class RecordTooLargeError(RequestLimitError):
             "limits.record_size",
             f"the request's Kafka record would be {size:,} bytes; at most {limit:,} bytes "
             f"fit ({reason})",
+        )
+        self.size = size
+        self.limit = limit
+
+
+class RequestTooLargeError(RequestLimitError):
+    """One call whose records, all together, are more than a call may write: 1,000
+    personalizations each carrying the same attachments would put a gigabyte on Kafka from a
+    30 MB body."""
+
+    code = "limits.request_size"
+
+    def __init__(self, records: int, size: int, limit: int) -> None:
+        super().__init__(
+            "limits.request_size",
+            f"this body becomes {records:,} requests of {size:,} bytes in all; one call may "
+            f"write at most {limit:,} bytes (POSTWIRE_API_MAX_BODY): send fewer "
+            "personalizations per call",
         )
         self.size = size
         self.limit = limit

@@ -30,7 +30,12 @@ from streams.contract.records import EmailRequest
 from streams.contract.signing import INGRESS_PURPOSE, ingress_headers
 from streams.db.directory import DirectoryHolder
 from streams.deliver.throttle import TokenBucket
-from streams.errors import AuthError, IngressValidationError, RecordTooLargeError
+from streams.errors import (
+    AuthError,
+    IngressValidationError,
+    RecordTooLargeError,
+    RequestTooLargeError,
+)
 from streams.kafka.config import client_options
 from streams.kafka.limits import flow_topics
 from streams.settings import Settings
@@ -179,6 +184,9 @@ class Api:
         """The caller's requests onto ``requests``, each signed by the ingress for its key id."""
         tenant, key_id, signing_key = caller.tenant, caller.key_id, self._signing_key
         values = [self.codec.encode("EmailRequest", r) for r in records]
+        total = sum(map(len, values))
+        if total > self.settings.api_max_body:
+            raise RequestTooLargeError(len(values), total, self.settings.api_max_body)
         headers = [
             ingress_headers(v, tenant=tenant, key_id=key_id, ingress_key=signing_key)
             for v in values
@@ -208,6 +216,8 @@ class Api:
             except web.HTTPRequestEntityTooLarge:
                 limit = self.settings.api_max_body
                 return problem(413, (None, f"the request body is larger than {limit} bytes"))
+            except RequestTooLargeError as exc:
+                return problem(413, ("personalizations", str(exc)))
             except RecordTooLargeError as exc:
                 # what Kafka would refuse, or the gate could not pass on: never sent
                 return problem(

@@ -383,3 +383,26 @@ async def test_a_sandbox_send_is_answered_200_recorded_and_never_delivered(
     assert await eventually(recorded, lambda n: n == 1) == 1  # its sink may trail the others
     await asyncio.sleep(1.0)
     assert world.mx["normal"].messages_to(to) == []
+
+
+async def test_a_body_that_fans_out_past_the_body_limit_is_refused_whole(
+    stack: Settings, api: ApiClient, db: asyncpg.Connection
+) -> None:
+    _tenant, key = await new_tenant(stack, "fanout")
+    text = "x" * 16_000  # each personalization's record carries the content again
+    count = stack.api_max_body // len(text) + 2
+    people = [
+        {"to": [{"email": f"p{i}-{uuid.uuid4().hex[:6]}@normal.example"}]} for i in range(count)
+    ]
+    body = mail(text=text, personalizations=people)
+    answer = await _post(api, key, body)
+    assert answer.status == 413, answer.body
+    [problem] = answer.body["errors"]
+    assert problem["field"] == "personalizations"
+    assert f"at most {stack.api_max_body:,} bytes" in problem["message"]
+    first = people[0]["to"][0]["email"]
+    await asyncio.sleep(1.0)
+    assert await db.fetchval("SELECT count(*) FROM messages WHERE recipient = $1", first) == 0
+    # the same body in calls of fewer personalizations goes
+    half = await _post(api, key, {**body, "personalizations": people[:3]})
+    assert half.status == 202, half.body
