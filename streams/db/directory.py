@@ -67,6 +67,9 @@ class DirectoryHolder:
         # key digest or key id -> monotonic time it was not found
         self._misses: dict[bytes | str, float] = {}
         self._lookups = _Budget(MISS_LOOKUPS_PER_SECOND)
+        # a budget of its own: a flood of bad bearer tokens (no authentication needed to send
+        # one) must not turn a newly verified sender away
+        self._sender_budget = _Budget(MISS_LOOKUPS_PER_SECOND)
         self._sender_lookups: dict[str, float] = {}  # tenant -> monotonic time last looked up
         self._sender_pending: dict[str, asyncio.Future[bool]] = {}  # lookups under way
 
@@ -83,16 +86,23 @@ class DirectoryHolder:
         digest = api_key_digest(api_key)
         return await self._lookup(digest, key_sha256=digest)
 
-    async def lookup_key_id(self, key_id: str) -> ApiKey | None:
-        """``lookup_miss`` for the key id a signed record names (the gate's lookup)."""
-        return await self._lookup(key_id, key_id=key_id)
+    async def lookup_key_id(self, key_id: str, *, vouched: bool = False) -> ApiKey | None:
+        """``lookup_miss`` for the key id a signed record names (the gate's lookup).
+        ``vouched``: the ingress signed the record, so the key exists and the lookup is owed
+        whatever the miss memory and the budget say (a forger cannot make such records)."""
+        return await self._lookup(key_id, key_id=key_id, vouched=vouched)
 
     async def _lookup(
-        self, marker: bytes | str, *, key_sha256: bytes | None = None, key_id: str | None = None
+        self,
+        marker: bytes | str,
+        *,
+        key_sha256: bytes | None = None,
+        key_id: str | None = None,
+        vouched: bool = False,
     ) -> ApiKey | None:
         now = time.monotonic()
         recently_missed = now - self._misses.get(marker, -MISS_MEMORY) < MISS_MEMORY
-        if recently_missed or not self._lookups.take(now):
+        if not vouched and (recently_missed or not self._lookups.take(now)):
             return None
         try:
             async with (await self._connections()).acquire() as conn:
@@ -116,22 +126,23 @@ class DirectoryHolder:
         self.current.tenants[tenant.tenant_id] = tenant
         return key
 
-    async def lookup_senders(self, tenant: str) -> bool:
+    async def lookup_senders(self, tenant: str, *, vouched: bool = False) -> bool:
         """Reload one tenant's verified senders (and keys) that the snapshot may lack: a sender
         verified a moment ago must work at once. True when that changed what the snapshot
-        holds. A tenant is looked up at most once per ``MISS_MEMORY`` s, within the same
-        per-second budget as keys, so a flood of forged From addresses cannot hammer
-        PostgreSQL."""
+        holds. A tenant is looked up at most once per ``MISS_MEMORY`` s, within a per-second
+        budget, so a flood of forged From addresses cannot hammer PostgreSQL; ``vouched`` (the
+        ingress signed the request, having found the sender) skips both."""
         pending = self._sender_pending.get(tenant)
         if pending is not None:
             # a request arriving while another one's lookup runs shares its answer instead of
             # being turned away by the lookup memory
             return await asyncio.shield(pending)
         now = time.monotonic()
-        if now - self._sender_lookups.get(tenant, -MISS_MEMORY) < MISS_MEMORY:
-            return False
-        if not self._lookups.take(now):
-            return False
+        if not vouched:
+            if now - self._sender_lookups.get(tenant, -MISS_MEMORY) < MISS_MEMORY:
+                return False
+            if not self._sender_budget.take(now):
+                return False
         if len(self._sender_lookups) > 100_000:
             self._sender_lookups.clear()
         self._sender_lookups[tenant] = now

@@ -110,6 +110,18 @@ class Trust:
             )
         return tenant, signed
 
+    def vouched(
+        self, headers: Iterable[tuple[str, bytes | None]], record_key: bytes | None, raw: bytes
+    ) -> bool:
+        """Whether the ingress signed this record: it authenticated the key and checked the
+        sender before it answered 202, so a miss in this directory is staleness, never a
+        forgery."""
+        try:
+            signed = read_signed(headers)
+        except AuthError:
+            return False
+        return signed.signer == "ingress" and signed.valid(self.ingress_key, record_key, raw)
+
     def check_track(self, request: EmailRequest, signed: Signed, now: datetime) -> None:
         """TrackRefusedError for an event that is not the tenant's to record."""
         track = request.get("track")

@@ -196,14 +196,20 @@ class GateStage:
         arrival = Arrival(record.position, raw, record.key, deferrals, record.headers, kept)
         directory, ttl, trust = self.directory, self.dedup_ttl, self.trust
         result = decide(request, directory.current, seen, arrival, now, trust=trust, dedup_ttl=ttl)
-        if unknown_credentials(result):
-            # a key made since the last snapshot must work at once: look it up by its id
-            key_id = record.header(KEY_ID)
-            if key_id and await directory.lookup_key_id(key_id.decode(errors="replace")):
-                result = decide(
-                    request, directory.current, seen, arrival, now, trust=trust, dedup_ttl=ttl
-                )
-        if unknown_sender(result) and await directory.lookup_senders(request["tenant"]):
+        if not (unknown_credentials(result) or unknown_sender(result)):
+            return result
+        # a key or sender made since the last snapshot must work at once; for a request the
+        # ingress signed (and so answered 202) the lookup is owed, budget or not: a dead letter
+        # there would lose mail the caller was told is on its way
+        vouched = trust.vouched(record.headers, record.key, raw)
+        key_id = record.header(KEY_ID)
+        if unknown_credentials(result) and key_id:
+            await directory.lookup_key_id(key_id.decode(errors="replace"), vouched=vouched)
+            result = decide(
+                request, directory.current, seen, arrival, now, trust=trust, dedup_ttl=ttl
+            )
+        if unknown_sender(result):
+            await directory.lookup_senders(request["tenant"], vouched=vouched)
             result = decide(
                 request, directory.current, seen, arrival, now, trust=trust, dedup_ttl=ttl
             )

@@ -287,3 +287,22 @@ async def test_requests_arriving_during_a_sender_lookup_share_its_answer(
         assert holder.current.verified_sender(tenant, f"news@{domain}")
     finally:
         await holder.close()
+
+
+async def test_a_lookup_the_ingress_vouched_for_is_made_whatever_the_miss_memory_says(
+    stack: Settings, db: asyncpg.Connection
+) -> None:
+    tenant, _ = await new_tenant(stack, "vouched", senders=())
+    domain = _domain("vouched")
+    holder = DirectoryHolder(stack.database)
+    try:
+        await holder.refresh()
+        assert not await holder.lookup_senders(tenant)  # nothing yet; remembered for a second
+        await add_sender(db, stack.secret, tenant, domain, dkim="ed25519", operator=True)
+        assert not await holder.lookup_senders(tenant)  # the memory holds a forged From off
+        assert not holder.current.verified_sender(tenant, f"news@{domain}")
+        # a request the ingress signed: it found the sender, so the gate looks again at once
+        assert await holder.lookup_senders(tenant, vouched=True)
+        assert holder.current.verified_sender(tenant, f"news@{domain}")
+    finally:
+        await holder.close()
