@@ -154,14 +154,20 @@ async def test_the_domains_api_is_scoped_to_its_tenant(
         answer = await a.call("POST", "/v3/whitelabel/domains", bad)
         assert answer.status == 400, (bad, answer.body)
         assert answer.body["errors"][0]["field"] == field, answer.body
-    # B may claim the domain too (it must prove it by DNS), but not A's selector of it
-    taken = await b.call("POST", "/v3/whitelabel/domains", body)
-    assert taken.status == 400
-    assert taken.body["errors"][0]["field"] == "custom_dkim_selector"
+    # B may claim the domain too, even A's selector of it (it must prove the domain by DNS,
+    # and only the key A publishes verifies): a claim never locks the owner out
+    squat = {**body, "domain": _domain("squat")}
+    assert (await b.call("POST", "/v3/whitelabel/domains", squat)).status == 201
+    owned = await a.call("POST", "/v3/whitelabel/domains", squat)
+    assert owned.status == 201, owned.body
+    assert owned.body["dns"]["dkim"]["data"] != doc["dns"]["dkim"]["data"]  # a key of its own
+    assert (await a.call("DELETE", f"/v3/whitelabel/domains/{owned.body['id']}")).status == 204
 
     listed = await a.call("GET", "/v3/whitelabel/domains")
     assert [d["id"] for d in listed.body] == [doc["id"]]
-    assert (await b.call("GET", "/v3/whitelabel/domains")).body == []
+    [b_claim] = (await b.call("GET", "/v3/whitelabel/domains")).body  # B sees only its own
+    assert b_claim["domain"] == squat["domain"]
+    assert b_claim["valid"] is False
     path = f"/v3/whitelabel/domains/{doc['id']}"
     for method, where in (("GET", path), ("DELETE", path), ("POST", f"{path}/validate")):
         answer = await b.call(method, where)

@@ -35,9 +35,10 @@ CREATE TABLE dkim_keys (
     -- when a validation last found the TXT record published as it should be
     published_at timestamptz,
     created_at   timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (tenant_id, domain, selector),
-    -- one DNS name holds one key: two tenants of a domain never share a selector
-    UNIQUE (domain, selector)
+    -- a selector is unique per tenant only: a tenant that claims another's selector of a
+    -- domain (before proving anything) must not lock the domain's owner out; DNS holds one key
+    -- per name, so only the key its owner publishes ever verifies
+    PRIMARY KEY (tenant_id, domain, selector)
 );
 -- the key that signs: at most one per tenant and domain
 CREATE UNIQUE INDEX dkim_keys_active ON dkim_keys (tenant_id, domain) WHERE active;
