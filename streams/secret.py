@@ -28,12 +28,26 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from streams.errors import ConfigError, SecretError
 
-__all__ = ["SECRET_FILE", "ServerSecret", "load_server_secret", "stored_key"]
+__all__ = ["SECRET_FILE", "ServerSecret", "load_server_secret", "stored_key", "write_private"]
 
 SECRET_FILE: Final = "secret.key"  # noqa: S105 - a file name, not a secret
 MIN_KEY_BYTES: Final = 32
 _NONCE: Final = 12
 _SEP: Final = b"\x1f"
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """``data`` in ``path``, readable by its owner only from the first byte on (also when the
+    file existed: it is replaced whole, so a reader never sees half of it)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    candidate = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
+    fd = os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+        os.replace(candidate, path)
+    finally:
+        candidate.unlink(missing_ok=True)
 
 
 def stored_key(path: Path, *, nbytes: int = 32) -> bytes:

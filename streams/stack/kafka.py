@@ -31,9 +31,10 @@ from pydantic import SecretStr
 from streams.errors import ConfigError, KafkaRefusedError, StackError
 from streams.kafka.config import KafkaSettings, client_options
 from streams.kafka.connect import explain_refusal
+from streams.secret import write_private
 from streams.settings import Settings
 from streams.stack.process import ManagedProcess, port_in_use
-from streams.stack.tls import TlsFiles, write_private
+from streams.stack.tls import TlsFiles
 
 __all__ = [
     "SCRAM_MECHANISMS",

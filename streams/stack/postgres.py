@@ -23,6 +23,7 @@ from pathlib import Path
 import asyncpg
 
 from streams.errors import StackError
+from streams.secret import write_private
 from streams.settings import Settings
 from streams.stack.process import ManagedProcess, port_in_use
 
@@ -39,12 +40,7 @@ def write_passfile(path: Path) -> str:
     """A new random password for the ``postgres`` role, written to ``path`` (mode 0600) in
     libpq's passfile format; returns the password."""
     password = secrets.token_urlsafe(24)  # URL-safe: no quoting anywhere it goes
-    path.parent.mkdir(parents=True, exist_ok=True)
-    candidate = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
-    fd = os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as out:
-        out.write(f"*:*:*:postgres:{password}\n")
-    os.replace(candidate, path)
+    write_private(path, f"*:*:*:postgres:{password}\n".encode())
     return password
 
 
@@ -172,9 +168,7 @@ class EmbeddedPostgres:
         # initdb reads the password from a file; as root it runs as the server's user, who must
         # be able to read it, and it is removed as soon as initdb is done
         pwfile = self.settings.data_dir / f".initdb-{secrets.token_hex(4)}"
-        fd = os.open(pwfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as out:
-            out.write(password + "\n")
+        write_private(pwfile, f"{password}\n".encode())
         try:
             if user is not None:
                 entry = pwd.getpwnam(user)

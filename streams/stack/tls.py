@@ -9,7 +9,6 @@ stack Kafka clients use speaks them."""
 from __future__ import annotations
 
 import ipaddress
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -20,13 +19,14 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from streams.secret import write_private
+
 __all__ = [
     "CertifiedKey",
     "TlsFiles",
     "issue_server_cert",
     "make_ca",
     "write_broker_tls",
-    "write_private",
 ]
 
 VALIDITY = timedelta(days=825)  # the longest lifetime browsers and most TLS stacks accept
@@ -130,14 +130,6 @@ def issue_server_cert(ca: CertifiedKey, hosts: Sequence[str] = LOOPBACK) -> Cert
         .sign(ca.key, hashes.SHA256())
     )
     return CertifiedKey(key, cert)
-
-
-def write_private(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path``, readable by its owner only (also when it existed)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as out:
-        os.fchmod(out.fileno(), 0o600)
-        out.write(data)
 
 
 def write_broker_tls(directory: Path, hosts: Sequence[str] = LOOPBACK) -> TlsFiles:

@@ -53,7 +53,7 @@ def key_in_record() -> AuthError:
     return AuthError(
         "auth.key_in_record",
         "the record carries its API key in plaintext (EmailRequest v1 api_key), which the gate"
-        " no longer reads: produce EmailRequest v2 signed with the key (README 'Trust model'),"
+        " no longer reads: produce EmailRequest v3 signed with the key (README 'Trust model'),"
         " and rotate the key, which is now on the requests topic",
     )
 
