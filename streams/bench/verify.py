@@ -5,6 +5,7 @@ to raw aiokafka pass-through and asyncpg COPY measured in the same run."""
 from __future__ import annotations
 
 import asyncio
+import shutil
 import tempfile
 import time
 import uuid
@@ -119,6 +120,7 @@ async def run_verify_bench(
         data_dir, partitions=partitions, worker_processes=workers, dns_nameservers=dns.nameserver
     )
     stack = Stack(settings, workers=True)
+    finished = False
     await stack.start(detach=False)
     try:
         conn = await asyncpg.connect(settings.dsn)
@@ -163,9 +165,14 @@ async def run_verify_bench(
             progress("measuring baselines: aiokafka pass-through, asyncpg COPY")
         passthrough = await aiokafka_passthrough_rate(settings.kafka, requests)
         copy = await copy_rate(settings.dsn, requests)
+        finished = True
     finally:
         await asyncio.to_thread(stack.stop)
         dns.stop()
+        if finished:
+            await asyncio.to_thread(shutil.rmtree, data_dir, True)
+        elif progress:
+            progress(f"kept {data_dir} (logs/) for a look at what went wrong")
     assert row is not None
     return VerifyBenchResult(
         requests=requests,
