@@ -18,6 +18,7 @@ headers): :data:`HEADROOM` is kept for that little.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -35,6 +36,7 @@ __all__ = [
     "DEFAULT_MAX_MESSAGE_BYTES",
     "HEADROOM",
     "MAX_BATCH_BYTES",
+    "LimitReader",
     "RecordLimit",
     "flow_topics",
     "limit_of",
@@ -84,6 +86,15 @@ class RecordLimit:
         if size > self.request_bytes:
             raise RecordTooLargeError(size, self.request_bytes, self.reason())
 
+    def stage_producer_config(self) -> dict[str, int]:
+        """A stage producer's sizes: it lives as long as its worker, so the requests it may make
+        are left to the broker (a limit raised on the cluster works without a restart; a record
+        over a lowered one is the broker's refusal), while batches keep to today's limit."""
+        return {
+            "max_request_size": max(self.max_message_bytes, STAGE_REQUEST_CEILING),
+            "max_batch_size": min(MAX_BATCH_BYTES, self.max_message_bytes),
+        }
+
     def producer_config(self) -> dict[str, int]:
         """What a producer of the flow's records needs: requests as large as a topic takes,
         and batches never larger (the broker measures a whole batch against the limit)."""
@@ -94,6 +105,8 @@ class RecordLimit:
 
 
 DEFAULT_LIMIT: Final = RecordLimit(DEFAULT_MAX_MESSAGE_BYTES, "the broker default")
+STAGE_REQUEST_CEILING: Final = 64 * 1024 * 1024
+REREAD_EVERY: Final = 1.0  # seconds: how often a refusal may make a reader ask the cluster again
 
 
 def flow_topics(topics: TopicNames) -> tuple[str, ...]:
@@ -158,3 +171,29 @@ async def read_or_default(client: Mapping[str, Any], topics: Sequence[str]) -> R
     except (KafkaError, OSError) as exc:
         log.warning("could not read the record limit, assuming Kafka's default: %s", exc)
         return DEFAULT_LIMIT
+
+
+class LimitReader:
+    """The flow's limit, asked of the cluster again (at most every ``REREAD_EVERY`` s) when a
+    record over the known one arrives: a limit raised on the cluster must not turn away records
+    the ingress, which reads it the same way, has already accepted."""
+
+    def __init__(self, client: Mapping[str, Any], topics: Sequence[str]) -> None:
+        self.client = dict(client)
+        self.topics = tuple(topics)
+        self._read_at = -REREAD_EVERY
+
+    async def reread(self, known: RecordLimit) -> RecordLimit:
+        """The limit now, or ``known`` when it was asked a moment ago or cannot be asked."""
+        now = time.monotonic()
+        if now - self._read_at < REREAD_EVERY:
+            return known
+        self._read_at = now
+        try:
+            fresh = await read_record_limit(self.client, self.topics)
+        except (KafkaError, OSError) as exc:
+            log.warning("could not read the record limit again, keeping the last: %s", exc)
+            return known
+        if fresh != known:
+            log.info("record limit now %s bytes (%s)", f"{fresh.request_bytes:,}", fresh.reason())
+        return fresh

@@ -37,7 +37,7 @@ from streams.gate.core import (
 )
 from streams.gate.trust import Trust
 from streams.kafka.config import TopicNames
-from streams.kafka.limits import DEFAULT_LIMIT, RecordLimit
+from streams.kafka.limits import DEFAULT_LIMIT, LimitReader, RecordLimit
 from streams.runtime.deadletter import dead_letter
 from streams.runtime.records import Consumed, Out
 from streams.runtime.stage import Held, Step
@@ -123,8 +123,10 @@ class GateStage:
         trust: Trust,
         dedup_ttl: float,
         limit: RecordLimit = DEFAULT_LIMIT,
+        limits: LimitReader | None = None,
     ) -> None:
         self.codec = codec
+        self.limits = limits
         self.directory = directory
         self.trust = trust
         self.store = store
@@ -133,6 +135,16 @@ class GateStage:
         self.dedup_ttl = dedup_ttl
         self.limit = limit
         self.outputs = GateOutputs(codec, topics)
+
+    async def _limit_grew(self, decoded: Reject) -> bool:
+        """A record over the known limit: ask the cluster again, since a limit raised after
+        this worker started lets the ingress accept records this gate would refuse."""
+        if self.limits is None or decoded.record["error_code"] != "limits.record_size":
+            return False
+        fresh = await self.limits.reread(self.limit)
+        grew = fresh.request_bytes > self.limit.request_bytes
+        self.limit = fresh
+        return grew
 
     async def process(self, batch: Sequence[Consumed], now: datetime) -> Step:
         if not self.directory.ready.is_set():
@@ -148,6 +160,8 @@ class GateStage:
 
     async def _one(self, state: Overlay, record: Consumed, now: datetime) -> tuple[GateResult, int]:
         decoded = admit(self.codec, record.value, record.key, record.position, now, self.limit)
+        if isinstance(decoded, Reject) and await self._limit_grew(decoded):
+            decoded = admit(self.codec, record.value, record.key, record.position, now, self.limit)
         if isinstance(decoded, Reject):
             return GateResult("undecodable", rejection=decoded.record), 0
         request = decoded.request

@@ -18,7 +18,13 @@ from streams.contract.codec import Codec, default_codec
 from streams.db.directory import DirectoryHolder
 from streams.deliver.queue import ControlFeed
 from streams.kafka.config import client_options
-from streams.kafka.limits import DEFAULT_LIMIT, RecordLimit, flow_topics, read_or_default
+from streams.kafka.limits import (
+    DEFAULT_LIMIT,
+    LimitReader,
+    RecordLimit,
+    flow_topics,
+    read_or_default,
+)
 from streams.kafka.topics import changelog_topic
 from streams.obs.logs import configure_logging
 from streams.runtime.eventloop import install_fast_loop
@@ -72,6 +78,7 @@ def runtime_stages(
                 trust=trust,
                 dedup_ttl=settings.dedup_ttl,
                 limit=limit,
+                limits=LimitReader(client_options(settings.kafka), flow_topics(settings.topics)),
             )
         )
         found.append(DeferralStage(codec, topics))
@@ -191,7 +198,7 @@ def create_app(
             session_timeout=settings.session_timeout,
             heartbeat_interval=settings.heartbeat_interval,
             commit_interval=settings.commit_interval,
-            producer=limit.producer_config(),
+            producer=limit.stage_producer_config(),
         ),
         found,
         clock,

@@ -23,7 +23,7 @@ from streams.api.producer import IngressProducer
 from streams.contract.codec import Codec
 from streams.errors import RecordTooLargeError
 from streams.kafka.config import client_options
-from streams.kafka.limits import HEADROOM, read_record_limit
+from streams.kafka.limits import HEADROOM, REREAD_EVERY, LimitReader, RecordLimit, read_record_limit
 from streams.kafka.topics import topic_specs
 from streams.settings import Settings
 from tests.conftest import SENDER_DOMAIN
@@ -31,6 +31,7 @@ from tests.integration.api_client import ApiClient
 from tests.integration.helpers import eventually, install_dkim_key, new_tenant, signer
 from tests.integration.test_deliver_pipeline import _dns_txt
 from tests.peers.world import World
+from tests.unit.runtime.test_gate_stage import NOW, batch, gate, request
 
 pytestmark = pytest.mark.integration
 
@@ -406,3 +407,29 @@ async def test_a_body_that_fans_out_past_the_body_limit_is_refused_whole(
     # the same body in calls of fewer personalizations goes
     half = await _post(api, key, {**body, "personalizations": people[:3]})
     assert half.status == 202, half.body
+
+
+async def test_the_gate_asks_the_cluster_again_before_refusing_a_record_over_its_limit(
+    stack: Settings,
+) -> None:
+    async with scratch_topic(stack, 100_000) as topic:
+        client = client_options(stack.kafka)
+        stage = gate()
+
+        async def limit_now() -> RecordLimit:
+            return await read_record_limit(client, [topic])
+
+        # as the worker read it at start (a topic just made answers a moment later)
+        stage.limit = await eventually(limit_now, lambda lim: lim.max_message_bytes == 100_000)
+        stage.limits = LimitReader(client, [topic])
+        value = request(1, substitutions={"pad": "x" * 150_000})
+        refused = await stage.process(batch([value]), NOW)
+        assert refused.outcomes["undecodable"] == 1
+        [dead] = [o for o in refused.outputs if o.topic == stage.outputs.topics.rejections]
+        assert b"limits.record_size" in (dead.value or b"")
+        # the operator raises the limit under the running worker; the ingress follows at once
+        await _set_topic(stack, topic, 1_000_000)
+        await asyncio.sleep(REREAD_EVERY)
+        admitted = await stage.process(batch([value], start=1), NOW)
+        assert admitted.outcomes["admitted"] == 1, admitted.outcomes
+        assert stage.limit.max_message_bytes == 1_000_000
