@@ -26,7 +26,7 @@ from streams.kafka.config import client_options
 from streams.kafka.limits import HEADROOM, REREAD_EVERY, LimitReader, RecordLimit, read_record_limit
 from streams.kafka.topics import topic_specs
 from streams.settings import Settings
-from tests.conftest import SENDER_DOMAIN
+from tests.conftest import SENDER_DOMAIN, free_port
 from tests.integration.api_client import ApiClient
 from tests.integration.helpers import eventually, install_dkim_key, new_tenant, signer
 from tests.integration.test_deliver_pipeline import _dns_txt
@@ -193,7 +193,9 @@ async def test_no_new_producer_is_down_until_kafka_answers_again(stack: Settings
         try:
             # the next producer will find no broker (as if Kafka had gone away)
             working = producer.config["bootstrap_servers"]
-            producer.config["bootstrap_servers"] = f"127.0.0.1:{_closed_port()}"
+            producer.config["bootstrap_servers"] = (
+                f"127.0.0.1:{free_port()}"  # nobody listens there
+            )
             await _set_topic(stack, topic, 40_000)
             with pytest.raises(RecordTooLargeError):  # refused by the broker, then measured
                 await producer.send_all(topic, [(b"a", b"x" * 60_000, ())])
@@ -212,14 +214,6 @@ async def test_no_new_producer_is_down_until_kafka_answers_again(stack: Settings
             assert producer.health()[0]
         finally:
             await producer.stop()
-
-
-def _closed_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _direct(tenant: str, **extra: Any) -> dict[str, Any]:

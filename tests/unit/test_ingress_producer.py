@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import socket
-
 import pytest
 from aiokafka.errors import (
     KafkaConnectionError,
@@ -17,6 +15,7 @@ from aiokafka.errors import (
 )
 
 from streams.api.producer import IngressProducer, classify
+from tests.conftest import free_port
 
 
 @pytest.mark.parametrize(
@@ -36,14 +35,8 @@ def test_failures_are_classified(error: BaseException, kind: str) -> None:
     assert classify(error) == kind
 
 
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 async def test_without_kafka_it_does_not_start_and_says_why() -> None:
-    bootstrap = f"127.0.0.1:{closed_port()}"
+    bootstrap = f"127.0.0.1:{free_port()}"  # nobody listens there
     client = {"bootstrap_servers": bootstrap}
     producer = IngressProducer(client, ["t.requests"], client, timeout=1.0)
     with pytest.raises(KafkaError, match="no Kafka producer"):
