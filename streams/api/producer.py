@@ -41,7 +41,7 @@ from aiokafka.errors import (
 
 from streams.errors import KafkaRefusedError, RecordTooLargeError
 from streams.kafka.connect import start_client
-from streams.kafka.limits import DEFAULT_LIMIT, RecordLimit, read_record_limit, record_size
+from streams.kafka.limits import DEFAULT_LIMIT, LimitReader, RecordLimit, record_size
 
 __all__ = ["Failure", "IngressProducer", "Record", "classify"]
 
@@ -85,6 +85,7 @@ class IngressProducer:
     ) -> None:
         self.client = dict(client)  # how to reach the cluster (client_options)
         self.flow = tuple(flow)
+        self._limits = LimitReader(client, self.flow)
         self.config = dict(config)
         self.timeout = timeout
         self.limit: RecordLimit = DEFAULT_LIMIT
@@ -95,8 +96,6 @@ class IngressProducer:
         self._sized_for = 0  # the max.message.bytes the producer was made for
         self._ready = asyncio.Event()
         self._lock = asyncio.Lock()
-        self._limit_lock = asyncio.Lock()
-        self._limit_read_at = 0.0
         self._tasks: set[asyncio.Task[None]] = set()
         self._refused: KafkaRefusedError | None = None  # why the cluster last refused us
 
@@ -197,25 +196,14 @@ class IngressProducer:
         if record_size(key, value, headers) <= self.limit.request_bytes:
             return
         # confirm against the cluster before refusing: the limit may have been raised
-        if time.monotonic() - self._limit_read_at > LIMIT_REREAD:
+        if time.monotonic() - self._limits.read_at > LIMIT_REREAD:
             await self._read_limit()
         self.limit.check(key, value, headers)
 
     async def _read_limit(self, *, force: bool = False) -> None:
-        async with self._limit_lock:
-            if not force and time.monotonic() - self._limit_read_at <= LIMIT_REREAD / 10:
-                return  # another request just read it
-            try:
-                limit = await read_record_limit(self.client, self.flow)
-            except (KafkaError, OSError) as exc:
-                # keep what was known (Kafka's default before the first read): a limit that
-                # flipped whenever the cluster could not be asked would turn requests away
-                log.warning("could not read the record limit, keeping the last: %s", exc)
-                limit = self.limit
-            self._limit_read_at = time.monotonic()
-            if limit != self.limit:
-                log.info("record limit: %s bytes (%s)", f"{limit.request_bytes:,}", limit.reason())
-            self.limit = limit
+        # requests queued behind another's read take its answer (read under 0.1 s ago)
+        limit = await self._limits.reread(self.limit, fresh_for=LIMIT_REREAD / 10, force=force)
+        self.limit = limit
         if self._producer is not None and self._sized_for != limit.max_message_bytes:
             # a producer made for another limit would refuse records that now fit, or send
             # batches the broker refuses

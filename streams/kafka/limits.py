@@ -17,6 +17,7 @@ headers): :data:`HEADROOM` is kept for that little.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -174,26 +175,37 @@ async def read_or_default(client: Mapping[str, Any], topics: Sequence[str]) -> R
 
 
 class LimitReader:
-    """The flow's limit, asked of the cluster again (at most every ``REREAD_EVERY`` s) when a
-    record over the known one arrives: a limit raised on the cluster must not turn away records
-    the ingress, which reads it the same way, has already accepted."""
+    """The flow's limit, asked of the cluster again when a record over the known one arrives:
+    a limit raised on the cluster must not turn away records the other door already accepts.
+    The gate and the ingress both read it through one of these. Reads are serialised, and one
+    made less than ``fresh_for`` s ago answers for the callers that queued behind it."""
 
     def __init__(self, client: Mapping[str, Any], topics: Sequence[str]) -> None:
         self.client = dict(client)
         self.topics = tuple(topics)
-        self._read_at = -REREAD_EVERY
+        self.read_at = -REREAD_EVERY  # monotonic time of the last read (or attempt)
+        self._last: RecordLimit | None = None
+        self._lock = asyncio.Lock()
 
-    async def reread(self, known: RecordLimit) -> RecordLimit:
-        """The limit now, or ``known`` when it was asked a moment ago or cannot be asked."""
-        now = time.monotonic()
-        if now - self._read_at < REREAD_EVERY:
-            return known
-        self._read_at = now
-        try:
-            fresh = await read_record_limit(self.client, self.topics)
-        except (KafkaError, OSError) as exc:
-            log.warning("could not read the record limit again, keeping the last: %s", exc)
-            return known
-        if fresh != known:
-            log.info("record limit now %s bytes (%s)", f"{fresh.request_bytes:,}", fresh.reason())
-        return fresh
+    async def reread(
+        self, known: RecordLimit, *, fresh_for: float = REREAD_EVERY, force: bool = False
+    ) -> RecordLimit:
+        """The limit now; the last one read (or ``known``) when it was read within
+        ``fresh_for`` s (unless ``force``), or when the cluster cannot be asked: a limit that
+        flipped to a default whenever the cluster did not answer would turn requests away."""
+        async with self._lock:
+            last = self._last or known
+            if not force and time.monotonic() - self.read_at < fresh_for:
+                return last
+            try:
+                fresh = await read_record_limit(self.client, self.topics)
+            except (KafkaError, OSError) as exc:
+                log.warning("could not read the record limit again, keeping the last: %s", exc)
+                fresh = last
+            self.read_at = time.monotonic()
+            if fresh != last:
+                log.info(
+                    "record limit now %s bytes (%s)", f"{fresh.request_bytes:,}", fresh.reason()
+                )
+            self._last = fresh
+            return fresh
