@@ -1,9 +1,8 @@
-"""``SELECT 1`` on a connection of its own, for the health probe: a pool busy with handlers is
-not PostgreSQL being away, and a frozen server must not hold one of their connections."""
+"""``SELECT 1`` on a fresh connection, for the health probe. Fresh, because a frozen postmaster
+(SIGSTOP, a paused VM) leaves the backends of open connections answering while no new
+connection can be made, and a pool busy with handlers is not PostgreSQL being away."""
 
 from __future__ import annotations
-
-from typing import Any
 
 import asyncpg
 
@@ -11,27 +10,18 @@ __all__ = ["PostgresPing"]
 
 
 class PostgresPing:
-    """Call it to check PostgreSQL answers; it raises otherwise. The caller bounds the wait
-    (``Probe`` does); a check that failed or was cut short drops its connection, so the next
-    one starts clean."""
+    """Call it to check PostgreSQL takes a new connection and answers; it raises otherwise.
+    The caller bounds the wait (``Probe`` does); a connection cut short is terminated, never
+    waited on."""
 
     def __init__(self, dsn: str) -> None:
         self.dsn = dsn
-        self._conn: asyncpg.Connection[Any] | None = None
 
     async def __call__(self) -> None:
+        conn = await asyncpg.connect(self.dsn)
         try:
-            if self._conn is None or self._conn.is_closed():
-                self._conn = await asyncpg.connect(self.dsn)
-            await self._conn.fetchval("SELECT 1")
+            await conn.fetchval("SELECT 1")
         except BaseException:
-            self.drop()
+            conn.terminate()
             raise
-
-    def drop(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            conn.terminate()  # never waits on the server
-
-    async def close(self) -> None:
-        self.drop()
+        await conn.close(timeout=1.0)

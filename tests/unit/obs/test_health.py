@@ -33,9 +33,11 @@ def test_a_probe_answer_counts_only_while_fresh() -> None:
     fresh = ProbeResult(True, None, checked_at=100.0, ok_at=100.0)
     assert probe_check("kafka", fresh, now=104.0, stale_after=21.0).ok
     stale = probe_check("kafka", fresh, now=130.0, stale_after=21.0)
-    assert not stale.ok and stale.reason == "kafka probe stale: last answer 30 s ago"
+    assert not stale.ok
+    assert stale.reason == "kafka probe stale: last answer 30 s ago"
     never = probe_check("postgres", ProbeResult(), now=1.0, stale_after=21.0)
-    assert not never.ok and never.reason == "postgres not checked yet"
+    assert not never.ok
+    assert never.reason == "postgres not checked yet"
     down = ProbeResult(False, "timed out after 2 s", checked_at=120.0, ok_at=100.0)
     found = probe_check("postgres", down, now=121.0, stale_after=21.0)
     assert not found.ok
@@ -66,23 +68,24 @@ async def test_a_probe_remembers_failures_timeouts_and_the_last_success() -> Non
     assert probe.check().reason == "db unreachable: timed out after 0.05 s"
     now[0] = 7.0
     assert await probe.once()
-    assert probe.check().ok and probe.result.ok_at == 7.0
+    assert probe.check().ok
+    assert probe.result.ok_at == 7.0
 
 
 async def test_a_running_probe_stops_on_its_event() -> None:
     calls = 0
+    stop = asyncio.Event()
 
     async def check() -> None:
         nonlocal calls
         calls += 1
+        if calls == 3:
+            stop.set()
 
-    stop = asyncio.Event()
     probe = Probe("k", check, interval=0.01, timeout=1.0)
     task = asyncio.create_task(probe.run(stop))
-    while calls < 3:
-        await asyncio.sleep(0.01)
-    stop.set()
     await asyncio.wait_for(task, 5.0)
+    assert calls == 3
     assert probe.check().ok
 
 
