@@ -17,6 +17,7 @@ from aiokafka.errors import KafkaConnectionError, KafkaError
 from aiokafka.protocol.metadata import MetadataRequest
 
 from streams.errors import StackError
+from streams.kafka.connect import refusal_of
 
 __all__ = ["Metadata", "fetch_metadata", "require_topics", "unready_topics"]
 
@@ -40,7 +41,8 @@ async def fetch_metadata(
     options: Mapping[str, Any], topics: Sequence[str] | None = (), timeout: float = 2.0
 ) -> Metadata:
     """Ask the first bootstrap server that answers about ``topics`` (None: all, empty: none);
-    KafkaError when none answers within ``timeout`` each."""
+    KafkaError when none answers within ``timeout`` each, KafkaRefusedError when one refuses
+    this client's credentials or TLS."""
     connection: dict[str, Any] = {k: options[k] for k in _CONNECTION_KEYS if k in options}
     errors: list[str] = []
     for host, port, _ in collect_hosts(options["bootstrap_servers"], randomize=False):
@@ -57,6 +59,10 @@ async def fetch_metadata(
                 finally:
                     conn.close()
         except (OSError, KafkaError, TimeoutError) as exc:
+            refused = refusal_of(exc, f"{host}:{port}", options)
+            # a dropped connection may be a broker shutting down, not a refusal: no answer
+            if refused is not None and refused.code != "kafka.protocol_mismatch":
+                raise refused from exc  # wrong credentials or TLS: say so, never "no answer"
             errors.append(f"{host}:{port}: {type(exc).__name__} {exc}".strip())
             continue
         return _parse(response.to_object())
