@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from streams.kafka.topics import CHANGELOG_CONFIG
 from streams.runtime.checkpoint import TOMBSTONE_MARGIN, Mark, resume_from
 
 HOUR = 3600.0
@@ -51,3 +52,14 @@ def test_an_untrusted_mark_rebuilds_from_the_start(over: dict[str, object], why:
 
 def test_no_mark_rebuilds_from_the_start() -> None:
     assert resume(None) is None
+
+
+def test_a_mark_outlives_the_time_a_changelog_takes_to_compact() -> None:
+    """A worker down for less than the tombstone horizon resumes from its mark; the
+    changelog's tail is compacted well within it."""
+    horizon = int(CHANGELOG_CONFIG["delete.retention.ms"]) / 1000
+    rolled = int(CHANGELOG_CONFIG["segment.ms"]) / 1000
+    compacted = int(CHANGELOG_CONFIG["max.compaction.lag.ms"]) / 1000
+    assert CHANGELOG_CONFIG["cleanup.policy"] == "compact"
+    assert rolled <= compacted < horizon - TOMBSTONE_MARGIN
+    assert resume(now=MARK.written + compacted, tombstone_horizon=horizon) == 100
