@@ -76,7 +76,7 @@ def _recovered(log_path: Path) -> str:
     for line in log_path.read_text(errors="replace").splitlines():
         if "recovered " in line and "changelog records" in line:
             try:
-                found = str(orjson.loads(line).get("message", line))
+                found = str(orjson.loads(line).get("event", line))
             except orjson.JSONDecodeError:
                 found = line
     return found
