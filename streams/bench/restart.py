@@ -13,6 +13,7 @@ import signal
 import sys
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 
 import aiohttp
@@ -70,20 +71,29 @@ async def _until_ready(url: str, worker: ManagedProcess, deadline: float) -> Non
     raise TimeoutError(f"{url} not ready within {READY_TIMEOUT:.0f}s")
 
 
-def _recovered(log_path: Path) -> str:
-    """The worker's last word on how many changelog records its recovery read."""
-    found = ""
-    for line in log_path.read_text(errors="replace").splitlines():
-        if "recovered " in line and "changelog records" in line:
+def _recovered(log_path: Path, since: int) -> str:
+    """What the worker's recoveries read in this run (the log from byte ``since`` on), and how
+    long they took, first "recovering" to last "recovered"."""
+    read: list[str] = []
+    times: list[datetime] = []
+    with log_path.open("rb") as log:
+        log.seek(since)
+        for line in log.read().splitlines():
             try:
-                found = str(orjson.loads(line).get("event", line))
+                entry = orjson.loads(line)
             except orjson.JSONDecodeError:
-                found = line
-    return found
+                continue
+            event = str(entry.get("event", ""))
+            if event.startswith(("recovering ", "recovered ")):
+                times.append(datetime.fromisoformat(str(entry["timestamp"])))
+            if event.startswith("recovered "):
+                read.append(event.removeprefix("recovered "))
+    took = (max(times) - min(times)).total_seconds() if times else 0.0
+    return f"recovery {took:.1f} s: " + "; ".join(read)
 
 
 async def measure(records: int, data_dir: Path) -> dict[str, tuple[float, str]]:
-    settings = bench_settings(data_dir, partitions=1)
+    settings = bench_settings(data_dir, partitions=1, log_level="info")
     stack = Stack(settings, workers=False)
     await stack.start(detach=False)
     timings: dict[str, float] = {}
@@ -102,11 +112,12 @@ async def measure(records: int, data_dir: Path) -> dict[str, tuple[float, str]]:
         for run, wipe, stop in runs:
             if wipe:
                 shutil.rmtree(data_dir / "state", ignore_errors=True)
+            since = worker.log_path.stat().st_size if worker.log_path.exists() else 0
             began = time.monotonic()
             worker.start(detach=False)
             await _until_ready(url, worker, began + READY_TIMEOUT)
             timings[run] = time.monotonic() - began
-            read[run] = _recovered(worker.log_path)
+            read[run] = _recovered(worker.log_path, since)
             await asyncio.sleep(2.0)  # a commit interval or two of an idle, ready worker
             if stop == signal.SIGKILL and worker.pid is not None:
                 os.kill(worker.pid, signal.SIGKILL)

@@ -10,6 +10,8 @@ import os
 import signal
 import time
 import uuid
+from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -20,11 +22,15 @@ from streams.errors import RecoveryStalledError
 from streams.kafka.config import client_options
 from streams.kafka.topics import CHANGELOG_CONFIG
 from streams.runtime.producer import BatchProducer
+from streams.runtime.records import Consumed
 from streams.runtime.recovery import recover
+from streams.runtime.runner import RunnerConfig, StageRunner
+from streams.runtime.stage import Step
 from streams.runtime.state import Store, ensure_changelogs
 from streams.runtime.tables import DiskTables
 from streams.settings import Settings
 from streams.stack.stack import Stack
+from tests.integration.helpers import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -189,3 +195,85 @@ async def test_a_recovery_that_cannot_progress_raises_instead_of_hanging(
     assert frozen
     assert time.monotonic() - began < 30.0
     assert 0 < len(store) < 6000
+
+
+class _Counting:
+    """A batch stage that counts its records in its store, and notes how much its runner had
+    processed and not committed when each batch came."""
+
+    name = "count"
+    max_batch = 5
+    concurrency = 0
+
+    def __init__(self, topic: str, store: Store) -> None:
+        self.inputs = (topic,)
+        self.store = store
+        self.stores = (store,)
+        self.runner: StageRunner | None = None
+        self.uncommitted: list[int] = []
+
+    async def process(self, batch: Sequence[Consumed], now: datetime) -> Step:
+        assert self.runner is not None
+        self.uncommitted.append(self.runner.budget.records)
+        for record in batch:
+            self.store.put(record.partition, "n", self.store.get(record.partition, "n", 0) + 1)
+        return Step()
+
+    def housekeeping(self, now: datetime) -> None:
+        return None
+
+    def crashed(self, record: Consumed, error: Exception, now: datetime) -> Step:
+        raise error
+
+
+async def test_a_stage_stops_fetching_when_too_much_is_uncommitted(
+    stack: Settings, tmp_path: Path
+) -> None:
+    """A minute between checkpoints, yet never more than 10 records uncommitted: the budget
+    checkpoints and waits for the commit before the next fetch. The table takes the count only
+    with the changelog record's offset."""
+    client = client_options(stack.kafka)
+    source = await _changelog(stack)  # any one-partition topic will do as the input
+    changelog = await _changelog(stack)
+    producer = AIOKafkaProducer(**client, acks="all")
+    await producer.start()
+    try:
+        for i in range(50):
+            await producer.send(source, b"x", key=str(i).encode(), partition=0)
+        await producer.flush()
+    finally:
+        await producer.stop()
+    disk = DiskTables(tmp_path / "state", "app")
+    stage = _Counting(source, Store("count", changelog, disk))
+    output = BatchProducer(client)
+    await output.start()
+    config = RunnerConfig(
+        client,
+        f"{stack.app_id}-count-{uuid.uuid4().hex[:6]}",
+        commit_interval=60.0,
+        max_uncommitted_records=10,
+        max_uncommitted_seconds=60.0,
+    )
+    runner = StageRunner(stage, config, output)
+    stage.runner = runner
+    stop = asyncio.Event()
+    task = asyncio.create_task(runner.run(stop))
+    try:
+
+        async def counted() -> object:
+            return stage.store.get(0, "n")
+
+        assert await eventually(counted, lambda n: n == 50) == 50
+        assert len(stage.uncommitted) >= 10  # batches of 5
+        assert max(stage.uncommitted) < 10  # without the budget: up to 45
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 60.0)
+        await output.stop()
+    table = stage.store.open(0)
+    found = table.mark()
+    assert found is not None
+    assert found.topic == changelog
+    assert table.get("n") == 50
+    stage.store.close()
+    disk.close()
