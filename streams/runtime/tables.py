@@ -284,7 +284,7 @@ class DiskTables:
     def __init__(self, root: Path, app_id: str = "postwire") -> None:
         self.directory = root / app_id
         self.directory.mkdir(parents=True, exist_ok=True)
-        _remove_dead(root)
+        _remove_dead(root, keep=self.directory)
         _remove_dead(self.directory / PRIVATE)
         self._private: Path | None = None
         from rocksdict import Cache
@@ -328,10 +328,14 @@ def _lock(path: Path) -> IO[bytes]:
     return handle
 
 
-def _remove_dead(parent: Path) -> None:
+def _remove_dead(parent: Path, keep: Path | None = None) -> None:
+    """Remove ``<pid>-*`` directories of processes that are gone (never ``keep``, an app id
+    that happens to look like one)."""
     if not parent.is_dir():
         return
     for stale in parent.iterdir():
         pid = stale.name.split("-", 1)[0]
+        if stale == keep:
+            continue
         if stale.is_dir() and pid.isdigit() and not pid_alive(int(pid)):
             shutil.rmtree(stale, ignore_errors=True)
