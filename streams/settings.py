@@ -235,6 +235,9 @@ class Settings(BaseSettings):
     # how often the stages checkpoint (state changes written, offsets committed): a crash
     # repeats at most this much work
     commit_interval: float = Field(default=0.5, gt=0)
+    # how long a process starting while Kafka does not answer waits for it before it gives
+    # up (a broker being restarted should not make every worker exit and burn its restarts)
+    kafka_start_wait: float = Field(default=120.0, ge=0)
     log_level: str = "info"
     # one JSON object per line (json) or aligned text for a terminal (console); both redacted
     log_format: Literal["json", "console"] = "json"
@@ -367,6 +370,7 @@ class Settings(BaseSettings):
             rebalance_timeout=self.rebalance_timeout,
             commit_interval=self.commit_interval,
             producer_linger_ms=self.producer_linger_ms,
+            start_wait=self.kafka_start_wait,
             security=self.kafka_security,
         )
 
