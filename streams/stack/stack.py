@@ -1,6 +1,7 @@
 """The whole local stack under one data dir: Kafka, PostgreSQL, topics, migrations, the faust
-worker and the sinks. Foreground (`postwire up`) supervises the children and stops them all in
-order on Ctrl-C/SIGTERM; detached (`up --detach`) leaves them running for `postwire down`."""
+worker and the sinks. It starts and stops them in order; keeping them running is the
+supervisor's job (streams/stack/supervisor.py), in `postwire up` or in the background process
+`up --detach` starts, which `postwire down` stops first."""
 
 from __future__ import annotations
 
@@ -25,10 +26,12 @@ from streams.stages.policies import delay_topics
 
 __all__ = [
     "STOP_ORDER",
+    "SUPERVISOR_PID",
     "WORKER_ROLES",
     "Stack",
     "StackInfo",
     "stop_detached",
+    "supervisor_pid",
     "worker_port",
 ]
 
@@ -89,9 +92,34 @@ def _live_pids(settings: Settings) -> dict[str, int]:
     return live
 
 
+SUPERVISOR_PID = "supervisor.pid"
+
+
+def supervisor_pid(settings: Settings) -> int | None:
+    """The pid of the supervisor running this data dir's stack, if it is still there."""
+    try:
+        pid = int((_run_dir(settings) / SUPERVISOR_PID).read_text().strip())
+    except (OSError, ValueError):
+        return None
+    return pid if pid_alive(pid) else None
+
+
 def stop_detached(settings: Settings) -> dict[str, int]:
-    """Stop a stack started with ``up --detach`` from its pid files; return what was stopped."""
+    """Stop a stack from its pid files (the supervisor first, so it restarts nothing it sees
+    stopped; it stops its children in order itself), then whatever is left; return what was
+    stopped."""
     stopped = {}
+    live = _live_pids(settings)
+    supervisor = supervisor_pid(settings)
+    if supervisor is not None:
+        # long enough for every child's own stop timeout, in order
+        stop_pid(supervisor, signal.SIGTERM, timeout=180.0)
+        stopped["supervisor"] = supervisor
+    (_run_dir(settings) / SUPERVISOR_PID).unlink(missing_ok=True)
+    for name in STOP_ORDER:
+        if name in live and not pid_alive(live[name]):
+            (_run_dir(settings) / f"{name}.pid").unlink(missing_ok=True)
+            stopped[name] = live[name]
     live = _live_pids(settings)
     for name in STOP_ORDER:
         if name in live:
@@ -159,6 +187,9 @@ class Stack:
     async def start(self, *, detach: bool) -> StackInfo:
         began = time.monotonic()
         live = _live_pids(self.settings)
+        supervisor = supervisor_pid(self.settings)
+        if supervisor is not None and supervisor != os.getpid():
+            live["supervisor"] = supervisor
         if live:
             names = ", ".join(f"{n} (pid {p})" for n, p in live.items())
             raise StackError(
@@ -209,11 +240,14 @@ class Stack:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(state, indent=2))
 
-    def dead_child(self) -> ManagedProcess | None:
-        for proc in self._all().values():
-            if not proc.running():
-                return proc
-        return None
+    def children(self) -> dict[str, ManagedProcess]:
+        """Every process this stack started, by name (servers included)."""
+        return self._all()
+
+    def record_pid(self, name: str, pid: int) -> None:
+        """A child was restarted: stack.json names its new pid."""
+        self.info.pids[name] = pid
+        self._write_state()
 
     def stop(self) -> None:
         procs = self._all()
