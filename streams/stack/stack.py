@@ -31,6 +31,7 @@ __all__ = [
     "Stack",
     "StackInfo",
     "stop_detached",
+    "stop_rank",
     "supervisor_pid",
     "worker_port",
 ]
@@ -51,6 +52,15 @@ STOP_ORDER = (
 
 
 WORKER_ROLES = ("worker", "tx", "bulk")
+
+
+def stop_rank(name: str) -> int:
+    """Where ``name`` stops in STOP_ORDER; a numbered one not listed (``kafka2``) with its kind,
+    anything else last, so no child of the stack is ever left running."""
+    for candidate in (name, name.rstrip("0123456789")):
+        if candidate in STOP_ORDER:
+            return STOP_ORDER.index(candidate)
+    return len(STOP_ORDER)
 
 
 def worker_port(settings: Settings, role: str, slot: int) -> int:
@@ -78,9 +88,12 @@ def _run_dir(settings: Settings) -> Path:
 
 
 def _live_pids(settings: Settings) -> dict[str, int]:
+    """The children's pid files whose process is still there, in stop order (every pid file:
+    a child the stack started under any name is found)."""
     live = {}
-    for name in STOP_ORDER:
-        path = _run_dir(settings) / f"{name}.pid"
+    paths = [p for p in _run_dir(settings).glob("*.pid") if p.name != SUPERVISOR_PID]
+    for path in sorted(paths, key=lambda p: stop_rank(p.stem)):
+        name = path.stem
         try:
             pid = int(path.read_text().strip())
         except (OSError, ValueError):
@@ -116,17 +129,16 @@ def stop_detached(settings: Settings) -> dict[str, int]:
         stop_pid(supervisor, signal.SIGTERM, timeout=180.0)
         stopped["supervisor"] = supervisor
     (_run_dir(settings) / SUPERVISOR_PID).unlink(missing_ok=True)
-    for name in STOP_ORDER:
-        if name in live and not pid_alive(live[name]):
+    for name, pid in live.items():
+        if not pid_alive(pid):
             (_run_dir(settings) / f"{name}.pid").unlink(missing_ok=True)
-            stopped[name] = live[name]
-    live = _live_pids(settings)
-    for name in STOP_ORDER:
-        if name in live:
-            sig = signal.SIGINT if name == "postgres" else signal.SIGTERM
-            stop_pid(live[name], sig, timeout=30.0)
-            (_run_dir(settings) / f"{name}.pid").unlink(missing_ok=True)
-            stopped[name] = live[name]
+            stopped[name] = pid
+    # what a supervisor that is gone (or was killed above) left running
+    for name, pid in _live_pids(settings).items():
+        sig = signal.SIGINT if name == "postgres" else signal.SIGTERM
+        stop_pid(pid, sig, timeout=30.0)
+        (_run_dir(settings) / f"{name}.pid").unlink(missing_ok=True)
+        stopped[name] = pid
     (_run_dir(settings) / "stack.json").unlink(missing_ok=True)
     return stopped
 
@@ -251,7 +263,6 @@ class Stack:
 
     def stop(self) -> None:
         procs = self._all()
-        for name in STOP_ORDER:
-            if name in procs:
-                procs[name].stop()
+        for name in sorted(procs, key=stop_rank):
+            procs[name].stop()
         (_run_dir(self.settings) / "stack.json").unlink(missing_ok=True)
