@@ -127,7 +127,10 @@ class Supervisor:
         self.poll = poll
         self.pid = pid
         now, wall = time.monotonic(), time.time()
-        self.children = {name: _Child(now, wall) for name in stack.children()}
+        self.children = {}
+        for name, proc in stack.children().items():
+            began = proc.started_at if proc.started_at is not None else now
+            self.children[name] = _Child(began, wall - (now - began))
         self.gave_up: str | None = None
 
     @property

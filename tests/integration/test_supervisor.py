@@ -7,11 +7,13 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -162,10 +164,25 @@ async def test_a_stop_request_restarts_nothing(tmp_path: Path) -> None:
 # --- `postwire up` with its real servers ----------------------------------------------------
 
 
+@pytest.fixture
+def own_tmp() -> Iterator[Path]:
+    """A data dir outside pytest's: another pytest session on this host resets
+    /tmp/pytest-of-<user> to 0700, and a PostgreSQL restarted as its own system user (as root,
+    see README) could then no longer reach its data dir."""
+    path = Path(tempfile.mkdtemp(prefix="postwire-supervise-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 async def test_foreground_up_restarts_a_killed_child_and_gives_up_after_its_budget(
-    tmp_path: Path,
+    own_tmp: Path,
 ) -> None:
-    settings = stack_settings(tmp_path / "data", restart_burst=1, restart_backoff=0.2)
+    tmp_path = own_tmp
+    # a second of backoff: the killed postmaster's backends have gone by then, so the new one
+    # never finds their shared memory still in use (one more failure of the budget)
+    settings = stack_settings(tmp_path / "data", restart_burst=1, restart_backoff=1.0)
     proc = subprocess.Popen(
         [*CLI, "up", "--no-workers"],
         env=_env(settings),
@@ -248,6 +265,33 @@ async def test_detached_up_is_supervised_until_down(tmp_path: Path) -> None:
     assert not list((settings.data_dir / "run").glob("*.pid"))
     again = _cli(settings, "down")
     assert again.stdout.strip() == "nothing was running"
+
+
+async def test_down_stops_the_children_of_a_supervisor_that_is_gone(tmp_path: Path) -> None:
+    settings = stack_settings(tmp_path / "data")
+    started = _cli(settings, "up", "--detach", "--no-workers")
+    assert started.returncode == 0, started.stderr
+    supervisor = _ps(settings)["supervisor"]["pid"]
+    children = {name: _pid_file(settings, name) for name in ("kafka", "postgres")}
+    try:
+        os.kill(supervisor, signal.SIGKILL)
+        await _until(lambda: not pid_alive(supervisor), 30, "the supervisor to die")
+        # detached children do not die with their supervisor; ps tells them by their pids
+        data = _ps(settings)
+        assert data["supervisor"]["running"] is False
+        assert {c["name"]: c["state"] for c in data["children"]} == {
+            "kafka": "running",
+            "postgres": "running",
+        }
+        assert all(pid_alive(pid) for pid in children.values())
+    finally:
+        stopped = _cli(settings, "down")
+    assert stopped.returncode == 0, stopped.stderr
+    assert stopped.stdout.splitlines() == [
+        f"stopped kafka (pid {children['kafka']})",
+        f"stopped postgres (pid {children['postgres']})",
+    ]
+    assert not any(pid_alive(pid) for pid in children.values())
 
 
 def _ps_parent(pid: int) -> int:
