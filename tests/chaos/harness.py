@@ -31,6 +31,7 @@ from streams.kafka.config import client_options
 from streams.settings import Settings
 from streams.stack.process import ManagedProcess
 from streams.stack.stack import WORKER_ROLES, Stack, worker_port
+from streams.stack.supervisor import Supervisor, SupervisorLog, restart_policy
 from tests.conftest import SENDER_DOMAIN
 from tests.integration.helpers import signer
 from tests.peers.world import HOSTS, World
@@ -317,35 +318,31 @@ def received_for(world: World, work: Workload) -> int:
     )
 
 
-class Restarter:
-    """Brings back any child of ``stack`` that died, as a supervisor would, and counts it; the
-    case itself restarts what it stopped on purpose (a broker, PostgreSQL) when it chooses."""
+class Supervised:
+    """The stack under the real supervisor of `postwire up` (streams/stack/supervisor.py), run
+    in the test's loop: a child the case kills is brought back by it, with its backoff and
+    budget; the counts say how often."""
 
-    def __init__(self, stack: Stack, delay: float = 1.0) -> None:
-        self.stack = stack
-        self.delay = delay
-        self.restarts: Counter[str] = Counter()
-        self.held: set[str] = set()  # stopped on purpose: not restarted by this loop
-        self._task: asyncio.Task[None] | None = None
+    def __init__(self, stack: Stack) -> None:
+        log = SupervisorLog(stack.settings.data_dir / "logs" / "supervisor.log")
+        policy = restart_policy(stack.settings.restart)
+        self.supervisor = Supervisor(stack, policy, log, detach=False, pid=os.getpid())
+        self._stop = asyncio.Event()
+        self._task: asyncio.Future[str | None] | None = None
 
     def start(self) -> None:
-        self._task = asyncio.ensure_future(self._watch())
+        self._task = asyncio.ensure_future(self.supervisor.run(self._stop))
 
-    async def _watch(self) -> None:
-        while True:
-            await asyncio.sleep(0.5)
-            for proc in self.stack.apps:
-                if proc.name not in self.held and not proc.running():
-                    await asyncio.sleep(self.delay)
-                    if proc.name not in self.held and not proc.running():
-                        proc.start(detach=False)
-                        self.restarts[proc.name] += 1
+    @property
+    def restarts(self) -> dict[str, int]:
+        return {n: c.restarts for n, c in self.supervisor.children.items() if c.restarts}
 
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+    async def stop(self) -> str | None:
+        """Stop supervising; why it gave up, if it did."""
+        self._stop.set()
+        if self._task is None:
+            return None
+        return await self._task
 
 
 def kill(proc: ManagedProcess) -> int:

@@ -11,16 +11,18 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import time
 
 import pytest
 
 from streams.contract.codec import Codec
+from streams.stack.process import ManagedProcess
 from streams.stack.stack import Stack
 from tests.chaos.conftest import RESULTS
 from tests.chaos.harness import (
     Counts,
-    Restarter,
+    Supervised,
     Workload,
     chaos_domains,
     count,
@@ -36,36 +38,54 @@ from tests.peers.world import World
 pytestmark = [pytest.mark.integration, pytest.mark.chaos]
 
 QUICK = {"tx", "broker"}
-CASES = ["worker", "tx", "bulk", "sinks", "api", "broker", "broker_long", "postgres"]
+CASES = [
+    "worker",
+    "tx",
+    "bulk",
+    "sinks",
+    "api",
+    "broker",
+    "broker_frozen",
+    "postgres",
+    "postgres_frozen",
+]
 FAULT_AT = 3.0  # seconds into the workload
-# how long a broker or PostgreSQL stays stopped; the long outage outlasts the producers'
-# request timeout (40 s), so every process sees its records fail and restarts
-DOWN_FOR = {"broker_long": 50.0}
+# a frozen broker outlasts the producers' request timeout (40 s): every record in flight then
+# fails, and each process must still lose nothing and send nothing twice
+FROZEN_FOR = {"broker_frozen": 50.0, "postgres_frozen": 10.0}
 
 
 def _selected(case: str) -> bool:
     return case in QUICK or os.environ.get("POSTWIRE_CHAOS") == "all"
 
 
+def _victim(stack: Stack, case: str) -> ManagedProcess:
+    name = case.removesuffix("_frozen")
+    procs = {"broker": stack.kafka, "postgres": stack.postgres}
+    if name in procs:
+        server = procs[name]
+        assert server is not None
+        return server.process
+    return next(p for p in stack.apps if p.name == name)
+
+
 async def _fault(stack: Stack, case: str, world: World, work: Workload) -> int:
     """Make the fault; return how many of the run's messages the receiver had by then."""
     await asyncio.sleep(FAULT_AT)
     before = received_for(world, work)
-    if case.startswith("broker"):
-        assert stack.kafka is not None
-        kill(stack.kafka.process)
-        await asyncio.sleep(DOWN_FOR.get(case, 5.0))
-        stack.kafka.start(detach=False)
-        await stack.kafka.wait_ready()
+    victim = _victim(stack, case)
+    if case in FROZEN_FOR:
+        pid = victim.pid
+        assert pid is not None
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            await asyncio.sleep(FROZEN_FOR[case])
+        finally:
+            os.kill(pid, signal.SIGCONT)
     elif case == "postgres":
-        assert stack.postgres is not None
-        await asyncio.to_thread(stack.postgres.stop)
-        await asyncio.sleep(DOWN_FOR.get(case, 5.0))
-        stack.postgres.start(detach=False)
-        await stack.postgres.wait_ready()
+        await asyncio.to_thread(victim.stop)  # a clean stop; the supervisor starts it again
     else:
-        proc = next(p for p in stack.apps if p.name == case)
-        kill(proc)  # the restarter brings it back, as the supervisor does
+        kill(victim)  # the supervisor brings it back
     return before
 
 
@@ -80,8 +100,8 @@ async def test_a_fault_mid_run_loses_nothing_and_doubles_within_the_bound(
     tenant, key = await new_tenant(settings, "chaos", settle=True)
     work = Workload(door="api" if case == "api" else "kafka")
     await wait_healthy(chaos_stack)
-    restarter = Restarter(chaos_stack)
-    restarter.start()
+    supervised = Supervised(chaos_stack)
+    supervised.start()
     began = time.monotonic()
     try:
         _, before = await asyncio.gather(
@@ -94,13 +114,14 @@ async def test_a_fault_mid_run_loses_nothing_and_doubles_within_the_bound(
 
         counts = await settled(probe, timeout=180.0)
     finally:
-        await restarter.stop()
-    counts.restarts = dict(restarter.restarts)
+        gave_up = await supervised.stop()
+    counts.restarts = supervised.restarts
     counts.before_fault = before
     counts.seconds = time.monotonic() - began
     RESULTS.append((case, counts))
     print(counts.line(case))
-    lanes_hit = {"tx": 1, "bulk": 1, "broker": 2, "broker_long": 2}.get(case, 0)
+    assert gave_up is None, gave_up
+    lanes_hit = {"tx": 1, "bulk": 1, "broker": 2, "broker_frozen": 2}.get(case, 0)
     bound = lanes_hit * settings.deliver_concurrency
     assert 0 < before < counts.acked_sends, "the fault came before or after the sends"
     assert counts.lost == 0, counts
