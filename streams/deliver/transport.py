@@ -8,9 +8,10 @@ so the stage above deals in outcomes only.
 aiosmtplib opens the session (connect, EHLO, STARTTLS, AUTH) and closes it; the transaction
 itself is ``streams/mail/pipeline.py``'s exchange spoken over a ``Wire`` (``streams/mail/wire.py``):
 MAIL, every RCPT and DATA in one write when the server offers PIPELINING (RFC 2920), one command
-at a time when it does not. Each reply is classified with its own stage (a 5xx to RCPT is about
-that recipient, a 5xx to the final "." about the message) and the session stays usable after a
-refused recipient.
+at a time when it does not; with CHUNKING (RFC 3030) the message goes as one BDAT chunk, in the
+same write as the envelope when pipelined. Each reply is classified with its own stage (a 5xx to
+RCPT is about that recipient, a 5xx to the final "." about the message) and the session stays
+usable after a refused recipient.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import aiosmtplib
 from streams.deliver.throttle import DestinationThrottle
 from streams.errors import ConfigError
 from streams.mail.dns import MxAnswer, MxCache, MxResolver
-from streams.mail.pipeline import Exchange, TransactionResult
+from streams.mail.pipeline import Exchange, TransactionResult, bdat
 from streams.mail.pool import Connection, Pool
 from streams.mail.replies import (
     Category,
@@ -79,6 +80,7 @@ class TransportConfig:
     max_messages_per_connection: int = 100
     idle_timeout: float = 30
     pool_wait: float = 30  # for a connection slot when the destination is at its limit
+    chunking: bool = True  # BDAT (RFC 3030) where offered: no dot-stuffing, one round trip
 
     def __post_init__(self) -> None:
         if self.mode == "relay" and not self.relay_host:
@@ -410,6 +412,7 @@ class Transport:
         conn.smtputf8 = client.supports_extension("smtputf8")
         conn.size_limit = client.supports_extension("size")
         conn.pipelining = client.supports_extension("pipelining")
+        conn.chunking = config.chunking and client.supports_extension("chunking")
         return None
 
     async def _transaction(
@@ -446,8 +449,9 @@ class Transport:
             exchange = Exchange(
                 b" ".join(args) + b"\r\n",
                 lines,
-                data_payload(message),
+                bdat(message) if conn.chunking else data_payload(message),
                 pipelining=conn.pipelining,
+                chunked=conn.chunking,
             )
             result = await self._exchange(wire, exchange)
             for i, outcome in zip(sent_to, result.outcomes, strict=True):

@@ -13,6 +13,11 @@ recipient, a refused MAIL is about all of them (the 503s that follow it are cons
 nothing). RFC 2920 section 3.1: when DATA is answered 354 although no recipient was accepted, the
 client ends the data at once with a lone "."; the content is never sent. Without PIPELINING the
 same machine speaks the plain dialogue, one command per write, and stops at the first refusal.
+
+With ``chunked`` (the server offered RFC 3030 CHUNKING) the payload is ``BDAT <size> LAST`` and
+the message as it is, no dot-stuffing; its reply is the verdict on the message. Pipelined, it
+goes in the same write as the envelope (RFC 3030 section 4.2): one round trip per message. A
+server that refused the envelope still reads the chunk (its size is declared) and discards it.
 """
 
 from __future__ import annotations
@@ -32,11 +37,18 @@ from streams.mail.replies import (
     transport_error,
 )
 
-__all__ = ["MAX_REPLY_BYTES", "Exchange", "Reply", "ReplyParser", "TransactionResult"]
+__all__ = ["MAX_REPLY_BYTES", "Exchange", "Reply", "ReplyParser", "TransactionResult", "bdat"]
 
 MAX_REPLY_BYTES: Final = 64 * 1024  # RFC 5321 says 512 a line; a reply past this is not SMTP
 _ABORT: Final = b".\r\n"  # ends a DATA that must carry nothing (RFC 2920 section 3.1)
 _RCPT_OK: Final = frozenset({250, 251})
+
+
+def bdat(message: bytes) -> bytes:
+    """``message`` as one last chunk (RFC 3030): sent as it is, ending in CRLF as DATA's would."""
+    if not message.endswith(b"\r\n"):
+        message += b"\r\n"
+    return b"BDAT %d LAST\r\n" % len(message) + message
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,10 +112,17 @@ class _Awaited:
 
 class Exchange:
     """One transaction. ``mail`` and each of ``rcpts`` are whole command lines (CRLF ended,
-    arguments already checked); ``payload`` is the dot-stuffed message ending in ".\\r\\n"."""
+    arguments already checked); ``payload`` is the dot-stuffed message ending in ".\\r\\n", or
+    with ``chunked`` the BDAT command and the message (``bdat``)."""
 
     def __init__(
-        self, mail: bytes, rcpts: Sequence[bytes], payload: bytes, *, pipelining: bool
+        self,
+        mail: bytes,
+        rcpts: Sequence[bytes],
+        payload: bytes,
+        *,
+        pipelining: bool,
+        chunked: bool = False,
     ) -> None:
         if not rcpts:
             raise ValueError("a transaction needs at least one recipient")
@@ -111,6 +130,7 @@ class Exchange:
         self._rcpts = tuple(rcpts)
         self._payload = payload
         self.pipelining = pipelining
+        self.chunked = chunked
         self._awaited: deque[_Awaited] = deque()
         self._mail_failure: Outcome | None = None
         self._refused: dict[int, Outcome] = {}
@@ -139,6 +159,9 @@ class Exchange:
             return self._mail
         self._awaited.append(_Awaited(Stage.MAIL))
         self._awaited.extend(_Awaited(Stage.RCPT, i) for i in range(len(self._rcpts)))
+        if self.chunked:
+            self._awaited.append(_Awaited(Stage.AFTER_DATA))
+            return b"".join((self._mail, *self._rcpts, self._payload))
         self._awaited.append(_Awaited(Stage.DATA))
         return b"".join((self._mail, *self._rcpts, b"DATA\r\n"))
 
@@ -163,23 +186,9 @@ class Exchange:
             self._ended = True
             return b""
         if awaited.stage is Stage.MAIL:
-            if outcome.disposition is not Disposition.PROCEED:
-                self._mail_failure = outcome
-                return b""  # pipelined: the rest is read all the same; plain: nothing more
-            if self.pipelining:
-                return b""
-            return self._next(_Awaited(Stage.RCPT, 0), self._rcpts[0])
+            return self._on_mail(outcome)
         if awaited.stage is Stage.RCPT:
-            self._answered += 1
-            if code in _RCPT_OK:
-                self._accepted.append(awaited.index)
-            else:
-                self._refused[awaited.index] = outcome
-            if self.pipelining:
-                return b""
-            if self._answered < len(self._rcpts):
-                return self._next(_Awaited(Stage.RCPT, self._answered), self._rcpts[self._answered])
-            return self._next(_Awaited(Stage.DATA), b"DATA\r\n") if self._accepted else b""
+            return self._on_rcpt(awaited.index, outcome, code)
         if awaited.stage is Stage.DATA:
             if code == 354:
                 if self._mail_failure is None and self._accepted:
@@ -187,9 +196,35 @@ class Exchange:
                 return self._next(_Awaited(Stage.DATA, abort=True), _ABORT)
             self._verdict = outcome
             return b""
-        self._verdict = outcome  # AFTER_DATA: the server's word on the message
-        self._ended = True
+        # AFTER_DATA: the server's word on the message. A refused BDAT may leave the server's
+        # transaction half open (RFC 3030 section 2), so only an accepted one counts as its end.
+        self._verdict = outcome
+        self._ended = not self.chunked or 200 <= code < 300
         return b""
+
+    def _on_mail(self, outcome: Outcome) -> bytes:
+        if outcome.disposition is not Disposition.PROCEED:
+            self._mail_failure = outcome
+            return b""  # pipelined: the rest is read all the same; plain: nothing more
+        if self.pipelining:
+            return b""
+        return self._next(_Awaited(Stage.RCPT, 0), self._rcpts[0])
+
+    def _on_rcpt(self, index: int, outcome: Outcome, code: int) -> bytes:
+        self._answered += 1
+        if code in _RCPT_OK:
+            self._accepted.append(index)
+        else:
+            self._refused[index] = outcome
+        if self.pipelining:
+            return b""
+        if self._answered < len(self._rcpts):
+            return self._next(_Awaited(Stage.RCPT, self._answered), self._rcpts[self._answered])
+        if not self._accepted:
+            return b""
+        if self.chunked:
+            return self._next(_Awaited(Stage.AFTER_DATA), self._payload)
+        return self._next(_Awaited(Stage.DATA), b"DATA\r\n")
 
     def _next(self, awaited: _Awaited, data: bytes) -> bytes:
         self._awaited.append(awaited)

@@ -74,6 +74,7 @@ class Connection:
 
     __slots__ = (
         "address",
+        "chunking",
         "client",
         "group",
         "host",
@@ -99,6 +100,7 @@ class Connection:
         self.smtputf8 = False
         self.size_limit = False  # the server announced SIZE, so MAIL FROM carries the size
         self.pipelining = False  # the server announced PIPELINING (RFC 2920)
+        self.chunking = False  # the server announced CHUNKING (RFC 3030 BDAT)
         self.wire: Wire | None = None  # reads the transaction's replies (wire.py)
 
     @property

@@ -164,9 +164,10 @@ class Scripted:
     """Greets, answers EHLO with PIPELINING, then answers each complete client write with the
     next reply block of ``script`` (sent ``split`` bytes at a time when set); records the bytes."""
 
-    def __init__(self, script: list[bytes], split: int = 0) -> None:
+    def __init__(self, script: list[bytes], split: int = 0, chunking: bool = False) -> None:
         self.script = list(script)
         self.split = split
+        self.extensions = b"250-CHUNKING\r\n" if chunking else b""
         self.seen = bytearray()
         self.server: asyncio.Server | None = None
         self.port = 0
@@ -181,7 +182,8 @@ class Scripted:
         try:
             line = await reader.readline()
             assert line.upper().startswith(b"EHLO")
-            writer.write(b"250-scripted\r\n250-PIPELINING\r\n250 8BITMIME\r\n")
+            ehlo = b"250-scripted\r\n250-PIPELINING\r\n" + self.extensions + b"250 8BITMIME\r\n"
+            writer.write(ehlo)
             for block in self.script:
                 data = await reader.read(65536)
                 if not data:
@@ -212,8 +214,8 @@ class Scripted:
 async def scripted() -> AsyncIterator[Callable[..., Any]]:
     made: list[Scripted] = []
 
-    async def start(script: list[bytes], split: int = 0) -> Scripted:
-        server = await Scripted(script, split).start()
+    async def start(script: list[bytes], split: int = 0, chunking: bool = False) -> Scripted:
+        server = await Scripted(script, split, chunking).start()
         made.append(server)
         return server
 
@@ -273,3 +275,34 @@ async def test_a_reply_nobody_asked_for_discards_the_session(
     # an extra reply would be mis-paired with the next command: the session is not kept (the
     # pool took it back before send_many returned)
     assert transport.pool.idle(f"127.0.0.1:{server.port}") == 0
+
+
+async def test_chunking_sends_envelope_and_message_in_one_write(
+    scripted: Callable[..., Any], make_transport: Callable[..., Transport]
+) -> None:
+    server = await scripted(
+        [b"250 ok\r\n250 ok\r\n250 ok\r\n250 2.0.0 queued as B\r\n"], chunking=True
+    )
+    transport = make_transport("127.0.0.1", server.port)
+    deliveries = await send_many(transport, RCPTS[:2])
+    assert [d.outcome.disposition for d in deliveries] == [Disposition.DELIVERED] * 2
+    assert "queued as B" in deliveries[0].outcome.text
+    # one read held it all: the envelope, the chunk's size and the message, not dot-stuffed
+    chunk = b"BDAT %d LAST\r\n" % len(MESSAGE) + MESSAGE
+    envelope = (
+        b"MAIL FROM:<sender@postwire.test>\r\nRCPT TO:<a@dest.test>\r\nRCPT TO:<b@dest.test>\r\n"
+    )
+    assert bytes(server.seen) == envelope + chunk
+
+
+async def test_chunking_can_be_turned_off(
+    scripted: Callable[..., Any], make_transport: Callable[..., Transport]
+) -> None:
+    server = await scripted(
+        [b"250 ok\r\n250 ok\r\n354 go\r\n", b"250 2.0.0 queued\r\n"], chunking=True
+    )
+    transport = make_transport("127.0.0.1", server.port, chunking=False)
+    [delivery] = await send_many(transport, RCPTS[:1])
+    assert delivery.outcome.disposition is Disposition.DELIVERED
+    assert b"BDAT" not in server.seen
+    assert b"\r\n..dot line\r\n.\r\n" in server.seen  # DATA, dot-stuffed

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from streams.mail.pipeline import MAX_REPLY_BYTES, Exchange, Reply, ReplyParser
+from streams.mail.pipeline import MAX_REPLY_BYTES, Exchange, Reply, ReplyParser, bdat
 from streams.mail.replies import Category, Disposition, Stage, TransportErrorKind
 
 MAIL = b"MAIL FROM:<s@a.test>\r\n"
@@ -208,6 +208,46 @@ def test_a_malformed_reply_breaks_the_session() -> None:
     [outcome] = result.outcomes
     assert (outcome.disposition, outcome.category) == (Disposition.DEFERRED, Category.PROTOCOL)
     assert not result.reusable
+
+
+# --- CHUNKING (RFC 3030 BDAT) ------------------------------------------------------------------
+
+
+def test_bdat_sends_the_message_as_it_is() -> None:
+    assert bdat(b"a\r\n.b\r\n") == b"BDAT 7 LAST\r\na\r\n.b\r\n"  # no dot-stuffing
+    assert bdat(b"x") == b"BDAT 3 LAST\r\nx\r\n"
+
+
+def test_pipelined_bdat_is_one_write_and_one_round_trip() -> None:
+    chunk = bdat(b"Subject: x\r\n\r\nbody\r\n")
+    exchange = Exchange(MAIL, RCPTS[:2], chunk, pipelining=True, chunked=True)
+    writes = run(exchange, [OK, OK, OK, Reply(250, "2.0.0 queued")])
+    assert writes == [MAIL + RCPTS[0] + RCPTS[1] + chunk]
+    result = exchange.result()
+    assert [(o.disposition, o.stage) for o in result.outcomes] == [
+        (Disposition.DELIVERED, Stage.AFTER_DATA)
+    ] * 2
+    assert not result.needs_reset
+
+
+def test_pipelined_bdat_refused_for_want_of_recipients_resets() -> None:
+    chunk = bdat(b"Subject: x\r\n\r\nbody\r\n")
+    exchange = Exchange(MAIL, RCPTS[:1], chunk, pipelining=True, chunked=True)
+    run(exchange, [OK, Reply(550, "5.1.1 user unknown"), Reply(554, "5.5.1 no valid recipients")])
+    result = exchange.result()
+    [outcome] = result.outcomes
+    assert (outcome.stage, outcome.category) == (Stage.RCPT, Category.USER_UNKNOWN)
+    assert result.needs_reset
+
+
+def test_plain_bdat_follows_the_last_rcpt() -> None:
+    chunk = bdat(b"Subject: x\r\n\r\nbody\r\n")
+    exchange = Exchange(MAIL, RCPTS[:1], chunk, pipelining=False, chunked=True)
+    writes = run(exchange, [OK, OK, Reply(554, "5.7.1 spam")])
+    assert writes == [MAIL, RCPTS[0], chunk]
+    [outcome] = exchange.result().outcomes
+    assert (outcome.disposition, outcome.stage) == (Disposition.BOUNCED, Stage.AFTER_DATA)
+    assert exchange.result().needs_reset
 
 
 # --- the plain dialogue (no PIPELINING) -------------------------------------------------------
