@@ -22,7 +22,7 @@ import re
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, cast
 
 import aiosmtplib
 
@@ -404,11 +404,12 @@ class Transport:
             client.close()
             return _failure(exc, stage)
         transport = client.transport
-        if not isinstance(transport, asyncio.Transport) or not client.is_connected:
+        if transport is None or not client.is_connected:
             client.close()
             return transport_error(TransportErrorKind.RESET, stage, "connection lost")
         conn.client = client
-        conn.wire = Wire(transport)
+        # a uvloop transport is no asyncio.Transport subclass, but it has the same interface
+        conn.wire = Wire(cast(asyncio.Transport, transport))
         conn.smtputf8 = client.supports_extension("smtputf8")
         conn.size_limit = client.supports_extension("size")
         conn.pipelining = client.supports_extension("pipelining")

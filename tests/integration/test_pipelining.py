@@ -13,7 +13,7 @@ import pytest
 from streams.deliver.throttle import DestinationLimits, DestinationThrottle, Limit
 from streams.deliver.transport import Delivery, Transport, TransportConfig
 from streams.mail.replies import Category, Disposition, Stage
-from tests.peers.smtp_behaviours import Behaviour, SinkServer
+from tests.peers.smtp_behaviours import Behaviour, SinkServer, make_tls
 
 MESSAGE = b"From: sender@postwire.test\r\nSubject: hi\r\n\r\nline\r\n.dot line\r\n"
 SENDER = "sender@postwire.test"
@@ -57,8 +57,8 @@ async def make_transport() -> AsyncIterator[Callable[..., Transport]]:
 def servers() -> Iterator[Callable[..., SinkServer]]:
     started: list[SinkServer] = []
 
-    def start(behaviour: Behaviour | None = None) -> SinkServer:
-        server = SinkServer(next(_next_host), behaviour).start()
+    def start(behaviour: Behaviour | None = None, **kw: Any) -> SinkServer:
+        server = SinkServer(next(_next_host), behaviour, **kw).start()
         started.append(server)
         return server
 
@@ -306,3 +306,47 @@ async def test_chunking_can_be_turned_off(
     assert delivery.outcome.disposition is Disposition.DELIVERED
     assert b"BDAT" not in server.seen
     assert b"\r\n..dot line\r\n.\r\n" in server.seen  # DATA, dot-stuffed
+
+
+# --- uvloop: the worker processes' event loop ---------------------------------------------------
+
+
+@pytest.mark.parametrize("tls", [False, True])
+def test_pipelining_over_uvloop_transports(tls: bool, tmp_path: Any) -> None:
+    # uvloop's transports are no asyncio.Transport subclasses; the Wire must sit on them too
+    uvloop = pytest.importorskip("uvloop")
+    host = next(_next_host)
+    files = make_tls(tmp_path, [host])
+    server = SinkServer(host, tls=files.server_context() if tls else None).start()
+    try:
+        config = TransportConfig(
+            mode="relay",
+            relay_host=server.host,
+            relay_port=server.port,
+            tls="required" if tls else "none",
+            ca_file=str(files.ca),
+            connect_timeout=5.0,
+            command_timeout=5.0,
+            data_timeout=5.0,
+        )
+
+        async def run() -> tuple[Delivery, ...]:
+            transport = Transport(config, throttle(), None)
+            try:
+                first = await send_many(transport, RCPTS)
+                second = await send_many(transport, RCPTS[:1])  # the same session again
+                return first + second
+            finally:
+                await transport.close()
+
+        loop = uvloop.new_event_loop()
+        try:
+            deliveries = loop.run_until_complete(run())
+        finally:
+            loop.close()
+    finally:
+        server.stop()
+    assert [d.outcome.disposition for d in deliveries] == [Disposition.DELIVERED] * 4
+    assert {d.tls for d in deliveries} == {tls}
+    assert envelope_in_one_read(server)
+    assert server.connections == 1
