@@ -15,9 +15,11 @@ client ends the data at once with a lone "."; the content is never sent. Without
 same machine speaks the plain dialogue, one command per write, and stops at the first refusal.
 
 With ``chunked`` (the server offered RFC 3030 CHUNKING) the payload is ``BDAT <size> LAST`` and
-the message as it is, no dot-stuffing; its reply is the verdict on the message. Pipelined, it
-goes in the same write as the envelope (RFC 3030 section 4.2): one round trip per message. A
-server that refused the envelope still reads the chunk (its size is declared) and discards it.
+the message as it is, no dot-stuffing; its reply is the verdict on the message. Pipelined, a
+message of at most ``INLINE_CHUNK_BYTES`` goes in the same write as the envelope (RFC 3030
+section 4.2): one round trip per message; a server that refused the envelope still reads the
+chunk (its size is declared) and discards it. A larger one waits for the envelope's replies, so a
+message refused at MAIL for its SIZE is not sent all the same.
 """
 
 from __future__ import annotations
@@ -37,9 +39,18 @@ from streams.mail.replies import (
     transport_error,
 )
 
-__all__ = ["MAX_REPLY_BYTES", "Exchange", "Reply", "ReplyParser", "TransactionResult", "bdat"]
+__all__ = [
+    "INLINE_CHUNK_BYTES",
+    "MAX_REPLY_BYTES",
+    "Exchange",
+    "Reply",
+    "ReplyParser",
+    "TransactionResult",
+    "bdat",
+]
 
 MAX_REPLY_BYTES: Final = 64 * 1024  # RFC 5321 says 512 a line; a reply past this is not SMTP
+INLINE_CHUNK_BYTES: Final = 64 * 1024
 _ABORT: Final = b".\r\n"  # ends a DATA that must carry nothing (RFC 2920 section 3.1)
 _RCPT_OK: Final = frozenset({250, 251})
 
@@ -131,6 +142,8 @@ class Exchange:
         self._payload = payload
         self.pipelining = pipelining
         self.chunked = chunked
+        # the chunk rides with the envelope only when pipelined and small
+        self._inline = pipelining and chunked and len(payload) <= INLINE_CHUNK_BYTES
         self._awaited: deque[_Awaited] = deque()
         self._mail_failure: Outcome | None = None
         self._refused: dict[int, Outcome] = {}
@@ -159,9 +172,11 @@ class Exchange:
             return self._mail
         self._awaited.append(_Awaited(Stage.MAIL))
         self._awaited.extend(_Awaited(Stage.RCPT, i) for i in range(len(self._rcpts)))
-        if self.chunked:
+        if self._inline:
             self._awaited.append(_Awaited(Stage.AFTER_DATA))
             return b"".join((self._mail, *self._rcpts, self._payload))
+        if self.chunked:
+            return b"".join((self._mail, *self._rcpts))
         self._awaited.append(_Awaited(Stage.DATA))
         return b"".join((self._mail, *self._rcpts, b"DATA\r\n"))
 
@@ -216,11 +231,14 @@ class Exchange:
             self._accepted.append(index)
         else:
             self._refused[index] = outcome
+        last = self._answered == len(self._rcpts)
         if self.pipelining:
-            return b""
-        if self._answered < len(self._rcpts):
+            # the RCPTs went together; only a chunk too big to ride along waits for the last reply
+            if not (last and self.chunked and not self._inline):
+                return b""
+        elif not last:
             return self._next(_Awaited(Stage.RCPT, self._answered), self._rcpts[self._answered])
-        if not self._accepted:
+        if not self._accepted or self._mail_failure is not None:
             return b""
         if self.chunked:
             return self._next(_Awaited(Stage.AFTER_DATA), self._payload)

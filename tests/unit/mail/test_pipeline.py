@@ -5,7 +5,14 @@ from __future__ import annotations
 
 import pytest
 
-from streams.mail.pipeline import MAX_REPLY_BYTES, Exchange, Reply, ReplyParser, bdat
+from streams.mail.pipeline import (
+    INLINE_CHUNK_BYTES,
+    MAX_REPLY_BYTES,
+    Exchange,
+    Reply,
+    ReplyParser,
+    bdat,
+)
 from streams.mail.replies import Category, Disposition, Stage, TransportErrorKind
 
 MAIL = b"MAIL FROM:<s@a.test>\r\n"
@@ -238,6 +245,24 @@ def test_pipelined_bdat_refused_for_want_of_recipients_resets() -> None:
     [outcome] = result.outcomes
     assert (outcome.stage, outcome.category) == (Stage.RCPT, Category.USER_UNKNOWN)
     assert result.needs_reset
+
+
+def test_a_large_chunk_waits_for_the_envelope_replies() -> None:
+    chunk = bdat(b"Subject: x\r\n\r\n" + b"x" * INLINE_CHUNK_BYTES)
+    exchange = Exchange(MAIL, RCPTS[:2], chunk, pipelining=True, chunked=True)
+    writes = run(exchange, [OK, OK, OK, Reply(250, "2.0.0 queued")])
+    assert writes == [MAIL + RCPTS[0] + RCPTS[1], chunk]
+    assert {o.disposition for o in exchange.result().outcomes} == {Disposition.DELIVERED}
+
+
+def test_a_large_chunk_is_never_sent_after_a_refused_mail() -> None:
+    # the case it waits for: a MAIL FROM refused for its SIZE
+    chunk = bdat(b"Subject: x\r\n\r\n" + b"x" * INLINE_CHUNK_BYTES)
+    exchange = Exchange(MAIL, RCPTS[:2], chunk, pipelining=True, chunked=True)
+    no = Reply(503, "5.5.1 need MAIL")
+    writes = run(exchange, [Reply(552, "5.3.4 message size exceeds fixed limit"), no, no])
+    assert writes == [MAIL + RCPTS[0] + RCPTS[1]]
+    assert {o.category for o in exchange.result().outcomes} == {Category.MESSAGE_TOO_LARGE}
 
 
 def test_plain_bdat_follows_the_last_rcpt() -> None:
