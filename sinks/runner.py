@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from datetime import UTC, datetime
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 
 from sinks.batching import Batch, BatchBuffer
 from sinks.mapping import dead_letter_row, map_record, origin_of
@@ -20,6 +21,7 @@ from streams.contract.codec import Codec, default_codec
 from streams.errors import SinkUnavailableError
 from streams.kafka.config import client_options
 from streams.kafka.connect import start_client, wait_for_cluster
+from streams.obs.health import Check, Probe, phase_checks, verdict
 from streams.obs.http import metrics_app, serve
 from streams.obs.lag import LagMonitor
 from streams.obs.metrics import (
@@ -29,6 +31,7 @@ from streams.obs.metrics import (
     EndToEnd,
     StageMeter,
 )
+from streams.runtime.probes import kafka_probe, postgres_probe
 from streams.settings import Settings
 
 __all__ = ["SinkRunner", "run_sinks"]
@@ -44,6 +47,18 @@ BORN = {
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+class _Assignments(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, runner: SinkRunner) -> None:
+        self.runner = runner
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        self.runner.assigned = None
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        self.runner.assigned = frozenset(tp.partition for tp in assigned)
+        self.runner._was_assigned = True
 
 
 class SinkRunner:
@@ -65,6 +80,8 @@ class SinkRunner:
         self.rows_written = 0
         self.started = False
         self.failing = False  # PostgreSQL refused the last write; the batch waits
+        self.assigned: frozenset[int] | None = None  # None: in no rebalance's answer yet
+        self._was_assigned = False
         # epoch seconds of the requests behind the buffered rows, for end-to-end latency
         self._born: list[float] = []
         self._born_field = BORN.get(spec.record)
@@ -73,6 +90,16 @@ class SinkRunner:
         self._batch_rows = SINK_BATCH_ROWS.labels(spec.table)
         self._flush_seconds = SINK_FLUSH_SECONDS.labels(spec.table)
         self._write_failures = SINK_WRITE_FAILURES.labels(spec.table)
+
+    @property
+    def phase(self) -> str:
+        """For /healthz: starting, rebalancing, failing (PostgreSQL refused a write) or
+        running."""
+        if self.failing:
+            return "failing"
+        if self.started and self.assigned is not None:
+            return "running"
+        return "rebalancing" if self._was_assigned else "starting"
 
     def _dead_letter(self, table: str, origin: Any, exc: Exception) -> tuple[object, ...] | None:
         return dead_letter_row(table, origin, exc, _now)
@@ -91,7 +118,6 @@ class SinkRunner:
     async def run(self, stop: asyncio.Event) -> None:
         options = client_options(self.settings.kafka)
         consumer = AIOKafkaConsumer(
-            self.spec.topic,
             **options,
             group_id=self.group,
             enable_auto_commit=False,
@@ -100,6 +126,8 @@ class SinkRunner:
             session_timeout_ms=int(self.settings.session_timeout * 1000),
             heartbeat_interval_ms=int(self.settings.heartbeat_interval * 1000),
         )
+        # subscribed with a listener: no partitions yet is "starting", a revoke "rebalancing"
+        consumer.subscribe([self.spec.topic], listener=_Assignments(self))
         await start_client(consumer, options)
         self.started = True
         try:
@@ -117,6 +145,7 @@ class SinkRunner:
                 await self._flush(consumer, stop)
         finally:
             self.started = False
+            self.assigned = None
             await consumer.stop()
             log.info("sink %s stopped after %d rows", self.spec.table, self.rows_written)
 
@@ -192,12 +221,29 @@ async def run_sinks(
         for name, spec in feeds.items()
         if name in chosen or spec.table in chosen
     ]
+    probes = [
+        kafka_probe(
+            client_options(settings.kafka),
+            interval=settings.health_interval,
+            timeout=settings.health_timeout,
+        ),
+        postgres_probe(
+            settings.dsn, interval=settings.health_interval, timeout=settings.health_timeout
+        ),
+    ]
     web = None
     if settings.sinks_web_port:
+
+        def live() -> tuple[bool, dict[str, Any]]:
+            return not stop.is_set(), {"pid": os.getpid(), "stopping": stop.is_set()}
+
         web = await serve(
-            metrics_app(lambda: sinks_health(runners)), settings.web_host, settings.sinks_web_port
+            metrics_app(lambda: sinks_health(runners, probes), live),
+            settings.web_host,
+            settings.sinks_web_port,
         )
     work = [runner.run(stop) for runner in runners]
+    work.extend(probe.run(stop) for probe in probes)
     if settings.lag_interval:
         work.append(LagMonitor(settings.kafka, settings.lag_interval).run(stop))
     try:
@@ -205,12 +251,20 @@ async def run_sinks(
     finally:
         if web is not None:
             await web.cleanup()
+        for probe in probes:
+            await probe.stop()
         await writer.close()
 
 
-def sinks_health(runners: list[SinkRunner]) -> tuple[bool, dict[str, Any]]:
-    """Healthy when every sink consumes and none is waiting for PostgreSQL to come back."""
-    states = {
-        r.name: "failing" if r.failing else "running" if r.started else "starting" for r in runners
-    }
-    return all(state == "running" for state in states.values()), {"sinks": states}
+def sinks_health(runners: list[SinkRunner], probes: list[Probe]) -> tuple[bool, dict[str, Any]]:
+    """Ready when every sink has its partitions and none is waiting for PostgreSQL to come
+    back, and Kafka and PostgreSQL answer the probes."""
+    phases = {r.name: r.phase for r in runners}
+    found = verdict(
+        [
+            *phase_checks("sink", phases),
+            *(p.check() for p in probes),
+            Check("sinks", True, detail=phases),
+        ]
+    )
+    return found.ok, {"reasons": found.reasons, **found.details}

@@ -220,6 +220,10 @@ class Settings(BaseSettings):
     # where the workers' and the sinks' web servers (/metrics, /healthz) listen; 0.0.0.0 in
     # containers so Prometheus can scrape them
     web_host: str = "127.0.0.1"
+    # /healthz: every process asks Kafka (and the API and sinks PostgreSQL) this often, each
+    # try bounded by the timeout; the page itself only reads the last answer
+    health_interval: float = Field(default=5.0, gt=0)
+    health_timeout: float = Field(default=2.0, gt=0)
 
     # HTTP ingress (`postwire api`, started by `postwire up`)
     api_host: str = "127.0.0.1"

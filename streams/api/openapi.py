@@ -377,9 +377,21 @@ SPEC: Final[dict[str, Any]] = {
         },
         "/healthz": {
             "get": {
-                "summary": "Ready: Kafka producer, database pool, tenant directory",
+                "summary": "Ready: Kafka producer, database pool, tenant directory, Kafka and"
+                " PostgreSQL answering the background probes",
                 "security": [],
-                "responses": {"200": {"description": "ready"}, "503": {"description": "not yet"}},
+                "responses": {
+                    "200": _json('{"ok": true, "reasons": [], ...} per check'),
+                    "503": _json('{"ok": false, "reasons": ["postgres unreachable: ..."], ...}'),
+                },
+            }
+        },
+        "/livez": {
+            "get": {
+                "summary": "Alive: the process answers and is not stopping, whatever its"
+                " dependencies say",
+                "security": [],
+                "responses": {"200": _json("alive"), "503": _json("stopping")},
             }
         },
         "/metrics": {

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 
 import orjson
@@ -35,10 +36,13 @@ from streams.api.suppression_routes import (
     remove_suppression,
 )
 from streams.api.verify_routes import WAITER, ResultWaiter, verify_batch, verify_job, verify_one
+from streams.kafka.config import client_options
 from streams.mail.dns import MxResolver
+from streams.obs.health import Check, Probe, Verdict, verdict
 from streams.obs.http import metrics_handler, metrics_middleware
 from streams.obs.logs import configure_logging
 from streams.runtime.eventloop import install_fast_loop
+from streams.runtime.probes import kafka_probe, postgres_probe
 from streams.settings import Settings
 
 __all__ = ["ROUTES", "Ingress", "run_api"]
@@ -67,6 +71,9 @@ ROUTES: tuple[tuple[str, str, str, Handler], ...] = (
 
 
 class Ingress(Api):
+    probes: tuple[Probe, ...] = ()
+    stopping = False
+
     def app(self) -> web.Application:
         app = web.Application(
             client_max_size=self.settings.api_max_body, middlewares=[metrics_middleware]
@@ -74,27 +81,63 @@ class Ingress(Api):
         for method, path, scope, handler in ROUTES:
             app.router.add_route(method, path, self.guard(scope, handler))
         app.router.add_get("/healthz", self.healthz)
+        app.router.add_get("/livez", self.livez)
         app.router.add_get("/metrics", metrics_handler)
         app.router.add_get("/openapi.json", self.openapi)
         app[WAITER] = ResultWaiter(self)
         s = self.settings
         app[RESOLVER] = MxResolver(s.nameservers, s.dns_timeout, s.dns_tries)
         app.on_startup.append(self._start)
+        app.on_shutdown.append(self._shutdown)
         app.on_cleanup.append(self._stop)
         return app
 
     async def _start(self, _app: web.Application) -> None:
         await self.start()
+        s = self.settings
+        self.probes = (
+            kafka_probe(
+                client_options(s.kafka), interval=s.health_interval, timeout=s.health_timeout
+            ),
+            postgres_probe(s.dsn, interval=s.health_interval, timeout=s.health_timeout),
+        )
+        for probe in self.probes:
+            probe.start()
+
+    async def _shutdown(self, _app: web.Application) -> None:
+        self.stopping = True
 
     async def _stop(self, app: web.Application) -> None:
+        self.stopping = True
         app[WAITER].stop()
+        for probe in self.probes:
+            await probe.stop()
         await self.stop()
 
-    async def healthz(self, _request: web.Request) -> web.Response:
+    def readiness(self) -> Verdict:
+        """Ready: the producer can produce, the pool and the directory are up, and Kafka and
+        PostgreSQL (keys missing from the directory, reads, verify jobs) answer the probes."""
         producing, producer = self.producer.health()
-        ok = producing and self.pool is not None and self.directory.ready.is_set()
-        body = {"ok": ok, "producer": producer}
-        return web.json_response(body, status=200 if ok else 503)
+        state = producer["state"]
+        checks = [
+            Check("api", not self.stopping, "api stopping"),
+            Check("producer", producing, f"kafka producer {state}", producer),
+            Check("database_pool", self.pool is not None, "database pool not started"),
+            Check("directory_loaded", self.directory.ready.is_set(), "directory loaded: not yet"),
+            *(p.check() for p in self.probes),
+        ]
+        if not self.probes:
+            checks.append(Check("probes", False, "dependency probes not started"))
+        return verdict(checks)
+
+    async def healthz(self, _request: web.Request) -> web.Response:
+        found = self.readiness()
+        return web.json_response(found.body(), status=200 if found.ok else 503)
+
+    async def livez(self, _request: web.Request) -> web.Response:
+        alive = not self.stopping
+        body = {"ok": alive, "pid": os.getpid()}
+        return web.json_response(body, status=200 if alive else 503)
 
     async def openapi(self, _request: web.Request) -> web.Response:
         return web.Response(body=orjson.dumps(SPEC), content_type="application/json")

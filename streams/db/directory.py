@@ -63,6 +63,7 @@ class DirectoryHolder:
         self.dkim_secret = dkim_secret
         self.current = Directory()
         self.ready = asyncio.Event()
+        self.refreshed_at: float | None = None  # monotonic time of the last snapshot loaded
         self._pool: asyncpg.Pool[Any] | None = None
         # key digest or key id -> monotonic time it was not found
         self._misses: dict[bytes | str, float] = {}
@@ -181,6 +182,7 @@ class DirectoryHolder:
         try:
             async with (await self._connections()).acquire() as conn:
                 self.current = await self._load(conn)
+            self.refreshed_at = time.monotonic()
             self.ready.set()
         except (OSError, asyncpg.PostgresError) as exc:
             # keep serving the last snapshot; a gate without any snapshot waits on `ready`
@@ -216,4 +218,9 @@ class DirectoryHolder:
         except (OSError, asyncpg.PostgresError) as exc:
             log.warning("tenant directory not loaded at start, the gate waits for it: %s", exc)
             return
+        self.refreshed_at = time.monotonic()
         self.ready.set()
+
+    def age(self) -> float | None:
+        """Seconds since the snapshot in use was loaded (None: none yet)."""
+        return None if self.refreshed_at is None else time.monotonic() - self.refreshed_at

@@ -4,6 +4,7 @@ the small server the sinks process runs (faust workers serve theirs through faus
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -17,6 +18,7 @@ from streams.obs.metrics import HTTP_REQUESTS, HTTP_SECONDS
 
 __all__ = [
     "Health",
+    "alive",
     "health_handler",
     "metrics_app",
     "metrics_handler",
@@ -75,12 +77,19 @@ def health_handler(health: Health) -> _Handler:
     return healthz
 
 
-def metrics_app(health: Health) -> web.Application:
-    """/metrics and /healthz, for a process that has no web server of its own."""
+def metrics_app(health: Health, live: Health | None = None) -> web.Application:
+    """/metrics, /healthz (ready) and /livez (alive), for a process that has no web server of
+    its own; ``live`` unset: alive while it answers."""
     app = web.Application(middlewares=[metrics_middleware])
     app.router.add_get("/metrics", metrics_handler)
     app.router.add_get("/healthz", health_handler(health))
+    app.router.add_get("/livez", health_handler(live or alive))
     return app
+
+
+def alive() -> tuple[bool, Mapping[str, Any]]:
+    """The event loop answered this request: the process is alive."""
+    return True, {"pid": os.getpid()}
 
 
 async def serve(app: web.Application, host: str, port: int) -> web.AppRunner:

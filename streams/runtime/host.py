@@ -13,6 +13,8 @@ from typing import Any
 
 from streams.clock import Clock, wall_clock
 from streams.kafka.config import ClientOptions
+from streams.kafka.metadata import require_topics
+from streams.obs.health import Check, phase_checks
 from streams.runtime.producer import BatchProducer
 from streams.runtime.runner import RunnerConfig, StageRunner
 from streams.runtime.stage import Stage
@@ -39,6 +41,8 @@ class HostConfig:
     recovery_stall_timeout: float = 60.0
     # producer settings beyond these (its request and batch sizes, from the record limit)
     producer: dict[str, Any] = field(default_factory=dict)
+    # how long a flow topic a stage reads or writes may take to show up at start
+    topic_wait: float = 10.0
 
     def runner(self, stage: Stage) -> RunnerConfig:
         return RunnerConfig(
@@ -79,10 +83,17 @@ class StageHost:
 
     async def run(self, stop: asyncio.Event) -> None:
         stores = [store for r in self.runners for store in r.stage.stores]
-        # every changelog exists before any stage joins its group (a missing one is an error
-        # here, at start, never after a send)
+        # every topic a stage reads or writes exists before any stage joins its group: a
+        # missing one is an error here, at start, never a crash after a send
+        await require_topics(self.config.client, self.flow_topics(), wait=self.config.topic_wait)
         await ensure_changelogs(
             self.config.client, stores, self.config.partitions, self.config.replication
+        )
+        # a changelog created a moment ago is not in every broker's metadata yet
+        await require_topics(
+            self.config.client,
+            sorted({s.topic for s in stores}),
+            wait=max(self.config.topic_wait, 30.0),
         )
         await self.producer.start()
         self.started = True
@@ -104,6 +115,17 @@ class StageHost:
             self.started = False
             await self.producer.stop()
 
+    def flow_topics(self) -> list[str]:
+        """The topics the stages read and write (their changelogs aside)."""
+        return sorted({t for r in self.runners for t in (*r.stage.inputs, *r.stage.writes)})
+
+    def phases(self) -> dict[str, str]:
+        return {r.stage.name: r.phase if self.started else "starting" for r in self.runners}
+
+    def checks(self) -> list[Check]:
+        """Readiness: one check per stage (``recovering gate[0]``, ``stage verify starting``)."""
+        return phase_checks("stage", self.phases())
+
     def health(self) -> tuple[bool, dict[str, Any]]:
-        stages = {r.stage.name: "running" if r.ready else "starting" for r in self.runners}
-        return self.started and all(r.ready for r in self.runners), {"stages": stages}
+        phases = self.phases()
+        return all(p == "running" for p in phases.values()), {"stages": phases}

@@ -97,6 +97,8 @@ class StageRunner:
         self.lock = asyncio.Lock()
         self.owned: set[int] = set()
         self.ready = False  # assigned and recovered: records are being processed
+        self.recovering: frozenset[int] = frozenset()  # arriving partitions being rebuilt
+        self._was_assigned = False  # a rebalance after it is "rebalancing", not "starting"
         self.batches = 0
         self._paused: dict[TopicPartition, float] = {}
         self._wake = asyncio.Event()
@@ -126,6 +128,16 @@ class StageRunner:
         # concurrent stages: partitions paused because too much behind their commit point
         self._span_paused: set[TopicPartition] = set()
 
+    @property
+    def phase(self) -> str:
+        """For /healthz: ``starting`` (not in its group yet), ``rebalancing`` (waiting for its
+        partitions), ``recovering [0, 1]`` (rebuilding their state) or ``running``."""
+        if self.ready:
+            return "running"
+        if self.recovering:
+            return f"recovering {sorted(self.recovering)}"
+        return "rebalancing" if self._was_assigned else "starting"
+
     def wake(self) -> None:
         """Resume held partitions now (a queue command may have made their records due)."""
         self._wake.set()
@@ -136,18 +148,23 @@ class StageRunner:
                 store.drop(p)
         arriving = partitions - self.owned
         if arriving and self.stage.stores:
-            await recover(
-                self.config.client,
-                self.stage.stores,
-                arriving,
-                stall_timeout=self.config.recovery_stall_timeout,
-            )
+            self.recovering = frozenset(arriving)
+            try:
+                await recover(
+                    self.config.client,
+                    self.stage.stores,
+                    arriving,
+                    stall_timeout=self.config.recovery_stall_timeout,
+                )
+            finally:
+                self.recovering = frozenset()
         self.owned = partitions
         self._paused.clear()  # positions restart from the committed offsets
         self._span_paused.clear()
         for store in self.stage.stores:  # a stage that gets no traffic still shows its state
             STATE_ENTRIES.labels(store.name).set(store.entries())
         self.ready = True
+        self._was_assigned = True
         log.info(
             "stage %s: partitions %s assigned and recovered", self.stage.name, sorted(partitions)
         )

@@ -44,6 +44,8 @@ class Step:
 class Stage(Protocol):
     name: str  # metric label and consumer-group suffix
     inputs: tuple[str, ...]  # topics, co-partitioned with every store
+    # every topic it may write (its stores' changelogs aside): checked at start
+    writes: tuple[str, ...]
     stores: tuple[Store, ...]
     max_batch: int
     # 0: batches, one at a time; N: records one by one, up to N in flight (network-bound work)

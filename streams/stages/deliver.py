@@ -204,6 +204,11 @@ class Outputs:
         self.suppressions = _Topic(topics.suppressions)
         self.tiers = {name: _Topic(name) for name in tiers}
 
+    def names(self) -> tuple[str, ...]:
+        """Every topic a delivery stage may write."""
+        fixed = (self.events, self.rejections, *self.lanes.values(), self.queue, self.suppressions)
+        return tuple(t.name for t in (*fixed, *self.tiers.values()))
+
     async def event(self, record: DeliveryEvent) -> None:
         key = (record["message_id"] or record["request_id"] or record["tenant"]).encode()
         await self.events.send(key=key, value=self.codec.encode("DeliveryEvent", record))
@@ -460,6 +465,7 @@ class LaneStage:
         self.shell = shell
         self.name = f"{STAGE}.{lane}"
         self.inputs: tuple[str, ...] = (topic,)
+        self.writes: tuple[str, ...] = shell.outputs.names()
         self.stores: tuple[Store, ...] = (shell.ledger.store,)
         self.concurrency = concurrency
 
@@ -507,6 +513,7 @@ class DelayStage:
         self.seconds = seconds
         self.name = f"delay.{seconds}"
         self.inputs: tuple[str, ...] = (topic,)
+        self.writes: tuple[str, ...] = shell.outputs.names()
 
     async def process(self, batch: Sequence[Consumed], now: datetime) -> Step:
         await self.shell.control_loaded()
@@ -544,6 +551,7 @@ class ControlStage:
     def __init__(self, shell: DeliverShell, topic: str) -> None:
         self.shell = shell
         self.inputs: tuple[str, ...] = (topic,)
+        self.writes: tuple[str, ...] = shell.outputs.names()
 
     async def process(self, batch: Sequence[Consumed], now: datetime) -> Step:
         step = Step()

@@ -132,6 +132,11 @@ class GateStage:
         self.store = store
         self.stores: tuple[Store, ...] = (store,)
         self.inputs: tuple[str, ...] = (topics.requests,)
+        t = topics
+        self.writes: tuple[str, ...] = (
+            *(t.accepted, t.verify, t.deliveries, t.deliveries_tx, t.deferred),
+            *(t.events, t.rejections, t.suppressions),
+        )
         self.dedup_ttl = dedup_ttl
         self.limit = limit
         self.outputs = GateOutputs(codec, topics)
@@ -265,6 +270,7 @@ class DeferralStage:
     def __init__(self, codec: Codec, topics: TopicNames) -> None:
         self.topics = topics
         self.inputs: tuple[str, ...] = (topics.deferred,)
+        self.writes: tuple[str, ...] = (topics.requests, topics.rejections)
         self.outputs = GateOutputs(codec, topics)
 
     async def process(self, batch: Sequence[Consumed], now: datetime) -> Step:

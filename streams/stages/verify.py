@@ -108,6 +108,7 @@ class VerifyStage:
         self.store = store
         self.stores: tuple[Store, ...] = (store,) if store is not None else ()
         self.inputs: tuple[str, ...] = (topics.verify,)
+        self.writes: tuple[str, ...] = (topics.verifications, topics.rejections)
         self.lookups = concurrency  # verifications waiting on the network at once
         self._verified = EndToEnd("verified")
 

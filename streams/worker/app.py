@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import faust
@@ -27,9 +28,11 @@ from streams.kafka.limits import (
     read_or_default,
 )
 from streams.kafka.topics import changelog_topic
+from streams.obs.health import Check, Probe
 from streams.obs.logs import configure_logging
 from streams.runtime.eventloop import install_fast_loop
 from streams.runtime.host import HostConfig, StageHost
+from streams.runtime.probes import kafka_probe
 from streams.runtime.stage import Stage
 from streams.runtime.state import Store
 from streams.runtime.tables import DiskTables, TableFactory
@@ -177,18 +180,24 @@ def create_app(
         raise ValueError(f"unknown stage(s) {sorted(unknown)}; known: {', '.join(KNOWN_STAGES)}")
     directory = directory or stage_directory(settings, stages)
     install_directory(app, directory)
-    checks = {"directory_loaded": directory.ready.is_set}
+    flags = {"directory_loaded": directory.ready.is_set}
     tables = state_tables(settings)
     found = runtime_stages(settings, stages, codec, directory, tables, limit)
     background = []
     lanes = tuple(sorted({lane for part in stages for lane in DELIVER_PARTS.get(part, ())}))
     if lanes:
         feed = control or ControlFeed(settings.kafka)
-        checks["queue_control_loaded"] = feed.ready.is_set
+        flags["queue_control_loaded"] = feed.ready.is_set
         # the delay topics and queue commands go with the bulk lane: one process group
         # re-queues released mail, so it is not re-queued twice
         found.extend(deliver_stages(settings, codec, directory, clock, feed, lanes, tables))
         background.append(_control_feed(feed))
+    kafka = kafka_probe(
+        client_options(settings.kafka),
+        interval=settings.health_interval,
+        timeout=settings.health_timeout,
+    )
+    background.append(lambda stop, _host: kafka.run(stop))
     host = StageHost(
         HostConfig(
             client_options(settings.kafka),
@@ -209,9 +218,31 @@ def create_app(
         background=background,
     )
     app.add_dependency(RuntimeService(host, on_failure or _no_failure_hook, tables, loop=None))
-    checks["stages_running"] = lambda: host.health()[0]
-    install_pages(app, checks)
+    install_pages(app, lambda: worker_checks(host, flags, kafka, directory))
     return app
+
+
+def worker_checks(
+    host: StageHost,
+    flags: dict[str, Callable[[], bool]],
+    kafka: Probe,
+    directory: DirectoryHolder,
+) -> list[Check]:
+    """What a worker needs to do its job: every stage assigned and recovered, the directory
+    (and the queue-control feed) loaded, Kafka answering. PostgreSQL is not one of them: it
+    only refreshes the directory, and the last one keeps serving (its age is in the body)."""
+    checks = host.checks()
+    checks.extend(
+        Check(name, bool(flag()), name.replace("_", " ") + ": not yet")
+        for name, flag in flags.items()
+    )
+    checks.append(kafka.check())
+    age = directory.age()
+    checks.append(
+        Check("directory", True, detail={"age_s": None if age is None else round(age, 1)})
+    )
+    checks.append(Check("stages", True, detail=host.phases()))
+    return checks
 
 
 def _control_feed(feed: ControlFeed) -> Any:

@@ -12,7 +12,7 @@ import pytest
 
 from streams.settings import Settings
 from streams.stack.postgres import EmbeddedPostgres, read_password
-from streams.stack.stack import Stack
+from streams.stack.stack import WORKER_ROLES, Stack, worker_port
 from tests.conftest import stack_settings
 from tests.integration.helpers import eventually
 
@@ -141,7 +141,13 @@ def _stack_listening(pipeline: Stack) -> set[tuple[str, int]]:
 
 async def test_every_port_of_the_running_stack_is_on_loopback(pipeline: Stack) -> None:
     settings = pipeline.settings
-    expected = {settings.api_port, settings.sinks_web_port, settings.worker_web_port}
+    # every web port: the API, the sinks, and each worker process's (front, tx, bulk)
+    expected = {settings.api_port, settings.sinks_web_port}
+    expected |= {
+        worker_port(settings, role, slot)
+        for role in WORKER_ROLES
+        for slot in range(settings.worker_processes)
+    }
     if settings.embedded_kafka:
         expected |= {settings.kafka_port, settings.kafka_controller_port}
     if settings.embedded_postgres:

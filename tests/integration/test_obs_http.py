@@ -117,6 +117,9 @@ async def test_the_stand_alone_server_answers_health_by_its_check() -> None:
             healthy["ok"] = False
             async with http.get(f"{base}/healthz") as r:
                 assert r.status == 503
+            async with http.get(f"{base}/livez") as r:  # alive whatever readiness says
+                assert r.status == 200
+                assert (await r.json())["ok"] is True
             async with http.get(f"{base}/metrics") as r:
                 text = await r.text()
                 assert (
