@@ -19,6 +19,7 @@ from sinks.tables import TableSpec, sink_feeds, table_specs
 from sinks.writer import PostgresWriter
 from streams.contract.codec import Codec, default_codec
 from streams.errors import SinkUnavailableError
+from streams.kafka.commit import commit_owned
 from streams.kafka.config import client_options
 from streams.kafka.connect import start_client, wait_for_cluster
 from streams.obs.health import Check, Probe, phase_checks, verdict
@@ -197,9 +198,7 @@ class SinkRunner:
 
     async def _commit(self, consumer: AIOKafkaConsumer, batch: Batch) -> None:
         offsets = {tp: off for tp, off in batch.offsets.items() if isinstance(tp, TopicPartition)}
-        owned = {tp: off for tp, off in offsets.items() if tp in consumer.assignment()}
-        if owned:
-            await consumer.commit(owned)
+        await commit_owned(consumer, offsets, f"sink {self.name}")
 
 
 async def run_sinks(

@@ -23,6 +23,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 
 from streams.clock import Clock, wall_clock
+from streams.kafka.commit import commit_owned
 from streams.kafka.config import ClientOptions
 from streams.kafka.connect import start_client
 from streams.obs.metrics import (
@@ -303,15 +304,12 @@ class StageRunner:
         acks = await self._send_changes()
         await self.producer.settle([*futures, *(f for _, fs in acks for f in fs)])
         _acknowledge(acks)
-        assigned = consumer.assignment()
         offsets = {}
         for tp, high in done.items():
             waiting = self._in_flight.get(tp)
             offsets[tp] = min(waiting) if waiting else max(high, self._high.get(tp, 0))
             self._high[tp] = max(high, self._high.get(tp, 0))
-        owned = {tp: off for tp, off in offsets.items() if tp in assigned}
-        if owned:
-            await consumer.commit(owned)
+        await commit_owned(consumer, offsets, f"stage {self.stage.name}")
         self._limit_spans(consumer)
         self._observe(step, len(finished), None)
 
@@ -414,10 +412,7 @@ class StageRunner:
                 # the tables take the changes only now that the changelog has them (and in
                 # the order they were sent): a table never holds what its changelog does not
                 _acknowledge(checkpoint.acks)
-                assigned = consumer.assignment()
-                owned = {tp: off for tp, off in checkpoint.offsets.items() if tp in assigned}
-                if owned:
-                    await consumer.commit(owned)
+                await commit_owned(consumer, checkpoint.offsets, f"stage {self.stage.name}")
                 self.budget.committed(checkpoint.group, time.monotonic())
                 self._uncommitted_gauge.set(self.budget.records)
                 self._since_commit_gauge.set(0.0)
