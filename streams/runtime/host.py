@@ -30,6 +30,7 @@ class HostConfig:
     app_id: str
     partitions: int = 1  # of changelog topics the host creates
     replication: int = 1
+    min_insync: int = 1
     linger_ms: int = 2
     session_timeout: float = 10.0
     heartbeat_interval: float = 1.0
@@ -76,7 +77,11 @@ class StageHost:
         # every changelog exists before any stage joins its group (a missing one is an error
         # here, at start, never after a send)
         await ensure_changelogs(
-            self.config.client, stores, self.config.partitions, self.config.replication
+            self.config.client,
+            stores,
+            self.config.partitions,
+            self.config.replication,
+            min_insync=self.config.min_insync,
         )
         await self.producer.start()
         self.started = True

@@ -5,6 +5,7 @@ order on Ctrl-C/SIGTERM; detached (`up --detach`) leaves them running for `postw
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -24,6 +25,7 @@ from streams.stages.names import BULK_STAGES, FRONT_STAGES, TX_STAGES
 from streams.stages.policies import delay_topics
 
 __all__ = [
+    "KAFKA_NAMES",
     "STOP_ORDER",
     "WORKER_ROLES",
     "Stack",
@@ -32,6 +34,8 @@ __all__ = [
     "worker_port",
 ]
 
+# the embedded cluster's nodes (streams.stack.kafka.KafkaNode.name)
+KAFKA_NAMES = ("kafka", *(f"kafka{i}" for i in range(1, 16)))
 # applications first so they flush and commit while Kafka and PostgreSQL are still there
 STOP_ORDER = (
     "api",
@@ -42,7 +46,8 @@ STOP_ORDER = (
     *(f"tx{i}" for i in range(1, 16)),
     "bulk",
     *(f"bulk{i}" for i in range(1, 16)),
-    "kafka",
+    # the brokers stop together (EmbeddedKafka.stop, _stop_brokers): the quorum goes as one
+    *KAFKA_NAMES,
     "postgres",
 )
 
@@ -94,13 +99,28 @@ def stop_detached(settings: Settings) -> dict[str, int]:
     stopped = {}
     live = _live_pids(settings)
     for name in STOP_ORDER:
-        if name in live:
+        if name == "kafka":
+            stopped.update(_stop_brokers(settings, live))
+        elif name in live and name not in KAFKA_NAMES:
             sig = signal.SIGINT if name == "postgres" else signal.SIGTERM
             stop_pid(live[name], sig, timeout=30.0)
             (_run_dir(settings) / f"{name}.pid").unlink(missing_ok=True)
             stopped[name] = live[name]
     (_run_dir(settings) / "stack.json").unlink(missing_ok=True)
     return stopped
+
+
+def _stop_brokers(settings: Settings, live: dict[str, int]) -> dict[str, int]:
+    """Signal every broker at once, then wait for each: one by one, the last ones would wait
+    for a controller quorum the first ones took with them."""
+    brokers = {name: pid for name, pid in live.items() if name in KAFKA_NAMES}
+    for pid in brokers.values():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    for name, pid in brokers.items():
+        stop_pid(pid, signal.SIGTERM, timeout=30.0)
+        (_run_dir(settings) / f"{name}.pid").unlink(missing_ok=True)
+    return brokers
 
 
 class Stack:
@@ -117,6 +137,10 @@ class Stack:
         # the children use the servers this stack runs, never start their own
         env["POSTWIRE_KAFKA_BOOTSTRAP"] = self.settings.bootstrap
         env["POSTWIRE_DATABASE_URL"] = self.settings.dsn
+        # to a child the cluster is an external one: it is told the replication that follows
+        # this stack's cluster size rather than falling back to 1
+        env["POSTWIRE_REPLICATION_FACTOR"] = str(self.settings.topic_replication_factor)
+        env["POSTWIRE_MIN_INSYNC_REPLICAS"] = str(self.settings.topic_min_insync_replicas)
         return env
 
     def process(self, name: str, *args: str, env: dict[str, str] | None = None) -> ManagedProcess:
@@ -151,7 +175,7 @@ class Stack:
     def _all(self) -> dict[str, ManagedProcess]:
         found = {p.name: p for p in self.apps}
         if self.kafka is not None:
-            found["kafka"] = self.kafka.process
+            found.update((p.name, p) for p in self.kafka.processes)
         if self.postgres is not None:
             found["postgres"] = self.postgres.process
         return found
@@ -218,6 +242,8 @@ class Stack:
     def stop(self) -> None:
         procs = self._all()
         for name in STOP_ORDER:
-            if name in procs:
+            if name == "kafka" and self.kafka is not None:
+                self.kafka.stop()
+            elif name in procs and name not in KAFKA_NAMES:
                 procs[name].stop()
         (_run_dir(self.settings) / "stack.json").unlink(missing_ok=True)
