@@ -1,0 +1,271 @@
+"""A replicated embedded cluster as an operator starts it (`postwire up --brokers 3 --detach
+--no-workers`): three KRaft brokers on loopback, every postwire topic made with three replicas
+and min.insync.replicas 2, `postwire topics` reporting drift without changing a topic, and a
+broker killed with SIGKILL in the middle of a stream of numbered records from an idempotent
+acks=all producer: every acknowledged record is read exactly once, offsets are still committed
+while it is down, and it rejoins (every replica back in sync) after its restart.
+
+The whole pipeline (workers, sinks, API) on three brokers is more than two shared cores run in
+a test's time, so the kill is measured with a producer and a reader; the pipeline's producers
+use the same acks=all, idempotent settings (streams/runtime/producer.py, streams/api)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
+
+from streams.bench.smtp_peers import free_port_block
+from streams.kafka.config import client_options
+from streams.kafka.drift import read_topics, topic_drift
+from streams.kafka.topics import topic_specs
+from streams.settings import Settings
+from streams.stack.kafka import wait_for_kafka
+from streams.stack.process import ManagedProcess, pid_alive, stop_pid
+from streams.stages.policies import delay_topics
+from tests.conftest import stack_settings
+from tests.integration.helpers import eventually
+
+pytestmark = pytest.mark.integration
+
+CLI = [sys.executable, "-m", "streams"]
+BROKERS = 3
+RECORDS = 3000
+
+
+def _env(settings: Settings, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("POSTWIRE_")}
+    return {**env, **settings.to_env(), **extra}
+
+
+def _cli(settings: Settings, *args: str, **extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*CLI, *args],
+        env=_env(settings, **extra),
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+
+
+def _pids(settings: Settings) -> dict[str, int]:
+    return {p.stem: int(p.read_text()) for p in (settings.data_dir / "run").glob("*.pid")}
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+    """`postwire up --brokers 3` (no workers) on free ports; `postwire down` at the end (and
+    what it left, if it failed, stopped by its pid)."""
+    base = free_port_block(2 * BROKERS)
+    settings = stack_settings(
+        tmp_path_factory.mktemp("cluster"),
+        kafka_port=base,
+        kafka_controller_port=base + 1,
+        # 3 JVMs on a shared machine: a modest heap each, and time to start on two busy cores
+        kafka_heap="256m",
+        kafka_start_timeout=150.0,
+    )
+    started = _cli(settings, "up", "--brokers", str(BROKERS), "--detach", "--no-workers")
+    assert started.returncode == 0, started.stdout + started.stderr
+    # the flag is what made it three; to the tests' clients it is POSTWIRE_KAFKA_BROKERS
+    settings = settings.model_copy(update={"kafka_brokers": BROKERS})
+    try:
+        yield settings
+    finally:
+        pids = _pids(settings)
+        stopped = _cli(settings, "down")
+        for pid in pids.values():
+            stop_pid(pid, timeout=30.0)
+        assert stopped.returncode == 0, stopped.stderr
+        assert not [name for name, pid in pids.items() if pid_alive(pid)]
+
+
+def test_up_runs_one_process_per_broker_and_the_bootstrap_lists_them(cluster: Settings) -> None:
+    pids = _pids(cluster)
+    assert {"kafka", "kafka1", "kafka2", "postgres"} <= set(pids)
+    assert all(pid_alive(pid) for pid in pids.values())
+    assert cluster.bootstrap.count(",") == BROKERS - 1
+    # each node has a data dir of its own under <data dir>/kafka/<n>, one cluster id for all
+    ids = {
+        line.split("=", 1)[1]
+        for n in range(BROKERS)
+        for line in (cluster.data_dir / "kafka" / str(n) / "data" / "meta.properties")
+        .read_text()
+        .splitlines()
+        if line.startswith("cluster.id=")
+    }
+    assert len(ids) == 1
+
+
+async def test_every_topic_has_three_replicas_and_needs_two_in_sync(cluster: Settings) -> None:
+    specs = topic_specs(cluster.kafka, delay_topics(cluster))
+    states = await read_topics(cluster.kafka, [s.name for s in specs])
+    assert set(states) == {s.name for s in specs}
+    for spec in specs:
+        assert spec.replication == 3
+        assert set(states[spec.name].replicas) == {3}, spec.name
+        assert states[spec.name].config["min.insync.replicas"] == "2", spec.name
+        assert topic_drift(spec, states[spec.name]) == [], spec.name
+
+
+def test_topics_reports_drift_and_changes_nothing(cluster: Settings) -> None:
+    # settings that differ from what the topics were made with
+    shown = _cli(
+        cluster, "topics", "--json", POSTWIRE_PARTITIONS="3", POSTWIRE_MIN_INSYNC_REPLICAS="1"
+    )
+    assert shown.returncode == 0, shown.stderr
+    rows = {row["topic"]: row for row in json.loads(shown.stdout)}
+    events = rows[cluster.topics.events]
+    assert events["created"] is False
+    assert {(d["setting"], d["configured"], d["actual"]) for d in events["drift"]} == {
+        ("partitions", "3", "2"),
+        ("min.insync.replicas", "1", "2"),
+    }
+    assert all("kafka-" in d["fix"] for d in events["drift"])
+    # the control topic has one partition whatever the settings say: only min.insync differs
+    assert [d["setting"] for d in rows[cluster.topics.control]["drift"]] == ["min.insync.replicas"]
+    # and the same settings as at creation: no drift, nothing was altered by the first run
+    again = _cli(cluster, "topics", "--json")
+    assert again.returncode == 0, again.stderr
+    assert [row["drift"] for row in json.loads(again.stdout)] == [[]] * len(rows)
+    table = _cli(cluster, "topics", POSTWIRE_MIN_INSYNC_REPLICAS="1")
+    assert "differ from the settings" in table.stdout
+    assert "--add-config min.insync.replicas=1" in table.stdout
+
+
+def _restart_command(pid: int) -> list[str]:
+    # the broker's own command line, to start it again exactly as `up` did
+    raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    return [part.decode() for part in raw.split(b"\0") if part]
+
+
+async def _commit(consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> None:
+    """Commit, waiting out a group coordinator that moves off a dead broker."""
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            await consumer.commit(offsets)
+            return
+        except KafkaError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.5)
+
+
+async def test_a_killed_broker_loses_and_doubles_nothing_and_rejoins(cluster: Settings) -> None:
+    topic = cluster.topics.events
+    options = client_options(cluster.kafka)
+    parts = [TopicPartition(topic, p) for p in range(cluster.partitions)]
+    reader = AIOKafkaConsumer(
+        **options, group_id=f"{cluster.app_id}-cluster-test", enable_auto_commit=False
+    )
+    await reader.start()
+    reader.assign(parts)
+    await reader.seek_to_end(*parts)
+    start = {tp: await reader.position(tp) for tp in parts}
+    seen: Counter[int] = Counter()
+    acked: set[int] = set()
+    done = asyncio.Event()
+
+    async def read() -> None:
+        # by position, not by group: a reader that never re-reads shows what the log holds
+        while not done.is_set() or sum(seen.values()) < len(acked):
+            batch = await reader.getmany(timeout_ms=500)
+            for records in batch.values():
+                seen.update(int(r.value or b"-1") for r in records)
+            if batch:
+                await _commit(reader, {tp: msgs[-1].offset + 1 for tp, msgs in batch.items()})
+
+    producer = AIOKafkaProducer(
+        **options, acks="all", enable_idempotence=True, linger_ms=2, request_timeout_ms=30000
+    )
+    await producer.start()
+    failed: list[str] = []
+    reading = asyncio.create_task(read())
+    pids = _pids(cluster)
+    victim = ""
+    killed_at = 0.0
+    try:
+        for first in range(0, RECORDS, 25):
+            futures = {
+                i: await producer.send(topic, str(i).encode(), key=str(i % 97).encode())
+                for i in range(first, min(first + 25, RECORDS))
+            }
+            for i, future in futures.items():
+                try:
+                    await future
+                    acked.add(i)
+                except KafkaError as exc:
+                    failed.append(f"{i}: {exc!r}")
+            if not victim and len(acked) >= RECORDS // 3:
+                # the leader of partition 0: its clients must move to another broker
+                meta = await read_leader(cluster, topic)
+                victim = "kafka" if meta == 1 else f"kafka{meta - 1}"
+                command = _restart_command(pids[victim])
+                os.kill(pids[victim], signal.SIGKILL)
+                killed_at = time.monotonic()
+        produced_in = time.monotonic() - killed_at
+        done.set()
+        # a lost record would keep the reader waiting: the asserts below name it
+        await asyncio.wait([reading], timeout=90)
+    finally:
+        done.set()
+        reading.cancel()
+        await producer.stop()
+
+    assert victim, "the broker was never killed"
+    assert not pid_alive(pids[victim])
+    # a broker of three gone, min.insync 2: every write was still acknowledged
+    assert not failed, failed[:5]
+    assert len(acked) == RECORDS
+    assert sorted(i for i in acked if seen[i] != 1) == []
+    assert [i for i, n in seen.items() if n > 1] == []
+    assert sum(seen.values()) == RECORDS
+    # offsets are committed with the broker down (the offsets topic has three replicas too)
+    committed = {tp: await reader.committed(tp) for tp in parts}
+    assert sum((committed[tp] or 0) - start[tp] for tp in parts) == RECORDS
+    await reader.stop()
+    print(f"{RECORDS} acknowledged, read once each; {produced_in:.1f}s of producing after the kill")
+
+    # the killed broker starts again from its data dir and catches up
+    restarted = ManagedProcess(
+        name=victim,
+        argv=command,
+        log_path=cluster.data_dir / "kafka" / str(int(victim[5:] or 0)) / "server.out",
+        pid_path=cluster.data_dir / "run" / f"{victim}.pid",
+    )
+    restarted.start(detach=True)
+    try:
+        await wait_for_kafka(cluster.kafka, 120, alive=restarted, brokers=BROKERS)
+
+        async def behind() -> int:
+            states = await read_topics(cluster.kafka, [topic])
+            return states[topic].under_replicated
+
+        assert await eventually(behind, lambda n: n == 0, timeout=120) == 0
+    finally:
+        # this test's child: stopped (and reaped) here, `down` stops the other two
+        restarted.stop()
+
+
+async def read_leader(settings: Settings, topic: str) -> int:
+    admin = AIOKafkaAdminClient(**client_options(settings.kafka))
+    await admin.start()
+    try:
+        (described,) = await admin.describe_topics([topic])
+        return int(next(p["leader"] for p in described["partitions"] if p["partition"] == 0))
+    finally:
+        await admin.close()
