@@ -190,7 +190,7 @@ async def test_a_killed_broker_loses_and_doubles_nothing_and_rejoins(cluster: Se
                 await _commit(reader, {tp: msgs[-1].offset + 1 for tp, msgs in batch.items()})
 
     producer = AIOKafkaProducer(
-        **options, acks="all", enable_idempotence=True, linger_ms=2, request_timeout_ms=30000
+        **options, acks="all", enable_idempotence=True, linger_ms=2, request_timeout_ms=60000
     )
     await producer.start()
     failed: list[str] = []
