@@ -1,13 +1,18 @@
 """A replicated embedded cluster as an operator starts it (`postwire up --brokers 3 --detach
 --no-workers`): three KRaft brokers on loopback, every postwire topic made with three replicas
 and min.insync.replicas 2, `postwire topics` reporting drift without changing a topic, and a
-broker killed with SIGKILL in the middle of a stream of numbered records from an idempotent
-acks=all producer: every acknowledged record is read exactly once, offsets are still committed
-while it is down, and it rejoins (every replica back in sync) after its restart.
+broker killed with SIGKILL mid-run, twice:
 
-The whole pipeline (workers, sinks, API) on three brokers is more than two shared cores run in
-a test's time, so the kill is measured with a producer and a reader; the pipeline's producers
-use the same acks=all, idempotent settings (streams/runtime/producer.py, streams/api)."""
+- under the real gate and verify stages and the sinks (worker and sink processes), fed by a
+  direct producer: they keep running, and every acknowledged request gets its `requests` and
+  `verifications` row;
+- under a stream of numbered records from an idempotent acks=all producer (the settings of all
+  of postwire's producers) and a reader: every acknowledged record is in the log exactly once,
+  offsets are still committed while the broker is down, and it rejoins (every replica back in
+  sync) after its restart.
+
+The delivery lanes, the API and SMTP counting on three brokers are left to the chaos suite:
+two shared cores do not run the whole stack on three JVMs in a test's time."""
 
 from __future__ import annotations
 
@@ -18,25 +23,34 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections import Counter
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
+import aiohttp
+import asyncpg
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
 from streams.bench.smtp_peers import free_port_block
+from streams.contract.codec import default_codec
+from streams.contract.signing import sign
+from streams.db.tenants import create_api_key, create_tenant
 from streams.kafka.config import client_options
 from streams.kafka.drift import read_topics, topic_drift
 from streams.kafka.topics import topic_specs
 from streams.settings import Settings
 from streams.stack.kafka import wait_for_kafka
 from streams.stack.process import ManagedProcess, pid_alive, stop_pid
+from streams.stack.stack import Stack
 from streams.stages.policies import delay_topics
 from tests.conftest import stack_settings
 from tests.integration.helpers import eventually
+from tests.peers.world import World
 
 pytestmark = pytest.mark.integration
 
@@ -93,6 +107,22 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
         assert not [name for name, pid in pids.items() if pid_alive(pid)]
 
 
+def _restart(cluster: Settings, name: str, command: list[str]) -> ManagedProcess:
+    """Start a killed broker again with its own command line. Through a shell that exits at
+    once: the broker is not this process's child, so `postwire down` stops it with the others
+    (a child of this process would linger as a zombie that `down` waits for)."""
+    log = cluster.data_dir / "kafka" / str(int(name[5:] or 0)) / "server.out"
+    pid_path = cluster.data_dir / "run" / f"{name}.pid"
+    launched = subprocess.run(
+        ["/bin/sh", "-c", '"$@" >>"$0" 2>&1 </dev/null & echo $!', str(log), *command],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    pid_path.write_text(launched.stdout.strip())
+    return ManagedProcess(name=name, argv=command, log_path=log, pid_path=pid_path)
+
+
 def test_up_runs_one_process_per_broker_and_the_bootstrap_lists_them(cluster: Settings) -> None:
     pids = _pids(cluster)
     assert {"kafka", "kafka1", "kafka2", "postgres"} <= set(pids)
@@ -144,6 +174,105 @@ def test_topics_reports_drift_and_changes_nothing(cluster: Settings) -> None:
     table = _cli(cluster, "topics", POSTWIRE_MIN_INSYNC_REPLICAS="1")
     assert "differ from the settings" in table.stdout
     assert "--add-config min.insync.replicas=1" in table.stdout
+
+
+async def _publish_requests(settings: Settings, tenant: str, key: tuple[str, str], n: int) -> int:
+    """Produce ``n`` signed validate requests as a direct producer does; return how many Kafka
+    acknowledged."""
+    codec = default_codec()
+    producer = AIOKafkaProducer(
+        **client_options(settings.kafka), acks="all", enable_idempotence=True
+    )
+    await producer.start()
+    try:
+        futures = []
+        for _ in range(n):
+            record = {
+                "request_id": str(uuid.uuid4()),
+                "tenant": tenant,
+                "operation": "validate",
+                "recipients": [{"email": "alice@normal.example"}],
+                "created_at": datetime.now(UTC),
+            }
+            value = codec.encode("EmailRequest", record)
+            headers = sign(value, tenant=tenant, key_id=key[0], api_key=key[1])
+            futures.append(
+                await producer.send(
+                    settings.topics.requests, value, key=tenant.encode(), headers=headers
+                )
+            )
+        results = await asyncio.gather(*futures, return_exceptions=True)
+    finally:
+        await producer.stop()
+    return sum(not isinstance(r, BaseException) for r in results)
+
+
+async def _healthy(url: str) -> bool:
+    try:
+        async with aiohttp.ClientSession() as session, session.get(url) as answer:
+            return answer.status == 200
+    except aiohttp.ClientError:
+        return False
+
+
+async def test_the_pipeline_keeps_going_through_a_broker_kill(
+    cluster: Settings, world: World
+) -> None:
+    """The real gate and verify stages and the sinks on the cluster: a broker killed while they
+    work neither stops them nor loses a request."""
+    env = {
+        "POSTWIRE_DNS_NAMESERVERS": world.dns.nameserver,
+        "POSTWIRE_DNS_TIMEOUT": "0.5",
+        "POSTWIRE_DNS_TRIES": "1",
+        "POSTWIRE_STATE_STORE": "memory",
+    }
+    stack = Stack(cluster, workers=False)
+    procs = [
+        stack.process("worker", "worker", "--stage", "gate", "--stage", "verify", env=env),
+        stack.process("sinks", "sink", "--table", "requests", "--table", "verifications"),
+    ]
+    conn = await asyncpg.connect(cluster.dsn)
+    pids = _pids(cluster)
+    victim = "kafka2"
+    command = _restart_command(pids[victim])
+    try:
+        tenant = f"cl-{uuid.uuid4().hex[:6]}"
+        await create_tenant(conn, tenant)
+        key = await create_api_key(conn, tenant, secret=cluster.secret)
+        for proc in procs:
+            proc.start(detach=False)
+        health = f"http://{cluster.web_host}:{cluster.worker_web_port}/healthz"
+        assert await eventually(lambda: _healthy(health), bool, timeout=120), procs[0].log_tail()
+        acked = await _publish_requests(cluster, tenant, key, 100)
+
+        async def rows() -> tuple[int, int]:
+            found = await conn.fetchrow(
+                "SELECT (SELECT count(*) FROM requests WHERE tenant_id = $1),"
+                " (SELECT count(*) FROM verifications WHERE tenant_id = $1)",
+                tenant,
+            )
+            assert found is not None
+            return int(found[0]), int(found[1])
+
+        # mid-run: some of the first hundred are through, the rest in flight
+        await eventually(rows, lambda r: r[1] > 0, timeout=60)
+        os.kill(pids[victim], signal.SIGKILL)
+        acked += await _publish_requests(cluster, tenant, key, 100)
+        restarted = _restart(cluster, victim, command)
+        acked += await _publish_requests(cluster, tenant, key, 100)
+        assert acked == 300
+        # every request admitted and verified once (the rows' keys are the request ids)
+        assert await eventually(rows, lambda r: r == (acked, acked), timeout=120) == (
+            acked,
+            acked,
+        )
+        for proc in procs:
+            assert proc.running(), proc.log_tail()
+        await wait_for_kafka(cluster.kafka, 120, alive=restarted, brokers=BROKERS)
+    finally:
+        for proc in procs:
+            proc.stop()
+        await conn.close()
 
 
 def _restart_command(pid: int) -> list[str]:
@@ -241,24 +370,14 @@ async def test_a_killed_broker_loses_and_doubles_nothing_and_rejoins(cluster: Se
     print(f"{RECORDS} acknowledged, read once each; {produced_in:.1f}s of producing after the kill")
 
     # the killed broker starts again from its data dir and catches up
-    restarted = ManagedProcess(
-        name=victim,
-        argv=command,
-        log_path=cluster.data_dir / "kafka" / str(int(victim[5:] or 0)) / "server.out",
-        pid_path=cluster.data_dir / "run" / f"{victim}.pid",
-    )
-    restarted.start(detach=True)
-    try:
-        await wait_for_kafka(cluster.kafka, 120, alive=restarted, brokers=BROKERS)
+    restarted = _restart(cluster, victim, command)
+    await wait_for_kafka(cluster.kafka, 120, alive=restarted, brokers=BROKERS)
 
-        async def behind() -> int:
-            states = await read_topics(cluster.kafka, [topic])
-            return states[topic].under_replicated
+    async def behind() -> int:
+        states = await read_topics(cluster.kafka, [topic])
+        return states[topic].under_replicated
 
-        assert await eventually(behind, lambda n: n == 0, timeout=120) == 0
-    finally:
-        # this test's child: stopped (and reaped) here, `down` stops the other two
-        restarted.stop()
+    assert await eventually(behind, lambda n: n == 0, timeout=120) == 0
 
 
 async def read_leader(settings: Settings, topic: str) -> int:
