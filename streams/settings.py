@@ -10,6 +10,7 @@ domain code."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -32,6 +33,7 @@ from streams.obs.logs import LogSettings
 from streams.secret import SECRET_FILE, ServerSecret, load_server_secret
 
 __all__ = [
+    "KAFKA_CLUSTER_RECORD",
     "ApiSettings",
     "DeliverySettings",
     "GateSettings",
@@ -40,6 +42,11 @@ __all__ = [
     "StackSettings",
     "VerifySettings",
 ]
+
+
+# where the embedded cluster records its id and size (written by streams.stack.kafka)
+KAFKA_CLUSTER_RECORD = Path("kafka") / "cluster.json"
+MAX_BROKERS = 16
 
 
 def _default_data_dir() -> Path:
@@ -178,8 +185,9 @@ class Settings(BaseSettings):
     kafka_controller_port: int = 9093
     # brokers the embedded cluster runs (`postwire up --brokers N`): broker n (0-based) listens on
     # kafka_port + 2n and kafka_controller_port + 2n; the first min(N, 3) form the controller
-    # quorum. Each is a JVM with kafka_heap of heap.
-    kafka_brokers: int = Field(default=1, ge=1, le=16)
+    # quorum. Each is a JVM with kafka_heap of heap. Unset: as many as the data dir's cluster
+    # was formatted with (see embedded_brokers), 1 for a new one.
+    kafka_brokers: int | None = Field(default=None, ge=1, le=MAX_BROKERS)
     kafka_heap: str = "512m"
     kafka_start_timeout: float = 60.0
     # how every client (workers, API, sinks, replay, CLI, bench) authenticates to the cluster:
@@ -352,10 +360,10 @@ class Settings(BaseSettings):
         # refused here: topic creation would fail (too many replicas), or every acks=all write
         # to the topics would (more in-sync replicas asked for than there are replicas)
         replicas, insync = self.topic_replication_factor, self.topic_min_insync_replicas
-        if self.embedded_kafka and replicas > self.kafka_brokers:
+        if self.embedded_kafka and replicas > self.embedded_brokers:
             raise ConfigError(
                 f"POSTWIRE_REPLICATION_FACTOR={replicas} needs at least as many brokers; the "
-                f"embedded cluster has POSTWIRE_KAFKA_BROKERS={self.kafka_brokers}"
+                f"embedded cluster has {self.embedded_brokers} (POSTWIRE_KAFKA_BROKERS)"
             )
         if insync > replicas:
             raise ConfigError(
@@ -365,8 +373,8 @@ class Settings(BaseSettings):
         ports = [port for pair in self.kafka_broker_ports for port in pair]
         if self.embedded_kafka and len(set(ports)) != len(ports):
             raise ConfigError(
-                f"the {self.kafka_brokers} embedded brokers' ports overlap (POSTWIRE_KAFKA_PORT + "
-                "2n and POSTWIRE_KAFKA_CONTROLLER_PORT + 2n); pick ports further apart"
+                f"the {self.embedded_brokers} embedded brokers' ports overlap (POSTWIRE_KAFKA_"
+                "PORT + 2n and POSTWIRE_KAFKA_CONTROLLER_PORT + 2n); pick ports further apart"
             )
         return self
 
@@ -524,7 +532,7 @@ class Settings(BaseSettings):
             kafka_host=self.kafka_host,
             kafka_port=self.kafka_port,
             kafka_controller_port=self.kafka_controller_port,
-            kafka_brokers=self.kafka_brokers,
+            kafka_brokers=self.embedded_brokers,
             kafka_heap=self.kafka_heap,
             kafka_start_timeout=self.kafka_start_timeout,
             kafka_jars_dir=self.kafka_jars_dir,
@@ -563,8 +571,21 @@ class Settings(BaseSettings):
         """(client port, controller port) of each embedded broker, broker 0 first."""
         return [
             (self.kafka_port + 2 * n, self.kafka_controller_port + 2 * n)
-            for n in range(self.kafka_brokers)
+            for n in range(self.embedded_brokers)
         ]
+
+    @cached_property
+    def embedded_brokers(self) -> int:
+        """The embedded cluster's size: as set, else as the data dir's cluster was formatted
+        (so `postwire topics` and the others agree with `up --brokers N` without the flag),
+        else 1."""
+        if self.kafka_brokers is not None:
+            return self.kafka_brokers
+        try:
+            recorded = json.loads((self.data_dir / KAFKA_CLUSTER_RECORD).read_text())["brokers"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return 1
+        return recorded if isinstance(recorded, int) and 1 <= recorded <= MAX_BROKERS else 1
 
     @property
     def topic_replication_factor(self) -> int:
@@ -572,7 +593,7 @@ class Settings(BaseSettings):
         size capped at 3 (an external cluster's size is not known here: 1)."""
         if self.replication_factor is not None:
             return self.replication_factor
-        return min(self.kafka_brokers, 3) if self.embedded_kafka else 1
+        return min(self.embedded_brokers, 3) if self.embedded_kafka else 1
 
     @property
     def topic_min_insync_replicas(self) -> int:

@@ -59,7 +59,12 @@ def up(
     brokers: Annotated[
         int | None,
         typer.Option(
-            min=1, max=16, help="Embedded Kafka brokers; default POSTWIRE_KAFKA_BROKERS (1)."
+            min=1,
+            max=16,
+            help=(
+                "Embedded Kafka brokers; default POSTWIRE_KAFKA_BROKERS, else as many as the "
+                "data dir's cluster has (1 for a new one)."
+            ),
         ),
     ] = None,
 ) -> None:

@@ -42,7 +42,7 @@ from streams.errors import ConfigError, KafkaRefusedError, StackError
 from streams.kafka.config import KafkaSettings, client_options
 from streams.kafka.connect import explain_refusal
 from streams.secret import write_private
-from streams.settings import Settings
+from streams.settings import KAFKA_CLUSTER_RECORD, Settings
 from streams.stack.process import ManagedProcess, port_in_use
 from streams.stack.tls import TlsFiles
 
@@ -190,7 +190,9 @@ def layout_problem(root: Path, brokers: int) -> str | None:
     and the internal topics' replicas are fixed then."""
     single = (root / "data" / "meta.properties").exists()
     try:
-        recorded: int | None = int(json.loads((root / "cluster.json").read_text())["brokers"])
+        recorded: int | None = int(
+            json.loads((root / KAFKA_CLUSTER_RECORD.name).read_text())["brokers"]
+        )
     except (OSError, ValueError, KeyError, TypeError):
         recorded = None
     have = 1 if single else recorded
@@ -452,7 +454,7 @@ class EmbeddedKafka:
         first is formatted, so a start interrupted between two formats goes on with it)."""
         if len(self.nodes) == 1:
             return _kafka_cluster_id()
-        record = self.root / "cluster.json"
+        record = self.settings.data_dir / KAFKA_CLUSTER_RECORD
         try:
             return str(json.loads(record.read_text())["cluster_id"])
         except (OSError, ValueError, KeyError, TypeError):

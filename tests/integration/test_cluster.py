@@ -94,8 +94,11 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     )
     started = _cli(settings, "up", "--brokers", str(BROKERS), "--detach", "--no-workers")
     assert started.returncode == 0, started.stdout + started.stderr
-    # the flag is what made it three; to the tests' clients it is POSTWIRE_KAFKA_BROKERS
-    settings = settings.model_copy(update={"kafka_brokers": BROKERS})
+    # the flag made it three; settings read now (as every later command's are) find the size
+    # the data dir's cluster was formatted with, without POSTWIRE_KAFKA_BROKERS
+    settings = Settings(**settings.model_dump())
+    assert settings.kafka_brokers is None
+    assert settings.embedded_brokers == BROKERS
     try:
         yield settings
     finally:

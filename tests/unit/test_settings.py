@@ -97,3 +97,16 @@ def test_replication_that_cannot_work_is_refused(values: dict[str, object], mess
 
     with pytest.raises(ConfigError, match=message):
         Settings(kafka_bootstrap=None, **values)  # type: ignore[arg-type]
+
+
+def test_the_cluster_size_is_remembered_by_the_data_dir(tmp_path: Path) -> None:
+    assert Settings(data_dir=tmp_path, kafka_bootstrap=None).embedded_brokers == 1
+    (tmp_path / "kafka").mkdir()
+    (tmp_path / "kafka" / "cluster.json").write_text('{"cluster_id": "x", "brokers": 3}')
+    found = Settings(data_dir=tmp_path, kafka_bootstrap=None)
+    assert (found.embedded_brokers, found.topic_replication_factor) == (3, 3)
+    assert found.bootstrap.count(",") == 2
+    # the knob, when set, wins (the stack refuses the mismatch when it starts)
+    assert Settings(data_dir=tmp_path, kafka_bootstrap=None, kafka_brokers=1).embedded_brokers == 1
+    (tmp_path / "kafka" / "cluster.json").write_text("not json")
+    assert Settings(data_dir=tmp_path, kafka_bootstrap=None).embedded_brokers == 1
