@@ -234,7 +234,7 @@ def topics(
             "compact" if spec.compacted else "delete",
             spec.purpose,
             "created" if spec.name in created else "",
-            "; ".join(str(d) for d in drift.get(spec.name, [])),
+            ", ".join(d.setting for d in drift.get(spec.name, [])),
         )
     out.print(grid)
     drifted = [(name, d) for name, found in drift.items() for d in found]
@@ -244,8 +244,8 @@ def topics(
             " `postwire topics` changes no existing topic. To make them match "
             f"(with --bootstrap-server {settings.bootstrap}):"
         )
-        for _name, d in drifted:
-            out.print(f"  {d.fix}", markup=False, highlight=False)
+        for name, d in drifted:
+            out.print(f"  {name}: {d}\n    {d.fix}", markup=False, highlight=False)
 
 
 @db_app.command("migrate")
