@@ -19,7 +19,7 @@ from sinks.writer import PostgresWriter
 from streams.contract.codec import Codec, default_codec
 from streams.errors import SinkUnavailableError
 from streams.kafka.config import client_options
-from streams.kafka.connect import start_client
+from streams.kafka.connect import start_client, wait_for_cluster
 from streams.obs.http import metrics_app, serve
 from streams.obs.lag import LagMonitor
 from streams.obs.metrics import (
@@ -183,6 +183,7 @@ async def run_sinks(
     if unknown:
         raise ValueError(f"unknown sink table(s) {sorted(unknown)}; known: {', '.join(specs)}")
     stop = stop or asyncio.Event()
+    await wait_for_cluster(client_options(settings.kafka), settings.kafka.start_wait)
     codec = default_codec()
     writer = PostgresWriter(settings.dsn, specs)
     # a table named runs every feed into it (requests: from accepted and from verify)

@@ -60,6 +60,7 @@ __all__ = [
     "UnknownTemplateError",
     "UnknownTenantError",
     "UnknownTopicError",
+    "UnreachableError",
 ]
 
 
@@ -93,6 +94,18 @@ class KafkaRefusedError(StackError):
     again."""
 
     code = "kafka.refused"
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class UnreachableError(StackError):
+    """A server a process needs (Kafka, PostgreSQL) did not answer within the time it was
+    given; ``code`` names which (``kafka.unreachable``, ``postgres.unreachable``)."""
+
+    code = "unreachable"
+    retriable = True
 
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)

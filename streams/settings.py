@@ -37,6 +37,7 @@ __all__ = [
     "ApiSettings",
     "DeliverySettings",
     "GateSettings",
+    "RestartSettings",
     "Settings",
     "SinkSettings",
     "StackSettings",
@@ -167,6 +168,17 @@ class StackSettings:
     web_host: str
 
 
+@dataclass(frozen=True)
+class RestartSettings:
+    """How `postwire up` restarts a child that died (streams/stack/restart.py)."""
+
+    burst: int
+    interval: float
+    backoff: float
+    backoff_max: float
+    stable_after: float
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="POSTWIRE_", env_file=".env", extra="ignore", frozen=True
@@ -252,6 +264,9 @@ class Settings(BaseSettings):
     # how often the stages checkpoint (state changes written, offsets committed): a crash
     # repeats at most this much work
     commit_interval: float = Field(default=0.5, gt=0)
+    # how long a process starting while Kafka does not answer waits for it before it gives
+    # up (a broker being restarted should not make every worker exit and burn its restarts)
+    kafka_start_wait: float = Field(default=120.0, ge=0)
     log_level: str = "info"
     # one JSON object per line (json) or aligned text for a terminal (console); both redacted
     log_format: Literal["json", "console"] = "json"
@@ -348,6 +363,16 @@ class Settings(BaseSettings):
     # how often the sinks process asks Kafka for every consumer group's lag (0: never)
     lag_interval: float = Field(default=15.0, ge=0)
 
+    # supervision (`postwire up`): a child that dies is restarted after a backoff that doubles
+    # from restart_backoff to restart_backoff_max (back to the start once it ran
+    # restart_stable_after seconds); more than restart_burst restarts of one child within
+    # restart_interval seconds and the stack is stopped (systemd's StartLimitBurst/IntervalSec)
+    restart_burst: int = Field(default=5, ge=0)
+    restart_interval: float = Field(default=300.0, gt=0)
+    restart_backoff: float = Field(default=0.5, ge=0)
+    restart_backoff_max: float = Field(default=30.0, ge=0)
+    restart_stable_after: float = Field(default=60.0, gt=0)
+
     @model_validator(mode="after")
     def _kafka_security_is_usable(self) -> Settings:
         # refused (a ConfigError naming the variable) when the settings are read, not when the
@@ -408,6 +433,7 @@ class Settings(BaseSettings):
             rebalance_timeout=self.rebalance_timeout,
             commit_interval=self.commit_interval,
             producer_linger_ms=self.producer_linger_ms,
+            start_wait=self.kafka_start_wait,
             security=self.kafka_security,
         )
 
@@ -544,6 +570,16 @@ class Settings(BaseSettings):
             worker_processes=self.worker_processes,
             worker_web_port=self.worker_web_port,
             web_host=self.web_host,
+        )
+
+    @cached_property
+    def restart(self) -> RestartSettings:
+        return RestartSettings(
+            burst=self.restart_burst,
+            interval=self.restart_interval,
+            backoff=self.restart_backoff,
+            backoff_max=self.restart_backoff_max,
+            stable_after=self.restart_stable_after,
         )
 
     @property

@@ -51,31 +51,9 @@ def stack_settings(data_dir: Path, **overrides: object) -> Settings:
 SENDER_DOMAIN = "acme.example"
 
 
-@pytest.fixture(scope="session")
-def codec() -> Codec:
-    return default_codec()
-
-
-@pytest.fixture(scope="session")
-def world() -> Iterator[World]:
-    """DNS and SMTP peers on loopback for the fake domains (see tests/peers/world.py)."""
-    running = start_world()
-    try:
-        yield running
-    finally:
-        running.stop()
-
-
-@pytest.fixture(scope="session")
-async def stack(pipeline: Stack) -> Settings:
-    """Settings pointing at the session's running pipeline."""
-    return pipeline.settings
-
-
-@pytest.fixture(scope="session")
-async def pipeline(tmp_path_factory: pytest.TempPathFactory, world: World) -> AsyncIterator[Stack]:
-    """The session's running pipeline: Kafka, PostgreSQL, the worker and the sinks."""
-    data_dir = tmp_path_factory.mktemp("stack")
+def pipeline_overrides(world: World) -> dict[str, object]:
+    """Settings of a pipeline that delivers to and verifies against ``world`` (or the cluster and
+    database of POSTWIRE_KAFKA_BOOTSTRAP / POSTWIRE_DATABASE_URL)."""
     overrides: dict[str, object] = {}
     if os.environ.get("POSTWIRE_KAFKA_BOOTSTRAP"):
         overrides["kafka_bootstrap"] = os.environ["POSTWIRE_KAFKA_BOOTSTRAP"]
@@ -105,6 +83,35 @@ async def pipeline(tmp_path_factory: pytest.TempPathFactory, world: World) -> As
         api_rate=5.0,
         api_burst=10,
     )
+    return overrides
+
+
+@pytest.fixture(scope="session")
+def codec() -> Codec:
+    return default_codec()
+
+
+@pytest.fixture(scope="session")
+def world() -> Iterator[World]:
+    """DNS and SMTP peers on loopback for the fake domains (see tests/peers/world.py)."""
+    running = start_world()
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+@pytest.fixture(scope="session")
+async def stack(pipeline: Stack) -> Settings:
+    """Settings pointing at the session's running pipeline."""
+    return pipeline.settings
+
+
+@pytest.fixture(scope="session")
+async def pipeline(tmp_path_factory: pytest.TempPathFactory, world: World) -> AsyncIterator[Stack]:
+    """The session's running pipeline: Kafka, PostgreSQL, the worker and the sinks."""
+    data_dir = tmp_path_factory.mktemp("stack")
+    overrides = pipeline_overrides(world)
     settings = stack_settings(data_dir, **overrides)
     running = Stack(settings, workers=True)
     await running.start(detach=False)

@@ -37,6 +37,7 @@ from streams.errors import (
     RequestTooLargeError,
 )
 from streams.kafka.config import client_options
+from streams.kafka.connect import wait_for_cluster
 from streams.kafka.limits import flow_topics
 from streams.settings import Settings
 
@@ -118,6 +119,7 @@ class Api:
         self.jobs: GroupCommit[JobRow] = GroupCommit(self._write_jobs)
 
     async def start(self) -> None:
+        await wait_for_cluster(self.producer.client, self.settings.kafka.start_wait)
         await self.producer.start()
         self.pool = await asyncpg.create_pool(
             self.settings.dsn, min_size=1, max_size=self.settings.api_db_pool

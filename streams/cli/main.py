@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
 from typing import Annotated, Any
@@ -12,7 +11,7 @@ import typer
 from rich.table import Table
 
 from streams.cli.api import register as register_api_commands
-from streams.cli.common import err, out, run, settings, with_db
+from streams.cli.common import err, fail, out, run, settings, with_db
 from streams.cli.keys import keys_app
 from streams.cli.mail import queue_app, suppression_app, template_app
 from streams.cli.replay import replay
@@ -69,60 +68,96 @@ def up(
     ] = None,
 ) -> None:
     """Start Kafka, PostgreSQL, topics, migrations, the workers, the sinks and the HTTP
-    ingress; run until Ctrl-C."""
+    ingress; restart a child that dies; run until Ctrl-C."""
     from streams.stack.stack import Stack
 
     if brokers is not None:
-        # the flag is the knob: read with the others (and checked against the replication)
+        # the flag is the knob: read with the others (and checked against the replication),
+        # and seen by a detached supervisor and the children
         os.environ["POSTWIRE_KAFKA_BROKERS"] = str(brokers)
-    stack = Stack(_settings(), workers=workers)
-    raise typer.Exit(_run(_up(stack, detach=detach)))
+    settings = _settings()
+    if detach:
+        from streams.errors import PostwireError
+        from streams.stack.detach import spawn_supervisor
+
+        try:
+            info = spawn_supervisor(settings, workers=workers)
+        except PostwireError as exc:
+            raise fail(str(exc)) from None
+        _print_up(info, settings, workers=workers)
+        out.print("stop it with `postwire down`; see it with `postwire ps`")
+        return
+    stack = Stack(settings, workers=workers)
+    raise typer.Exit(_run(_up(stack)))
 
 
-async def _up(stack: Any, *, detach: bool) -> int:
-    stop = asyncio.Event()
-    if not detach:
-        # installed before anything starts: a Ctrl-C at any moment goes through the orderly stop
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-    info = await stack.start(detach=detach)
+def _print_up(info: Any, settings: Any, *, workers: bool) -> None:
     out.print(f"[bold green]postwire is up[/] in {info.started_in:.1f}s")
     out.print(f"  kafka bootstrap : {info.bootstrap}")
     out.print(f"  database url    : {info.database_url}")
-    if stack.workers:
-        api = f"http://{stack.settings.api_host}:{stack.settings.api_port}"
-        out.print(f"  http ingress    : {api}/v3/mail/send")
+    if workers:
+        out.print(
+            f"  http ingress    : http://{settings.api_host}:{settings.api_port}/v3/mail/send"
+        )
     out.print(f"  data dir        : {info.data_dir}")
     for name, pid in info.pids.items():
         out.print(f"  {name:<16}: pid {pid}")
-    if detach:
-        out.print("stop it with `postwire down`")
-        return 0
-    out.print("press Ctrl-C to stop")
-    code = 0
-    try:
-        while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=0.5)
-            dead = stack.dead_child()
-            if dead is not None and not stop.is_set():
-                err.print(
-                    f"[bold red]error:[/] {dead.name} exited; its log ({dead.log_path}) ends:"
-                )
-                err.print(dead.log_tail(), markup=False, highlight=False)
-                code = 1
-                break
-    finally:
-        out.print("stopping...")
-        await asyncio.to_thread(stack.stop)
-        out.print("stopped")
-    return code
+
+
+def _echo_event(line: str, tail: str) -> None:
+    # one line each, however narrow the terminal: operators grep for them
+    from rich.markup import escape
+
+    err.print(f"[bold yellow]supervisor:[/] {escape(line)}", highlight=False, soft_wrap=True)
+    if tail:
+        err.print(tail, markup=False, highlight=False, style="dim", soft_wrap=True)
+
+
+async def _up(stack: Any) -> int:
+    from rich.markup import escape
+
+    from streams.stack.supervisor import supervise
+
+    stop = asyncio.Event()
+    # installed before anything starts: a Ctrl-C at any moment goes through the orderly stop
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    info = await stack.start(detach=False)
+
+    def ready() -> None:
+        _print_up(info, stack.settings, workers=stack.workers)
+        out.print("press Ctrl-C to stop")
+
+    reason = await supervise(
+        stack,
+        stop,
+        detach=False,
+        echo=_echo_event,
+        ready=ready,
+        on_stopping=lambda: out.print("stopping..."),
+    )
+    out.print("stopped")
+    if reason:
+        err.print(f"[bold red]error:[/] {escape(reason)}; the stack is stopped", soft_wrap=True)
+        return 1
+    return 0
+
+
+@app.command(hidden=True)
+def supervise(
+    workers: Annotated[bool, typer.Option(help="Also the workers, sinks and ingress.")] = True,
+) -> None:
+    """The background supervisor `up --detach` starts (reports on stdout, then supervises)."""
+    from streams.stack.detach import run_detached_supervisor
+    from streams.stack.stack import Stack
+
+    raise typer.Exit(_run(run_detached_supervisor(Stack(_settings(), workers=workers))))
 
 
 @app.command()
 def down() -> None:
-    """Stop a stack started with `postwire up --detach`."""
+    """Stop a stack started with `postwire up --detach` (its supervisor first)."""
     from streams.stack.stack import stop_detached
 
     stopped = stop_detached(_settings())
@@ -130,6 +165,66 @@ def down() -> None:
         out.print("nothing was running")
     for name, pid in stopped.items():
         out.print(f"stopped {name} (pid {pid})")
+
+
+@app.command()
+def ps(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+) -> None:
+    """The stack's children as its supervisor sees them: pid, state, uptime, restarts and
+    why each last exited."""
+    import time
+
+    from streams.procs import pid_alive
+    from streams.stack.status import read_status, status_rows
+
+    settings = _settings()
+    status = read_status(settings.data_dir / "run")
+    if status is None:
+        if as_json:
+            out.print_json(data={"supervisor": None, "gave_up": None, "children": []})
+        else:
+            out.print(f"no stack has run from {settings.data_dir}")
+        return
+    supervising = pid_alive(status.supervisor)
+    alive = {c.name: c.pid is not None and pid_alive(c.pid) for c in status.children}
+    rows = status_rows(status, time.time(), supervisor_alive=supervising, alive=alive)
+    if as_json:
+        out.print_json(
+            data={
+                "supervisor": {"pid": status.supervisor, "running": supervising},
+                "gave_up": status.gave_up,
+                "children": rows,
+            }
+        )
+        return
+    grid = Table("name", "pid", "state", "uptime", "restarts", "last exit")
+    for row in rows:
+        uptime = row["uptime"]
+        grid.add_row(
+            row["name"],
+            str(row["pid"] or ""),
+            row["state"],
+            "" if uptime is None else _duration(uptime),
+            str(row["restarts"]),
+            row["last_exit"] or "",
+        )
+    out.print(grid)
+    state = "running" if supervising else "gone"
+    out.print(f"supervisor pid {status.supervisor} ({state})")
+    if status.gave_up:
+        out.print(f"[bold red]{status.gave_up}[/]", highlight=False)
+
+
+def _duration(seconds: float) -> str:
+    whole = int(seconds)
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    if minutes:
+        return f"{minutes}m{secs:02d}s"
+    return f"{secs}s"
 
 
 @app.command()

@@ -149,6 +149,7 @@ class KafkaSettings:
     rebalance_timeout: float = 10.0
     commit_interval: float = 0.5
     producer_linger_ms: int = 2
+    start_wait: float = 120.0  # seconds a starting process waits for the cluster to answer
     security: KafkaSecurity = field(default_factory=KafkaSecurity)
 
 

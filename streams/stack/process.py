@@ -63,6 +63,7 @@ class ManagedProcess:
     user: str | None = None
     cwd: Path | None = None
     popen: subprocess.Popen[bytes] | None = None
+    started_at: float | None = None  # time.monotonic() of the last start
 
     def start(self, *, detach: bool) -> int:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -83,6 +84,7 @@ class ManagedProcess:
                 )
             except OSError as exc:
                 raise StackError(f"could not start {self.name} ({self.argv[0]}): {exc}") from exc
+        self.started_at = time.monotonic()
         self.pid_path.write_text(str(self.popen.pid))
         return self.popen.pid
 

@@ -1,6 +1,7 @@
 """The whole local stack under one data dir: Kafka, PostgreSQL, topics, migrations, the faust
-worker and the sinks. Foreground (`postwire up`) supervises the children and stops them all in
-order on Ctrl-C/SIGTERM; detached (`up --detach`) leaves them running for `postwire down`."""
+worker and the sinks. It starts and stops them in order; keeping them running is the
+supervisor's job (streams/stack/supervisor.py), in `postwire up` or in the background process
+`up --detach` starts, which `postwire down` stops first."""
 
 from __future__ import annotations
 
@@ -25,17 +26,17 @@ from streams.stages.names import BULK_STAGES, FRONT_STAGES, TX_STAGES
 from streams.stages.policies import delay_topics
 
 __all__ = [
-    "KAFKA_NAMES",
     "STOP_ORDER",
+    "SUPERVISOR_PID",
     "WORKER_ROLES",
     "Stack",
     "StackInfo",
     "stop_detached",
+    "stop_rank",
+    "supervisor_pid",
     "worker_port",
 ]
 
-# the embedded cluster's nodes (streams.stack.kafka.KafkaNode.name)
-KAFKA_NAMES = ("kafka", *(f"kafka{i}" for i in range(1, 16)))
 # applications first so they flush and commit while Kafka and PostgreSQL are still there
 STOP_ORDER = (
     "api",
@@ -46,13 +47,22 @@ STOP_ORDER = (
     *(f"tx{i}" for i in range(1, 16)),
     "bulk",
     *(f"bulk{i}" for i in range(1, 16)),
-    # the brokers stop together (EmbeddedKafka.stop, _stop_brokers): the quorum goes as one
-    *KAFKA_NAMES,
+    # kafka1, kafka2, ... rank with it (stop_rank) and stop together with it
+    "kafka",
     "postgres",
 )
 
 
 WORKER_ROLES = ("worker", "tx", "bulk")
+
+
+def stop_rank(name: str) -> int:
+    """Where ``name`` stops in STOP_ORDER; a numbered one not listed (``kafka2``) with its kind,
+    anything else last, so no child of the stack is ever left running."""
+    for candidate in (name, name.rstrip("0123456789")):
+        if candidate in STOP_ORDER:
+            return STOP_ORDER.index(candidate)
+    return len(STOP_ORDER)
 
 
 def worker_port(settings: Settings, role: str, slot: int) -> int:
@@ -80,9 +90,12 @@ def _run_dir(settings: Settings) -> Path:
 
 
 def _live_pids(settings: Settings) -> dict[str, int]:
+    """The children's pid files whose process is still there, in stop order (every pid file:
+    a child the stack started under any name is found)."""
     live = {}
-    for name in STOP_ORDER:
-        path = _run_dir(settings) / f"{name}.pid"
+    paths = [p for p in _run_dir(settings).glob("*.pid") if p.name != SUPERVISOR_PID]
+    for path in sorted(paths, key=lambda p: stop_rank(p.stem)):
+        name = path.stem
         try:
             pid = int(path.read_text().strip())
         except (OSError, ValueError):
@@ -94,26 +107,58 @@ def _live_pids(settings: Settings) -> dict[str, int]:
     return live
 
 
+SUPERVISOR_PID = "supervisor.pid"
+
+
+def supervisor_pid(settings: Settings) -> int | None:
+    """The pid of the supervisor running this data dir's stack, if it is still there."""
+    try:
+        pid = int((_run_dir(settings) / SUPERVISOR_PID).read_text().strip())
+    except (OSError, ValueError):
+        return None
+    return pid if pid_alive(pid) else None
+
+
 def stop_detached(settings: Settings) -> dict[str, int]:
-    """Stop a stack started with ``up --detach`` from its pid files; return what was stopped."""
+    """Stop a stack from its pid files (the supervisor first, so it restarts nothing it sees
+    stopped; it stops its children in order itself), then whatever is left; return what was
+    stopped."""
     stopped = {}
     live = _live_pids(settings)
-    for name in STOP_ORDER:
-        if name == "kafka":
-            stopped.update(_stop_brokers(settings, live))
-        elif name in live and name not in KAFKA_NAMES:
-            sig = signal.SIGINT if name == "postgres" else signal.SIGTERM
-            stop_pid(live[name], sig, timeout=30.0)
+    supervisor = supervisor_pid(settings)
+    if supervisor is not None:
+        # long enough for every child's own stop timeout, in order
+        stop_pid(supervisor, signal.SIGTERM, timeout=180.0)
+        stopped["supervisor"] = supervisor
+    (_run_dir(settings) / SUPERVISOR_PID).unlink(missing_ok=True)
+    for name, pid in live.items():
+        if not pid_alive(pid):
             (_run_dir(settings) / f"{name}.pid").unlink(missing_ok=True)
-            stopped[name] = live[name]
+            stopped[name] = pid
+    # what a supervisor that is gone (or was killed above) left running
+    left = _live_pids(settings)
+    for name, pid in left.items():
+        if _is_broker(name):
+            # all of them at the first (stop order keeps them side by side)
+            if name not in stopped:
+                stopped.update(_stop_brokers(settings, left))
+            continue
+        sig = signal.SIGINT if name == "postgres" else signal.SIGTERM
+        stop_pid(pid, sig, timeout=30.0)
+        (_run_dir(settings) / f"{name}.pid").unlink(missing_ok=True)
+        stopped[name] = pid
     (_run_dir(settings) / "stack.json").unlink(missing_ok=True)
     return stopped
+
+
+def _is_broker(name: str) -> bool:
+    return name.rstrip("0123456789") == "kafka"
 
 
 def _stop_brokers(settings: Settings, live: dict[str, int]) -> dict[str, int]:
     """Signal every broker at once, then wait for each: one by one, the last ones would wait
     for a controller quorum the first ones took with them."""
-    brokers = {name: pid for name, pid in live.items() if name in KAFKA_NAMES}
+    brokers = {name: pid for name, pid in live.items() if _is_broker(name) and pid_alive(pid)}
     for pid in brokers.values():
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
@@ -183,6 +228,9 @@ class Stack:
     async def start(self, *, detach: bool) -> StackInfo:
         began = time.monotonic()
         live = _live_pids(self.settings)
+        supervisor = supervisor_pid(self.settings)
+        if supervisor is not None and supervisor != os.getpid():
+            live["supervisor"] = supervisor
         if live:
             names = ", ".join(f"{n} (pid {p})" for n, p in live.items())
             raise StackError(
@@ -233,17 +281,24 @@ class Stack:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(state, indent=2))
 
-    def dead_child(self) -> ManagedProcess | None:
-        for proc in self._all().values():
-            if not proc.running():
-                return proc
-        return None
+    def children(self) -> dict[str, ManagedProcess]:
+        """Every process this stack started, by name (servers included)."""
+        return self._all()
+
+    def record_pid(self, name: str, pid: int) -> None:
+        """A child was restarted: stack.json names its new pid."""
+        self.info.pids[name] = pid
+        self._write_state()
 
     def stop(self) -> None:
         procs = self._all()
-        for name in STOP_ORDER:
-            if name == "kafka" and self.kafka is not None:
-                self.kafka.stop()
-            elif name in procs and name not in KAFKA_NAMES:
+        brokers_stopped = False
+        for name in sorted(procs, key=stop_rank):
+            if _is_broker(name) and self.kafka is not None:
+                # all of them at once, at the first (stop_rank puts them side by side)
+                if not brokers_stopped:
+                    self.kafka.stop()
+                    brokers_stopped = True
+            else:
                 procs[name].stop()
         (_run_dir(self.settings) / "stack.json").unlink(missing_ok=True)

@@ -18,6 +18,7 @@ from streams.contract.codec import Codec, default_codec
 from streams.db.directory import DirectoryHolder
 from streams.deliver.queue import ControlFeed
 from streams.kafka.config import client_options
+from streams.kafka.connect import wait_for_cluster
 from streams.kafka.limits import (
     DEFAULT_LIMIT,
     LimitReader,
@@ -261,11 +262,11 @@ def run_worker(settings: Settings, stages: tuple[str, ...] = STAGES) -> None:
         assert worker is not None
         await worker.crash(exc)
 
+    client = client_options(settings.kafka)
     # read before the stages start: the gate measures every request against it, and the
-    # producer is sized by it
-    limit = asyncio.run(
-        read_or_default(client_options(settings.kafka), flow_topics(settings.topics))
-    )
+    # producer is sized by it; a broker still starting (or restarting) is waited for first
+    asyncio.run(wait_for_cluster(client, settings.kafka.start_wait))
+    limit = asyncio.run(read_or_default(client, flow_topics(settings.topics)))
     app = create_app(
         settings, stages, directory=directory, control=control, on_failure=crash, limit=limit
     )

@@ -32,8 +32,9 @@ def _env(settings: Settings) -> dict[str, str]:
 
 
 def _pids(settings: Settings) -> dict[str, int]:
+    """The children's pids (the supervisor's pid file beside them is not a child's)."""
     run = settings.data_dir / "run"
-    return {p.stem: int(p.read_text()) for p in run.glob("*.pid")}
+    return {p.stem: int(p.read_text()) for p in run.glob("*.pid") if p.stem != "supervisor"}
 
 
 def _cli(settings: Settings, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -114,9 +115,11 @@ async def test_foreground_up_stops_every_child_on_sigint(tmp_path: Path) -> None
     pids = _pids(settings)
     assert set(pids) == {"kafka", "postgres", "worker", "tx", "bulk", "sinks", "api"}
     assert all(pid_alive(pid) for pid in pids.values())
+    assert int((settings.data_dir / "run" / "supervisor.pid").read_text()) == proc.pid
     proc.send_signal(signal.SIGINT)
     assert await asyncio.to_thread(proc.wait, 90) == 0
     assert not [name for name, pid in pids.items() if pid_alive(pid)]
+    assert not (settings.data_dir / "run" / "supervisor.pid").exists()
 
 
 async def test_up_refuses_a_second_stack_on_the_same_data_dir(tmp_path: Path) -> None:

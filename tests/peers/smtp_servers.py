@@ -101,6 +101,11 @@ class MxServer:
         with self._lock:
             return self.stats.get(key, 0)
 
+    def received_snapshot(self) -> list[tuple[list[str], bytes]]:
+        """Every message so far, as (recipients, data)."""
+        with self._lock:
+            return list(self.received)
+
     def messages_to(self, address: str) -> list[bytes]:
         with self._lock:
             return [data for rcpts, data in self.received if address in rcpts]
