@@ -9,7 +9,7 @@ broker killed with SIGKILL mid-run, twice:
 - under a stream of numbered records from an idempotent acks=all producer (the settings of all
   of postwire's producers) and a reader: every acknowledged record is in the log exactly once,
   offsets are still committed while the broker is down, and it rejoins (every replica back in
-  sync) after its restart.
+  sync) once up's supervisor has started it again.
 
 The delivery lanes, the API and SMTP counting on three brokers are left to the chaos suite:
 two shared cores do not run the whole stack on three JVMs in a test's time."""
@@ -27,7 +27,6 @@ import uuid
 from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 
 import aiohttp
 import asyncpg
@@ -45,7 +44,7 @@ from streams.kafka.drift import read_topics, topic_drift
 from streams.kafka.topics import topic_specs
 from streams.settings import Settings
 from streams.stack.kafka import wait_for_kafka
-from streams.stack.process import ManagedProcess, pid_alive, stop_pid
+from streams.stack.process import pid_alive, stop_pid
 from streams.stack.stack import Stack
 from streams.stages.policies import delay_topics
 from tests.conftest import stack_settings
@@ -110,20 +109,23 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
         assert not [name for name, pid in pids.items() if pid_alive(pid)]
 
 
-def _restart(cluster: Settings, name: str, command: list[str]) -> ManagedProcess:
-    """Start a killed broker again with its own command line. Through a shell that exits at
-    once: the broker is not this process's child, so `postwire down` stops it with the others
-    (a child of this process would linger as a zombie that `down` waits for)."""
-    log = cluster.data_dir / "kafka" / str(int(name[5:] or 0)) / "server.out"
-    pid_path = cluster.data_dir / "run" / f"{name}.pid"
-    launched = subprocess.run(
-        ["/bin/sh", "-c", '"$@" >>"$0" 2>&1 </dev/null & echo $!', str(log), *command],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    pid_path.write_text(launched.stdout.strip())
-    return ManagedProcess(name=name, argv=command, log_path=log, pid_path=pid_path)
+async def _restarted(cluster: Settings, name: str, old: int) -> int:
+    """Wait for the supervisor of `up` to start ``name`` again (a new live pid in its pid file)
+    and for the cluster to have every broker registered; return the new pid."""
+
+    async def pid() -> int:
+        return _pids(cluster).get(name, old)
+
+    new = await eventually(pid, lambda p: p != old and pid_alive(p), timeout=60)
+    assert new != old, f"{name} was not restarted"
+    await wait_for_kafka(cluster.kafka, 120, brokers=BROKERS)
+    return new
+
+
+def _ps(cluster: Settings) -> dict[str, dict[str, object]]:
+    shown = _cli(cluster, "ps", "--json")
+    assert shown.returncode == 0, shown.stderr
+    return {row["name"]: row for row in json.loads(shown.stdout)["children"]}
 
 
 def test_up_runs_one_process_per_broker_and_the_bootstrap_lists_them(cluster: Settings) -> None:
@@ -237,7 +239,6 @@ async def test_the_pipeline_keeps_going_through_a_broker_kill(
     conn = await asyncpg.connect(cluster.dsn)
     pids = _pids(cluster)
     victim = "kafka2"
-    command = _restart_command(pids[victim])
     try:
         tenant = f"cl-{uuid.uuid4().hex[:6]}"
         await create_tenant(conn, tenant)
@@ -261,7 +262,8 @@ async def test_the_pipeline_keeps_going_through_a_broker_kill(
         await eventually(rows, lambda r: r[1] > 0, timeout=60)
         os.kill(pids[victim], signal.SIGKILL)
         acked += await _publish_requests(cluster, tenant, key, 100)
-        restarted = _restart(cluster, victim, command)
+        # up's supervisor starts it again; the pipeline goes on meanwhile
+        await _restarted(cluster, victim, pids[victim])
         acked += await _publish_requests(cluster, tenant, key, 100)
         assert acked == 300
         # every request admitted and verified once (the rows' keys are the request ids)
@@ -271,17 +273,10 @@ async def test_the_pipeline_keeps_going_through_a_broker_kill(
         )
         for proc in procs:
             assert proc.running(), proc.log_tail()
-        await wait_for_kafka(cluster.kafka, 120, alive=restarted, brokers=BROKERS)
     finally:
         for proc in procs:
             proc.stop()
         await conn.close()
-
-
-def _restart_command(pid: int) -> list[str]:
-    # the broker's own command line, to start it again exactly as `up` did
-    raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    return [part.decode() for part in raw.split(b"\0") if part]
 
 
 async def _commit(consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> None:
@@ -346,7 +341,6 @@ async def test_a_killed_broker_loses_and_doubles_nothing_and_rejoins(cluster: Se
                 # the leader of partition 0: its clients must move to another broker
                 meta = await read_leader(cluster, topic)
                 victim = "kafka" if meta == 1 else f"kafka{meta - 1}"
-                command = _restart_command(pids[victim])
                 os.kill(pids[victim], signal.SIGKILL)
                 killed_at = time.monotonic()
         produced_in = time.monotonic() - killed_at
@@ -359,7 +353,6 @@ async def test_a_killed_broker_loses_and_doubles_nothing_and_rejoins(cluster: Se
         await producer.stop()
 
     assert victim, "the broker was never killed"
-    assert not pid_alive(pids[victim])
     # a broker of three gone, min.insync 2: every write was still acknowledged
     assert not failed, failed[:5]
     assert len(acked) == RECORDS
@@ -372,15 +365,15 @@ async def test_a_killed_broker_loses_and_doubles_nothing_and_rejoins(cluster: Se
     await reader.stop()
     print(f"{RECORDS} acknowledged, read once each; {produced_in:.1f}s of producing after the kill")
 
-    # the killed broker starts again from its data dir and catches up
-    restarted = _restart(cluster, victim, command)
-    await wait_for_kafka(cluster.kafka, 120, alive=restarted, brokers=BROKERS)
+    # up's supervisor starts the killed broker again from its data dir, and it catches up
+    await _restarted(cluster, victim, pids[victim])
 
     async def behind() -> int:
         states = await read_topics(cluster.kafka, [topic])
         return states[topic].under_replicated
 
     assert await eventually(behind, lambda n: n == 0, timeout=120) == 0
+    assert int(str(_ps(cluster)[victim]["restarts"])) >= 1
 
 
 async def read_leader(settings: Settings, topic: str) -> int:
