@@ -264,6 +264,14 @@ class Settings(BaseSettings):
     # how often the stages checkpoint (state changes written, offsets committed): a crash
     # repeats at most this much work
     commit_interval: float = Field(default=0.5, gt=0)
+    # at most this much work a batch stage has done and not committed (records; seconds since
+    # the oldest of them): past either it fetches nothing more until Kafka has acknowledged and
+    # the offsets are committed, so a crash repeats at most about this much
+    max_uncommitted_records: int = Field(default=10_000, ge=1)
+    max_uncommitted_seconds: float = Field(default=5.0, gt=0)
+    # a state recovery that reads nothing for this long raises (the worker exits, its
+    # supervisor restarts it) instead of waiting for good
+    recovery_stall_timeout: float = Field(default=60.0, gt=0)
     # how long a process starting while Kafka does not answer waits for it before it gives
     # up (a broker being restarted should not make every worker exit and burn its restarts)
     kafka_start_wait: float = Field(default=120.0, ge=0)

@@ -12,15 +12,24 @@ the signature fail (RFC 6376 section 8.15; a receiver shows the topmost From).
 A key belongs to a (tenant, domain): the signer asks its key source for the sending tenant's key
 of the From domain and signs with nothing else (``streams/deliver/keyring.py`` serves the keys the
 directory opened). All recipients of a request get the same body, so the body hash is kept in a
-small LRU keyed by the body bytes: per recipient only the header block is canonicalised and signed.
+small LRU keyed by the body bytes (bounded in entries and in bytes): per recipient only the header
+block is canonicalised and signed.
+
+``sign_async`` does the one per-recipient private-key operation on a small thread pool (one
+thread per core, at most two): OpenSSL releases the GIL while it signs, so RSA runs on the other
+core while the event loop goes on with SMTP. Parsing, hashing and assembling stay on the caller's
+thread, so the cache is only ever touched from there.
 """
 
 from __future__ import annotations
 
+import asyncio
+import os
 import re
 from base64 import b64encode
 from collections import OrderedDict
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from hashlib import sha256
@@ -35,8 +44,10 @@ from streams.errors import DkimError, DkimKeyError, DkimMessageError
 from streams.mail.headers import SIGNED_HEADERS
 
 __all__ = [
+    "BODY_CACHE_BYTES",
     "BODY_CACHE_SIZE",
     "SIGNED_HEADERS",
+    "SIGNING_THREADS",
     "Algorithm",
     "DkimKey",
     "KeySource",
@@ -52,6 +63,8 @@ Algorithm = Literal["rsa-sha256", "ed25519-sha256"]
 PrivateKey = rsa.RSAPrivateKey | Ed25519PrivateKey
 
 BODY_CACHE_SIZE: Final = 32
+BODY_CACHE_BYTES: Final = 8 * 1024 * 1024  # bodies kept as cache keys, in all
+SIGNING_THREADS: Final = min(2, os.cpu_count() or 1)
 MIN_RSA_BITS: Final = 1024  # RFC 8301: verifiers must accept 1024, signers should use 2048
 _SUFFIX: Final = ".pem"
 _SEPARATOR: Final = "._domainkey."
@@ -221,13 +234,46 @@ def _fold(tags: list[str]) -> str:
 KeySource = Callable[[str, str], DkimKey | None]
 
 
+@dataclass(frozen=True, slots=True)
+class _Unsigned:
+    """A message whose signature is all that is missing: ``data`` is what the key signs."""
+
+    key: DkimKey
+    header: str  # the DKIM-Signature field up to "b=", folded
+    data: bytes
+    message: bytes
+
+    def finish(self, signature: str) -> bytes:
+        header = self.header
+        first = max(_MAX_LINE - len(header) + header.rfind("\n") + 1, 0)
+        chunks = [signature[:first]] + [
+            signature[i : i + _MAX_LINE - 1] for i in range(first, len(signature), _MAX_LINE - 1)
+        ]
+        value = "\r\n ".join(chunk for chunk in chunks if chunk)
+        if not signature[:first]:
+            value = "\r\n " + value
+        return f"{header}{value}\r\n".encode("ascii") + self.message
+
+
 class Signer:
     """Signs messages with the sending tenant's key of the From domain; per-body LRU."""
 
-    def __init__(self, keys: KeySource, *, body_cache: int = BODY_CACHE_SIZE) -> None:
+    def __init__(
+        self,
+        keys: KeySource,
+        *,
+        body_cache: int = BODY_CACHE_SIZE,
+        body_cache_bytes: int = BODY_CACHE_BYTES,
+        threads: int = SIGNING_THREADS,
+    ) -> None:
         self.keys = keys
         self._cache_size = body_cache
+        self._cache_bytes = body_cache_bytes
+        self._cached_bytes = 0
         self._body_hashes: OrderedDict[bytes, str] = OrderedDict()
+        self._threads = threads
+        self._executor: ThreadPoolExecutor | None = None
+        self.body_hashes_computed = 0  # canonicalised and hashed, not found in the cache
 
     def body_hash(self, body: bytes) -> str:
         """The base64 SHA-256 of the canonical body, remembered for the last few bodies."""
@@ -236,10 +282,15 @@ class Signer:
             self._body_hashes.move_to_end(body)
             return found
         digest = b64encode(sha256(canonical_body(body)).digest()).decode("ascii")
-        if self._cache_size > 0:
+        self.body_hashes_computed += 1
+        if self._cache_size > 0 and len(body) <= self._cache_bytes:
             self._body_hashes[body] = digest
-            if len(self._body_hashes) > self._cache_size:
-                self._body_hashes.popitem(last=False)
+            self._cached_bytes += len(body)
+            while (
+                len(self._body_hashes) > self._cache_size or self._cached_bytes > self._cache_bytes
+            ):
+                old, _ = self._body_hashes.popitem(last=False)
+                self._cached_bytes -= len(old)
         return digest
 
     def sign(self, message: bytes, tenant: str, domain: str, now: datetime) -> bytes:
@@ -248,9 +299,39 @@ class Signer:
 
         Raises DkimMessageError when the message is not CRLF-only headers, blank line, body.
         """
+        unsigned = self._unsigned(message, tenant, domain, now)
+        if unsigned is None:
+            return message
+        return unsigned.finish(_signature(unsigned.key.private_key, unsigned.data))
+
+    async def sign_async(self, message: bytes, tenant: str, domain: str, now: datetime) -> bytes:
+        """``sign``, with the private-key operation on the signer's threads."""
+        unsigned = self._unsigned(message, tenant, domain, now)
+        if unsigned is None:
+            return message
+        if self._threads < 1:
+            signature = _signature(unsigned.key.private_key, unsigned.data)
+        else:
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(self._threads, thread_name_prefix="dkim")
+            loop = asyncio.get_running_loop()
+            signature = await loop.run_in_executor(
+                self._executor, _signature, unsigned.key.private_key, unsigned.data
+            )
+        return unsigned.finish(signature)
+
+    def close(self) -> None:
+        """Stop the signing threads (a later ``sign_async`` starts new ones)."""
+        executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=False, cancel_futures=True)
+
+    def _unsigned(
+        self, message: bytes, tenant: str, domain: str, now: datetime
+    ) -> _Unsigned | None:
         key = self.keys(tenant, domain.lower())
         if key is None:
-            return message
+            return None
         if now.tzinfo is None:
             raise DkimError("the signature time must be timezone-aware")
         fields, body = _split(message)
@@ -282,15 +363,7 @@ class Signer:
         ]
         header = _fold(tags)
         data = b"".join(signed) + _relaxed_header(header.encode("ascii"))
-        signature = _signature(key.private_key, data)
-        first = max(_MAX_LINE - len(header) + header.rfind("\n") + 1, 0)
-        chunks = [signature[:first]] + [
-            signature[i : i + _MAX_LINE - 1] for i in range(first, len(signature), _MAX_LINE - 1)
-        ]
-        value = "\r\n ".join(chunk for chunk in chunks if chunk)
-        if not signature[:first]:
-            value = "\r\n " + value
-        return f"{header}{value}\r\n".encode("ascii") + message
+        return _Unsigned(key, header, data, message)
 
 
 def _signature(key: PrivateKey, data: bytes) -> str:

@@ -115,7 +115,7 @@ class Deliverer:
             now = self.clock()
         header_id = f"<{task['task_id']}@{prepared.sender_domain}>"
         message = prepared.render(task["recipient"], header_id)
-        signed = self.signer.sign(message, task["tenant"], prepared.sender_domain, now)
+        signed = await self.signer.sign_async(message, task["tenant"], prepared.sender_domain, now)
         delivery = await self.transport.send(
             task["domain"], task["from"]["email"], task["recipient"]["email"], signed
         )
@@ -137,3 +137,4 @@ class Deliverer:
 
     async def close(self) -> None:
         await self.transport.close()
+        self.signer.close()

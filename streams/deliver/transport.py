@@ -5,9 +5,13 @@ domain's MX hosts, over pooled connections (``pool.py``).
 and timeout error is turned into an ``Outcome`` here, at the edge, with the stage it happened in,
 so the stage above deals in outcomes only.
 
-The session is spoken command by command rather than through ``SMTP.sendmail`` so that each
-reply is classified with its own stage (a 5xx to RCPT is about the recipient, a 5xx to the final
-"." about the message) and the session stays usable after a refused recipient.
+aiosmtplib opens the session (connect, EHLO, STARTTLS, AUTH) and closes it; the transaction
+itself is ``streams/mail/pipeline.py``'s exchange spoken over a ``Wire`` (``streams/mail/wire.py``):
+MAIL, every RCPT and DATA in one write when the server offers PIPELINING (RFC 2920), one command
+at a time when it does not; with CHUNKING (RFC 3030) the message goes as one BDAT chunk, in the
+same write as the envelope when pipelined. Each reply is classified with its own stage (a 5xx to
+RCPT is about that recipient, a 5xx to the final "." about the message) and the session stays
+usable after a refused recipient.
 """
 
 from __future__ import annotations
@@ -18,13 +22,14 @@ import re
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, cast
 
 import aiosmtplib
 
 from streams.deliver.throttle import DestinationThrottle
 from streams.errors import ConfigError
 from streams.mail.dns import MxAnswer, MxCache, MxResolver
+from streams.mail.pipeline import Exchange, TransactionResult, bdat
 from streams.mail.pool import Connection, Pool
 from streams.mail.replies import (
     Category,
@@ -35,6 +40,7 @@ from streams.mail.replies import (
     classify,
     transport_error,
 )
+from streams.mail.wire import Wire
 
 __all__ = [
     "Delivery",
@@ -74,6 +80,7 @@ class TransportConfig:
     max_messages_per_connection: int = 100
     idle_timeout: float = 30
     pool_wait: float = 30  # for a connection slot when the destination is at its limit
+    chunking: bool = True  # BDAT (RFC 3030) where offered: no dot-stuffing, one round trip
 
     def __post_init__(self) -> None:
         if self.mode == "relay" and not self.relay_host:
@@ -246,15 +253,28 @@ class Transport:
     async def send(self, domain: str, mail_from: str, rcpt: str, message: bytes) -> Delivery:
         """Deliver ``message`` (CRLF, already signed) from ``mail_from`` to ``rcpt``, whose
         domain is ``domain``. Peer and network trouble come back as the Delivery's outcome."""
+        [delivery] = await self.send_many(domain, mail_from, (rcpt,), message)
+        return delivery
+
+    async def send_many(
+        self, domain: str, mail_from: str, rcpts: Sequence[str], message: bytes
+    ) -> tuple[Delivery, ...]:
+        """``message`` to every one of ``rcpts`` (all of ``domain``) in one transaction: a
+        Delivery per recipient, in their order."""
+        if not rcpts:
+            return ()
         if self._reaper is None:
             self._reaper = asyncio.get_running_loop().create_task(self._reap())
         config = self.config
+        rcpts = tuple(rcpts)
         if config.mode == "relay":
             host, port = config.relay_host, config.relay_port
-            return await self._via(self._relay_key, host, port, (host,), mail_from, rcpt, message)
-        return await self._direct(domain, mail_from, rcpt, message)
+            return await self._via(self._relay_key, host, port, (host,), mail_from, rcpts, message)
+        return await self._direct(domain, mail_from, rcpts, message)
 
-    async def _direct(self, domain: str, mail_from: str, rcpt: str, message: bytes) -> Delivery:
+    async def _direct(
+        self, domain: str, mail_from: str, rcpts: tuple[str, ...], message: bytes
+    ) -> tuple[Delivery, ...]:
         assert self._mx is not None
         name = _ascii_domain(domain)
         if name is None:
@@ -262,22 +282,23 @@ class Transport:
             outcome = _local(
                 Disposition.BOUNCED, Category.DOMAIN_NOT_FOUND, Stage.CONNECT, "5.1.2", text
             )
-            return Delivery(outcome)
+            return (Delivery(outcome),) * len(rcpts)
         route = mx_route(await self._mx.lookup(name), name)
         if isinstance(route, Outcome):
-            return Delivery(route)
+            return (Delivery(route),) * len(rcpts)
         port = self.config.mx_port
-        last: Delivery | None = None
+        last: tuple[Delivery, ...] = ()
         for host in route:
             addresses = await self._mx.addresses(host)
             if not addresses:
                 text = f"MX host {host} has no address"
-                last = Delivery(transport_error(TransportErrorKind.DNS, Stage.CONNECT, text), host)
+                failure = transport_error(TransportErrorKind.DNS, Stage.CONNECT, text)
+                last = (Delivery(failure, host),) * len(rcpts)
                 continue
             last = await self._via(
-                f"{host}:{port}", host, port, addresses, mail_from, rcpt, message
+                f"{host}:{port}", host, port, addresses, mail_from, rcpts, message
             )
-            outcome = last.outcome
+            outcome = last[0].outcome  # a session that failed failed for every recipient
             # the next MX only for a host that is down or refuses sessions, as Postfix does;
             # a reply about the message would be the same everywhere
             if not (
@@ -286,7 +307,7 @@ class Transport:
                 and outcome.stage in _STAGES_TO_FALL_BACK
             ):
                 return last
-        assert last is not None
+        assert last
         return last
 
     async def _via(
@@ -296,10 +317,10 @@ class Transport:
         port: int,
         addresses: Sequence[str],
         mail_from: str,
-        rcpt: str,
+        rcpts: tuple[str, ...],
         message: bytes,
-    ) -> Delivery:
-        delivery: Delivery | None = None
+    ) -> tuple[Delivery, ...]:
+        deliveries: tuple[Delivery, ...] = ()
         for _ in range(2):
             conn = await self.pool.acquire(key, host)
             if conn is None:
@@ -308,22 +329,24 @@ class Transport:
                 outcome = Outcome(
                     Disposition.DEFERRED, Category.RATE_LIMITED, Stage.CONNECT, text=text
                 )
-                return Delivery(outcome, host)
+                return (Delivery(outcome, host),) * len(rcpts)
             reused = conn.client is not None
             try:
                 if not reused:
                     failure = await self._open(conn, port, addresses)
                     if failure is not None:
                         self.pool.release(conn, reusable=False)
-                        return Delivery(failure, host, conn.address)
-                outcome, reusable = await self._transaction(conn, mail_from, rcpt, message)
+                        return (Delivery(failure, host, conn.address),) * len(rcpts)
+                outcomes, reusable = await self._transaction(conn, mail_from, rcpts, message)
             except BaseException:
                 self.pool.release(conn, reusable=False)  # cancelled mid-session: state unknown
                 raise
-            delivery = Delivery(outcome, host, conn.address, conn.tls)
+            deliveries = tuple(Delivery(o, host, conn.address, conn.tls) for o in outcomes)
             self.pool.release(conn, reusable=reusable)
             # a server may drop a session we kept idle (its own timeout) without our noticing
-            # until the next command: that one goes again on a new session
+            # until the next command: that one goes again on a new session. A refused MAIL
+            # (or a session lost before its reply) is the same for every recipient.
+            outcome = outcomes[0]
             stale = (
                 reused
                 and outcome.stage is Stage.MAIL
@@ -331,8 +354,8 @@ class Transport:
             )
             if not stale:
                 break
-        assert delivery is not None
-        return delivery
+        assert deliveries
+        return deliveries
 
     async def _open(self, conn: Connection, port: int, addresses: Sequence[str]) -> Outcome | None:
         failure: Outcome | None = None
@@ -380,53 +403,100 @@ class Transport:
         except _PEER_ERRORS as exc:
             client.close()
             return _failure(exc, stage)
+        transport = client.transport
+        if transport is None or not client.is_connected:
+            client.close()
+            return transport_error(TransportErrorKind.RESET, stage, "connection lost")
         conn.client = client
+        # a uvloop transport is no asyncio.Transport subclass, but it has the same interface
+        conn.wire = Wire(cast(asyncio.Transport, transport))
         conn.smtputf8 = client.supports_extension("smtputf8")
         conn.size_limit = client.supports_extension("size")
+        conn.pipelining = client.supports_extension("pipelining")
+        conn.chunking = config.chunking and client.supports_extension("chunking")
         return None
 
     async def _transaction(
-        self, conn: Connection, mail_from: str, rcpt: str, message: bytes
-    ) -> tuple[Outcome, bool]:
-        """One MAIL/RCPT/DATA exchange: the outcome, and whether the session is still usable."""
-        client = conn.client
+        self, conn: Connection, mail_from: str, rcpts: Sequence[str], message: bytes
+    ) -> tuple[tuple[Outcome, ...], bool]:
+        """One MAIL/RCPT/DATA exchange: an outcome per recipient, and whether the session is
+        still usable."""
+        client, wire = conn.client, conn.wire
         assert client is not None
+        assert wire is not None
         conn.sent += 1
         sender = envelope_address(mail_from, conn.smtputf8)
         if sender is None:
-            return _unsendable(mail_from, Stage.MAIL, conn.host), True
-        recipient = envelope_address(rcpt, conn.smtputf8)
-        if recipient is None:
-            return _unsendable(rcpt, Stage.RCPT, conn.host), True
-        stage = Stage.MAIL
-        try:
-            args = [b"FROM:<" + sender[0] + b">"]
+            return (_unsendable(mail_from, Stage.MAIL, conn.host),) * len(rcpts), True
+        outcomes: list[Outcome | None] = [None] * len(rcpts)
+        lines: list[bytes] = []
+        sent_to: list[int] = []
+        utf8 = sender[1]
+        for i, rcpt in enumerate(rcpts):
+            recipient = envelope_address(rcpt, conn.smtputf8)
+            if recipient is None:
+                outcomes[i] = _unsendable(rcpt, Stage.RCPT, conn.host)
+                continue
+            utf8 = utf8 or recipient[1]
+            lines.append(b"RCPT TO:<" + recipient[0] + b">\r\n")
+            sent_to.append(i)
+        reusable = True
+        if lines:
+            args = [b"MAIL FROM:<" + sender[0] + b">"]
             if conn.size_limit:
                 args.append(b"SIZE=%d" % len(message))
-            if sender[1] or recipient[1]:
+            if utf8:
                 args.append(b"SMTPUTF8")
-            reply = await client.execute_command(b"MAIL", *args)
-            if reply.code != 250:
-                return classify(reply.code, None, reply.message, stage), await _reset(client)
-            stage = Stage.RCPT
-            reply = await client.execute_command(b"RCPT", b"TO:<" + recipient[0] + b">")
-            if reply.code not in (250, 251):
-                return classify(reply.code, None, reply.message, stage), await _reset(client)
-            stage = Stage.DATA
-            reply = await client.execute_command(b"DATA")
-            if reply.code != 354:
-                return classify(reply.code, None, reply.message, stage), await _reset(client)
-            # the body and its reply straight on the protocol: SMTP.data would rewrite line
-            # endings (breaking DKIM) and not tell a refused DATA from a refused message
-            protocol = client.protocol
-            if protocol is None:
-                raise aiosmtplib.SMTPServerDisconnected("connection lost before the message")
-            protocol.write(data_payload(message))
-            reply = await protocol.read_response(timeout=self.config.data_timeout)
-        except _PEER_ERRORS as exc:
-            return _failure(exc, stage), False
-        outcome = classify(reply.code, None, reply.message, Stage.AFTER_DATA)
-        return outcome, reply.code != 421
+            exchange = Exchange(
+                b" ".join(args) + b"\r\n",
+                lines,
+                bdat(message) if conn.chunking else data_payload(message),
+                pipelining=conn.pipelining,
+                chunked=conn.chunking,
+            )
+            result = await self._exchange(wire, exchange)
+            for i, outcome in zip(sent_to, result.outcomes, strict=True):
+                outcomes[i] = outcome
+            reusable = result.reusable
+            if result.needs_reset:
+                reusable = await _reset(client)
+        done = tuple(outcome for outcome in outcomes if outcome is not None)
+        assert len(done) == len(rcpts)
+        return done, reusable
+
+    async def _exchange(self, wire: Wire, exchange: Exchange) -> TransactionResult:
+        """Speak ``exchange`` over ``wire``: its writes out, the replies in, in order. The
+        message goes straight on the wire: SMTP.data would rewrite line endings (breaking
+        DKIM) and not tell a refused DATA from a refused message."""
+        config = self.config
+        clean = False
+        wire.begin()
+        try:
+            wire.write(exchange.start())
+            while not exchange.done:
+                stage = exchange.awaiting
+                timeout = (
+                    config.data_timeout if stage is Stage.AFTER_DATA else config.command_timeout
+                )
+                try:
+                    reply = await wire.read(timeout)
+                except TimeoutError:
+                    text = f"no reply to {stage} within {timeout:g}s"
+                    exchange.lost(TransportErrorKind.TIMEOUT, text)
+                    break
+                more = exchange.on_reply(reply)
+                if more:
+                    wire.write(more)
+        except OSError as exc:  # the connection failed under a write or a read
+            exchange.lost(TransportErrorKind.RESET, f"{type(exc).__name__}: {exc}")
+        finally:
+            clean = wire.end()
+        result = exchange.result()
+        if result.reusable and not clean:
+            # the server said more than it was asked: its next reply would be mis-paired
+            wire.close()
+            return TransactionResult(result.outcomes, False, False)
+        return result
 
     async def _reap(self) -> None:
         interval = min(max(self.config.idle_timeout / 2, 0.05), 5.0)

@@ -21,13 +21,23 @@ __all__ = [
     "topic_specs",
 ]
 
-# state changelogs are rewritten all the time: roll segments hourly so compaction can run (it
-# never touches the active segment) and recovery reads little more than the live keys
+# state changelogs are rewritten all the time, and a restart reads a changelog from a table's
+# mark (or, for a new table, from its start): compaction must really run so it holds about one
+# record per live key. The log cleaner never touches the active segment, so segments roll
+# every 10 minutes or 64 MiB (the broker's 1 GiB default would keep a busy gate's last hours
+# uncompacted); a partition is cleaned once a tenth of it is dirty, and in any case within 30
+# minutes of a write (max.compaction.lag.ms). Deletions (expired dedup keys, ledger entries)
+# stay 4 hours after compaction: a table kept on disk whose mark is older than that may have
+# missed one and is rebuilt (streams/runtime/checkpoint.py); longer would keep a day's
+# tombstones next to a day of dedup keys.
 CHANGELOG_CONFIG = {
     "cleanup.policy": "compact",
-    "segment.ms": "3600000",
+    "segment.ms": str(10 * 60 * 1000),
+    "segment.bytes": str(64 * 1024 * 1024),
     "min.cleanable.dirty.ratio": "0.1",
-    "delete.retention.ms": "3600000",
+    "min.compaction.lag.ms": "0",
+    "max.compaction.lag.ms": str(30 * 60 * 1000),
+    "delete.retention.ms": str(4 * 3600 * 1000),
 }
 
 

@@ -25,6 +25,8 @@ from typing import Protocol
 
 import aiosmtplib
 
+from streams.mail.wire import Wire
+
 __all__ = ["Connection", "ConnectionBudget", "PerHostLimit", "Pool"]
 
 # Other users of the throttle (another lane's pool) free slots without telling this pool, so a
@@ -72,15 +74,18 @@ class Connection:
 
     __slots__ = (
         "address",
+        "chunking",
         "client",
         "group",
         "host",
         "key",
         "last_used",
+        "pipelining",
         "sent",
         "size_limit",
         "smtputf8",
         "tls",
+        "wire",
     )
 
     def __init__(self, key: str, host: str, group: str) -> None:
@@ -94,6 +99,9 @@ class Connection:
         self.tls = False
         self.smtputf8 = False
         self.size_limit = False  # the server announced SIZE, so MAIL FROM carries the size
+        self.pipelining = False  # the server announced PIPELINING (RFC 2920)
+        self.chunking = False  # the server announced CHUNKING (RFC 3030 BDAT)
+        self.wire: Wire | None = None  # reads the transaction's replies (wire.py)
 
     @property
     def is_open(self) -> bool:
@@ -235,6 +243,7 @@ class Pool:
 
     def _retire(self, conn: Connection, *, polite: bool) -> None:
         client, conn.client = conn.client, None
+        conn.wire = None
         if client is None or not polite:
             if client is not None:
                 client.close()

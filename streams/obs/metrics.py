@@ -26,12 +26,14 @@ __all__ = [
     "HTTP_REQUESTS",
     "HTTP_SECONDS",
     "RECORDS",
+    "SINCE_COMMIT",
     "SINK_BATCH_ROWS",
     "SINK_FLUSH_SECONDS",
     "SINK_WRITE_FAILURES",
     "SMTP_RESULTS",
     "STAGE_SECONDS",
     "STATE_ENTRIES",
+    "UNCOMMITTED",
     "EndToEnd",
     "StageMeter",
     "smtp_result",
@@ -75,6 +77,18 @@ STATE_ENTRIES = Gauge(
     "postwire_state_entries",
     "Entries in a state store of this worker (all its partitions), after the last batch.",
     ["store"],
+)
+UNCOMMITTED = Gauge(
+    "postwire_stage_uncommitted_records",
+    "Records a batch stage processed whose offsets are not committed yet (what a crash would "
+    "repeat); bounded by POSTWIRE_MAX_UNCOMMITTED_RECORDS.",
+    ["stage"],
+)
+SINCE_COMMIT = Gauge(
+    "postwire_stage_seconds_since_commit",
+    "Seconds since a batch stage last committed, while it has uncommitted records (0 when it "
+    "has none).",
+    ["stage"],
 )
 END_TO_END = Histogram(
     "postwire_end_to_end_seconds",
@@ -128,6 +142,8 @@ ALL: tuple[MetricWrapperBase, ...] = (
     STAGE_SECONDS,
     BATCH_RECORDS,
     STATE_ENTRIES,
+    UNCOMMITTED,
+    SINCE_COMMIT,
     END_TO_END,
     CONSUMER_LAG,
     SINK_BATCH_ROWS,

@@ -35,6 +35,9 @@ class HostConfig:
     session_timeout: float = 10.0
     heartbeat_interval: float = 1.0
     commit_interval: float = 0.5
+    max_uncommitted_records: int = 10_000
+    max_uncommitted_seconds: float = 5.0
+    recovery_stall_timeout: float = 60.0
     # producer settings beyond these (its request and batch sizes, from the record limit)
     producer: dict[str, Any] = field(default_factory=dict)
 
@@ -45,6 +48,9 @@ class HostConfig:
             session_timeout=self.session_timeout,
             heartbeat_interval=self.heartbeat_interval,
             commit_interval=self.commit_interval,
+            max_uncommitted_records=self.max_uncommitted_records,
+            max_uncommitted_seconds=self.max_uncommitted_seconds,
+            recovery_stall_timeout=self.recovery_stall_timeout,
         )
 
 

@@ -25,11 +25,20 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from streams.clock import Clock, wall_clock
 from streams.kafka.config import ClientOptions
 from streams.kafka.connect import start_client
-from streams.obs.metrics import BATCH_RECORDS, RECORDS, STAGE_SECONDS, STATE_ENTRIES
+from streams.obs.metrics import (
+    BATCH_RECORDS,
+    RECORDS,
+    SINCE_COMMIT,
+    STAGE_SECONDS,
+    STATE_ENTRIES,
+    UNCOMMITTED,
+)
+from streams.runtime.cadence import CommitBudget, Group
 from streams.runtime.producer import BatchProducer
 from streams.runtime.records import Consumed
 from streams.runtime.recovery import recover
 from streams.runtime.stage import Stage, Step
+from streams.runtime.state import Store
 
 __all__ = ["RunnerConfig", "StageRunner"]
 
@@ -52,6 +61,12 @@ class RunnerConfig:
     # how much work a crash can make a batch stage repeat; also how often its stores' changes
     # are written (coalesced over every batch in between)
     commit_interval: float = 0.5
+    # at most this much processed and not committed (records, seconds since the oldest was
+    # processed): past either the stage stops fetching until Kafka has caught up, so a crash
+    # repeats at most about this much (streams/runtime/cadence.py)
+    max_uncommitted_records: int = 10_000
+    max_uncommitted_seconds: float = 5.0
+    recovery_stall_timeout: float = 60.0
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -90,19 +105,26 @@ class StageRunner:
         self._seconds = STAGE_SECONDS.labels(stage.name)
         self._sizes = BATCH_RECORDS.labels(stage.name)
         self._outcomes: dict[str, Any] = {}
-        # concurrent stages: records in flight, and per partition what is in flight / done
+        # concurrent stages: records in flight, and per partition what is in flight / done /
+        # started
         self._tasks: dict[asyncio.Future[Step], Consumed] = {}
         self._in_flight: dict[TopicPartition, set[int]] = {}
         self._high: dict[TopicPartition, int] = {}
+        self._started: dict[TopicPartition, int] = {}
         # batch stages: batches sent but not yet acknowledged and committed (bounded)
-        self._pending: asyncio.Queue[tuple[list[Any], dict[TopicPartition, int]]] = asyncio.Queue(
-            maxsize=PIPELINE
-        )
+        self._pending: asyncio.Queue[_Checkpoint] = asyncio.Queue(maxsize=PIPELINE)
         self._committer: asyncio.Future[None] | None = None
         # sent since the last checkpoint: their futures, and the offsets they complete
         self._unsettled: list[Any] = []
         self._uncommitted: dict[TopicPartition, int] = {}
         self._last_commit = time.monotonic()
+        self.budget = CommitBudget(
+            config.max_uncommitted_records, config.max_uncommitted_seconds, time.monotonic()
+        )
+        self._uncommitted_gauge = UNCOMMITTED.labels(stage.name)
+        self._since_commit_gauge = SINCE_COMMIT.labels(stage.name)
+        # concurrent stages: partitions paused because too much behind their commit point
+        self._span_paused: set[TopicPartition] = set()
 
     def wake(self) -> None:
         """Resume held partitions now (a queue command may have made their records due)."""
@@ -114,11 +136,17 @@ class StageRunner:
                 store.drop(p)
         arriving = partitions - self.owned
         if arriving and self.stage.stores:
-            await recover(self.config.client, self.stage.stores, arriving)
+            await recover(
+                self.config.client,
+                self.stage.stores,
+                arriving,
+                stall_timeout=self.config.recovery_stall_timeout,
+            )
         self.owned = partitions
         self._paused.clear()  # positions restart from the committed offsets
+        self._span_paused.clear()
         for store in self.stage.stores:  # a stage that gets no traffic still shows its state
-            STATE_ENTRIES.labels(store.name).set(len(store))
+            STATE_ENTRIES.labels(store.name).set(store.entries())
         self.ready = True
         log.info(
             "stage %s: partitions %s assigned and recovered", self.stage.name, sorted(partitions)
@@ -146,6 +174,9 @@ class StageRunner:
                 if self._committer.done():
                     self._committer.result()  # Kafka refused a batch: stop here
                 self._resume_due(consumer)
+                if self.budget.exceeded(time.monotonic()):
+                    async with self.lock:
+                        await self._catch_up()
                 fetched = await consumer.getmany(
                     timeout_ms=self._fetch_wait_ms(), max_records=self.stage.max_batch
                 )
@@ -189,8 +220,35 @@ class StageRunner:
         for record in self._owned_records(consumer, fetched):
             tp = TopicPartition(record.topic, record.partition)
             self._in_flight.setdefault(tp, set()).add(record.offset)
+            self._started[tp] = max(self._started.get(tp, 0), record.offset + 1)
             task = asyncio.ensure_future(self._one(record))
             self._tasks[task] = record
+        self._limit_spans(consumer)
+
+    def _limit_spans(self, consumer: AIOKafkaConsumer) -> None:
+        """A partition commits up to its oldest record in flight; one slow record (an SMTP
+        session up to its timeouts) with many finished behind it would leave all of them to
+        be repeated after a crash. Past ``max_uncommitted_records`` between the two, the
+        partition starts no new records until the slow one is done."""
+        limit = self.config.max_uncommitted_records
+        assigned = consumer.assignment()
+        for tp, started in self._started.items():
+            waiting = self._in_flight.get(tp)
+            span = started - min(waiting) if waiting else 0
+            if span >= limit and tp not in self._span_paused and tp in assigned:
+                self._span_paused.add(tp)
+                consumer.pause(tp)
+                log.warning(
+                    "stage %s: %s[%d] has %d records past its oldest in flight; paused",
+                    self.stage.name,
+                    tp.topic,
+                    tp.partition,
+                    span,
+                )
+            elif span < limit and tp in self._span_paused:
+                self._span_paused.discard(tp)
+                if tp in assigned:
+                    consumer.resume(tp)
 
     async def _one(self, record: Consumed) -> Step:
         started = time.perf_counter()
@@ -224,10 +282,10 @@ class StageRunner:
             tp = TopicPartition(record.topic, record.partition)
             self._in_flight[tp].discard(record.offset)
             done[tp] = max(done.get(tp, 0), record.offset + 1)
-        records = list(step.outputs)
-        for store in self.stage.stores:
-            records.extend(store.changes())
-        await self.producer.settle(await self.producer.send(records))
+        futures = await self.producer.send(step.outputs)
+        acks = await self._send_changes()
+        await self.producer.settle([*futures, *(f for _, fs in acks for f in fs)])
+        _acknowledge(acks)
         assigned = consumer.assignment()
         offsets = {}
         for tp, high in done.items():
@@ -237,6 +295,7 @@ class StageRunner:
         owned = {tp: off for tp, off in offsets.items() if tp in assigned}
         if owned:
             await consumer.commit(owned)
+        self._limit_spans(consumer)
         self._observe(step, len(finished), None)
 
     async def drain(self) -> None:
@@ -248,6 +307,7 @@ class StageRunner:
             await self._flush_finished(self._consumer)
         self._in_flight.clear()
         self._high.clear()
+        self._started.clear()
 
     def _fetch_wait_ms(self) -> int:
         wait = self.config.fetch_wait
@@ -303,6 +363,7 @@ class StageRunner:
         # and decided while Kafka acknowledges these
         self._unsettled.extend(await self.producer.send(step.outputs))
         self._uncommitted.update(self._offsets(consumer, batch, step))
+        self.budget.processed(len(batch), time.monotonic())
         self._observe(step, len(batch), started)
         if time.monotonic() - self._last_commit >= self.config.commit_interval:
             await self._checkpoint()
@@ -314,26 +375,54 @@ class StageRunner:
         self._last_commit = time.monotonic()
         if not self._uncommitted and not self._unsettled:
             return
-        changes = [out for store in self.stage.stores for out in store.changes()]
-        futures = [*self._unsettled, *await self.producer.send(changes)]
+        acks = await self._send_changes()
+        futures = [*self._unsettled, *(f for _, fs in acks for f in fs)]
         offsets, self._uncommitted, self._unsettled = self._uncommitted, {}, []
-        await self._enqueue(futures, offsets)
+        await self._enqueue(_Checkpoint(futures, offsets, acks, self.budget.seal()))
+
+    async def _send_changes(self) -> list[tuple[Store, list[asyncio.Future[Any]]]]:
+        """Send every store's changes; per store, the futures of its changelog records."""
+        acks = []
+        for store in self.stage.stores:
+            changes = store.changes()
+            if changes:
+                acks.append((store, await self.producer.send(changes)))
+        return acks
 
     async def _commit_in_order(self, consumer: AIOKafkaConsumer) -> None:
         while True:
-            futures, offsets = await self._pending.get()
+            checkpoint = await self._pending.get()
             try:
-                await self.producer.settle(futures)
+                await self.producer.settle(checkpoint.futures)
+                # the tables take the changes only now that the changelog has them (and in
+                # the order they were sent): a table never holds what its changelog does not
+                _acknowledge(checkpoint.acks)
                 assigned = consumer.assignment()
-                owned = {tp: off for tp, off in offsets.items() if tp in assigned}
+                owned = {tp: off for tp, off in checkpoint.offsets.items() if tp in assigned}
                 if owned:
                     await consumer.commit(owned)
+                self.budget.committed(checkpoint.group, time.monotonic())
+                self._uncommitted_gauge.set(self.budget.records)
+                self._since_commit_gauge.set(0.0)
             finally:
                 self._pending.task_done()
 
-    async def _enqueue(self, futures: list[Any], offsets: dict[TopicPartition, int]) -> None:
+    async def _catch_up(self) -> None:
+        """Over the commit budget: fetch nothing more until everything is committed."""
+        log.warning(
+            "stage %s: %d records uncommitted, the oldest %.1fs ago; waiting for Kafka to "
+            "acknowledge them before fetching more",
+            self.stage.name,
+            self.budget.records,
+            self.budget.age(time.monotonic()),
+        )
+        began = time.monotonic()
+        await self.settled()
+        log.info("stage %s: caught up in %.1fs", self.stage.name, time.monotonic() - began)
+
+    async def _enqueue(self, checkpoint: _Checkpoint) -> None:
         assert self._committer is not None
-        put = asyncio.ensure_future(self._pending.put((futures, offsets)))
+        put = asyncio.ensure_future(self._pending.put(checkpoint))
         await asyncio.wait([put, self._committer], return_when=asyncio.FIRST_COMPLETED)
         if not put.done():
             put.cancel()
@@ -414,12 +503,41 @@ class StageRunner:
                 counter = self._outcomes[outcome] = RECORDS.labels(self.stage.name, outcome)
             counter.inc(count)
         for store in self.stage.stores:
-            STATE_ENTRIES.labels(store.name).set(len(store))
+            STATE_ENTRIES.labels(store.name).set(store.entries())
+        now = time.monotonic()
+        self._uncommitted_gauge.set(self.budget.records)
+        self._since_commit_gauge.set(now - self.budget.last_commit if self.budget.records else 0)
 
     async def _housekeeping(self) -> None:
         if time.monotonic() - self._last_housekeeping < self.config.housekeeping_interval:
             return
         self._last_housekeeping = time.monotonic()
+        # what is in the commit pipeline reaches the tables first: they take changes in order
+        await self.settled()
         self.stage.housekeeping(self.clock())
-        records = [out for store in self.stage.stores for out in store.changes()]
-        await self.producer.settle(await self.producer.send(records))
+        acks = await self._send_changes()
+        await self.producer.settle([f for _, fs in acks for f in fs])
+        _acknowledge(acks)
+
+
+@dataclass
+class _Checkpoint:
+    """Sent and waiting for Kafka: the futures of every record, the offsets to commit after,
+    the stores' changelog futures (their tables take the changes once acknowledged), and the
+    records it commits."""
+
+    futures: list[Any]
+    offsets: dict[TopicPartition, int]
+    acks: list[tuple[Store, list[asyncio.Future[Any]]]]
+    group: Group
+
+
+def _acknowledge(acks: list[tuple[Store, list[asyncio.Future[Any]]]]) -> None:
+    """Hand each store the last changelog offset per partition of its acknowledged changes."""
+    for store, futures in acks:
+        offsets: dict[int, int] = {}
+        for future in futures:
+            meta = future.result()
+            if meta.offset > offsets.get(meta.partition, -1):
+                offsets[meta.partition] = meta.offset
+        store.acknowledged(offsets)

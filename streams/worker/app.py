@@ -52,7 +52,7 @@ def state_tables(settings: Settings) -> DiskTables | None:
     """The worker's disk tables, or None when its stores stay in memory."""
     if settings.state_store == "memory":
         return None
-    return DiskTables(settings.data_dir / "state")
+    return DiskTables(settings.data_dir / "state", settings.app_id)
 
 
 def runtime_stages(
@@ -200,6 +200,9 @@ def create_app(
             session_timeout=settings.session_timeout,
             heartbeat_interval=settings.heartbeat_interval,
             commit_interval=settings.commit_interval,
+            max_uncommitted_records=settings.max_uncommitted_records,
+            max_uncommitted_seconds=settings.max_uncommitted_seconds,
+            recovery_stall_timeout=settings.recovery_stall_timeout,
             producer=limit.stage_producer_config(),
         ),
         found,

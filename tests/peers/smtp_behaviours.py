@@ -39,6 +39,9 @@ class Behaviour:
     # answer MAIL with 421 on a session quiet this long since its last message: a server whose
     # idle timeout fires just as the client reuses the session
     mail_421_after_idle: float | None = None
+    pipelining: bool = True  # offer RFC 2920 PIPELINING in the EHLO reply, as real MTAs do
+    mail_reply: str | None = None  # a fixed reply to every MAIL FROM
+    drop_after_mail: bool = False  # answer MAIL, then close the session with no more replies
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,7 @@ class _Stats:
         self.max_open = 0
         self.counts: dict[str, int] = {}
         self.received: list[Received] = []
+        self.reads: list[bytes] = []  # the bytes of each read from a client, in order
 
     def bump(self, key: str) -> None:
         with self.lock:
@@ -68,6 +72,7 @@ class _Stats:
             self.connections = self.open = self.max_open = 0
             self.counts.clear()
             self.received.clear()
+            self.reads.clear()
 
 
 class _CountingSMTP(SMTP):
@@ -99,6 +104,11 @@ class _CountingSMTP(SMTP):
         self._end()
         super().connection_lost(error)
 
+    def data_received(self, data: bytes) -> None:
+        with self._stats.lock:
+            self._stats.reads.append(data)
+        super().data_received(data)
+
     async def smtp_QUIT(self, arg: str) -> None:
         self._end()
         await super().smtp_QUIT(arg)
@@ -109,6 +119,14 @@ class _Handler:
         self.behaviour = behaviour
         self.stats = stats
         self.deferred = 0
+
+    async def handle_EHLO(
+        self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
+    ) -> list[str]:
+        session.host_name = hostname
+        if self.behaviour.pipelining:
+            responses.insert(-1, "250-PIPELINING")
+        return responses
 
     async def handle_RSET(self, server: Any, session: Any, envelope: Any) -> str:
         self.stats.bump("rset")
@@ -122,6 +140,12 @@ class _Handler:
         last = getattr(session, "last_message", None)
         if idle_limit is not None and last is not None and time.monotonic() - last > idle_limit:
             return "421 4.4.2 Idle too long, closing connection"
+        if self.behaviour.drop_after_mail:
+            await server.push("250 OK")
+            server.transport.close()
+            await asyncio.sleep(30)  # cancelled when the session goes
+        if self.behaviour.mail_reply is not None:
+            return self.behaviour.mail_reply
         envelope.mail_from = address
         envelope.mail_options.extend(options)
         return "250 OK"
@@ -256,6 +280,11 @@ class SinkServer:
     def count(self, key: str) -> int:
         with self._stats.lock:
             return self._stats.counts.get(key, 0)
+
+    @property
+    def reads(self) -> list[bytes]:
+        with self._stats.lock:
+            return list(self._stats.reads)
 
     @property
     def received(self) -> list[Received]:

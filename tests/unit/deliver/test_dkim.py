@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from datetime import UTC, datetime
 from functools import cache
 from typing import Any
@@ -294,3 +296,71 @@ def test_key_ring_parses_a_key_once_and_follows_rotation() -> None:
     current[(TENANT, DOMAIN)] = ("s3", b"garbage")
     with pytest.raises(DkimKeyError, match="tenant shop"):
         ring(TENANT, DOMAIN)
+
+
+# --- signing off the event loop -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("algorithm", ["rsa", "ed25519"])
+async def test_sign_async_signs_on_the_signer_threads_and_verifies(
+    algorithm: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    threads: list[str] = []
+    real = signing._signature
+
+    def recording(key: Any, data: bytes) -> str:
+        threads.append(threading.current_thread().name)
+        return real(key, data)
+
+    monkeypatch.setattr(signing, "_signature", recording)
+    async_signer, sync_signer = signer(algorithm, threads=2), signer(algorithm)
+    try:
+        names = [f"R{i}" for i in range(8)]
+        signed = await asyncio.gather(
+            *(async_signer.sign_async(message(name=n), TENANT, DOMAIN, NOW) for n in names)
+        )
+    finally:
+        async_signer.close()
+    assert len(threads) == 8
+    assert all(name.startswith("dkim") for name in threads)  # never the loop's thread
+    for name, one in zip(names, signed, strict=True):
+        assert verify(one, algorithm)
+        if algorithm == "ed25519":  # deterministic: the same bytes as the inline signer's
+            assert one == sync_signer.sign(message(name=name), TENANT, DOMAIN, NOW)
+
+
+async def test_body_hash_computed_once_for_many_recipients_of_one_body() -> None:
+    rsa_signer = signer("rsa")
+    try:
+        for i in range(20):
+            signed = await rsa_signer.sign_async(message(name=f"N{i}"), TENANT, DOMAIN, NOW)
+            assert verify(signed, "rsa")
+        assert rsa_signer.body_hashes_computed == 1
+        await rsa_signer.sign_async(message(text="a new body"), TENANT, DOMAIN, NOW)
+        assert rsa_signer.body_hashes_computed == 2
+    finally:
+        rsa_signer.close()
+
+
+async def test_sign_async_without_threads_and_without_a_key() -> None:
+    inline = signer("rsa", threads=0)
+    signed = await inline.sign_async(message(), TENANT, DOMAIN, NOW)
+    assert verify(signed, "rsa")
+    assert await inline.sign_async(message(), "other", DOMAIN, NOW) == message()
+    with pytest.raises(DkimMessageError):
+        await inline.sign_async(b"no header block", TENANT, DOMAIN, NOW)
+
+
+def test_body_cache_is_bounded_in_bytes() -> None:
+    small = signer("ed25519", body_cache_bytes=3000)
+    bodies = [bytes([65 + i]) * 1000 + b"\r\n" for i in range(4)]
+    for body in bodies:
+        small.body_hash(body)
+    assert small.body_hashes_computed == 4
+    small.body_hash(bodies[-1])  # the newest is still there
+    assert small.body_hashes_computed == 4
+    small.body_hash(bodies[0])  # the oldest went to make room
+    assert small.body_hashes_computed == 5
+    small.body_hash(b"x" * 4000)  # larger than the whole budget: hashed, never kept
+    small.body_hash(b"x" * 4000)
+    assert small.body_hashes_computed == 7
