@@ -10,6 +10,7 @@ domain code."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -20,6 +21,7 @@ from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from streams.db.config import DatabaseSettings, TenantDefaults
+from streams.errors import ConfigError
 from streams.kafka.config import (
     KafkaSecurity,
     KafkaSettings,
@@ -31,6 +33,7 @@ from streams.obs.logs import LogSettings
 from streams.secret import SECRET_FILE, ServerSecret, load_server_secret
 
 __all__ = [
+    "KAFKA_CLUSTER_RECORD",
     "ApiSettings",
     "DeliverySettings",
     "GateSettings",
@@ -40,6 +43,11 @@ __all__ = [
     "StackSettings",
     "VerifySettings",
 ]
+
+
+# where the embedded cluster records its id and size (written by streams.stack.kafka)
+KAFKA_CLUSTER_RECORD = Path("kafka") / "cluster.json"
+MAX_BROKERS = 16
 
 
 def _default_data_dir() -> Path:
@@ -146,6 +154,7 @@ class StackSettings:
     kafka_host: str
     kafka_port: int
     kafka_controller_port: int
+    kafka_brokers: int
     kafka_heap: str
     kafka_start_timeout: float
     kafka_jars_dir: Path
@@ -186,6 +195,11 @@ class Settings(BaseSettings):
     kafka_host: str = "127.0.0.1"
     kafka_port: int = 9092
     kafka_controller_port: int = 9093
+    # brokers the embedded cluster runs (`postwire up --brokers N`): broker n (0-based) listens on
+    # kafka_port + 2n and kafka_controller_port + 2n; the first min(N, 3) form the controller
+    # quorum. Each is a JVM with kafka_heap of heap. Unset: as many as the data dir's cluster
+    # was formatted with (see embedded_brokers), 1 for a new one.
+    kafka_brokers: int | None = Field(default=None, ge=1, le=MAX_BROKERS)
     kafka_heap: str = "512m"
     kafka_start_timeout: float = 60.0
     # how every client (workers, API, sinks, replay, CLI, bench) authenticates to the cluster:
@@ -210,7 +224,10 @@ class Settings(BaseSettings):
     # topics
     topic_prefix: str = "postwire"
     partitions: int = Field(default=4, ge=1)
-    replication_factor: int = Field(default=1, ge=1)
+    # unset: they follow the cluster (the embedded one's size capped at 3, an external one 1) and
+    # min.insync.replicas one less than that, at least 1; see topic_replication_factor
+    replication_factor: int | None = Field(default=None, ge=1)
+    min_insync_replicas: int | None = Field(default=None, ge=1)
 
     # faust worker
     app_id: str = "postwire"
@@ -375,6 +392,29 @@ class Settings(BaseSettings):
         _ = self.kafka_security
         return self
 
+    @model_validator(mode="after")
+    def _replication_is_possible(self) -> Settings:
+        # refused here: topic creation would fail (too many replicas), or every acks=all write
+        # to the topics would (more in-sync replicas asked for than there are replicas)
+        replicas, insync = self.topic_replication_factor, self.topic_min_insync_replicas
+        if self.embedded_kafka and replicas > self.embedded_brokers:
+            raise ConfigError(
+                f"POSTWIRE_REPLICATION_FACTOR={replicas} needs at least as many brokers; the "
+                f"embedded cluster has {self.embedded_brokers} (POSTWIRE_KAFKA_BROKERS)"
+            )
+        if insync > replicas:
+            raise ConfigError(
+                f"POSTWIRE_MIN_INSYNC_REPLICAS={insync} is more than the replication factor "
+                f"({replicas}): no acks=all write could succeed"
+            )
+        ports = [port for pair in self.kafka_broker_ports for port in pair]
+        if self.embedded_kafka and len(set(ports)) != len(ports):
+            raise ConfigError(
+                f"the {self.embedded_brokers} embedded brokers' ports overlap (POSTWIRE_KAFKA_"
+                "PORT + 2n and POSTWIRE_KAFKA_CONTROLLER_PORT + 2n); pick ports further apart"
+            )
+        return self
+
     def to_env(self) -> dict[str, str]:
         """These settings as ``POSTWIRE_*`` variables, so a child process sees exactly them."""
         env = {}
@@ -398,7 +438,8 @@ class Settings(BaseSettings):
             topics=self.topics,
             app_id=self.app_id,
             partitions=self.partitions,
-            replication_factor=self.replication_factor,
+            replication_factor=self.topic_replication_factor,
+            min_insync_replicas=self.topic_min_insync_replicas,
             session_timeout=self.session_timeout,
             heartbeat_interval=self.heartbeat_interval,
             rebalance_timeout=self.rebalance_timeout,
@@ -529,6 +570,7 @@ class Settings(BaseSettings):
             kafka_host=self.kafka_host,
             kafka_port=self.kafka_port,
             kafka_controller_port=self.kafka_controller_port,
+            kafka_brokers=self.embedded_brokers,
             kafka_heap=self.kafka_heap,
             kafka_start_timeout=self.kafka_start_timeout,
             kafka_jars_dir=self.kafka_jars_dir,
@@ -568,7 +610,46 @@ class Settings(BaseSettings):
 
     @property
     def bootstrap(self) -> str:
-        return self.kafka_bootstrap or f"{self.kafka_host}:{self.kafka_port}"
+        if self.kafka_bootstrap:
+            return self.kafka_bootstrap
+        return ",".join(f"{self.kafka_host}:{port}" for port, _ in self.kafka_broker_ports)
+
+    @property
+    def kafka_broker_ports(self) -> list[tuple[int, int]]:
+        """(client port, controller port) of each embedded broker, broker 0 first."""
+        return [
+            (self.kafka_port + 2 * n, self.kafka_controller_port + 2 * n)
+            for n in range(self.embedded_brokers)
+        ]
+
+    @cached_property
+    def embedded_brokers(self) -> int:
+        """The embedded cluster's size: as set, else as the data dir's cluster was formatted
+        (so `postwire topics` and the others agree with `up --brokers N` without the flag),
+        else 1."""
+        if self.kafka_brokers is not None:
+            return self.kafka_brokers
+        try:
+            recorded = json.loads((self.data_dir / KAFKA_CLUSTER_RECORD).read_text())["brokers"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return 1
+        return recorded if isinstance(recorded, int) and 1 <= recorded <= MAX_BROKERS else 1
+
+    @property
+    def topic_replication_factor(self) -> int:
+        """The replicas of every topic postwire creates: as set, or the embedded cluster's
+        size capped at 3 (an external cluster's size is not known here: 1)."""
+        if self.replication_factor is not None:
+            return self.replication_factor
+        return min(self.embedded_brokers, 3) if self.embedded_kafka else 1
+
+    @property
+    def topic_min_insync_replicas(self) -> int:
+        """``min.insync.replicas`` of those topics: as set, or one less than the replicas (at
+        least 1), so one broker can be down while acks=all writes still succeed."""
+        if self.min_insync_replicas is not None:
+            return self.min_insync_replicas
+        return max(1, self.topic_replication_factor - 1)
 
     @property
     def api_base(self) -> str:

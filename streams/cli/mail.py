@@ -135,7 +135,7 @@ async def _publish_suppression(tenant: str, address: str, value: Suppression | N
 
     s = settings()
     options = client_options(s.kafka)
-    producer = AIOKafkaProducer(**options, acks="all")
+    producer = AIOKafkaProducer(**options, acks="all", enable_idempotence=True)
     raw = default_codec().encode("Suppression", value) if value is not None else None
     try:
         await start_client(producer, options)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 from typing import Annotated, Any
 
@@ -54,11 +55,26 @@ def up(
     workers: Annotated[
         bool, typer.Option(help="Also start the workers, the sinks and the HTTP ingress.")
     ] = True,
+    brokers: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            max=16,
+            help=(
+                "Embedded Kafka brokers; default POSTWIRE_KAFKA_BROKERS, else as many as the "
+                "data dir's cluster has (1 for a new one)."
+            ),
+        ),
+    ] = None,
 ) -> None:
     """Start Kafka, PostgreSQL, topics, migrations, the workers, the sinks and the HTTP
     ingress; restart a child that dies; run until Ctrl-C."""
     from streams.stack.stack import Stack
 
+    if brokers is not None:
+        # the flag is the knob: read with the others (and checked against the replication),
+        # and seen by a detached supervisor and the children
+        os.environ["POSTWIRE_KAFKA_BROKERS"] = str(brokers)
     settings = _settings()
     if detach:
         from streams.errors import PostwireError
@@ -262,35 +278,69 @@ def sink(
 def topics(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
 ) -> None:
-    """Create any missing postwire topics and list them."""
+    """Create any missing postwire topics and list them, with how each existing one differs
+    from the settings (`drift`); existing topics are never changed."""
+    from streams.kafka.drift import TopicState, read_topics, topic_drift
     from streams.kafka.topics import ensure_topics, topic_specs
     from streams.stages.policies import delay_topics
 
     settings = _settings()
-    created = set(_run(ensure_topics(settings.kafka, delay_topics(settings))))
+    specs = topic_specs(settings.kafka, delay_topics(settings))
+
+    async def work() -> tuple[set[str], dict[str, TopicState]]:
+        made = set(await ensure_topics(settings.kafka, delay_topics(settings)))
+        return made, await read_topics(settings.kafka, [spec.name for spec in specs])
+
+    created, states = _run(work())
+    drift = {s.name: topic_drift(s, states[s.name]) for s in specs if s.name in states}
     if as_json:
         rows = [
             {
                 "topic": spec.name,
                 "partitions": spec.partitions,
+                "replication": spec.replication,
+                "min_insync_replicas": int(spec.config["min.insync.replicas"]),
                 "compacted": spec.compacted,
                 "purpose": spec.purpose,
                 "created": spec.name in created,
+                "under_replicated": (
+                    states[spec.name].under_replicated if spec.name in states else None
+                ),
+                "drift": [
+                    {
+                        "setting": d.setting,
+                        "configured": d.configured,
+                        "actual": d.actual,
+                        "fix": d.fix,
+                    }
+                    for d in drift.get(spec.name, [])
+                ],
             }
-            for spec in topic_specs(settings.kafka, delay_topics(settings))
+            for spec in specs
         ]
         out.print_json(data=rows)
         return
-    grid = Table("topic", "partitions", "cleanup", "purpose", "")
-    for spec in topic_specs(settings.kafka, delay_topics(settings)):
+    grid = Table("topic", "partitions", "replicas", "cleanup", "purpose", "", "drift")
+    for spec in specs:
         grid.add_row(
             spec.name,
             str(spec.partitions),
+            f"{spec.replication} (min in sync {spec.config['min.insync.replicas']})",
             "compact" if spec.compacted else "delete",
             spec.purpose,
             "created" if spec.name in created else "",
+            ", ".join(d.setting for d in drift.get(spec.name, [])),
         )
     out.print(grid)
+    drifted = [(name, d) for name, found in drift.items() for d in found]
+    if drifted:
+        out.print(
+            f"[bold yellow]{len({n for n, _ in drifted})} topic(s) differ from the settings[/];"
+            " `postwire topics` changes no existing topic. To make them match "
+            f"(with --bootstrap-server {settings.bootstrap}):"
+        )
+        for name, d in drifted:
+            out.print(f"  {name}: {d}\n    {d.fix}", markup=False, highlight=False)
 
 
 @db_app.command("migrate")

@@ -75,7 +75,7 @@ def task_meta_of_entry(entry: dict[str, Any]) -> TaskMeta:
 
 async def publish_command(kafka: KafkaSettings, command: Command) -> None:
     options = client_options(kafka)
-    producer = AIOKafkaProducer(**options, acks="all")
+    producer = AIOKafkaProducer(**options, acks="all", enable_idempotence=True)
     try:
         await start_client(producer, options)
         await producer.send_and_wait(kafka.topics.control, command.encode(), key=b"control")

@@ -143,6 +143,7 @@ class KafkaSettings:
     app_id: str = "postwire"
     partitions: int = 4
     replication_factor: int = 1
+    min_insync_replicas: int = 1
     session_timeout: float = 10.0
     heartbeat_interval: float = 1.0
     rebalance_timeout: float = 10.0

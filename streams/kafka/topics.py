@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
@@ -60,6 +60,7 @@ class TopicSpec:
     partitions: int
     config: dict[str, str] = field(default_factory=dict)
     purpose: str = ""
+    replication: int = 1
 
     @property
     def compacted(self) -> bool:
@@ -73,7 +74,7 @@ def topic_specs(kafka: KafkaSettings, delay_topics: Sequence[str] = ()) -> list[
     # latest value per key is the truth (like a table changelog): compaction keeps it forever
     table = {"cleanup.policy": "compact", "min.compaction.lag.ms": "60000"}
     changelog = CHANGELOG_CONFIG
-    return [
+    specs = [
         TopicSpec(t.requests, n, log, "EmailRequest from producers, key = tenant"),
         TopicSpec(t.accepted, n, log, "EmailRequest that passed the gate, key = tenant"),
         TopicSpec(t.rejections, n, {**log, "retention.ms": str(4 * _WEEK_MS)}, "dead letters"),
@@ -105,6 +106,12 @@ def topic_specs(kafka: KafkaSettings, delay_topics: Sequence[str] = ()) -> list[
             for name, purpose in STORES.items()
         ),
     ]
+    # every topic: as many replicas as configured, and acks=all writes wait for this many
+    insync = {"min.insync.replicas": str(kafka.min_insync_replicas)}
+    return [
+        replace(spec, config={**spec.config, **insync}, replication=kafka.replication_factor)
+        for spec in specs
+    ]
 
 
 async def ensure_topics(kafka: KafkaSettings, delay_topics: Sequence[str] = ()) -> list[str]:
@@ -117,7 +124,7 @@ async def ensure_topics(kafka: KafkaSettings, delay_topics: Sequence[str] = ()) 
         missing = [s for s in topic_specs(kafka, delay_topics) if s.name not in existing]
         if missing:
             new = [
-                NewTopic(s.name, s.partitions, kafka.replication_factor, topic_configs=s.config)
+                NewTopic(s.name, s.partitions, s.replication, topic_configs=s.config)
                 for s in missing
             ]
             response = await admin.create_topics(new)

@@ -32,6 +32,7 @@ class HostConfig:
     app_id: str
     partitions: int = 1  # of changelog topics the host creates
     replication: int = 1
+    min_insync: int = 1
     linger_ms: int = 2
     session_timeout: float = 10.0
     heartbeat_interval: float = 1.0
@@ -87,7 +88,11 @@ class StageHost:
         # missing one is an error here, at start, never a crash after a send
         await require_topics(self.config.client, self.flow_topics(), wait=self.config.topic_wait)
         await ensure_changelogs(
-            self.config.client, stores, self.config.partitions, self.config.replication
+            self.config.client,
+            stores,
+            self.config.partitions,
+            self.config.replication,
+            min_insync=self.config.min_insync,
         )
         # a changelog created a moment ago is not in every broker's metadata yet
         await require_topics(

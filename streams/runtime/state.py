@@ -36,7 +36,12 @@ SWEEP_BUDGET = 20_000
 
 
 async def ensure_changelogs(
-    client: Mapping[str, Any], stores: list[Store], partitions: int, replication: int
+    client: Mapping[str, Any],
+    stores: list[Store],
+    partitions: int,
+    replication: int,
+    *,
+    min_insync: int = 1,
 ) -> list[str]:
     """Create the changelog topics that do not exist yet; return their names. ``client``: the
     options of ``streams.kafka.config.client_options``."""
@@ -51,11 +56,9 @@ async def ensure_changelogs(
         failed: list[str] = []
         created: list[str] = []
         if missing:
+            config = {**CHANGELOG_CONFIG, "min.insync.replicas": str(min_insync)}
             response = await admin.create_topics(
-                [
-                    NewTopic(t, partitions, replication, topic_configs=CHANGELOG_CONFIG)
-                    for t in missing
-                ]
+                [NewTopic(t, partitions, replication, topic_configs=config) for t in missing]
             )
             # per-topic outcomes come back as error codes; "exists" means another made it first
             for name, code, *_ in response.topic_errors:

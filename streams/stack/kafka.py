@@ -1,4 +1,12 @@
-"""Embedded single-node Apache Kafka (KRaft), run from Maven Central jars on the local Java.
+"""Embedded Apache Kafka (KRaft), run from Maven Central jars on the local Java: one node, or a
+cluster of ``POSTWIRE_KAFKA_BROKERS`` nodes on loopback (``KafkaNode``, ``cluster_nodes``).
+
+One node keeps everything under ``<data dir>/kafka`` (as before clusters existed); node n of a
+larger cluster under ``<data dir>/kafka/<n>``, all formatted with one cluster id (kept in
+``kafka/cluster.json`` with the size). The first min(N, 3) nodes are the controller quorum
+(combined broker and controller), the rest brokers only. Internal topics (offsets, transaction
+state) get min(N, 3) replicas and one less in-sync replica needed (at least 1), so a cluster of
+three keeps committing offsets and transactions with a broker down.
 
 By default its client listener speaks PLAINTEXT on loopback. With a ``SecuredListener`` it
 speaks SASL_SSL instead: TLS with a throwaway CA (``streams.stack.tls``, PEM files Kafka reads
@@ -12,6 +20,7 @@ the controllers serve)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import re
@@ -20,7 +29,8 @@ import shutil
 import subprocess
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,15 +42,20 @@ from streams.errors import ConfigError, KafkaRefusedError, StackError
 from streams.kafka.config import KafkaSettings, client_options
 from streams.kafka.connect import explain_refusal
 from streams.secret import write_private
-from streams.settings import Settings
+from streams.settings import KAFKA_CLUSTER_RECORD, Settings
 from streams.stack.process import ManagedProcess, port_in_use
 from streams.stack.tls import TlsFiles
 
 __all__ = [
+    "CONTROLLER_QUORUM",
     "SCRAM_MECHANISMS",
     "EmbeddedKafka",
+    "KafkaNode",
     "SecuredListener",
+    "cluster_nodes",
     "fetch_kafka_jars",
+    "internal_replication",
+    "layout_problem",
     "locate_pom",
     "render_log4j",
     "render_server_properties",
@@ -51,6 +66,8 @@ SCRAM_MECHANISMS = ("SCRAM-SHA-256", "SCRAM-SHA-512")
 # the storage tool parses "[name=...,password=...]" without quoting, and the JAAS lines quote
 # values with '"': names and passwords stay inside a charset neither can misread
 _CREDENTIAL = re.compile(r"[A-Za-z0-9._~-]{1,128}")
+# voters of the controller quorum: three survive one loss; more only slow every metadata write
+CONTROLLER_QUORUM = 3
 # refusals that a broker still booting never gives: waiting longer cannot help
 _FINAL = ("kafka.sasl_auth_failed", "kafka.sasl_mechanism", "kafka.tls_untrusted")
 
@@ -120,6 +137,73 @@ class SecuredListener:
         }
 
 
+@dataclass(frozen=True)
+class KafkaNode:
+    """One node of the embedded cluster: ``index`` counts from 0, Kafka's ``node.id`` from 1."""
+
+    index: int
+    port: int
+    controller_port: int
+    voter: bool  # a member of the controller quorum (combined broker and controller)
+    root: Path  # its server.properties, logs and data dir
+
+    @property
+    def name(self) -> str:
+        # the process name, numbered like the workers' (kafka, kafka1, kafka2, ...)
+        return f"kafka{self.index or ''}"
+
+    @property
+    def node_id(self) -> int:
+        return self.index + 1
+
+    @property
+    def log_dir(self) -> Path:
+        return self.root / "data"
+
+
+def cluster_nodes(settings: Settings) -> list[KafkaNode]:
+    """The embedded cluster's nodes: ports from ``settings.kafka_broker_ports``, the first
+    min(N, 3) voters; one node lives in ``<data dir>/kafka`` itself, more in ``kafka/<n>``."""
+    root = settings.data_dir / "kafka"
+    ports = settings.kafka_broker_ports
+    return [
+        KafkaNode(
+            index=n,
+            port=port,
+            controller_port=cport,
+            voter=n < CONTROLLER_QUORUM,
+            root=root if len(ports) == 1 else root / str(n),
+        )
+        for n, (port, cport) in enumerate(ports)
+    ]
+
+
+def internal_replication(brokers: int) -> tuple[int, int]:
+    """(replicas, min in-sync replicas) of the internal topics of a cluster of ``brokers``."""
+    replicas = min(brokers, CONTROLLER_QUORUM)
+    return replicas, max(1, replicas - 1)
+
+
+def layout_problem(root: Path, brokers: int) -> str | None:
+    """Why the Kafka data under ``root`` cannot serve a cluster of ``brokers`` (None: it can,
+    or there is none yet). A data dir keeps the size it was formatted with: the quorum's voters
+    and the internal topics' replicas are fixed then."""
+    single = (root / "data" / "meta.properties").exists()
+    try:
+        recorded: int | None = int(
+            json.loads((root / KAFKA_CLUSTER_RECORD.name).read_text())["brokers"]
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        recorded = None
+    have = 1 if single else recorded
+    if have is None or have == brokers:
+        return None
+    return (
+        f"{root} holds a {have}-broker Kafka cluster, not {brokers}; start it with "
+        f"POSTWIRE_KAFKA_BROKERS={have} (up --brokers {have}), or use a fresh POSTWIRE_DATA_DIR"
+    )
+
+
 def locate_pom() -> Path:
     """The pom listing the broker artifacts: in a checkout under compose/, in a wheel packaged."""
     here = Path(__file__).resolve()
@@ -176,28 +260,38 @@ def fetch_kafka_jars(settings: Settings) -> Path:
 
 
 def render_server_properties(
-    settings: Settings, log_dir: Path, secured: SecuredListener | None = None
+    settings: Settings, log_dir: Path, secured: SecuredListener | None = None, *, node: int = 0
 ) -> str:
-    host, port, cport = settings.kafka_host, settings.kafka_port, settings.kafka_controller_port
+    """server.properties of node ``node`` of the embedded cluster."""
+    nodes = cluster_nodes(settings)
+    me, host = nodes[node], settings.kafka_host
     listener = "PLAINTEXT" if secured is None else "SASL_SSL"
+    listeners = [f"{listener}://{host}:{me.port}"]
+    if me.voter:
+        listeners.append(f"CONTROLLER://{host}:{me.controller_port}")
+    voters = ",".join(f"{n.node_id}@{host}:{n.controller_port}" for n in nodes if n.voter)
+    replicas, min_isr = internal_replication(len(nodes))
     props = {
-        "process.roles": "broker,controller",
-        "node.id": "1",
-        "controller.quorum.voters": f"1@{host}:{cport}",
-        "listeners": f"{listener}://{host}:{port},CONTROLLER://{host}:{cport}",
-        "advertised.listeners": f"{listener}://{host}:{port}",
+        "process.roles": "broker,controller" if me.voter else "broker",
+        "node.id": str(me.node_id),
+        "controller.quorum.voters": voters,
+        "listeners": ",".join(listeners),
+        "advertised.listeners": f"{listener}://{host}:{me.port}",
         "controller.listener.names": "CONTROLLER",
         "inter.broker.listener.name": listener,
         "listener.security.protocol.map": f"{listener}:{listener},CONTROLLER:PLAINTEXT",
         **(secured.properties() if secured is not None else {}),
         "log.dirs": str(log_dir),
         "num.partitions": str(settings.partitions),
-        # single node: every internal topic has one replica
-        "offsets.topic.replication.factor": "1",
+        # the internal topics: a cluster of three keeps them writable with one broker down
+        "offsets.topic.replication.factor": str(replicas),
         "offsets.topic.num.partitions": "10",
-        "transaction.state.log.replication.factor": "1",
-        "transaction.state.log.min.isr": "1",
-        "share.coordinator.state.topic.replication.factor": "1",
+        "transaction.state.log.replication.factor": str(replicas),
+        "transaction.state.log.min.isr": str(min_isr),
+        "share.coordinator.state.topic.replication.factor": str(replicas),
+        # the default of topics that do not say (the offsets topic among them)
+        "default.replication.factor": str(replicas),
+        "min.insync.replicas": str(min_isr),
         "group.initial.rebalance.delay.ms": "0",
         "auto.create.topics.enable": "false",
         "log.retention.hours": "168",
@@ -222,12 +316,18 @@ def render_log4j(log_file: Path) -> str:
 
 
 async def wait_for_kafka(
-    kafka: KafkaSettings, timeout: float, alive: ManagedProcess | None = None
+    kafka: KafkaSettings,
+    timeout: float,
+    alive: ManagedProcess | Sequence[ManagedProcess] | None = None,
+    *,
+    brokers: int = 1,
 ) -> None:
-    """Return once a metadata request succeeds; fail fast if the broker process dies or
-    refuses the client's credentials or certificate check (waiting cannot mend those)."""
+    """Return once a metadata request succeeds and names ``brokers`` brokers; fail fast if a
+    broker process dies or the cluster refuses the client's credentials or certificate check
+    (waiting cannot mend those)."""
     deadline = time.monotonic() + timeout
     last: Exception | None = None
+    watched = [alive] if isinstance(alive, ManagedProcess) else list(alive or ())
     # connection refusals are expected while the broker boots; aiokafka logs each one
     quiet = logging.getLogger("aiokafka")
     level = quiet.level
@@ -235,19 +335,28 @@ async def wait_for_kafka(
     options = client_options(kafka)
     try:
         while time.monotonic() < deadline:
-            if alive is not None and not alive.running():
-                raise StackError(f"Kafka exited during start-up; its log ends:\n{alive.log_tail()}")
+            for proc in watched:
+                if not proc.running():
+                    raise StackError(
+                        f"Kafka ({proc.name}) exited during start-up; its log ends:\n"
+                        f"{proc.log_tail()}"
+                    )
             admin = AIOKafkaAdminClient(**options, request_timeout_ms=3000)
             try:
                 await admin.start()
-                await admin.describe_cluster()
+                found = len((await admin.describe_cluster()).get("brokers") or ())
             except (KafkaError, OSError) as exc:
                 last = await explain_refusal(options) or exc
                 if isinstance(last, KafkaRefusedError) and last.code in _FINAL:
                     raise last from exc
                 await asyncio.sleep(0.2)
             else:
-                return
+                if found >= brokers:
+                    return
+                # a cluster answers before all its brokers registered: topics made now could
+                # not get their replicas
+                last = StackError(f"{found} of {brokers} brokers registered")
+                await asyncio.sleep(0.2)
             finally:
                 await admin.close()
     finally:
@@ -258,67 +367,103 @@ async def wait_for_kafka(
 
 
 class EmbeddedKafka:
+    """The embedded cluster: one ``ManagedProcess`` per node (``processes``, named like the
+    nodes), started and stopped together; ``process`` is the first node's."""
+
     def __init__(self, settings: Settings, secured: SecuredListener | None = None) -> None:
         self.settings = settings
         self.secured = secured
         self.root = settings.data_dir / "kafka"
-        self.log_dir = self.root / "data"
-        self.process = ManagedProcess(
-            name="kafka",
-            argv=[],
-            log_path=self.root / "server.out",
-            pid_path=settings.data_dir / "run" / "kafka.pid",
-            stop_timeout=30.0,
-        )
+        self.nodes = cluster_nodes(settings)
+        self.log_dir = self.nodes[0].log_dir
+        self.processes = [
+            ManagedProcess(
+                name=node.name,
+                argv=[],
+                log_path=node.root / "server.out",
+                pid_path=settings.data_dir / "run" / f"{node.name}.pid",
+                stop_timeout=30.0,
+            )
+            for node in self.nodes
+        ]
+        self.process = self.processes[0]
 
-    def prepare(self) -> list[str]:
-        """Fetch jars, write config, format storage once; return the java command line."""
+    def prepare(self) -> list[list[str]]:
+        """Fetch jars, write each node's config, format storage once; return the java command
+        line of each node."""
         protocol = self.settings.kafka_security_protocol
         if self.secured is None and protocol != "PLAINTEXT":
             raise StackError(
                 f"the embedded Kafka broker speaks PLAINTEXT, not POSTWIRE_KAFKA_SECURITY_"
                 f"PROTOCOL={protocol}; set POSTWIRE_KAFKA_BOOTSTRAP to the secured cluster"
             )
+        if self.secured is not None and len(self.nodes) > 1:
+            # the secured listener is tested on one node only: a cluster of them is not offered
+            raise StackError("the embedded secured (SASL_SSL) listener runs on one broker only")
         java = shutil.which("java")
         if java is None:
             raise StackError(
                 "java was not found on PATH; install Java 17+ (apt-get install "
                 "openjdk-17-jre-headless) or set POSTWIRE_KAFKA_BOOTSTRAP to an existing cluster."
             )
-        for port in (self.settings.kafka_port, self.settings.kafka_controller_port):
-            if port_in_use(self.settings.kafka_host, port):
-                raise StackError(
-                    f"port {port} on {self.settings.kafka_host} is already taken; stop what uses "
-                    "it, or pick free ones with POSTWIRE_KAFKA_PORT / "
-                    "POSTWIRE_KAFKA_CONTROLLER_PORT."
-                )
+        for node in self.nodes:
+            ports = (node.port, node.controller_port) if node.voter else (node.port,)
+            for port in ports:
+                if port_in_use(self.settings.kafka_host, port):
+                    raise StackError(
+                        f"port {port} on {self.settings.kafka_host} is already taken; stop what "
+                        "uses it, or pick free ones with POSTWIRE_KAFKA_PORT / "
+                        "POSTWIRE_KAFKA_CONTROLLER_PORT (broker n uses each + 2n)."
+                    )
+        problem = layout_problem(self.root, len(self.nodes))
+        if problem is not None:
+            raise StackError(problem)
         jars = fetch_kafka_jars(self.settings)
-        self.root.mkdir(parents=True, exist_ok=True)
-        props = self.root / "server.properties"
-        # it may hold the PLAIN users' passwords
-        write_private(
-            props, render_server_properties(self.settings, self.log_dir, self.secured).encode()
-        )
-        log4j = self.root / "log4j.properties"
-        log4j.write_text(render_log4j(self.root / "server.log"))
-        base = [
-            java,
-            f"-Xmx{self.settings.kafka_heap}",
-            f"-Xms{self.settings.kafka_heap}",
-            "-XX:+UseG1GC",
-            "-XX:MaxGCPauseMillis=20",
-            "-XX:+ExitOnOutOfMemoryError",
-            "-Djava.awt.headless=true",
-            f"-Dlog4j.configuration=file:{log4j}",
-            "-cp",
-            f"{jars}/*",
-        ]
-        if not (self.log_dir / "meta.properties").exists():
-            self._format(base, props)
-        return [*base, "kafka.Kafka", str(props)]
+        commands = []
+        cluster_id: str | None = None
+        for node in self.nodes:
+            node.root.mkdir(parents=True, exist_ok=True)
+            props = node.root / "server.properties"
+            # it may hold the PLAIN users' passwords
+            text = render_server_properties(
+                self.settings, node.log_dir, self.secured, node=node.index
+            )
+            write_private(props, text.encode())
+            log4j = node.root / "log4j.properties"
+            log4j.write_text(render_log4j(node.root / "server.log"))
+            base = [
+                java,
+                f"-Xmx{self.settings.kafka_heap}",
+                f"-Xms{self.settings.kafka_heap}",
+                "-XX:+UseG1GC",
+                "-XX:MaxGCPauseMillis=20",
+                "-XX:+ExitOnOutOfMemoryError",
+                "-Djava.awt.headless=true",
+                f"-Dlog4j.configuration=file:{log4j}",
+                "-cp",
+                f"{jars}/*",
+            ]
+            if not (node.log_dir / "meta.properties").exists():
+                cluster_id = cluster_id or self._cluster_id()
+                self._format(base, props, cluster_id)
+            commands.append([*base, "kafka.Kafka", str(props)])
+        return commands
 
-    def _format(self, base: list[str], props: Path) -> None:
+    def _cluster_id(self) -> str:
+        """One id for every node: a cluster's is kept beside its nodes (written before the
+        first is formatted, so a start interrupted between two formats goes on with it)."""
+        if len(self.nodes) == 1:
+            return _kafka_cluster_id()
+        record = self.settings.data_dir / KAFKA_CLUSTER_RECORD
+        try:
+            return str(json.loads(record.read_text())["cluster_id"])
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
         cluster_id = _kafka_cluster_id()
+        record.write_text(json.dumps({"cluster_id": cluster_id, "brokers": len(self.nodes)}))
+        return cluster_id
+
+    def _format(self, base: list[str], props: Path, cluster_id: str) -> None:
         # "--cluster-id=X": an id may start with "-", which argparse would take for an option
         cmd = [
             *base,
@@ -336,16 +481,30 @@ class EmbeddedKafka:
             raise StackError(f"formatting Kafka storage failed: {result.stdout}{result.stderr}")
 
     def start(self, *, detach: bool) -> int:
-        self.process.argv = self.prepare()
-        return self.process.start(detach=detach)
+        """Start every node; return the first one's pid."""
+        for proc, argv in zip(self.processes, self.prepare(), strict=True):
+            proc.argv = argv
+        try:
+            for proc in self.processes:
+                proc.start(detach=detach)
+        except BaseException:
+            self.stop()
+            raise
+        return self.processes[0].pid or 0
 
     async def wait_ready(self) -> None:
         await wait_for_kafka(
-            self.settings.kafka, self.settings.kafka_start_timeout, alive=self.process
+            self.settings.kafka,
+            self.settings.kafka_start_timeout,
+            alive=self.processes,
+            brokers=len(self.nodes),
         )
 
     def stop(self) -> None:
-        self.process.stop()
+        """Stop every node at once: one by one, the last ones would wait for a quorum the
+        first ones took with them."""
+        with ThreadPoolExecutor(max_workers=len(self.processes)) as pool:
+            list(pool.map(ManagedProcess.stop, self.processes))
 
 
 def _kafka_cluster_id() -> str:

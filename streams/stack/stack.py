@@ -6,6 +6,7 @@ supervisor's job (streams/stack/supervisor.py), in `postwire up` or in the backg
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -46,6 +47,7 @@ STOP_ORDER = (
     *(f"tx{i}" for i in range(1, 16)),
     "bulk",
     *(f"bulk{i}" for i in range(1, 16)),
+    # kafka1, kafka2, ... rank with it (stop_rank) and stop together with it
     "kafka",
     "postgres",
 )
@@ -134,13 +136,36 @@ def stop_detached(settings: Settings) -> dict[str, int]:
             (_run_dir(settings) / f"{name}.pid").unlink(missing_ok=True)
             stopped[name] = pid
     # what a supervisor that is gone (or was killed above) left running
-    for name, pid in _live_pids(settings).items():
+    left = _live_pids(settings)
+    for name, pid in left.items():
+        if _is_broker(name):
+            # all of them at the first (stop order keeps them side by side)
+            if name not in stopped:
+                stopped.update(_stop_brokers(settings, left))
+            continue
         sig = signal.SIGINT if name == "postgres" else signal.SIGTERM
         stop_pid(pid, sig, timeout=30.0)
         (_run_dir(settings) / f"{name}.pid").unlink(missing_ok=True)
         stopped[name] = pid
     (_run_dir(settings) / "stack.json").unlink(missing_ok=True)
     return stopped
+
+
+def _is_broker(name: str) -> bool:
+    return name.rstrip("0123456789") == "kafka"
+
+
+def _stop_brokers(settings: Settings, live: dict[str, int]) -> dict[str, int]:
+    """Signal every broker at once, then wait for each: one by one, the last ones would wait
+    for a controller quorum the first ones took with them."""
+    brokers = {name: pid for name, pid in live.items() if _is_broker(name) and pid_alive(pid)}
+    for pid in brokers.values():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    for name, pid in brokers.items():
+        stop_pid(pid, signal.SIGTERM, timeout=30.0)
+        (_run_dir(settings) / f"{name}.pid").unlink(missing_ok=True)
+    return brokers
 
 
 class Stack:
@@ -157,6 +182,10 @@ class Stack:
         # the children use the servers this stack runs, never start their own
         env["POSTWIRE_KAFKA_BOOTSTRAP"] = self.settings.bootstrap
         env["POSTWIRE_DATABASE_URL"] = self.settings.dsn
+        # to a child the cluster is an external one: it is told the replication that follows
+        # this stack's cluster size rather than falling back to 1
+        env["POSTWIRE_REPLICATION_FACTOR"] = str(self.settings.topic_replication_factor)
+        env["POSTWIRE_MIN_INSYNC_REPLICAS"] = str(self.settings.topic_min_insync_replicas)
         return env
 
     def process(self, name: str, *args: str, env: dict[str, str] | None = None) -> ManagedProcess:
@@ -191,7 +220,7 @@ class Stack:
     def _all(self) -> dict[str, ManagedProcess]:
         found = {p.name: p for p in self.apps}
         if self.kafka is not None:
-            found["kafka"] = self.kafka.process
+            found.update((p.name, p) for p in self.kafka.processes)
         if self.postgres is not None:
             found["postgres"] = self.postgres.process
         return found
@@ -263,6 +292,13 @@ class Stack:
 
     def stop(self) -> None:
         procs = self._all()
+        brokers_stopped = False
         for name in sorted(procs, key=stop_rank):
-            procs[name].stop()
+            if _is_broker(name) and self.kafka is not None:
+                # all of them at once, at the first (stop_rank puts them side by side)
+                if not brokers_stopped:
+                    self.kafka.stop()
+                    brokers_stopped = True
+            else:
+                procs[name].stop()
         (_run_dir(self.settings) / "stack.json").unlink(missing_ok=True)

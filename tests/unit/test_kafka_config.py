@@ -12,6 +12,9 @@ from streams.stack.kafka import (
     EmbeddedKafka,
     SecuredListener,
     _kafka_cluster_id,
+    cluster_nodes,
+    internal_replication,
+    layout_problem,
     locate_pom,
     render_server_properties,
 )
@@ -117,4 +120,69 @@ def test_the_plaintext_embedded_broker_refuses_secured_client_settings(tmp_path:
         kafka_ssl_cafile=ca,
     )
     with pytest.raises(StackError, match="speaks PLAINTEXT, not POSTWIRE_KAFKA_SECURITY_PROTOCOL"):
+        EmbeddedKafka(s).prepare()
+
+
+def test_a_cluster_has_a_quorum_of_three_and_replicated_internal_topics(tmp_path: Path) -> None:
+    s = Settings(data_dir=tmp_path, kafka_port=19092, kafka_controller_port=19093, kafka_brokers=5)
+    nodes = cluster_nodes(s)
+    assert [n.name for n in nodes] == ["kafka", "kafka1", "kafka2", "kafka3", "kafka4"]
+    assert [n.root for n in nodes] == [tmp_path / "kafka" / str(i) for i in range(5)]
+    assert s.bootstrap == ",".join(f"127.0.0.1:{19092 + 2 * i}" for i in range(5))
+    props = [_props(render_server_properties(s, n.log_dir, node=n.index)) for n in nodes]
+    voters = "1@127.0.0.1:19093,2@127.0.0.1:19095,3@127.0.0.1:19097"
+    assert {p["controller.quorum.voters"] for p in props} == {voters}
+    assert [p["node.id"] for p in props] == ["1", "2", "3", "4", "5"]
+    assert [p["process.roles"] for p in props] == ["broker,controller"] * 3 + ["broker"] * 2
+    assert props[1]["listeners"] == "PLAINTEXT://127.0.0.1:19094,CONTROLLER://127.0.0.1:19095"
+    # a broker-only node has no controller listener
+    assert props[4]["listeners"] == "PLAINTEXT://127.0.0.1:19100"
+    for p in props:
+        assert p["offsets.topic.replication.factor"] == "3"
+        assert p["transaction.state.log.replication.factor"] == "3"
+        assert p["transaction.state.log.min.isr"] == "2"
+        assert p["min.insync.replicas"] == "2"
+
+
+@pytest.mark.parametrize(
+    ("brokers", "expected"), [(1, (1, 1)), (2, (2, 1)), (3, (3, 2)), (7, (3, 2))]
+)
+def test_internal_topics_follow_the_cluster_size(brokers: int, expected: tuple[int, int]) -> None:
+    assert internal_replication(brokers) == expected
+
+
+def test_one_broker_keeps_the_single_node_layout(tmp_path: Path) -> None:
+    (node,) = cluster_nodes(Settings(data_dir=tmp_path))
+    assert (node.name, node.node_id, node.voter) == ("kafka", 1, True)
+    assert node.log_dir == tmp_path / "kafka" / "data"
+
+
+def test_a_data_dir_keeps_the_cluster_size_it_was_formatted_with(tmp_path: Path) -> None:
+    root = tmp_path / "kafka"
+    assert layout_problem(root, 3) is None  # nothing there yet
+    (root / "data").mkdir(parents=True)
+    (root / "data" / "meta.properties").write_text("node.id=1\n")
+    assert layout_problem(root, 1) is None
+    problem = layout_problem(root, 3)
+    assert problem is not None
+    assert "holds a 1-broker Kafka cluster, not 3" in problem
+    assert "POSTWIRE_KAFKA_BROKERS=1" in problem
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "cluster.json").write_text('{"cluster_id": "x", "brokers": 3}')
+    assert layout_problem(other, 3) is None
+    assert "holds a 3-broker" in (layout_problem(other, 1) or "")
+
+
+def test_the_secured_listener_is_offered_on_one_broker_only(tmp_path: Path) -> None:
+    s = Settings(data_dir=tmp_path, kafka_brokers=3, kafka_security_protocol="PLAINTEXT")
+    with pytest.raises(StackError, match="runs on one broker only"):
+        EmbeddedKafka(s, _secured(tmp_path, alice="a-pw")).prepare()
+
+
+def test_a_data_dir_of_another_size_is_refused_before_anything_starts(tmp_path: Path) -> None:
+    (tmp_path / "kafka" / "data").mkdir(parents=True)
+    (tmp_path / "kafka" / "data" / "meta.properties").write_text("node.id=1\n")
+    s = Settings(data_dir=tmp_path, kafka_port=19092, kafka_controller_port=19093, kafka_brokers=3)
+    with pytest.raises(StackError, match="holds a 1-broker Kafka cluster"):
         EmbeddedKafka(s).prepare()
