@@ -74,13 +74,22 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
     def __init__(self, runner: StageRunner) -> None:
         self.runner = runner
 
+    # aiokafka logs and swallows what a listener raises: a recovery that stalled or a flush
+    # Kafka refused would leave the stage unowned and waiting forever. The runner keeps the
+    # failure and its loop raises it, so the process ends and its supervisor restarts it.
     async def on_partitions_revoked(self, revoked: Any) -> None:
-        async with self.runner.lock:  # the batch in flight finishes and commits first
-            await self.runner.drain()
-            self.runner.ready = False
+        try:
+            async with self.runner.lock:  # the batch in flight finishes and commits first
+                await self.runner.drain()
+                self.runner.ready = False
+        except Exception as exc:
+            self.runner.fail(exc)
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
-        await self.runner.assigned({tp.partition for tp in assigned})
+        try:
+            await self.runner.assigned({tp.partition for tp in assigned})
+        except Exception as exc:
+            self.runner.fail(exc)
 
 
 class StageRunner:
@@ -98,6 +107,7 @@ class StageRunner:
         self.lock = asyncio.Lock()
         self.owned: set[int] = set()
         self.ready = False  # assigned and recovered: records are being processed
+        self.fatal: BaseException | None = None  # what a rebalance callback failed with
         self.recovering: frozenset[int] = frozenset()  # arriving partitions being rebuilt
         self._was_assigned = False  # a rebalance after it is "rebalancing", not "starting"
         self.batches = 0
@@ -142,6 +152,17 @@ class StageRunner:
     def wake(self) -> None:
         """Resume held partitions now (a queue command may have made their records due)."""
         self._wake.set()
+
+    def fail(self, exc: BaseException) -> None:
+        """A rebalance callback failed: the loop raises ``exc`` at its next turn."""
+        log.error("stage %s: rebalance failed, stopping: %s", self.stage.name, exc)
+        self.ready = False
+        if self.fatal is None:
+            self.fatal = exc
+
+    def _raise_if_failed(self) -> None:
+        if self.fatal is not None:
+            raise self.fatal
 
     async def assigned(self, partitions: set[int]) -> None:
         for p in self.owned - partitions:
@@ -189,6 +210,7 @@ class StageRunner:
                 await self._run_concurrent(consumer, stop)
                 return
             while not stop.is_set():
+                self._raise_if_failed()
                 if self._committer.done():
                     self._committer.result()  # Kafka refused a batch: stop here
                 self._resume_due(consumer)
@@ -217,6 +239,7 @@ class StageRunner:
         committed up to its oldest record still in flight, so a slow destination delays only its
         own records (and the commit point), never the records behind it."""
         while not stop.is_set():
+            self._raise_if_failed()
             room = self.stage.concurrency - len(self._tasks)
             if room > 0:
                 wait = 1 if self._tasks else self._fetch_wait_ms()
@@ -442,6 +465,7 @@ class StageRunner:
 
     async def settled(self) -> None:
         """Wait until every batch sent so far is acknowledged and committed."""
+        self._raise_if_failed()
         if self._committer is None:
             return
         if not self._committer.done():

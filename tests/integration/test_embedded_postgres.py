@@ -133,8 +133,10 @@ def _loopback(address: str) -> bool:
 
 def _stack_listening(pipeline: Stack) -> set[tuple[str, int]]:
     pids: set[int] = set()
-    for pid in pipeline.info.pids.values():
-        if Path(f"/proc/{pid}").exists():
+    # the children as they are now: a test may have restarted one (a new pid)
+    for proc in pipeline.children().values():
+        pid = proc.pid
+        if pid is not None and Path(f"/proc/{pid}").exists():
             pids |= _children(pid)
     return _listening(pids)
 

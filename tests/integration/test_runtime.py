@@ -27,7 +27,7 @@ from streams.runtime.recovery import recover
 from streams.runtime.runner import RunnerConfig, StageRunner
 from streams.runtime.stage import Step
 from streams.runtime.state import Store, ensure_changelogs
-from streams.runtime.tables import DiskTables
+from streams.runtime.tables import DiskTables, Table
 from streams.settings import Settings
 from streams.stack.stack import Stack
 from tests.integration.helpers import eventually
@@ -204,11 +204,12 @@ class _Counting:
     name = "count"
     max_batch = 5
     concurrency = 0
+    writes: tuple[str, ...] = ()
 
     def __init__(self, topic: str, store: Store) -> None:
-        self.inputs = (topic,)
+        self.inputs: tuple[str, ...] = (topic,)
         self.store = store
-        self.stores = (store,)
+        self.stores: tuple[Store, ...] = (store,)
         self.runner: StageRunner | None = None
         self.uncommitted: list[int] = []
 
@@ -277,3 +278,34 @@ async def test_a_stage_stops_fetching_when_too_much_is_uncommitted(
     assert table.get("n") == 50
     stage.store.close()
     disk.close()
+
+
+class _Unopenable:
+    """Tables that cannot be opened (a full or read-only disk)."""
+
+    def __call__(self, store: str, partition: int, *, shared: bool = True) -> Table:
+        raise OSError(f"cannot open the table of {store}[{partition}]: read-only file system")
+
+
+async def test_a_recovery_that_fails_ends_the_runner_instead_of_leaving_it_unowned(
+    stack: Settings,
+) -> None:
+    """aiokafka swallows what a rebalance listener raises; the runner must not: its run ends
+    with the failure (so the process exits and is restarted) instead of waiting unowned."""
+    client = client_options(stack.kafka)
+    source = await _changelog(stack)
+    changelog = await _changelog(stack)
+    stage = _Counting(source, Store("count", changelog, _Unopenable()))
+    output = BatchProducer(client)
+    await output.start()
+    runner = StageRunner(
+        stage, RunnerConfig(client, f"{stack.app_id}-x-{uuid.uuid4().hex[:6]}"), output
+    )
+    stage.runner = runner
+    try:
+        with pytest.raises(OSError, match="read-only file system"):
+            await asyncio.wait_for(runner.run(asyncio.Event()), 60.0)
+    finally:
+        await output.stop()
+    assert runner.fatal is not None
+    assert not runner.ready
