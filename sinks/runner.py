@@ -21,7 +21,8 @@ from streams.contract.codec import Codec, default_codec
 from streams.errors import SinkUnavailableError
 from streams.kafka.commit import commit_owned
 from streams.kafka.config import client_options
-from streams.kafka.connect import start_client, wait_for_cluster
+from streams.kafka.connect import start_client
+from streams.kafka.metadata import wait_for_cluster
 from streams.obs.health import Check, Probe, phase_checks, verdict
 from streams.obs.http import metrics_app, serve
 from streams.obs.lag import LagMonitor

@@ -37,8 +37,8 @@ from streams.errors import (
     RequestTooLargeError,
 )
 from streams.kafka.config import client_options
-from streams.kafka.connect import wait_for_cluster
 from streams.kafka.limits import flow_topics
+from streams.kafka.metadata import wait_for_cluster
 from streams.settings import Settings
 
 __all__ = ["Api", "Caller", "Handler", "json_body", "problem", "reply"]

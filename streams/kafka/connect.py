@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import ssl
-import time
 from collections.abc import Mapping
 from typing import Any, Protocol
 
@@ -27,15 +25,13 @@ from aiokafka.errors import (
 )
 from aiokafka.protocol.metadata import MetadataRequest
 
-from streams.errors import KafkaRefusedError, UnreachableError
+from streams.errors import KafkaRefusedError
 
-__all__ = ["explain_refusal", "refusal_of", "start_client", "wait_for_cluster"]
-
-log = logging.getLogger("postwire.kafka")
+__all__ = ["CONNECTION_KEYS", "explain_refusal", "refusal_of", "start_client"]
 
 PROBE_TIMEOUT_MS = 10_000
 MISMATCH_RECHECK = 0.5  # seconds
-_CONNECTION_KEYS = (
+CONNECTION_KEYS = (
     "security_protocol",
     "ssl_context",
     "sasl_mechanism",
@@ -114,13 +110,7 @@ async def explain_refusal(options: Mapping[str, Any]) -> KafkaRefusedError | Non
 
 
 async def _probe(options: Mapping[str, Any]) -> KafkaRefusedError | None:
-    found = await _reach(options)
-    return found if isinstance(found, KafkaRefusedError) else None
-
-
-async def _reach(options: Mapping[str, Any]) -> KafkaRefusedError | bool:
-    """The first refusal, True when a bootstrap server answered, False when none did."""
-    connection: dict[str, Any] = {k: options[k] for k in _CONNECTION_KEYS if k in options}
+    connection: dict[str, Any] = {k: options[k] for k in CONNECTION_KEYS if k in options}
     for host, port, _ in collect_hosts(options["bootstrap_servers"], randomize=False):
         where = f"{host}:{port}"
         try:
@@ -135,38 +125,11 @@ async def _reach(options: Mapping[str, Any]) -> KafkaRefusedError | bool:
             # client that skipped it at its first real request, as aiokafka's bootstrap sends
             await conn.send(MetadataRequest([]))
         except (OSError, KafkaError, TimeoutError) as exc:
-            return refusal_of(exc, where, options) or False
+            return refusal_of(exc, where, options)
         finally:
             conn.close()
-        return True
-    return False
-
-
-async def wait_for_cluster(
-    options: Mapping[str, Any], timeout: float, *, first_pause: float = 0.5
-) -> None:
-    """Return once a bootstrap server answers a metadata request; wait up to ``timeout``
-    seconds for one to (pausing longer each time, up to 5 s). A process started while Kafka is
-    down (or being restarted) waits here instead of exiting and being restarted in a loop that
-    spends its supervisor's restart budget. A refusal (credentials, TLS) is raised at once:
-    waiting cannot mend it; so is an UnreachableError when the time is up."""
-    deadline = time.monotonic() + timeout
-    pause = first_pause
-    where = options["bootstrap_servers"]
-    while True:
-        found = await _reach(options)
-        if isinstance(found, KafkaRefusedError):
-            raise found
-        if found:
-            return
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise UnreachableError(
-                "kafka.unreachable", f"no Kafka broker at {where} answered for {timeout:.0f}s"
-            )
-        log.warning("waiting for Kafka at %s (%.0fs left)", where, left)
-        await asyncio.sleep(min(pause, left))
-        pause = min(pause * 2, 5.0)
+        return None
+    return None
 
 
 async def start_client(client: _Client, options: Mapping[str, Any]) -> None:

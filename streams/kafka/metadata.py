@@ -8,6 +8,8 @@ auto-created by asking (``allow_auto_topic_creation=False``)."""
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -16,18 +18,12 @@ from aiokafka.conn import collect_hosts, create_conn
 from aiokafka.errors import KafkaConnectionError, KafkaError
 from aiokafka.protocol.metadata import MetadataRequest
 
-from streams.errors import StackError
-from streams.kafka.connect import refusal_of
+from streams.errors import StackError, UnreachableError
+from streams.kafka.connect import CONNECTION_KEYS, refusal_of
 
-__all__ = ["Metadata", "fetch_metadata", "require_topics", "unready_topics"]
+__all__ = ["Metadata", "fetch_metadata", "require_topics", "unready_topics", "wait_for_cluster"]
 
-_CONNECTION_KEYS = (
-    "security_protocol",
-    "ssl_context",
-    "sasl_mechanism",
-    "sasl_plain_username",
-    "sasl_plain_password",
-)
+log = logging.getLogger("postwire.kafka")
 
 
 @dataclass(frozen=True)
@@ -43,7 +39,7 @@ async def fetch_metadata(
     """Ask the first bootstrap server that answers about ``topics`` (None: all, empty: none);
     KafkaError when none answers within ``timeout`` each, KafkaRefusedError when one refuses
     this client's credentials or TLS."""
-    connection: dict[str, Any] = {k: options[k] for k in _CONNECTION_KEYS if k in options}
+    connection: dict[str, Any] = {k: options[k] for k in CONNECTION_KEYS if k in options}
     errors: list[str] = []
     for host, port, _ in collect_hosts(options["bootstrap_servers"], randomize=False):
         try:
@@ -108,8 +104,11 @@ async def require_topics(
     while True:
         try:
             metadata = await fetch_metadata(options, names, timeout)
-        except KafkaError as exc:
-            raise StackError(f"could not check the topics on the cluster: {exc}") from exc
+        except KafkaError as exc:  # no answer this time (a refusal is raised as it is)
+            if loop.time() >= deadline:
+                raise StackError(f"could not check the topics on the cluster: {exc}") from exc
+            await asyncio.sleep(0.25)
+            continue
         missing, leaderless = unready_topics(metadata, names)
         if not missing and not leaderless:
             return
@@ -122,3 +121,31 @@ async def require_topics(
     if leaderless:
         parts.append(f"topic(s) without a partition leader: {', '.join(leaderless)}")
     raise StackError("; ".join(parts))
+
+
+async def wait_for_cluster(
+    options: Mapping[str, Any], timeout: float, *, first_pause: float = 0.5
+) -> None:
+    """Return once a bootstrap server answers a metadata request; wait up to ``timeout``
+    seconds for one to (pausing longer each time, up to 5 s). A process started while Kafka is
+    down (or being restarted) waits here instead of exiting and being restarted in a loop that
+    spends its supervisor's restart budget. A refusal (credentials, TLS) is raised at once:
+    waiting cannot mend it; UnreachableError (``kafka.unreachable``) when the time is up."""
+    deadline = time.monotonic() + timeout
+    pause = first_pause
+    where = options["bootstrap_servers"]
+    while True:
+        try:
+            await fetch_metadata(options, (), timeout=min(5.0, max(timeout, 0.5)))
+        except KafkaError:
+            pass  # nobody answered yet
+        else:
+            return
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise UnreachableError(
+                "kafka.unreachable", f"no Kafka broker at {where} answered for {timeout:.0f}s"
+            )
+        log.warning("waiting for Kafka at %s (%.0fs left)", where, left)
+        await asyncio.sleep(min(pause, left))
+        pause = min(pause * 2, 5.0)

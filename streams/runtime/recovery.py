@@ -141,6 +141,14 @@ async def _read_to_ends(
                 todo.discard(tp)
         if todo and time.monotonic() - last_progress > stall_timeout:
             raise _stalled(todo, stall_timeout)
+    now = time.time()
+    for tp, table in tables.items():
+        # the table reflects the changelog up to its end now, also when compaction left the
+        # last offsets empty: the owner's next changes are then contiguous with the mark
+        # (Store.acknowledged moves a mark only over contiguous changes)
+        mark = table.mark() if table.persistent else None
+        if ends[tp] > 0 and table.persistent and (mark is None or mark.offset < ends[tp] - 1):
+            table.write({}, Mark(tp.topic, tp.partition, ends[tp] - 1, cluster, now))
     return read
 
 

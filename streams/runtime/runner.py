@@ -82,13 +82,13 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
             async with self.runner.lock:  # the batch in flight finishes and commits first
                 await self.runner.drain()
                 self.runner.ready = False
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - kept and raised by the runner's loop
             self.runner.fail(exc)
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
         try:
             await self.runner.assigned({tp.partition for tp in assigned})
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - kept and raised by the runner's loop
             self.runner.fail(exc)
 
 

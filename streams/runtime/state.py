@@ -75,6 +75,12 @@ async def ensure_changelogs(
     return sorted(created)
 
 
+def _follows(mark: Mark | None, first: int) -> bool:
+    """Whether changelog records from offset ``first`` on continue what ``mark`` reflects
+    (one producer writes a store's partition, so its own records are contiguous)."""
+    return mark is None or mark.offset + 1 == first
+
+
 class Store:
     """One named store. Keys are strings; values JSON-safe objects. Each partition's entries
     live in a table from ``tables`` (in memory unless the worker hands it disk tables).
@@ -201,7 +207,7 @@ class Store:
     # the runtime's side
     def changes(self) -> list[Out]:
         """The changelog records for everything changed since the last call (one per key).
-        They are held until ``acknowledged`` (or ``discard_changes``)."""
+        They are held until ``acknowledged``."""
         dirty, self._dirty = self._dirty, {}
         if not dirty:
             return []
@@ -228,21 +234,18 @@ class Store:
             # (a partition that left meanwhile is no longer in the layer)
             table = self._table(partition)
             offset = offsets.get(partition)
-            mark = (
-                Mark(self.topic, partition, offset, self.cluster, written)
-                if offset is not None and table.persistent
-                else None
-            )
+            mark = None
+            if offset is not None and table.persistent:
+                mark = Mark(self.topic, partition, offset, self.cluster, written)
+                if not _follows(table.mark(), offset - len(changed) + 1):
+                    # another owner wrote to the changelog in between (this process lost the
+                    # partition and did not know yet): the table lacks those records, so its
+                    # mark stays where it was and a recovery reads them from there
+                    mark = None
             table.write(
                 {k: None if v is _DELETED else v for k, v in changed.items()},
                 mark,
             )
-
-    def discard_changes(self) -> None:
-        """Forget changes not yet acknowledged (the batch that made them failed and will be
-        re-read); the tables still hold what the changelog holds."""
-        self._dirty = {}
-        self._sent.clear()
 
     @staticmethod
     def decode(value: bytes | None) -> Any:

@@ -24,6 +24,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -51,6 +52,8 @@ PRIVATE = "private"  # tables of one process only (the shared one was locked), r
 
 
 _ABSENT = object()
+# what tempfile.mkdtemp(prefix=f"{pid}-") names a process's private directory
+_PRIVATE_DIR = re.compile(r"(\d+)-[a-z0-9_]{8}")
 
 
 class TableBusyError(Exception):
@@ -334,8 +337,8 @@ def _remove_dead(parent: Path, keep: Path | None = None) -> None:
     if not parent.is_dir():
         return
     for stale in parent.iterdir():
-        pid = stale.name.split("-", 1)[0]
-        if stale == keep:
-            continue
-        if stale.is_dir() and pid.isdigit() and not pid_alive(int(pid)):
+        found = _PRIVATE_DIR.fullmatch(stale.name)
+        if stale == keep or found is None:
+            continue  # not a directory mkdtemp made for a process (another app id, say)
+        if stale.is_dir() and not pid_alive(int(found[1])):
             shutil.rmtree(stale, ignore_errors=True)

@@ -19,7 +19,6 @@ from streams.contract.codec import Codec, default_codec
 from streams.db.directory import DirectoryHolder
 from streams.deliver.queue import ControlFeed
 from streams.kafka.config import client_options
-from streams.kafka.connect import wait_for_cluster
 from streams.kafka.limits import (
     DEFAULT_LIMIT,
     LimitReader,
@@ -27,6 +26,7 @@ from streams.kafka.limits import (
     flow_topics,
     read_or_default,
 )
+from streams.kafka.metadata import wait_for_cluster
 from streams.kafka.topics import changelog_topic
 from streams.obs.health import Check, Probe
 from streams.obs.logs import configure_logging
@@ -124,6 +124,12 @@ class RuntimeService(mode.Service):
         if self._task is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(asyncio.shield(self._task), 30.0)
+            if not self._task.done():
+                # still draining (an SMTP data timeout, Kafka away): it must not touch a store
+                # after this closes them, so it ends here; what it did not commit is read again
+                self._task.cancel()
+                with contextlib.suppress(BaseException):
+                    await self._task
         for runner in self.host.runners:
             for store in runner.stage.stores:
                 store.close()

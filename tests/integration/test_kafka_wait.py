@@ -9,7 +9,7 @@ import pytest
 
 from streams.errors import UnreachableError
 from streams.kafka.config import client_options
-from streams.kafka.connect import wait_for_cluster
+from streams.kafka.metadata import wait_for_cluster
 from streams.settings import Settings
 from tests.conftest import free_port
 

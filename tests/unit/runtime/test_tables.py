@@ -74,11 +74,6 @@ def test_a_store_writes_into_its_tables_only_what_kafka_acknowledged(
     assert table.get("next") is None  # a later batch's change waits for its own ack
     if table.persistent:
         assert table.mark() == Mark("app-gate-changelog", 0, 41, "cluster-1", 2000.0, 1)
-    store.delete(0, "r:t")
-    store.changes()
-    store.discard_changes()  # the batch failed: the table still holds what Kafka has
-    assert store.get(0, "r:t") == {"second": [1, 3]}
-    assert store.get(0, "next") is None
     store.close()
 
 
@@ -100,6 +95,32 @@ def test_a_disk_table_keeps_its_entries_and_mark_across_a_restart(tmp_path: Path
     assert (dict(table.items()), table.mark(), len(table)) == ({}, None, 0)
     table.close()
     assert (tmp_path / "state" / "app" / "gate-3").is_dir()  # kept, for the next owner
+
+
+def test_a_mark_moves_only_over_changes_that_continue_it(tmp_path: Path) -> None:
+    """Changes whose changelog offsets leave a gap after the table's mark (another owner wrote
+    in between) are applied, but the mark stays: a recovery must read the gap."""
+    disk = DiskTables(tmp_path / "state", "app")
+    store = Store("gate", "app-gate-changelog", disk)
+    store.cluster = "cluster-1"
+    table = store.open(0)
+    table.write({}, mark(9))
+    store.put(0, "a", 1)
+    store.put(0, "b", 2)
+    store.changes()
+    store.acknowledged({0: 11}, now=2000.0)  # offsets 10 and 11: right after the mark
+    moved = table.mark()
+    assert moved is not None
+    assert moved.offset == 11
+    store.put(0, "c", 3)
+    store.changes()
+    store.acknowledged({0: 20}, now=2001.0)  # offset 20: 12-19 came from someone else
+    kept = table.mark()
+    assert kept is not None
+    assert kept.offset == 11
+    assert table.get("c") == 3
+    store.close()
+    disk.close()
 
 
 def test_a_table_another_process_holds_is_refused_and_a_private_one_is_removed(
@@ -187,14 +208,17 @@ def test_a_kill_9_never_leaves_a_table_claiming_an_offset_it_does_not_hold(
 
 def test_directories_of_processes_that_are_gone_are_removed(tmp_path: Path) -> None:
     root = tmp_path / "state"
-    (root / "999999999-abc").mkdir(parents=True)  # the per-process layout before tables stayed
-    (root / f"{os.getpid()}-mine").mkdir()
-    (root / "app" / "private" / "999999999-x").mkdir(parents=True)
+    # (names as tempfile.mkdtemp makes them: <pid>-<8 characters>)
+    (root / "999999999-abcd1234").mkdir(parents=True)  # the layout before tables stayed
+    (root / f"{os.getpid()}-mine1234").mkdir()
+    (root / "4242-ab").mkdir()  # an app id that only looks like a dead process's directory
+    (root / "app" / "private" / "999999999-x1234567").mkdir(parents=True)
     disk = DiskTables(root, "app")
     names = {p.name for p in root.iterdir()}
-    assert "999999999-abc" not in names
-    assert f"{os.getpid()}-mine" in names
-    assert not (root / "app" / "private" / "999999999-x").exists()
+    assert "999999999-abcd1234" not in names
+    assert f"{os.getpid()}-mine1234" in names
+    assert "4242-ab" in names
+    assert not (root / "app" / "private" / "999999999-x1234567").exists()
     assert disk.directory == root / "app"
     disk.close()
 
