@@ -12,8 +12,9 @@ Stages:
 The ledger store (task id -> accepted, per lane partition) is the no-double-send guard: a task
 whose 250 was recorded is never sent again, even when a crash makes Kafka deliver it twice. Its
 changelog is flushed before the offsets are committed, so what remains is the RFC 1047 window:
-the receiver accepted the message but the worker died before the ledger record reached Kafka.
-That task is sent again.
+the receiver accepted the message but the worker died (or lost Kafka) before the ledger record
+reached Kafka. That task is sent again: at most the transactions in flight at that moment, since
+the runtime starts none while the finished ones wait for their acknowledgement.
 """
 
 from __future__ import annotations
