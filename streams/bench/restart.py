@@ -1,7 +1,7 @@
 """How long a front worker takes from start to ready (``/healthz`` 200) when its gate changelog
 holds many records: once with no table on disk (it reads the changelog from its start, as every
 restart did before tables were kept), then after a clean stop and after a kill -9 (it reads from
-its tables' marks). Run it as ``python -m streams.bench.restart [RECORDS]``; it runs its own
+its tables' marks). Run it as ``postwire bench restart --records N``; it runs its own
 throwaway Kafka and PostgreSQL on free loopback ports and removes them afterwards."""
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from streams.stack.process import ManagedProcess
 from streams.stack.stack import Stack
 from streams.stages.names import FRONT_STAGES
 
-__all__ = ["main", "measure"]
+__all__ = ["main", "measure", "report"]
 
 READY_TIMEOUT = 300.0
 
@@ -127,18 +127,24 @@ async def measure(records: int, data_dir: Path) -> dict[str, tuple[float, str]]:
     return {run: (seconds, read.get(run, "")) for run, seconds in timings.items()}
 
 
-def main() -> None:
-    records = int(sys.argv[1]) if len(sys.argv) > 1 else 100_000
+async def report(records: int) -> str:
+    """Measure in a throwaway data dir (kept only when the run fails) and say what was seen."""
     data_dir = Path(tempfile.mkdtemp(prefix="postwire-bench-restart-"))
     try:
-        timings = asyncio.run(measure(records, data_dir))
+        timings = await measure(records, data_dir)
     except BaseException:
         print(f"failed; its data dir is kept at {data_dir}", file=sys.stderr)
         raise
     shutil.rmtree(data_dir, ignore_errors=True)
-    print(f"front worker start to ready, gate changelog of {records:,} records:")
+    lines = [f"front worker start to ready, gate changelog of {records:,} records:"]
     for run, (seconds, read) in timings.items():
-        print(f"  {run:>20}: {seconds:6.1f} s   ({read})")
+        lines.append(f"  {run:>20}: {seconds:6.1f} s   ({read})")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    records = int(sys.argv[1]) if len(sys.argv) > 1 else 100_000
+    print(asyncio.run(report(records)))
 
 
 if __name__ == "__main__":

@@ -417,6 +417,19 @@ def tenant_revoke(key_id: Annotated[str, typer.Argument(help="The key id (k_...)
     revoke(key_id)
 
 
+@bench_app.command("restart")
+def bench_restart(
+    records: Annotated[
+        int, typer.Option(help="Records in the front worker's gate changelog.")
+    ] = 100_000,
+) -> None:
+    """A front worker's start to ready (/healthz 200) with a large gate changelog: with no
+    table on disk, after a clean stop, and after a kill -9 (its own throwaway stack)."""
+    from streams.bench.restart import report
+
+    out.print(_run(report(records)), markup=False, highlight=False)
+
+
 @bench_app.command("verify")
 def bench_verify(
     requests: Annotated[int, typer.Option(help="Requests to measure.")] = 20000,
