@@ -22,7 +22,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from streams.errors import StackError
 from streams.kafka.config import client_options
-from streams.kafka.topics import ensure_topics
+from streams.kafka.topics import CHANGELOG_CONFIG, changelog_topic, ensure_topics
 from streams.runtime.host import HostConfig, StageHost
 from streams.runtime.records import Consumed
 from streams.runtime.stage import Step
@@ -105,6 +105,25 @@ async def test_a_stage_whose_output_topic_is_missing_is_refused_at_start(stack: 
         await admin.close()
 
 
+async def _fill_changelog(settings: Settings, topic: str, records: int) -> None:
+    """``records`` entries on the two partitions of a store's changelog (made here)."""
+    client = client_options(settings.kafka)
+    admin = AIOKafkaAdminClient(**client)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, 2, 1, topic_configs=CHANGELOG_CONFIG)])
+    finally:
+        await admin.close()
+    producer = AIOKafkaProducer(**client, linger_ms=20, max_batch_size=512 * 1024)
+    await producer.start()
+    try:
+        for i in range(records):
+            await producer.send(topic, b'{"v": 1}', key=f"filler:{i}".encode(), partition=i % 2)
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+
 async def test_a_worker_is_unready_until_its_stages_run_and_alive_throughout(
     pipeline: Stack, tmp_path: Path, http: aiohttp.ClientSession
 ) -> None:
@@ -113,19 +132,22 @@ async def test_a_worker_is_unready_until_its_stages_run_and_alive_throughout(
         tmp_path, kafka_bootstrap=shared.bootstrap, database_url=shared.dsn, **FAST
     )
     await ensure_topics(settings.kafka)
+    # a verify store with plenty to recover, so the worker is visibly unready for a while
+    # after its web server is up (an empty store recovers between two looks)
+    await _fill_changelog(settings, changelog_topic(settings.app_id, "verdicts"), 60_000)
     worker = Stack(settings, workers=False).process("health-worker", "worker", "--stage", "verify")
     base = f"http://127.0.0.1:{settings.worker_web_port}"
     worker.start(detach=False)
     seen: list[tuple[int, dict[str, Any]]] = []
     try:
-
-        async def probe() -> tuple[int, dict[str, Any]]:
-            found = await _get(http, f"{base}/healthz")
-            if found[0]:
-                seen.append(found)
-            return found
-
-        status, body = await eventually(probe, lambda v: v[0] == 200, timeout=120)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 120
+        status, body = 0, {}
+        while status != 200 and loop.time() < deadline:
+            status, body = await _get(http, f"{base}/healthz")
+            if status:
+                seen.append((status, body))
+            await asyncio.sleep(0.02)
         assert status == 200, (body, worker.log_tail())
         assert body["ok"] is True
         assert body["reasons"] == []
