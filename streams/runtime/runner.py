@@ -223,7 +223,7 @@ class StageRunner:
                 async with self.lock:
                     if fetched:
                         await self._batch(consumer, fetched)
-                    elif self._uncommitted:
+                    elif self._uncommitted or self._stores_changed():
                         await self._checkpoint()  # nothing more came: commit what is done
                     await self._housekeeping()
             await self.settled()
@@ -411,7 +411,7 @@ class StageRunner:
         however many batches changed it) and hand everything sent since to the committer, which
         commits the offsets once Kafka has acknowledged all of it."""
         self._last_commit = time.monotonic()
-        if not self._uncommitted and not self._unsettled:
+        if not self._uncommitted and not self._unsettled and not self._stores_changed():
             return
         acks = await self._send_changes()
         futures = [*self._unsettled, *(f for _, fs in acks for f in fs)]
@@ -548,12 +548,13 @@ class StageRunner:
         if time.monotonic() - self._last_housekeeping < self.config.housekeeping_interval:
             return
         self._last_housekeeping = time.monotonic()
-        # what is in the commit pipeline reaches the tables first: they take changes in order
-        await self.settled()
+        # what it deletes goes with the next checkpoint (or flush), in order with every other
+        # change: waiting here for the commit pipeline to drain stalled the stage every few
+        # seconds (the p99 of the verify bench at 2,000/s)
         self.stage.housekeeping(self.clock())
-        acks = await self._send_changes()
-        await self.producer.settle([f for _, fs in acks for f in fs])
-        _acknowledge(acks)
+
+    def _stores_changed(self) -> bool:
+        return any(store.has_changes() for store in self.stage.stores)
 
 
 @dataclass

@@ -171,11 +171,20 @@ class Store:
             if entry is None:
                 self._sweep = None  # a pass is done; the next call starts another
                 break
-            partition, key, value = entry
-            if partition in self._data and expired(key, value):
+            partition, key, _ = entry
+            if partition not in self._data:
+                continue
+            # judged on the newest value (a change may be waiting for its acknowledgement),
+            # so a sweep never deletes what a batch has just renewed
+            current = self.get(partition, key, _ABSENT)
+            if current is not _ABSENT and expired(key, current):
                 self.delete(partition, key)
                 deleted += 1
         return deleted
+
+    def has_changes(self) -> bool:
+        """Whether anything changed since the last ``changes()``."""
+        return any(self._dirty.values())
 
     def _walk(self) -> Iterator[tuple[int, str, Any]]:
         for partition in list(self._data):

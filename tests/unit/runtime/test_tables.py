@@ -258,3 +258,27 @@ def test_a_partition_dropped_in_the_middle_of_a_sweep_is_left_alone(tables: Tabl
     assert store.sweep(lambda _k, _v: True, budget=100) == 10
     assert len(store) == 0
     store.close()
+
+
+def test_a_sweep_judges_the_newest_value_not_the_acknowledged_one(
+    tables: TableFactory,
+) -> None:
+    """An entry the table holds as expired but that a batch has just renewed (its change sent,
+    not yet acknowledged) stays; sweeping never waits for the commit pipeline."""
+    store = Store("gate", "app-gate-changelog", tables)
+    store.open(0)
+    store.put(0, "d:renewed", {"expires": 1.0})
+    store.put(0, "d:stale", {"expires": 1.0})
+    store.changes()
+    store.acknowledged({0: 1})
+    store.put(0, "d:renewed", {"expires": 99.0})
+    store.changes()  # sent, waiting for Kafka
+
+    def expired(_key: str, value: dict[str, float]) -> bool:
+        return value["expires"] <= 10.0
+
+    assert store.sweep(expired) == 1
+    assert store.get(0, "d:stale") is None
+    assert store.get(0, "d:renewed") == {"expires": 99.0}
+    assert store.has_changes()  # the deletion waits for the next checkpoint
+    store.close()
