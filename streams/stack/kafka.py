@@ -381,6 +381,7 @@ class EmbeddedKafka:
                 name=node.name,
                 argv=[],
                 log_path=node.root / "server.out",
+                tail_path=node.root / "server.log",  # log4j's; the JVM's stdout says little
                 pid_path=settings.data_dir / "run" / f"{node.name}.pid",
                 stop_timeout=30.0,
             )

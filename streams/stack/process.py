@@ -62,6 +62,9 @@ class ManagedProcess:
     env: dict[str, str] | None = None
     user: str | None = None
     cwd: Path | None = None
+    # where the process logs when its stdout is not where it says why it stopped (a JVM's
+    # log4j file): what log_tail reads
+    tail_path: Path | None = None
     popen: subprocess.Popen[bytes] | None = None
     started_at: float | None = None  # time.monotonic() of the last start
 
@@ -115,8 +118,13 @@ class ManagedProcess:
                 self.popen.wait(timeout=1)
         self.pid_path.unlink(missing_ok=True)
 
+    @property
+    def own_log(self) -> Path:
+        """The log that says what the process did (``tail_path`` when it has one)."""
+        return self.tail_path or self.log_path
+
     def log_tail(self, lines: int = 20) -> str:
         try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+            return "\n".join(self.own_log.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return ""

@@ -196,7 +196,7 @@ class Supervisor:
         self.log.event(
             f"{head}; restart {decision.attempt} of {decision.budget} "
             f"(within {self.policy.interval:g}s) in {decision.delay:.1f}s; "
-            f"its log: {proc.log_path}",
+            f"its log: {proc.own_log}",
             tail,
         )
 

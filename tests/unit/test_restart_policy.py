@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from streams.settings import Settings
+from streams.stack.process import ManagedProcess
 from streams.stack.restart import (
     Exit,
     GiveUp,
@@ -168,3 +169,16 @@ def test_every_child_has_a_place_in_the_stop_order() -> None:
         "postgres",
         "mystery",
     ]
+
+
+def test_a_child_with_a_log_of_its_own_is_tailed_from_it(tmp_path: Path) -> None:
+    """A broker's stdout says little; what the supervisor shows comes from its log4j file."""
+    out, own = tmp_path / "server.out", tmp_path / "server.log"
+    out.write_text("jvm banner\n")
+    own.write_text("".join(f"line {i}\n" for i in range(30)) + "ERROR disk full\n")
+    proc = ManagedProcess("kafka", [], out, tmp_path / "kafka.pid", tail_path=own)
+    assert proc.own_log == own
+    tail = proc.log_tail(3)
+    assert tail.splitlines() == ["line 28", "line 29", "ERROR disk full"]
+    plain = ManagedProcess("sinks", [], out, tmp_path / "sinks.pid")
+    assert plain.log_tail() == "jvm banner"
