@@ -147,8 +147,16 @@ def test_up_runs_one_process_per_broker_and_the_bootstrap_lists_them(cluster: Se
 
 async def test_every_topic_has_three_replicas_and_needs_two_in_sync(cluster: Settings) -> None:
     specs = topic_specs(cluster.kafka, delay_topics(cluster))
-    states = await read_topics(cluster.kafka, [s.name for s in specs])
-    assert set(states) == {s.name for s in specs}
+    wanted = {s.name for s in specs}
+
+    async def described() -> dict[str, object]:
+        return dict(await read_topics(cluster.kafka, sorted(wanted)))
+
+    # a broker that just (re)joined may answer before its metadata lists every topic
+    found = await eventually(described, lambda states: set(states) == wanted, timeout=60)
+    states = await read_topics(cluster.kafka, sorted(wanted))
+    assert set(found) == wanted
+    assert set(states) == wanted
     for spec in specs:
         assert spec.replication == 3
         assert set(states[spec.name].replicas) == {3}, spec.name
