@@ -17,6 +17,7 @@ import signal
 import orjson
 from aiohttp import web
 
+from streams.api.conditional import conditional_middleware
 from streams.api.context import Api, Handler
 from streams.api.mail import mail_send
 from streams.api.openapi import SPEC
@@ -76,7 +77,8 @@ class Ingress(Api):
 
     def app(self) -> web.Application:
         app = web.Application(
-            client_max_size=self.settings.api_max_body, middlewares=[metrics_middleware]
+            client_max_size=self.settings.api_max_body,
+            middlewares=[metrics_middleware, conditional_middleware],
         )
         for method, path, scope, handler in ROUTES:
             app.router.add_route(method, path, self.guard(scope, handler))
