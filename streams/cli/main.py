@@ -515,6 +515,40 @@ def bench_api(
     out.print(grid)
 
 
+@bench_app.command("reads")
+def bench_reads(
+    addresses: Annotated[int, typer.Option(help="Results on the verify job page.")] = 10000,
+    rounds: Annotated[int, typer.Option(help="GETs per way of reading.")] = 20,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
+) -> None:
+    """A verify job page read in full, with gzip, and revalidated with If-None-Match (304)."""
+    import dataclasses
+    import json
+
+    from streams.bench.reads import run_reads_bench
+
+    def progress(message: str) -> None:
+        if not as_json:
+            err.print(f"[dim]{message}[/]")
+
+    result = _run(run_reads_bench(addresses, rounds, progress))
+    if as_json:
+        out.print(json.dumps(dataclasses.asdict(result)))
+        return
+    grid = Table(
+        "read", "status", "bytes on the wire", "p50", "max", title=f"{addresses:,}-result page"
+    )
+    for way in result.ways:
+        grid.add_row(
+            way.name,
+            str(way.status),
+            f"{way.wire_bytes:,}",
+            f"{way.p50_ms:.1f} ms",
+            f"{way.max_ms:.1f} ms",
+        )
+    out.print(grid)
+
+
 @bench_app.command("deliver")
 def bench_deliver(
     messages: Annotated[int, typer.Option(help="Messages to deliver (multiple of 100).")] = 20000,
