@@ -18,6 +18,8 @@ from streams.clock import Clock, wall_clock
 from streams.contract.codec import Codec, default_codec
 from streams.db.directory import DirectoryHolder
 from streams.deliver.queue import ControlFeed
+from streams.deliver.shaping import Shaping
+from streams.deliver.shaping_feed import ShapingFeed
 from streams.kafka.config import client_options
 from streams.kafka.limits import (
     DEFAULT_LIMIT,
@@ -40,7 +42,7 @@ from streams.settings import Settings
 from streams.stages.deliver import deliver_stages
 from streams.stages.gate_stage import DeferralStage, GateStage
 from streams.stages.names import DELIVER_PARTS, KNOWN_STAGES, STAGES
-from streams.stages.policies import gate_trust
+from streams.stages.policies import gate_trust, shaping_rules
 from streams.stages.verify import VerifyStage, build_verifier
 from streams.worker.broker import broker_credentials
 from streams.worker.shell import install_directory
@@ -196,8 +198,13 @@ def create_app(
         flags["queue_control_loaded"] = feed.ready.is_set
         # the delay topics and queue commands go with the bulk lane: one process group
         # re-queues released mail, so it is not re-queued twice
-        found.extend(deliver_stages(settings, codec, directory, clock, feed, lanes, tables))
+        # one Shaping per process, shared by its lanes and fed by every other process's rules
+        shaping = Shaping(shaping_rules(settings.delivery))
+        found.extend(
+            deliver_stages(settings, codec, directory, clock, feed, lanes, tables, shaping)
+        )
         background.append(_control_feed(feed))
+        background.append(_shaping_feed(ShapingFeed(settings.kafka, shaping)))
     kafka = kafka_probe(
         client_options(settings.kafka),
         interval=settings.health_interval,
@@ -264,6 +271,19 @@ def _control_feed(feed: ControlFeed) -> Any:
                 await feed.wait_changed(1.0)
                 for runner in delays:
                     runner.wake()
+        finally:
+            await feed.stop()
+
+    return run
+
+
+def _shaping_feed(feed: ShapingFeed) -> Any:
+    """Fold every process's shaping states into this one's for as long as the host runs."""
+
+    async def run(stop: asyncio.Event, _host: StageHost) -> None:
+        feed.start()
+        try:
+            await stop.wait()
         finally:
             await feed.stop()
 
