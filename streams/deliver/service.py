@@ -182,10 +182,8 @@ class Deliverer:
             self.shaping_changed(now)
 
     def shaping_changed(self, now: datetime) -> None:
-        """Refresh the gauge of shaped sites (after a rule fired, a state arrived, expiry)."""
-        sites = self.shaping.sites(now.timestamp())
-        ts = now.timestamp()
-        shaping_sites(sum(s.suspended(ts) for s in sites), sum(s.slowed(ts) for s in sites))
+        """Refresh the gauge of shaped sites (after a rule fired, at expiry)."""
+        shaping_sites(*self.shaping.counts(now.timestamp()))
 
     def prune(self) -> None:
         clock = self.clock()

@@ -284,6 +284,11 @@ class Shaping:
         """The sites with a suspension or a cut in force."""
         return [s for s in self._sites.values() if s.active(now)]
 
+    def counts(self, now: float) -> tuple[int, int]:
+        """How many sites are suspended, and how many slowed, now."""
+        sites = self.sites(now)
+        return sum(s.suspended(now) for s in sites), sum(s.slowed(now) for s in sites)
+
     def prune(self, now: float) -> list[str]:
         """Forget expired states and stale matches; return the sites restored."""
         restored = [site for site, s in self._sites.items() if not s.active(now)]

@@ -24,7 +24,7 @@ from streams.kafka.connect import start_client
 from streams.kafka.read import read_compacted
 from streams.obs.metrics import shaping_sites
 
-__all__ = ["ShapingFeed", "publish_site", "read_sites"]
+__all__ = ["ShapingFeed", "preload_sites", "publish_site", "read_sites"]
 
 log = logging.getLogger("postwire.deliver")
 
@@ -57,10 +57,17 @@ async def publish_site(kafka: KafkaSettings, site: str, state: SiteState | None)
         await producer.stop()
 
 
-def refresh_gauge(shaping: Shaping) -> None:
-    now = time.time()
-    sites = shaping.sites(now)
-    shaping_sites(sum(s.suspended(now) for s in sites), sum(s.slowed(now) for s in sites))
+def preload_sites(kafka: KafkaSettings, shaping: Shaping) -> None:
+    """Fold in every site's state before the worker delivers anything (blocking, own loop), so a
+    restarted worker does not knock on a suspended site while its feed catches up."""
+    try:
+        states = asyncio.run(read_sites(kafka))
+    except StackError as exc:
+        log.warning("shaping states not loaded at start, the feed brings them: %s", exc)
+        return
+    for state in states:
+        shaping.apply(state)
+    shaping_sites(*shaping.counts(time.time()))
 
 
 class ShapingFeed:
@@ -95,7 +102,7 @@ class ShapingFeed:
             if state is None or state.site != site:
                 return
             self.shaping.apply(state)
-        refresh_gauge(self.shaping)
+        shaping_sites(*self.shaping.counts(time.time()))
 
     async def _run(self) -> None:
         tp = TopicPartition(self.kafka.topics.shaping, 0)

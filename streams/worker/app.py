@@ -19,7 +19,7 @@ from streams.contract.codec import Codec, default_codec
 from streams.db.directory import DirectoryHolder
 from streams.deliver.queue import ControlFeed
 from streams.deliver.shaping import Shaping
-from streams.deliver.shaping_feed import ShapingFeed
+from streams.deliver.shaping_feed import ShapingFeed, preload_sites
 from streams.kafka.config import client_options
 from streams.kafka.limits import (
     DEFAULT_LIMIT,
@@ -159,6 +159,7 @@ def create_app(
     control: ControlFeed | None = None,
     on_failure: Any = None,
     limit: RecordLimit = DEFAULT_LIMIT,
+    shaping: Shaping | None = None,
 ) -> faust.App:
     app = faust.App(
         settings.app_id,
@@ -199,7 +200,8 @@ def create_app(
         # the delay topics and queue commands go with the bulk lane: one process group
         # re-queues released mail, so it is not re-queued twice
         # one Shaping per process, shared by its lanes and fed by every other process's rules
-        shaping = Shaping(shaping_rules(settings.delivery))
+        if shaping is None:
+            shaping = Shaping(shaping_rules(settings.delivery))
         found.extend(
             deliver_stages(settings, codec, directory, clock, feed, lanes, tables, shaping)
         )
@@ -312,9 +314,13 @@ def run_worker(settings: Settings, stages: tuple[str, ...] = STAGES) -> None:
     directory = stage_directory(settings, stages)
     directory.preload()
     control = None
+    shaping = None
     if any(part in DELIVER_PARTS for part in stages):
         control = ControlFeed(settings.kafka)
         control.preload()
+        # a bad shaping file stops the worker here, before it joins any group
+        shaping = Shaping(shaping_rules(settings.delivery))
+        preload_sites(settings.kafka, shaping)
     worker: faust.Worker | None = None
 
     async def crash(exc: BaseException) -> None:
@@ -328,7 +334,13 @@ def run_worker(settings: Settings, stages: tuple[str, ...] = STAGES) -> None:
     asyncio.run(wait_for_cluster(client, settings.kafka.start_wait))
     limit = asyncio.run(read_or_default(client, flow_topics(settings.topics)))
     app = create_app(
-        settings, stages, directory=directory, control=control, on_failure=crash, limit=limit
+        settings,
+        stages,
+        directory=directory,
+        control=control,
+        on_failure=crash,
+        limit=limit,
+        shaping=shaping,
     )
     tune_gc()
     # override_logging=False: mode's Worker would otherwise replace our root handler with its

@@ -4,12 +4,17 @@ rate cuts, their expiry, merging states from other processes, and the throttle's
 from __future__ import annotations
 
 import re
+import time
+from pathlib import Path
 
 import pytest
+from prometheus_client import REGISTRY
 
 from streams.deliver.shaping import Reply, Rule, Shaping, SiteState
+from streams.deliver.shaping_feed import ShapingFeed
 from streams.deliver.shaping_file import rules_from
 from streams.deliver.throttle import DestinationLimits, DestinationThrottle, Limit
+from streams.settings import Settings
 
 YAHOO_MX = "mta5.am0.yahoodns.net"
 TSS04 = Reply(
@@ -253,3 +258,27 @@ def test_the_shipped_rules_catch_what_the_providers_say() -> None:
     ):
         for t in range(5):
             assert shaping.observe("g.example", reply, float(t)) == []
+
+
+def suspended_gauge() -> float | None:
+    return REGISTRY.get_sample_value("postwire_shaping_sites", {"state": "suspended"})
+
+
+def test_the_feed_folds_states_and_tombstones_into_the_shaping(tmp_path: Path) -> None:
+    shaping = Shaping([suspend_rule()])
+    feed = ShapingFeed(Settings(data_dir=tmp_path).kafka, shaping)
+    far = time.time() + 600
+    state = SiteState("yahoo.com", suspended_until=far, suspend_rule="tss04", suspend_reply="421")
+    feed.apply(b"yahoo.com", state.encode())
+    assert shaping.suspension("yahoo.com", time.time()) == state
+    assert shaping.take_published() == []  # another process's state is not published again
+    # a record whose key names another site, a record that is no state, an unkeyed one
+    other = SiteState("other.example", suspended_until=far, suspend_rule="x")
+    feed.apply(b"elsewhere.example", other.encode())
+    feed.apply(b"broken.example", b"{not json")
+    feed.apply(None, other.encode())
+    assert [s.site for s in shaping.sites(time.time())] == ["yahoo.com"]
+    assert suspended_gauge() == 1
+    feed.apply(b"YAHOO.com", None)  # an operator's resume-site
+    assert shaping.sites(time.time()) == []
+    assert suspended_gauge() == 0
