@@ -14,6 +14,7 @@ import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -25,6 +26,7 @@ from streams.cli.main import app
 from streams.contract.codec import Codec
 from streams.deliver.shaping import SiteState
 from streams.deliver.shaping_feed import read_sites
+from streams.errors import ConfigError
 from streams.settings import Settings
 from streams.stack.stack import Stack
 from tests.conftest import pipeline_overrides, stack_settings
@@ -287,3 +289,13 @@ async def test_resume_site_lifts_a_suspension_everywhere(
         want = {f"{priority}@hold.example": "delivered"}
         # far sooner than the hour the rule suspended the site for
         assert await eventually(states, lambda s, w=want: s == w, timeout=30) == want
+
+
+async def test_a_bad_shaping_file_stops_up_before_anything_starts(tmp_path: Path) -> None:
+    rules = tmp_path / "shaping.toml"
+    rules.write_text('[[rule]]\nname = "yahoo-tss04"\nduration = "soon"\n')
+    settings = stack_settings(tmp_path / "data", shaping_file=rules)
+    stack = Stack(settings, workers=True)
+    with pytest.raises(ConfigError, match=r"rule 'yahoo-tss04': field duration"):
+        await stack.start(detach=False)
+    assert not (tmp_path / "data").exists()  # not even the data dir was made
