@@ -197,11 +197,11 @@ def create_app(
     if lanes:
         feed = control or ControlFeed(settings.kafka)
         flags["queue_control_loaded"] = feed.ready.is_set
-        # the delay topics and queue commands go with the bulk lane: one process group
-        # re-queues released mail, so it is not re-queued twice
         # one Shaping per process, shared by its lanes and fed by every other process's rules
         if shaping is None:
             shaping = Shaping(shaping_rules(settings.delivery))
+        # the delay topics and queue commands go with the bulk lane: one process group
+        # re-queues released mail, so it is not re-queued twice
         found.extend(
             deliver_stages(settings, codec, directory, clock, feed, lanes, tables, shaping)
         )
