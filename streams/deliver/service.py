@@ -163,7 +163,12 @@ class Deliverer:
         resume = datetime.fromtimestamp(state.suspended_until, UTC)
         if retry["not_before"] is not None and retry["not_before"] >= resume:
             return conclusion
-        return replace(conclusion, retry={**retry, "not_before": resume})
+        wait_ms = max(int((resume - now).total_seconds() * 1000), 0)
+        return replace(
+            conclusion,
+            retry={**retry, "not_before": resume},
+            event={**conclusion.event, "retry_after_ms": wait_ms},
+        )
 
     def _fired(self, fired: list[Fired], now: datetime) -> None:
         for action in fired:

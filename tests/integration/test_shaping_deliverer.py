@@ -150,6 +150,7 @@ async def test_yahoo_tss04_suspends_the_site_until_it_ends(
     assert first.retry is not None
     assert first.retry["not_before"] is not None
     assert first.retry["not_before"].timestamp() == pytest.approx(state.suspended_until)
+    assert first.event["retry_after_ms"] == pytest.approx(3600_000, abs=5000)
     published = deliverer.shaping.take_published()
     assert [s.site for s in published] == ["yahoo.example"]
 
