@@ -114,6 +114,7 @@ class DeliverySettings:
     retry_tiers: tuple[int, ...]
     breaker_threshold: int
     breaker_cool_down: float
+    shaping_file: Path | None  # the operator's shaping rules, merged over the shipped ones
     concurrency: int
     # the MX lookups delivery makes go through the same resolver settings as verification
     nameservers: tuple[str, ...]
@@ -362,6 +363,9 @@ class Settings(BaseSettings):
     # consecutive connection failures that pause a destination, and the first pause
     breaker_threshold: int = Field(default=5, ge=1)
     breaker_cool_down: float = Field(default=60.0, gt=0)
+    # the operator's shaping rules (TOML), merged over the shipped ones for the large providers
+    # (streams/deliver/data/shaping.toml); unset: the shipped ones alone
+    shaping_file: Path | None = None
     deliver_concurrency: int = Field(default=64, ge=1)
 
     # sinks
@@ -524,6 +528,7 @@ class Settings(BaseSettings):
             retry_tiers=tuple(int(t) for t in self.retry_tiers.split(",") if t.strip()),
             breaker_threshold=self.breaker_threshold,
             breaker_cool_down=self.breaker_cool_down,
+            shaping_file=self.shaping_file,
             concurrency=self.deliver_concurrency,
             nameservers=tuple(self.nameservers),
             dns_timeout=self.dns_timeout,

@@ -98,6 +98,8 @@ def topic_specs(kafka: KafkaSettings, delay_topics: Sequence[str] = ()) -> list[
             {"cleanup.policy": "delete", "retention.ms": "-1"},
             "queue control commands the workers obey",
         ),
+        # one partition: every delivery process reads all of it, like the control topic
+        TopicSpec(t.shaping, 1, table, "shaping state per destination site, key = site"),
         TopicSpec(t.suppressions, n, table, "suppression list, key = tenant + address digest"),
         TopicSpec(t.tenants, 1, table, "tenant settings, key = tenant"),
         # made before any worker joins: a store's changelog must exist when its stage starts

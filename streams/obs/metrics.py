@@ -26,6 +26,8 @@ __all__ = [
     "HTTP_REQUESTS",
     "HTTP_SECONDS",
     "RECORDS",
+    "SHAPING_ACTIONS",
+    "SHAPING_SITES",
     "SINCE_COMMIT",
     "SINK_BATCH_ROWS",
     "SINK_FLUSH_SECONDS",
@@ -36,6 +38,8 @@ __all__ = [
     "UNCOMMITTED",
     "EndToEnd",
     "StageMeter",
+    "shaping_fired",
+    "shaping_sites",
     "smtp_result",
 ]
 
@@ -125,6 +129,18 @@ SMTP_RESULTS = Counter(
     "deferral category, none when delivered).",
     ["result", "class"],
 )
+SHAPING_ACTIONS = Counter(
+    "postwire_shaping_actions_total",
+    "Shaping rules that fired in this process, by rule name (from the shaping file) and action "
+    "(suspend, slow).",
+    ["rule", "action"],
+)
+SHAPING_SITES = Gauge(
+    "postwire_shaping_sites",
+    "Destination sites this process holds suspended or slowed (every delivery process knows "
+    "every site's state: take the max over instances, not the sum).",
+    ["state"],
+)
 HTTP_REQUESTS = Counter(
     "postwire_http_requests_total",
     "HTTP requests served, by route pattern (never the raw path), method and status.",
@@ -150,6 +166,8 @@ ALL: tuple[MetricWrapperBase, ...] = (
     SINK_FLUSH_SECONDS,
     SINK_WRITE_FAILURES,
     SMTP_RESULTS,
+    SHAPING_ACTIONS,
+    SHAPING_SITES,
     HTTP_REQUESTS,
     HTTP_SECONDS,
 )
@@ -212,3 +230,12 @@ def smtp_result(result: str, category: str | None) -> None:
     if counter is None:
         counter = _SMTP_CHILDREN[key] = SMTP_RESULTS.labels(*key)
     counter.inc()
+
+
+def shaping_fired(rule: str, action: str) -> None:
+    SHAPING_ACTIONS.labels(rule, action).inc()
+
+
+def shaping_sites(suspended: int, slowed: int) -> None:
+    SHAPING_SITES.labels("suspended").set(suspended)
+    SHAPING_SITES.labels("slowed").set(slowed)

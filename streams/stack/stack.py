@@ -23,7 +23,7 @@ from streams.stack.kafka import EmbeddedKafka
 from streams.stack.postgres import EmbeddedPostgres
 from streams.stack.process import ManagedProcess, pid_alive, stop_pid
 from streams.stages.names import BULK_STAGES, FRONT_STAGES, TX_STAGES
-from streams.stages.policies import delay_topics
+from streams.stages.policies import delay_topics, shaping_rules
 
 __all__ = [
     "STOP_ORDER",
@@ -237,6 +237,9 @@ class Stack:
                 f"a stack is already running from {self.settings.data_dir}: {names}; "
                 "run `postwire down` first."
             )
+        if self.workers:
+            # a bad shaping file is refused here, not by every worker restarting on it
+            shaping_rules(self.settings.delivery)
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
         try:
             # start both servers before waiting on either: their start-ups overlap

@@ -10,12 +10,21 @@ from streams.contract.ids import MessageIds
 from streams.contract.signing import INGRESS_PURPOSE
 from streams.deliver.breaker import BreakerPolicy
 from streams.deliver.retry import RetryPolicy, tier_topics
+from streams.deliver.shaping import Rule
+from streams.deliver.shaping_file import load_rules
 from streams.deliver.throttle import DestinationLimits, Limit
 from streams.gate.trust import Trust
 from streams.secret import ServerSecret
 from streams.settings import DeliverySettings, Settings
 
-__all__ = ["breaker_policy", "delay_topics", "destination_limits", "gate_trust", "retry_policy"]
+__all__ = [
+    "breaker_policy",
+    "delay_topics",
+    "destination_limits",
+    "gate_trust",
+    "retry_policy",
+    "shaping_rules",
+]
 
 
 def gate_trust(secret: ServerSecret) -> Trust:
@@ -45,6 +54,12 @@ def destination_limits(delivery: DeliverySettings) -> DestinationLimits:
 
 def breaker_policy(delivery: DeliverySettings) -> BreakerPolicy:
     return BreakerPolicy(threshold=delivery.breaker_threshold, cool_down=delivery.breaker_cool_down)
+
+
+def shaping_rules(delivery: DeliverySettings) -> tuple[Rule, ...]:
+    """The shipped shaping rules merged with the operator's file; a bad file is a ConfigError
+    naming the rule and the field."""
+    return load_rules(delivery.shaping_file)
 
 
 def delay_topics(settings: Settings) -> list[str]:
