@@ -40,6 +40,7 @@ __all__ = [
 # applications first so they flush and commit while Kafka and PostgreSQL are still there
 STOP_ORDER = (
     "api",
+    "inbound",
     "sinks",
     "worker",
     *(f"worker{i}" for i in range(1, 16)),
@@ -260,6 +261,9 @@ class Stack:
                     self.process("sinks", "sink"),
                     self.process("api", "api"),
                 ]
+                if self.settings.inbound.bounce_domain:
+                    # the return paths' SMTP server runs only where mail goes out with them
+                    self.apps.append(self.process("inbound", "inbound"))
                 for app in self.apps:
                     app.start(detach=detach)
         except BaseException:
