@@ -137,6 +137,10 @@ def _unpack_id(data: bytes) -> tuple[str, bytes]:
     raise ReturnPathError(f"the token's message id has an unknown form ({kind})")
 
 
+def _b32(data: bytes) -> str:
+    return base64.b32encode(data).decode().rstrip("=").lower()
+
+
 def _mac(secret: ServerSecret, payload: bytes) -> bytes:
     return secret.mac("return-path", payload)[:_MAC]
 
@@ -148,8 +152,7 @@ def encode(secret: ServerSecret, tenant: str, message_id: str, recipient: str) -
     if packed is None:
         return None
     payload = bytes([_VERSION]) + packed + recipient_tag(secret, tenant, message_id, recipient)
-    token = base64.b32encode(payload + _mac(secret, payload)).decode().rstrip("=").lower()
-    return PREFIX + token
+    return PREFIX + _b32(payload + _mac(secret, payload))
 
 
 def return_path(
@@ -173,6 +176,9 @@ def decode(secret: ServerSecret, local_part: str) -> Reference:
         data = base64.b32decode(body.upper() + "=" * (-len(body) % 8))
     except ValueError as exc:
         raise ReturnPathError("not a return path of this server (bad base32)") from exc
+    if _b32(data) != body:
+        # the last character's unused bits set: one token must have one spelling only
+        raise ReturnPathError("not a return path of this server (not canonical base32)")
     if len(data) < 2 + _TAG + _MAC:
         raise ReturnPathError("the return path is too short to be a token")
     payload, mac = data[:-_MAC], data[-_MAC:]
