@@ -218,6 +218,14 @@ class Stack:
                 workers.append(self.process(f"{role}{suffix}", "worker", *_stages(stages), env=env))
         return workers
 
+    def applications(self) -> list[ManagedProcess]:
+        """The workers, the sinks, the API and, with a bounce domain, the inbound SMTP server
+        (it runs only where mail goes out with return paths on that domain)."""
+        apps = [*self._workers(), self.process("sinks", "sink"), self.process("api", "api")]
+        if self.settings.inbound.bounce_domain:
+            apps.append(self.process("inbound", "inbound"))
+        return apps
+
     def _all(self) -> dict[str, ManagedProcess]:
         found = {p.name: p for p in self.apps}
         if self.kafka is not None:
@@ -256,14 +264,7 @@ class Stack:
             )
             await apply_migrations(self.settings.dsn)
             if self.workers:
-                self.apps = [
-                    *self._workers(),
-                    self.process("sinks", "sink"),
-                    self.process("api", "api"),
-                ]
-                if self.settings.inbound.bounce_domain:
-                    # the return paths' SMTP server runs only where mail goes out with them
-                    self.apps.append(self.process("inbound", "inbound"))
+                self.apps = self.applications()
                 for app in self.apps:
                     app.start(detach=detach)
         except BaseException:
