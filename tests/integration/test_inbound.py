@@ -30,6 +30,7 @@ from streams.kafka.config import client_options
 from streams.kafka.read import read_all
 from streams.mail.verp import decode, return_path
 from streams.settings import Settings
+from streams.stack.stack import Stack
 from streams.stages.deliver import build_deliverer
 from tests.conftest import free_port
 from tests.fixtures.inbound import fixture
@@ -320,3 +321,40 @@ async def test_health_says_ready(inbound: Settings) -> None:
         body = await response.json()
     assert response.status == 200, body
     assert body["ok"] is True
+
+
+async def test_postwire_inbound_runs_as_the_stack_runs_it(stack: Settings, codec: Codec) -> None:
+    """`python -m streams inbound` as `postwire up` starts it (the stack's environment, the
+    same data dir and so the same server secret): healthy, and a DSN to it lands on the topic."""
+    settings = _with(
+        stack, bounce_domain=DOMAIN, inbound_port=free_port(), inbound_web_port=free_port()
+    )
+    [child] = [p for p in Stack(settings).applications() if p.name == "inbound"]
+    child.start(detach=False)
+    try:
+        url = f"http://{settings.web_host}:{settings.inbound_web_port}/healthz"
+
+        async def status() -> int:
+            try:
+                async with aiohttp.ClientSession() as session, session.get(url) as response:
+                    return response.status
+            except aiohttp.ClientError:
+                return 0
+
+        assert await eventually(status, lambda s: s == 200, timeout=60) == 200, child.log_tail()
+        tenant = f"inb-{uuid.uuid4().hex[:6]}"
+        message_id = MessageIds(settings.secret).message_id(tenant, None)
+        address = "proc@example.org"
+        await _on_record(settings, codec, [_delivered(tenant, message_id, address)])
+        path = return_path(settings.secret, DOMAIN, tenant, message_id, address)
+        assert path is not None
+        code, _ = await _send(
+            settings, path, fixture("exchange_recipient_not_found", path, address)
+        )
+        assert code == 250
+        events = await eventually(lambda: _events(settings, codec, tenant), lambda f: len(f) >= 1)
+        assert [e["bounce_class"] for e in events] == ["user_unknown"]
+    finally:
+        child.stop()
+    assert not child.running()
+    assert child.exit_code() == 0  # SIGTERM is a clean stop
