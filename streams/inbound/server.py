@@ -2,12 +2,14 @@
 
 At RCPT it takes only ``<token>@<bounce domain>`` with a token this install signed (anything
 else: ``550 5.1.1``) whose message and recipient are on record (not yet: ``451 4.3.0``, the
-sender tries again later, as a bounce can outrun the sinks by a moment). At the end of DATA it
-reads the report (streams/mail/reports.py), decides (streams/inbound/decide.py) and produces the
-events, the suppressions or, for anything it cannot read, a dead letter with the reason, and
-answers 250 only once Kafka has acknowledged all of them: a report is never lost, and when Kafka
-does not take it the sender is told ``451`` and keeps it. A report delivered twice makes the same
-event ids and suppression keys, so it changes nothing the second time.
+sender tries again later, as a bounce can outrun the sinks by a moment), and the feedback loop
+address ``fbl@<bounce domain>``, whose ARF reports are traced by the return path they quote.
+At the end of DATA it reads the report (streams/mail/reports.py), decides
+(streams/inbound/decide.py) and produces the events, the suppressions or, for anything it cannot
+read, a dead letter with the reason, and answers 250 only once Kafka has acknowledged all of
+them: a report is never lost, and when Kafka does not take it the sender is told ``451`` and
+keeps it. A report delivered twice makes the same event ids and suppression keys, so it changes
+nothing the second time.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import hashlib
 import logging
 import signal
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any, Final
 from weakref import WeakKeyDictionary
 
@@ -41,7 +44,7 @@ from streams.kafka.config import client_options
 from streams.kafka.limits import flow_topics
 from streams.kafka.metadata import wait_for_cluster
 from streams.kafka.records import SourcePosition
-from streams.mail.reports import parse_report
+from streams.mail.reports import FeedbackReport, Report, parse_report
 from streams.mail.verp import decode
 from streams.obs.health import Check, verdict
 from streams.obs.health import Verdict as Health
@@ -52,17 +55,43 @@ from streams.runtime.eventloop import install_fast_loop
 from streams.secret import ServerSecret
 from streams.settings import InboundSettings, Settings
 
-__all__ = ["SOURCE_TOPIC", "STAGE", "InboundHandler", "InboundServer", "run_inbound"]
+__all__ = [
+    "FEEDBACK_LOCAL_PART",
+    "SOURCE_TOPIC",
+    "STAGE",
+    "InboundHandler",
+    "InboundServer",
+    "run_inbound",
+]
 
 log = logging.getLogger(__name__)
 
 STAGE: Final = "inbound"
 SOURCE_TOPIC: Final = "smtp:inbound"  # a dead letter's source: mail, not a topic
 KEEP_FOR_HEADERS: Final = 8192  # a dead letter's room for the rest of its record
+# fbl@<bounce domain>: the address to register with feedback loops (Yahoo's CFL, Microsoft's
+# JMRP) that send their ARF reports to an address of their own, not to the return path; the
+# report is traced to its message by the return path it quotes. Tokens start with "b".
+FEEDBACK_LOCAL_PART: Final = "fbl"
 
 
 def _count(outcome: str) -> None:
     RECORDS.labels(STAGE, outcome).inc()
+
+
+@dataclass
+class _Pending:
+    """What the RCPTs of one transaction named."""
+
+    targets: list[Target] = field(default_factory=list)
+    feedback: bool = False  # the feedback loop address was among them
+
+
+class _NotOnRecordError(PostwireError):
+    """A feedback report names a return path of ours whose message is not on record yet."""
+
+    code = "inbound.not_on_record"
+    retriable = True
 
 
 class InboundHandler:
@@ -81,7 +110,12 @@ class InboundHandler:
         self.resolver = resolver
         self.publish = publish
         self.clock = clock
-        self._targets: WeakKeyDictionary[Envelope, list[Target]] = WeakKeyDictionary()
+        self._pending: WeakKeyDictionary[Envelope, _Pending] = WeakKeyDictionary()
+
+    def _accept(self, envelope: Envelope, address: str, options: list[str]) -> _Pending:
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(options)
+        return self._pending.setdefault(envelope, _Pending())
 
     async def handle_RCPT(
         self,
@@ -95,6 +129,9 @@ class InboundHandler:
         if not at or domain.lower().rstrip(".") != self.domain:
             _count("rcpt_other_domain")
             return f"550 5.1.1 <{address}>: this server takes mail for {self.domain} only"
+        if local.lower() == FEEDBACK_LOCAL_PART:
+            self._accept(envelope, address, rcpt_options).feedback = True
+            return "250 2.1.5 OK"
         try:
             reference = decode(self.secret, local)
         except ReturnPathError as exc:
@@ -109,21 +146,57 @@ class InboundHandler:
         if target is None:
             _count("rcpt_unknown")
             return f"451 4.3.0 <{address}>: return path not on record yet; try again later"
-        envelope.rcpt_tos.append(address)
-        envelope.rcpt_options.extend(rcpt_options)
-        self._targets.setdefault(envelope, []).append(target)
+        self._accept(envelope, address, rcpt_options).targets.append(target)
         return "250 2.1.5 OK"
 
+    async def _traced(self, report: Report) -> Target:
+        """The target of a report sent to the feedback loop address: the first return path of
+        ours it names. ReportError when it names none; _NotOnRecordError when one is not on
+        record yet."""
+        if not isinstance(report, FeedbackReport):
+            raise ReportError(
+                "inbound.feedback_not_arf", "mail to the feedback address is not an ARF report"
+            )
+        waiting = False
+        for path in report.return_paths:
+            local, _, domain = path.rpartition("@")
+            if domain.rstrip(".") != self.domain:
+                continue
+            try:
+                target = await self.resolver.target(decode(self.secret, local))
+            except ReturnPathError:
+                continue
+            if target is not None:
+                return target
+            waiting = True
+        if waiting:
+            raise _NotOnRecordError
+        raise ReportError(
+            "inbound.feedback_untraced",
+            "the feedback report names no return path of this server (Original-Mail-From, the"
+            " enclosed message's Return-Path)",
+        )
+
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
-        targets = self._targets.pop(envelope, [])
+        pending = self._pending.pop(envelope, _Pending())
+        targets = list(pending.targets)
         raw = envelope.original_content or b""
         now = self.clock()
         try:
             report = parse_report(raw)
+            if pending.feedback:
+                targets.append(await self._traced(report))
         except ReportError as exc:
             verdicts: list[Verdict] = []
             letters = self.dead_letters(exc, raw, targets)
             outcome = exc.code
+        except UnreachableError as exc:
+            log.warning("cannot resolve a feedback report's return path: %s", exc)
+            _count("unresolved")
+            return "451 4.3.0 cannot look the return path up now; try again later"
+        except _NotOnRecordError:
+            _count("unknown")
+            return "451 4.3.0 the reported message is not on record yet; try again later"
         else:
             verdicts = [decide(report, target, now) for target in targets]
             letters = []

@@ -67,6 +67,10 @@ class FeedbackReport:
     user_agent: str | None
     original_rcpt_to: str | None
     source_ip: str | None
+    # where the reported message's return path is named: the report's Original-Mail-From, then
+    # the Return-Path of the message (or headers) it encloses; how a report sent to a feedback
+    # loop's registered address, not to the return path, is traced to its message
+    return_paths: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -174,12 +178,30 @@ def _feedback_report(msg: Message) -> FeedbackReport:
     kind = _field(fields.get("Feedback-Type"))
     if kind is None:
         raise ReportError("inbound.arf_without_type", "an ARF report without a Feedback-Type")
+    paths = [_address(fields.get("Original-Mail-From")), _address(_enclosed_return_path(msg))]
     return FeedbackReport(
         feedback_type=kind.lower(),
         user_agent=_field(fields.get("User-Agent")),
         original_rcpt_to=_address(fields.get("Original-Rcpt-To")),
         source_ip=_field(fields.get("Source-IP")),
+        return_paths=tuple(dict.fromkeys(p for p in paths if p)),
     )
+
+
+def _enclosed_return_path(msg: Message) -> str | None:
+    """The Return-Path of the message a report encloses (whole, or its headers only)."""
+    for part in msg.walk():
+        kind = part.get_content_type()
+        if kind == "message/rfc822":
+            inner = part.get_payload()
+            if isinstance(inner, list) and inner and isinstance(inner[0], Message):
+                return inner[0].get("Return-Path")
+        elif kind == "text/rfc822-headers":
+            text = part.get_payload(decode=True)
+            if isinstance(text, bytes):
+                headers = email.message_from_bytes(text, policy=email.policy.compat32)
+                return headers.get("Return-Path")
+    return None
 
 
 def _first_text(msg: Message) -> str:

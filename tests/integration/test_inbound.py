@@ -358,3 +358,42 @@ async def test_postwire_inbound_runs_as_the_stack_runs_it(stack: Settings, codec
         child.stop()
     assert not child.running()
     assert child.exit_code() == 0  # SIGTERM is a clean stop
+
+
+async def test_a_feedback_loop_report_is_traced_by_the_return_path_it_quotes(
+    inbound: Settings, codec: Codec
+) -> None:
+    """Yahoo's and Microsoft's loops send ARF to the address registered with them (fbl@), not
+    to the return path: the report's Original-Mail-From (or the enclosed Return-Path) names it."""
+    tenant = f"inb-{uuid.uuid4().hex[:6]}"
+    message_id = MessageIds(inbound.secret).message_id(tenant, None)
+    address = "looped@example.org"
+    await _on_record(inbound, codec, [_delivered(tenant, message_id, address)])
+    path = return_path(inbound.secret, DOMAIN, tenant, message_id, address)
+    assert path is not None
+    fbl = f"fbl@{DOMAIN}"
+    report = fixture("arf_abuse", path, "redacted@example.net").replace(
+        f"To: {path}".encode(), f"To: {fbl}".encode(), 1
+    )
+    code, _ = await _send(inbound, fbl, report)
+    assert code == 250
+    [event] = await eventually(lambda: _events(inbound, codec, tenant), lambda f: len(f) >= 1)
+    assert event["type"] == "complained"
+    assert event["recipient"] == address  # ours, from the return path, not the report's
+    assert (await _suppressions(inbound, codec, tenant))[address]["reason"] == "complaint"
+
+    # a report to fbl@ that quotes no return path of ours is kept as a dead letter
+    stray = fixture("arf_abuse", "bounces@elsewhere.example", address)
+    code, _ = await _send(inbound, fbl, stray)
+    assert code == 250
+
+    async def letters() -> list[Any]:
+        found = [
+            codec.decode_as(v, "Rejection")
+            for v in await read_all(inbound.kafka, inbound.topics.rejections)
+        ]
+        return [r for r in found if r["raw"] == stray]
+
+    [letter] = await eventually(letters, lambda found: len(found) >= 1)
+    assert letter["error_code"] == "inbound.feedback_untraced"
+    assert letter["tenant"] is None

@@ -65,7 +65,22 @@ def test_postfix_delay_warning() -> None:
 
 def test_arf_report_fields() -> None:
     report = parse_report(fixture("arf_abuse", RP, TO))
-    assert report == FeedbackReport("abuse", "SomeGenerator/1.0", TO, "192.0.2.1")
+    assert report == FeedbackReport("abuse", "SomeGenerator/1.0", TO, "192.0.2.1", (RP,))
+
+
+def test_an_arf_report_names_the_return_path_of_what_it_encloses() -> None:
+    # no Original-Mail-From: the enclosed message's Return-Path, or its headers' (Postfix's
+    # text/rfc822-headers shape)
+    raw = fixture("arf_abuse", RP, TO).replace(f"Original-Mail-From: <{RP}>\r\n".encode(), b"")
+    report = parse_report(raw)
+    assert isinstance(report, FeedbackReport)
+    assert report.return_paths == (RP,)
+    headers_only = raw.replace(
+        b"Content-Type: message/rfc822", b"Content-Type: text/rfc822-headers"
+    )
+    report = parse_report(headers_only)
+    assert isinstance(report, FeedbackReport)
+    assert report.return_paths == (RP,)
 
 
 def test_a_redacted_arf_report_still_parses() -> None:
