@@ -261,15 +261,18 @@ class Publisher:
             for e in found.events:
                 events.append((e["tenant"].encode(), self.codec.encode("DeliveryEvent", e), ()))
         rejections: list[Record] = [(None, self.codec.encode("Rejection", r), ()) for r in letters]
-        try:
-            # suppressions first: a report that stops half way is sent again and repeats both
+        work = [
+            self.producer.send_all(topic, records)
             for topic, records in (
                 (self.topics.suppressions, suppressions),
                 (self.topics.events, events),
                 (self.topics.rejections, rejections),
-            ):
-                if records:
-                    await self.producer.send_all(topic, records)
+            )
+            if records
+        ]
+        try:
+            # at once: a report one of them fails for is sent again, and repeats them all
+            await asyncio.gather(*work)
         except (KafkaError, TimeoutError) as exc:
             raise UnreachableError("kafka.unreachable", f"Kafka did not take it: {exc}") from exc
 
