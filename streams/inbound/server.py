@@ -192,10 +192,10 @@ class InboundHandler:
             outcome = exc.code
         except UnreachableError as exc:
             log.warning("cannot resolve a feedback report's return path: %s", exc)
-            _count("unresolved")
+            _count("feedback_unresolved")
             return "451 4.3.0 cannot look the return path up now; try again later"
         except _NotOnRecordError:
-            _count("unknown")
+            _count("feedback_unknown")
             return "451 4.3.0 the reported message is not on record yet; try again later"
         else:
             verdicts = [decide(report, target, now) for target in targets]
