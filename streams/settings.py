@@ -37,6 +37,7 @@ __all__ = [
     "ApiSettings",
     "DeliverySettings",
     "GateSettings",
+    "InboundSettings",
     "RestartSettings",
     "Settings",
     "SinkSettings",
@@ -120,6 +121,21 @@ class DeliverySettings:
     nameservers: tuple[str, ...]
     dns_timeout: float
     dns_tries: int
+    # MAIL FROM is a VERP return path <token>@bounce_domain when set; empty: the From address
+    bounce_domain: str = ""
+
+
+@dataclass(frozen=True)
+class InboundSettings:
+    """`postwire inbound`: the SMTP server of the bounce domain (streams/inbound/)."""
+
+    bounce_domain: str
+    host: str
+    port: int
+    max_bytes: int
+    web_host: str
+    web_port: int
+    hostname: str
 
 
 @dataclass(frozen=True)
@@ -368,6 +384,19 @@ class Settings(BaseSettings):
     shaping_file: Path | None = None
     deliver_concurrency: int = Field(default=64, ge=1)
 
+    # return path and asynchronous bounces: with a bounce domain, MAIL FROM is
+    # <token>@<bounce domain> (a signed reference to the message and recipient, see
+    # streams/mail/verp.py) and `postwire up` runs `postwire inbound`, the SMTP server the
+    # domain's MX points at, which turns DSNs and feedback reports into events and suppressions.
+    # Empty: MAIL FROM is the From address, and no inbound server runs.
+    bounce_domain: str = ""
+    inbound_host: str = "127.0.0.1"  # 0.0.0.0 (or a public address) to receive from the world
+    inbound_port: int = Field(default=2525, ge=1, le=65535)
+    # a DSN that carries the whole original message can be large; larger mail is refused (552)
+    inbound_max_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+    # /metrics and /healthz of the inbound server (0: none)
+    inbound_web_port: int = Field(default=6064, ge=0)
+
     # sinks
     sink_batch_size: int = Field(default=2000, ge=1)
     # a row waits at most this long for others to share its transaction: 20 ms keeps the 250 ms
@@ -394,6 +423,15 @@ class Settings(BaseSettings):
         # refused (a ConfigError naming the variable) when the settings are read, not when the
         # first client connects
         _ = self.kafka_security
+        return self
+
+    @model_validator(mode="after")
+    def _bounce_domain_is_a_domain(self) -> Settings:
+        domain = self.bounce_domain.strip()
+        if domain and (any(c in domain for c in "@ <>[];,") or "." not in domain):
+            raise ConfigError(
+                f"POSTWIRE_BOUNCE_DOMAIN={domain!r} is not a domain name (e.g. bounces.example.com)"
+            )
         return self
 
     @model_validator(mode="after")
@@ -533,6 +571,19 @@ class Settings(BaseSettings):
             nameservers=tuple(self.nameservers),
             dns_timeout=self.dns_timeout,
             dns_tries=self.dns_tries,
+            bounce_domain=self.bounce_domain.strip().lower(),
+        )
+
+    @cached_property
+    def inbound(self) -> InboundSettings:
+        return InboundSettings(
+            bounce_domain=self.bounce_domain.strip().lower(),
+            host=self.inbound_host,
+            port=self.inbound_port,
+            max_bytes=self.inbound_max_bytes,
+            web_host=self.web_host,
+            web_port=self.inbound_web_port,
+            hostname=self.smtp_helo,
         )
 
     @cached_property

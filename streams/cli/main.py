@@ -99,6 +99,11 @@ def _print_up(info: Any, settings: Any, *, workers: bool) -> None:
         out.print(
             f"  http ingress    : http://{settings.api_host}:{settings.api_port}/v3/mail/send"
         )
+        if settings.inbound.bounce_domain:
+            inbound = settings.inbound
+            out.print(
+                f"  bounces (smtp)  : {inbound.host}:{inbound.port} for @{inbound.bounce_domain}"
+            )
     out.print(f"  data dir        : {info.data_dir}")
     for name, pid in info.pids.items():
         out.print(f"  {name:<16}: pid {pid}")
@@ -239,6 +244,22 @@ def api(
     if port is not None:
         settings = settings.model_copy(update={"api_port": port})
     run_api(settings)
+
+
+@app.command()
+def inbound(
+    port: Annotated[int | None, typer.Option(help="Port; default POSTWIRE_INBOUND_PORT.")] = None,
+) -> None:
+    """Receive the bounces and feedback reports sent to VERP return paths on the bounce domain
+    (POSTWIRE_BOUNCE_DOMAIN) and turn them into events and suppressions, until SIGINT/SIGTERM."""
+    from streams.inbound.server import run_inbound
+
+    settings = _settings()
+    if port is not None:
+        settings = settings.model_copy(update={"inbound_port": port})
+    if not settings.inbound.bounce_domain:
+        raise fail("set POSTWIRE_BOUNCE_DOMAIN (the domain whose MX points at this server) first")
+    run_inbound(settings)
 
 
 @app.command()

@@ -20,6 +20,7 @@ from streams.deliver.core import Conclusion, conclude, postpone
 from streams.deliver.dkim import Signer
 from streams.deliver.mime import Prepared, StoredTemplate, prepare
 from streams.deliver.retry import RetryPolicy
+from streams.deliver.returnpath import ReturnPath, from_address
 from streams.deliver.shaping import Fired, Reply, Shaping
 from streams.deliver.throttle import DestinationThrottle
 from streams.deliver.transport import Transport
@@ -40,12 +41,14 @@ def _same_domain(domain: str) -> str:
 @dataclass(frozen=True)
 class DeliveryRules:
     """How delivery behaves: the retry ladder, when a destination's breaker opens, how long a
-    throttled send waits in place, and where a domain's mail goes (itself, or the relay)."""
+    throttled send waits in place, where a domain's mail goes (itself, or the relay), and the
+    envelope sender (the From, or a VERP return path on the bounce domain)."""
 
     retry: RetryPolicy
     breaker: BreakerPolicy = field(default_factory=BreakerPolicy)
     throttle_max_wait: float = 5.0
     destination: Callable[[str], str] = _same_domain
+    return_path: ReturnPath = from_address
 
 
 class Deliverer:
@@ -67,6 +70,7 @@ class Deliverer:
         self.breaker_policy = rules.breaker
         self.destination = rules.destination
         self.throttle_max_wait = rules.throttle_max_wait
+        self.return_path = rules.return_path
         self.templates = templates or (lambda _tenant, _template_id: None)
         self.clock = clock
         self.breakers: dict[str, Breaker] = {}
@@ -131,7 +135,7 @@ class Deliverer:
         message = prepared.render(task["recipient"], header_id)
         signed = await self.signer.sign_async(message, task["tenant"], prepared.sender_domain, now)
         delivery = await self.transport.send(
-            task["domain"], task["from"]["email"], task["recipient"]["email"], signed
+            task["domain"], self.return_path(task), task["recipient"]["email"], signed
         )
         outcome = delivery.outcome
         smtp_result(str(outcome.disposition), outcome.category)

@@ -40,6 +40,7 @@ __all__ = [
 # applications first so they flush and commit while Kafka and PostgreSQL are still there
 STOP_ORDER = (
     "api",
+    "inbound",
     "sinks",
     "worker",
     *(f"worker{i}" for i in range(1, 16)),
@@ -217,6 +218,14 @@ class Stack:
                 workers.append(self.process(f"{role}{suffix}", "worker", *_stages(stages), env=env))
         return workers
 
+    def applications(self) -> list[ManagedProcess]:
+        """The workers, the sinks, the API and, with a bounce domain, the inbound SMTP server
+        (it runs only where mail goes out with return paths on that domain)."""
+        apps = [*self._workers(), self.process("sinks", "sink"), self.process("api", "api")]
+        if self.settings.inbound.bounce_domain:
+            apps.append(self.process("inbound", "inbound"))
+        return apps
+
     def _all(self) -> dict[str, ManagedProcess]:
         found = {p.name: p for p in self.apps}
         if self.kafka is not None:
@@ -258,11 +267,7 @@ class Stack:
             )
             await apply_migrations(self.settings.dsn)
             if self.workers:
-                self.apps = [
-                    *self._workers(),
-                    self.process("sinks", "sink"),
-                    self.process("api", "api"),
-                ]
+                self.apps = self.applications()
                 for app in self.apps:
                     app.start(detach=detach)
         except BaseException:

@@ -56,11 +56,13 @@ from streams.runtime.records import Consumed, Out, header
 from streams.runtime.stage import Held, Step
 from streams.runtime.state import Store
 from streams.runtime.tables import TableFactory
+from streams.secret import ServerSecret
 from streams.settings import DeliverySettings, Settings
 from streams.stages.policies import (
     breaker_policy,
     destination_limits,
     retry_policy,
+    return_path,
     shaping_rules,
 )
 
@@ -139,7 +141,11 @@ def build_deliverer(
     signer: Signer,
     templates: Any = None,
     shaping: Shaping | None = None,
+    *,
+    secret: ServerSecret | None = None,
 ) -> Deliverer:
+    """The deliverer of ``delivery``; with a bounce domain (and the ``secret`` that signs its
+    tokens) MAIL FROM is a VERP return path."""
     throttle = DestinationThrottle(destination_limits(delivery))
     resolver = MxResolver(delivery.nameservers, delivery.dns_timeout, delivery.dns_tries)
     relay = delivery.mode == "relay"
@@ -148,6 +154,7 @@ def build_deliverer(
         breaker_policy(delivery),
         delivery.throttle_max_wait,
         (lambda _domain: delivery.relay_host) if relay else (lambda d: d),
+        return_path(delivery, secret),
     )
     return Deliverer(
         Transport(transport_config(delivery), throttle, None if relay else resolver),
@@ -619,7 +626,12 @@ def deliver_stages(
     outputs = Outputs(codec, settings.topics, list(tiers.values()))
     warn_of_key_files(settings.data_dir / "dkim")
     deliverer = build_deliverer(
-        settings.delivery, clock, directory_signer(directory), template, shaping
+        settings.delivery,
+        clock,
+        directory_signer(directory),
+        template,
+        shaping,
+        secret=settings.secret,
     )
     # kept a day longer than a message can live
     keep = settings.retry_max_age + 86400.0

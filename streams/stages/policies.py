@@ -1,5 +1,6 @@
 """The domain's policies, built from the settings: the delivery group's retry ladder,
-per-destination limits and circuit breaker, and the gate's trust (keys from the server secret).
+per-destination limits, circuit breaker and envelope sender, and the gate's trust (keys from the
+server secret).
 Here, in the runtime, so that the settings module imports no domain code."""
 
 from __future__ import annotations
@@ -10,9 +11,11 @@ from streams.contract.ids import MessageIds
 from streams.contract.signing import INGRESS_PURPOSE
 from streams.deliver.breaker import BreakerPolicy
 from streams.deliver.retry import RetryPolicy, tier_topics
+from streams.deliver.returnpath import ReturnPath, from_address, verp_return_path
 from streams.deliver.shaping import Rule
 from streams.deliver.shaping_file import load_rules
 from streams.deliver.throttle import DestinationLimits, Limit
+from streams.errors import ConfigError
 from streams.gate.trust import Trust
 from streams.secret import ServerSecret
 from streams.settings import DeliverySettings, Settings
@@ -23,6 +26,7 @@ __all__ = [
     "destination_limits",
     "gate_trust",
     "retry_policy",
+    "return_path",
     "shaping_rules",
 ]
 
@@ -30,6 +34,16 @@ __all__ = [
 def gate_trust(secret: ServerSecret) -> Trust:
     """What the gate verifies signatures and message owners with."""
     return Trust(secret.subkey(INGRESS_PURPOSE), MessageIds(secret))
+
+
+def return_path(delivery: DeliverySettings, secret: ServerSecret | None) -> ReturnPath:
+    """MAIL FROM: a VERP return path signed with ``secret`` when a bounce domain is set, else
+    the From address."""
+    if not delivery.bounce_domain:
+        return from_address
+    if secret is None:
+        raise ConfigError("POSTWIRE_BOUNCE_DOMAIN is set but no server secret signs its tokens")
+    return verp_return_path(secret, delivery.bounce_domain)
 
 
 def retry_policy(delivery: DeliverySettings) -> RetryPolicy:

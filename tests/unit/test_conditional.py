@@ -9,7 +9,9 @@ from streams.api.conditional import accepts_gzip, etag_of, none_match
 
 def test_the_tag_follows_the_content() -> None:
     tag = etag_of(b'{"a":1}')
-    assert tag.startswith('"') and tag.endswith('"') and len(tag) > 10
+    assert tag.startswith('"')
+    assert tag.endswith('"')
+    assert len(tag) > 10
     assert etag_of(b'{"a":1}') == tag
     assert etag_of(b'{"a":2}') != tag
 
