@@ -33,7 +33,8 @@ def stack_settings(data_dir: Path, **overrides: object) -> Settings:
         "kafka_port": free_port(),
         "kafka_controller_port": free_port(),
         "postgres_port": free_port(),
-        "worker_web_port": free_port_block(3 * int(str(overrides.get("worker_processes", 1)))),
+        # three workers per slot, then the webhooks process
+        "worker_web_port": free_port_block(3 * int(str(overrides.get("worker_processes", 1))) + 1),
         "api_port": free_port(),
         "sinks_web_port": free_port(),
         "lag_interval": 1.0,

@@ -282,13 +282,14 @@ def topics(
     from the settings (`drift`); existing topics are never changed."""
     from streams.kafka.drift import TopicState, read_topics, topic_drift
     from streams.kafka.topics import ensure_topics, topic_specs
-    from streams.stages.policies import delay_topics
+    from streams.stages.policies import delay_topics, webhook_delay_topics
 
     settings = _settings()
-    specs = topic_specs(settings.kafka, delay_topics(settings))
+    delays, hooks = delay_topics(settings), webhook_delay_topics(settings)
+    specs = topic_specs(settings.kafka, delays, hooks)
 
     async def work() -> tuple[set[str], dict[str, TopicState]]:
-        made = set(await ensure_topics(settings.kafka, delay_topics(settings)))
+        made = set(await ensure_topics(settings.kafka, delays, hooks))
         return made, await read_topics(settings.kafka, [spec.name for spec in specs])
 
     created, states = _run(work())
