@@ -16,6 +16,7 @@ from streams.cli.keys import keys_app
 from streams.cli.mail import queue_app, suppression_app, template_app
 from streams.cli.replay import replay
 from streams.cli.senders import dkim_app, sender_app
+from streams.cli.webhooks import webhooks_app
 
 __all__ = ["app", "main"]
 
@@ -40,6 +41,7 @@ app.add_typer(sender_app, name="sender")
 app.add_typer(dkim_app, name="dkim")
 app.add_typer(template_app, name="template")
 app.add_typer(keys_app, name="keys")
+app.add_typer(webhooks_app, name="webhooks")
 app.command("replay")(replay)
 
 _run = run

@@ -9,13 +9,14 @@ from typing import Any
 
 import orjson
 
-from streams.db.webhooks import EndpointRow, endpoint_key, store_key, update_endpoint
+from streams.contract.records import WebhookBatch
+from streams.db.webhooks import EndpointRow, Failure, endpoint_key, store_key, update_endpoint
 from streams.secret import ServerSecret
 from streams.webhooks.mapping import SETTING_NAMES
 from streams.webhooks.post import Poster, PostResult
 from streams.webhooks.signing import EndpointKey, generate_key
 
-__all__ = ["post_sample", "sample_payload", "set_signing", "settings_view"]
+__all__ = ["post_sample", "replayed", "sample_payload", "set_signing", "settings_view"]
 
 
 def settings_view(row: EndpointRow) -> dict[str, Any]:
@@ -62,3 +63,18 @@ async def post_sample(
         return await poster.post(url, sample_payload(now), key, int(now.timestamp()))
     finally:
         await poster.close()
+
+
+def replayed(failure: Failure, now: datetime) -> WebhookBatch:
+    """A dead-lettered batch made new: the same id and payload (so the same ``sg_event_id``s),
+    no failed attempts, and a fresh retry window from ``now``."""
+    return {
+        "batch_id": failure.batch_id,
+        "tenant": failure.tenant_id,
+        "payload": failure.payload,
+        "events": failure.events,
+        "attempt": 0,
+        "first_at": now,
+        "not_before": None,
+        "last_error": None,
+    }
