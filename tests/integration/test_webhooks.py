@@ -29,6 +29,7 @@ from streams.contract.codec import Codec
 from streams.kafka.config import client_options
 from streams.settings import Settings
 from tests.conftest import free_port
+from tests.integration.api_client import ApiClient
 from tests.integration.helpers import eventually, new_tenant
 
 pytestmark = pytest.mark.integration
@@ -81,7 +82,8 @@ class Receiver:
 
 
 @pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
+async def receiver(api: ApiClient) -> AsyncIterator[Receiver]:
+    """The receiving server; the stack's API is answering by then (``api`` waits for it)."""
     found = Receiver()
     server = web.Application()
     server.router.add_post("/hook/{name}", found.handle)
