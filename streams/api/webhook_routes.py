@@ -32,8 +32,12 @@ def check_url(check: Check, value: Any, field: str = "url") -> str | None:
     url = check.text(value, field)
     if url is None or url == "":
         return url
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname or len(url) > MAX_URL:
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+    except ValueError:  # a malformed IPv6 host, say
+        host = None
+    if host is None or parts.scheme not in ("http", "https") or len(url) > MAX_URL:
         check.fail(field, "The url must be an http or https URL with a host.")
         return None
     return url
