@@ -139,6 +139,7 @@ class WebhookSettings:
     breaker_threshold: int
     breaker_cool_down: float
     refresh: float
+    allow_private: bool
 
 
 @dataclass(frozen=True)
@@ -404,6 +405,9 @@ class Settings(BaseSettings):
     webhook_breaker_cool_down: float = Field(default=30.0, gt=0)
     # how often the stage reloads the endpoints (a changed URL or event choice takes this long)
     webhook_refresh: float = Field(default=5.0, gt=0)
+    # tenants choose the URLs: only public addresses are posted to unless this says otherwise
+    # (a webhook receiver on the same host or network, tests)
+    webhook_allow_private: bool = False
 
     # sinks
     sink_batch_size: int = Field(default=2000, ge=1)
@@ -587,6 +591,7 @@ class Settings(BaseSettings):
             breaker_threshold=self.webhook_breaker_threshold,
             breaker_cool_down=self.webhook_breaker_cool_down,
             refresh=self.webhook_refresh,
+            allow_private=self.webhook_allow_private,
         )
 
     @cached_property

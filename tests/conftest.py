@@ -87,6 +87,7 @@ def pipeline_overrides(world: World) -> dict[str, object]:
         webhook_retry_tiers="1,2",
         webhook_breaker_threshold=50,
         webhook_refresh=0.3,
+        webhook_allow_private=True,  # the receivers are on loopback
         # small enough that the ingress tests can cross them cheaply
         api_max_body=256 * 1024,
         api_rate=5.0,

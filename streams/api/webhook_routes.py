@@ -108,8 +108,9 @@ async def send_test(api: Api, request: web.Request, caller: Caller) -> web.Strea
         target = url or row.url
         if not target:
             return problem(400, ("url", "No url given and none is set."))
+        hooks = api.settings.webhooks
         result = await post_sample(
-            conn, api.settings.secret, caller.tenant, target, row, api.settings.webhooks.timeout
+            conn, api.settings.secret, row, target, hooks.timeout, hooks.allow_private
         )
     if not result.ok:
         return problem(400, ("url", f"the endpoint did not accept the test post: {result.reason}"))

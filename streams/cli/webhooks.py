@@ -117,7 +117,8 @@ def webhooks_test(
         target = url or row.url
         if not target:
             return None
-        return await post_sample(conn, s.secret, tenant, target, row, s.webhooks.timeout)
+        hooks = s.webhooks
+        return await post_sample(conn, s.secret, row, target, hooks.timeout, hooks.allow_private)
 
     result = run(with_db(work))
     if result is None:

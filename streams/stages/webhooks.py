@@ -206,7 +206,11 @@ class WebhookShell:
         self.topics = topics
         self.codec = codec
         self.book = book
-        self.poster = poster or Poster(settings.timeout, per_host=settings.endpoint_concurrency)
+        self.poster = poster or Poster(
+            settings.timeout,
+            per_host=settings.endpoint_concurrency,
+            allow_private=settings.allow_private,
+        )
         self.policy: RetryPolicy = webhook_retry_policy(settings)
         self.gates = EndpointGates(webhook_breaker_policy(settings), settings.endpoint_concurrency)
         self.tiers = {s: webhook_tier_topic(topics.prefix, tier_name(s)) for s in self.policy.tiers}

@@ -52,12 +52,17 @@ def sample_payload(now: datetime | None = None) -> bytes:
 
 
 async def post_sample(
-    conn: Any, secret: ServerSecret, tenant: str, url: str, row: EndpointRow, timeout: float
+    conn: Any,
+    secret: ServerSecret,
+    row: EndpointRow,
+    url: str,
+    timeout: float,
+    allow_private: bool,
 ) -> PostResult:
     """Post the test event to ``url``, signed when the tenant's posts are."""
-    pem = await endpoint_key(conn, secret, tenant) if row.signed else None
+    pem = await endpoint_key(conn, secret, row.tenant_id) if row.signed else None
     key = EndpointKey(pem) if pem is not None else None
-    poster = Poster(timeout)
+    poster = Poster(timeout, allow_private=allow_private)
     try:
         now = datetime.now(UTC)
         return await poster.post(url, sample_payload(now), key, int(now.timestamp()))

@@ -39,3 +39,16 @@ def test_prune_forgets_idle_endpoints_only() -> None:
     gates.done("b", False, 0)
     gates.prune(1)
     assert set(gates._breakers) == {"b"}
+
+
+def test_only_global_addresses_count_as_public() -> None:
+    from streams.webhooks.post import _global, _private_literal
+
+    assert _global("93.184.216.34")
+    assert _global("2606:2800:220:1:248:1893:25c8:1946")
+    for private in ("127.0.0.1", "10.1.2.3", "192.168.0.1", "169.254.169.254", "::1", "fe80::1"):
+        assert not _global(private), private
+    assert not _global("::ffff:127.0.0.1")
+    assert _private_literal("http://169.254.169.254/latest") is not None
+    assert _private_literal("https://hooks.example.com/x") is None
+    assert _private_literal("http://93.184.216.34/") is None
