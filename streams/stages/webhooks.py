@@ -25,7 +25,7 @@ import asyncio
 import contextlib
 import logging
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -37,7 +37,7 @@ from streams.contract.build import rejection
 from streams.contract.codec import Codec
 from streams.contract.records import WebhookBatch
 from streams.db.webhooks import EndpointRow, Failure, load_endpoints, record_failure
-from streams.deliver.breaker import Breaker, BreakerPolicy
+from streams.deliver.breaker import Breaker, BreakerPolicy, BreakerState
 from streams.deliver.retry import Expire, RetryPolicy, delay_tier, next_attempt, tier_name
 from streams.errors import CodecError
 from streams.kafka.config import TopicNames
@@ -145,12 +145,18 @@ Admission = Literal["go", "busy", "paused"]
 
 
 class EndpointGates:
-    """Per endpoint (tenant): posts in flight and a breaker. One event loop owns it."""
+    """Per endpoint (tenant): posts in flight, posts waiting for one of its slots, and a
+    breaker. A post waits in place only while its endpoint has fewer than ``per_endpoint``
+    waiting (a burst of batches of a healthy endpoint goes out at once); past that it is
+    ``busy`` and parked, so one tenant holds at most twice its concurrency of the stage's slots.
+    One event loop owns it."""
 
     def __init__(self, policy: BreakerPolicy, per_endpoint: int) -> None:
         self.policy = policy
         self.per_endpoint = per_endpoint
         self.in_flight: Counter[str] = Counter()
+        self.waiting: Counter[str] = Counter()
+        self._slots: dict[str, asyncio.Semaphore] = {}
         self._breakers: dict[str, Breaker] = {}
 
     def _breaker(self, tenant: str) -> Breaker:
@@ -159,11 +165,32 @@ class EndpointGates:
             found = self._breakers[tenant] = Breaker(self.policy)
         return found
 
-    def admit(self, tenant: str, now: float) -> Admission:
-        """``go`` takes a slot (give it back with ``done``)."""
-        if self.in_flight[tenant] >= self.per_endpoint:
-            return "busy"
-        if not self._breaker(tenant).allow(now):
+    def _slot(self, tenant: str) -> asyncio.Semaphore:
+        found = self._slots.get(tenant)
+        if found is None:
+            found = self._slots[tenant] = asyncio.Semaphore(self.per_endpoint)
+        return found
+
+    async def admit(self, tenant: str, now: Callable[[], float]) -> Admission:
+        """``go`` holds one of the endpoint's slots (give it back with ``done``)."""
+        if self._breaker(tenant).state(now()) is BreakerState.OPEN:
+            return "paused"
+        slot = self._slot(tenant)
+        if slot.locked():
+            if self.waiting[tenant] >= self.per_endpoint:
+                return "busy"
+            self.waiting[tenant] += 1
+            try:
+                await slot.acquire()
+            finally:
+                self.waiting[tenant] -= 1
+                if self.waiting[tenant] <= 0:
+                    del self.waiting[tenant]
+        else:
+            await slot.acquire()
+        # half-open: only one probe; closed: always
+        if not self._breaker(tenant).allow(now()):
+            slot.release()
             return "paused"
         self.in_flight[tenant] += 1
         return "go"
@@ -175,6 +202,7 @@ class EndpointGates:
         self.in_flight[tenant] -= 1
         if self.in_flight[tenant] <= 0:
             del self.in_flight[tenant]
+        self._slot(tenant).release()
         breaker = self._breaker(tenant)
         if ok:
             breaker.record_success(now)
@@ -183,8 +211,13 @@ class EndpointGates:
 
     def prune(self, now: float) -> None:
         for tenant in [t for t, b in self._breakers.items() if b.idle(now)]:
-            if tenant not in self.in_flight:
+            if tenant not in self.in_flight and tenant not in self.waiting:
                 del self._breakers[tenant]
+                self._slots.pop(tenant, None)
+
+
+def _epoch() -> float:
+    return datetime.now(UTC).timestamp()
 
 
 def _ms(value: datetime) -> int:
@@ -353,15 +386,19 @@ class PostStage:
         endpoint = shell.book.get(tenant)
         if endpoint is None:
             return "disabled"  # switched off (or removed) since the batch was made
-        ts = now.timestamp()
-        admission = shell.gates.admit(tenant, ts)
+        # it may wait here for one of its endpoint's slots: times are taken after
+        admission = await shell.gates.admit(tenant, _epoch)
         if admission != "go":
+            ts = _epoch()
             shell.count(admission)
             if admission == "busy":
                 until = ts + shell.policy.tiers[0]
             else:
                 until = ts + max(shell.gates.retry_after(tenant, ts), shell.policy.tiers[0])
-            step.outputs.append(shell.park(batch, datetime.fromtimestamp(until, UTC), now))
+            parked = shell.park(
+                batch, datetime.fromtimestamp(until, UTC), datetime.fromtimestamp(ts, UTC)
+            )
+            step.outputs.append(parked)
             return admission
         result = await self._post(endpoint, batch)
         after = datetime.now(UTC)
@@ -372,7 +409,9 @@ class PostStage:
             return "accepted"
         attempt = batch["attempt"] + 1
         failed: WebhookBatch = {**batch, "attempt": attempt, "last_error": result.reason}
-        decided = next_attempt(shell.policy, attempt, batch["first_at"].timestamp(), ts)
+        decided = next_attempt(
+            shell.policy, attempt, batch["first_at"].timestamp(), after.timestamp()
+        )
         if isinstance(decided, Expire):
             log.warning(
                 "webhooks: giving up on batch %s of tenant %s after %d attempts: %s",

@@ -1,41 +1,66 @@
-"""Per endpoint: posts in flight and a breaker, each endpoint on its own."""
+"""Per endpoint: posts in flight, a bounded wait for a slot, and a breaker, each endpoint on
+its own."""
 
 from __future__ import annotations
+
+import asyncio
 
 from streams.deliver.breaker import BreakerPolicy
 from streams.stages.webhooks import EndpointGates
 
 
-def test_concurrency_is_per_endpoint() -> None:
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_concurrency_is_per_endpoint_and_the_wait_bounded() -> None:
+    clock = Clock()
     gates = EndpointGates(BreakerPolicy(threshold=3), per_endpoint=2)
-    assert gates.admit("a", 0) == "go"
-    assert gates.admit("a", 0) == "go"
-    assert gates.admit("a", 0) == "busy"
-    assert gates.admit("b", 0) == "go"  # another tenant's endpoint is not affected
+    assert await gates.admit("a", clock) == "go"
+    assert await gates.admit("a", clock) == "go"
+    # two more may wait for a slot, the fifth is busy at once
+    waiting = [asyncio.ensure_future(gates.admit("a", clock)) for _ in range(2)]
+    await asyncio.sleep(0)
+    assert gates.waiting["a"] == 2
+    assert await gates.admit("a", clock) == "busy"
+    assert await gates.admit("b", clock) == "go"  # another tenant's endpoint is not affected
     gates.done("a", True, 1)
-    assert gates.admit("a", 1) == "go"
+    assert await asyncio.wait_for(waiting[0], 1) == "go"
+    assert not waiting[1].done()
+    gates.done("a", True, 1)
+    assert await asyncio.wait_for(waiting[1], 1) == "go"
+    assert gates.in_flight["a"] == 2
 
 
-def test_failures_pause_only_the_failing_endpoint() -> None:
+async def test_failures_pause_only_the_failing_endpoint() -> None:
+    clock = Clock()
     gates = EndpointGates(BreakerPolicy(threshold=3, cool_down=10), per_endpoint=10)
     for _ in range(3):
-        assert gates.admit("a", 0) == "go"
+        assert await gates.admit("a", clock) == "go"
         gates.done("a", False, 0)
-    assert gates.admit("a", 1) == "paused"
+    clock.now = 1
+    assert await gates.admit("a", clock) == "paused"
     assert 8 < gates.retry_after("a", 1) <= 10
-    assert gates.admit("b", 1) == "go"
+    assert await gates.admit("b", clock) == "go"
     # after the cool-down one probe goes; its success closes the breaker
-    assert gates.admit("a", 11) == "go"
-    assert gates.admit("a", 11) == "paused"
+    clock.now = 11
+    assert await gates.admit("a", clock) == "go"
+    assert await gates.admit("a", clock) == "paused"
     gates.done("a", True, 11)
-    assert gates.admit("a", 12) == "go"
+    clock.now = 12
+    assert await gates.admit("a", clock) == "go"
 
 
-def test_prune_forgets_idle_endpoints_only() -> None:
+async def test_prune_forgets_idle_endpoints_only() -> None:
+    clock = Clock()
     gates = EndpointGates(BreakerPolicy(threshold=3), per_endpoint=2)
-    gates.admit("a", 0)
+    await gates.admit("a", clock)
     gates.done("a", True, 0)
-    gates.admit("b", 0)
+    await gates.admit("b", clock)
     gates.done("b", False, 0)
     gates.prune(1)
     assert set(gates._breakers) == {"b"}
