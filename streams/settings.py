@@ -390,7 +390,8 @@ class Settings(BaseSettings):
     webhook_batch_events: int = Field(default=1000, ge=1)
     webhook_batch_bytes: int = Field(default=768 * 1024, ge=256)
     webhook_timeout: float = Field(default=10.0, gt=0)
-    # posts in flight in the webhook stage, and to one endpoint (more wait in a delay tier)
+    # posts in flight in the webhook stage, and to one endpoint (as many more wait for a slot;
+    # past that they wait in a delay tier)
     webhook_concurrency: int = Field(default=64, ge=1)
     webhook_endpoint_concurrency: int = Field(default=4, ge=1)
     # a failed post is tried again after 30 s, doubling up to an hour apart, for 24 hours (as

@@ -6,8 +6,9 @@
 - ``webhooks.post`` (on ``postwire.webhooks``): posts each batch, up to ``webhook_concurrency``
   at once and ``webhook_endpoint_concurrency`` per endpoint, each endpoint behind a breaker of
   its own. Records run concurrently, so a hanging endpoint holds only its own posts; a batch of
-  an endpoint that is at its concurrency or whose breaker is open is not waited for in place but
-  parked in a delay tier, so it never takes a slot another tenant's post could use. A failed
+  an endpoint at its concurrency waits for a slot while fewer than that many wait, and is
+  parked in a delay tier past that or while the breaker is open, so one endpoint holds at most
+  twice its concurrency of the stage's slots. A failed
   post goes to the retry tier that fits its backoff; 24 hours (``webhook_retry_max_age``) after
   the batch was made it is dead-lettered into ``webhook_failures`` with the last reason.
 - ``webhooks.delay.<s>``, one per tier (``postwire.webhooks.retry.<tier>``): holds a partition at
