@@ -338,3 +338,53 @@ async def test_a_batch_given_up_on_is_listed_and_replayed(
     )
     assert code == 0
     assert orjson.loads(output)["url"].endswith("/hook/dead")
+
+
+async def test_the_cli_sets_a_signed_webhook_whose_key_rests_sealed_to_its_tenant(
+    stack: Settings, receiver: Receiver
+) -> None:
+    import asyncpg
+
+    from streams.db.webhooks import load_endpoints
+
+    tenant, _ = await new_tenant(stack, "hook-cli")
+    other, _ = await new_tenant(stack, "hook-cli-other")
+    url = receiver.url("cli")
+    code, output = await asyncio.to_thread(
+        _cli, stack, "webhooks", "set", "--tenant", tenant, "--url", url, "--enable",
+        "--events", "delivered,bounce", "--signed", "--json",
+    )  # fmt: skip
+    assert code == 0, output
+    shown = orjson.loads(output)
+    assert shown["enabled"] is True
+    assert shown["delivered"] is True
+    assert shown["processed"] is False
+    assert shown["public_key"]
+    code, bad = await asyncio.to_thread(
+        _cli, stack, "webhooks", "set", "--tenant", tenant, "--events", "nonsense"
+    )
+    assert code == 2
+    assert "unknown nonsense" in bad
+    code, output = await asyncio.to_thread(_cli, stack, "webhooks", "test", "--tenant", tenant)
+    assert code == 0, output
+    [post] = receiver.hooks["cli"].posts
+    assert _verified(post, shown["public_key"])
+    conn = await asyncpg.connect(stack.dsn)
+    try:
+        sealed = await conn.fetchval(
+            "SELECT sealed_key FROM webhook_endpoints WHERE tenant_id = $1", tenant
+        )
+        assert b"PRIVATE KEY" not in sealed
+        assert tenant in await load_endpoints(conn, stack.secret)
+        # the sealed key moved to another tenant's row does not open there: that endpoint is
+        # left out rather than posted to unsigned (or signed with another tenant's key)
+        await conn.execute(
+            "INSERT INTO webhook_endpoints (tenant_id, enabled, url, signed, sealed_key,"
+            " public_key) VALUES ($1, true, $2, true, $3, 'x')",
+            other,
+            url,
+            sealed,
+        )
+        assert other not in await load_endpoints(conn, stack.secret)
+    finally:
+        await conn.close()
