@@ -85,8 +85,11 @@ def sendgrid_event(event: DeliveryEvent) -> dict[str, Any]:
         "event": name,
         "sg_event_id": event["event_id"],
     }
-    if event["message_id"]:
-        out["sg_message_id"] = event["message_id"]
+    # the X-Message-Id (a personalization's request id) when the event is about the request
+    # as a whole (processed, dropped before expansion)
+    message_id = event["message_id"] or event["request_id"]
+    if message_id:
+        out["sg_message_id"] = message_id
     if event["categories"]:
         out["category"] = list(event["categories"])
     out.update(_outcome(event, name))

@@ -388,3 +388,52 @@ async def test_the_cli_sets_a_signed_webhook_whose_key_rests_sealed_to_its_tenan
         assert other not in await load_endpoints(conn, stack.secret)
     finally:
         await conn.close()
+
+
+async def test_mail_sent_through_the_api_is_reported_by_the_webhook(
+    stack: Settings, api: ApiClient, receiver: Receiver
+) -> None:
+    from tests.conftest import SENDER_DOMAIN
+
+    tenant, key = await new_tenant(stack, "hook-mail")
+    public_key = await _configure(stack, key, receiver.url("mail"))
+    body = {
+        "personalizations": [
+            {"to": [{"email": "ann@inbox.example"}, {"email": "nobody@normal.example"}]}
+        ],
+        "from": {"email": f"news@{SENDER_DOMAIN}"},
+        "subject": "Hooked",
+        "content": [{"type": "text/plain", "value": "Hi"}],
+        "categories": ["hooks"],
+        "custom_args": {"campaign": "c1"},
+    }
+    sent = await api.as_key(key).call("POST", "/v3/mail/send", body)
+    assert sent.status == 202, sent.body
+    message_id = sent.headers["X-Message-Id"]
+    hook = receiver.hooks["mail"]
+
+    async def outcomes() -> dict[str, set[str]]:
+        found: dict[str, set[str]] = {}
+        for post in hook.posts:
+            for event in post.events:
+                found.setdefault(event["email"], set()).add(event["event"])
+        return found
+
+    def settled(found: dict[str, set[str]]) -> bool:
+        return "delivered" in found.get("ann@inbox.example", set()) and "bounce" in found.get(
+            "nobody@normal.example", set()
+        )
+
+    found = await eventually(outcomes, settled, timeout=60)
+    assert settled(found), found
+    assert all(_verified(p, public_key) for p in hook.posts)
+    events = [e for p in hook.posts for e in p.events]
+    assert all(e["sg_message_id"].startswith(message_id) for e in events)
+    delivered = next(e for e in events if e["event"] == "delivered")
+    assert delivered["response"].startswith("250")
+    assert delivered["category"] == ["hooks"]
+    assert delivered["campaign"] == "c1"
+    bounce = next(e for e in events if e["event"] == "bounce")
+    assert bounce["status"].startswith("5")
+    assert bounce["bounce_classification"] == "user_unknown"
+    assert tenant  # its own tenant: nobody else's events reach this endpoint

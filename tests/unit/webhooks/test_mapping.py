@@ -128,3 +128,10 @@ def test_wanted_follows_the_settings_booleans() -> None:
     assert wanted(_event("bounced"), {"bounce"})
     assert not wanted(_event("processed"), set())
     assert wanted(_event("throttled"), {"dropped"})
+
+
+def test_a_request_wide_event_names_its_request_as_the_message() -> None:
+    event = make_event("processed", "acme", NOW, request_id="xmsg.0")
+    out = sendgrid_event(event)
+    assert out["sg_message_id"] == "xmsg.0"
+    assert out["email"] == ""
