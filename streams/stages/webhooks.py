@@ -104,7 +104,12 @@ class EndpointBook:
             if row.pem is not None and row.public_key is not None:
                 key = self._keys.get((tenant, row.public_key))
                 if key is None:
-                    key = self._keys[(tenant, row.public_key)] = EndpointKey(row.pem)
+                    try:
+                        key = self._keys[(tenant, row.public_key)] = EndpointKey(row.pem)
+                    except ValueError as exc:
+                        # never posted unsigned when signing was asked for
+                        log.warning("webhooks: the signing key of %s is unusable: %s", tenant, exc)
+                        continue
             found[tenant] = Endpoint(row, key)
         self.current = found
         self.ready.set()
