@@ -43,6 +43,7 @@ __all__ = [
     "SinkSettings",
     "StackSettings",
     "VerifySettings",
+    "WebhookSettings",
 ]
 
 
@@ -136,6 +137,26 @@ class InboundSettings:
     web_host: str
     web_port: int
     hostname: str
+
+
+@dataclass(frozen=True)
+class WebhookSettings:
+    """The event webhook stage: batches, posts, the per-endpoint limits, the retry window."""
+
+    batch_events: int
+    batch_bytes: int
+    timeout: float
+    concurrency: int
+    endpoint_concurrency: int
+    retry_first: float
+    retry_factor: float
+    retry_cap: float
+    retry_max_age: float
+    retry_tiers: tuple[int, ...]
+    breaker_threshold: int
+    breaker_cool_down: float
+    refresh: float
+    allow_private: bool
 
 
 @dataclass(frozen=True)
@@ -396,6 +417,30 @@ class Settings(BaseSettings):
     inbound_max_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
     # /metrics and /healthz of the inbound server (0: none)
     inbound_web_port: int = Field(default=6064, ge=0)
+    # event webhooks: a post is a JSON array of at most this many events and bytes (SendGrid
+    # posts up to 768 KB), answered within webhook_timeout or retried
+    webhook_batch_events: int = Field(default=1000, ge=1)
+    webhook_batch_bytes: int = Field(default=768 * 1024, ge=256)
+    webhook_timeout: float = Field(default=10.0, gt=0)
+    # posts in flight in the webhook stage, and to one endpoint (as many more wait for a slot;
+    # past that they wait in a delay tier)
+    webhook_concurrency: int = Field(default=64, ge=1)
+    webhook_endpoint_concurrency: int = Field(default=4, ge=1)
+    # a failed post is tried again after 30 s, doubling up to an hour apart, for 24 hours (as
+    # SendGrid does), then dead-lettered; the delay topics are postwire.webhooks.retry.<tier>
+    webhook_retry_first: float = Field(default=30.0, gt=0)
+    webhook_retry_factor: float = Field(default=2.0, ge=1)
+    webhook_retry_cap: float = Field(default=3600.0, gt=0)
+    webhook_retry_max_age: float = Field(default=86400.0, gt=0)
+    webhook_retry_tiers: str = "30,60,120,300,600,1200,3600"
+    # consecutive failed posts that pause an endpoint, and the first pause
+    webhook_breaker_threshold: int = Field(default=5, ge=1)
+    webhook_breaker_cool_down: float = Field(default=30.0, gt=0)
+    # how often the stage reloads the endpoints (a changed URL or event choice takes this long)
+    webhook_refresh: float = Field(default=5.0, gt=0)
+    # tenants choose the URLs: only public addresses are posted to unless this says otherwise
+    # (a webhook receiver on the same host or network, tests)
+    webhook_allow_private: bool = False
 
     # sinks
     sink_batch_size: int = Field(default=2000, ge=1)
@@ -584,6 +629,25 @@ class Settings(BaseSettings):
             web_host=self.web_host,
             web_port=self.inbound_web_port,
             hostname=self.smtp_helo,
+        )
+
+    @cached_property
+    def webhooks(self) -> WebhookSettings:
+        return WebhookSettings(
+            batch_events=self.webhook_batch_events,
+            batch_bytes=self.webhook_batch_bytes,
+            timeout=self.webhook_timeout,
+            concurrency=self.webhook_concurrency,
+            endpoint_concurrency=self.webhook_endpoint_concurrency,
+            retry_first=self.webhook_retry_first,
+            retry_factor=self.webhook_retry_factor,
+            retry_cap=self.webhook_retry_cap,
+            retry_max_age=self.webhook_retry_max_age,
+            retry_tiers=tuple(int(t) for t in self.webhook_retry_tiers.split(",") if t.strip()),
+            breaker_threshold=self.webhook_breaker_threshold,
+            breaker_cool_down=self.webhook_breaker_cool_down,
+            refresh=self.webhook_refresh,
+            allow_private=self.webhook_allow_private,
         )
 
     @cached_property

@@ -37,6 +37,13 @@ from streams.api.suppression_routes import (
     remove_suppression,
 )
 from streams.api.verify_routes import WAITER, ResultWaiter, verify_batch, verify_job, verify_one
+from streams.api.webhook_routes import (
+    get_settings,
+    get_signed,
+    patch_settings,
+    patch_signed,
+    send_test,
+)
 from streams.kafka.config import client_options
 from streams.mail.dns import MxResolver
 from streams.obs.health import Check, Probe, Verdict, verdict
@@ -68,6 +75,11 @@ ROUTES: tuple[tuple[str, str, str, Handler], ...] = (
     ("GET", "/v3/whitelabel/domains/{id}", "send", get_domain),
     ("DELETE", "/v3/whitelabel/domains/{id}", "send", delete_domain),
     ("POST", "/v3/whitelabel/domains/{id}/validate", "send", validate_domain),
+    ("GET", "/v3/user/webhooks/event/settings", "send", get_settings),
+    ("PATCH", "/v3/user/webhooks/event/settings", "send", patch_settings),
+    ("GET", "/v3/user/webhooks/event/settings/signed", "send", get_signed),
+    ("PATCH", "/v3/user/webhooks/event/settings/signed", "send", patch_signed),
+    ("POST", "/v3/user/webhooks/event/test", "send", send_test),
 )
 
 

@@ -16,6 +16,7 @@ from streams.cli.keys import keys_app
 from streams.cli.mail import queue_app, suppression_app, template_app
 from streams.cli.replay import replay
 from streams.cli.senders import dkim_app, sender_app
+from streams.cli.webhooks import webhooks_app
 
 __all__ = ["app", "main"]
 
@@ -40,6 +41,7 @@ app.add_typer(sender_app, name="sender")
 app.add_typer(dkim_app, name="dkim")
 app.add_typer(template_app, name="template")
 app.add_typer(keys_app, name="keys")
+app.add_typer(webhooks_app, name="webhooks")
 app.command("replay")(replay)
 
 _run = run
@@ -303,13 +305,14 @@ def topics(
     from the settings (`drift`); existing topics are never changed."""
     from streams.kafka.drift import TopicState, read_topics, topic_drift
     from streams.kafka.topics import ensure_topics, topic_specs
-    from streams.stages.policies import delay_topics
+    from streams.stages.policies import delay_topics, webhook_delay_topics
 
     settings = _settings()
-    specs = topic_specs(settings.kafka, delay_topics(settings))
+    delays, hooks = delay_topics(settings), webhook_delay_topics(settings)
+    specs = topic_specs(settings.kafka, delays, hooks)
 
     async def work() -> tuple[set[str], dict[str, TopicState]]:
-        made = set(await ensure_topics(settings.kafka, delay_topics(settings)))
+        made = set(await ensure_topics(settings.kafka, delays, hooks))
         return made, await read_topics(settings.kafka, [spec.name for spec in specs])
 
     created, states = _run(work())

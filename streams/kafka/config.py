@@ -59,6 +59,9 @@ class TopicNames:
         self.queue = f"{prefix}.queue"
         # what shaping does to each destination site (suspended, slowed), latest per site
         self.shaping = f"{prefix}.shaping"
+        # event webhook posts (WebhookBatch, key = tenant); their delay tiers are
+        # ``<prefix>.webhooks.retry.<tier>``
+        self.webhooks = f"{prefix}.webhooks"
 
     def lane(self, lane: str) -> str:
         return self.deliveries_tx if lane == "tx" else self.deliveries

@@ -36,6 +36,9 @@ __all__ = [
     "STAGE_SECONDS",
     "STATE_ENTRIES",
     "UNCOMMITTED",
+    "WEBHOOK_POSTS",
+    "WEBHOOK_POST_SECONDS",
+    "WEBHOOK_RETRY_BACKLOG",
     "EndToEnd",
     "StageMeter",
     "shaping_fired",
@@ -153,6 +156,24 @@ HTTP_SECONDS = Histogram(
     buckets=_HTTP_BUCKETS,
 )
 
+WEBHOOK_POSTS = Counter(
+    "postwire_webhook_posts_total",
+    "Event webhook posts by outcome: accepted (2xx), rejected (another status), timeout, "
+    "refused (no connection); busy and paused batches (the endpoint's concurrency full, its "
+    "breaker open) were not posted and wait in a delay tier.",
+    ["outcome"],
+)
+WEBHOOK_POST_SECONDS = Histogram(
+    "postwire_webhook_post_seconds",
+    "Time from sending an event webhook post to its answer (or its failure).",
+    buckets=_HTTP_BUCKETS,
+)
+WEBHOOK_RETRY_BACKLOG = Gauge(
+    "postwire_webhook_retry_backlog",
+    "Webhook batches this process handed to a delay tier minus those it took back out (the "
+    "consumer lag of the webhook.delay groups says the same across processes).",
+)
+
 ALL: tuple[MetricWrapperBase, ...] = (
     RECORDS,
     STAGE_SECONDS,
@@ -170,6 +191,9 @@ ALL: tuple[MetricWrapperBase, ...] = (
     SHAPING_SITES,
     HTTP_REQUESTS,
     HTTP_SECONDS,
+    WEBHOOK_POSTS,
+    WEBHOOK_POST_SECONDS,
+    WEBHOOK_RETRY_BACKLOG,
 )
 
 

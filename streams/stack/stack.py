@@ -22,8 +22,8 @@ from streams.settings import Settings
 from streams.stack.kafka import EmbeddedKafka
 from streams.stack.postgres import EmbeddedPostgres
 from streams.stack.process import ManagedProcess, pid_alive, stop_pid
-from streams.stages.names import BULK_STAGES, FRONT_STAGES, TX_STAGES
-from streams.stages.policies import delay_topics, shaping_rules
+from streams.stages.names import BULK_STAGES, FRONT_STAGES, TX_STAGES, WEBHOOK_STAGES
+from streams.stages.policies import delay_topics, shaping_rules, webhook_delay_topics
 
 __all__ = [
     "STOP_ORDER",
@@ -34,6 +34,7 @@ __all__ = [
     "stop_detached",
     "stop_rank",
     "supervisor_pid",
+    "webhooks_port",
     "worker_port",
 ]
 
@@ -42,6 +43,7 @@ STOP_ORDER = (
     "api",
     "inbound",
     "sinks",
+    "webhooks",
     "worker",
     *(f"worker{i}" for i in range(1, 16)),
     "tx",
@@ -70,6 +72,11 @@ def worker_port(settings: Settings, role: str, slot: int) -> int:
     """The web port (metrics, health) of a worker process: the front ones first, then the
     transactional lanes, then the bulk ones."""
     return settings.worker_web_port + WORKER_ROLES.index(role) * settings.worker_processes + slot
+
+
+def webhooks_port(settings: Settings) -> int:
+    """The webhooks process's web port: the one after every worker's."""
+    return settings.worker_web_port + len(WORKER_ROLES) * settings.worker_processes
 
 
 def _stages(stages: tuple[str, ...]) -> list[str]:
@@ -216,6 +223,10 @@ class Stack:
                 if role == "bulk":
                     env["POSTWIRE_APP_ID"] = f"{self.settings.app_id}-bulk"
                 workers.append(self.process(f"{role}{suffix}", "worker", *_stages(stages), env=env))
+        # one webhooks process whatever the slots: its posts wait on tenants' endpoints, and
+        # on a loop of its own they never slow a stage that moves mail
+        env = {"POSTWIRE_WORKER_WEB_PORT": str(webhooks_port(self.settings))}
+        workers.append(self.process("webhooks", "worker", *_stages(WEBHOOK_STAGES), env=env))
         return workers
 
     def applications(self) -> list[ManagedProcess]:
@@ -263,7 +274,9 @@ class Stack:
                 waits.append(self.postgres.wait_ready())
             await asyncio.gather(*waits)
             self.info.topics_created = await ensure_topics(
-                self.settings.kafka, delay_topics(self.settings)
+                self.settings.kafka,
+                delay_topics(self.settings),
+                webhook_delay_topics(self.settings),
             )
             await apply_migrations(self.settings.dsn)
             if self.workers:

@@ -10,15 +10,16 @@ import orjson
 from streams.contract.ids import MessageIds
 from streams.contract.signing import INGRESS_PURPOSE
 from streams.deliver.breaker import BreakerPolicy
-from streams.deliver.retry import RetryPolicy, tier_topics
+from streams.deliver.retry import RetryPolicy, tier_name, tier_topics
 from streams.deliver.returnpath import ReturnPath, from_address, verp_return_path
 from streams.deliver.shaping import Rule
 from streams.deliver.shaping_file import load_rules
 from streams.deliver.throttle import DestinationLimits, Limit
 from streams.errors import ConfigError
 from streams.gate.trust import Trust
+from streams.kafka.topics import webhook_tier_topic
 from streams.secret import ServerSecret
-from streams.settings import DeliverySettings, Settings
+from streams.settings import DeliverySettings, Settings, WebhookSettings
 
 __all__ = [
     "breaker_policy",
@@ -28,6 +29,9 @@ __all__ = [
     "retry_policy",
     "return_path",
     "shaping_rules",
+    "webhook_breaker_policy",
+    "webhook_delay_topics",
+    "webhook_retry_policy",
 ]
 
 
@@ -79,3 +83,29 @@ def shaping_rules(delivery: DeliverySettings) -> tuple[Rule, ...]:
 def delay_topics(settings: Settings) -> list[str]:
     """The retry ladder's delay topics, which ``streams.kafka.topics`` creates with the rest."""
     return tier_topics(retry_policy(settings.delivery), settings.topics.prefix)
+
+
+def webhook_retry_policy(webhooks: WebhookSettings) -> RetryPolicy:
+    """The webhook posts' ladder: the delivery ladder's rules with the webhook's own times."""
+    return RetryPolicy(
+        webhooks.retry_first,
+        webhooks.retry_factor,
+        webhooks.retry_cap,
+        webhooks.retry_max_age,
+        webhooks.retry_tiers,
+    )
+
+
+def webhook_breaker_policy(webhooks: WebhookSettings) -> BreakerPolicy:
+    return BreakerPolicy(
+        threshold=webhooks.breaker_threshold,
+        cool_down=webhooks.breaker_cool_down,
+        max_cool_down=max(webhooks.breaker_cool_down, 600.0),
+        probe_timeout=max(webhooks.timeout * 3, 30.0),
+    )
+
+
+def webhook_delay_topics(settings: Settings) -> list[str]:
+    """The webhook retry tiers' delay topics (``postwire.webhooks.retry.<tier>``)."""
+    prefix = settings.topics.prefix
+    return [webhook_tier_topic(prefix, tier_name(t)) for t in settings.webhooks.retry_tiers]

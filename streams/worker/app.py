@@ -44,6 +44,7 @@ from streams.stages.gate_stage import DeferralStage, GateStage
 from streams.stages.names import DELIVER_PARTS, KNOWN_STAGES, STAGES
 from streams.stages.policies import gate_trust, shaping_rules
 from streams.stages.verify import VerifyStage, build_verifier
+from streams.stages.webhooks import webhook_stages
 from streams.worker.broker import broker_credentials
 from streams.worker.shell import install_directory
 from streams.worker.web import install_pages
@@ -207,6 +208,13 @@ def create_app(
         )
         background.append(_control_feed(feed))
         background.append(_shaping_feed(ShapingFeed(settings.kafka, shaping)))
+    if "webhooks" in stages:
+        shell, hooks = webhook_stages(
+            settings.webhooks, settings.topics, codec, settings.dsn, settings.secret
+        )
+        found.extend(hooks)
+        background.append(shell.run)
+        flags["webhook_endpoints_loaded"] = shell.book.ready.is_set
     kafka = kafka_probe(
         client_options(settings.kafka),
         interval=settings.health_interval,
