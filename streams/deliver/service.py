@@ -36,7 +36,8 @@ def _same_domain(domain: str) -> str:
 @dataclass(frozen=True)
 class DeliveryRules:
     """How delivery behaves: the retry ladder, when a destination's breaker opens, how long a
-    throttled send waits in place, and where a domain's mail goes (itself, or the relay)."""
+    tenant's throttled send waits in place (the site's rate is the transport's), and where a
+    domain's mail goes (itself, or the relay)."""
 
     retry: RetryPolicy
     breaker: BreakerPolicy = field(default_factory=BreakerPolicy)
@@ -103,13 +104,14 @@ class Deliverer:
                 f"circuit_open: {destination} is paused after repeated connection failures",
                 now,
             )
+        tenant = task["tenant"]
         while True:
-            wait = self.throttle.take(task["tenant"], destination, now.timestamp())
+            wait = self.throttle.take_tenant(tenant, now.timestamp())
             if wait <= 0:
                 break
             if wait > self.throttle_max_wait:
                 return postpone(
-                    task, now + timedelta(seconds=wait), f"throttled: {destination} rate", now
+                    task, now + timedelta(seconds=wait), f"throttled: tenant {tenant} rate", now
                 )
             await asyncio.sleep(wait)
             now = self.clock()
@@ -120,8 +122,14 @@ class Deliverer:
             task["domain"], task["from"]["email"], task["recipient"]["email"], signed
         )
         outcome = delivery.outcome
-        smtp_result(str(outcome.disposition), outcome.category)
         done = self.clock()
+        if delivery.retry_after is not None:
+            # the site's rate held it back: not sent, so the tenant's token was not spent
+            self.throttle.give_back_tenant(tenant)
+            return postpone(
+                task, done + timedelta(seconds=delivery.retry_after), outcome.text, done
+            )
+        smtp_result(str(outcome.disposition), outcome.category)
         if outcome.destination_failure:
             breaker.record_failure(done.timestamp())
         else:
@@ -137,4 +145,5 @@ class Deliverer:
 
     async def close(self) -> None:
         await self.transport.close()
+        await self.throttle.slots.close()
         self.signer.close()

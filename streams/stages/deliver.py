@@ -32,7 +32,9 @@ from streams.clock import Clock
 from streams.contract.build import lane_of, make_event, make_suppression, rejection, suppression_key
 from streams.contract.codec import Codec
 from streams.contract.records import DeliveryEvent, DeliveryTask, Rejection
+from streams.db.config import DatabaseSettings
 from streams.db.directory import DirectoryHolder
+from streams.db.slots import PgSlots
 from streams.deliver.control import Command
 from streams.deliver.core import Conclusion, failed, flush_now, task_meta, triage
 from streams.deliver.dkim import Signer
@@ -102,6 +104,7 @@ def transport_config(delivery: DeliverySettings) -> TransportConfig:
         data_timeout=delivery.smtp_data_timeout,
         max_messages_per_connection=delivery.smtp_max_messages_per_connection,
         idle_timeout=delivery.smtp_idle_timeout,
+        pace_max_wait=delivery.throttle_max_wait,
     )
 
 
@@ -128,9 +131,20 @@ def warn_of_key_files(legacy_dir: Path) -> None:
 
 
 def build_deliverer(
-    delivery: DeliverySettings, clock: Clock, signer: Signer, templates: Any = None
+    delivery: DeliverySettings,
+    clock: Clock,
+    signer: Signer,
+    templates: Any = None,
+    shared: tuple[DatabaseSettings, str] | None = None,
 ) -> Deliverer:
-    throttle = DestinationThrottle(destination_limits(delivery))
+    """``shared``: the database and namespace (the topic prefix) of connection slots shared
+    with every other worker process; None keeps the limits in this process."""
+    limits = destination_limits(delivery)
+    slots = None
+    if shared is not None:
+        database, namespace = shared
+        slots = PgSlots(database.dsn, namespace, lambda site: limits.for_site(site).connections)
+    throttle = DestinationThrottle(limits, slots)
     resolver = MxResolver(delivery.nameservers, delivery.dns_timeout, delivery.dns_tries)
     relay = delivery.mode == "relay"
     rules = DeliveryRules(
@@ -140,7 +154,12 @@ def build_deliverer(
         (lambda _domain: delivery.relay_host) if relay else (lambda d: d),
     )
     return Deliverer(
-        Transport(transport_config(delivery), throttle, None if relay else resolver),
+        Transport(
+            transport_config(delivery),
+            throttle,
+            None if relay else resolver,
+            clock=lambda: clock().timestamp(),
+        ),
         signer,
         throttle,
         rules,
@@ -595,7 +614,12 @@ def deliver_stages(
     tiers = {s: tier_topic(settings.topics.prefix, tier_name(s)) for s in policy.tiers}
     outputs = Outputs(codec, settings.topics, list(tiers.values()))
     warn_of_key_files(settings.data_dir / "dkim")
-    deliverer = build_deliverer(settings.delivery, clock, directory_signer(directory), template)
+    shared = (
+        (settings.database, settings.topics.prefix) if settings.delivery.shared_limits else None
+    )
+    deliverer = build_deliverer(
+        settings.delivery, clock, directory_signer(directory), template, shared
+    )
     # kept a day longer than a message can live
     keep = settings.retry_max_age + 86400.0
     stages: list[LaneStage | DelayStage | ControlStage] = []

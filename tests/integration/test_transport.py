@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from streams.bench.dns_server import Zone, ZoneServer
+from streams.deliver.sites import relay_site
 from streams.deliver.throttle import DestinationLimits, DestinationThrottle, Limit
 from streams.deliver.transport import Transport, TransportConfig
 from streams.mail.dns import MxResolver
@@ -389,9 +390,9 @@ async def test_pool_reuses_sessions_within_the_connection_limit(
     assert len(server.received) == 20
     assert server.max_open <= 2
     assert server.connections <= 2
-    assert limiter.connections(server.host) <= 2
+    assert limiter.connections(relay_site(server.host, server.port)) <= 2
     await transport.close()
-    assert limiter.connections(server.host) == 0
+    assert limiter.connections(relay_site(server.host, server.port)) == 0
     await asyncio.sleep(0.1)
     assert server.open == 0
 
@@ -449,10 +450,10 @@ async def test_idle_sessions_are_closed(
     transport = make_transport(server, limiter=limiter, idle_timeout=0.2)
     await transport.send("dest.test", SENDER, "rcpt@dest.test", MESSAGE)
     assert server.open == 1
-    assert limiter.connections(server.host) == 1
+    assert limiter.connections(relay_site(server.host, server.port)) == 1
     await asyncio.sleep(0.8)  # the reaper runs every idle_timeout / 2
     assert server.open == 0
-    assert limiter.connections(server.host) == 0
+    assert limiter.connections(relay_site(server.host, server.port)) == 0
     assert server.count("rset") == 0
 
 

@@ -1,0 +1,254 @@
+"""Connection slots shared by every worker process: PostgreSQL session-level advisory locks.
+
+A group (a destination site) limited to N connections has slots 0..N-1; a process opening an SMTP
+session first takes a free one with ``pg_try_advisory_lock(<group key>, <slot>)`` on a connection
+of its own, and closing the session unlocks it. The locks live as long as that database session,
+so a process that dies frees its slots with it: there is no lease to expire and nothing to clean
+up. The group key is a 32-bit hash of the namespace (the topic prefix: every worker of one
+pipeline, the lanes' included) and the group name; two groups that collide share one set of
+slots, which is stricter, never looser.
+
+When the session is lost (PostgreSQL restarted, the backend terminated, a query timed out) the
+locks are gone with it and other processes may take them: every slot this process held is marked
+not held (the pool closes those sessions as soon as they are idle, and no others open) until the
+session is back. Slots are then taken afresh, each with its own new session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import asyncpg
+
+from streams.mail.pool import Slot
+
+__all__ = ["PgSlots", "group_key"]
+
+log = logging.getLogger("postwire.slots")
+_TRY = "SELECT pg_try_advisory_lock($1, $2)"
+_UNLOCK = "SELECT pg_advisory_unlock($1, $2)"
+_FAILURES = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+
+Connect = Callable[[str], Awaitable[Any]]
+
+
+def group_key(namespace: str, group: str) -> int:
+    """The first int4 of a group's advisory lock keys (the slot number is the second)."""
+    digest = hashlib.blake2b(f"{namespace}\0{group}".encode(), digest_size=4).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+async def _connect(dsn: str) -> Any:
+    return await asyncpg.connect(dsn)
+
+
+class PgSlots:
+    """The slots of this process, taken on one dedicated database session.
+
+    ``limit(group)``: a group's connection limit. ``timeout``: for connecting and for each query
+    (a server that stops answering counts as lost). ``heartbeat``: how often an idle session is
+    checked, and a lost one reconnected."""
+
+    shared = True
+
+    def __init__(
+        self,
+        dsn: str,
+        namespace: str,
+        limit: Callable[[str], int],
+        *,
+        timeout: float = 5.0,
+        heartbeat: float = 1.0,
+        connect: Connect = _connect,
+    ) -> None:
+        self._dsn = dsn
+        self._namespace = namespace
+        self._limit = limit
+        self._timeout = timeout
+        self._heartbeat = heartbeat
+        self._connect_fn = connect
+        self._conn: Any = None
+        self._lock = asyncio.Lock()  # one query at a time on the session
+        self._held: dict[str, dict[int, Slot]] = {}  # slots locked on the current session
+        self._unlocking: dict[str, set[int]] = {}  # closed here, unlock not yet done
+        self._keys: dict[str, int] = {}
+        self._listeners: list[Callable[[], object]] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._watch: asyncio.Task[None] | None = None
+        self._next_connect = 0.0
+        self._closed = False
+        self.sessions = 0  # database sessions opened, for tests
+        self.losses = 0  # sessions lost, for tests and logs
+
+    # -- the budget ---------------------------------------------------------------------------
+
+    def held(self, group: str) -> int:
+        return len(self._held.get(group, ()))
+
+    @property
+    def connected(self) -> bool:
+        return self._conn is not None and not self._conn.is_closed()
+
+    def on_lost(self, callback: Callable[[], object]) -> None:
+        self._listeners.append(callback)
+
+    async def open_connection(self, group: str) -> Slot | None:
+        if self._closed:
+            return None
+        self._start_watch()
+        async with self._lock:
+            conn = await self._session()
+            if conn is None:
+                return None
+            key = self._key(group)
+            busy = set(self._held.get(group, ())) | self._unlocking.get(group, set())
+            free = [n for n in range(self._limit(group)) if n not in busy]
+            # from a random one on: processes starting together do not all queue on slot 0
+            turn = random.randrange(len(free)) if free else 0  # noqa: S311 (no secret)
+            for number in free[turn:] + free[:turn]:
+                try:
+                    taken = await conn.fetchval(_TRY, key, number, timeout=self._timeout)
+                except _FAILURES as exc:
+                    self._lose(conn, exc)
+                    return None
+                if taken:
+                    slot = Slot(group, number)
+                    self._held.setdefault(group, {})[number] = slot
+                    return slot
+            return None
+
+    def close_connection(self, slot: Slot) -> None:
+        held = self._held.get(slot.group)
+        if held is None or held.get(slot.number) is not slot:
+            if slot.held:
+                raise ValueError(f"no open connection in {slot.group!r} holds slot {slot.number}")
+            return  # lost with its session: nothing left to unlock
+        del held[slot.number]
+        if not held:
+            del self._held[slot.group]
+        slot.held = False
+        self._unlocking.setdefault(slot.group, set()).add(slot.number)
+        task = asyncio.get_running_loop().create_task(self._unlock(self._conn, slot))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def close(self) -> None:
+        """Give every slot back (by ending the session) and stop watching."""
+        self._closed = True
+        if self._watch is not None:
+            self._watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch
+            self._watch = None
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        conn, self._conn = self._conn, None
+        self._drop_all()
+        if conn is not None and not conn.is_closed():
+            try:
+                await conn.close(timeout=self._timeout)
+            except _FAILURES:
+                conn.terminate()
+
+    # -- the session --------------------------------------------------------------------------
+
+    def _key(self, group: str) -> int:
+        key = self._keys.get(group)
+        if key is None:
+            if len(self._keys) >= 10_000:
+                self._keys.clear()
+            key = self._keys[group] = group_key(self._namespace, group)
+        return key
+
+    async def _session(self) -> Any:
+        """The live session, connecting if there is none (at most once a heartbeat)."""
+        if self.connected:
+            return self._conn
+        now = time.monotonic()
+        if now < self._next_connect:
+            return None
+        self._next_connect = now + self._heartbeat
+        try:
+            conn = await asyncio.wait_for(self._connect_fn(self._dsn), self._timeout)
+        except _FAILURES as exc:
+            log.warning("connection slots: no database session (%s); opening none", exc)
+            return None
+        conn.add_termination_listener(self._terminated)
+        self._conn = conn
+        self.sessions += 1
+        if self.sessions > 1:
+            log.info("connection slots: database session back")
+        return conn
+
+    def _terminated(self, conn: Any) -> None:
+        if conn is self._conn:
+            self._lose(conn, ConnectionError("the database session ended"))
+
+    def _lose(self, conn: Any, reason: BaseException) -> None:
+        if conn is not self._conn:
+            return
+        self._conn = None
+        self.losses += 1
+        with contextlib.suppress(Exception):
+            conn.terminate()
+        count = sum(len(held) for held in self._held.values())
+        log.warning(
+            "connection slots: database session lost (%s: %s); %d slot(s) given up, their"
+            " sessions close when idle",
+            type(reason).__name__,
+            reason,
+            count,
+        )
+        self._drop_all()
+        for listener in self._listeners:
+            listener()
+
+    def _drop_all(self) -> None:
+        for held in self._held.values():
+            for slot in held.values():
+                slot.held = False
+        self._held.clear()
+        self._unlocking.clear()
+
+    async def _unlock(self, conn: Any, slot: Slot) -> None:
+        try:
+            async with self._lock:
+                if conn is None or conn is not self._conn:
+                    return  # that session is gone, and the lock with it
+                try:
+                    await conn.fetchval(
+                        _UNLOCK, self._key(slot.group), slot.number, timeout=self._timeout
+                    )
+                except _FAILURES as exc:
+                    self._lose(conn, exc)
+        finally:
+            unlocking = self._unlocking.get(slot.group)
+            if unlocking is not None:
+                unlocking.discard(slot.number)
+                if not unlocking:
+                    del self._unlocking[slot.group]
+
+    def _start_watch(self) -> None:
+        if self._watch is None:
+            self._watch = asyncio.get_running_loop().create_task(self._watch_session())
+
+    async def _watch_session(self) -> None:
+        """A session that died quietly is noticed within a heartbeat, not at the next open."""
+        while True:
+            await asyncio.sleep(self._heartbeat)
+            async with self._lock:
+                conn = self._conn
+                if conn is None:
+                    await self._session()
+                    continue
+                try:
+                    await conn.fetchval("SELECT 1", timeout=self._timeout)
+                except _FAILURES as exc:
+                    self._lose(conn, exc)
