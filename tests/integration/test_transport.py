@@ -4,6 +4,7 @@ the connection pool, and every way a session can go wrong turned into an outcome
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
@@ -596,3 +597,77 @@ async def test_dns_timeout_defers(make_transport: Factory, mx_port: int) -> None
     assert delivery.outcome.disposition is Disposition.DEFERRED
     assert delivery.outcome.stage is Stage.CONNECT
     assert delivery.host == ""
+
+
+# --- sites ------------------------------------------------------------------------------------
+
+
+async def test_domains_on_the_same_mx_hosts_are_one_site(
+    make_transport: Factory, zone: ZoneServer, resolver: MxResolver, mx_port: int
+) -> None:
+    address = next_host()
+    mx_to(zone, "one.sites.test", (10, "mx2.shared.test", address), (5, "mx1.shared.test", address))
+    mx_to(zone, "two.sites.test", (5, "mx2.shared.test", address), (10, "mx1.shared.test", address))
+    mx_to(zone, "own.sites.test", (5, "mx.own.test", address))
+    zone.zone.mx["nullmx.sites.test"] = [(0, ".")]
+    transport = make_transport(mode="mx", resolver=resolver, mx_port=mx_port)
+    shared = "mx1.shared.test,mx2.shared.test"
+    assert await transport.site("one.sites.test") == shared
+    assert await transport.site("TWO.sites.test.") == shared
+    assert await transport.site("own.sites.test") == "mx.own.test"
+    # no hosts to send to: a site of its own, named after the domain
+    assert await transport.site("nullmx.sites.test") == "nullmx.sites.test"
+
+
+async def test_relay_mode_is_one_site(
+    servers: Callable[..., SinkServer], make_transport: Factory
+) -> None:
+    server = servers()
+    transport = make_transport(server)
+    site = relay_site(server.host, server.port)
+    assert await transport.site("a.example") == await transport.site("b.example") == site
+    delivery = await transport.send("a.example", SENDER, "rcpt@a.example", MESSAGE)
+    assert delivery.site == site
+
+
+def _rated(rate: float) -> DestinationThrottle:
+    limit = Limit(connections=2, rate=rate, burst=1)
+    return DestinationThrottle(DestinationLimits(default=limit, overrides={}))
+
+
+async def test_a_short_site_wait_is_waited_out_in_place(
+    servers: Callable[..., SinkServer], make_transport: Factory
+) -> None:
+    server = servers()
+    transport = make_transport(server, limiter=_rated(10.0), pace_max_wait=1.0)
+    began = time.monotonic()
+    for i in range(4):
+        delivery = await transport.send("dest.test", SENDER, f"r{i}@dest.test", MESSAGE)
+        assert delivery.outcome.disposition is Disposition.DELIVERED
+        assert delivery.retry_after is None
+    # a burst of one, then one every 100 ms
+    assert time.monotonic() - began >= 0.28
+    assert len(server.received) == 4
+
+
+async def test_a_site_wait_longer_than_allowed_gives_the_message_back(
+    servers: Callable[..., SinkServer], make_transport: Factory
+) -> None:
+    server = servers()
+    limiter = _rated(1.0)
+    transport = make_transport(server, limiter=limiter, pace_max_wait=0.2)
+    first = await transport.send("dest.test", SENDER, "a@dest.test", MESSAGE)
+    assert first.outcome.disposition is Disposition.DELIVERED
+    second = await transport.send("dest.test", SENDER, "b@dest.test", MESSAGE)
+    assert second.retry_after == pytest.approx(1.0, abs=0.2)
+    assert second.outcome.disposition is Disposition.DEFERRED
+    assert second.outcome.category is Category.RATE_LIMITED
+    assert second.outcome.text.startswith("throttled: ")
+    assert not second.outcome.destination_failure
+    assert len(server.received) == 1
+    # the session was given back, not closed: the next message after the wait reuses it
+    assert limiter.connections(relay_site(server.host, server.port)) == 1
+    await asyncio.sleep(second.retry_after or 0)
+    third = await transport.send("dest.test", SENDER, "b@dest.test", MESSAGE)
+    assert third.outcome.disposition is Disposition.DELIVERED
+    assert server.connections == 1
