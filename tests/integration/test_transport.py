@@ -6,11 +6,17 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, cast
 
 import pytest
 
 from streams.bench.dns_server import Zone, ZoneServer
+from streams.contract.records import DeliveryTask
+from streams.deliver.dkim import Signer
+from streams.deliver.keyring import KeyRing
+from streams.deliver.retry import RetryPolicy
+from streams.deliver.service import Deliverer, DeliveryRules
 from streams.deliver.sites import relay_site
 from streams.deliver.throttle import DestinationLimits, DestinationThrottle, Limit
 from streams.deliver.transport import Transport, TransportConfig
@@ -671,3 +677,69 @@ async def test_a_site_wait_longer_than_allowed_gives_the_message_back(
     third = await transport.send("dest.test", SENDER, "b@dest.test", MESSAGE)
     assert third.outcome.disposition is Disposition.DELIVERED
     assert server.connections == 1
+
+
+def _task(n: int) -> DeliveryTask:
+    recipient: dict[str, Any] = {
+        "email": f"r{n}@dest.test",
+        "name": None,
+        "kind": "to",
+        "substitutions": {},
+        "custom_args": {},
+    }
+    task: dict[str, Any] = {
+        "task_id": f"task-{n}",
+        "message_id": "m1",
+        "request_id": "m1",
+        "tenant": "t1",
+        "priority": "normal",
+        "domain": "dest.test",
+        "from": {"email": SENDER, "name": None},
+        "reply_to": None,
+        "recipient": recipient,
+        "content": {
+            "subject": "Hello",
+            "text": "Hi\r\n",
+            "html": None,
+            "template_id": None,
+            "headers": {},
+            "attachments": [],
+        },
+        "substitutions": {},
+        "categories": [],
+        "custom_args": {},
+        "attempt": 0,
+        "not_before": None,
+        "first_attempt_at": None,
+        "created_at": datetime.now(UTC),
+    }
+    return cast(DeliveryTask, task)
+
+
+async def test_a_message_the_site_rate_gives_back_is_postponed_without_an_attempt(
+    servers: Callable[..., SinkServer], make_transport: Factory
+) -> None:
+    server = servers()
+    limiter = _rated(0.5)
+    transport = make_transport(server, limiter=limiter, pace_max_wait=0.2)
+    deliverer = Deliverer(
+        transport,
+        Signer(KeyRing(lambda _tenant, _domain: None)),
+        limiter,
+        DeliveryRules(RetryPolicy()),
+        clock=lambda: datetime.now(UTC),
+    )
+    try:
+        first = await deliverer.attempt(_task(1))
+        second = await deliverer.attempt(_task(2))
+    finally:
+        await deliverer.close()
+    assert first.delivered
+    assert not second.delivered
+    assert second.event["type"] == "deferred"
+    assert (second.event["reason"] or "").startswith("throttled: ")
+    assert second.retry is not None
+    assert second.retry["attempt"] == 0  # a postponement spends no attempt
+    wait = (second.retry["not_before"] or datetime.now(UTC)) - datetime.now(UTC)
+    assert 1.0 <= wait.total_seconds() <= 2.5
+    assert len(server.received) == 1
