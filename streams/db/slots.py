@@ -35,6 +35,9 @@ log = logging.getLogger("postwire.slots")
 _TRY = "SELECT pg_try_advisory_lock($1, $2)"
 _UNLOCK = "SELECT pg_advisory_unlock($1, $2)"
 _FAILURES = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+# a group found full is not asked about again for this long: every sender waiting for it polls
+# (the pool looks again every 0.25 s), and each look costs up to N queries
+_FULL_FOR = 0.1
 
 Connect = Callable[[str], Awaitable[Any]]
 
@@ -79,6 +82,7 @@ class PgSlots:
         self._held: dict[str, dict[int, Slot]] = {}  # slots locked on the current session
         self._unlocking: dict[str, set[int]] = {}  # closed here, unlock not yet done
         self._keys: dict[str, int] = {}
+        self._full: dict[str, float] = {}  # group -> monotonic time it was last found full
         self._listeners: list[Callable[[], object]] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._watch: asyncio.Task[None] | None = None
@@ -103,6 +107,11 @@ class PgSlots:
         if self._closed:
             return None
         self._start_watch()
+        full = self._full.get(group)
+        if full is not None:
+            if time.monotonic() - full < _FULL_FOR:
+                return None
+            del self._full[group]
         async with self._lock:
             conn = await self._session()
             if conn is None:
@@ -122,6 +131,9 @@ class PgSlots:
                     slot = Slot(group, number)
                     self._held.setdefault(group, {})[number] = slot
                     return slot
+            if len(self._full) >= 10_000:
+                self._full.clear()
+            self._full[group] = time.monotonic()
             return None
 
     def close_connection(self, slot: Slot) -> None:
@@ -229,6 +241,7 @@ class PgSlots:
                 except _FAILURES as exc:
                     self._lose(conn, exc)
         finally:
+            self._full.pop(slot.group, None)  # one is free now, if nobody else takes it first
             unlocking = self._unlocking.get(slot.group)
             if unlocking is not None:
                 unlocking.discard(slot.number)
