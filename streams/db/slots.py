@@ -34,7 +34,9 @@ __all__ = ["PgSlots", "group_key"]
 log = logging.getLogger("postwire.slots")
 _TRY = "SELECT pg_try_advisory_lock($1, $2)"
 _UNLOCK = "SELECT pg_advisory_unlock($1, $2)"
-_FAILURES = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+# anything a query or a connect raises means the session cannot be counted on (asyncpg's own
+# InternalClientError included): the slots are given up, never a delivery crashed
+_FAILURES = (Exception,)
 # a group found full is not asked about again for this long: every sender waiting for it polls
 # (the pool looks again every 0.25 s), and each look costs up to N queries
 _FULL_FOR = 0.1
