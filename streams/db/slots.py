@@ -89,6 +89,7 @@ class PgSlots:
         self._tasks: set[asyncio.Task[None]] = set()
         self._watch: asyncio.Task[None] | None = None
         self._next_connect = 0.0
+        self._failing = False  # the last connect failed (and said so)
         self._closed = False
         self.sessions = 0  # database sessions opened, for tests
         self.losses = 0  # sessions lost, for tests and logs
@@ -192,8 +193,12 @@ class PgSlots:
         try:
             conn = await asyncio.wait_for(self._connect_fn(self._dsn), self._timeout)
         except _FAILURES as exc:
-            log.warning("connection slots: no database session (%s); opening none", exc)
+            # once per outage, not once a second for as long as it lasts
+            level = logging.DEBUG if self._failing else logging.WARNING
+            log.log(level, "connection slots: no database session (%s); opening none", exc)
+            self._failing = True
             return None
+        self._failing = False
         conn.add_termination_listener(self._terminated)
         self._conn = conn
         self.sessions += 1
