@@ -124,7 +124,7 @@ class Deliverer:
         outcome = delivery.outcome
         done = self.clock()
         if delivery.retry_after is not None:
-            # the site's rate held it back: not sent, so the tenant's token was not spent
+            # a limit of the site's held it back: not sent, so the tenant's token was not spent
             self.throttle.give_back_tenant(tenant)
             return postpone(
                 task, done + timedelta(seconds=delivery.retry_after), outcome.text, done

@@ -60,6 +60,7 @@ __all__ = [
 ]
 
 MAX_MX_HOSTS = 5  # Postfix's smtp_mx_address_limit: past that, the domain is broken anyway
+_SOON = 1.0  # seconds: back as soon as the delay tiers bring it
 _STAGES_TO_FALL_BACK = frozenset({Stage.CONNECT, Stage.EHLO, Stage.STARTTLS})
 # controls would inject commands, angle brackets would end the path early
 _BAD_ADDRESS_CHARS = re.compile(r"[\x00-\x1f\x7f<>]")
@@ -112,8 +113,9 @@ class Delivery:
     address: str = ""  # the address connected to
     tls: bool = False  # whether the session was encrypted
     site: str = ""  # the destination site it went to (or would have)
-    # set when the site's rate held the message back longer than pace_max_wait: not sent, try
-    # again in that many seconds (the outcome says "throttled")
+    # set when a limit of ours held the message back (the site's rate longer than pace_max_wait,
+    # or no session of the site came free): not sent, try again in that many seconds without
+    # spending an attempt (the outcome says why)
     retry_after: float | None = None
 
 
@@ -372,7 +374,9 @@ class Transport:
                 outcome = Outcome(
                     Disposition.DEFERRED, Category.RATE_LIMITED, Stage.CONNECT, text=text
                 )
-                return (Delivery(outcome, host, site=site),) * len(rcpts)
+                # our limit, not the destination's answer: no attempt spent, so mail that other
+                # workers' sessions keep waiting does not climb the retry ladder
+                return (Delivery(outcome, host, site=site, retry_after=_SOON),) * len(rcpts)
             reused = conn.client is not None
             try:
                 held_back = await self._pace(site, len(rcpts))

@@ -433,6 +433,7 @@ async def test_waiting_for_a_connection_is_bounded(
     assert second.outcome.disposition is Disposition.DEFERRED
     assert second.outcome.category is Category.RATE_LIMITED
     assert "connection limit" in second.outcome.text
+    assert second.retry_after is not None  # our limit: postponed, no attempt spent
     assert not second.outcome.destination_failure  # about us, not the destination
     assert server.connections == 1
 
