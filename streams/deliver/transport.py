@@ -248,6 +248,14 @@ def _unsendable(address: str, stage: Stage, host: str) -> Outcome:
     return _local(Disposition.BOUNCED, Category.CONTENT_REJECTED, stage, "5.6.7", text)
 
 
+def _held_back(
+    text: str, host: str, site: str, retry_after: float, count: int
+) -> tuple[Delivery, ...]:
+    """Deliveries a limit of ours held back: not sent, to try again in ``retry_after`` s."""
+    outcome = Outcome(Disposition.DEFERRED, Category.RATE_LIMITED, Stage.CONNECT, text=text)
+    return (Delivery(outcome, host, site=site, retry_after=retry_after),) * count
+
+
 class Transport:
     """``clock``: seconds (the same clock as the caller's tenant buckets: the throttle prunes
     both with one)."""
@@ -371,22 +379,22 @@ class Transport:
             if conn is None:
                 wait = self.config.pool_wait
                 text = f"connection limit: no session to {host} came free in {wait:g}s"
-                outcome = Outcome(
-                    Disposition.DEFERRED, Category.RATE_LIMITED, Stage.CONNECT, text=text
-                )
                 # our limit, not the destination's answer: no attempt spent, so mail that other
                 # workers' sessions keep waiting does not climb the retry ladder
-                return (Delivery(outcome, host, site=site, retry_after=_SOON),) * len(rcpts)
+                return _held_back(text, host, site, _SOON, len(rcpts))
             reused = conn.client is not None
             try:
                 held_back = await self._pace(site, len(rcpts))
                 if held_back is not None:
                     self.pool.release(conn, reusable=True)
                     text = f"throttled: {site} rate, next message in {held_back:.1f}s"
-                    outcome = Outcome(
-                        Disposition.DEFERRED, Category.RATE_LIMITED, Stage.CONNECT, text=text
-                    )
-                    return (Delivery(outcome, host, site=site, retry_after=held_back),) * len(rcpts)
+                    return _held_back(text, host, site, held_back, len(rcpts))
+                if not conn.slot.held:
+                    # the shared budget lost its slots while this waited: no new transaction on
+                    # a session nobody vouches for
+                    self.pool.release(conn, reusable=False)
+                    text = f"connection limit: the slot of {site} was lost, trying again"
+                    return _held_back(text, host, site, _SOON, len(rcpts))
                 if not reused:
                     failure = await self._open(conn, port, addresses)
                     if failure is not None:

@@ -21,6 +21,7 @@ from streams.deliver.sites import relay_site
 from streams.deliver.throttle import DestinationLimits, DestinationThrottle, Limit
 from streams.deliver.transport import Transport, TransportConfig
 from streams.mail.dns import MxResolver
+from streams.mail.pool import LocalSlots, Slot
 from streams.mail.replies import Category, Disposition, Stage
 from tests.peers.smtp_behaviours import Behaviour, GreetingServer, SinkServer, TlsFiles, make_tls
 from tests.peers.smtp_servers import StallServer, free_port_on
@@ -744,3 +745,47 @@ async def test_a_message_the_site_rate_gives_back_is_postponed_without_an_attemp
     wait = (second.retry["not_before"] or datetime.now(UTC)) - datetime.now(UTC)
     assert 1.0 <= wait.total_seconds() <= 2.5
     assert len(server.received) == 1
+
+
+class _Losable(LocalSlots):
+    """In-process slots whose slots can all be lost at once, as the shared ones are when their
+    database session ends."""
+
+    shared = False
+
+    def __init__(self) -> None:
+        super().__init__(lambda _site: 2)
+        self.taken: list[Slot] = []
+
+    async def open_connection(self, group: str) -> Slot | None:
+        slot = self.take(group)
+        if slot is not None:
+            self.taken.append(slot)
+        return slot
+
+    def lose(self) -> None:
+        for slot in self.taken:
+            slot.held = False
+
+
+async def test_no_transaction_starts_on_a_session_whose_slot_was_lost(
+    servers: Callable[..., SinkServer], make_transport: Factory
+) -> None:
+    server = servers()
+    slots = _Losable()
+    limits = DestinationLimits(default=Limit(connections=2, rate=5.0, burst=1), overrides={})
+    transport = make_transport(
+        server, limiter=DestinationThrottle(limits, slots), pace_max_wait=1.0
+    )
+    first = await transport.send("dest.test", SENDER, "a@dest.test", MESSAGE)
+    assert first.outcome.disposition is Disposition.DELIVERED
+    # the next one waits 200 ms for the rate, with the session; the slot goes meanwhile
+    sending = asyncio.ensure_future(transport.send("dest.test", SENDER, "b@dest.test", MESSAGE))
+    await asyncio.sleep(0.05)
+    slots.lose()
+    second = await sending
+    assert second.retry_after is not None
+    assert "was lost" in second.outcome.text
+    assert len(server.received) == 1
+    await asyncio.sleep(0.2)
+    assert server.open == 0  # the session closed rather than going back to the pool
