@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -14,14 +15,20 @@ import asyncpg
 import pytest
 
 from streams.db.slots import PgSlots, group_key
+from streams.deliver.throttle import DestinationLimits, DestinationThrottle, Limit
+from streams.deliver.transport import Transport, TransportConfig
 from streams.mail.pool import Slot
+from streams.mail.replies import Disposition
 from streams.settings import Settings
 from streams.stack.postgres import EmbeddedPostgres
 from tests.conftest import stack_settings
+from tests.peers.smtp_behaviours import Behaviour, SinkServer
 
 pytestmark = pytest.mark.integration
 
 SITE = "mx1.site.example,mx2.site.example"
+SENDER = "sender@acme.example"
+MESSAGE = b"From: sender@acme.example\r\nSubject: hi\r\n\r\nHello.\r\n"
 N = 3
 
 
@@ -171,3 +178,58 @@ async def _until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
     while not condition():
         assert asyncio.get_running_loop().time() < deadline, "it never happened"
         await asyncio.sleep(0.02)
+
+
+async def test_two_workers_together_keep_to_the_site_rate_and_connections(
+    database: Settings,
+) -> None:
+    """Two transports, each with slots of its own session (two workers as far as PostgreSQL can
+    tell), send to one relay site of 2 connections and 20 messages/s: the receiver never sees
+    more than 2 sessions, and the 60 messages take as long as 20/s allows, not half that."""
+    server = SinkServer("127.0.0.1", Behaviour()).start()
+    limits = DestinationLimits(default=Limit(connections=2, rate=20.0, burst=2), overrides={})
+    namespace = f"rate-{random.randrange(1 << 30)}"
+    config = TransportConfig(
+        mode="relay",
+        relay_host=server.host,
+        relay_port=server.port,
+        tls="none",
+        pool_wait=0.5,
+        pace_max_wait=0.5,
+        # sessions end often, so the slots move between the two
+        max_messages_per_connection=4,
+        idle_timeout=0.1,
+    )
+    transports = [
+        Transport(
+            config,
+            DestinationThrottle(
+                limits,
+                PgSlots(database.dsn, namespace, lambda _s: 2, heartbeat=0.2, timeout=2.0),
+            ),
+            None,
+        )
+        for _ in range(2)
+    ]
+
+    async def deliver(transport: Transport, n: int) -> None:
+        while True:
+            delivery = await transport.send("dest.test", SENDER, f"r{n}@dest.test", MESSAGE)
+            if delivery.retry_after is None:
+                assert delivery.outcome.disposition is Disposition.DELIVERED, delivery
+                return
+            await asyncio.sleep(min(delivery.retry_after, 0.5))
+
+    began = time.monotonic()
+    try:
+        await asyncio.gather(*(deliver(transports[n % 2], n) for n in range(60)))
+        took = time.monotonic() - began
+    finally:
+        for transport in transports:
+            await transport.close()
+            await transport.throttle.slots.close()
+        server.stop()
+    assert len(server.received) == 60
+    assert server.max_open <= 2
+    # 60 messages at 20/s, less the bursts the two started with (2 each): at least 2.8 s
+    assert took >= 2.6, f"60 messages in {took:.2f}s: faster than the site's 20/s"
