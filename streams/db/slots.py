@@ -106,6 +106,16 @@ class PgSlots:
     def on_lost(self, callback: Callable[[], object]) -> None:
         self._listeners.append(callback)
 
+    def status(self) -> dict[str, Any]:
+        """For the worker's health page."""
+        return {
+            "shared": True,
+            "connected": self.connected,
+            "held": sum(len(held) for held in self._held.values()),
+            "sites": len(self._held),
+            "sessions_lost": self.losses,
+        }
+
     async def open_connection(self, group: str) -> Slot | None:
         if self._closed:
             return None

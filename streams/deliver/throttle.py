@@ -20,7 +20,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Protocol
+from typing import Any, Protocol
 
 from streams.deliver.sites import apportion, site_hosts
 from streams.mail.pool import ConnectionBudget, LocalSlots
@@ -198,6 +198,8 @@ class SiteSlots(ConnectionBudget, Protocol):
     shared: bool
 
     def held(self, group: str) -> int: ...
+
+    def status(self) -> dict[str, Any]: ...
 
     async def close(self) -> None: ...
 

@@ -25,7 +25,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import aiosmtplib
 
@@ -105,6 +105,11 @@ class LocalSlots:
 
     def held(self, group: str) -> int:
         return len(self._taken.get(group, ()))
+
+    def status(self) -> dict[str, Any]:
+        """For the worker's health page."""
+        held = sum(len(taken) for taken in self._taken.values())
+        return {"shared": False, "held": held, "sites": len(self._taken)}
 
     def on_lost(self, callback: Callable[[], object]) -> None:
         return None  # nothing here is ever lost

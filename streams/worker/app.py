@@ -18,6 +18,7 @@ from streams.clock import Clock, wall_clock
 from streams.contract.codec import Codec, default_codec
 from streams.db.directory import DirectoryHolder
 from streams.deliver.queue import ControlFeed
+from streams.deliver.throttle import SiteSlots
 from streams.kafka.config import client_options
 from streams.kafka.limits import (
     DEFAULT_LIMIT,
@@ -37,7 +38,7 @@ from streams.runtime.stage import Stage
 from streams.runtime.state import Store
 from streams.runtime.tables import DiskTables, TableFactory
 from streams.settings import Settings
-from streams.stages.deliver import deliver_stages
+from streams.stages.deliver import LaneStage, deliver_stages
 from streams.stages.gate_stage import DeferralStage, GateStage
 from streams.stages.names import DELIVER_PARTS, KNOWN_STAGES, STAGES
 from streams.stages.policies import gate_trust
@@ -190,14 +191,18 @@ def create_app(
     tables = state_tables(settings)
     found = runtime_stages(settings, stages, codec, directory, tables, limit)
     background = []
+    slots: SiteSlots | None = None
     lanes = tuple(sorted({lane for part in stages for lane in DELIVER_PARTS.get(part, ())}))
     if lanes:
         feed = control or ControlFeed(settings.kafka)
         flags["queue_control_loaded"] = feed.ready.is_set
         # the delay topics and queue commands go with the bulk lane: one process group
         # re-queues released mail, so it is not re-queued twice
-        found.extend(deliver_stages(settings, codec, directory, clock, feed, lanes, tables))
+        delivering = deliver_stages(settings, codec, directory, clock, feed, lanes, tables)
+        found.extend(delivering)
         background.append(_control_feed(feed))
+        lane = next(s for s in delivering if isinstance(s, LaneStage))
+        slots = lane.shell.deliverer.throttle.slots
     kafka = kafka_probe(
         client_options(settings.kafka),
         interval=settings.health_interval,
@@ -225,7 +230,7 @@ def create_app(
         background=background,
     )
     app.add_dependency(RuntimeService(host, on_failure or _no_failure_hook, tables, loop=None))
-    install_pages(app, lambda: worker_checks(host, flags, kafka, directory))
+    install_pages(app, lambda: worker_checks(host, flags, kafka, directory, slots))
     return app
 
 
@@ -234,6 +239,7 @@ def worker_checks(
     flags: dict[str, Callable[[], bool]],
     kafka: Probe,
     directory: DirectoryHolder,
+    slots: SiteSlots | None = None,
 ) -> list[Check]:
     """What a worker needs to do its job: every stage assigned and recovered, the directory
     (and the queue-control feed) loaded, Kafka answering. PostgreSQL is not one of them: it
@@ -249,6 +255,10 @@ def worker_checks(
         Check("directory", True, detail={"age_s": None if age is None else round(age, 1)})
     )
     checks.append(Check("stages", True, detail=host.phases()))
+    if slots is not None:
+        # shown, not judged: without its database session a delivery worker waits for slots,
+        # it is not broken (README: PostgreSQL down)
+        checks.append(Check("connection_slots", True, detail=slots.status()))
     return checks
 
 

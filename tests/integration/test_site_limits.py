@@ -13,10 +13,11 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from streams.contract.codec import Codec
-from streams.stack.stack import Stack
+from streams.stack.stack import Stack, worker_port
 from tests.chaos.harness import Workload, run_workload, wait_healthy
 from tests.conftest import pipeline_overrides, stack_settings
 from tests.integration.helpers import eventually, new_tenant
@@ -113,3 +114,16 @@ async def test_two_worker_slots_never_open_more_than_the_site_limit(
     # the limit was reached (so the test could fail), by sessions that came and went
     assert receiver.max_open == N
     assert receiver.connections >= MESSAGES // 10
+    # the lane processes' health pages show their slots: shared, and taken on a database
+    # session by more than one of them (a process connects when it first delivers), so the
+    # limit held between processes that competed for it
+    statuses = {}
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
+        for role in ("tx", "bulk"):
+            for slot in range(settings.worker_processes):
+                url = f"http://{settings.web_host}:{worker_port(settings, role, slot)}/healthz"
+                async with session.get(url) as response:
+                    statuses[f"{role}{slot}"] = (await response.json())["connection_slots"]
+    print(statuses)
+    assert all(status["shared"] is True for status in statuses.values()), statuses
+    assert sum(status["connected"] is True for status in statuses.values()) >= 2, statuses
