@@ -90,10 +90,10 @@ class Deliverer:
             breaker = self.breakers[destination] = Breaker(self.breaker_policy)
         return breaker
 
-    async def site(self, task: DeliveryTask) -> str:
-        """The destination site ``task`` goes to (through the MX cache): what a scheduler in
-        front of ``attempt`` queues it by."""
-        return await self.transport.site(task["domain"])
+    async def site(self, domain: str) -> str:
+        """The destination site mail to ``domain`` goes to (through the MX cache): what a
+        scheduler in front of ``attempt`` queues a task by, and shaping keys its states by."""
+        return await self.transport.site(domain)
 
     async def attempt(self, task: DeliveryTask) -> Conclusion:
         """Try ``task`` once. Raises RenderError / DkimError for a message that cannot be built."""

@@ -84,11 +84,12 @@ class TokenBucket:
         """Return tokens taken for something that did not happen."""
         self._tokens = min(self.burst, self._tokens + n)
 
-    def resize(self, rate: float, burst: float) -> None:
-        """A new rate and burst from now on (a process's share of a site changed); the tokens
-        left over keep, up to the new burst."""
+    def resize(self, rate: float, burst: float, now: float) -> None:
+        """Go on at another rate and burst from ``now`` (a process's share of a site changed, or
+        shaping cut it), keeping the tokens earned so far, up to the new burst."""
         if (rate, burst) == (self.rate, self.burst):
             return
+        self._refill(now)
         self.rate, self.burst = rate, burst
         self._tokens = min(self._tokens, burst)
 
@@ -217,6 +218,7 @@ class DestinationThrottle:
         self._sites: dict[str, TokenBucket] = {}
         self._tenants: dict[str, TokenBucket] = {}
         self._limits: dict[str, Limit] = {}
+        self._factors: dict[str, float] = {}  # sites whose rate is cut: site -> factor in (0, 1)
 
     def limit(self, site: str) -> Limit:
         found = self._limits.get(site)
@@ -244,18 +246,49 @@ class DestinationThrottle:
         if bucket is not None:
             bucket.give_back(n)
 
-    def pace(self, site: str, now: float, n: int = 1) -> float:
-        """Take ``n`` messages' worth from the site's bucket, at this process's share of it, and
-        return 0, or take nothing and return the seconds to wait."""
+    def tenant_wait(self, tenant: str, now: float) -> float:
+        """Seconds until ``tenant`` may send one more message (0: now), taking nothing."""
+        bucket = self._tenants.get(tenant)
+        return 0.0 if bucket is None else bucket.wait_time(now)
+
+    def _site_bucket(self, site: str, now: float) -> TokenBucket:
+        """The site's bucket, at this process's share of the site's rate (times its factor)."""
         limit = self.limit(site)
         held = self.slots.held(site) if self.slots.shared else limit.connections
-        rate, burst = apportion(limit.rate, limit.burst, limit.connections, held)
+        factor = self._factors.get(site, 1.0)
+        rate, burst = apportion(limit.rate * factor, limit.burst, limit.connections, held)
+        burst = max(1.0, burst * factor)
         bucket = self._sites.get(site)
         if bucket is None:
             bucket = self._sites[site] = TokenBucket(rate, burst)
         else:
-            bucket.resize(rate, burst)
+            bucket.resize(rate, burst, now)
+        return bucket
+
+    def pace(self, site: str, now: float, n: int = 1) -> float:
+        """Take ``n`` messages' worth from the site's bucket, at this process's share of it, and
+        return 0, or take nothing and return the seconds to wait."""
+        bucket = self._site_bucket(site, now)
         return bucket.take(now, min(n, bucket.burst))
+
+    def site_wait(self, site: str, now: float) -> float:
+        """Seconds until ``site`` may take one more message here (0: now), taking nothing."""
+        return self._site_bucket(site, now).wait_time(now)
+
+    def scale(self, site: str, factor: float, now: float) -> None:
+        """Run ``site``'s rate and burst at ``factor`` times its limit's, as response shaping
+        asks after a provider's "slow down"; 1 restores the limit."""
+        if not (math.isfinite(factor) and 0 < factor <= 1):
+            raise ValueError(f"throttle: a rate factor is in (0, 1], not {factor!r}")
+        if factor == 1.0:
+            self._factors.pop(site, None)
+        else:
+            self._factors[site] = factor
+        if site in self._sites:
+            self._site_bucket(site, now)
+
+    def factor(self, site: str) -> float:
+        return self._factors.get(site, 1.0)
 
     def connections(self, site: str) -> int:
         """The site's slots this process holds."""

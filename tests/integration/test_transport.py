@@ -732,7 +732,7 @@ async def test_a_message_the_site_rate_gives_back_is_postponed_without_an_attemp
         clock=lambda: datetime.now(UTC),
     )
     try:
-        assert await deliverer.site(_task(1)) == relay_site(server.host, server.port)
+        assert await deliverer.site("dest.test") == relay_site(server.host, server.port)
         first = await deliverer.attempt(_task(1))
         second = await deliverer.attempt(_task(2))
     finally:

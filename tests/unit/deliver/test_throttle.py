@@ -244,3 +244,32 @@ def test_prune_forgets_only_idle_buckets() -> None:
     # forgotten buckets come back full
     assert all(throttle.pace("a.example", 10.0) == 0.0 for _ in range(10))
     assert all(throttle.take_tenant("t1", 10.0) == 0.0 for _ in range(10))
+
+
+def test_waits_can_be_read_without_taking() -> None:
+    limits = DestinationLimits(
+        default=Limit(rate=10, burst=1), overrides={}, tenant_rate=2, tenant_burst=1
+    )
+    throttle = DestinationThrottle(limits)
+    assert throttle.site_wait("s", 0.0) == 0.0
+    assert throttle.tenant_wait("t1", 0.0) == 0.0
+    throttle.pace("s", 0.0)
+    throttle.take_tenant("t1", 0.0)
+    assert throttle.site_wait("s", 0.0) == pytest.approx(0.1)
+    assert throttle.site_wait("s", 0.0) == pytest.approx(0.1)  # reading took nothing
+    assert throttle.tenant_wait("t1", 0.0) == pytest.approx(0.5)
+
+
+def test_shaping_can_cut_a_site_rate_and_restore_it() -> None:
+    limits = DestinationLimits(default=Limit(rate=10, burst=4), overrides={})
+    throttle = DestinationThrottle(limits)
+    throttle.scale("s", 0.5, 0.0)
+    assert throttle.factor("s") == 0.5
+    # half the rate and half the burst: 2 at once, then one every 200 ms
+    assert [throttle.pace("s", 0.0) == 0.0 for _ in range(3)] == [True, True, False]
+    assert throttle.site_wait("s", 0.0) == pytest.approx(0.2)
+    throttle.scale("s", 1.0, 0.0)
+    assert throttle.factor("s") == 1.0
+    assert throttle.site_wait("s", 0.0) == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="rate factor"):
+        throttle.scale("s", 0.0, 0.0)
