@@ -118,8 +118,9 @@ class Limit:
 
 
 # Starting points, not published numbers (the providers publish none): wide for Google, which
-# tolerates volume from a clean IP; narrow for Microsoft and Yahoo, which defer sooner. Keys are
-# recipient domains and the MX host suffixes their mail really goes to.
+# tolerates volume from a clean IP; narrow for Microsoft and Yahoo, which defer sooner. A site
+# matches by its MX host names, so the MX suffixes (google.com, outlook.com, yahoodns.net) are the
+# keys that count; the recipient domains among them only match a site whose hosts they name.
 _GOOGLE = Limit(connections=20, rate=100.0, burst=20)
 _MICROSOFT = Limit(connections=5, rate=20.0, burst=5)
 _YAHOO = Limit(connections=5, rate=20.0, burst=5)
