@@ -10,8 +10,10 @@ slots, which is stricter, never looser.
 
 When the session is lost (PostgreSQL restarted, the backend terminated, a query timed out) the
 locks are gone with it and other processes may take them: every slot this process held is marked
-not held (the pool closes those sessions as soon as they are idle, and no others open) until the
-session is back. Slots are then taken afresh, each with its own new session.
+not held (the pool closes those sessions as soon as they are idle, and opens no others) until the
+session is back. Then the slots of the SMTP sessions still open are taken again, each its old
+number or another free one; a session whose slot another process took meanwhile stays not held
+and closes when it is released.
 """
 
 from __future__ import annotations
@@ -83,6 +85,8 @@ class PgSlots:
         self._lock = asyncio.Lock()  # one query at a time on the session
         self._held: dict[str, dict[int, Slot]] = {}  # slots locked on the current session
         self._unlocking: dict[str, set[int]] = {}  # closed here, unlock not yet done
+        # lost with a session, their SMTP sessions not closed yet: taken again on the next one
+        self._orphans: dict[Slot, None] = {}
         self._keys: dict[str, int] = {}
         self._full: dict[str, float] = {}  # group -> monotonic time it was last found full
         self._listeners: list[Callable[[], object]] = []
@@ -150,6 +154,7 @@ class PgSlots:
             return None
 
     def close_connection(self, slot: Slot) -> None:
+        self._orphans.pop(slot, None)
         held = self._held.get(slot.group)
         if held is None or held.get(slot.number) is not slot:
             if slot.held:
@@ -176,6 +181,7 @@ class PgSlots:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         conn, self._conn = self._conn, None
         self._drop_all()
+        self._orphans.clear()
         if conn is not None and not conn.is_closed():
             try:
                 await conn.close(timeout=self._timeout)
@@ -213,8 +219,41 @@ class PgSlots:
         self._conn = conn
         self.sessions += 1
         if self.sessions > 1:
-            log.info("connection slots: database session back")
+            kept, lost = await self._retake(conn)
+            log.info(
+                "connection slots: database session back; %d open session(s) kept their slot,"
+                " %d close when released",
+                kept,
+                lost,
+            )
         return conn
+
+    async def _retake(self, conn: Any) -> tuple[int, int]:
+        """Take again the slots of the SMTP sessions still open, on the new session."""
+        kept = 0
+        for slot in list(self._orphans):
+            held = self._held.setdefault(slot.group, {})
+            busy = set(held) | self._unlocking.get(slot.group, set())
+            free = [n for n in range(self._limit(slot.group)) if n not in busy]
+            # its old number first: nothing moves if nobody took it meanwhile
+            free.sort(key=lambda n: n != slot.number)
+            for number in free:
+                try:
+                    taken = await conn.fetchval(
+                        _TRY, self._key(slot.group), number, timeout=self._timeout
+                    )
+                except _FAILURES as exc:
+                    self._lose(conn, exc)
+                    return kept, len(self._orphans)
+                if taken:
+                    slot.number, slot.held = number, True
+                    held[number] = slot
+                    del self._orphans[slot]
+                    kept += 1
+                    break
+            if not held:
+                del self._held[slot.group]
+        return kept, len(self._orphans)
 
     def _terminated(self, conn: Any) -> None:
         if conn is self._conn:
@@ -229,8 +268,9 @@ class PgSlots:
             conn.terminate()
         count = sum(len(held) for held in self._held.values())
         log.warning(
-            "connection slots: database session lost (%s: %s); %d slot(s) given up, their"
-            " sessions close when idle",
+            "connection slots: database session lost (%s: %s); %d slot(s) given up: no SMTP"
+            " session opens, idle ones close, the ones in use take their slot again if it is"
+            " still free when the database session is back",
             type(reason).__name__,
             reason,
             count,
@@ -243,6 +283,7 @@ class PgSlots:
         for held in self._held.values():
             for slot in held.values():
                 slot.held = False
+                self._orphans[slot] = None
         self._held.clear()
         self._unlocking.clear()
 

@@ -233,3 +233,48 @@ async def test_two_workers_together_keep_to_the_site_rate_and_connections(
     assert server.max_open <= 2
     # 60 messages at 20/s, less the bursts the two started with (2 each): at least 2.8 s
     assert took >= 2.6, f"60 messages in {took:.2f}s: faster than the site's 20/s"
+
+
+async def test_sessions_still_open_take_their_slots_again_on_the_new_session(
+    database: Settings, holders: list[PgSlots]
+) -> None:
+    """Slots whose SMTP sessions are still open (in use: nobody closed them) when the database
+    session is lost are taken again on the next one, while there are free slots; the rest stay
+    not held, for their sessions to close when released."""
+    _, b = holders
+    # a reconnects only when the gate is open, so b surely takes its slots first
+    gate = asyncio.Event()
+    gate.set()
+
+    async def connect(dsn: str) -> object:
+        await gate.wait()
+        return await asyncpg.connect(dsn)
+
+    a = PgSlots(
+        database.dsn, b._namespace, lambda _site: N, heartbeat=0.2, timeout=2.0, connect=connect
+    )
+    holders.append(a)  # closed by the fixture
+    in_use = [await a.open_connection(SITE) for _ in range(2)]
+    assert all(slot is not None for slot in in_use)
+    gate.clear()
+    admin = await asyncpg.connect(database.dsn)
+    try:
+        assert await admin.fetchval("SELECT pg_terminate_backend($1)", a._conn.get_server_pid())
+    finally:
+        await admin.close()
+    await _until(lambda: a.losses == 1)
+    assert not any(slot is not None and slot.held for slot in in_use)
+    # meanwhile b takes two of the three slots: one is left for a's two open sessions
+    theirs = [await eventually_slot(b) for _ in range(2)]
+    gate.set()
+    await _until(lambda: a.sessions == 2)
+    await _until(lambda: a.held(SITE) == 1)
+    kept = [slot for slot in in_use if slot is not None and slot.held]
+    assert len(kept) == 1
+    assert {kept[0].number} | {slot.number for slot in theirs} == set(range(N))
+    assert await _locks_held(database, a) == N
+    # the one left out closes without unlocking anything; the kept one unlocks its slot
+    for slot in in_use:
+        assert slot is not None
+        a.close_connection(slot)
+    assert (await eventually_slot(b)).number == kept[0].number
