@@ -7,10 +7,11 @@ I/O glue around them, free of faust so it can be driven directly in tests and be
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from datetime import timedelta
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
 
 from streams.clock import Clock
 from streams.contract.records import DeliveryTask
@@ -19,11 +20,15 @@ from streams.deliver.core import Conclusion, conclude, postpone
 from streams.deliver.dkim import Signer
 from streams.deliver.mime import Prepared, StoredTemplate, prepare
 from streams.deliver.retry import RetryPolicy
+from streams.deliver.returnpath import ReturnPath, from_address
+from streams.deliver.shaping import Fired, Reply, Shaping
 from streams.deliver.throttle import DestinationThrottle
 from streams.deliver.transport import Transport
-from streams.obs.metrics import smtp_result
+from streams.obs.metrics import shaping_fired, shaping_sites, smtp_result
 
 __all__ = ["Deliverer", "DeliveryRules"]
+
+log = logging.getLogger("postwire.deliver")
 
 TemplateLookup = Callable[[str, str], StoredTemplate | None]
 PREPARED_CACHE = 256  # requests whose invariant part is kept; a bulk campaign needs one
@@ -36,13 +41,15 @@ def _same_domain(domain: str) -> str:
 @dataclass(frozen=True)
 class DeliveryRules:
     """How delivery behaves: the retry ladder, when a destination's breaker opens, how long a
-    tenant's throttled send waits in place (the site's rate is the transport's), and where a
-    domain's mail goes (itself, or the relay)."""
+    tenant's throttled send waits in place (the site's rate is the transport's), where a domain's
+    mail goes (itself, or the relay), and the envelope sender (the From, or a VERP return path on
+    the bounce domain)."""
 
     retry: RetryPolicy
     breaker: BreakerPolicy = field(default_factory=BreakerPolicy)
     throttle_max_wait: float = 5.0
     destination: Callable[[str], str] = _same_domain
+    return_path: ReturnPath = from_address
 
 
 class Deliverer:
@@ -55,6 +62,7 @@ class Deliverer:
         *,
         templates: TemplateLookup | None = None,
         clock: Clock,
+        shaping: Shaping | None = None,
     ) -> None:
         self.transport = transport
         self.signer = signer
@@ -63,9 +71,11 @@ class Deliverer:
         self.breaker_policy = rules.breaker
         self.destination = rules.destination
         self.throttle_max_wait = rules.throttle_max_wait
+        self.return_path = rules.return_path
         self.templates = templates or (lambda _tenant, _template_id: None)
         self.clock = clock
         self.breakers: dict[str, Breaker] = {}
+        self.shaping = shaping or Shaping()
         self._prepared: OrderedDict[str, Prepared] = OrderedDict()
 
     def prepared(self, task: DeliveryTask) -> Prepared:
@@ -99,8 +109,12 @@ class Deliverer:
         """Try ``task`` once. Raises RenderError / DkimError for a message that cannot be built."""
         prepared = self.prepared(task)
         destination = self.destination(task["domain"])
+        site = await self.site(task["domain"])
         breaker = self.breaker(destination)
         now = self.clock()
+        held = self._suspended(task, site, now)
+        if held is not None:
+            return held
         if not breaker.allow(now.timestamp()):
             wait = max(breaker.retry_after(now.timestamp()), 1.0)
             return postpone(
@@ -110,6 +124,7 @@ class Deliverer:
                 now,
             )
         tenant = task["tenant"]
+        self.throttle.scale(site, self.shaping.rate_factor(site, now.timestamp()), now.timestamp())
         while True:
             wait = self.throttle.take_tenant(tenant, now.timestamp())
             if wait <= 0:
@@ -120,11 +135,14 @@ class Deliverer:
                 )
             await asyncio.sleep(wait)
             now = self.clock()
+            held = self._suspended(task, site, now)  # another attempt's reply, meanwhile
+            if held is not None:
+                return held
         header_id = f"<{task['task_id']}@{prepared.sender_domain}>"
         message = prepared.render(task["recipient"], header_id)
         signed = await self.signer.sign_async(message, task["tenant"], prepared.sender_domain, now)
         delivery = await self.transport.send(
-            task["domain"], task["from"]["email"], task["recipient"]["email"], signed
+            task["domain"], self.return_path(task), task["recipient"]["email"], signed
         )
         outcome = delivery.outcome
         done = self.clock()
@@ -139,10 +157,63 @@ class Deliverer:
             breaker.record_failure(done.timestamp())
         else:
             breaker.record_success(done.timestamp())
-        return conclude(task, outcome, done, self.policy, delivery.host)
+        reply = Reply(outcome.code, outcome.enhanced, outcome.text, delivery.host)
+        self._fired(self.shaping.observe(site, reply, done.timestamp()), done)
+        return self._not_before_resume(
+            conclude(task, outcome, done, self.policy, delivery.host), site, done
+        )
+
+    def _suspended(self, task: DeliveryTask, site: str, now: datetime) -> Conclusion | None:
+        """The task put back until its site's suspension ends, without spending an attempt."""
+        state = self.shaping.suspension(site, now.timestamp())
+        if state is None:
+            return None
+        until = datetime.fromtimestamp(state.suspended_until, UTC)
+        return postpone(task, until, f"suspended: {state.suspend_rule}", now)
+
+    def _not_before_resume(self, conclusion: Conclusion, site: str, now: datetime) -> Conclusion:
+        """A retry due while its site is suspended would only be postponed again on arrival."""
+        state = self.shaping.suspension(site, now.timestamp())
+        retry = conclusion.retry
+        if state is None or retry is None:
+            return conclusion
+        resume = datetime.fromtimestamp(state.suspended_until, UTC)
+        if retry["not_before"] is not None and retry["not_before"] >= resume:
+            return conclusion
+        wait_ms = max(int((resume - now).total_seconds() * 1000), 0)
+        return replace(
+            conclusion,
+            retry={**retry, "not_before": resume},
+            event={**conclusion.event, "retry_after_ms": wait_ms},
+        )
+
+    def _fired(self, fired: list[Fired], now: datetime) -> None:
+        for action in fired:
+            shaping_fired(action.rule, action.action)
+            until = datetime.fromtimestamp(action.until, UTC).isoformat(timespec="seconds")
+            how = "suspended" if action.action == "suspend" else f"slowed to x{action.factor:g}"
+            log.warning(
+                "shaping: %s %s until %s by rule %s after %r",
+                action.site,
+                how,
+                until,
+                action.rule,
+                action.reply,
+            )
+        if fired:
+            self.shaping_changed(now)
+
+    def shaping_changed(self, now: datetime) -> None:
+        """Refresh the gauge of shaped sites (after a rule fired, at expiry)."""
+        shaping_sites(*self.shaping.counts(now.timestamp()))
 
     def prune(self) -> None:
-        now = self.clock().timestamp()
+        clock = self.clock()
+        now = clock.timestamp()
+        for site in self.shaping.prune(now):
+            self.throttle.scale(site, 1.0, now)
+            log.info("shaping: %s restored", site)
+        self.shaping_changed(clock)
         self.throttle.prune(now)
         idle = [d for d, b in self.breakers.items() if b.idle(now)]
         for destination in idle:

@@ -68,6 +68,9 @@ class RunnerConfig:
     max_uncommitted_records: int = 10_000
     max_uncommitted_seconds: float = 5.0
     recovery_stall_timeout: float = 60.0
+    # concurrent stages: how long a finished record may wait for others to share its flush
+    # (one produce of the outputs, one changelog write, one offset commit for all of them)
+    flush_wait: float = 0.02
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -124,6 +127,8 @@ class StageRunner:
         self._in_flight: dict[TopicPartition, set[int]] = {}
         self._high: dict[TopicPartition, int] = {}
         self._started: dict[TopicPartition, int] = {}
+        self._first_finished: float | None = None  # when the oldest unflushed one finished
+        self._commit_seen = asyncio.Event()  # set by the committer after each commit
         # batch stages: batches sent but not yet acknowledged and committed (bounded)
         self._pending: asyncio.Queue[_Checkpoint] = asyncio.Queue(maxsize=PIPELINE)
         self._committer: asyncio.Future[None] | None = None
@@ -235,27 +240,67 @@ class StageRunner:
 
     async def _run_concurrent(self, consumer: AIOKafkaConsumer, stop: asyncio.Event) -> None:
         """For stages that wait on the network per record (SMTP): up to ``concurrency`` records
-        in flight, each its own task; whatever finished is flushed together, and a partition is
-        committed up to its oldest record still in flight, so a slow destination delays only its
-        own records (and the commit point), never the records behind it."""
+        in flight, each its own task; what finished within ``flush_wait`` of each other is
+        flushed together, and a partition is committed up to its oldest record still in flight,
+        so a slow destination delays only its own records (and the commit point), never the
+        records behind it. A record counts against ``concurrency`` until its flush is committed:
+        a crash repeats at most ``concurrency`` records' work (what was in flight, and what
+        finished but whose outcome Kafka had not yet acknowledged)."""
+        assert self._committer is not None
         while not stop.is_set():
             self._raise_if_failed()
-            room = self.stage.concurrency - len(self._tasks)
+            if self._committer.done():
+                self._committer.result()  # Kafka refused a flush: stop here
+            room = self.stage.concurrency - len(self._tasks) - self.budget.records
             if room > 0:
                 wait = 1 if self._tasks else self._fetch_wait_ms()
                 fetched = await consumer.getmany(timeout_ms=wait, max_records=room)
                 if fetched:
                     async with self.lock:
                         self._start(consumer, fetched)
-            if self._tasks:
-                await asyncio.wait(
-                    self._tasks, timeout=self.config.fetch_wait, return_when=asyncio.FIRST_COMPLETED
-                )
+            await self._next_finish_or_commit()
             async with self.lock:
-                await self._flush_finished(consumer)
+                if self._flush_due():
+                    await self._flush_finished(consumer)
                 await self._housekeeping()
         async with self.lock:
             await self.drain()
+
+    async def _next_finish_or_commit(self) -> None:
+        """Wait until a record finishes, a flush is due, or a commit makes room."""
+        waits: list[asyncio.Future[Any]] = [task for task in self._tasks if not task.done()]
+        committed: asyncio.Future[Any] | None = None
+        if self.budget.records:
+            self._commit_seen.clear()
+            committed = asyncio.ensure_future(self._commit_seen.wait())
+            waits.append(committed)
+        if waits:
+            await asyncio.wait(
+                waits, timeout=self._until_flush(), return_when=asyncio.FIRST_COMPLETED
+            )
+        if committed is not None:
+            committed.cancel()
+
+    def _until_flush(self) -> float:
+        """Seconds to wait for more records to finish before the finished ones are flushed."""
+        if self._first_finished is None:
+            return self.config.fetch_wait
+        return max(self._first_finished + self.config.flush_wait - time.monotonic(), 0.0)
+
+    def _flush_due(self) -> bool:
+        finished = sum(1 for task in self._tasks if task.done())
+        if not finished:
+            return False
+        now = time.monotonic()
+        if self._first_finished is None:
+            self._first_finished = now
+        waiting = len(self._tasks) - finished
+        # nothing else running (or everything done) is worth no wait; so is a full flush
+        return (
+            waiting == 0
+            or finished >= max(self.stage.concurrency // 4, 1)
+            or now - self._first_finished >= self.config.flush_wait
+        )
 
     def _start(self, consumer: AIOKafkaConsumer, fetched: dict[Any, list[Any]]) -> None:
         for record in self._owned_records(consumer, fetched):
@@ -312,7 +357,10 @@ class StageRunner:
             return self.stage.crashed(record, exc, self.clock())
 
     async def _flush_finished(self, consumer: AIOKafkaConsumer) -> None:
+        """Send the outcomes of every finished record and their stores' changes, and hand the
+        offsets they complete to the committer (which commits once Kafka acknowledged them)."""
         finished = [task for task in self._tasks if task.done()]
+        self._first_finished = None
         if not finished:
             return
         step = Step()
@@ -325,14 +373,17 @@ class StageRunner:
             done[tp] = max(done.get(tp, 0), record.offset + 1)
         futures = await self.producer.send(step.outputs)
         acks = await self._send_changes()
-        await self.producer.settle([*futures, *(f for _, fs in acks for f in fs)])
-        _acknowledge(acks)
         offsets = {}
         for tp, high in done.items():
             waiting = self._in_flight.get(tp)
             offsets[tp] = min(waiting) if waiting else max(high, self._high.get(tp, 0))
             self._high[tp] = max(high, self._high.get(tp, 0))
-        await commit_owned(consumer, offsets, f"stage {self.stage.name}")
+        self.budget.processed(len(finished), time.monotonic())
+        checkpoint = _Checkpoint(
+            [*futures, *(f for _, fs in acks for f in fs)], offsets, acks, self.budget.seal()
+        )
+        self._last_commit = time.monotonic()
+        await self._enqueue(checkpoint)
         self._limit_spans(consumer)
         self._observe(step, len(finished), None)
 
@@ -343,6 +394,7 @@ class StageRunner:
             await asyncio.wait(self._tasks)
         if self._consumer is not None:
             await self._flush_finished(self._consumer)
+            await self.settled()
         self._in_flight.clear()
         self._high.clear()
         self._started.clear()
@@ -428,19 +480,34 @@ class StageRunner:
         return acks
 
     async def _commit_in_order(self, consumer: AIOKafkaConsumer) -> None:
+        """Commit the checkpoints in order, each once Kafka acknowledged all its records; the
+        ones already waiting behind it share its commit (the later offsets include theirs)."""
         while True:
-            checkpoint = await self._pending.get()
+            checkpoints = [await self._pending.get()]
             try:
-                await self.producer.settle(checkpoint.futures)
-                # the tables take the changes only now that the changelog has them (and in
-                # the order they were sent): a table never holds what its changelog does not
-                _acknowledge(checkpoint.acks)
-                await commit_owned(consumer, checkpoint.offsets, f"stage {self.stage.name}")
-                self.budget.committed(checkpoint.group, time.monotonic())
+                await self._settle(checkpoints[0])
+                while not self._pending.empty():
+                    checkpoints.append(self._pending.get_nowait())
+                    await self._settle(checkpoints[-1])
+                offsets: dict[TopicPartition, int] = {}
+                for checkpoint in checkpoints:
+                    offsets.update(checkpoint.offsets)
+                await commit_owned(consumer, offsets, f"stage {self.stage.name}")
+                now = time.monotonic()
+                for checkpoint in checkpoints:
+                    self.budget.committed(checkpoint.group, now)
                 self._uncommitted_gauge.set(self.budget.records)
                 self._since_commit_gauge.set(0.0)
+                self._commit_seen.set()
             finally:
-                self._pending.task_done()
+                for _ in checkpoints:
+                    self._pending.task_done()
+
+    async def _settle(self, checkpoint: _Checkpoint) -> None:
+        await self.producer.settle(checkpoint.futures)
+        # the tables take the changes only now that the changelog has them (and in the order
+        # they were sent): a table never holds what its changelog does not
+        _acknowledge(checkpoint.acks)
 
     async def _catch_up(self) -> None:
         """Over the commit budget: fetch nothing more until everything is committed."""

@@ -43,6 +43,7 @@ from streams.deliver.mime import StoredTemplate
 from streams.deliver.queue import ControlFeed, index_entry, task_meta_of_entry
 from streams.deliver.retry import delay_tier, tier_name, tier_topic
 from streams.deliver.service import Deliverer, DeliveryRules
+from streams.deliver.shaping import Shaping
 from streams.deliver.throttle import DestinationThrottle
 from streams.deliver.transport import Transport, TransportConfig
 from streams.errors import CodecError, DkimError, RenderError, StageCrashError
@@ -57,8 +58,15 @@ from streams.runtime.records import Consumed, Out, header
 from streams.runtime.stage import Held, Step
 from streams.runtime.state import Store
 from streams.runtime.tables import TableFactory
+from streams.secret import ServerSecret
 from streams.settings import DeliverySettings, Settings
-from streams.stages.policies import breaker_policy, destination_limits, retry_policy
+from streams.stages.policies import (
+    breaker_policy,
+    destination_limits,
+    retry_policy,
+    return_path,
+    shaping_rules,
+)
 
 __all__ = [
     "STAGE",
@@ -135,10 +143,15 @@ def build_deliverer(
     clock: Clock,
     signer: Signer,
     templates: Any = None,
+    shaping: Shaping | None = None,
+    *,
+    secret: ServerSecret | None = None,
     shared: tuple[DatabaseSettings, str] | None = None,
 ) -> Deliverer:
-    """``shared``: the database and namespace (the topic prefix) of connection slots shared
-    with every other worker process; None keeps the limits in this process."""
+    """The deliverer of ``delivery``; with a bounce domain (and the ``secret`` that signs its
+    tokens) MAIL FROM is a VERP return path. ``shared``: the database and namespace (the topic
+    prefix) of connection slots shared with every other worker process; None keeps the limits
+    in this process."""
     limits = destination_limits(delivery)
     slots = None
     if shared is not None:
@@ -152,6 +165,7 @@ def build_deliverer(
         breaker_policy(delivery),
         delivery.throttle_max_wait,
         (lambda _domain: delivery.relay_host) if relay else (lambda d: d),
+        return_path(delivery, secret),
     )
     return Deliverer(
         Transport(
@@ -165,6 +179,7 @@ def build_deliverer(
         rules,
         templates=templates,
         clock=clock,
+        shaping=shaping if shaping is not None else Shaping(shaping_rules(delivery)),
     )
 
 
@@ -222,11 +237,19 @@ class Outputs:
         self.lanes = {lane: _Topic(topics.lane(lane)) for lane in ("tx", "bulk")}
         self.queue = _Topic(topics.queue)
         self.suppressions = _Topic(topics.suppressions)
+        self.shaping = _Topic(topics.shaping)
         self.tiers = {name: _Topic(name) for name in tiers}
 
     def names(self) -> tuple[str, ...]:
         """Every topic a delivery stage may write."""
-        fixed = (self.events, self.rejections, *self.lanes.values(), self.queue, self.suppressions)
+        fixed = (
+            self.events,
+            self.rejections,
+            *self.lanes.values(),
+            self.queue,
+            self.suppressions,
+            self.shaping,
+        )
         return tuple(t.name for t in (*fixed, *self.tiers.values()))
 
     async def event(self, record: DeliveryEvent) -> None:
@@ -380,6 +403,9 @@ class DeliverShell:
             if queued:
                 await self.index(task, None)
             return "failed"
+        for state in self.deliverer.shaping.take_published():
+            # every delivery process reads these and holds the site as this one does
+            await self.outputs.shaping.send(key=state.site.encode(), value=state.encode())
         if result.delivered:
             # before the event: the ledger is what stops a second send
             self.ledger.put(
@@ -602,6 +628,7 @@ def deliver_stages(
     control: ControlFeed,
     lanes: tuple[str, ...],
     tables: TableFactory | None = None,
+    shaping: Shaping | None = None,
 ) -> list[LaneStage | DelayStage | ControlStage]:
     """The lane stages named; with the bulk lane also the delay tiers and the queue commands
     (mail leaves the delay topics into either lane)."""
@@ -618,7 +645,13 @@ def deliver_stages(
         (settings.database, settings.topics.prefix) if settings.delivery.shared_limits else None
     )
     deliverer = build_deliverer(
-        settings.delivery, clock, directory_signer(directory), template, shared
+        settings.delivery,
+        clock,
+        directory_signer(directory),
+        template,
+        shaping,
+        secret=settings.secret,
+        shared=shared,
     )
     # kept a day longer than a message can live
     keep = settings.retry_max_age + 86400.0
