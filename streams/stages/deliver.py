@@ -32,7 +32,9 @@ from streams.clock import Clock
 from streams.contract.build import lane_of, make_event, make_suppression, rejection, suppression_key
 from streams.contract.codec import Codec
 from streams.contract.records import DeliveryEvent, DeliveryTask, Rejection
+from streams.db.config import DatabaseSettings
 from streams.db.directory import DirectoryHolder
+from streams.db.slots import PgSlots
 from streams.deliver.control import Command
 from streams.deliver.core import Conclusion, failed, flush_now, task_meta, triage
 from streams.deliver.dkim import Signer
@@ -110,6 +112,7 @@ def transport_config(delivery: DeliverySettings) -> TransportConfig:
         data_timeout=delivery.smtp_data_timeout,
         max_messages_per_connection=delivery.smtp_max_messages_per_connection,
         idle_timeout=delivery.smtp_idle_timeout,
+        pace_max_wait=delivery.throttle_max_wait,
     )
 
 
@@ -143,10 +146,18 @@ def build_deliverer(
     shaping: Shaping | None = None,
     *,
     secret: ServerSecret | None = None,
+    shared: tuple[DatabaseSettings, str] | None = None,
 ) -> Deliverer:
     """The deliverer of ``delivery``; with a bounce domain (and the ``secret`` that signs its
-    tokens) MAIL FROM is a VERP return path."""
-    throttle = DestinationThrottle(destination_limits(delivery))
+    tokens) MAIL FROM is a VERP return path. ``shared``: the database and namespace (the topic
+    prefix) of connection slots shared with every other worker process; None keeps the limits
+    in this process."""
+    limits = destination_limits(delivery)
+    slots = None
+    if shared is not None:
+        database, namespace = shared
+        slots = PgSlots(database.dsn, namespace, lambda site: limits.for_site(site).connections)
+    throttle = DestinationThrottle(limits, slots)
     resolver = MxResolver(delivery.nameservers, delivery.dns_timeout, delivery.dns_tries)
     relay = delivery.mode == "relay"
     rules = DeliveryRules(
@@ -157,7 +168,12 @@ def build_deliverer(
         return_path(delivery, secret),
     )
     return Deliverer(
-        Transport(transport_config(delivery), throttle, None if relay else resolver),
+        Transport(
+            transport_config(delivery),
+            throttle,
+            None if relay else resolver,
+            clock=lambda: clock().timestamp(),
+        ),
         signer,
         throttle,
         rules,
@@ -625,6 +641,9 @@ def deliver_stages(
     tiers = {s: tier_topic(settings.topics.prefix, tier_name(s)) for s in policy.tiers}
     outputs = Outputs(codec, settings.topics, list(tiers.values()))
     warn_of_key_files(settings.data_dir / "dkim")
+    shared = (
+        (settings.database, settings.topics.prefix) if settings.delivery.shared_limits else None
+    )
     deliverer = build_deliverer(
         settings.delivery,
         clock,
@@ -632,6 +651,7 @@ def deliver_stages(
         template,
         shaping,
         secret=settings.secret,
+        shared=shared,
     )
     # kept a day longer than a message can live
     keep = settings.retry_max_age + 86400.0
