@@ -64,6 +64,7 @@ from streams.stages.policies import (
     retry_policy,
     return_path,
     shaping_rules,
+    unsubscribe,
 )
 
 __all__ = [
@@ -155,6 +156,7 @@ def build_deliverer(
         delivery.throttle_max_wait,
         (lambda _domain: delivery.relay_host) if relay else (lambda d: d),
         return_path(delivery, secret),
+        unsubscribe(delivery, secret),
     )
     return Deliverer(
         Transport(transport_config(delivery), throttle, None if relay else resolver),
