@@ -36,6 +36,7 @@ from streams.api.suppression_routes import (
     list_suppressions,
     remove_suppression,
 )
+from streams.api.unsubscribe_routes import confirm_page, one_click_post
 from streams.api.verify_routes import WAITER, ResultWaiter, verify_batch, verify_job, verify_one
 from streams.api.webhook_routes import (
     get_settings,
@@ -94,6 +95,9 @@ class Ingress(Api):
         )
         for method, path, scope, handler in ROUTES:
             app.router.add_route(method, path, self.guard(scope, handler))
+        # no API key: the token is the credential (streams/api/unsubscribe_routes.py)
+        app.router.add_get("/u/{token}", self.unsubscribe_page)
+        app.router.add_post("/u/{token}", self.unsubscribe_post)
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/livez", self.livez)
         app.router.add_get("/metrics", metrics_handler)
@@ -143,6 +147,12 @@ class Ingress(Api):
         if not self.probes:
             checks.append(Check("probes", False, "dependency probes not started"))
         return verdict(checks)
+
+    async def unsubscribe_page(self, request: web.Request) -> web.Response:
+        return await confirm_page(self, request)
+
+    async def unsubscribe_post(self, request: web.Request) -> web.Response:
+        return await one_click_post(self, request)
 
     async def healthz(self, _request: web.Request) -> web.Response:
         found = self.readiness()
