@@ -30,6 +30,8 @@ from streams.api.sender_routes import (
     list_domains,
     validate_domain,
 )
+from streams.api.sendgrid_suppressions import NAMES as SUPPRESSION_LISTS
+from streams.api.sendgrid_suppressions import delete_kind, delete_one, get_one, list_kind
 from streams.api.suppression_routes import (
     add_suppressions,
     get_suppression,
@@ -71,6 +73,17 @@ ROUTES: tuple[tuple[str, str, str, Handler], ...] = (
     ("POST", "/v1/suppressions", "send", add_suppressions),
     ("GET", "/v1/suppressions/{email}", "read", get_suppression),
     ("DELETE", "/v1/suppressions/{email}", "send", remove_suppression),
+    # SendGrid's five suppression lists, views of the one suppressions table
+    *(
+        route
+        for name in SUPPRESSION_LISTS
+        for route in (
+            ("GET", f"/v3/suppression/{name}", "read", list_kind),
+            ("DELETE", f"/v3/suppression/{name}", "send", delete_kind),
+            ("GET", f"/v3/suppression/{name}/{{email}}", "read", get_one),
+            ("DELETE", f"/v3/suppression/{name}/{{email}}", "send", delete_one),
+        )
+    ),
     ("POST", "/v3/whitelabel/domains", "send", add_domain),
     ("GET", "/v3/whitelabel/domains", "send", list_domains),
     ("GET", "/v3/whitelabel/domains/{id}", "send", get_domain),
