@@ -236,11 +236,27 @@ _SG_ROW: Final[dict[str, Any]] = {
     },
 }
 _SG_DELETE: Final[dict[str, Any]] = {
-    "type": "object",
-    "properties": {
-        "delete_all": {"type": "boolean"},
-        "emails": {"type": "array", "items": _EMAIL, "minItems": 1, "maxItems": 1000},
-    },
+    "oneOf": [
+        {
+            "type": "object",
+            "required": ["delete_all"],
+            "properties": {"delete_all": {"const": True}},
+            "additionalProperties": False,
+        },
+        {
+            "type": "object",
+            "required": ["emails"],
+            "properties": {
+                "emails": {
+                    "type": "array",
+                    "items": {"type": "string", "format": "email"},
+                    "minItems": 1,
+                    "maxItems": 1000,
+                }
+            },
+            "additionalProperties": False,
+        },
+    ]
 }
 
 
@@ -256,7 +272,7 @@ def _suppression_list(name: str) -> dict[str, dict[str, Any]]:
                     _query("start_time", _EPOCH),
                     _query("end_time", _EPOCH),
                     _query("limit", {"type": "integer", "minimum": 1, "maximum": 500}),
-                    _query("offset", {"type": "integer", "minimum": 0}),
+                    _query("offset", {"type": "integer", "minimum": 0, "maximum": 2**31 - 1}),
                 ),
             ),
             "delete": _op(

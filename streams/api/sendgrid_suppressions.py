@@ -48,6 +48,8 @@ BOUNCES: Final = "bounces"
 NAMES: Final = (BOUNCES, *KINDS)
 MAX_PAGE: Final = 500
 MAX_DELETE: Final = 1000
+MAX_OFFSET: Final = 2**31 - 1
+LAST_SECOND: Final = 253402300799  # 9999-12-31T23:59:59Z, the last second datetime holds
 _ALL_OTHERS: Final = frozenset().union(*KINDS.values())
 # $2: the reasons of the kinds but bounces; $3: whether the kind is one of them (bounces are the
 # rest), so one statement serves every kind
@@ -100,15 +102,15 @@ def _epoch(query: Mapping[str, str], name: str) -> datetime | None:
     raw = query.get(name)
     if raw is None:
         return None
-    if not raw.isdigit():
-        raise IngressValidationError([(name, "must be UNIX seconds")])
+    if not raw.isdigit() or int(raw) > LAST_SECOND:
+        raise IngressValidationError([(name, f"must be UNIX seconds, 0 to {LAST_SECOND}")])
     return datetime.fromtimestamp(int(raw), UTC)
 
 
 def time_range(query: Mapping[str, str]) -> tuple[datetime, datetime]:
     """``start_time`` and ``end_time`` (UNIX seconds, both inclusive; open when not given)."""
     start = _epoch(query, "start_time") or datetime(1970, 1, 1, tzinfo=UTC)
-    end = _epoch(query, "end_time") or datetime(9999, 1, 1, tzinfo=UTC)
+    end = _epoch(query, "end_time") or datetime.fromtimestamp(LAST_SECOND, UTC)
     if end < start:
         raise IngressValidationError([("end_time", "is before start_time")])
     return start, end
@@ -125,6 +127,8 @@ async def list_kind(api: Api, request: web.Request, caller: Caller) -> web.Strea
     start, end = time_range(request.query)
     limit = params.limit(request.query, default=MAX_PAGE, maximum=MAX_PAGE)
     offset = params.offset(request.query)
+    if offset > MAX_OFFSET:
+        raise IngressValidationError([("offset", f"must be at most {MAX_OFFSET}")])
     async with api.db.acquire() as conn:
         rows = await conn.fetch(
             _LIST_SQL,

@@ -60,6 +60,9 @@ def test_time_range() -> None:
         time_range({"start_time": "yesterday"})
     with pytest.raises(IngressValidationError):
         time_range({"start_time": "300", "end_time": "200"})
+    for huge in ("253402300800", "6679292610044518400"):  # past what datetime holds
+        with pytest.raises(IngressValidationError):
+            time_range({"start_time": huge})
 
 
 def test_delete_bodies() -> None:
