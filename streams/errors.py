@@ -464,3 +464,10 @@ class ReportError(PostwireError):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code = code
+
+
+class UnsubscribeTokenError(PostwireError):
+    """An unsubscribe token (``/u/<token>``, ``u<token>@<bounce domain>``) this install did not
+    issue: another prefix, not base32, cut off, or a signature that does not match."""
+
+    code = "unsubscribe.bad_token"

@@ -125,6 +125,10 @@ class DeliverySettings:
     dns_tries: int
     # MAIL FROM is a VERP return path <token>@bounce_domain when set; empty: the From address
     bounce_domain: str = ""
+    # where List-Unsubscribe's https URI points (<public_url>/u/<token>); empty: no headers
+    public_url: str = ""
+    # bulk-lane mail (priority normal/bulk) carries the one-click unsubscribe pair
+    list_unsubscribe: bool = True
 
 
 @dataclass(frozen=True)
@@ -299,6 +303,11 @@ class Settings(BaseSettings):
     api_url: str = ""
     # the key those commands use when --key is not given
     api_key: SecretStr | None = None
+    # the API's address as recipients reach it: List-Unsubscribe's https URI is
+    # <public_url>/u/<token>; empty: the API's own base (api_url, or http://api_host:api_port)
+    public_url: str = ""
+    # add List-Unsubscribe and List-Unsubscribe-Post to bulk-lane mail (priority normal/bulk)
+    list_unsubscribe: bool = True
     # a single-node cluster rebalances in well under a second; the 60 s faust defaults only
     # make restarts and tests slow
     session_timeout: float = 10.0
@@ -624,6 +633,8 @@ class Settings(BaseSettings):
             dns_timeout=self.dns_timeout,
             dns_tries=self.dns_tries,
             bounce_domain=self.bounce_domain.strip().lower(),
+            public_url=self.public_base,
+            list_unsubscribe=self.list_unsubscribe,
         )
 
     @cached_property
@@ -781,6 +792,11 @@ class Settings(BaseSettings):
     @property
     def api_base(self) -> str:
         return (self.api_url or f"http://{self.api_host}:{self.api_port}").rstrip("/")
+
+    @property
+    def public_base(self) -> str:
+        """The base of the URLs put in mail (List-Unsubscribe)."""
+        return (self.public_url.strip() or self.api_base).rstrip("/")
 
     @property
     def dsn(self) -> str:

@@ -224,6 +224,79 @@ _PUBLIC_KEY: Final[dict[str, Any]] = {
 }
 
 _PAGE = (_query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}),)
+_SUPPRESSION_LISTS: Final = ("bounces", "blocks", "spam_reports", "invalid_emails", "unsubscribes")
+_EPOCH: Final[dict[str, Any]] = {"type": "integer", "minimum": 0, "maximum": 253402300799}
+_SG_ROW: Final[dict[str, Any]] = {
+    "type": "object",
+    "properties": {
+        "created": {"type": "integer"},
+        "email": {"type": "string"},
+        "reason": {"type": "string"},
+        "status": {"type": "string"},
+    },
+}
+_SG_DELETE: Final[dict[str, Any]] = {
+    "oneOf": [
+        {
+            "type": "object",
+            "required": ["delete_all"],
+            "properties": {"delete_all": {"const": True}},
+            "additionalProperties": False,
+        },
+        {
+            "type": "object",
+            "required": ["emails"],
+            "properties": {
+                "emails": {
+                    "type": "array",
+                    "items": {"type": "string", "format": "email"},
+                    "minItems": 1,
+                    "maxItems": 1000,
+                }
+            },
+            "additionalProperties": False,
+        },
+    ]
+}
+
+
+def _suppression_list(name: str) -> dict[str, dict[str, Any]]:
+    shown = name.replace("_", " ")
+    return {
+        f"/v3/suppression/{name}": {
+            "get": _op(
+                f"SendGrid's {shown}: the tenant's suppressions of that kind, newest first;"
+                " scope read",
+                {"200": _json(f"The {shown}", {"type": "array", "items": _SG_ROW})},
+                parameters=(
+                    _query("start_time", _EPOCH),
+                    _query("end_time", _EPOCH),
+                    _query("limit", {"type": "integer", "minimum": 1, "maximum": 500}),
+                    _query("offset", {"type": "integer", "minimum": 0, "maximum": 2**31 - 1}),
+                ),
+            ),
+            "delete": _op(
+                f'Lift {shown}: {{"delete_all": true}} or {{"emails": [...]}}; scope send',
+                {"204": {"description": "Stored in Kafka"}},
+                body=_SG_DELETE,
+            ),
+        },
+        f"/v3/suppression/{name}/{{email}}": {
+            "get": _op(
+                f"One address of the {shown}; scope read",
+                {"200": _json("A list of one", {"type": "array", "items": _SG_ROW})},
+                parameters=(_path("email"),),
+                not_found=True,
+            ),
+            "delete": _op(
+                f"Lift one address of the {shown}; scope send",
+                {"204": {"description": "Stored in Kafka"}},
+                parameters=(_path("email"),),
+                not_found=True,
+            ),
+        },
+    }
+
 
 SPEC: Final[dict[str, Any]] = {
     "openapi": "3.1.0",
@@ -356,6 +429,11 @@ SPEC: Final[dict[str, Any]] = {
                 {"204": {"description": "Stored in Kafka"}},
                 parameters=(_path("email"),),
             ),
+        },
+        **{
+            path: operations
+            for name in _SUPPRESSION_LISTS
+            for path, operations in _suppression_list(name).items()
         },
         "/v3/whitelabel/domains": {
             "post": _op(

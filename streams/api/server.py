@@ -30,12 +30,15 @@ from streams.api.sender_routes import (
     list_domains,
     validate_domain,
 )
+from streams.api.sendgrid_suppressions import NAMES as SUPPRESSION_LISTS
+from streams.api.sendgrid_suppressions import delete_kind, delete_one, get_one, list_kind
 from streams.api.suppression_routes import (
     add_suppressions,
     get_suppression,
     list_suppressions,
     remove_suppression,
 )
+from streams.api.unsubscribe_routes import confirm_page, one_click_post
 from streams.api.verify_routes import WAITER, ResultWaiter, verify_batch, verify_job, verify_one
 from streams.api.webhook_routes import (
     get_settings,
@@ -70,6 +73,17 @@ ROUTES: tuple[tuple[str, str, str, Handler], ...] = (
     ("POST", "/v1/suppressions", "send", add_suppressions),
     ("GET", "/v1/suppressions/{email}", "read", get_suppression),
     ("DELETE", "/v1/suppressions/{email}", "send", remove_suppression),
+    # SendGrid's five suppression lists, views of the one suppressions table
+    *(
+        route
+        for name in SUPPRESSION_LISTS
+        for route in (
+            ("GET", f"/v3/suppression/{name}", "read", list_kind),
+            ("DELETE", f"/v3/suppression/{name}", "send", delete_kind),
+            ("GET", f"/v3/suppression/{name}/{{email}}", "read", get_one),
+            ("DELETE", f"/v3/suppression/{name}/{{email}}", "send", delete_one),
+        )
+    ),
     ("POST", "/v3/whitelabel/domains", "send", add_domain),
     ("GET", "/v3/whitelabel/domains", "send", list_domains),
     ("GET", "/v3/whitelabel/domains/{id}", "send", get_domain),
@@ -94,6 +108,9 @@ class Ingress(Api):
         )
         for method, path, scope, handler in ROUTES:
             app.router.add_route(method, path, self.guard(scope, handler))
+        # no API key: the token is the credential (streams/api/unsubscribe_routes.py)
+        app.router.add_get("/u/{token}", self.unsubscribe_page)
+        app.router.add_post("/u/{token}", self.unsubscribe_post)
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/livez", self.livez)
         app.router.add_get("/metrics", metrics_handler)
@@ -143,6 +160,12 @@ class Ingress(Api):
         if not self.probes:
             checks.append(Check("probes", False, "dependency probes not started"))
         return verdict(checks)
+
+    async def unsubscribe_page(self, request: web.Request) -> web.Response:
+        return await confirm_page(self, request)
+
+    async def unsubscribe_post(self, request: web.Request) -> web.Response:
+        return await one_click_post(self, request)
 
     async def healthz(self, _request: web.Request) -> web.Response:
         found = self.readiness()

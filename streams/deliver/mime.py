@@ -288,8 +288,9 @@ class Prepared:
         """Whether every recipient gets the same MIME body bytes (no template in the bodies)."""
         return isinstance(self._body, bytes)
 
-    def render(self, recipient: Mapping[str, Any], message_id: str) -> bytes:
-        """The message for one Recipient record, with CRLF line endings, ready to sign."""
+    def render(self, recipient: Mapping[str, Any], message_id: str, added: bytes = b"") -> bytes:
+        """The message for one Recipient record, with CRLF line endings, ready to sign.
+        ``added`` is header lines the pipeline adds per recipient (List-Unsubscribe)."""
         extra = recipient.get("substitutions")
         context = {**self._substitutions, **extra} if extra else self._substitutions
         out = [self._sender, recipient_line(recipient)]
@@ -309,6 +310,7 @@ class Prepared:
             out.append(_args_line({**self._args, **extra_args}))
         else:
             out.append(self._args_line)
+        out.append(added)
         out.append(MIME_VERSION)
         out.append(_serialise(self._body, context))
         return b"".join(out)

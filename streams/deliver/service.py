@@ -24,6 +24,7 @@ from streams.deliver.returnpath import ReturnPath, from_address
 from streams.deliver.shaping import Fired, Reply, Shaping
 from streams.deliver.throttle import DestinationThrottle
 from streams.deliver.transport import Transport
+from streams.deliver.unsubscribe import Unsubscribe, no_unsubscribe
 from streams.obs.metrics import shaping_fired, shaping_sites, smtp_result
 
 __all__ = ["Deliverer", "DeliveryRules"]
@@ -42,14 +43,15 @@ def _same_domain(domain: str) -> str:
 class DeliveryRules:
     """How delivery behaves: the retry ladder, when a destination's breaker opens, how long a
     tenant's throttled send waits in place (the site's rate is the transport's), where a domain's
-    mail goes (itself, or the relay), and the envelope sender (the From, or a VERP return path on
-    the bounce domain)."""
+    mail goes (itself, or the relay), the envelope sender (the From, or a VERP return path on
+    the bounce domain), and the one-click unsubscribe headers of bulk mail."""
 
     retry: RetryPolicy
     breaker: BreakerPolicy = field(default_factory=BreakerPolicy)
     throttle_max_wait: float = 5.0
     destination: Callable[[str], str] = _same_domain
     return_path: ReturnPath = from_address
+    unsubscribe: Unsubscribe = no_unsubscribe
 
 
 class Deliverer:
@@ -72,6 +74,7 @@ class Deliverer:
         self.destination = rules.destination
         self.throttle_max_wait = rules.throttle_max_wait
         self.return_path = rules.return_path
+        self.unsubscribe = rules.unsubscribe
         self.templates = templates or (lambda _tenant, _template_id: None)
         self.clock = clock
         self.breakers: dict[str, Breaker] = {}
@@ -139,7 +142,7 @@ class Deliverer:
             if held is not None:
                 return held
         header_id = f"<{task['task_id']}@{prepared.sender_domain}>"
-        message = prepared.render(task["recipient"], header_id)
+        message = prepared.render(task["recipient"], header_id, self.unsubscribe(task))
         signed = await self.signer.sign_async(message, task["tenant"], prepared.sender_domain, now)
         delivery = await self.transport.send(
             task["domain"], self.return_path(task), task["recipient"]["email"], signed

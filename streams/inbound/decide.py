@@ -36,7 +36,7 @@ from streams.mail.reports import (
     Report,
 )
 
-__all__ = ["SOURCE", "Target", "Verdict", "decide"]
+__all__ = ["SOURCE", "Target", "Verdict", "decide", "unsubscribed"]
 
 SOURCE: Final = "inbound"  # the suppressions' source
 REASON_CHARS: Final = 500
@@ -175,3 +175,12 @@ def decide(report: Report, target: Target, now: datetime) -> Verdict:
     if isinstance(report, AutoReply):
         return Verdict(note="auto-reply")
     raise AssertionError(f"unknown report {report!r}")
+
+
+def unsubscribed(target: Target, how: str, now: datetime) -> Verdict:
+    """A one-click unsubscribe (the https URI's POST, or mail to the mailto): an ``unsubscribed``
+    event and an ``unsubscribe`` suppression. The event id does not depend on ``now``, so a
+    second click records nothing new. ``how`` says which door (``one-click``, ``mailto``)."""
+    reason = f"list-unsubscribe {how}"
+    event = _event(target, "unsubscribed", now, reason)
+    return Verdict((event,), (_suppression(target, "unsubscribe", reason, now),), "unsubscribed")

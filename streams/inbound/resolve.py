@@ -9,17 +9,22 @@ of the last event about it go on the bounce event too, as the deliver stage puts
 from __future__ import annotations
 
 import hmac
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import asyncpg
 import orjson
 
 from streams.errors import UnreachableError
 from streams.inbound.decide import Target
+from streams.mail import unsubscribe
 from streams.mail.verp import Reference, recipient_tag
 from streams.secret import ServerSecret
 
-__all__ = ["Resolver"]
+__all__ = ["Resolver", "find_target"]
+
+# (tenant, message id, recipient) -> the tag a token of that kind would carry
+Tagger = Callable[[str, str, str], bytes]
 
 _CANDIDATES = "SELECT tenant_id, recipient, request_id FROM messages WHERE message_id = $1"
 _LAST_EVENT = (
@@ -57,28 +62,45 @@ class Resolver:
     async def target(self, reference: Reference) -> Target | None:
         """The message and recipient ``reference`` names, or None when no recipient of the
         message on record has its tag. UnreachableError when PostgreSQL does not answer."""
+        return await self._find(reference.message_id, reference.tag, self._return_path_tag)
+
+    async def unsubscriber(self, token: unsubscribe.Unsubscribe) -> Target | None:
+        """The recipient an unsubscribe token names, as :meth:`target`."""
+        return await self._find(token.message_id, token.tag, self._unsubscribe_tag)
+
+    def _return_path_tag(self, tenant: str, message_id: str, recipient: str) -> bytes:
+        return recipient_tag(self.secret, tenant, message_id, recipient)
+
+    def _unsubscribe_tag(self, tenant: str, message_id: str, recipient: str) -> bytes:
+        return unsubscribe.recipient_tag(self.secret, tenant, message_id, recipient)
+
+    async def _find(self, message_id: str, tag: bytes, tagger: Tagger) -> Target | None:
         if self.pool is None:
             raise UnreachableError("postgres.unreachable", "the resolver is not started")
-        message_id = reference.message_id
         try:
             async with self.pool.acquire() as conn:
-                for row in await conn.fetch(_CANDIDATES, message_id):
-                    tenant, recipient = row["tenant_id"], row["recipient"]
-                    tag = recipient_tag(self.secret, tenant, message_id, recipient)
-                    if not hmac.compare_digest(tag, reference.tag):
-                        continue
-                    detail = await conn.fetchval(_LAST_EVENT, message_id, recipient, tenant)
-                    found = orjson.loads(detail) if isinstance(detail, str | bytes) else {}
-                    categories = found.get("categories") if isinstance(found, dict) else None
-                    args = found.get("custom_args") if isinstance(found, dict) else None
-                    return Target(
-                        tenant=tenant,
-                        message_id=message_id,
-                        recipient=recipient.lower(),
-                        request_id=row["request_id"] or None,
-                        categories=tuple(str(c) for c in categories or ()),
-                        custom_args=_strings(args),
-                    )
+                return await find_target(conn, message_id, tag, tagger)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
             raise UnreachableError("postgres.unreachable", f"PostgreSQL: {exc}") from exc
-        return None
+
+
+async def find_target(conn: Any, message_id: str, tag: bytes, tagger: Tagger) -> Target | None:
+    """Of ``message_id``'s recipients on record, the one whose tag (by ``tagger``) is ``tag``,
+    with the categories and custom args of its last event; None when none has it."""
+    for row in await conn.fetch(_CANDIDATES, message_id):
+        tenant, recipient = row["tenant_id"], row["recipient"]
+        if not hmac.compare_digest(tagger(tenant, message_id, recipient), tag):
+            continue
+        detail = await conn.fetchval(_LAST_EVENT, message_id, recipient, tenant)
+        found = orjson.loads(detail) if isinstance(detail, str | bytes) else {}
+        categories = found.get("categories") if isinstance(found, dict) else None
+        args = found.get("custom_args") if isinstance(found, dict) else None
+        return Target(
+            tenant=tenant,
+            message_id=message_id,
+            recipient=recipient.lower(),
+            request_id=row["request_id"] or None,
+            categories=tuple(str(c) for c in categories or ()),
+            custom_args=_strings(args),
+        )
+    return None

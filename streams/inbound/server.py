@@ -9,7 +9,8 @@ At the end of DATA it reads the report (streams/mail/reports.py), decides
 read, a dead letter with the reason, and answers 250 only once Kafka has acknowledged all of
 them: a report is never lost, and when Kafka does not take it the sender is told ``451`` and
 keeps it. A report delivered twice makes the same event ids and suppression keys, so it changes
-nothing the second time.
+nothing the second time. Mail to a List-Unsubscribe mailto (``u<token>@<bounce domain>``,
+streams/mail/unsubscribe.py) unsubscribes the recipient the token names, whatever it holds.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import logging
 import signal
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Final
 from weakref import WeakKeyDictionary
 
@@ -37,13 +39,15 @@ from streams.errors import (
     ReportError,
     ReturnPathError,
     UnreachableError,
+    UnsubscribeTokenError,
 )
-from streams.inbound.decide import Target, Verdict, decide
+from streams.inbound.decide import Target, Verdict, decide, unsubscribed
 from streams.inbound.resolve import Resolver
 from streams.kafka.config import client_options
 from streams.kafka.limits import flow_topics
 from streams.kafka.metadata import wait_for_cluster
 from streams.kafka.records import SourcePosition
+from streams.mail import unsubscribe
 from streams.mail.reports import FeedbackReport, Report, parse_report
 from streams.mail.verp import decode
 from streams.obs.health import Check, verdict
@@ -85,6 +89,7 @@ class _Pending:
 
     targets: list[Target] = field(default_factory=list)
     feedback: bool = False  # the feedback loop address was among them
+    unsubscribes: list[Target] = field(default_factory=list)  # List-Unsubscribe mailtos
 
 
 class _NotOnRecordError(PostwireError):
@@ -132,6 +137,8 @@ class InboundHandler:
         if local.lower() == FEEDBACK_LOCAL_PART:
             self._accept(envelope, address, rcpt_options).feedback = True
             return "250 2.1.5 OK"
+        if local.lower().startswith(unsubscribe.PREFIX):
+            return await self._unsubscribe_rcpt(envelope, address, local, rcpt_options)
         try:
             reference = decode(self.secret, local)
         except ReturnPathError as exc:
@@ -147,6 +154,27 @@ class InboundHandler:
             _count("rcpt_unknown")
             return f"451 4.3.0 <{address}>: return path not on record yet; try again later"
         self._accept(envelope, address, rcpt_options).targets.append(target)
+        return "250 2.1.5 OK"
+
+    async def _unsubscribe_rcpt(
+        self, envelope: Envelope, address: str, local: str, options: list[str]
+    ) -> str:
+        """RCPT of a List-Unsubscribe mailto (``u<token>``)."""
+        try:
+            token = unsubscribe.decode(self.secret, local)
+        except UnsubscribeTokenError as exc:
+            _count("rcpt_bad_token")
+            return f"550 5.1.1 <{address}>: {exc}"
+        try:
+            target = await self.resolver.unsubscriber(token)
+        except UnreachableError as exc:
+            log.warning("cannot resolve an unsubscribe address: %s", exc)
+            _count("rcpt_unresolved")
+            return f"451 4.3.0 <{address}>: cannot look the address up now; try again later"
+        if target is None:
+            _count("rcpt_unknown")
+            return f"451 4.3.0 <{address}>: not on record yet; try again later"
+        self._accept(envelope, address, options).unsubscribes.append(target)
         return "250 2.1.5 OK"
 
     async def _traced(self, report: Report) -> Target:
@@ -179,27 +207,18 @@ class InboundHandler:
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         pending = self._pending.pop(envelope, _Pending())
-        targets = list(pending.targets)
-        raw = envelope.original_content or b""
         now = self.clock()
-        try:
-            report = parse_report(raw)
-            if pending.feedback:
-                targets.append(await self._traced(report))
-        except ReportError as exc:
-            verdicts: list[Verdict] = []
-            letters = self.dead_letters(exc, raw, targets)
-            outcome = exc.code
-        except UnreachableError as exc:
-            log.warning("cannot resolve a feedback report's return path: %s", exc)
-            _count("feedback_unresolved")
-            return "451 4.3.0 cannot look the return path up now; try again later"
-        except _NotOnRecordError:
-            _count("feedback_unknown")
-            return "451 4.3.0 the reported message is not on record yet; try again later"
+        # mail to an unsubscribe address means what it is sent to, whatever it says
+        verdicts = [unsubscribed(t, "mailto", now) for t in pending.unsubscribes]
+        letters: list[Rejection] = []
+        if pending.targets or pending.feedback:
+            read = await self._read_report(envelope, pending, now)
+            if isinstance(read, str):
+                return read
+            verdicts.extend(read[0])
+            letters = read[1]
+            outcome = read[2]
         else:
-            verdicts = [decide(report, target, now) for target in targets]
-            letters = []
             outcome = ",".join(sorted({v.outcome for v in verdicts})) or "ignored"
         try:
             await self.publish.send(verdicts, letters)
@@ -212,6 +231,30 @@ class InboundHandler:
         if letters:
             _count("dead_lettered")
         return f"250 2.0.0 OK: {outcome}"
+
+    async def _read_report(
+        self, envelope: Envelope, pending: _Pending, now: datetime
+    ) -> tuple[list[Verdict], list[Rejection], str] | str:
+        """(verdicts, dead letters, outcome) of a report to return paths or the feedback
+        address, or the SMTP reply to give now (a 451) when it cannot be read yet."""
+        targets = list(pending.targets)
+        raw = envelope.original_content or b""
+        try:
+            report = parse_report(raw)
+            if pending.feedback:
+                targets.append(await self._traced(report))
+        except ReportError as exc:
+            return [], self.dead_letters(exc, raw, targets), exc.code
+        except UnreachableError as exc:
+            log.warning("cannot resolve a feedback report's return path: %s", exc)
+            _count("feedback_unresolved")
+            return "451 4.3.0 cannot look the return path up now; try again later"
+        except _NotOnRecordError:
+            _count("feedback_unknown")
+            return "451 4.3.0 the reported message is not on record yet; try again later"
+        verdicts = [decide(report, target, now) for target in targets]
+        outcome = ",".join(sorted({v.outcome for v in verdicts})) or "ignored"
+        return verdicts, [], outcome
 
     def dead_letters(
         self, error: ReportError, raw: bytes, targets: Sequence[Target]

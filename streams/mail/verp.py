@@ -36,10 +36,15 @@ __all__ = [
     "MAX_LOCAL_PART",
     "PREFIX",
     "Reference",
+    "b32",
     "decode",
     "encode",
+    "pack_id",
+    "read_varint",
     "recipient_tag",
     "return_path",
+    "unpack_id",
+    "varint",
 ]
 
 MAX_LOCAL_PART: Final = 64  # octets (RFC 5321 4.5.3.1.1); tokens stay below it
@@ -74,7 +79,7 @@ def recipient_tag(secret: ServerSecret, tenant: str, message_id: str, recipient:
     return mac[:_TAG]
 
 
-def _varint(n: int) -> bytes:
+def varint(n: int) -> bytes:
     out = bytearray()
     while True:
         low, n = n & 0x7F, n >> 7
@@ -83,7 +88,7 @@ def _varint(n: int) -> bytes:
             return bytes(out)
 
 
-def _read_varint(data: bytes) -> tuple[int, int]:
+def read_varint(data: bytes) -> tuple[int, int]:
     """(value, bytes used); ReturnPathError when it runs off the end or is over long."""
     value = 0
     for i, byte in enumerate(data[:3]):
@@ -93,14 +98,14 @@ def _read_varint(data: bytes) -> tuple[int, int]:
     raise ReturnPathError("the token's personalization number is cut off")
 
 
-def _pack_id(message_id: str) -> bytes | None:
+def pack_id(message_id: str) -> bytes | None:
     match = _HEX_ID.fullmatch(message_id)
     if match is not None:
         body = bytes.fromhex(match.group(1))
         suffix = match.group(2)
         if suffix is None:
             return bytes([_HEX]) + body
-        return bytes([_HEX_N]) + body + _varint(int(suffix))
+        return bytes([_HEX_N]) + body + varint(int(suffix))
     try:
         parsed = uuid.UUID(message_id)
     except ValueError:
@@ -113,7 +118,7 @@ def _pack_id(message_id: str) -> bytes | None:
     return None
 
 
-def _unpack_id(data: bytes) -> tuple[str, bytes]:
+def unpack_id(data: bytes) -> tuple[str, bytes]:
     """(message id, the bytes after it)."""
     kind, rest = data[0], data[1:]
     if kind in (_HEX, _HEX_N, _UUID):
@@ -124,7 +129,7 @@ def _unpack_id(data: bytes) -> tuple[str, bytes]:
             return str(uuid.UUID(bytes=body)), rest
         if kind == _HEX:
             return body.hex(), rest
-        n, used = _read_varint(rest)
+        n, used = read_varint(rest)
         return f"{body.hex()}.{n}", rest[used:]
     if kind == _RAW and rest:
         size, rest = rest[0], rest[1:]
@@ -137,7 +142,7 @@ def _unpack_id(data: bytes) -> tuple[str, bytes]:
     raise ReturnPathError(f"the token's message id has an unknown form ({kind})")
 
 
-def _b32(data: bytes) -> str:
+def b32(data: bytes) -> str:
     return base64.b32encode(data).decode().rstrip("=").lower()
 
 
@@ -148,11 +153,11 @@ def _mac(secret: ServerSecret, payload: bytes) -> bytes:
 def encode(secret: ServerSecret, tenant: str, message_id: str, recipient: str) -> str | None:
     """The local part naming ``recipient`` of ``message_id`` (of ``tenant``), or None when the
     message id fits no token."""
-    packed = _pack_id(message_id)
+    packed = pack_id(message_id)
     if packed is None:
         return None
     payload = bytes([_VERSION]) + packed + recipient_tag(secret, tenant, message_id, recipient)
-    return PREFIX + _b32(payload + _mac(secret, payload))
+    return PREFIX + b32(payload + _mac(secret, payload))
 
 
 def return_path(
@@ -176,7 +181,7 @@ def decode(secret: ServerSecret, local_part: str) -> Reference:
         data = base64.b32decode(body.upper() + "=" * (-len(body) % 8))
     except ValueError as exc:
         raise ReturnPathError("not a return path of this server (bad base32)") from exc
-    if _b32(data) != body:
+    if b32(data) != body:
         # the last character's unused bits set: one token must have one spelling only
         raise ReturnPathError("not a return path of this server (not canonical base32)")
     if len(data) < 2 + _TAG + _MAC:
@@ -186,7 +191,7 @@ def decode(secret: ServerSecret, local_part: str) -> Reference:
         raise ReturnPathError("the return path's signature does not match (forged or altered)")
     if payload[0] != _VERSION:
         raise ReturnPathError(f"the return path has an unknown version ({payload[0]})")
-    message_id, rest = _unpack_id(payload[1:])
+    message_id, rest = unpack_id(payload[1:])
     if len(rest) != _TAG:
         raise ReturnPathError("the return path's recipient tag is malformed")
     return Reference(message_id, rest)

@@ -66,6 +66,7 @@ from streams.stages.policies import (
     retry_policy,
     return_path,
     shaping_rules,
+    unsubscribe,
 )
 
 __all__ = [
@@ -166,6 +167,7 @@ def build_deliverer(
         delivery.throttle_max_wait,
         (lambda _domain: delivery.relay_host) if relay else (lambda d: d),
         return_path(delivery, secret),
+        unsubscribe(delivery, secret),
     )
     return Deliverer(
         Transport(

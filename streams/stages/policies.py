@@ -15,6 +15,7 @@ from streams.deliver.returnpath import ReturnPath, from_address, verp_return_pat
 from streams.deliver.shaping import Rule
 from streams.deliver.shaping_file import load_rules
 from streams.deliver.throttle import DestinationLimits, Limit
+from streams.deliver.unsubscribe import Unsubscribe, no_unsubscribe, one_click
 from streams.errors import ConfigError
 from streams.gate.trust import Trust
 from streams.kafka.topics import webhook_tier_topic
@@ -29,6 +30,7 @@ __all__ = [
     "retry_policy",
     "return_path",
     "shaping_rules",
+    "unsubscribe",
     "webhook_breaker_policy",
     "webhook_delay_topics",
     "webhook_retry_policy",
@@ -48,6 +50,14 @@ def return_path(delivery: DeliverySettings, secret: ServerSecret | None) -> Retu
     if secret is None:
         raise ConfigError("POSTWIRE_BOUNCE_DOMAIN is set but no server secret signs its tokens")
     return verp_return_path(secret, delivery.bounce_domain)
+
+
+def unsubscribe(delivery: DeliverySettings, secret: ServerSecret | None) -> Unsubscribe:
+    """The one-click unsubscribe pair of bulk-lane mail, its tokens signed with ``secret``;
+    none when turned off or without a secret or a public URL."""
+    if not delivery.list_unsubscribe or secret is None or not delivery.public_url:
+        return no_unsubscribe
+    return one_click(secret, delivery.public_url, delivery.bounce_domain)
 
 
 def retry_policy(delivery: DeliverySettings) -> RetryPolicy:

@@ -397,3 +397,50 @@ async def test_a_feedback_loop_report_is_traced_by_the_return_path_it_quotes(
     [letter] = await eventually(letters, lambda found: len(found) >= 1)
     assert letter["error_code"] == "inbound.feedback_untraced"
     assert letter["tenant"] is None
+
+
+async def test_mail_to_the_list_unsubscribe_mailto_unsubscribes(
+    inbound: Settings, relay: SinkServer, codec: Codec
+) -> None:
+    """A bulk message's List-Unsubscribe names u<token>@<bounce domain>; mail to it (whatever it
+    says) records an ``unsubscribed`` event and an ``unsubscribe`` suppression."""
+    tenant = f"inb-{uuid.uuid4().hex[:6]}"
+    address = "uma@example.org"
+    settings = _with(
+        inbound,
+        delivery_mode="relay",
+        relay_host=relay.host,
+        relay_port=relay.port,
+        smtp_tls="none",
+    )
+    deliverer = build_deliverer(
+        settings.delivery, wall_clock, Signer(KeyRing(lambda _t, _d: None)), secret=settings.secret
+    )
+    task = _task(settings, tenant, address) | {"priority": "bulk"}
+    try:
+        conclusion = await deliverer.attempt(task)  # type: ignore[arg-type]
+    finally:
+        await deliverer.close()
+    assert conclusion.delivered
+    [sent] = relay.received
+    head = sent.data.split(b"\r\n\r\n", 1)[0].replace(b"\r\n ", b" ")
+    [line] = [h for h in head.split(b"\r\n") if h.startswith(b"List-Unsubscribe:")]
+    mailto = line.split(b"<mailto:", 1)[1].split(b">", 1)[0].decode()
+    local, _, domain = mailto.rpartition("@")
+    assert domain == DOMAIN
+    assert local.startswith("u")
+    assert "uma" not in local
+    assert b"List-Unsubscribe-Post: List-Unsubscribe=One-Click" in head
+
+    code, _ = await _rcpt_reply(settings, f"u{'a' * 40}@{DOMAIN}")
+    assert code == 550  # a token nobody issued
+    await _on_record(settings, codec, [conclusion.event])
+    code, message = await _send(settings, mailto, b"Subject: unsubscribe\r\n\r\nplease\r\n")
+    assert code == 250, message
+    events = await eventually(lambda: _events(settings, codec, tenant), lambda f: len(f) >= 1)
+    [event] = events
+    assert event["type"] == "unsubscribed"
+    assert event["recipient"] == address
+    assert event["message_id"] == task["message_id"]
+    suppressions = await _suppressions(settings, codec, tenant)
+    assert suppressions[address]["reason"] == "unsubscribe"
