@@ -229,11 +229,13 @@ class PgSlots:
         return conn
 
     async def _retake(self, conn: Any) -> tuple[int, int]:
-        """Take again the slots of the SMTP sessions still open, on the new session."""
+        """Take again the slots of the SMTP sessions still open, on the new session (under the
+        lock: no slot is opened meanwhile, but a session may close while a query is out)."""
         kept = 0
         for slot in list(self._orphans):
-            held = self._held.setdefault(slot.group, {})
-            busy = set(held) | self._unlocking.get(slot.group, set())
+            if slot not in self._orphans:
+                continue  # its SMTP session closed while an earlier slot was being retaken
+            busy = set(self._held.get(slot.group, ())) | self._unlocking.get(slot.group, set())
             free = [n for n in range(self._limit(slot.group)) if n not in busy]
             # its old number first: nothing moves if nobody took it meanwhile
             free.sort(key=lambda n: n != slot.number)
@@ -245,14 +247,23 @@ class PgSlots:
                 except _FAILURES as exc:
                     self._lose(conn, exc)
                     return kept, len(self._orphans)
-                if taken:
-                    slot.number, slot.held = number, True
-                    held[number] = slot
-                    del self._orphans[slot]
-                    kept += 1
+                if not taken:
+                    continue
+                if slot not in self._orphans:
+                    # closed while we asked: the number just locked is nobody's, give it back
+                    try:
+                        await conn.fetchval(
+                            _UNLOCK, self._key(slot.group), number, timeout=self._timeout
+                        )
+                    except _FAILURES as exc:
+                        self._lose(conn, exc)
+                        return kept, len(self._orphans)
                     break
-            if not held:
-                del self._held[slot.group]
+                slot.number, slot.held = number, True
+                self._held.setdefault(slot.group, {})[number] = slot
+                del self._orphans[slot]
+                kept += 1
+                break
         return kept, len(self._orphans)
 
     def _terminated(self, conn: Any) -> None:
@@ -314,12 +325,18 @@ class PgSlots:
         """A session that died quietly is noticed within a heartbeat, not at the next open."""
         while True:
             await asyncio.sleep(self._heartbeat)
-            async with self._lock:
-                conn = self._conn
-                if conn is None:
-                    await self._session()
-                    continue
-                try:
-                    await conn.fetchval("SELECT 1", timeout=self._timeout)
-                except _FAILURES as exc:
-                    self._lose(conn, exc)
+            try:
+                await self._beat()
+            except Exception:  # a watch that died would never reconnect: log, go on
+                log.exception("connection slots: the session watch failed; retrying")
+
+    async def _beat(self) -> None:
+        async with self._lock:
+            conn = self._conn
+            if conn is None:
+                await self._session()
+                return
+            try:
+                await conn.fetchval("SELECT 1", timeout=self._timeout)
+            except _FAILURES as exc:
+                self._lose(conn, exc)

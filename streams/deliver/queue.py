@@ -18,15 +18,15 @@ import logging
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from streams.contract.records import DeliveryTask
 from streams.deliver.control import Command, ControlState, TaskMeta
-from streams.errors import KafkaRefusedError, StackError
+from streams.errors import StackError
 from streams.kafka.config import KafkaSettings, client_options
 from streams.kafka.connect import start_client
-from streams.kafka.read import read_all
+from streams.kafka.read import Follower, read_all
 
 __all__ = [
     "ControlFeed",
@@ -91,20 +91,15 @@ class ControlFeed:
     def __init__(self, kafka: KafkaSettings) -> None:
         self.kafka = kafka
         self.state = ControlState()
-        self.ready = asyncio.Event()
         self._changed = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._follower = Follower(kafka, kafka.topics.control, self._record, "control feed")
+        self.ready = self._follower.ready
 
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="postwire-control-feed")
+        self._follower.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._follower.stop()
 
     async def wait_changed(self, timeout: float) -> None:
         """Sleep up to ``timeout`` s, waking early when a command arrives (a flush, a hold)."""
@@ -139,28 +134,6 @@ class ControlFeed:
         if self.state.apply(command):
             self._changed.set()
 
-    async def _run(self) -> None:
-        topic = self.kafka.topics.control
-        tp = TopicPartition(topic, 0)
-        while True:
-            options = client_options(self.kafka)
-            consumer = AIOKafkaConsumer(**options, enable_auto_commit=False, group_id=None)
-            try:
-                await start_client(consumer, options)
-                consumer.assign([tp])
-                await consumer.seek_to_beginning(tp)
-                end = (await consumer.end_offsets([tp]))[tp]
-                if end == 0:
-                    self.ready.set()
-                while True:
-                    batches = await consumer.getmany(tp, timeout_ms=500)
-                    for rec in batches.get(tp, []):
-                        if rec.value is not None:
-                            self.apply(rec.value)
-                    if not self.ready.is_set() and await consumer.position(tp) >= end:
-                        self.ready.set()
-            except (KafkaError, KafkaRefusedError) as exc:
-                log.warning("control feed: %s; reconnecting", exc)
-                await asyncio.sleep(1.0)
-            finally:
-                await consumer.stop()
+    def _record(self, _key: bytes | None, value: bytes | None) -> None:
+        if value is not None:
+            self.apply(value)

@@ -10,18 +10,17 @@ forgets the site's state. ``read_sites`` is what ``postwire queue sites`` lists.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from streams.deliver.shaping import Shaping, SiteState, normalise_site
-from streams.errors import KafkaRefusedError, StackError
+from streams.errors import StackError
 from streams.kafka.config import KafkaSettings, client_options
 from streams.kafka.connect import start_client
-from streams.kafka.read import read_compacted
+from streams.kafka.read import Follower, read_compacted
 from streams.obs.metrics import shaping_sites
 
 __all__ = ["ShapingFeed", "preload_sites", "publish_site", "read_sites"]
@@ -76,19 +75,14 @@ class ShapingFeed:
     def __init__(self, kafka: KafkaSettings, shaping: Shaping) -> None:
         self.kafka = kafka
         self.shaping = shaping
-        self.ready = asyncio.Event()  # the topic's backlog is read
-        self._task: asyncio.Task[None] | None = None
+        self._follower = Follower(kafka, kafka.topics.shaping, self.apply, "shaping feed")
+        self.ready = self._follower.ready  # the topic's backlog is read
 
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="postwire-shaping-feed")
+        self._follower.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._follower.stop()
 
     def apply(self, key: bytes | None, value: bytes | None) -> None:
         if key is None:
@@ -103,25 +97,3 @@ class ShapingFeed:
                 return
             self.shaping.apply(state)
         shaping_sites(*self.shaping.counts(time.time()))
-
-    async def _run(self) -> None:
-        tp = TopicPartition(self.kafka.topics.shaping, 0)
-        while True:
-            options = client_options(self.kafka)
-            consumer = AIOKafkaConsumer(**options, enable_auto_commit=False, group_id=None)
-            try:
-                await start_client(consumer, options)
-                consumer.assign([tp])
-                await consumer.seek_to_beginning(tp)
-                end = (await consumer.end_offsets([tp]))[tp]
-                while True:
-                    if not self.ready.is_set() and await consumer.position(tp) >= end:
-                        self.ready.set()
-                    batches = await consumer.getmany(tp, timeout_ms=500)
-                    for rec in batches.get(tp, []):
-                        self.apply(rec.key, rec.value)
-            except (KafkaError, KafkaRefusedError) as exc:
-                log.warning("shaping feed: %s; reconnecting", exc)
-                await asyncio.sleep(1.0)
-            finally:
-                await consumer.stop()

@@ -1,8 +1,12 @@
-"""Read a topic from its start to its current end without a consumer group: a compacted topic's
-latest value per key (the queue index, the control feed), or every value in order."""
+"""Read a topic from its start without a consumer group: to its current end (a compacted topic's
+latest value per key: the queue index; or every value in order), or for as long as the process
+runs (``Follower``: the control feed, the shaping feed)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -10,11 +14,13 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
-from streams.errors import StackError
+from streams.errors import KafkaRefusedError, StackError
 from streams.kafka.config import KafkaSettings, client_options
 from streams.kafka.connect import start_client
 
-__all__ = ["read_all", "read_compacted"]
+__all__ = ["Follower", "read_all", "read_compacted"]
+
+log = logging.getLogger("postwire.kafka")
 
 
 async def read_all(kafka: KafkaSettings, topic: str) -> list[bytes]:
@@ -88,3 +94,57 @@ def _fold(
         latest.pop(key, None)
     else:
         latest[key] = decode(value)
+
+
+class Follower:
+    """Follows partition 0 of a one-partition topic (the queue commands, the shaping states) from
+    its start for as long as the process runs, handing every record to ``apply(key, value)``;
+    ``ready`` is set once the records that were there at start are applied. Kafka trouble means
+    a new consumer a second later, from the start again (the records are idempotent state)."""
+
+    def __init__(
+        self,
+        kafka: KafkaSettings,
+        topic: str,
+        apply: Callable[[bytes | None, bytes | None], None],
+        name: str,
+    ) -> None:
+        self.kafka = kafka
+        self.topic = topic
+        self.apply = apply
+        self.name = name
+        self.ready = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name=f"postwire-{self.name}")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _run(self) -> None:
+        tp = TopicPartition(self.topic, 0)
+        while True:
+            options = client_options(self.kafka)
+            consumer = AIOKafkaConsumer(**options, enable_auto_commit=False, group_id=None)
+            try:
+                await start_client(consumer, options)
+                consumer.assign([tp])
+                await consumer.seek_to_beginning(tp)
+                end = (await consumer.end_offsets([tp]))[tp]
+                while True:
+                    if not self.ready.is_set() and await consumer.position(tp) >= end:
+                        self.ready.set()
+                    batches = await consumer.getmany(tp, timeout_ms=500)
+                    for rec in batches.get(tp, []):
+                        self.apply(rec.key, rec.value)
+            except (KafkaError, KafkaRefusedError) as exc:
+                log.warning("%s: %s; reconnecting", self.name, exc)
+                await asyncio.sleep(1.0)
+            finally:
+                await consumer.stop()
