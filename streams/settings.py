@@ -172,6 +172,8 @@ class ApiSettings:
     verify_wait: float
     base: str  # the URL the CLI's send/verify/status talk to
     key: SecretStr | None
+    public_url: str  # where recipients reach /t/o, /t/c (and unsubscribe links)
+    trusted_proxies: tuple[str, ...]  # networks whose X-Forwarded-For names the client
 
 
 @dataclass(frozen=True)
@@ -298,6 +300,12 @@ class Settings(BaseSettings):
     api_url: str = ""
     # the key those commands use when --key is not given
     api_key: SecretStr | None = None
+    # the base of the links recipients follow (tracking pixel and redirects): POSTWIRE_PUBLIC_URL;
+    # empty: the API's own base
+    public_url: str = ""
+    # proxies (addresses or CIDR networks, comma-separated) in front of the API whose
+    # X-Forwarded-For is believed for a tracked open's or click's client address
+    api_trusted_proxies: str = ""
     # a single-node cluster rebalances in well under a second; the 60 s faust defaults only
     # make restarts and tests slow
     session_timeout: float = 10.0
@@ -664,6 +672,10 @@ class Settings(BaseSettings):
             verify_wait=self.api_verify_wait,
             base=self.api_base,
             key=self.api_key,
+            public_url=(self.public_url or self.api_base).rstrip("/"),
+            trusted_proxies=tuple(
+                p.strip() for p in self.api_trusted_proxies.split(",") if p.strip()
+            ),
         )
 
     @cached_property

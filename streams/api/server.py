@@ -13,6 +13,8 @@ import asyncio
 import logging
 import os
 import signal
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import orjson
 from aiohttp import web
@@ -36,6 +38,7 @@ from streams.api.suppression_routes import (
     list_suppressions,
     remove_suppression,
 )
+from streams.api.track_routes import click_redirect, open_pixel
 from streams.api.verify_routes import WAITER, ResultWaiter, verify_batch, verify_job, verify_one
 from streams.api.webhook_routes import (
     get_settings,
@@ -56,6 +59,8 @@ from streams.settings import Settings
 __all__ = ["ROUTES", "Ingress", "run_api"]
 
 log = logging.getLogger(__name__)
+
+TrackHandler = Callable[[Api, web.Request], Awaitable[web.StreamResponse]]
 
 # (method, path, scope, handler): the scope an API key needs for the route
 ROUTES: tuple[tuple[str, str, str, Handler], ...] = (
@@ -94,6 +99,8 @@ class Ingress(Api):
         )
         for method, path, scope, handler in ROUTES:
             app.router.add_route(method, path, self.guard(scope, handler))
+        app.router.add_get("/t/o/{token}", self._tracking(open_pixel))
+        app.router.add_get("/t/c/{token}", self._tracking(click_redirect))
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/livez", self.livez)
         app.router.add_get("/metrics", metrics_handler)
@@ -105,6 +112,12 @@ class Ingress(Api):
         app.on_shutdown.append(self._shutdown)
         app.on_cleanup.append(self._stop)
         return app
+
+    def _tracking(self, handler: TrackHandler) -> Callable[[web.Request], Awaitable[Any]]:
+        async def run(request: web.Request) -> web.StreamResponse:
+            return await handler(self, request)
+
+        return run
 
     async def _start(self, _app: web.Application) -> None:
         await self.start()

@@ -45,6 +45,7 @@ from streams.deliver.mimewire import (
     text_part,
     unstructured_line,
 )
+from streams.deliver.tracking import Links, track_html
 from streams.errors import (
     InvalidContentError,
     TemplateRenderError,
@@ -169,14 +170,27 @@ def _run(template: Template, context: Mapping[str, str], field: str) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class _TrackChoice:
+    """What a request's tracking_settings turned on for its HTML part."""
+
+    opens: bool
+    clicks: bool
+
+
+@dataclass(frozen=True, slots=True)
 class _Text:
-    """A text/plain or text/html leaf whose source is a template."""
+    """A text/plain or text/html leaf whose source is a template, or an HTML leaf whose links
+    and pixel are the recipient's own (``track``)."""
 
     piece: _Piece
     subtype: str
+    track: _TrackChoice | None = None
 
-    def render(self, context: Mapping[str, str]) -> bytes:
-        return text_part(self.piece.render(context), self.subtype)
+    def render(self, context: Mapping[str, str], links: Links | None) -> bytes:
+        text = self.piece.render(context)
+        if self.track is not None and links is not None:
+            text = track_html(text, links, opens=self.track.opens, clicks=self.track.clicks)
+        return text_part(text, self.subtype)
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,8 +201,8 @@ class _Multipart:
     children: tuple[_Node, ...]
     boundary: bytes  # already checked against the constant children
 
-    def render(self, context: Mapping[str, str]) -> bytes:
-        parts = [_serialise(child, context) for child in self.children]
+    def render(self, context: Mapping[str, str], links: Links | None) -> bytes:
+        parts = [_serialise(child, context, links) for child in self.children]
         clash = any(
             self.boundary in part
             for child, part in zip(self.children, parts, strict=True)
@@ -200,8 +214,8 @@ class _Multipart:
 _Node = bytes | _Text | _Multipart
 
 
-def _serialise(node: _Node, context: Mapping[str, str]) -> bytes:
-    return node if isinstance(node, bytes) else node.render(context)
+def _serialise(node: _Node, context: Mapping[str, str], links: Links | None) -> bytes:
+    return node if isinstance(node, bytes) else node.render(context, links)
 
 
 def _text_node(piece: _Piece | None, subtype: str) -> _Node | None:
@@ -210,6 +224,21 @@ def _text_node(piece: _Piece | None, subtype: str) -> _Node | None:
     if piece.template is None:
         return text_part(piece.constant, subtype)
     return _Text(piece, subtype)
+
+
+def _tracking_choice(content: Mapping[str, Any]) -> _TrackChoice | None:
+    """Open and click tracking asked for by the request (``content.tracking``), if any."""
+    tracking = content.get("tracking")
+    if not tracking or not (tracking.get("open") or tracking.get("click")):
+        return None
+    return _TrackChoice(bool(tracking.get("open")), bool(tracking.get("click")))
+
+
+def _html_node(piece: _Piece | None, track: _TrackChoice | None) -> _Node | None:
+    # A tracked HTML part differs per recipient (its tokens), so it is never serialised ahead.
+    if piece is None or track is None:
+        return _text_node(piece, "html")
+    return _Text(piece, "html", track)
 
 
 def _multipart_node(subtype: str, children: Sequence[_Node]) -> _Node:
@@ -256,6 +285,7 @@ class Prepared:
         "_sender_domain",
         "_subject",
         "_substitutions",
+        "_tracked",
     )
 
     def __init__(
@@ -268,6 +298,7 @@ class Prepared:
         substitutions: Mapping[str, str],
         custom_args: Mapping[str, str],
         sender_domain: str,
+        tracked: bool = False,
     ) -> None:
         self._sender = sender
         self._subject = subject
@@ -277,6 +308,7 @@ class Prepared:
         self._args = dict(custom_args)
         self._args_line = _args_line(self._args) if self._args else b""
         self._sender_domain = sender_domain
+        self._tracked = tracked
 
     @property
     def sender_domain(self) -> str:
@@ -288,8 +320,16 @@ class Prepared:
         """Whether every recipient gets the same MIME body bytes (no template in the bodies)."""
         return isinstance(self._body, bytes)
 
-    def render(self, recipient: Mapping[str, Any], message_id: str) -> bytes:
-        """The message for one Recipient record, with CRLF line endings, ready to sign."""
+    @property
+    def tracked(self) -> bool:
+        """Whether the HTML part carries tracking links: ``render`` wants the recipient's."""
+        return self._tracked
+
+    def render(
+        self, recipient: Mapping[str, Any], message_id: str, links: Links | None = None
+    ) -> bytes:
+        """The message for one Recipient record, with CRLF line endings, ready to sign;
+        ``links`` are the recipient's tracking URLs when the request asked for tracking."""
         extra = recipient.get("substitutions")
         context = {**self._substitutions, **extra} if extra else self._substitutions
         out = [self._sender, recipient_line(recipient)]
@@ -310,7 +350,7 @@ class Prepared:
         else:
             out.append(self._args_line)
         out.append(MIME_VERSION)
-        out.append(_serialise(self._body, context))
+        out.append(_serialise(self._body, context, links))
         return b"".join(out)
 
 
@@ -360,7 +400,8 @@ def prepare(task: Mapping[str, Any], template: StoredTemplate | None = None) -> 
     attached = [p.as_bytes() for p in parts if html is None or not is_inline(p)]
     text_node = _text_node(_piece("content.text", text, header=False) if text else None, "plain")
     html_piece = _piece("content.html", html, header=False, html=True) if html else None
-    html_node = _text_node(html_piece, "html")
+    track = _tracking_choice(content)
+    html_node = _html_node(html_piece, track)
     if html_node is not None and inline:
         html_node = _multipart_node("related", [html_node, *inline])
     alternatives = [node for node in (text_node, html_node) if node is not None]
@@ -384,4 +425,5 @@ def prepare(task: Mapping[str, Any], template: StoredTemplate | None = None) -> 
         substitutions=task.get("substitutions") or {},
         custom_args=task.get("custom_args") or {},
         sender_domain=domain,
+        tracked=track is not None and html_piece is not None,
     )

@@ -43,6 +43,7 @@ from streams.deliver.retry import delay_tier, tier_name, tier_topic
 from streams.deliver.service import Deliverer, DeliveryRules
 from streams.deliver.shaping import Shaping
 from streams.deliver.throttle import DestinationThrottle
+from streams.deliver.tracking import Tracker
 from streams.deliver.transport import Transport, TransportConfig
 from streams.errors import CodecError, DkimError, RenderError, StageCrashError
 from streams.kafka.config import TopicNames
@@ -143,9 +144,11 @@ def build_deliverer(
     shaping: Shaping | None = None,
     *,
     secret: ServerSecret | None = None,
+    public_url: str | None = None,
 ) -> Deliverer:
     """The deliverer of ``delivery``; with a bounce domain (and the ``secret`` that signs its
-    tokens) MAIL FROM is a VERP return path."""
+    tokens) MAIL FROM is a VERP return path; with a ``public_url`` (and the secret) requests
+    that ask for open and click tracking get their links."""
     throttle = DestinationThrottle(destination_limits(delivery))
     resolver = MxResolver(delivery.nameservers, delivery.dns_timeout, delivery.dns_tries)
     relay = delivery.mode == "relay"
@@ -155,6 +158,7 @@ def build_deliverer(
         delivery.throttle_max_wait,
         (lambda _domain: delivery.relay_host) if relay else (lambda d: d),
         return_path(delivery, secret),
+        Tracker(secret, public_url) if secret is not None and public_url else None,
     )
     return Deliverer(
         Transport(transport_config(delivery), throttle, None if relay else resolver),
@@ -632,6 +636,7 @@ def deliver_stages(
         template,
         shaping,
         secret=settings.secret,
+        public_url=settings.api.public_url,
     )
     # kept a day longer than a message can live
     keep = settings.retry_max_age + 86400.0

@@ -1,0 +1,140 @@
+"""Open and click tracking in a rendered HTML body (pure).
+
+``track_html`` rewrites each followable link (``<a href>``/``<area href>`` with an http or https
+URL) to ``<public base>/t/c/<token>`` and puts a 1x1 pixel ``<public base>/t/o/<token>`` before
+the last ``</body>`` (at the end when there is none). The document is read by the standard
+library's HTML tokenizer (``html.parser``, the one html5-ish tokenizer that reports where each tag
+starts in the source), and only the start tags it rewrites are replaced: every other byte of the
+body, its comments, scripts, conditional comments and odd markup, stays as the sender wrote it.
+
+Left alone: ``mailto:``, ``tel:``, ``sms:`` and other non-web schemes, in-page anchors (``#x``),
+relative links (nothing to redirect to), and links marked ``clicktracking=off`` (SendGrid's
+opt-out attribute): those tags stay byte for byte as written.
+"""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass
+from html.parser import HTMLParser
+from typing import Final
+
+from streams.mail.track_token import TrackKind, TrackRef, seal_token
+from streams.secret import ServerSecret
+
+__all__ = ["OPT_OUT", "Links", "Tracker", "track_html"]
+
+OPT_OUT: Final = "clicktracking"
+_LINK_TAGS: Final = frozenset({"a", "area"})
+_WEB_SCHEMES: Final = ("http://", "https://")
+
+
+@dataclass(frozen=True, slots=True)
+class Links:
+    """The tracking URLs of one recipient's message."""
+
+    secret: ServerSecret
+    base: str
+    tenant: str
+    message_id: str
+    recipient: str
+    issued_at: int
+
+    def _ref(self, url: str | None) -> TrackRef:
+        kind: TrackKind = "c" if url is not None else "o"
+        return TrackRef(kind, self.tenant, self.message_id, self.recipient, self.issued_at, url)
+
+    def pixel(self) -> str:
+        return f"{self.base}/t/o/{seal_token(self.secret, self._ref(None))}"
+
+    def click(self, url: str) -> str:
+        return f"{self.base}/t/c/{seal_token(self.secret, self._ref(url))}"
+
+
+@dataclass(frozen=True, slots=True)
+class Tracker:
+    """Issues the links of each message under the install's secret and public base URL."""
+
+    secret: ServerSecret
+    base: str
+
+    def links(self, tenant: str, message_id: str, recipient: str, issued_at: int) -> Links:
+        return Links(self.secret, self.base.rstrip("/"), tenant, message_id, recipient, issued_at)
+
+
+def _trackable(attrs: list[tuple[str, str | None]]) -> str | None:
+    """The URL a link tag's click should be recorded for, or None to leave it as it is."""
+    values = dict(attrs)
+    if (values.get(OPT_OUT) or "").strip().lower() == "off":
+        return None
+    href = (values.get("href") or "").strip()
+    return href if href.lower().startswith(_WEB_SCHEMES) else None
+
+
+def _start_tag(tag: str, attrs: list[tuple[str, str | None]], href: str) -> str:
+    out = [f"<{tag}"]
+    for name, value in attrs:
+        if name == OPT_OUT:
+            continue
+        written = href if name == "href" else value
+        quoted = None if written is None else html.escape(written, quote=True)
+        out.append(f" {name}" if quoted is None else f' {name}="{quoted}"')
+    return "".join(out) + ">"
+
+
+class _Scanner(HTMLParser):
+    """Finds the link tags to rewrite and the last ``</body>``, as source offsets."""
+
+    def __init__(self, source: str) -> None:
+        super().__init__(convert_charrefs=True)
+        self._lines = [0] + [i + 1 for i, c in enumerate(source) if c == "\n"]
+        self.links: list[tuple[int, int, str, list[tuple[str, str | None]], str]] = []
+        self.body_end: int | None = None
+
+    def _offset(self) -> int:
+        line, column = self.getpos()
+        return self._lines[line - 1] + column
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag not in _LINK_TAGS:
+            return
+        url = _trackable(attrs)
+        raw = self.get_starttag_text()
+        if url is not None and raw is not None:
+            start = self._offset()
+            self.links.append((start, start + len(raw), tag, attrs, url))
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "body":
+            self.body_end = self._offset()
+
+
+def _pixel(url: str) -> str:
+    return (
+        f'<img src="{html.escape(url, quote=True)}" width="1" height="1" alt=""'
+        ' style="display:block;border:0;width:1px;height:1px;" />'
+    )
+
+
+def track_html(source: str, links: Links, *, opens: bool, clicks: bool) -> str:
+    """``source`` with its links rewritten (``clicks``) and the pixel added (``opens``)."""
+    if not (opens or clicks):
+        return source
+    scanner = _Scanner(source)
+    scanner.feed(source)
+    scanner.close()
+    edits: list[tuple[int, int, str]] = []
+    if clicks:
+        for start, end, tag, attrs, url in scanner.links:
+            edits.append((start, end, _start_tag(tag, attrs, links.click(url))))
+    if opens:
+        at = scanner.body_end if scanner.body_end is not None else len(source)
+        edits.append((at, at, _pixel(links.pixel())))
+    out: list[str] = []
+    cursor = 0
+    for start, end, text in sorted(edits, key=lambda e: e[0]):
+        out.append(source[cursor:start])
+        out.append(text)
+        cursor = end
+    out.append(source[cursor:])
+    return "".join(out)
