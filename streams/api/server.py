@@ -39,7 +39,14 @@ from streams.api.suppression_routes import (
     remove_suppression,
 )
 from streams.api.track_routes import click_redirect, open_pixel
-from streams.api.verify_routes import WAITER, ResultWaiter, verify_batch, verify_job, verify_one
+from streams.api.verify_routes import (
+    WAITER,
+    ResultWaiter,
+    validate_email,
+    verify_batch,
+    verify_job,
+    verify_one,
+)
 from streams.api.webhook_routes import (
     get_settings,
     get_signed,
@@ -68,6 +75,7 @@ ROUTES: tuple[tuple[str, str, str, Handler], ...] = (
     ("POST", "/v1/verify", "verify", verify_one),
     ("POST", "/v1/verify/batch", "verify", verify_batch),
     ("GET", "/v1/verify/batch/{job_id}", "verify", verify_job),
+    ("POST", "/v3/validations/email", "verify", validate_email),
     ("GET", "/v1/messages/{message_id}", "read", message_status),
     ("GET", "/v1/events", "read", event_feed),
     ("POST", "/v1/events/webhook", "send", tracking_webhook),

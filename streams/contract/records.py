@@ -116,6 +116,7 @@ class DeliveryEvent(TypedDict):
     attempt: int
     url: str | None
     user_agent: str | None
+    ip: str | None
     categories: list[str]
     custom_args: dict[str, str]
     occurred_at: datetime

@@ -371,6 +371,7 @@ def track_outcome(
         url=track["url"],
         user_agent=track["user_agent"],
         reason=track.get("reason"),
+        ip=track["ip"],
     )
     reason = SUPPRESSING.get(track["event_type"])
     if reason is None:
