@@ -8,8 +8,9 @@ starts in the source), and only the start tags it rewrites are replaced: every o
 body, its comments, scripts, conditional comments and odd markup, stays as the sender wrote it.
 
 Left alone: ``mailto:``, ``tel:``, ``sms:`` and other non-web schemes, in-page anchors (``#x``),
-relative links (nothing to redirect to), and links marked ``clicktracking=off`` (SendGrid's
-opt-out attribute): those tags stay byte for byte as written.
+relative links (nothing to redirect to), links marked ``clicktracking=off`` (SendGrid's
+opt-out attribute), URLs with control characters and URLs too long for a token (a few KB): those
+tags stay byte for byte as written.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 from html.parser import HTMLParser
 from typing import Final
 
-from streams.mail.track_token import TrackKind, TrackRef, seal_token
+from streams.mail.track_token import MAX_TOKEN_CHARS, TrackKind, TrackRef, seal_token
 from streams.secret import ServerSecret
 
 __all__ = ["OPT_OUT", "Links", "Tracker", "track_html"]
@@ -47,8 +48,10 @@ class Links:
     def pixel(self) -> str:
         return f"{self.base}/t/o/{seal_token(self.secret, self._ref(None))}"
 
-    def click(self, url: str) -> str:
-        return f"{self.base}/t/c/{seal_token(self.secret, self._ref(url))}"
+    def click(self, url: str) -> str | None:
+        """The tracked URL, or None for one whose token would be too long to open."""
+        token = seal_token(self.secret, self._ref(url))
+        return None if len(token) > MAX_TOKEN_CHARS else f"{self.base}/t/c/{token}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +71,8 @@ def _trackable(attrs: list[tuple[str, str | None]]) -> str | None:
     if (values.get(OPT_OUT) or "").strip().lower() == "off":
         return None
     href = (values.get("href") or "").strip()
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in href):
+        return None  # not a URL a browser follows as written; never sealed into a token
     return href if href.lower().startswith(_WEB_SCHEMES) else None
 
 
@@ -126,7 +131,9 @@ def track_html(source: str, links: Links, *, opens: bool, clicks: bool) -> str:
     edits: list[tuple[int, int, str]] = []
     if clicks:
         for start, end, tag, attrs, url in scanner.links:
-            edits.append((start, end, _start_tag(tag, attrs, links.click(url))))
+            tracked = links.click(url)
+            if tracked is not None:
+                edits.append((start, end, _start_tag(tag, attrs, tracked)))
     if opens:
         at = scanner.body_end if scanner.body_end is not None else len(source)
         edits.append((at, at, _pixel(links.pixel())))

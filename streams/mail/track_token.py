@@ -28,7 +28,7 @@ from typing import Final, Literal
 from streams.errors import SecretError, TrackingTokenError
 from streams.secret import ServerSecret
 
-__all__ = ["PURPOSE", "TrackKind", "TrackRef", "open_token", "seal_token"]
+__all__ = ["MAX_TOKEN_CHARS", "PURPOSE", "TrackKind", "TrackRef", "open_token", "seal_token"]
 
 PURPOSE: Final = "tracking"
 TrackKind = Literal["o", "c"]

@@ -68,3 +68,9 @@ def test_opens_only_and_no_body() -> None:
     out = track_html("<p>x <a href='https://a.example/'>a</a></p>", LINKS, opens=True, clicks=False)
     assert out.startswith("<p>x <a href='https://a.example/'>a</a></p><img src=")
     assert track_html(DOC, LINKS, opens=False, clicks=False) == DOC
+
+
+def test_unsealable_urls_stay_untracked() -> None:
+    long = "https://a.example/" + "x" * 5000
+    source = f'<a href="{long}">l</a><a href="https://a.example/\x1fz">c</a>'
+    assert track_html(source, LINKS, opens=False, clicks=True) == source
