@@ -45,7 +45,7 @@ from streams.deliver.mimewire import (
     text_part,
     unstructured_line,
 )
-from streams.deliver.tracking import Links, track_html
+from streams.deliver.tracking import Links, track_html, track_text
 from streams.errors import (
     InvalidContentError,
     TemplateRenderError,
@@ -175,6 +175,7 @@ class _TrackChoice:
 
     opens: bool
     clicks: bool
+    text_clicks: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,7 +190,10 @@ class _Text:
     def render(self, context: Mapping[str, str], links: Links | None) -> bytes:
         text = self.piece.render(context)
         if self.track is not None and links is not None:
-            text = track_html(text, links, opens=self.track.opens, clicks=self.track.clicks)
+            if self.subtype == "html":
+                text = track_html(text, links, opens=self.track.opens, clicks=self.track.clicks)
+            else:
+                text = track_text(text, links)
         return text_part(text, self.subtype)
 
 
@@ -231,7 +235,17 @@ def _tracking_choice(content: Mapping[str, Any]) -> _TrackChoice | None:
     tracking = content.get("tracking")
     if not tracking or not (tracking.get("open") or tracking.get("click")):
         return None
-    return _TrackChoice(bool(tracking.get("open")), bool(tracking.get("click")))
+    clicks = bool(tracking.get("click"))
+    return _TrackChoice(
+        bool(tracking.get("open")), clicks, clicks and bool(tracking.get("click_text"))
+    )
+
+
+def _plain_node(piece: _Piece | None, track: _TrackChoice | None) -> _Node | None:
+    # the text part's URLs are rewritten only when click_tracking.enable_text says so
+    if piece is None or track is None or not track.text_clicks:
+        return _text_node(piece, "plain")
+    return _Text(piece, "plain", track)
 
 
 def _html_node(piece: _Piece | None, track: _TrackChoice | None) -> _Node | None:
@@ -398,9 +412,10 @@ def prepare(task: Mapping[str, Any], template: StoredTemplate | None = None) -> 
     parts = [attachment_part(i, a) for i, a in enumerate(content.get("attachments") or [])]
     inline = [p.as_bytes() for p in parts if html is not None and is_inline(p)]
     attached = [p.as_bytes() for p in parts if html is None or not is_inline(p)]
-    text_node = _text_node(_piece("content.text", text, header=False) if text else None, "plain")
-    html_piece = _piece("content.html", html, header=False, html=True) if html else None
     track = _tracking_choice(content)
+    text_piece = _piece("content.text", text, header=False) if text else None
+    text_node = _plain_node(text_piece, track)
+    html_piece = _piece("content.html", html, header=False, html=True) if html else None
     html_node = _html_node(html_piece, track)
     if html_node is not None and inline:
         html_node = _multipart_node("related", [html_node, *inline])
@@ -425,5 +440,6 @@ def prepare(task: Mapping[str, Any], template: StoredTemplate | None = None) -> 
         substitutions=task.get("substitutions") or {},
         custom_args=task.get("custom_args") or {},
         sender_domain=domain,
-        tracked=track is not None and html_piece is not None,
+        tracked=track is not None
+        and (html_piece is not None or (text_piece is not None and track.text_clicks)),
     )

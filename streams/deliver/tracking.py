@@ -16,6 +16,7 @@ tags stay byte for byte as written.
 from __future__ import annotations
 
 import html
+import re
 from dataclasses import dataclass
 from html.parser import HTMLParser
 from typing import Final
@@ -23,11 +24,15 @@ from typing import Final
 from streams.mail.track_token import MAX_TOKEN_CHARS, TrackKind, TrackRef, seal_token
 from streams.secret import ServerSecret
 
-__all__ = ["OPT_OUT", "Links", "Tracker", "track_html"]
+__all__ = ["OPT_OUT", "Links", "Tracker", "track_html", "track_text"]
 
 OPT_OUT: Final = "clicktracking"
 _LINK_TAGS: Final = frozenset({"a", "area"})
 _WEB_SCHEMES: Final = ("http://", "https://")
+# a bare URL in plain text ends at white space or markup-ish quoting; sentence punctuation
+# right after it is the sentence's, as mail clients that make such URLs clickable assume
+_TEXT_URL: Final = re.compile(r"https?://[^\s<>\"']+", re.IGNORECASE)
+_TRAILING: Final = ".,;:!?)]}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,3 +150,16 @@ def track_html(source: str, links: Links, *, opens: bool, clicks: bool) -> str:
         cursor = end
     out.append(source[cursor:])
     return "".join(out)
+
+
+def track_text(source: str, links: Links) -> str:
+    """A plain-text part with its bare http(s) URLs replaced by click-tracking ones
+    (SendGrid's ``click_tracking.enable_text``)."""
+
+    def replace(match: re.Match[str]) -> str:
+        found = match.group(0)
+        url = found.rstrip(_TRAILING)
+        tracked = links.click(url) if url else None
+        return found if tracked is None else tracked + found[len(url) :]
+
+    return _TEXT_URL.sub(replace, source)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from html.parser import HTMLParser
 
-from streams.deliver.tracking import Tracker, track_html
+from streams.deliver.tracking import Tracker, track_html, track_text
 from streams.mail.track_token import open_token
 from streams.secret import ServerSecret
 
@@ -74,3 +74,16 @@ def test_unsealable_urls_stay_untracked() -> None:
     long = "https://a.example/" + "x" * 5000
     source = f'<a href="{long}">l</a><a href="https://a.example/\x1fz">c</a>'
     assert track_html(source, LINKS, opens=False, clicks=True) == source
+
+
+def test_text_urls_rewritten_with_their_punctuation_kept() -> None:
+    source = "See https://shop.example/a?b=1. Or (http://x.example/p), mailto:a@b.example\r\n"
+    out = track_text(source, LINKS)
+    found = re.findall(r"https://t\.example/t/c/([A-Za-z0-9_-]+)", out)
+    assert [open_token(SECRET, "c", t).url for t in found] == [
+        "https://shop.example/a?b=1",
+        "http://x.example/p",
+    ]
+    assert re.sub(r"https://t\.example/t/c/[A-Za-z0-9_-]+", "U", out) == (
+        "See U. Or (U), mailto:a@b.example\r\n"
+    )

@@ -65,3 +65,12 @@ def test_tracked_request_without_a_tracker_renders_plain() -> None:
     prepared = prepare(_task({"open": True, "click": False, "click_text": False}))
     html = _parts(prepared.render(recipient(), "<x@shop.example>"))["text/html"]
     assert "<img" not in html
+
+
+def test_text_part_rewritten_only_with_enable_text() -> None:
+    links = TRACKER.links("ten", "m1", "ann@example.com", 1)
+    for click_text, rewritten in ((False, False), (True, True)):
+        prepared = prepare(_task({"open": False, "click": True, "click_text": click_text}))
+        text = _parts(prepared.render(recipient(), "<x@shop.example>", links))["text/plain"]
+        assert ("https://t.example/t/c/" in text) is rewritten
+        assert ("https://shop.example/" in text) is not rewritten
