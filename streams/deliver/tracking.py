@@ -18,6 +18,7 @@ from __future__ import annotations
 import html
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from html.parser import HTMLParser
 from typing import Final
 
@@ -81,7 +82,10 @@ def _trackable(attrs: list[tuple[str, str | None]]) -> str | None:
     return href if href.lower().startswith(_WEB_SCHEMES) else None
 
 
-def _start_tag(tag: str, attrs: list[tuple[str, str | None]], href: str) -> str:
+Attrs = tuple[tuple[str, str | None], ...]
+
+
+def _start_tag(tag: str, attrs: Attrs, href: str) -> str:
     out = [f"<{tag}"]
     for name, value in attrs:
         if name == OPT_OUT:
@@ -98,7 +102,7 @@ class _Scanner(HTMLParser):
     def __init__(self, source: str) -> None:
         super().__init__(convert_charrefs=True)
         self._lines = [0] + [i + 1 for i, c in enumerate(source) if c == "\n"]
-        self.links: list[tuple[int, int, str, list[tuple[str, str | None]], str]] = []
+        self.links: list[tuple[int, int, str, Attrs, str]] = []
         self.body_end: int | None = None
 
     def _offset(self) -> int:
@@ -112,7 +116,7 @@ class _Scanner(HTMLParser):
         raw = self.get_starttag_text()
         if url is not None and raw is not None:
             start = self._offset()
-            self.links.append((start, start + len(raw), tag, attrs, url))
+            self.links.append((start, start + len(raw), tag, tuple(attrs), url))
 
     def handle_endtag(self, tag: str) -> None:
         if tag == "body":
@@ -126,21 +130,29 @@ def _pixel(url: str) -> str:
     )
 
 
+@lru_cache(maxsize=64)
+def _scan(source: str) -> tuple[tuple[tuple[int, int, str, Attrs, str], ...], int | None]:
+    # Every recipient of a request without templates has the same HTML: tokenizing it (the
+    # bulk of the cost, in pure Python) once per request leaves only the sealing per recipient.
+    scanner = _Scanner(source)
+    scanner.feed(source)
+    scanner.close()
+    return tuple(scanner.links), scanner.body_end
+
+
 def track_html(source: str, links: Links, *, opens: bool, clicks: bool) -> str:
     """``source`` with its links rewritten (``clicks``) and the pixel added (``opens``)."""
     if not (opens or clicks):
         return source
-    scanner = _Scanner(source)
-    scanner.feed(source)
-    scanner.close()
+    found, body_end = _scan(source)
     edits: list[tuple[int, int, str]] = []
     if clicks:
-        for start, end, tag, attrs, url in scanner.links:
+        for start, end, tag, attrs, url in found:
             tracked = links.click(url)
             if tracked is not None:
                 edits.append((start, end, _start_tag(tag, attrs, tracked)))
     if opens:
-        at = scanner.body_end if scanner.body_end is not None else len(source)
+        at = body_end if body_end is not None else len(source)
         edits.append((at, at, _pixel(links.pixel())))
     out: list[str] = []
     cursor = 0
