@@ -5,9 +5,11 @@ tenant, the message and the recipient. Each fetch becomes a ``track`` EmailReque
 requests topic, as the tracking webhook's events do, so it reaches the events topic, the tables
 and the event webhooks; one made by a machine carries ``reason`` = ``machine: ...``.
 
-A token this install did not issue is a 404 and records nothing. A good token is always answered
-(the GIF, or the 302 to the URL the token carries, never another) even when Kafka does not take
-the event: the recipient's mail client is not the place to report an outage.
+A token this install did not issue is a 404 and records nothing. A good token is always
+answered (the GIF, or the 302 to the URL the token carries, never another), even when Kafka does
+not take the event (the recipient's mail client is not the place to report an outage) and when
+the tenant's fetches go over its ingress rate (``POSTWIRE_API_RATE``, a bucket of their own):
+those are not recorded, so one leaked token fetched in a loop cannot flood the pipeline.
 """
 
 from __future__ import annotations
@@ -52,6 +54,11 @@ def _key_id(api: Api, tenant: str) -> str | None:
 
 
 async def _record(api: Api, request: web.Request, ref: TrackRef) -> None:
+    if api.over_rate(ref.tenant, "tracking") > 0:
+        # one leaked token fetched in a loop must not flood the pipeline: past the tenant's
+        # ingress rate the fetch is answered and not recorded
+        log.warning("tracking: tenant %s is over its rate; event not recorded", ref.tenant)
+        return
     now = api.clock()
     trusted = networks(api.settings.api.trusted_proxies)
     ip = client_ip(request.remote, request.headers.getall("X-Forwarded-For", []), trusted)
