@@ -106,6 +106,7 @@ class DeliverySettings:
     dest_rate: float
     dest_burst: int
     dest_overrides: str  # JSON, parsed by the runtime into the domain's DestinationLimits
+    shared_limits: bool  # the sites' connection slots held in PostgreSQL, across processes
     tenant_send_rate: float
     tenant_send_burst: int
     throttle_max_wait: float
@@ -389,12 +390,17 @@ class Settings(BaseSettings):
     smtp_data_timeout: float = Field(default=120.0, gt=0)
     smtp_max_messages_per_connection: int = Field(default=100, ge=1)
     smtp_idle_timeout: float = Field(default=30.0, gt=0)
-    # per destination (domain or MX host): open connections, messages/s and burst; overrides as
-    # JSON, e.g. {"gmail.com": {"connections": 20, "rate": 100, "burst": 20}}
+    # per destination site (the set of MX hosts a domain's mail goes to; the relay in relay
+    # mode): open connections, messages/s and burst; overrides as JSON, matched by MX host name
+    # suffix, e.g. {"google.com": {"connections": 20, "rate": 100, "burst": 20,
+    # "messages_per_connection": 50}}
     dest_connections: int = Field(default=10, ge=1)
     dest_rate: float = Field(default=50.0, gt=0)
     dest_burst: int = Field(default=10, ge=1)
     dest_overrides: str = ""
+    # the sites' limits hold across every worker process: connection slots are PostgreSQL
+    # advisory locks, and a process sends at its slots' share of the rate; off: per process
+    delivery_shared_limits: bool = True
     tenant_send_rate: float = Field(default=500.0, gt=0)
     tenant_send_burst: int = Field(default=50, ge=1)
     # a throttle wait up to this long is waited out in place; longer ones go to a delay topic
@@ -609,6 +615,7 @@ class Settings(BaseSettings):
             dest_rate=self.dest_rate,
             dest_burst=self.dest_burst,
             dest_overrides=self.dest_overrides,
+            shared_limits=self.delivery_shared_limits,
             tenant_send_rate=self.tenant_send_rate,
             tenant_send_burst=self.tenant_send_burst,
             throttle_max_wait=self.throttle_max_wait,

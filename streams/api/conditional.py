@@ -23,6 +23,8 @@ __all__ = [
     "conditional_middleware",
     "etag_of",
     "none_match",
+    "not_modified",
+    "version_tag",
 ]
 
 # every read answers with one tenant's data: a browser may keep it but must ask again, a shared
@@ -60,6 +62,33 @@ def none_match(header: str | None, etag: str) -> bool:
     return any(_opaque(tag) == wanted for tag in header.split(","))
 
 
+def version_tag(*parts: object) -> str:
+    """A strong tag from what identifies an answer's version (its ids, counts and latest change),
+    for a handler that can tell a client's copy is current without building the answer."""
+    return etag_of(repr(parts).encode())
+
+
+def _variant(etag: str, request: web.Request, size: int | None) -> str:
+    """The tag of the representation ``request`` gets: the gzip one carries the suffix."""
+    gzip = (size is None or size >= GZIP_MIN_BYTES) and accepts_gzip(
+        request.headers.get("Accept-Encoding")
+    )
+    return etag[:-1] + _GZ + '"' if gzip else etag
+
+
+def not_modified(request: web.Request, etag: str) -> web.Response | None:
+    """The 304 for a request whose ``If-None-Match`` names ``etag``, or None: the handler then
+    builds the answer and returns it with ``ETag: etag`` (the middleware keeps that tag)."""
+    if not none_match(request.headers.get("If-None-Match"), etag):
+        return None
+    tag = _variant(etag, request, None)
+    return web.Response(status=304, headers=_headers(tag))
+
+
+def _headers(etag: str) -> dict[str, str]:
+    return {"ETag": etag, "Cache-Control": CACHE_CONTROL, "Vary": "Accept-Encoding"}
+
+
 def accepts_gzip(header: str | None) -> bool:
     """Whether ``Accept-Encoding: header`` allows gzip (``q=0`` refuses it, RFC 9110 12.5.3)."""
     if not header:
@@ -95,11 +124,10 @@ async def conditional_middleware(request: web.Request, handler: Handler) -> web.
     ):
         return response
     body = response.body
-    etag = etag_of(body)
     gzip = len(body) >= GZIP_MIN_BYTES and accepts_gzip(request.headers.get("Accept-Encoding"))
-    if gzip:
-        etag = etag[:-1] + _GZ + '"'
-    headers = {"ETag": etag, "Cache-Control": CACHE_CONTROL, "Vary": "Accept-Encoding"}
+    # a handler that tags its answers by version (``not_modified``) has set the tag already
+    etag = _variant(response.headers.get("ETag") or etag_of(body), request, len(body))
+    headers = _headers(etag)
     if none_match(request.headers.get("If-None-Match"), etag):
         return web.Response(status=304, headers=headers)
     response.headers.update(headers)

@@ -16,6 +16,7 @@ from streams.cli.keys import keys_app
 from streams.cli.mail import queue_app, suppression_app, template_app
 from streams.cli.replay import replay
 from streams.cli.senders import dkim_app, sender_app
+from streams.cli.trace import trace
 from streams.cli.webhooks import webhooks_app
 
 __all__ = ["app", "main"]
@@ -43,6 +44,7 @@ app.add_typer(template_app, name="template")
 app.add_typer(keys_app, name="keys")
 app.add_typer(webhooks_app, name="webhooks")
 app.command("replay")(replay)
+app.command("trace")(trace)
 
 _run = run
 _settings = settings

@@ -42,9 +42,10 @@ def _same_domain(domain: str) -> str:
 @dataclass(frozen=True)
 class DeliveryRules:
     """How delivery behaves: the retry ladder, when a destination's breaker opens, how long a
-    throttled send waits in place, where a domain's mail goes (itself, or the relay), and the
-    envelope sender (the From, or a VERP return path on the bounce domain), and who issues open
-    and click tracking links (none: tracked requests go out untracked)."""
+    tenant's throttled send waits in place (the site's rate is the transport's), where a domain's
+    mail goes (itself, or the relay), the envelope sender (the From, or a VERP return path on
+    the bounce domain), and who issues open and click tracking links (none: tracked requests go
+    out untracked)."""
 
     retry: RetryPolicy
     breaker: BreakerPolicy = field(default_factory=BreakerPolicy)
@@ -109,11 +110,16 @@ class Deliverer:
             breaker = self.breakers[destination] = Breaker(self.breaker_policy)
         return breaker
 
+    async def site(self, domain: str) -> str:
+        """The destination site mail to ``domain`` goes to (through the MX cache): what a
+        scheduler in front of ``attempt`` queues a task by, and shaping keys its states by."""
+        return await self.transport.site(domain)
+
     async def attempt(self, task: DeliveryTask) -> Conclusion:
         """Try ``task`` once. Raises RenderError / DkimError for a message that cannot be built."""
         prepared = self.prepared(task)
         destination = self.destination(task["domain"])
-        site = self.throttle.key(destination)
+        site = await self.site(task["domain"])
         breaker = self.breaker(destination)
         now = self.clock()
         held = self._suspended(task, site, now)
@@ -127,14 +133,15 @@ class Deliverer:
                 f"circuit_open: {destination} is paused after repeated connection failures",
                 now,
             )
+        tenant = task["tenant"]
         self.throttle.scale(site, self.shaping.rate_factor(site, now.timestamp()), now.timestamp())
         while True:
-            wait = self.throttle.take(task["tenant"], destination, now.timestamp())
+            wait = self.throttle.take_tenant(tenant, now.timestamp())
             if wait <= 0:
                 break
             if wait > self.throttle_max_wait:
                 return postpone(
-                    task, now + timedelta(seconds=wait), f"throttled: {destination} rate", now
+                    task, now + timedelta(seconds=wait), f"throttled: tenant {tenant} rate", now
                 )
             await asyncio.sleep(wait)
             now = self.clock()
@@ -148,8 +155,14 @@ class Deliverer:
             task["domain"], self.return_path(task), task["recipient"]["email"], signed
         )
         outcome = delivery.outcome
-        smtp_result(str(outcome.disposition), outcome.category)
         done = self.clock()
+        if delivery.retry_after is not None:
+            # a limit of the site's held it back: not sent, so the tenant's token was not spent
+            self.throttle.give_back_tenant(tenant)
+            return postpone(
+                task, done + timedelta(seconds=delivery.retry_after), outcome.text, done
+            )
+        smtp_result(str(outcome.disposition), outcome.category)
         if outcome.destination_failure:
             breaker.record_failure(done.timestamp())
         else:
@@ -218,4 +231,5 @@ class Deliverer:
 
     async def close(self) -> None:
         await self.transport.close()
+        await self.throttle.slots.close()
         self.signer.close()

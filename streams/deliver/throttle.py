@@ -1,10 +1,17 @@
-"""How fast and how wide delivery may go: per destination and per tenant (pure, time a parameter).
+"""How fast and how wide delivery may go: per destination site and per tenant (pure, time a
+parameter).
 
 Receivers judge a sender by its connection count and message rate, and the big mailbox providers
-defer (421/4.7.0) anyone who pushes too hard, so each destination gets a connection limit and a
-token bucket; a tenant's bucket caps its total across destinations so one tenant's campaign cannot
-take every slot. Limits are looked up by name suffix, of a recipient domain or an MX host, so the
-``google.com`` entry covers the ``aspmx.l.google.com`` hosts of every domain Google hosts.
+defer (421/4.7.0) anyone who pushes too hard, so each destination site (``sites.py``: the set of
+MX hosts a domain's mail goes to) gets a connection limit and a token bucket; a tenant's bucket
+caps its total across sites so one tenant's campaign cannot take every slot. Limits are looked up
+by name suffix of the site's hosts, so the ``google.com`` entry covers the ``aspmx.l.google.com``
+hosts of every domain Google hosts.
+
+The connections are slots of a ``SiteSlots`` budget: in process, or shared by every worker through
+PostgreSQL (``streams/db/slots.py``). A shared budget splits the site's rate too: this process may
+send at the share of the slots it holds (``sites.apportion``), so the limits hold at the sum
+without a round trip per message.
 """
 
 from __future__ import annotations
@@ -13,12 +20,17 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Any, Protocol
+
+from streams.deliver.sites import apportion, site_hosts
+from streams.mail.pool import ConnectionBudget, LocalSlots
 
 __all__ = [
     "DEFAULT_OVERRIDES",
     "DestinationLimits",
     "DestinationThrottle",
     "Limit",
+    "SiteSlots",
     "TokenBucket",
 ]
 
@@ -68,13 +80,17 @@ class TokenBucket:
         self._refill(now)
         return self._tokens
 
-    def retune(self, rate: float, burst: float, now: float) -> None:
-        """Go on at another rate and burst, keeping the tokens earned so far (up to the burst)."""
-        if not (math.isfinite(rate) and rate > 0) or not (math.isfinite(burst) and burst >= 1):
-            raise ValueError(f"token bucket: cannot retune to rate {rate!r}, burst {burst!r}")
+    def give_back(self, n: float = 1) -> None:
+        """Return tokens taken for something that did not happen."""
+        self._tokens = min(self.burst, self._tokens + n)
+
+    def resize(self, rate: float, burst: float, now: float) -> None:
+        """Go on at another rate and burst from ``now`` (a process's share of a site changed, or
+        shaping cut it), keeping the tokens earned so far, up to the new burst."""
+        if (rate, burst) == (self.rate, self.burst):
+            return
         self._refill(now)
-        self.rate = rate
-        self.burst = burst
+        self.rate, self.burst = rate, burst
         self._tokens = min(self._tokens, burst)
 
 
@@ -83,8 +99,16 @@ class Limit:
     connections: int = 10  # open at once
     rate: float = 50.0  # messages a second
     burst: int = 10  # messages allowed at once after a quiet spell
+    # a session closes after this many messages (None: the transport's own limit); some
+    # providers want few per session
+    messages_per_connection: int | None = None
 
     def __post_init__(self) -> None:
+        if self.messages_per_connection is not None and self.messages_per_connection < 1:
+            raise ValueError(
+                "limit: messages_per_connection must be at least 1, "
+                f"not {self.messages_per_connection}"
+            )
         if self.connections < 1:
             raise ValueError(f"limit: connections must be at least 1, not {self.connections}")
         if not (math.isfinite(self.rate) and self.rate > 0):
@@ -94,8 +118,9 @@ class Limit:
 
 
 # Starting points, not published numbers (the providers publish none): wide for Google, which
-# tolerates volume from a clean IP; narrow for Microsoft and Yahoo, which defer sooner. Keys are
-# recipient domains and the MX host suffixes their mail really goes to.
+# tolerates volume from a clean IP; narrow for Microsoft and Yahoo, which defer sooner. A site
+# matches by its MX host names, so the MX suffixes (google.com, outlook.com, yahoodns.net) are the
+# keys that count; the recipient domains among them only match a site whose hosts they name.
 _GOOGLE = Limit(connections=20, rate=100.0, burst=20)
 _MICROSOFT = Limit(connections=5, rate=20.0, burst=5)
 _YAHOO = Limit(connections=5, rate=20.0, burst=5)
@@ -158,97 +183,124 @@ class DestinationLimits:
         key = self.match(destination)
         return self.default if key is None else self.overrides[key]
 
+    def site_match(self, site: str) -> str | None:
+        """The override key of a site: the longest match among its hosts' names."""
+        keys = [key for key in map(self.match, site_hosts(site)) if key is not None]
+        return max(keys, key=lambda key: (key.count("."), len(key), key), default=None)
+
+    def for_site(self, site: str) -> Limit:
+        key = self.site_match(site)
+        return self.default if key is None else self.overrides[key]
+
+
+class SiteSlots(ConnectionBudget, Protocol):
+    """The connection slots of the sites: ``held`` is how many of a site's this process holds
+    (and counts on); ``shared`` says whether other processes hold the rest."""
+
+    shared: bool
+
+    def held(self, group: str) -> int: ...
+
+    def status(self) -> dict[str, Any]: ...
+
+    async def close(self) -> None: ...
+
 
 class DestinationThrottle:
-    """The buckets and connection counts of one worker. Destinations that match an override share
-    its limits as one budget: every Google MX host draws on the ``google.com`` bucket."""
+    """The buckets of one worker, and the connection slots it takes its sites' sessions from.
+    Site buckets are keyed by the site name; a shared budget gives this process the share of a
+    site's rate that its slots are of the site's connections."""
 
-    def __init__(self, limits: DestinationLimits | None = None) -> None:
+    def __init__(
+        self, limits: DestinationLimits | None = None, slots: SiteSlots | None = None
+    ) -> None:
         self.limits = limits or DestinationLimits()
-        self._destinations: dict[str, TokenBucket] = {}
+        self.slots: SiteSlots = slots or LocalSlots(self.connection_limit)
+        self._sites: dict[str, TokenBucket] = {}
         self._tenants: dict[str, TokenBucket] = {}
-        self._open: dict[str, int] = {}
-        # sites whose rate shaping has cut (streams/deliver/shaping.py): key -> factor
-        self._factors: dict[str, float] = {}
+        self._limits: dict[str, Limit] = {}
+        self._factors: dict[str, float] = {}  # sites whose rate is cut: site -> factor in (0, 1)
 
-    def key(self, destination: str) -> str:
-        return self.limits.match(destination) or _normalise(destination)
+    def limit(self, site: str) -> Limit:
+        found = self._limits.get(site)
+        if found is None:
+            if len(self._limits) >= 10_000:
+                self._limits.clear()
+            found = self._limits[site] = self.limits.for_site(site)
+        return found
 
-    def _bucket(self, key: str) -> TokenBucket:
-        bucket = self._destinations.get(key)
+    def connection_limit(self, site: str) -> int:
+        return self.limit(site).connections
+
+    def take_tenant(self, tenant: str, now: float, n: int = 1) -> float:
+        """Take ``n`` messages' worth from the tenant's bucket and return 0, or take nothing and
+        return the seconds to wait."""
+        bucket = self._tenants.get(tenant)
         if bucket is None:
-            rate, burst = self._scaled(key)
-            bucket = self._destinations[key] = TokenBucket(rate, burst)
+            bucket = TokenBucket(self.limits.tenant_rate, self.limits.tenant_burst)
+            self._tenants[tenant] = bucket
+        return bucket.take(now, n)
+
+    def give_back_tenant(self, tenant: str, n: int = 1) -> None:
+        """The tenant's tokens for messages that were not sent after all (their site was)."""
+        bucket = self._tenants.get(tenant)
+        if bucket is not None:
+            bucket.give_back(n)
+
+    def tenant_wait(self, tenant: str, now: float) -> float:
+        """Seconds until ``tenant`` may send one more message (0: now), taking nothing."""
+        bucket = self._tenants.get(tenant)
+        return 0.0 if bucket is None else bucket.wait_time(now)
+
+    def _site_bucket(self, site: str, now: float) -> TokenBucket:
+        """The site's bucket, at this process's share of the site's rate (times its factor)."""
+        limit = self.limit(site)
+        held = self.slots.held(site) if self.slots.shared else limit.connections
+        factor = self._factors.get(site, 1.0)
+        rate, burst = apportion(limit.rate * factor, limit.burst, limit.connections, held)
+        burst = max(1.0, burst * factor)
+        bucket = self._sites.get(site)
+        if bucket is None:
+            bucket = self._sites[site] = TokenBucket(rate, burst)
+        else:
+            bucket.resize(rate, burst, now)
         return bucket
 
-    def _scaled(self, key: str) -> tuple[float, float]:
-        limit = self.limits.for_destination(key)
-        factor = self._factors.get(key, 1.0)
-        return limit.rate * factor, max(1.0, limit.burst * factor)
+    def pace(self, site: str, now: float, n: int = 1) -> float:
+        """Take ``n`` messages' worth from the site's bucket, at this process's share of it, and
+        return 0, or take nothing and return the seconds to wait."""
+        bucket = self._site_bucket(site, now)
+        return bucket.take(now, min(n, bucket.burst))
 
-    def scale(self, key: str, factor: float, now: float) -> None:
-        """Run the bucket of ``key`` (a ``key()``) at ``factor`` times its limit's rate and
-        burst, as shaping asks after a provider's "slow down"; 1 restores the limit."""
+    def site_wait(self, site: str, now: float) -> float:
+        """Seconds until ``site`` may take one more message here (0: now), taking nothing."""
+        return self._site_bucket(site, now).wait_time(now)
+
+    def scale(self, site: str, factor: float, now: float) -> None:
+        """Run ``site``'s rate and burst at ``factor`` times its limit's, as response shaping
+        asks after a provider's "slow down"; 1 restores the limit."""
         if not (math.isfinite(factor) and 0 < factor <= 1):
             raise ValueError(f"throttle: a rate factor is in (0, 1], not {factor!r}")
-        if self._factors.get(key, 1.0) == factor:
-            return
         if factor == 1.0:
-            del self._factors[key]
+            self._factors.pop(site, None)
         else:
-            self._factors[key] = factor
-        bucket = self._destinations.get(key)
-        if bucket is not None:
-            bucket.retune(*self._scaled(key), now)
+            self._factors[site] = factor
+        if site in self._sites:
+            self._site_bucket(site, now)
 
-    def factor(self, key: str) -> float:
-        return self._factors.get(key, 1.0)
+    def factor(self, site: str) -> float:
+        return self._factors.get(site, 1.0)
 
-    def take(self, tenant: str, destination: str, now: float, n: int = 1) -> float:
-        """Take ``n`` messages' worth from both the tenant's and the destination's bucket and
-        return 0, or take from neither and return the seconds to wait: a refusal by one must not
-        spend the other's tokens."""
-        tenant_bucket = self._tenants.get(tenant)
-        if tenant_bucket is None:
-            tenant_bucket = TokenBucket(self.limits.tenant_rate, self.limits.tenant_burst)
-            self._tenants[tenant] = tenant_bucket
-        destination_bucket = self._bucket(self.key(destination))
-        wait = max(tenant_bucket.wait_time(now, n), destination_bucket.wait_time(now, n))
-        if wait > 0:
-            return wait
-        tenant_bucket.take(now, n)
-        destination_bucket.take(now, n)
-        return 0.0
-
-    def open_connection(self, destination: str) -> bool:
-        """Count a new connection to ``destination`` if one more is allowed."""
-        key = self.key(destination)
-        count = self._open.get(key, 0)
-        if count >= self.limits.for_destination(key).connections:
-            return False
-        self._open[key] = count + 1
-        return True
-
-    def close_connection(self, destination: str) -> None:
-        key = self.key(destination)
-        count = self._open.get(key, 0)
-        if count <= 0:
-            # closing what was never opened is a bookkeeping bug that would hand out extra slots
-            raise ValueError(f"no open connection to {destination!r} to close")
-        if count == 1:
-            del self._open[key]
-        else:
-            self._open[key] = count - 1
-
-    def connections(self, destination: str) -> int:
-        return self._open.get(self.key(destination), 0)
+    def connections(self, site: str) -> int:
+        """The site's slots this process holds."""
+        return self.slots.held(site)
 
     def prune(self, now: float) -> int:
         """Forget buckets that have refilled completely, which behave exactly like new ones, so
         a worker that has seen a million domains does not keep a million buckets. Returns how
         many were dropped."""
         dropped = 0
-        for table in (self._destinations, self._tenants):
+        for table in (self._sites, self._tenants):
             for name in [k for k, b in table.items() if b.tokens(now) >= b.burst]:
                 del table[name]
                 dropped += 1

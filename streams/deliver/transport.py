@@ -12,6 +12,12 @@ at a time when it does not; with CHUNKING (RFC 3030) the message goes as one BDA
 same write as the envelope when pipelined. Each reply is classified with its own stage (a 5xx to
 RCPT is about that recipient, a 5xx to the final "." about the message) and the session stays
 usable after a refused recipient.
+
+Sessions are grouped by destination site (``sites.py``): the pool's budget and the site's rate
+are the site's, whichever of its MX hosts a session goes to. A session's slot is taken before the
+message is paced, so a process sends at the share of the site's rate its slots give it
+(``DestinationThrottle.pace``), holding the session while it waits; a wait longer than
+``pace_max_wait`` gives the session back and comes back as ``Delivery.retry_after``.
 """
 
 from __future__ import annotations
@@ -20,12 +26,14 @@ import asyncio
 import contextlib
 import re
 import ssl
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal, cast
 
 import aiosmtplib
 
+from streams.deliver.sites import relay_site, site_name
 from streams.deliver.throttle import DestinationThrottle
 from streams.errors import ConfigError
 from streams.mail.dns import MxAnswer, MxCache, MxResolver
@@ -52,6 +60,7 @@ __all__ = [
 ]
 
 MAX_MX_HOSTS = 5  # Postfix's smtp_mx_address_limit: past that, the domain is broken anyway
+_SOON = 1.0  # seconds: back as soon as the delay tiers bring it
 _STAGES_TO_FALL_BACK = frozenset({Stage.CONNECT, Stage.EHLO, Stage.STARTTLS})
 # controls would inject commands, angle brackets would end the path early
 _BAD_ADDRESS_CHARS = re.compile(r"[\x00-\x1f\x7f<>]")
@@ -81,6 +90,9 @@ class TransportConfig:
     idle_timeout: float = 30
     pool_wait: float = 30  # for a connection slot when the destination is at its limit
     chunking: bool = True  # BDAT (RFC 3030) where offered: no dot-stuffing, one round trip
+    # a site's rate is waited out in place up to this long; a longer wait gives the message
+    # back (Delivery.retry_after) for the caller to postpone
+    pace_max_wait: float = 5.0
 
     def __post_init__(self) -> None:
         if self.mode == "relay" and not self.relay_host:
@@ -90,7 +102,7 @@ class TransportConfig:
         if self.max_messages_per_connection < 1:
             raise ConfigError("transport: max_messages_per_connection must be at least 1")
         timeouts = (self.connect_timeout, self.command_timeout, self.data_timeout)
-        if min(timeouts) <= 0 or self.idle_timeout < 0 or self.pool_wait < 0:
+        if min(timeouts) <= 0 or min(self.idle_timeout, self.pool_wait, self.pace_max_wait) < 0:
             raise ConfigError("transport: timeouts must be positive")
 
 
@@ -100,6 +112,11 @@ class Delivery:
     host: str = ""  # the relay or MX host that answered; "" when none was reached (DNS)
     address: str = ""  # the address connected to
     tls: bool = False  # whether the session was encrypted
+    site: str = ""  # the destination site it went to (or would have)
+    # set when a limit of ours held the message back (the site's rate longer than pace_max_wait,
+    # or no session of the site came free): not sent, try again in that many seconds without
+    # spending an attempt (the outcome says why)
+    retry_after: float | None = None
 
 
 def _local(
@@ -231,16 +248,34 @@ def _unsendable(address: str, stage: Stage, host: str) -> Outcome:
     return _local(Disposition.BOUNCED, Category.CONTENT_REJECTED, stage, "5.6.7", text)
 
 
+def _held_back(
+    text: str, host: str, site: str, retry_after: float, count: int
+) -> tuple[Delivery, ...]:
+    """Deliveries a limit of ours held back: not sent, to try again in ``retry_after`` s."""
+    outcome = Outcome(Disposition.DEFERRED, Category.RATE_LIMITED, Stage.CONNECT, text=text)
+    return (Delivery(outcome, host, site=site, retry_after=retry_after),) * count
+
+
 class Transport:
+    """``clock``: seconds (the same clock as the caller's tenant buckets: the throttle prunes
+    both with one)."""
+
     def __init__(
-        self, config: TransportConfig, throttle: DestinationThrottle, resolver: MxResolver | None
+        self,
+        config: TransportConfig,
+        throttle: DestinationThrottle,
+        resolver: MxResolver | None,
+        *,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         if config.mode == "mx" and resolver is None:
             raise ConfigError("transport: mx mode needs an MX resolver")
         self.config = config
+        self.throttle = throttle
+        self._clock = clock
         self._tls = _tls_context(config)
         self.pool = Pool(
-            throttle,
+            throttle.slots,
             max_messages=config.max_messages_per_connection,
             idle_timeout=config.idle_timeout,
             wait=config.pool_wait,
@@ -248,7 +283,20 @@ class Transport:
         )
         self._mx = MxCache(resolver) if resolver is not None else None
         self._relay_key = f"{config.relay_host}:{config.relay_port}"
+        self._relay_site = relay_site(config.relay_host, config.relay_port)
         self._reaper: asyncio.Task[None] | None = None
+
+    async def site(self, domain: str) -> str:
+        """The destination site mail to ``domain`` goes to, through the MX cache: the relay's in
+        relay mode; the domain's own name when it has no MX hosts to send to (a site of one)."""
+        if self.config.mode == "relay":
+            return self._relay_site
+        assert self._mx is not None
+        name = _ascii_domain(domain)
+        if name is None:
+            return domain.strip().lower()
+        route = mx_route(await self._mx.lookup(name), name)
+        return name if isinstance(route, Outcome) else site_name(route)
 
     async def send(self, domain: str, mail_from: str, rcpt: str, message: bytes) -> Delivery:
         """Deliver ``message`` (CRLF, already signed) from ``mail_from`` to ``rcpt``, whose
@@ -269,7 +317,9 @@ class Transport:
         rcpts = tuple(rcpts)
         if config.mode == "relay":
             host, port = config.relay_host, config.relay_port
-            return await self._via(self._relay_key, host, port, (host,), mail_from, rcpts, message)
+            return await self._via(
+                self._relay_key, host, port, (host,), self._relay_site, mail_from, rcpts, message
+            )
         return await self._direct(domain, mail_from, rcpts, message)
 
     async def _direct(
@@ -285,7 +335,8 @@ class Transport:
             return (Delivery(outcome),) * len(rcpts)
         route = mx_route(await self._mx.lookup(name), name)
         if isinstance(route, Outcome):
-            return (Delivery(route),) * len(rcpts)
+            return (Delivery(route, site=name),) * len(rcpts)
+        site = site_name(route)
         port = self.config.mx_port
         last: tuple[Delivery, ...] = ()
         for host in route:
@@ -293,15 +344,15 @@ class Transport:
             if not addresses:
                 text = f"MX host {host} has no address"
                 failure = transport_error(TransportErrorKind.DNS, Stage.CONNECT, text)
-                last = (Delivery(failure, host),) * len(rcpts)
+                last = (Delivery(failure, host, site=site),) * len(rcpts)
                 continue
             last = await self._via(
-                f"{host}:{port}", host, port, addresses, mail_from, rcpts, message
+                f"{host}:{port}", host, port, addresses, site, mail_from, rcpts, message
             )
             outcome = last[0].outcome  # a session that failed failed for every recipient
             # the next MX only for a host that is down or refuses sessions, as Postfix does;
             # a reply about the message would be the same everywhere
-            if not (
+            if last[0].retry_after is not None or not (
                 outcome.disposition is Disposition.DEFERRED
                 and outcome.destination_failure
                 and outcome.stage in _STAGES_TO_FALL_BACK
@@ -316,32 +367,44 @@ class Transport:
         host: str,
         port: int,
         addresses: Sequence[str],
+        site: str,
         mail_from: str,
         rcpts: tuple[str, ...],
         message: bytes,
     ) -> tuple[Delivery, ...]:
         deliveries: tuple[Delivery, ...] = ()
+        per_connection = self.throttle.limit(site).messages_per_connection
         for _ in range(2):
-            conn = await self.pool.acquire(key, host)
+            conn = await self.pool.acquire(key, host, site, per_connection)
             if conn is None:
                 wait = self.config.pool_wait
                 text = f"connection limit: no session to {host} came free in {wait:g}s"
-                outcome = Outcome(
-                    Disposition.DEFERRED, Category.RATE_LIMITED, Stage.CONNECT, text=text
-                )
-                return (Delivery(outcome, host),) * len(rcpts)
+                # our limit, not the destination's answer: no attempt spent, so mail that other
+                # workers' sessions keep waiting does not climb the retry ladder
+                return _held_back(text, host, site, _SOON, len(rcpts))
             reused = conn.client is not None
             try:
+                held_back = await self._pace(site, len(rcpts))
+                if held_back is not None:
+                    self.pool.release(conn, reusable=True)
+                    text = f"throttled: {site} rate, next message in {held_back:.1f}s"
+                    return _held_back(text, host, site, held_back, len(rcpts))
+                if not conn.slot.held:
+                    # the shared budget lost its slots while this waited: no new transaction on
+                    # a session nobody vouches for
+                    self.pool.release(conn, reusable=False)
+                    text = f"connection limit: the slot of {site} was lost, trying again"
+                    return _held_back(text, host, site, _SOON, len(rcpts))
                 if not reused:
                     failure = await self._open(conn, port, addresses)
                     if failure is not None:
                         self.pool.release(conn, reusable=False)
-                        return (Delivery(failure, host, conn.address),) * len(rcpts)
+                        return (Delivery(failure, host, conn.address, site=site),) * len(rcpts)
                 outcomes, reusable = await self._transaction(conn, mail_from, rcpts, message)
             except BaseException:
                 self.pool.release(conn, reusable=False)  # cancelled mid-session: state unknown
                 raise
-            deliveries = tuple(Delivery(o, host, conn.address, conn.tls) for o in outcomes)
+            deliveries = tuple(Delivery(o, host, conn.address, conn.tls, site) for o in outcomes)
             self.pool.release(conn, reusable=reusable)
             # a server may drop a session we kept idle (its own timeout) without our noticing
             # until the next command: that one goes again on a new session. A refused MAIL
@@ -356,6 +419,17 @@ class Transport:
                 break
         assert deliveries
         return deliveries
+
+    async def _pace(self, site: str, messages: int) -> float | None:
+        """Wait for the site's rate with the session held (its slot is what earns this process
+        its share); None once the messages may go, or the wait that is too long to wait here."""
+        while True:
+            wait = self.throttle.pace(site, self._clock(), messages)
+            if wait <= 0:
+                return None
+            if wait > self.config.pace_max_wait:
+                return wait
+            await asyncio.sleep(wait)
 
     async def _open(self, conn: Connection, port: int, addresses: Sequence[str]) -> Outcome | None:
         failure: Outcome | None = None

@@ -5,11 +5,14 @@ Opening a connection costs a TCP handshake, a greeting, EHLO and often STARTTLS 
 more than the message itself. So sessions are kept open and reused for up to
 ``max_messages`` messages, and closed once idle longer than ``idle_timeout``.
 
-Connection slots come from a ``ConnectionBudget`` (the stage's ``DestinationThrottle``), so a
-destination's concurrency limit is one budget shared with everything else that counts against it.
-When a destination is at its limit a sender waits, first in line, and is handed the next connection
-released for its destination, so a steady stream of new senders cannot starve it; after ``wait``
-seconds it gives up (``acquire`` returns None) and the caller defers the message.
+Connection slots come from a ``ConnectionBudget``, per group (for delivery the destination site:
+every MX host of a provider is one group): in process (``LocalSlots``) or shared by every worker
+process through PostgreSQL (``streams/db/slots.py``), so a group's concurrency limit is one budget
+shared with everything else that counts against it. A slot the budget no longer vouches for (its
+``held`` is False: the shared budget lost its database session) ends its session as soon as it is
+idle. When a group is at its limit a sender waits, first in line, and is handed the next
+connection released for its destination, so a steady stream of new senders cannot starve it;
+after ``wait`` seconds it gives up (``acquire`` returns None) and the caller defers the message.
 
 A connection here only holds its session state; opening and speaking SMTP is the transport's job.
 """
@@ -20,53 +23,99 @@ import asyncio
 import contextlib
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import aiosmtplib
 
 from streams.mail.wire import Wire
 
-__all__ = ["Connection", "ConnectionBudget", "PerHostLimit", "Pool"]
+__all__ = ["Connection", "ConnectionBudget", "LocalSlots", "Pool", "Slot"]
 
 # Other users of the throttle (another lane's pool) free slots without telling this pool, so a
 # waiter also looks again this often.
 _POLL = 0.25
 
 
+class Slot:
+    """One session's place in its group's budget: ``number`` in 0..N-1 of a group limited to N.
+    ``held`` turns False when the budget can no longer vouch for it (a shared budget that lost
+    its database session): the session is then closed as soon as it is not in use."""
+
+    __slots__ = ("group", "held", "number")
+
+    def __init__(self, group: str, number: int) -> None:
+        self.group = group
+        self.number = number
+        self.held = True
+
+    def __repr__(self) -> str:
+        return f"Slot({self.group!r}, {self.number}, held={self.held})"
+
+
 class ConnectionBudget(Protocol):
-    """Who says how many sessions a destination may have open (the delivery stage's
-    ``DestinationThrottle``): ``key`` names the group a host's budget is shared across."""
+    """Who says how many sessions a group may have open. Taking a slot may ask another process
+    (the shared budget asks PostgreSQL), so it is async; giving one back never waits."""
 
-    def key(self, destination: str) -> str: ...
+    async def open_connection(self, group: str) -> Slot | None:
+        """A slot for one more session of ``group``, or None at its limit."""
+        ...
 
-    def open_connection(self, destination: str) -> bool: ...
+    def close_connection(self, slot: Slot) -> None: ...
 
-    def close_connection(self, destination: str) -> None: ...
+    def on_lost(self, callback: Callable[[], object]) -> None:
+        """Call ``callback`` when slots stop being held (the pool then closes idle sessions)."""
+        ...
 
 
-class PerHostLimit:
-    """The simplest budget: at most ``limit`` open sessions per host (the verifier's probe)."""
+class LocalSlots:
+    """The in-process budget: at most ``limit(group)`` slots of a group taken at once in this
+    process (the verifier's probe, tests and benches, and delivery without shared limits)."""
 
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self._open: dict[str, int] = {}
+    shared = False
 
-    def key(self, destination: str) -> str:
-        return destination
+    def __init__(self, limit: Callable[[str], int]) -> None:
+        self._limit = limit
+        self._taken: dict[str, set[int]] = {}
 
-    def open_connection(self, destination: str) -> bool:
-        if self._open.get(destination, 0) >= self.limit:
-            return False
-        self._open[destination] = self._open.get(destination, 0) + 1
-        return True
+    async def open_connection(self, group: str) -> Slot | None:
+        return self.take(group)
 
-    def close_connection(self, destination: str) -> None:
-        left = self._open.get(destination, 0) - 1
-        if left > 0:
-            self._open[destination] = left
-        else:
-            self._open.pop(destination, None)
+    def take(self, group: str) -> Slot | None:
+        taken = self._taken.setdefault(group, set())
+        limit = self._limit(group)
+        number = next((n for n in range(limit) if n not in taken), None)
+        if number is None:
+            if not taken:
+                del self._taken[group]
+            return None
+        taken.add(number)
+        return Slot(group, number)
+
+    def close_connection(self, slot: Slot) -> None:
+        taken = self._taken.get(slot.group)
+        if taken is None or slot.number not in taken:
+            # giving back what was never taken is a bookkeeping bug that would hand out extra
+            # slots
+            raise ValueError(f"no open connection in {slot.group!r} holds slot {slot.number}")
+        taken.discard(slot.number)
+        if not taken:
+            del self._taken[slot.group]
+
+    def held(self, group: str) -> int:
+        return len(self._taken.get(group, ()))
+
+    def status(self) -> dict[str, Any]:
+        """For the worker's health page."""
+        held = sum(len(taken) for taken in self._taken.values())
+        return {"shared": False, "held": held, "sites": len(self._taken)}
+
+    def on_lost(self, callback: Callable[[], object]) -> None:
+        return None  # nothing here is ever lost
+
+    async def close(self) -> None:
+        return None
 
 
 class Connection:
@@ -80,21 +129,25 @@ class Connection:
         "host",
         "key",
         "last_used",
+        "max_messages",
         "pipelining",
         "sent",
         "size_limit",
+        "slot",
         "smtputf8",
         "tls",
         "wire",
     )
 
-    def __init__(self, key: str, host: str, group: str) -> None:
+    def __init__(self, key: str, host: str, slot: Slot) -> None:
         self.key = key  # the pool's destination: "host:port"
-        self.host = host  # the name the throttle counts and TLS verifies
-        self.group = group  # the throttle's key for host: its budget is shared across the group
+        self.host = host  # the name TLS verifies
+        self.slot = slot  # its place in the budget of its group
+        self.group = slot.group  # the budget's group (the site): shared by its hosts
         self.client: aiosmtplib.SMTP | None = None
         self.address = ""  # what was actually connected to
         self.sent = 0  # transactions started on this session
+        self.max_messages = 0  # transactions it may carry before it is closed (set by the pool)
         self.last_used = 0.0
         self.tls = False
         self.smtputf8 = False
@@ -130,25 +183,19 @@ class Pool:
         self._wait = wait
         self._quit_timeout = quit_timeout
         self._idle: dict[str, list[Connection]] = {}
-        self._waiters: dict[str, deque[_Waiter]] = {}  # by throttle group
-        self._groups: dict[str, str] = {}  # host -> throttle group, as the budget's key is a walk
+        self._waiters: dict[str, deque[_Waiter]] = {}  # by budget group
         self._closing: set[asyncio.Task[None]] = set()
         self._closed = False
         self.opened = 0  # slots handed out for new sessions, for tests and metrics
-
-    def _group(self, host: str) -> str:
-        group = self._groups.get(host)
-        if group is None:
-            if len(self._groups) >= 10_000:
-                self._groups.clear()
-            group = self._groups[host] = self._throttle.key(host)
-        return group
+        # a budget that loses its slots says so: close what is idle now, not at the next prune
+        throttle.on_lost(self.prune)
 
     def _usable(self, conn: Connection, now: float) -> bool:
         return (
             conn.is_open
+            and conn.slot.held
             and now - conn.last_used <= self._idle_timeout
-            and conn.sent < self._max_messages
+            and conn.sent < conn.max_messages
         )
 
     def _take_idle(self, key: str) -> Connection | None:
@@ -164,20 +211,28 @@ class Pool:
             self._retire(conn, polite=conn.is_open)
         return None
 
-    async def acquire(self, key: str, host: str) -> Connection | None:
-        """A pooled session to ``key``, or a fresh slot (``client`` None) for the caller to open,
-        or None if none came free within the pool's wait."""
+    async def acquire(
+        self, key: str, host: str, group: str, max_messages: int | None = None
+    ) -> Connection | None:
+        """A pooled session to ``key`` (``host``, of the budget group ``group``), or a fresh slot
+        (``client`` None) for the caller to open, or None if none came free within the pool's
+        wait. ``max_messages``: what a new session may carry, if less than the pool's own."""
         if self._closed:
             return None
         conn = self._take_idle(key)
         if conn is not None:
             return conn
-        group = self._group(host)
         deadline: float | None = None
         while True:
-            if self._throttle.open_connection(host):
+            slot = await self._throttle.open_connection(group)
+            if slot is not None:
+                if self._closed:
+                    self._throttle.close_connection(slot)
+                    return None
                 self.opened += 1
-                return Connection(key, host, group)
+                conn = Connection(key, host, slot)
+                conn.max_messages = min(max_messages or self._max_messages, self._max_messages)
+                return conn
             self._evict_idle(group, key)
             loop = asyncio.get_running_loop()
             if deadline is None:
@@ -229,7 +284,13 @@ class Pool:
     def release(self, conn: Connection, *, reusable: bool) -> None:
         """Give back what ``acquire`` returned; ``reusable`` False closes it at once (its session
         state is unknown after an error)."""
-        if not reusable or self._closed or not conn.is_open or conn.sent >= self._max_messages:
+        if (
+            not reusable
+            or self._closed
+            or not conn.is_open
+            or not conn.slot.held
+            or conn.sent >= conn.max_messages
+        ):
             self._retire(conn, polite=reusable and conn.is_open)
             return
         conn.last_used = time.monotonic()
@@ -265,7 +326,7 @@ class Pool:
             self._free(conn)
 
     def _free(self, conn: Connection) -> None:
-        self._throttle.close_connection(conn.host)
+        self._throttle.close_connection(conn.slot)
         queue = self._waiters.get(conn.group)
         if queue:
             for waiter in queue:

@@ -32,7 +32,9 @@ from streams.clock import Clock
 from streams.contract.build import lane_of, make_event, make_suppression, rejection, suppression_key
 from streams.contract.codec import Codec
 from streams.contract.records import DeliveryEvent, DeliveryTask, Rejection
+from streams.db.config import DatabaseSettings
 from streams.db.directory import DirectoryHolder
+from streams.db.slots import PgSlots
 from streams.deliver.control import Command
 from streams.deliver.core import Conclusion, failed, flush_now, task_meta, triage
 from streams.deliver.dkim import Signer
@@ -111,6 +113,7 @@ def transport_config(delivery: DeliverySettings) -> TransportConfig:
         data_timeout=delivery.smtp_data_timeout,
         max_messages_per_connection=delivery.smtp_max_messages_per_connection,
         idle_timeout=delivery.smtp_idle_timeout,
+        pace_max_wait=delivery.throttle_max_wait,
     )
 
 
@@ -144,12 +147,20 @@ def build_deliverer(
     shaping: Shaping | None = None,
     *,
     secret: ServerSecret | None = None,
+    shared: tuple[DatabaseSettings, str] | None = None,
     public_url: str | None = None,
 ) -> Deliverer:
     """The deliverer of ``delivery``; with a bounce domain (and the ``secret`` that signs its
     tokens) MAIL FROM is a VERP return path; with a ``public_url`` (and the secret) requests
-    that ask for open and click tracking get their links."""
-    throttle = DestinationThrottle(destination_limits(delivery))
+    that ask for open and click tracking get their links. ``shared``: the database and
+    namespace (the topic prefix) of connection slots shared with every other worker process;
+    None keeps the limits in this process."""
+    limits = destination_limits(delivery)
+    slots = None
+    if shared is not None:
+        database, namespace = shared
+        slots = PgSlots(database.dsn, namespace, lambda site: limits.for_site(site).connections)
+    throttle = DestinationThrottle(limits, slots)
     resolver = MxResolver(delivery.nameservers, delivery.dns_timeout, delivery.dns_tries)
     relay = delivery.mode == "relay"
     rules = DeliveryRules(
@@ -161,7 +172,12 @@ def build_deliverer(
         Tracker(secret, public_url) if secret is not None and public_url else None,
     )
     return Deliverer(
-        Transport(transport_config(delivery), throttle, None if relay else resolver),
+        Transport(
+            transport_config(delivery),
+            throttle,
+            None if relay else resolver,
+            clock=lambda: clock().timestamp(),
+        ),
         signer,
         throttle,
         rules,
@@ -629,6 +645,9 @@ def deliver_stages(
     tiers = {s: tier_topic(settings.topics.prefix, tier_name(s)) for s in policy.tiers}
     outputs = Outputs(codec, settings.topics, list(tiers.values()))
     warn_of_key_files(settings.data_dir / "dkim")
+    shared = (
+        (settings.database, settings.topics.prefix) if settings.delivery.shared_limits else None
+    )
     deliverer = build_deliverer(
         settings.delivery,
         clock,
@@ -636,6 +655,7 @@ def deliver_stages(
         template,
         shaping,
         secret=settings.secret,
+        shared=shared,
         public_url=settings.api.public_url,
     )
     # kept a day longer than a message can live

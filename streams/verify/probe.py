@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import aiosmtplib
 
-from streams.mail.pool import Connection, PerHostLimit, Pool
+from streams.mail.pool import Connection, LocalSlots, Pool
 from streams.mail.replies import RcptOutcome, classify_rcpt
 
 __all__ = ["ProbeResult", "SmtpProber"]
@@ -48,7 +48,7 @@ class SmtpProber:
         self.mail_from = mail_from
         self.timeout = timeout
         self._pool = Pool(
-            PerHostLimit(1),
+            LocalSlots(lambda _host: 1),
             max_messages=max_per_connection,
             idle_timeout=idle_timeout,
             # a probe waits for the host's session as long as a few probes before it may take
@@ -58,7 +58,7 @@ class SmtpProber:
         self.connections_opened = 0
 
     async def _session(self, host: str) -> Connection:
-        conn = await self._pool.acquire(host, host)
+        conn = await self._pool.acquire(host, host, host)
         if conn is None:
             raise TimeoutError(f"no SMTP session to {host} came free")
         if conn.client is not None:

@@ -20,6 +20,7 @@ from streams.db.directory import DirectoryHolder
 from streams.deliver.queue import ControlFeed
 from streams.deliver.shaping import Shaping
 from streams.deliver.shaping_feed import ShapingFeed, preload_sites
+from streams.deliver.throttle import SiteSlots
 from streams.kafka.config import client_options
 from streams.kafka.limits import (
     DEFAULT_LIMIT,
@@ -39,7 +40,7 @@ from streams.runtime.stage import Stage
 from streams.runtime.state import Store
 from streams.runtime.tables import DiskTables, TableFactory
 from streams.settings import Settings
-from streams.stages.deliver import deliver_stages
+from streams.stages.deliver import LaneStage, deliver_stages
 from streams.stages.gate_stage import DeferralStage, GateStage
 from streams.stages.names import DELIVER_PARTS, KNOWN_STAGES, STAGES
 from streams.stages.policies import gate_trust, shaping_rules
@@ -194,6 +195,7 @@ def create_app(
     tables = state_tables(settings)
     found = runtime_stages(settings, stages, codec, directory, tables, limit)
     background = []
+    slots: SiteSlots | None = None
     lanes = tuple(sorted({lane for part in stages for lane in DELIVER_PARTS.get(part, ())}))
     if lanes:
         feed = control or ControlFeed(settings.kafka)
@@ -203,11 +205,12 @@ def create_app(
             shaping = Shaping(shaping_rules(settings.delivery))
         # the delay topics and queue commands go with the bulk lane: one process group
         # re-queues released mail, so it is not re-queued twice
-        found.extend(
-            deliver_stages(settings, codec, directory, clock, feed, lanes, tables, shaping)
-        )
+        delivering = deliver_stages(settings, codec, directory, clock, feed, lanes, tables, shaping)
+        found.extend(delivering)
         background.append(_control_feed(feed))
         background.append(_shaping_feed(ShapingFeed(settings.kafka, shaping)))
+        lane = next(s for s in delivering if isinstance(s, LaneStage))
+        slots = lane.shell.deliverer.throttle.slots
     if "webhooks" in stages:
         shell, hooks = webhook_stages(
             settings.webhooks, settings.topics, codec, settings.dsn, settings.secret
@@ -242,7 +245,7 @@ def create_app(
         background=background,
     )
     app.add_dependency(RuntimeService(host, on_failure or _no_failure_hook, tables, loop=None))
-    install_pages(app, lambda: worker_checks(host, flags, kafka, directory))
+    install_pages(app, lambda: worker_checks(host, flags, kafka, directory, slots))
     return app
 
 
@@ -251,6 +254,7 @@ def worker_checks(
     flags: dict[str, Callable[[], bool]],
     kafka: Probe,
     directory: DirectoryHolder,
+    slots: SiteSlots | None = None,
 ) -> list[Check]:
     """What a worker needs to do its job: every stage assigned and recovered, the directory
     (and the queue-control feed) loaded, Kafka answering. PostgreSQL is not one of them: it
@@ -266,6 +270,10 @@ def worker_checks(
         Check("directory", True, detail={"age_s": None if age is None else round(age, 1)})
     )
     checks.append(Check("stages", True, detail=host.phases()))
+    if slots is not None:
+        # shown, not judged: without its database session a delivery worker waits for slots,
+        # it is not broken (README: PostgreSQL down)
+        checks.append(Check("connection_slots", True, detail=slots.status()))
     return checks
 
 

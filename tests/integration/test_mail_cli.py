@@ -100,3 +100,21 @@ async def test_queue_commands_need_a_selector_and_list_json(stack: Settings) -> 
     code, output = await _cli(stack, "queue", "list", "--json")
     assert code == 0, output
     assert isinstance(json.loads(output), list)
+
+
+async def test_trace_prints_every_hop_of_a_message(stack: Settings, codec: Codec) -> None:
+    tenant, key = await _tenant(stack)
+    request = send_request(tenant, ["info@normal.example"])
+    await _send(stack, codec, key, request)
+    message_id = request["request_id"]  # a direct producer's request is its own message
+
+    async def traced() -> str:
+        code, output = await _cli(stack, "trace", message_id, "--tenant", tenant)
+        return output if code == 0 else ""
+
+    output = await eventually(traced, lambda o: "delivered" in o and "250" in o)
+    for hop in ("request", "processed", "delivered", "PostgreSQL", "info@normal"):
+        assert hop in output, output
+    code, output = await _cli(stack, "trace", message_id, "--tenant", "someone-else")
+    assert code == 1
+    assert "no message" in output

@@ -4,15 +4,24 @@ the connection pool, and every way a session can go wrong turned into an outcome
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, cast
 
 import pytest
 
 from streams.bench.dns_server import Zone, ZoneServer
+from streams.contract.records import DeliveryTask
+from streams.deliver.dkim import Signer
+from streams.deliver.keyring import KeyRing
+from streams.deliver.retry import RetryPolicy
+from streams.deliver.service import Deliverer, DeliveryRules
+from streams.deliver.sites import relay_site
 from streams.deliver.throttle import DestinationLimits, DestinationThrottle, Limit
 from streams.deliver.transport import Transport, TransportConfig
 from streams.mail.dns import MxResolver
+from streams.mail.pool import LocalSlots, Slot
 from streams.mail.replies import Category, Disposition, Stage
 from tests.peers.smtp_behaviours import Behaviour, GreetingServer, SinkServer, TlsFiles, make_tls
 from tests.peers.smtp_servers import StallServer, free_port_on
@@ -389,9 +398,9 @@ async def test_pool_reuses_sessions_within_the_connection_limit(
     assert len(server.received) == 20
     assert server.max_open <= 2
     assert server.connections <= 2
-    assert limiter.connections(server.host) <= 2
+    assert limiter.connections(relay_site(server.host, server.port)) <= 2
     await transport.close()
-    assert limiter.connections(server.host) == 0
+    assert limiter.connections(relay_site(server.host, server.port)) == 0
     await asyncio.sleep(0.1)
     assert server.open == 0
 
@@ -425,6 +434,7 @@ async def test_waiting_for_a_connection_is_bounded(
     assert second.outcome.disposition is Disposition.DEFERRED
     assert second.outcome.category is Category.RATE_LIMITED
     assert "connection limit" in second.outcome.text
+    assert second.retry_after is not None  # our limit: postponed, no attempt spent
     assert not second.outcome.destination_failure  # about us, not the destination
     assert server.connections == 1
 
@@ -449,10 +459,10 @@ async def test_idle_sessions_are_closed(
     transport = make_transport(server, limiter=limiter, idle_timeout=0.2)
     await transport.send("dest.test", SENDER, "rcpt@dest.test", MESSAGE)
     assert server.open == 1
-    assert limiter.connections(server.host) == 1
+    assert limiter.connections(relay_site(server.host, server.port)) == 1
     await asyncio.sleep(0.8)  # the reaper runs every idle_timeout / 2
     assert server.open == 0
-    assert limiter.connections(server.host) == 0
+    assert limiter.connections(relay_site(server.host, server.port)) == 0
     assert server.count("rset") == 0
 
 
@@ -595,3 +605,188 @@ async def test_dns_timeout_defers(make_transport: Factory, mx_port: int) -> None
     assert delivery.outcome.disposition is Disposition.DEFERRED
     assert delivery.outcome.stage is Stage.CONNECT
     assert delivery.host == ""
+
+
+# --- sites ------------------------------------------------------------------------------------
+
+
+async def test_domains_on_the_same_mx_hosts_are_one_site(
+    make_transport: Factory, zone: ZoneServer, resolver: MxResolver, mx_port: int
+) -> None:
+    address = next_host()
+    mx_to(zone, "one.sites.test", (10, "mx2.shared.test", address), (5, "mx1.shared.test", address))
+    mx_to(zone, "two.sites.test", (5, "mx2.shared.test", address), (10, "mx1.shared.test", address))
+    mx_to(zone, "own.sites.test", (5, "mx.own.test", address))
+    zone.zone.mx["nullmx.sites.test"] = [(0, ".")]
+    transport = make_transport(mode="mx", resolver=resolver, mx_port=mx_port)
+    shared = "mx1.shared.test,mx2.shared.test"
+    assert await transport.site("one.sites.test") == shared
+    assert await transport.site("TWO.sites.test.") == shared
+    assert await transport.site("own.sites.test") == "mx.own.test"
+    # no hosts to send to: a site of its own, named after the domain
+    assert await transport.site("nullmx.sites.test") == "nullmx.sites.test"
+
+
+async def test_relay_mode_is_one_site(
+    servers: Callable[..., SinkServer], make_transport: Factory
+) -> None:
+    server = servers()
+    transport = make_transport(server)
+    site = relay_site(server.host, server.port)
+    assert await transport.site("a.example") == await transport.site("b.example") == site
+    delivery = await transport.send("a.example", SENDER, "rcpt@a.example", MESSAGE)
+    assert delivery.site == site
+
+
+def _rated(rate: float) -> DestinationThrottle:
+    limit = Limit(connections=2, rate=rate, burst=1)
+    return DestinationThrottle(DestinationLimits(default=limit, overrides={}))
+
+
+async def test_a_short_site_wait_is_waited_out_in_place(
+    servers: Callable[..., SinkServer], make_transport: Factory
+) -> None:
+    server = servers()
+    transport = make_transport(server, limiter=_rated(10.0), pace_max_wait=1.0)
+    began = time.monotonic()
+    for i in range(4):
+        delivery = await transport.send("dest.test", SENDER, f"r{i}@dest.test", MESSAGE)
+        assert delivery.outcome.disposition is Disposition.DELIVERED
+        assert delivery.retry_after is None
+    # a burst of one, then one every 100 ms
+    assert time.monotonic() - began >= 0.28
+    assert len(server.received) == 4
+
+
+async def test_a_site_wait_longer_than_allowed_gives_the_message_back(
+    servers: Callable[..., SinkServer], make_transport: Factory
+) -> None:
+    server = servers()
+    limiter = _rated(1.0)
+    transport = make_transport(server, limiter=limiter, pace_max_wait=0.2)
+    first = await transport.send("dest.test", SENDER, "a@dest.test", MESSAGE)
+    assert first.outcome.disposition is Disposition.DELIVERED
+    second = await transport.send("dest.test", SENDER, "b@dest.test", MESSAGE)
+    assert second.retry_after == pytest.approx(1.0, abs=0.2)
+    assert second.outcome.disposition is Disposition.DEFERRED
+    assert second.outcome.category is Category.RATE_LIMITED
+    assert second.outcome.text.startswith("throttled: ")
+    assert not second.outcome.destination_failure
+    assert len(server.received) == 1
+    # the session was given back, not closed: the next message after the wait reuses it
+    assert limiter.connections(relay_site(server.host, server.port)) == 1
+    await asyncio.sleep(second.retry_after or 0)
+    third = await transport.send("dest.test", SENDER, "b@dest.test", MESSAGE)
+    assert third.outcome.disposition is Disposition.DELIVERED
+    assert server.connections == 1
+
+
+def _task(n: int) -> DeliveryTask:
+    recipient: dict[str, Any] = {
+        "email": f"r{n}@dest.test",
+        "name": None,
+        "kind": "to",
+        "substitutions": {},
+        "custom_args": {},
+    }
+    task: dict[str, Any] = {
+        "task_id": f"task-{n}",
+        "message_id": "m1",
+        "request_id": "m1",
+        "tenant": "t1",
+        "priority": "normal",
+        "domain": "dest.test",
+        "from": {"email": SENDER, "name": None},
+        "reply_to": None,
+        "recipient": recipient,
+        "content": {
+            "subject": "Hello",
+            "text": "Hi\r\n",
+            "html": None,
+            "template_id": None,
+            "headers": {},
+            "attachments": [],
+        },
+        "substitutions": {},
+        "categories": [],
+        "custom_args": {},
+        "attempt": 0,
+        "not_before": None,
+        "first_attempt_at": None,
+        "created_at": datetime.now(UTC),
+    }
+    return cast(DeliveryTask, task)
+
+
+async def test_a_message_the_site_rate_gives_back_is_postponed_without_an_attempt(
+    servers: Callable[..., SinkServer], make_transport: Factory
+) -> None:
+    server = servers()
+    limiter = _rated(0.5)
+    transport = make_transport(server, limiter=limiter, pace_max_wait=0.2)
+    deliverer = Deliverer(
+        transport,
+        Signer(KeyRing(lambda _tenant, _domain: None)),
+        limiter,
+        DeliveryRules(RetryPolicy()),
+        clock=lambda: datetime.now(UTC),
+    )
+    try:
+        assert await deliverer.site("dest.test") == relay_site(server.host, server.port)
+        first = await deliverer.attempt(_task(1))
+        second = await deliverer.attempt(_task(2))
+    finally:
+        await deliverer.close()
+    assert first.delivered
+    assert not second.delivered
+    assert second.event["type"] == "deferred"
+    assert (second.event["reason"] or "").startswith("throttled: ")
+    assert second.retry is not None
+    assert second.retry["attempt"] == 0  # a postponement spends no attempt
+    wait = (second.retry["not_before"] or datetime.now(UTC)) - datetime.now(UTC)
+    assert 1.0 <= wait.total_seconds() <= 2.5
+    assert len(server.received) == 1
+
+
+class _Losable(LocalSlots):
+    """In-process slots whose slots can all be lost at once, as the shared ones are when their
+    database session ends."""
+
+    shared = False
+
+    def __init__(self) -> None:
+        super().__init__(lambda _site: 2)
+        self.taken: list[Slot] = []
+
+    async def open_connection(self, group: str) -> Slot | None:
+        slot = self.take(group)
+        if slot is not None:
+            self.taken.append(slot)
+        return slot
+
+    def lose(self) -> None:
+        for slot in self.taken:
+            slot.held = False
+
+
+async def test_no_transaction_starts_on_a_session_whose_slot_was_lost(
+    servers: Callable[..., SinkServer], make_transport: Factory
+) -> None:
+    server = servers()
+    slots = _Losable()
+    limits = DestinationLimits(default=Limit(connections=2, rate=5.0, burst=1), overrides={})
+    transport = make_transport(
+        server, limiter=DestinationThrottle(limits, slots), pace_max_wait=1.0
+    )
+    first = await transport.send("dest.test", SENDER, "a@dest.test", MESSAGE)
+    assert first.outcome.disposition is Disposition.DELIVERED
+    # the next one waits 200 ms for the rate, with the session; the slot goes meanwhile
+    sending = asyncio.ensure_future(transport.send("dest.test", SENDER, "b@dest.test", MESSAGE))
+    await asyncio.sleep(0.05)
+    slots.lose()
+    second = await sending
+    assert second.retry_after is not None
+    assert "was lost" in second.outcome.text
+    assert len(server.received) == 1
+    await asyncio.sleep(0.2)
+    assert server.open == 0  # the session closed rather than going back to the pool

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from aiohttp.test_utils import make_mocked_request
 
-from streams.api.conditional import accepts_gzip, etag_of, none_match
+from streams.api.conditional import accepts_gzip, etag_of, none_match, not_modified, version_tag
 
 
 def test_the_tag_follows_the_content() -> None:
@@ -56,3 +57,16 @@ def test_if_none_match(header: str | None, matches: bool) -> None:
 )
 def test_accept_encoding(header: str | None, gzip: bool) -> None:
     assert accepts_gzip(header) is gzip
+
+
+def test_a_version_tag_answers_304_before_the_answer_is_built() -> None:
+    tag = version_tag("job-1", "2026-12-02T10:00:00Z", {"safe": 3}, 0, 100)
+    assert tag == version_tag("job-1", "2026-12-02T10:00:00Z", {"safe": 3}, 0, 100)
+    assert tag != version_tag("job-1", "2026-12-02T10:00:01Z", {"safe": 3}, 0, 100)
+    asked = make_mocked_request("GET", "/", headers={"If-None-Match": tag})
+    answer = not_modified(asked, tag)
+    assert answer is not None
+    assert answer.status == 304
+    assert answer.headers["Cache-Control"] == "private, no-cache"
+    fresh = make_mocked_request("GET", "/", headers={"If-None-Match": '"old"'})
+    assert not_modified(fresh, tag) is None

@@ -186,26 +186,26 @@ def test_rule_values_are_checked() -> None:
 def test_the_throttle_scales_a_sites_bucket_and_restores_it() -> None:
     limits = DestinationLimits(Limit(connections=5, rate=10.0, burst=10), overrides={})
     throttle = DestinationThrottle(limits)
-    site = throttle.key("slow.example")
+    site = "mx.slow.example"
     for _ in range(10):
-        assert throttle.take("t", "slow.example", 0.0) == 0.0
+        assert throttle.pace(site, 0.0) == 0.0
     throttle.scale(site, 0.1, 0.0)  # 1 a second, burst 1
     assert throttle.factor(site) == 0.1
-    assert throttle.take("t", "slow.example", 0.0) == pytest.approx(1.0)
-    assert throttle.take("t", "slow.example", 1.0) == 0.0
-    assert throttle.take("t", "slow.example", 1.5) == pytest.approx(0.5)
+    assert throttle.pace(site, 0.0) == pytest.approx(1.0)
+    assert throttle.pace(site, 1.0) == 0.0
+    assert throttle.pace(site, 1.5) == pytest.approx(0.5)
     throttle.scale(site, 1.0, 2.0)
     assert throttle.factor(site) == 1.0
-    assert throttle.take("t", "slow.example", 2.0) == 0.0
-    assert throttle.take("t", "slow.example", 2.05) == pytest.approx(0.05)  # 10 a second again
+    assert throttle.pace(site, 2.0) == 0.0
+    assert throttle.pace(site, 2.05) == pytest.approx(0.05)  # 10 a second again
     # a bucket made while the cut holds is made cut
     other = DestinationThrottle(limits)
-    other.scale("new.example", 0.5, 0.0)
+    other.scale("mx.new.example", 0.5, 0.0)
     for _ in range(5):
-        assert other.take("t", "new.example", 0.0) == 0.0
-    assert other.take("t", "new.example", 0.0) == pytest.approx(0.2)
+        assert other.pace("mx.new.example", 0.0) == 0.0
+    assert other.pace("mx.new.example", 0.0) == pytest.approx(0.2)
     with pytest.raises(ValueError, match="rate factor"):
-        other.scale("new.example", 0.0, 0.0)
+        other.scale("mx.new.example", 0.0, 0.0)
 
 
 def test_the_shipped_rules_catch_what_the_providers_say() -> None:

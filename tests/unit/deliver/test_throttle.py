@@ -4,6 +4,7 @@ import math
 
 import pytest
 
+from streams.deliver.sites import site_name
 from streams.deliver.throttle import (
     DEFAULT_OVERRIDES,
     DestinationLimits,
@@ -11,6 +12,7 @@ from streams.deliver.throttle import (
     Limit,
     TokenBucket,
 )
+from streams.mail.pool import LocalSlots, Slot
 
 
 def test_a_bucket_starts_full_and_allows_its_burst_at_once() -> None:
@@ -143,64 +145,131 @@ def test_invalid_limits_are_rejected(kwargs: dict[str, float]) -> None:
         Limit(**kwargs)  # type: ignore[arg-type]
 
 
-def test_connections_are_limited_per_destination() -> None:
+async def test_connections_are_limited_per_site() -> None:
     throttle = DestinationThrottle(DestinationLimits(default=Limit(connections=2)))
-    assert throttle.open_connection("mx.a.example")
-    assert throttle.open_connection("mx.a.example")
-    assert not throttle.open_connection("mx.a.example")
-    assert throttle.open_connection("mx.b.example")
-    throttle.close_connection("mx.a.example")
-    assert throttle.connections("mx.a.example") == 1
-    assert throttle.open_connection("mx.a.example")
+    a, b = site_name(["mx.a.example"]), site_name(["mx.b.example"])
+    first = await throttle.slots.open_connection(a)
+    assert first is not None
+    assert await throttle.slots.open_connection(a) is not None
+    assert await throttle.slots.open_connection(a) is None
+    assert await throttle.slots.open_connection(b) is not None
+    throttle.slots.close_connection(first)
+    assert throttle.connections(a) == 1
+    again = await throttle.slots.open_connection(a)
+    assert again is not None
+    assert again.number == first.number  # the slot given back is the one taken next
 
 
-def test_hosts_under_one_override_share_its_connections() -> None:
+async def test_a_site_takes_the_limit_its_hosts_match() -> None:
     throttle = DestinationThrottle()
-    hosts = ["gmail-smtp-in.l.google.com", "alt1.gmail-smtp-in.l.google.com"]
-    opened = sum(throttle.open_connection(hosts[i % 2]) for i in range(30))
-    assert opened == 20
-    assert throttle.connections("aspmx.l.google.com") == 20
+    site = site_name(["alt1.gmail-smtp-in.l.google.com", "gmail-smtp-in.l.google.com"])
+    opened = [await throttle.slots.open_connection(site) for _ in range(30)]
+    assert sum(slot is not None for slot in opened) == 20  # google.com's 20
+    assert throttle.connections(site) == 20
 
 
-def test_closing_a_connection_never_opened_is_an_error() -> None:
+def test_giving_back_a_slot_never_taken_is_an_error() -> None:
     with pytest.raises(ValueError, match="no open connection"):
-        DestinationThrottle().close_connection("mx.a.example")
+        DestinationThrottle().slots.close_connection(Slot("mx.a.example", 0))
 
 
-def test_destination_rate() -> None:
+def test_site_rate() -> None:
     throttle = DestinationThrottle(DestinationLimits(default=Limit(rate=10, burst=2)))
-    assert throttle.take("t1", "a.example", 0.0) == 0.0
-    assert throttle.take("t1", "a.example", 0.0) == 0.0
-    assert throttle.take("t1", "a.example", 0.0) == pytest.approx(0.1)
-    # another destination has its own bucket
-    assert throttle.take("t1", "b.example", 0.0) == 0.0
+    assert throttle.pace("mx.a.example", 0.0) == 0.0
+    assert throttle.pace("mx.a.example", 0.0) == 0.0
+    assert throttle.pace("mx.a.example", 0.0) == pytest.approx(0.1)
+    # another site has its own bucket
+    assert throttle.pace("mx.b.example", 0.0) == 0.0
 
 
-def test_tenant_rate_spans_destinations() -> None:
+def test_tenant_rate_spans_sites() -> None:
     throttle = DestinationThrottle(DestinationLimits(tenant_rate=5, tenant_burst=3))
-    for domain in ("a.example", "b.example", "c.example"):
-        assert throttle.take("t1", domain, 0.0) == 0.0
-    assert throttle.take("t1", "d.example", 0.0) == pytest.approx(0.2)
-    assert throttle.take("t2", "d.example", 0.0) == 0.0
+    for _ in range(3):
+        assert throttle.take_tenant("t1", 0.0) == 0.0
+    assert throttle.take_tenant("t1", 0.0) == pytest.approx(0.2)
+    assert throttle.take_tenant("t2", 0.0) == 0.0
 
 
-def test_a_refusal_by_one_bucket_spends_nothing_from_the_other() -> None:
-    limits = DestinationLimits(default=Limit(rate=1, burst=1), tenant_rate=1, tenant_burst=2)
+def test_a_tenant_token_given_back_can_be_taken_again() -> None:
+    throttle = DestinationThrottle(DestinationLimits(tenant_rate=1, tenant_burst=1))
+    assert throttle.take_tenant("t1", 0.0) == 0.0
+    assert throttle.take_tenant("t1", 0.0) == pytest.approx(1.0)
+    throttle.give_back_tenant("t1")
+    assert throttle.take_tenant("t1", 0.0) == 0.0
+
+
+class _Shared(LocalSlots):
+    """The in-process slots, posing as a shared budget: ``held`` is what this process has."""
+
+    shared = True
+
+
+async def test_a_shared_budget_gives_the_rate_of_the_slots_held() -> None:
+    limit = Limit(connections=4, rate=40.0, burst=8)
+    limits = DestinationLimits(default=limit, overrides={})
+    slots = _Shared(lambda _site: 4)
+    throttle = DestinationThrottle(limits, slots)
+    # no slot yet: one slot's share (its next message takes one), 10/s and a burst of 2
+    assert [throttle.pace("s", 0.0) for _ in range(3)] == [0.0, 0.0, pytest.approx(0.1)]
+    for _ in range(2):
+        assert await slots.open_connection("s") is not None
+    # two of four slots: half the rate, so the next token comes in 1/20 s
+    assert throttle.pace("s", 0.0) == pytest.approx(0.05)
+    assert throttle.pace("s", 1.0) == 0.0
+
+
+def test_an_unshared_budget_keeps_the_whole_rate() -> None:
+    limits = DestinationLimits(default=Limit(connections=4, rate=40.0, burst=8), overrides={})
     throttle = DestinationThrottle(limits)
-    assert throttle.take("t1", "a.example", 0.0) == 0.0
-    # a.example is empty; t1 still has a token, and must keep it
-    assert throttle.take("t1", "a.example", 0.0) == pytest.approx(1.0)
-    assert throttle.take("t1", "b.example", 0.0) == 0.0
-    # now t1 is empty: c.example must not lose its token to t1's refusal
-    assert throttle.take("t1", "c.example", 0.0) == pytest.approx(1.0)
-    assert throttle.take("t2", "c.example", 0.0) == 0.0
+    assert sum(throttle.pace("s", 0.0) == 0.0 for _ in range(10)) == 8
+
+
+def test_messages_per_connection_can_be_set_per_site() -> None:
+    narrow = Limit(connections=2, messages_per_connection=5)
+    limits = DestinationLimits(overrides={"slow.example": narrow})
+    throttle = DestinationThrottle(limits)
+    assert throttle.limit(site_name(["mx1.slow.example", "mx2.slow.example"])) is narrow
+    assert throttle.limit("mx.other.example").messages_per_connection is None
+    with pytest.raises(ValueError, match="messages_per_connection"):
+        Limit(messages_per_connection=0)
 
 
 def test_prune_forgets_only_idle_buckets() -> None:
     limits = DestinationLimits(default=Limit(rate=10, burst=10), tenant_rate=10, tenant_burst=10)
     throttle = DestinationThrottle(limits)
-    throttle.take("t1", "a.example", 0.0)
+    throttle.take_tenant("t1", 0.0)
+    throttle.pace("a.example", 0.0)
     assert throttle.prune(0.05) == 0
     assert throttle.prune(10.0) == 2
     # forgotten buckets come back full
-    assert all(throttle.take("t1", "a.example", 10.0) == 0.0 for _ in range(10))
+    assert all(throttle.pace("a.example", 10.0) == 0.0 for _ in range(10))
+    assert all(throttle.take_tenant("t1", 10.0) == 0.0 for _ in range(10))
+
+
+def test_waits_can_be_read_without_taking() -> None:
+    limits = DestinationLimits(
+        default=Limit(rate=10, burst=1), overrides={}, tenant_rate=2, tenant_burst=1
+    )
+    throttle = DestinationThrottle(limits)
+    assert throttle.site_wait("s", 0.0) == 0.0
+    assert throttle.tenant_wait("t1", 0.0) == 0.0
+    throttle.pace("s", 0.0)
+    throttle.take_tenant("t1", 0.0)
+    assert throttle.site_wait("s", 0.0) == pytest.approx(0.1)
+    assert throttle.site_wait("s", 0.0) == pytest.approx(0.1)  # reading took nothing
+    assert throttle.tenant_wait("t1", 0.0) == pytest.approx(0.5)
+
+
+def test_shaping_can_cut_a_site_rate_and_restore_it() -> None:
+    limits = DestinationLimits(default=Limit(rate=10, burst=4), overrides={})
+    throttle = DestinationThrottle(limits)
+    throttle.scale("s", 0.5, 0.0)
+    assert throttle.factor("s") == 0.5
+    # half the rate and half the burst: 2 at once, then one every 200 ms
+    assert [throttle.pace("s", 0.0) == 0.0 for _ in range(3)] == [True, True, False]
+    assert throttle.site_wait("s", 0.0) == pytest.approx(0.2)
+    throttle.scale("s", 1.0, 0.0)
+    assert throttle.factor("s") == 1.0
+    assert throttle.site_wait("s", 0.0) == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="rate factor"):
+        throttle.scale("s", 0.0, 0.0)

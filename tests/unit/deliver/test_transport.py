@@ -10,6 +10,7 @@ from typing import Any
 import aiosmtplib
 import pytest
 
+from streams.deliver.sites import site_name
 from streams.deliver.throttle import DestinationLimits, DestinationThrottle, Limit
 from streams.deliver.transport import (
     MAX_MX_HOSTS,
@@ -21,7 +22,7 @@ from streams.deliver.transport import (
 )
 from streams.errors import ConfigError
 from streams.mail.dns import MxAnswer, MxCache
-from streams.mail.pool import Connection, Pool
+from streams.mail.pool import Connection, LocalSlots, Pool
 from streams.mail.replies import Category, Disposition, Outcome, Stage
 
 # --- routing ----------------------------------------------------------------------------------
@@ -182,9 +183,9 @@ def one_connection_throttle() -> DestinationThrottle:
 
 async def test_pool_hands_a_released_session_to_the_waiter() -> None:
     limiter = one_connection_throttle()
-    pool = Pool(limiter, max_messages=10, idle_timeout=30, wait=5)
-    first = opened(await pool.acquire("h:25", "h"))
-    waiting = asyncio.ensure_future(pool.acquire("h:25", "h"))
+    pool = Pool(limiter.slots, max_messages=10, idle_timeout=30, wait=5)
+    first = opened(await pool.acquire("h:25", "h", "h"))
+    waiting = asyncio.ensure_future(pool.acquire("h:25", "h", "h"))
     await asyncio.sleep(0.01)
     assert not waiting.done()
     pool.release(first, reusable=True)
@@ -194,15 +195,15 @@ async def test_pool_hands_a_released_session_to_the_waiter() -> None:
 
 
 async def test_pool_wait_is_bounded() -> None:
-    pool = Pool(one_connection_throttle(), max_messages=10, idle_timeout=30, wait=0.05)
-    opened(await pool.acquire("h:25", "h"))
-    assert await pool.acquire("h:25", "h") is None
+    pool = Pool(one_connection_throttle().slots, max_messages=10, idle_timeout=30, wait=0.05)
+    opened(await pool.acquire("h:25", "h", "h"))
+    assert await pool.acquire("h:25", "h", "h") is None
 
 
 async def test_pool_retires_sessions_after_max_messages_and_on_errors() -> None:
     limiter = one_connection_throttle()
-    pool = Pool(limiter, max_messages=2, idle_timeout=30, wait=1)
-    conn = opened(await pool.acquire("h:25", "h"))
+    pool = Pool(limiter.slots, max_messages=2, idle_timeout=30, wait=1)
+    conn = opened(await pool.acquire("h:25", "h", "h"))
     client = conn.client
     conn.sent = 2
     pool.release(conn, reusable=True)
@@ -210,8 +211,8 @@ async def test_pool_retires_sessions_after_max_messages_and_on_errors() -> None:
     assert client.quits == 1  # type: ignore[union-attr]
     assert limiter.connections("h") == 0
 
-    pool = Pool(limiter, max_messages=2, idle_timeout=30, wait=1)
-    broken = opened(await pool.acquire("h:25", "h"))
+    pool = Pool(limiter.slots, max_messages=2, idle_timeout=30, wait=1)
+    broken = opened(await pool.acquire("h:25", "h", "h"))
     client = broken.client
     pool.release(broken, reusable=False)
     assert client.quits == 0  # type: ignore[union-attr]  # no QUIT on a session in doubt
@@ -220,8 +221,8 @@ async def test_pool_retires_sessions_after_max_messages_and_on_errors() -> None:
 
 async def test_pool_prune_closes_idle_sessions() -> None:
     limiter = one_connection_throttle()
-    pool = Pool(limiter, max_messages=10, idle_timeout=0.01, wait=1)
-    conn = opened(await pool.acquire("h:25", "h"))
+    pool = Pool(limiter.slots, max_messages=10, idle_timeout=0.01, wait=1)
+    conn = opened(await pool.acquire("h:25", "h", "h"))
     pool.release(conn, reusable=True)
     assert pool.idle("h:25") == 1
     await asyncio.sleep(0.03)
@@ -231,15 +232,80 @@ async def test_pool_prune_closes_idle_sessions() -> None:
     assert limiter.connections("h") == 0
 
 
+class LosingSlots(LocalSlots):
+    """In-process slots that can lose every slot at once, as the shared ones do when their
+    database session ends."""
+
+    def __init__(self) -> None:
+        super().__init__(lambda _group: 2)
+        self.listeners: list[Any] = []
+        self.slots: list[Any] = []
+        self.lost = False
+
+    async def open_connection(self, group: str) -> Any:
+        slot = None if self.lost else self.take(group)
+        if slot is not None:
+            self.slots.append(slot)
+        return slot
+
+    def on_lost(self, callback: Any) -> None:
+        self.listeners.append(callback)
+
+    def lose(self) -> None:
+        self.lost = True
+        for slot in self.slots:
+            slot.held = False
+        for listener in self.listeners:
+            listener()
+
+
+async def test_sessions_whose_slots_are_lost_close_and_no_new_ones_open() -> None:
+    budget = LosingSlots()
+    pool = Pool(budget, max_messages=10, idle_timeout=30, wait=0.05)
+    idle = opened(await pool.acquire("h:25", "h", "site"))
+    busy = opened(await pool.acquire("h:25", "h", "site"))
+    idle_client, busy_client = idle.client, busy.client
+    pool.release(idle, reusable=True)
+    assert pool.idle("h:25") == 1
+    budget.lose()
+    await asyncio.sleep(0)  # the QUIT runs in a task of its own
+    assert pool.idle("h:25") == 0  # closed at once, not at the next prune
+    assert idle_client.quits == 1  # type: ignore[union-attr]
+    # the session in use finishes its transaction, then closes instead of going idle
+    pool.release(busy, reusable=True)
+    await asyncio.sleep(0)
+    assert busy_client.quits == 1  # type: ignore[union-attr]
+    assert pool.idle("h:25") == 0
+    # and while the budget holds nothing, nothing opens
+    assert await pool.acquire("h:25", "h", "site") is None
+    await pool.close()
+
+
+async def test_a_site_may_carry_fewer_messages_per_session() -> None:
+    limiter = DestinationThrottle(DestinationLimits(default=Limit(connections=1), overrides={}))
+    pool = Pool(limiter.slots, max_messages=10, idle_timeout=30, wait=1)
+    conn = opened(await pool.acquire("h:25", "h", "h", 2))
+    assert conn.max_messages == 2
+    client = conn.client
+    conn.sent = 2
+    pool.release(conn, reusable=True)
+    await asyncio.sleep(0)
+    assert client.quits == 1  # type: ignore[union-attr]
+    wide = opened(await pool.acquire("h:25", "h", "h", 50))
+    assert wide.max_messages == 10  # never more than the pool's own
+    await pool.close()
+
+
 async def test_pool_evicts_an_idle_session_of_the_same_budget() -> None:
-    # both hosts fall under one override, so they share one connection
+    # both hosts are of one site, so they share its one connection
     limits = DestinationLimits(overrides={"big.example": Limit(connections=1)})
+    site = site_name(["mx1.big.example", "mx2.big.example"])
     limiter = DestinationThrottle(limits)
-    pool = Pool(limiter, max_messages=10, idle_timeout=30, wait=1)
-    a = opened(await pool.acquire("mx1.big.example:25", "mx1.big.example"))
+    pool = Pool(limiter.slots, max_messages=10, idle_timeout=30, wait=1)
+    a = opened(await pool.acquire("mx1.big.example:25", "mx1.big.example", site))
     pool.release(a, reusable=True)
-    b = await pool.acquire("mx2.big.example:25", "mx2.big.example")
+    b = await pool.acquire("mx2.big.example:25", "mx2.big.example", site)
     assert b is not None
     assert b.host == "mx2.big.example"
     assert pool.idle("mx1.big.example:25") == 0
-    assert limiter.connections("mx2.big.example") == 1
+    assert limiter.connections(site) == 1

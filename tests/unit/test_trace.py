@@ -1,0 +1,59 @@
+"""A message's hops from its rows (pure)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from streams.cli.trace import hops
+
+T0 = datetime(2026, 12, 2, 10, 0, tzinfo=UTC)
+
+
+def _event(kind: str, seconds: float, **detail: object) -> dict[str, object]:
+    return {
+        "type": kind,
+        "recipient": "ann@example.com" if kind != "processed" else None,
+        "reason": detail.pop("reason", None),
+        "detail": detail,
+        "occurred_at": T0 + timedelta(seconds=seconds),
+        "landed_at": T0 + timedelta(seconds=seconds + 0.05),
+    }
+
+
+def test_hops_are_in_time_order_with_replies_and_row_landings() -> None:
+    requests = [{"operation": "send", "created_at": T0}]
+    events = [
+        _event("delivered", 61.0, attempt=2, smtp={"code": 250, "message": "queued"}),
+        _event("processed", 0.02),
+        _event(
+            "deferred",
+            0.5,
+            attempt=1,
+            reason="greylisted",
+            smtp={"code": 451, "enhanced_code": "4.7.1", "message": "try later"},
+        ),
+    ]
+    found = hops(requests, events)
+    assert [h.what for h in found] == [
+        "request",
+        "processed",
+        "processed row",
+        "deferred",
+        "deferred row",
+        "delivered",
+        "delivered row",
+    ]
+    deferred = found[3]
+    assert deferred.detail == "attempt 1; greylisted; 451 4.7.1 try later"
+    assert deferred.recipient == "ann@example.com"
+    assert found[5].detail == "attempt 2; 250 queued"
+    repeated = hops(
+        [],
+        [
+            _event(
+                "delivered", 1, smtp={"code": 250, "enhanced_code": "2.0.0", "message": "2.0.0 OK"}
+            )
+        ],
+    )
+    assert repeated[0].detail == "250 2.0.0 OK"
+    assert found[-1].at - found[0].at == timedelta(seconds=61.05)
