@@ -108,6 +108,7 @@ _EVENT_DETAIL = (
     "attempt",
     "url",
     "user_agent",
+    "ip",
     "categories",
     "custom_args",
 )

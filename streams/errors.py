@@ -52,6 +52,7 @@ __all__ = [
     "TimeFormatError",
     "TimeRangeError",
     "TrackRefusedError",
+    "TrackingTokenError",
     "TrailingBytesError",
     "TruncatedError",
     "UndefinedVariableError",
@@ -453,6 +454,13 @@ class ReturnPathError(PostwireError):
     prefix, not base32, cut off, or a signature that does not match."""
 
     code = "inbound.bad_return_path"
+
+
+class TrackingTokenError(PostwireError):
+    """An open or click tracking token this install did not issue (or issued for the other
+    kind), altered, or not base64: the request is refused without recording anything."""
+
+    code = "tracking.bad_token"
 
 
 class ReportError(PostwireError):

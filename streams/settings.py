@@ -177,6 +177,8 @@ class ApiSettings:
     verify_wait: float
     base: str  # the URL the CLI's send/verify/status talk to
     key: SecretStr | None
+    public_url: str  # where recipients reach /t/o, /t/c (and unsubscribe links)
+    trusted_proxies: tuple[str, ...]  # networks whose X-Forwarded-For names the client
 
 
 @dataclass(frozen=True)
@@ -303,11 +305,15 @@ class Settings(BaseSettings):
     api_url: str = ""
     # the key those commands use when --key is not given
     api_key: SecretStr | None = None
-    # the API's address as recipients reach it: List-Unsubscribe's https URI is
-    # <public_url>/u/<token>; empty: the API's own base (api_url, or http://api_host:api_port)
+    # the API's address as recipients reach it (POSTWIRE_PUBLIC_URL): List-Unsubscribe's https URI
+    # is <public_url>/u/<token>, tracking pixels and redirects <public_url>/t/...; empty: the
+    # API's own base (api_url, or http://api_host:api_port)
     public_url: str = ""
     # add List-Unsubscribe and List-Unsubscribe-Post to bulk-lane mail (priority normal/bulk)
     list_unsubscribe: bool = True
+    # proxies (addresses or CIDR networks, comma-separated) in front of the API whose
+    # X-Forwarded-For is believed for a tracked open's or click's client address
+    api_trusted_proxies: str = ""
     # a single-node cluster rebalances in well under a second; the 60 s faust defaults only
     # make restarts and tests slow
     session_timeout: float = 10.0
@@ -682,6 +688,10 @@ class Settings(BaseSettings):
             verify_wait=self.api_verify_wait,
             base=self.api_base,
             key=self.api_key,
+            public_url=self.public_base,
+            trusted_proxies=tuple(
+                p.strip() for p in self.api_trusted_proxies.split(",") if p.strip()
+            ),
         )
 
     @cached_property
@@ -795,7 +805,7 @@ class Settings(BaseSettings):
 
     @property
     def public_base(self) -> str:
-        """The base of the URLs put in mail (List-Unsubscribe)."""
+        """The base of the URLs put in mail (List-Unsubscribe, tracking links)."""
         return (self.public_url.strip() or self.api_base).rstrip("/")
 
     @property

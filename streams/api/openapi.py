@@ -343,6 +343,22 @@ SPEC: Final[dict[str, Any]] = {
                 parameters=(_IDEMPOTENCY, _PRIORITY),
             )
         },
+        "/v3/validations/email": {
+            "post": _op(
+                "Validate one address in SendGrid's Email Validation shape, through the verify"
+                " pipeline; scope verify",
+                {
+                    "200": _json("SendGrid's {result: {email, verdict, score, checks, ...}}"),
+                    "202": _json("Not ready within POSTWIRE_API_VERIFY_WAIT; poll the url", _JOB),
+                },
+                body={
+                    "type": "object",
+                    "required": ["email"],
+                    "properties": {"email": _EMAIL, "source": {"type": "string", "maxLength": 100}},
+                },
+                parameters=(_IDEMPOTENCY, _PRIORITY),
+            )
+        },
         "/v1/verify/batch": {
             "post": _op(
                 "Verify many addresses as a job; scope verify",

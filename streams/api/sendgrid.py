@@ -25,6 +25,7 @@ from streams.contract.records import (
     Priority,
     Recipient,
     RecipientKind,
+    Tracking,
 )
 from streams.mail.headers import (
     DISPOSITIONS,
@@ -51,7 +52,8 @@ __all__ = [
 ]
 
 PRIORITIES: Final = ("critical", "high", "normal", "bulk")
-# SendGrid's settings objects: `enable` is all of each that is read; only sandbox_mode acts
+# SendGrid's settings objects: `enable` is all of each that is read; sandbox_mode, open_tracking
+# and click_tracking act
 MAIL_SETTINGS: Final = (
     "bypass_list_management",
     "bypass_spam_management",
@@ -191,6 +193,7 @@ class _Message:
     send_at: datetime | None
     batch_id: str | None
     sandbox: bool
+    tracking: Tracking | None = None
 
 
 @dataclass(frozen=True)
@@ -281,6 +284,7 @@ def _message(check: Check, root: dict[str, Any]) -> _Message:
         send_at,
         batch_id,
         sandbox,
+        tracking=_tracking(root),
     )
 
 
@@ -296,8 +300,9 @@ def _categories(check: Check, value: Any) -> list[str]:
 
 
 def _sandbox(check: Check, root: dict[str, Any]) -> bool:
-    """mail_settings and tracking_settings: their shape is checked, sandbox_mode acts, the
-    others are read and have no effect (see the README)."""
+    """mail_settings and tracking_settings: their shape is checked, sandbox_mode acts (open and
+    click tracking too, read by ``_tracking``), the others are read and have no effect (see the
+    README)."""
     enabled = {}
     for group, names in (
         ("mail_settings", MAIL_SETTINGS),
@@ -312,6 +317,23 @@ def _sandbox(check: Check, root: dict[str, Any]) -> bool:
                 check.fail(f"{field}.enable", "The enable parameter must be a boolean.")
             enabled[name] = enable is True
     return enabled["sandbox_mode"]
+
+
+def _enabled(root: dict[str, Any], name: str, key: str = "enable") -> bool:
+    settings = root.get("tracking_settings")
+    setting = settings.get(name) if isinstance(settings, dict) else None
+    return isinstance(setting, dict) and setting.get(key) is True
+
+
+def _tracking(root: dict[str, Any]) -> Tracking | None:
+    """Open and click tracking as tracking_settings ask (their shape is checked by
+    ``_sandbox``); None when neither is on."""
+    opens = _enabled(root, "open_tracking")
+    clicks = _enabled(root, "click_tracking")
+    if not (opens or clicks):
+        return None
+    click_text = clicks and _enabled(root, "click_tracking", "enable_text")
+    return {"open": opens, "click": clicks, "click_text": click_text}
 
 
 def _personalizations(check: Check, root: dict[str, Any]) -> list[Any]:
@@ -355,6 +377,7 @@ def _personalized(
         "template_id": message.template_id,
         "headers": _merged(check, message, p.get("headers"), f"{field}.headers"),
         "attachments": message.attachments,
+        "tracking": message.tracking,
     }
     return email_request(
         request_id,

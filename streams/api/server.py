@@ -13,6 +13,8 @@ import asyncio
 import logging
 import os
 import signal
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import orjson
 from aiohttp import web
@@ -38,8 +40,16 @@ from streams.api.suppression_routes import (
     list_suppressions,
     remove_suppression,
 )
+from streams.api.track_routes import click_redirect, open_pixel
 from streams.api.unsubscribe_routes import confirm_page, one_click_post
-from streams.api.verify_routes import WAITER, ResultWaiter, verify_batch, verify_job, verify_one
+from streams.api.verify_routes import (
+    WAITER,
+    ResultWaiter,
+    validate_email,
+    verify_batch,
+    verify_job,
+    verify_one,
+)
 from streams.api.webhook_routes import (
     get_settings,
     get_signed,
@@ -60,12 +70,15 @@ __all__ = ["ROUTES", "Ingress", "run_api"]
 
 log = logging.getLogger(__name__)
 
+TrackHandler = Callable[[Api, web.Request], Awaitable[web.StreamResponse]]
+
 # (method, path, scope, handler): the scope an API key needs for the route
 ROUTES: tuple[tuple[str, str, str, Handler], ...] = (
     ("POST", "/v3/mail/send", "send", mail_send),
     ("POST", "/v1/verify", "verify", verify_one),
     ("POST", "/v1/verify/batch", "verify", verify_batch),
     ("GET", "/v1/verify/batch/{job_id}", "verify", verify_job),
+    ("POST", "/v3/validations/email", "verify", validate_email),
     ("GET", "/v1/messages/{message_id}", "read", message_status),
     ("GET", "/v1/events", "read", event_feed),
     ("POST", "/v1/events/webhook", "send", tracking_webhook),
@@ -111,6 +124,8 @@ class Ingress(Api):
         # no API key: the token is the credential (streams/api/unsubscribe_routes.py)
         app.router.add_get("/u/{token}", self.unsubscribe_page)
         app.router.add_post("/u/{token}", self.unsubscribe_post)
+        app.router.add_get("/t/o/{token}", self._tracking(open_pixel))
+        app.router.add_get("/t/c/{token}", self._tracking(click_redirect))
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/livez", self.livez)
         app.router.add_get("/metrics", metrics_handler)
@@ -122,6 +137,12 @@ class Ingress(Api):
         app.on_shutdown.append(self._shutdown)
         app.on_cleanup.append(self._stop)
         return app
+
+    def _tracking(self, handler: TrackHandler) -> Callable[[web.Request], Awaitable[Any]]:
+        async def run(request: web.Request) -> web.StreamResponse:
+            return await handler(self, request)
+
+        return run
 
     async def _start(self, _app: web.Application) -> None:
         await self.start()

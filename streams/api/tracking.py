@@ -134,6 +134,7 @@ def translate_webhook(body: Any, *, tenant: str, ids: MessageIds, now: datetime)
             "user_agent": agent,
             "ip": ip,
             "occurred_at": at,
+            "reason": None,
         }
         record = email_request(
             event_id, tenant, "track", now, idempotency_key=f"track:{event_id}", track=track

@@ -15,9 +15,10 @@ from streams.api.conditional import not_modified, version_tag
 from streams.api.context import Api, Caller, json_body, problem, reply
 from streams.api.mail import idempotency_key
 from streams.api.sendgrid import PRIORITIES
+from streams.api.validation import parse_validation, sendgrid_validation
 from streams.api.verifyjobs import Job, parse_batch, parse_single, plan, requests
 
-__all__ = ["WAITER", "ResultWaiter", "verify_batch", "verify_job", "verify_one"]
+__all__ = ["WAITER", "ResultWaiter", "validate_email", "verify_batch", "verify_job", "verify_one"]
 
 Json = dict[str, Any]
 
@@ -102,6 +103,22 @@ async def verify_one(api: Api, request: web.Request, caller: Caller) -> web.Stre
         url = _job_url(job.job_id)
         return reply({"id": job.job_id, "status": "pending", "url": url}, 202, Location=url)
     return reply({"id": job.job_id, "status": "done", "result": result})
+
+
+async def validate_email(api: Api, request: web.Request, caller: Caller) -> web.StreamResponse:
+    """SendGrid's ``POST /v3/validations/email``: one address through the verify pipeline (as
+    ``verify_one``), answered in SendGrid's shape; 202 with the job to poll when the verdict
+    takes longer than ``POSTWIRE_API_VERIFY_WAIT``."""
+    key = idempotency_key(request)
+    email, source = parse_validation(await json_body(request))
+    address, probe, wait = parse_single({"email": email}, api.settings.api_verify_wait)
+    job = plan(api.ids.job_id(caller.tenant, key), [address], probe)
+    await _submit(api, caller, job, request)
+    result = await request.app[WAITER].wait(job.job_id, wait) if wait > 0 else None
+    if result is None:
+        url = _job_url(job.job_id)
+        return reply({"id": job.job_id, "status": "pending", "url": url}, 202, Location=url)
+    return reply(sendgrid_validation(result, source=source, ip_address=request.remote))
 
 
 async def verify_batch(api: Api, request: web.Request, caller: Caller) -> web.StreamResponse:

@@ -75,6 +75,7 @@ _CONTENT: Content = {
     "template_id": None,
     "headers": {},
     "attachments": [],
+    "tracking": None,
 }
 
 

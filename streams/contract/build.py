@@ -68,6 +68,7 @@ class EventDetails(TypedDict, total=False):
     bounce_class: str | None
     url: str | None
     user_agent: str | None
+    ip: str | None
 
 
 class RequestDetails(TypedDict):
@@ -101,6 +102,7 @@ def make_event(
         "attempt": attempt,
         "url": details.get("url"),
         "user_agent": details.get("user_agent"),
+        "ip": details.get("ip"),
         "categories": list(details.get("categories", ())),
         "custom_args": dict(details.get("custom_args") or {}),
         "occurred_at": now,

@@ -30,6 +30,7 @@ __all__ = [
     "SyntaxSection",
     "TrackEvent",
     "TrackType",
+    "Tracking",
     "VerificationResult",
     "VerifyOperation",
     "VerifyTask",
@@ -61,6 +62,12 @@ class Attachment(TypedDict):
     content_id: str | None
 
 
+class Tracking(TypedDict):
+    open: bool
+    click: bool
+    click_text: bool
+
+
 class Content(TypedDict):
     subject: str | None
     text: str | None
@@ -68,6 +75,7 @@ class Content(TypedDict):
     template_id: str | None
     headers: dict[str, str]
     attachments: list[Attachment]
+    tracking: Tracking | None
 
 
 Priority = Literal["critical", "high", "normal", "bulk"]
@@ -108,6 +116,7 @@ class DeliveryEvent(TypedDict):
     attempt: int
     url: str | None
     user_agent: str | None
+    ip: str | None
     categories: list[str]
     custom_args: dict[str, str]
     occurred_at: datetime
@@ -151,6 +160,7 @@ class TrackEvent(TypedDict):
     user_agent: str | None
     ip: str | None
     occurred_at: datetime
+    reason: str | None
 
 
 EmailRequest = TypedDict(

@@ -45,6 +45,7 @@ from streams.deliver.mimewire import (
     text_part,
     unstructured_line,
 )
+from streams.deliver.tracking import Links, track_html, track_text
 from streams.errors import (
     InvalidContentError,
     TemplateRenderError,
@@ -169,14 +170,31 @@ def _run(template: Template, context: Mapping[str, str], field: str) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class _TrackChoice:
+    """What a request's tracking_settings turned on for its HTML part."""
+
+    opens: bool
+    clicks: bool
+    text_clicks: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class _Text:
-    """A text/plain or text/html leaf whose source is a template."""
+    """A text/plain or text/html leaf whose source is a template, or an HTML leaf whose links
+    and pixel are the recipient's own (``track``)."""
 
     piece: _Piece
     subtype: str
+    track: _TrackChoice | None = None
 
-    def render(self, context: Mapping[str, str]) -> bytes:
-        return text_part(self.piece.render(context), self.subtype)
+    def render(self, context: Mapping[str, str], links: Links | None) -> bytes:
+        text = self.piece.render(context)
+        if self.track is not None and links is not None:
+            if self.subtype == "html":
+                text = track_html(text, links, opens=self.track.opens, clicks=self.track.clicks)
+            else:
+                text = track_text(text, links)
+        return text_part(text, self.subtype)
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,8 +205,8 @@ class _Multipart:
     children: tuple[_Node, ...]
     boundary: bytes  # already checked against the constant children
 
-    def render(self, context: Mapping[str, str]) -> bytes:
-        parts = [_serialise(child, context) for child in self.children]
+    def render(self, context: Mapping[str, str], links: Links | None) -> bytes:
+        parts = [_serialise(child, context, links) for child in self.children]
         clash = any(
             self.boundary in part
             for child, part in zip(self.children, parts, strict=True)
@@ -200,8 +218,8 @@ class _Multipart:
 _Node = bytes | _Text | _Multipart
 
 
-def _serialise(node: _Node, context: Mapping[str, str]) -> bytes:
-    return node if isinstance(node, bytes) else node.render(context)
+def _serialise(node: _Node, context: Mapping[str, str], links: Links | None) -> bytes:
+    return node if isinstance(node, bytes) else node.render(context, links)
 
 
 def _text_node(piece: _Piece | None, subtype: str) -> _Node | None:
@@ -210,6 +228,31 @@ def _text_node(piece: _Piece | None, subtype: str) -> _Node | None:
     if piece.template is None:
         return text_part(piece.constant, subtype)
     return _Text(piece, subtype)
+
+
+def _tracking_choice(content: Mapping[str, Any]) -> _TrackChoice | None:
+    """Open and click tracking asked for by the request (``content.tracking``), if any."""
+    tracking = content.get("tracking")
+    if not tracking or not (tracking.get("open") or tracking.get("click")):
+        return None
+    clicks = bool(tracking.get("click"))
+    return _TrackChoice(
+        bool(tracking.get("open")), clicks, clicks and bool(tracking.get("click_text"))
+    )
+
+
+def _plain_node(piece: _Piece | None, track: _TrackChoice | None) -> _Node | None:
+    # the text part's URLs are rewritten only when click_tracking.enable_text says so
+    if piece is None or track is None or not track.text_clicks:
+        return _text_node(piece, "plain")
+    return _Text(piece, "plain", track)
+
+
+def _html_node(piece: _Piece | None, track: _TrackChoice | None) -> _Node | None:
+    # A tracked HTML part differs per recipient (its tokens), so it is never serialised ahead.
+    if piece is None or track is None:
+        return _text_node(piece, "html")
+    return _Text(piece, "html", track)
 
 
 def _multipart_node(subtype: str, children: Sequence[_Node]) -> _Node:
@@ -256,6 +299,7 @@ class Prepared:
         "_sender_domain",
         "_subject",
         "_substitutions",
+        "_tracked",
     )
 
     def __init__(
@@ -268,6 +312,7 @@ class Prepared:
         substitutions: Mapping[str, str],
         custom_args: Mapping[str, str],
         sender_domain: str,
+        tracked: bool = False,
     ) -> None:
         self._sender = sender
         self._subject = subject
@@ -277,6 +322,7 @@ class Prepared:
         self._args = dict(custom_args)
         self._args_line = _args_line(self._args) if self._args else b""
         self._sender_domain = sender_domain
+        self._tracked = tracked
 
     @property
     def sender_domain(self) -> str:
@@ -288,9 +334,21 @@ class Prepared:
         """Whether every recipient gets the same MIME body bytes (no template in the bodies)."""
         return isinstance(self._body, bytes)
 
-    def render(self, recipient: Mapping[str, Any], message_id: str, added: bytes = b"") -> bytes:
+    @property
+    def tracked(self) -> bool:
+        """Whether the HTML part carries tracking links: ``render`` wants the recipient's."""
+        return self._tracked
+
+    def render(
+        self,
+        recipient: Mapping[str, Any],
+        message_id: str,
+        added: bytes = b"",
+        links: Links | None = None,
+    ) -> bytes:
         """The message for one Recipient record, with CRLF line endings, ready to sign.
-        ``added`` is header lines the pipeline adds per recipient (List-Unsubscribe)."""
+        ``added`` is header lines the pipeline adds per recipient (List-Unsubscribe); ``links``
+        are the recipient's tracking URLs when the request asked for tracking."""
         extra = recipient.get("substitutions")
         context = {**self._substitutions, **extra} if extra else self._substitutions
         out = [self._sender, recipient_line(recipient)]
@@ -312,7 +370,7 @@ class Prepared:
             out.append(self._args_line)
         out.append(added)
         out.append(MIME_VERSION)
-        out.append(_serialise(self._body, context))
+        out.append(_serialise(self._body, context, links))
         return b"".join(out)
 
 
@@ -360,9 +418,11 @@ def prepare(task: Mapping[str, Any], template: StoredTemplate | None = None) -> 
     parts = [attachment_part(i, a) for i, a in enumerate(content.get("attachments") or [])]
     inline = [p.as_bytes() for p in parts if html is not None and is_inline(p)]
     attached = [p.as_bytes() for p in parts if html is None or not is_inline(p)]
-    text_node = _text_node(_piece("content.text", text, header=False) if text else None, "plain")
+    track = _tracking_choice(content)
+    text_piece = _piece("content.text", text, header=False) if text else None
+    text_node = _plain_node(text_piece, track)
     html_piece = _piece("content.html", html, header=False, html=True) if html else None
-    html_node = _text_node(html_piece, "html")
+    html_node = _html_node(html_piece, track)
     if html_node is not None and inline:
         html_node = _multipart_node("related", [html_node, *inline])
     alternatives = [node for node in (text_node, html_node) if node is not None]
@@ -386,4 +446,6 @@ def prepare(task: Mapping[str, Any], template: StoredTemplate | None = None) -> 
         substitutions=task.get("substitutions") or {},
         custom_args=task.get("custom_args") or {},
         sender_domain=domain,
+        tracked=track is not None
+        and (html_piece is not None or (text_piece is not None and track.text_clicks)),
     )

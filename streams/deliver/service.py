@@ -23,6 +23,7 @@ from streams.deliver.retry import RetryPolicy
 from streams.deliver.returnpath import ReturnPath, from_address
 from streams.deliver.shaping import Fired, Reply, Shaping
 from streams.deliver.throttle import DestinationThrottle
+from streams.deliver.tracking import Links, Tracker
 from streams.deliver.transport import Transport
 from streams.deliver.unsubscribe import Unsubscribe, no_unsubscribe
 from streams.obs.metrics import shaping_fired, shaping_sites, smtp_result
@@ -44,7 +45,8 @@ class DeliveryRules:
     """How delivery behaves: the retry ladder, when a destination's breaker opens, how long a
     tenant's throttled send waits in place (the site's rate is the transport's), where a domain's
     mail goes (itself, or the relay), the envelope sender (the From, or a VERP return path on
-    the bounce domain), and the one-click unsubscribe headers of bulk mail."""
+    the bounce domain), the one-click unsubscribe headers of bulk mail, and who issues open
+    and click tracking links (none: tracked requests go out untracked)."""
 
     retry: RetryPolicy
     breaker: BreakerPolicy = field(default_factory=BreakerPolicy)
@@ -52,6 +54,7 @@ class DeliveryRules:
     destination: Callable[[str], str] = _same_domain
     return_path: ReturnPath = from_address
     unsubscribe: Unsubscribe = no_unsubscribe
+    tracker: Tracker | None = None
 
 
 class Deliverer:
@@ -75,6 +78,7 @@ class Deliverer:
         self.throttle_max_wait = rules.throttle_max_wait
         self.return_path = rules.return_path
         self.unsubscribe = rules.unsubscribe
+        self.tracker = rules.tracker
         self.templates = templates or (lambda _tenant, _template_id: None)
         self.clock = clock
         self.breakers: dict[str, Breaker] = {}
@@ -96,6 +100,12 @@ class Deliverer:
         if len(self._prepared) > PREPARED_CACHE:
             self._prepared.popitem(last=False)
         return found
+
+    def _links(self, prepared: Prepared, task: DeliveryTask, now: datetime) -> Links | None:
+        if self.tracker is None or not prepared.tracked:
+            return None
+        recipient, issued = task["recipient"]["email"], int(now.timestamp())
+        return self.tracker.links(task["tenant"], task["message_id"], recipient, issued)
 
     def breaker(self, destination: str) -> Breaker:
         breaker = self.breakers.get(destination)
@@ -142,7 +152,12 @@ class Deliverer:
             if held is not None:
                 return held
         header_id = f"<{task['task_id']}@{prepared.sender_domain}>"
-        message = prepared.render(task["recipient"], header_id, self.unsubscribe(task))
+        message = prepared.render(
+            task["recipient"],
+            header_id,
+            self.unsubscribe(task),
+            self._links(prepared, task, now),
+        )
         signed = await self.signer.sign_async(message, task["tenant"], prepared.sender_domain, now)
         delivery = await self.transport.send(
             task["domain"], self.return_path(task), task["recipient"]["email"], signed

@@ -370,6 +370,8 @@ def track_outcome(
         custom_args=request["custom_args"],
         url=track["url"],
         user_agent=track["user_agent"],
+        reason=track.get("reason"),
+        ip=track["ip"],
     )
     reason = SUPPRESSING.get(track["event_type"])
     if reason is None:

@@ -45,6 +45,7 @@ from streams.deliver.retry import delay_tier, tier_name, tier_topic
 from streams.deliver.service import Deliverer, DeliveryRules
 from streams.deliver.shaping import Shaping
 from streams.deliver.throttle import DestinationThrottle
+from streams.deliver.tracking import Tracker
 from streams.deliver.transport import Transport, TransportConfig
 from streams.errors import CodecError, DkimError, RenderError, StageCrashError
 from streams.kafka.config import TopicNames
@@ -148,11 +149,13 @@ def build_deliverer(
     *,
     secret: ServerSecret | None = None,
     shared: tuple[DatabaseSettings, str] | None = None,
+    public_url: str | None = None,
 ) -> Deliverer:
     """The deliverer of ``delivery``; with a bounce domain (and the ``secret`` that signs its
-    tokens) MAIL FROM is a VERP return path. ``shared``: the database and namespace (the topic
-    prefix) of connection slots shared with every other worker process; None keeps the limits
-    in this process."""
+    tokens) MAIL FROM is a VERP return path; with a ``public_url`` (and the secret) requests
+    that ask for open and click tracking get their links. ``shared``: the database and
+    namespace (the topic prefix) of connection slots shared with every other worker process;
+    None keeps the limits in this process."""
     limits = destination_limits(delivery)
     slots = None
     if shared is not None:
@@ -168,6 +171,7 @@ def build_deliverer(
         (lambda _domain: delivery.relay_host) if relay else (lambda d: d),
         return_path(delivery, secret),
         unsubscribe(delivery, secret),
+        Tracker(secret, public_url) if secret is not None and public_url else None,
     )
     return Deliverer(
         Transport(
@@ -654,6 +658,7 @@ def deliver_stages(
         shaping,
         secret=settings.secret,
         shared=shared,
+        public_url=settings.api.public_url,
     )
     # kept a day longer than a message can live
     keep = settings.retry_max_age + 86400.0

@@ -102,6 +102,9 @@ def sendgrid_event(event: DeliveryEvent) -> dict[str, Any]:
     ip = _optional(event, "ip")
     if ip:
         out["ip"] = ip
+    if name == "open":
+        # SendGrid's flag for opens by mail privacy proxies; ours also covers scanners
+        out["sg_machine_open"] = (event["reason"] or "").startswith("machine:")
     for key, value in event["custom_args"].items():
         out.setdefault(key, value)
     return out
