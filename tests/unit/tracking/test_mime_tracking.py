@@ -36,7 +36,7 @@ def test_tracked_html_per_recipient() -> None:
     messages = {}
     for email in ("ann@example.com", "bob@example.com"):
         links = TRACKER.links("ten", "m1", email, 1_700_000_000)
-        messages[email] = _parts(prepared.render(recipient(email), "<x@shop.example>", links))
+        messages[email] = _parts(prepared.render(recipient(email), "<x@shop.example>", links=links))
     for email, parts in messages.items():
         assert parts["text/plain"].rstrip() == "Hi https://shop.example/"
         html = parts["text/html"]
@@ -56,7 +56,7 @@ def test_untracked_unless_asked() -> None:
         prepared = prepare(_task(tracking))
         assert not prepared.tracked
         links = TRACKER.links("ten", "m1", "ann@example.com", 1)
-        html = _parts(prepared.render(recipient(), "<x@shop.example>", links))["text/html"]
+        html = _parts(prepared.render(recipient(), "<x@shop.example>", links=links))["text/html"]
         assert "t.example" not in html
         assert 'href="https://shop.example/"' in html
 
@@ -71,6 +71,6 @@ def test_text_part_rewritten_only_with_enable_text() -> None:
     links = TRACKER.links("ten", "m1", "ann@example.com", 1)
     for click_text, rewritten in ((False, False), (True, True)):
         prepared = prepare(_task({"open": False, "click": True, "click_text": click_text}))
-        text = _parts(prepared.render(recipient(), "<x@shop.example>", links))["text/plain"]
+        text = _parts(prepared.render(recipient(), "<x@shop.example>", links=links))["text/plain"]
         assert ("https://t.example/t/c/" in text) is rewritten
         assert ("https://shop.example/" in text) is not rewritten
