@@ -12,7 +12,7 @@ themselves; expiry restores the site.
 ``Shaping`` keeps the rules, the recent matches and the state of every site one process knows.
 States fired here are queued for publishing (``take_published``), and states fired elsewhere are
 folded in with ``apply``, so a suspension holds in every delivery process. The site is a plain
-string the caller chooses (today ``DestinationThrottle.key``).
+string the caller chooses: a destination site (``Transport.site``, ``Deliverer.site``).
 """
 
 from __future__ import annotations

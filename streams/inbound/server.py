@@ -252,6 +252,10 @@ class InboundHandler:
         except _NotOnRecordError:
             _count("feedback_unknown")
             return "451 4.3.0 the reported message is not on record yet; try again later"
+        except Exception as exc:  # a parser's surprise is a dead letter, not a 500 to the sender
+            log.exception("inbound: reading a report failed")
+            error = ReportError("inbound.unreadable", f"{type(exc).__name__}: {exc}")
+            return [], self.dead_letters(error, raw, targets), error.code
         verdicts = [decide(report, target, now) for target in targets]
         outcome = ",".join(sorted({v.outcome for v in verdicts})) or "ignored"
         return verdicts, [], outcome

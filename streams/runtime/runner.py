@@ -268,6 +268,8 @@ class StageRunner:
 
     async def _next_finish_or_commit(self) -> None:
         """Wait until a record finishes, a flush is due, or a commit makes room."""
+        if self._flush_due():
+            return  # what finished during the fetch is flushed without waiting
         waits: list[asyncio.Future[Any]] = [task for task in self._tasks if not task.done()]
         committed: asyncio.Future[Any] | None = None
         if self.budget.records:

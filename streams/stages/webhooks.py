@@ -120,8 +120,10 @@ class EndpointBook:
             while not stop.is_set():
                 try:
                     await self.load()
-                except (OSError, asyncpg.PostgresError) as exc:
+                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                     log.warning("webhooks: could not reload the endpoints: %s", exc)
+                except Exception:  # the stage keeps the endpoints it has; never the process
+                    log.exception("webhooks: reloading the endpoints failed")
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), self.refresh)
         finally:
@@ -406,7 +408,12 @@ class PostStage:
             )
             step.outputs.append(parked)
             return admission
-        result = await self._post(endpoint, batch)
+        try:
+            result = await self._post(endpoint, batch)
+        except BaseException:
+            # a slot never handed back would leave the endpoint "busy" for good
+            shell.gates.done(tenant, False, _epoch())
+            raise
         after = datetime.now(UTC)
         shell.gates.done(tenant, result.ok, after.timestamp())
         shell.count(result.outcome)
