@@ -374,6 +374,7 @@ class Transport:
     ) -> tuple[Delivery, ...]:
         deliveries: tuple[Delivery, ...] = ()
         per_connection = self.throttle.limit(site).messages_per_connection
+        paced = False  # a second try on a fresh session (the first was stale) is the same send
         for _ in range(2):
             conn = await self.pool.acquire(key, host, site, per_connection)
             if conn is None:
@@ -384,7 +385,8 @@ class Transport:
                 return _held_back(text, host, site, _SOON, len(rcpts))
             reused = conn.client is not None
             try:
-                held_back = await self._pace(site, len(rcpts))
+                held_back = None if paced else await self._pace(site, len(rcpts))
+                paced = True
                 if held_back is not None:
                     self.pool.release(conn, reusable=True)
                     text = f"throttled: {site} rate, next message in {held_back:.1f}s"
