@@ -363,6 +363,9 @@ class Settings(BaseSettings):
     breaker_threshold: int = Field(default=5, ge=1)
     breaker_cool_down: float = Field(default=60.0, gt=0)
     deliver_concurrency: int = Field(default=64, ge=1)
+    # tasks a delivery lane reads past a backlog and keeps in memory, waiting for their turn
+    # at their site (fair across tenants); after a crash they are read again
+    deliver_read_ahead: int = Field(default=20_000, ge=1)
 
     # sinks
     sink_batch_size: int = Field(default=2000, ge=1)

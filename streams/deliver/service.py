@@ -23,7 +23,7 @@ from streams.deliver.throttle import DestinationThrottle
 from streams.deliver.transport import Transport
 from streams.obs.metrics import smtp_result
 
-__all__ = ["Deliverer", "DeliveryRules"]
+__all__ = ["Deliverer", "DeliveryRules", "SiteCapacity"]
 
 TemplateLookup = Callable[[str, str], StoredTemplate | None]
 PREPARED_CACHE = 256  # requests whose invariant part is kept; a bulk campaign needs one
@@ -89,8 +89,38 @@ class Deliverer:
             breaker = self.breakers[destination] = Breaker(self.breaker_policy)
         return breaker
 
+    async def site(self, domain: str) -> str:
+        """The site a domain's mail is queued and limited under: for now the throttle's key of
+        its destination (the relay, or the domain itself); the one place that says so."""
+        return self.throttle.key(self.destination(domain))
+
+    def capacity(self) -> SiteCapacity:
+        """What the sites allow, for the scheduler (``schedule.Capacity``)."""
+        return SiteCapacity(self)
+
     async def attempt(self, task: DeliveryTask) -> Conclusion:
-        """Try ``task`` once. Raises RenderError / DkimError for a message that cannot be built."""
+        """Try ``task`` once, waiting out a throttle of up to ``throttle_max_wait`` in place.
+        Raises RenderError / DkimError for a message that cannot be built."""
+        self.prepared(task)  # a message that cannot be built fails before any wait
+        destination = self.destination(task["domain"])
+        now = self.clock()
+        # an open breaker is send_now's to report; no point waiting for a rate first
+        if self.breaker(destination).retry_after(now.timestamp()) <= 0:
+            while True:
+                wait = self.throttle.take(task["tenant"], destination, now.timestamp())
+                if wait <= 0:
+                    break
+                if wait > self.throttle_max_wait:
+                    return postpone(
+                        task, now + timedelta(seconds=wait), f"throttled: {destination} rate", now
+                    )
+                await asyncio.sleep(wait)
+                now = self.clock()
+        return await self.send_now(task)
+
+    async def send_now(self, task: DeliveryTask) -> Conclusion:
+        """Send ``task`` now: its turn (the rate and a connection of its site) was granted.
+        Raises RenderError / DkimError for a message that cannot be built."""
         prepared = self.prepared(task)
         destination = self.destination(task["domain"])
         breaker = self.breaker(destination)
@@ -103,16 +133,6 @@ class Deliverer:
                 f"circuit_open: {destination} is paused after repeated connection failures",
                 now,
             )
-        while True:
-            wait = self.throttle.take(task["tenant"], destination, now.timestamp())
-            if wait <= 0:
-                break
-            if wait > self.throttle_max_wait:
-                return postpone(
-                    task, now + timedelta(seconds=wait), f"throttled: {destination} rate", now
-                )
-            await asyncio.sleep(wait)
-            now = self.clock()
         header_id = f"<{task['task_id']}@{prepared.sender_domain}>"
         message = prepared.render(task["recipient"], header_id)
         signed = await self.signer.sign_async(message, task["tenant"], prepared.sender_domain, now)
@@ -138,3 +158,27 @@ class Deliverer:
     async def close(self) -> None:
         await self.transport.close()
         self.signer.close()
+
+
+class SiteCapacity:
+    """The scheduler's view of the sites (``schedule.Capacity``): connection limits and rates
+    from the throttle, a site whose breaker is open waits until it may be tried again."""
+
+    def __init__(self, deliverer: Deliverer) -> None:
+        self.deliverer = deliverer
+        self.throttle = deliverer.throttle
+
+    def connections(self, site: str) -> int:
+        return self.throttle.limits.for_destination(site).connections
+
+    def site_wait(self, site: str, now: float) -> float:
+        breaker = self.deliverer.breakers.get(site)
+        if breaker is not None and (wait := breaker.retry_after(now)) > 0:
+            return wait
+        return self.throttle.destination_wait(site, now)
+
+    def tenant_wait(self, tenant: str, now: float) -> float:
+        return self.throttle.tenant_wait(tenant, now)
+
+    def take(self, tenant: str, site: str, now: float) -> None:
+        self.throttle.take(tenant, site, now)

@@ -186,6 +186,16 @@ class DestinationThrottle:
         destination_bucket.take(now, n)
         return 0.0
 
+    def tenant_wait(self, tenant: str, now: float) -> float:
+        """Seconds until ``tenant`` may send one more message (0: now), taking nothing."""
+        bucket = self._tenants.get(tenant)
+        return 0.0 if bucket is None else bucket.wait_time(now)
+
+    def destination_wait(self, destination: str, now: float) -> float:
+        """Seconds until ``destination`` may take one more message (0: now), taking nothing."""
+        bucket = self._destinations.get(self.key(destination))
+        return 0.0 if bucket is None else bucket.wait_time(now)
+
     def open_connection(self, destination: str) -> bool:
         """Count a new connection to ``destination`` if one more is allowed."""
         key = self.key(destination)
