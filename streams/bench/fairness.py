@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiosmtpd.controller import Controller
 
 from streams.bench.deliver import publish
@@ -29,9 +30,11 @@ from streams.bench.records import kafka_counts
 from streams.bench.smtp_peers import free_port
 from streams.bench.stacks import Credentials, bench_settings
 from streams.contract.build import email_request, recipient
+from streams.contract.codec import default_codec
 from streams.contract.records import Content, EmailRequest, Priority
 from streams.db.tenants import create_api_key, create_tenant
 from streams.deliver.senders import add_sender
+from streams.kafka.config import client_options
 from streams.settings import Settings
 from streams.stack.stack import Stack
 
@@ -61,10 +64,17 @@ class FairnessResult:
     rate: int
     b_bulk_ms: list[float] = field(default_factory=list)
     b_high_ms: list[float] = field(default_factory=list)
+    # the part of it until the task was on its lane's topic (gate, verification, fan-out)
+    b_bulk_lane_ms: list[float] = field(default_factory=list)
+    b_high_lane_ms: list[float] = field(default_factory=list)
     a_before_b: int = 0  # of A's messages, how many the receiver took before B's last bulk one
     a_left: int = 0  # A's messages not yet at the receiver when B's last bulk one arrived
     duplicates: int = 0  # messages the receiver took twice (by Message-ID)
     seconds: float = 0.0
+    # the bulk worker's resident memory before A's backlog and at its highest while it drained
+    # (MB; None where /proc is not there)
+    bulk_rss_idle_mb: float | None = None
+    bulk_rss_peak_mb: float | None = None
 
     def figures(self) -> dict[str, float]:
         return {
@@ -72,6 +82,8 @@ class FairnessResult:
             "b_bulk_p99_ms": _pct(self.b_bulk_ms, 99),
             "b_high_p50_ms": _pct(self.b_high_ms, 50),
             "b_high_p99_ms": _pct(self.b_high_ms, 99),
+            "b_bulk_to_lane_p50_ms": _pct(self.b_bulk_lane_ms, 50),
+            "b_high_to_lane_p50_ms": _pct(self.b_high_lane_ms, 50),
         }
 
 
@@ -146,6 +158,73 @@ def _settings(data_dir: Path, dns: ZoneServer, port: int, partitions: int) -> Se
     )
 
 
+def _rss_mb(pid: int | None) -> float | None:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except (OSError, TypeError):
+        return None
+    for line in status.splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return None
+
+
+class _Peak:
+    """The highest RSS of a process, sampled every 0.2 s while it runs."""
+
+    def __init__(self, pid: int | None) -> None:
+        self.pid = pid
+        self.peak: float | None = None
+        self._task = asyncio.get_running_loop().create_task(self._sample())
+
+    async def _sample(self) -> None:
+        while True:
+            now = _rss_mb(self.pid)
+            if now is not None:
+                self.peak = max(self.peak or 0.0, now)
+            await asyncio.sleep(0.2)
+
+    def stop(self) -> float | None:
+        self._task.cancel()
+        return self.peak
+
+
+async def _on_lane(settings: Settings, prefix: str) -> dict[str, float]:
+    """When each task to a recipient starting with ``prefix`` was written to its lane (the
+    record's timestamp, epoch seconds), from the start of both lanes to their ends."""
+    codec = default_codec()
+    options = client_options(settings.kafka)
+    consumer = AIOKafkaConsumer(**options, enable_auto_commit=False, group_id=None)
+    found: dict[str, float] = {}
+    await consumer.start()
+    try:
+        tps = [
+            TopicPartition(topic, p)
+            for topic in (settings.topics.lane("bulk"), settings.topics.lane("tx"))
+            for p in sorted(consumer.partitions_for_topic(topic) or await _parts(consumer, topic))
+        ]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        pending = {tp for tp in tps if ends[tp] > 0}
+        while pending:
+            for tp, records in (await consumer.getmany(*pending, timeout_ms=1000)).items():
+                for rec in records:
+                    email = codec.decode_as(rec.value or b"", "DeliveryTask")["recipient"]["email"]
+                    if email.startswith(prefix):
+                        found.setdefault(email, rec.timestamp / 1000)
+                    if rec.offset + 1 >= ends[tp]:
+                        pending.discard(tp)
+    finally:
+        await consumer.stop()
+    return found
+
+
+async def _parts(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
+    cluster = await consumer._client.fetch_all_metadata()
+    return set(cluster.partitions_for_topic(topic) or ())
+
+
 async def _tenants(settings: Settings) -> dict[str, Credentials]:
     conn = await asyncpg.connect(settings.dsn)
     keys = {}
@@ -207,7 +286,7 @@ def _judge(
 
 
 async def _measure(
-    settings: Settings, receiver: _Receiver, backlog: int, say: Any
+    settings: Settings, receiver: _Receiver, backlog: int, bulk_pid: int | None, say: Any
 ) -> FairnessResult:
     keys = await _tenants(settings)
     run = uuid.uuid4().hex[:6]
@@ -217,6 +296,8 @@ async def _measure(
         await publish(settings, [_request(tenant, f"w{tenant}{run}", warm, "bulk")], keys[tenant])
     await receiver.wait_for(200, 120)
     lane_before = await _lane_count(settings)
+    idle = _rss_mb(bulk_pid)
+    peak = _Peak(bulk_pid)
     say(f"tenant A queues {backlog:,} bulk messages to {SITE} (limited to {RATE}/s)")
     a_requests = [
         _request("a", f"a{run}-{i}", [f"a{run}x{i}x{j}@{SITE}" for j in range(PER_REQUEST)], "bulk")
@@ -234,7 +315,15 @@ async def _measure(
     say("waiting for every message at the receiver")
     await receiver.wait_for(backlog + B_BULK + B_HIGH + 200, backlog / RATE * 2 + 120)
     result = FairnessResult(backlog=backlog, rate=RATE, seconds=time.time() - began)
+    result.bulk_rss_idle_mb, result.bulk_rss_peak_mb = idle, peak.stop()
     missing = _judge(result, receiver.snapshot(), sent, run)
+    lane = await _on_lane(settings, "b")
+    result.b_bulk_lane_ms = [
+        (lane[r] - t) * 1000 for r, t in sent.items() if r.startswith("bb") and r in lane
+    ]
+    result.b_high_lane_ms = [
+        (lane[r] - t) * 1000 for r, t in sent.items() if r.startswith("bh") and r in lane
+    ]
     if missing:
         say(f"{len(missing)} of B's messages never reached the receiver")
     return result
@@ -257,7 +346,9 @@ async def run_fairness_bench(
     stack = Stack(_settings(data_dir, dns, port, partitions), workers=True)
     try:
         await stack.start(detach=False)
-        return await _measure(stack.settings, receiver, backlog, say)
+        bulk = next((p for p in stack.apps if p.name == "bulk"), None)
+        pid = bulk.pid if bulk is not None else None
+        return await _measure(stack.settings, receiver, backlog, pid, say)
     finally:
         await asyncio.to_thread(stack.stop)
         controller.stop()

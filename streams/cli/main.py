@@ -623,6 +623,8 @@ def _bench_fairness(backlog: int, partitions: int, as_json: bool) -> None:
                     "rate": result.rate,
                     "a_before_b": result.a_before_b,
                     "duplicates": result.duplicates,
+                    "bulk_rss_idle_mb": result.bulk_rss_idle_mb,
+                    "bulk_rss_peak_mb": result.bulk_rss_peak_mb,
                     "seconds": result.seconds,
                 }
             )
@@ -640,8 +642,18 @@ def _bench_fairness(backlog: int, partitions: int, as_json: bool) -> None:
         f"p50 {figures['b_high_p50_ms']:,.0f} ms, p99 {figures['b_high_p99_ms']:,.0f} ms"
         f" ({len(result.b_high_ms)} messages)",
     )
+    grid.add_row(
+        "  of which until on the lane (p50)",
+        f"bulk {figures['b_bulk_to_lane_p50_ms']:,.0f} ms,"
+        f" high {figures['b_high_to_lane_p50_ms']:,.0f} ms",
+    )
     grid.add_row("A's messages before B's last bulk one", f"{result.a_before_b:,}")
     grid.add_row("messages received twice", str(result.duplicates))
+    if result.bulk_rss_idle_mb is not None and result.bulk_rss_peak_mb is not None:
+        grid.add_row(
+            "bulk worker RSS",
+            f"{result.bulk_rss_idle_mb:,.0f} MB idle, {result.bulk_rss_peak_mb:,.0f} MB at most",
+        )
     grid.add_row("run", f"{result.seconds:,.1f} s")
     out.print(grid)
 

@@ -365,6 +365,7 @@ class StageRunner:
             return
         step = Step()
         touched: set[TopicPartition] = set()
+        settled: list[asyncio.Future[Step]] = []
         for record, future in finished:
             self._open.discard(future)
             if future.cancelled():
@@ -383,6 +384,7 @@ class StageRunner:
                 step.extend(self.stage.crashed(record, error, self.clock()))
             else:
                 step.extend(future.result())
+            settled.append(future)
             tp = TopicPartition(record.topic, record.partition)
             self._done.setdefault(tp, set()).add(record.offset)
             self._high[tp] = max(record.offset + 1, self._high.get(tp, 0))
@@ -399,6 +401,8 @@ class StageRunner:
             offsets[tp] = order[0] if order else self._high[tp]
         if offsets:
             await commit_owned(consumer, offsets, f"stage {self.stage.name}")
+        if isinstance(self.stage, Admitting):
+            self.stage.flushed(settled)
         self._limit_spans(consumer)
         self._observe(step, len(finished), None)
 

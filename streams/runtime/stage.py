@@ -83,3 +83,8 @@ class Admitting(Protocol):
         """Give up every admitted record whose work has not started (cancel its future): the
         partitions are being revoked or the stage stops. Work already started finishes."""
         ...
+
+    def flushed(self, futures: Sequence[asyncio.Future[Step]]) -> None:
+        """These records' outputs and store changes are acknowledged by Kafka (and the offsets
+        committed as far as they go): what a crash can no longer make the stage repeat."""
+        ...

@@ -571,6 +571,8 @@ class LaneStage:
             self._postpone,
             lambda: shell.clock().timestamp(),
         )
+        # sends granted a turn, until the runner says their outcome is acknowledged
+        self._granted: dict[asyncio.Future[Step], str] = {}
 
     async def admit(self, batch: Sequence[Consumed], now: datetime) -> list[asyncio.Future[Step]]:
         """Triage the batch: what is not to be sent is finished at once, the rest waits for
@@ -590,7 +592,7 @@ class LaneStage:
                 continue
             task = judged.task
             site = await self.shell.deliverer.site(task["domain"])
-            self.dispatcher.push(site, task["tenant"], _Waiting(judged, future))
+            self.dispatcher.push(site, task["tenant"], _Waiting(judged, future, site))
         return futures
 
     def release(self) -> None:
@@ -598,7 +600,14 @@ class LaneStage:
             self.shell.given_up(waiting.ready)
             waiting.future.cancel()
 
+    def flushed(self, futures: Sequence[asyncio.Future[Step]]) -> None:
+        for future in futures:
+            site = self._granted.pop(future, None)
+            if site is not None:
+                self.dispatcher.done(site)
+
     async def _turn(self, waiting: _Waiting) -> None:
+        self._granted[waiting.future] = waiting.site
         await self._settle(waiting, self.shell.send(waiting.ready, self.shell.deliverer.send_now))
 
     async def _postpone(self, waiting: _Waiting, until: float) -> None:
@@ -646,6 +655,7 @@ class LaneStage:
 class _Waiting:
     ready: Ready
     future: asyncio.Future[Step]
+    site: str
 
 
 def _crashed(shell: DeliverShell, record: Consumed, error: Exception, now: datetime) -> Step:

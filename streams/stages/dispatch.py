@@ -21,7 +21,10 @@ _MIN_SLEEP = 0.0005  # a rate's next token a hair away: no busy loop
 
 class Dispatcher(Generic[T]):
     """``send(item)`` runs in a task per granted turn and must settle the item itself;
-    ``postpone(item, until)`` parks an item the scheduler handed back (a long wait)."""
+    ``postpone(item, until)`` parks an item the scheduler handed back (a long wait). A turn
+    holds its slot until ``done``: the lane calls it once the send's outcome is acknowledged,
+    so the sends a crash can repeat (in flight, or finished and not yet in the ledger's
+    changelog) never number more than the scheduler's concurrency."""
 
     def __init__(
         self,
@@ -71,11 +74,13 @@ class Dispatcher(Generic[T]):
                 await asyncio.wait_for(self._wake.wait(), timeout)
 
     async def _turn(self, turn: Turn[T]) -> None:
-        try:
-            await self._send(turn.item)
-        finally:
-            self.scheduler.done(turn.site)
-            self._wake.set()
+        await self._send(turn.item)
+
+    def done(self, site: str) -> None:
+        """A turn granted at ``site`` is over: its send finished and what it wrote (the
+        ledger) is acknowledged, so its slot may carry the next send."""
+        self.scheduler.done(site)
+        self._wake.set()
 
     async def close(self) -> None:
         if self._loop is not None:
