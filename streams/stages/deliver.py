@@ -3,8 +3,9 @@
 Stages:
 - one per lane (``deliveries.tx`` for critical/high, ``deliveries`` for normal/bulk), each with
   its own consumer group and records in flight, so a bulk backlog never delays transactional
-  mail; records run concurrently (SMTP waits on the network) and a partition is committed up to
-  its oldest record still in flight;
+  mail; the lane reads ahead, triages each batch and queues what is to be sent per (site,
+  tenant), where the scheduler hands out send turns fairly (``streams/deliver/schedule.py``);
+  a partition is committed up to its oldest record not finished;
 - one per delay tier (``retry.5m`` ...): holds its partitions at the first record not yet due (or
   flushed), then puts it back on its lane;
 - one on the control topic, doing what a release or delete does to the parked tasks.
@@ -13,8 +14,9 @@ The ledger store (task id -> accepted, per lane partition) is the no-double-send
 whose 250 was recorded is never sent again, even when a crash makes Kafka deliver it twice. Its
 changelog is flushed before the offsets are committed, so what remains is the RFC 1047 window:
 the receiver accepted the message but the worker died (or lost Kafka) before the ledger record
-reached Kafka. That task is sent again: at most the transactions in flight at that moment, since
-the runtime starts none while the finished ones wait for their acknowledgement.
+reached Kafka. That task is sent again: at most the transactions in flight at that moment or
+finished and not yet acknowledged, since a send's turn holds its slot in the scheduler until the
+runner's flush of its outcome is acknowledged (``LaneStage.flushed``).
 """
 
 from __future__ import annotations
