@@ -49,6 +49,7 @@ __all__ = ["RunnerConfig", "StageRunner"]
 log = logging.getLogger("postwire.runtime")
 SLOW_BATCH = 10.0
 PIPELINE = 4  # batches a stage may have sent and not yet seen acknowledged
+ADMIT_ROUNDS = 8  # fetches a concurrent stage may admit between two flushes
 
 
 @dataclass(frozen=True)
@@ -251,14 +252,20 @@ class StageRunner:
         while not stop.is_set():
             self._raise_if_failed()
             room = self._ahead - len(self._open)
-            if room > 0:
-                wait = 1 if self._open else self._fetch_wait_ms()
+            wait = 1 if self._open else self._fetch_wait_ms()
+            # a backlog is admitted several batches at a time, not one per flush: the records
+            # behind it (another tenant's) reach the scheduler sooner
+            for _ in range(ADMIT_ROUNDS):
+                if room <= 0:
+                    break
                 fetched = await consumer.getmany(
                     timeout_ms=wait, max_records=min(room, self.stage.max_batch)
                 )
-                if fetched:
-                    async with self.lock:
-                        await self._admit(consumer, fetched)
+                if not fetched:
+                    break
+                async with self.lock:
+                    await self._admit(consumer, fetched)
+                room, wait = self._ahead - len(self._open), 0
             if self._open and not self._finished:
                 # with room to read ahead, look for new records soon (a password reset behind
                 # a slow session); when full, only a finished record makes room
