@@ -78,9 +78,10 @@ class _Site(Generic[T]):
 
 
 class Scheduler(Generic[T]):
-    """At most ``concurrency`` sends in flight over every site; per site at most its connection
-    limit. Call ``push`` for each task to send, ``grant`` to learn which go now, ``done`` when a
-    granted send finished (its connection turn is free again)."""
+    """At most ``concurrency`` sends granted and not settled over every site; per site at most
+    its connection limit in flight. Call ``push`` for each task to send, ``grant`` to learn which
+    go now, ``sent`` when a granted send finished (its connection is free again) and
+    ``settled`` once its outcome is safe (the lane: acknowledged by Kafka)."""
 
     def __init__(self, concurrency: int, max_wait: float) -> None:
         if concurrency < 1:
@@ -115,20 +116,32 @@ class Scheduler(Generic[T]):
         queue.append(item)
         self._queued += 1
 
-    def done(self, site: str) -> None:
-        """A send granted at ``site`` finished."""
+    def sent(self, site: str) -> None:
+        """A send granted at ``site`` finished: its connection may carry the next one. It still
+        counts against ``concurrency`` until ``settled``."""
         state = self._sites.get(site)
         if state is None or state.in_flight <= 0:
             # a turn that was never granted: a bookkeeping bug that would hand out extra turns
             raise ValueError(f"scheduler: no send in flight at {site!r}")
         state.in_flight -= 1
-        self.in_flight -= 1
         if state.in_flight == 0 and not state.queues:
             del self._sites[site]
 
+    def settled(self, n: int = 1) -> None:
+        """``n`` finished sends are settled (what they wrote is acknowledged): a crash can no
+        longer repeat them, so they stop counting against ``concurrency``."""
+        if n > self.in_flight:
+            raise ValueError(f"scheduler: {n} sends settled, {self.in_flight} were granted")
+        self.in_flight -= n
+
+    def done(self, site: str) -> None:
+        """A send granted at ``site`` finished and is settled."""
+        self.sent(site)
+        self.settled()
+
     def drain(self) -> Iterator[T]:
         """Every queued task, taken out (the lane gives its partitions up); turns granted stay
-        counted until their ``done``."""
+        counted until they are ``sent`` and ``settled``."""
         for site, state in list(self._sites.items()):
             for queue in state.queues.values():
                 yield from queue

@@ -16,7 +16,8 @@ changelog is flushed before the offsets are committed, so what remains is the RF
 the receiver accepted the message but the worker died (or lost Kafka) before the ledger record
 reached Kafka. That task is sent again: at most the transactions in flight at that moment or
 finished and not yet acknowledged, since a send's turn holds its slot in the scheduler until the
-runner's flush of its outcome is acknowledged (``LaneStage.flushed``).
+runner's flush of its outcome is acknowledged (``LaneStage.flushed``); its site's connection is
+free for the next send as soon as its transaction ends.
 """
 
 from __future__ import annotations
@@ -574,7 +575,7 @@ class LaneStage:
             lambda: shell.clock().timestamp(),
         )
         # sends granted a turn, until the runner says their outcome is acknowledged
-        self._granted: dict[asyncio.Future[Step], str] = {}
+        self._granted: set[asyncio.Future[Step]] = set()
 
     async def admit(self, batch: Sequence[Consumed], now: datetime) -> list[asyncio.Future[Step]]:
         """Triage the batch: what is not to be sent is finished at once, the rest waits for
@@ -594,7 +595,7 @@ class LaneStage:
                 continue
             task = judged.task
             site = await self.shell.deliverer.site(task["domain"])
-            self.dispatcher.push(site, task["tenant"], _Waiting(judged, future, site))
+            self.dispatcher.push(site, task["tenant"], _Waiting(judged, future))
         return futures
 
     def release(self) -> None:
@@ -603,13 +604,16 @@ class LaneStage:
             waiting.future.cancel()
 
     def flushed(self, futures: Sequence[asyncio.Future[Step]]) -> None:
+        granted = self._granted
+        settled = 0
         for future in futures:
-            site = self._granted.pop(future, None)
-            if site is not None:
-                self.dispatcher.done(site)
+            if future in granted:
+                granted.discard(future)
+                settled += 1
+        self.dispatcher.settled(settled)
 
     async def _turn(self, waiting: _Waiting) -> None:
-        self._granted[waiting.future] = waiting.site
+        self._granted.add(waiting.future)
         await self._settle(waiting, self.shell.send(waiting.ready, self.shell.deliverer.send_now))
 
     async def _postpone(self, waiting: _Waiting, until: float) -> None:
@@ -657,7 +661,6 @@ class LaneStage:
 class _Waiting:
     ready: Ready
     future: asyncio.Future[Step]
-    site: str
 
 
 def _crashed(shell: DeliverShell, record: Consumed, error: Exception, now: datetime) -> Step:

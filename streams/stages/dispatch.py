@@ -22,9 +22,10 @@ _MIN_SLEEP = 0.0005  # a rate's next token a hair away: no busy loop
 class Dispatcher(Generic[T]):
     """``send(item)`` runs in a task per granted turn and must settle the item itself;
     ``postpone(item, until)`` parks an item the scheduler handed back (a long wait). A turn
-    holds its slot until ``done``: the lane calls it once the send's outcome is acknowledged,
-    so the sends a crash can repeat (in flight, or finished and not yet in the ledger's
-    changelog) never number more than the scheduler's concurrency."""
+    frees its site's connection when its send ends, and its slot of the lane's concurrency only
+    at ``settled``, which the lane calls once the outcome is acknowledged: the sends a crash can
+    repeat (in flight, or finished and not yet in the ledger's changelog) never number more
+    than the scheduler's concurrency."""
 
     def __init__(
         self,
@@ -74,13 +75,18 @@ class Dispatcher(Generic[T]):
                 await asyncio.wait_for(self._wake.wait(), timeout)
 
     async def _turn(self, turn: Turn[T]) -> None:
-        await self._send(turn.item)
+        try:
+            await self._send(turn.item)
+        finally:
+            self.scheduler.sent(turn.site)  # its connection may carry the next send
+            self._wake.set()
 
-    def done(self, site: str) -> None:
-        """A turn granted at ``site`` is over: its send finished and what it wrote (the
-        ledger) is acknowledged, so its slot may carry the next send."""
-        self.scheduler.done(site)
-        self._wake.set()
+    def settled(self, n: int) -> None:
+        """``n`` finished sends' outcomes (the ledger among them) are acknowledged: their slots
+        of the lane's concurrency may carry the next sends."""
+        if n:
+            self.scheduler.settled(n)
+            self._wake.set()
 
     async def close(self) -> None:
         if self._loop is not None:

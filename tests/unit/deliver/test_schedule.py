@@ -190,3 +190,19 @@ def test_drain_takes_every_queued_task_out_and_keeps_the_sends_in_flight() -> No
     assert scheduler.in_flight == 1
     scheduler.done(turn.site)
     assert scheduler.sites() == 0
+
+
+def test_a_finished_send_frees_its_connection_and_its_lane_slot_only_once_settled() -> None:
+    scheduler: Scheduler[str] = Scheduler(concurrency=2, max_wait=5.0)
+    sites = Sites(connections_per_site=1)
+    for i in range(3):
+        scheduler.push("s", "a", f"s{i}")
+        scheduler.push("t", "a", f"t{i}")
+    first = scheduler.grant(0.0, sites)
+    assert [t.item for t in first.turns] == ["s0", "t0"]
+    scheduler.sent("s")  # s0's connection is free, its outcome not yet safe
+    assert scheduler.grant(0.0, sites).turns == []  # the lane's two slots are still taken
+    scheduler.settled()
+    assert [t.item for t in scheduler.grant(0.0, sites).turns] == ["s1"]
+    with pytest.raises(ValueError, match="settled"):
+        scheduler.settled(3)
