@@ -26,6 +26,7 @@ from streams.obs.metrics import smtp_result
 __all__ = ["Deliverer", "DeliveryRules", "SiteCapacity"]
 
 TemplateLookup = Callable[[str, str], StoredTemplate | None]
+SIGN_AHEAD = 2  # turns granted per session a site may have: one on the wire, one being signed
 PREPARED_CACHE = 256  # requests whose invariant part is kept; a bulk campaign needs one
 
 
@@ -169,7 +170,10 @@ class SiteCapacity:
         self.throttle = deliverer.throttle
 
     def connections(self, site: str) -> int:
-        return self.throttle.limits.for_destination(site).connections
+        # twice the site's connection limit: a turn renders and signs before it needs its
+        # session, so each session has the next message signed while one goes over the wire;
+        # the pool keeps the sessions themselves to the limit (a turn waits there, in order)
+        return SIGN_AHEAD * self.throttle.limits.for_destination(site).connections
 
     def site_wait(self, site: str, now: float) -> float:
         breaker = self.deliverer.breakers.get(site)
