@@ -34,11 +34,12 @@ from streams.contract.codec import default_codec
 from streams.contract.records import Content, EmailRequest, Priority
 from streams.db.tenants import create_api_key, create_tenant
 from streams.deliver.senders import add_sender
+from streams.errors import CodecError
 from streams.kafka.config import client_options
 from streams.settings import Settings
 from streams.stack.stack import Stack
 
-__all__ = ["FairnessResult", "run_fairness_bench"]
+__all__ = ["FairnessResult", "on_lanes", "run_fairness_bench"]
 
 SITE = "big.example"
 RATE = 200  # msg/s the site is limited to
@@ -189,7 +190,7 @@ class _Peak:
         return self.peak
 
 
-async def _on_lane(settings: Settings, prefix: str) -> dict[str, float]:
+async def on_lanes(settings: Settings, prefix: str) -> dict[str, float]:
     """When each task to a recipient starting with ``prefix`` was written to its lane (the
     record's timestamp, epoch seconds), from the start of both lanes to their ends."""
     codec = default_codec()
@@ -210,7 +211,11 @@ async def _on_lane(settings: Settings, prefix: str) -> dict[str, float]:
         while pending:
             for tp, records in (await consumer.getmany(*pending, timeout_ms=1000)).items():
                 for rec in records:
-                    email = codec.decode_as(rec.value or b"", "DeliveryTask")["recipient"]["email"]
+                    try:
+                        task = codec.decode_as(rec.value or b"", "DeliveryTask")
+                    except CodecError:
+                        task = None  # a dead letter's bytes: the lane rejects them too
+                    email = task["recipient"]["email"] if task is not None else ""
                     if email.startswith(prefix):
                         found.setdefault(email, rec.timestamp / 1000)
                     if rec.offset + 1 >= ends[tp]:
@@ -317,7 +322,7 @@ async def _measure(
     result = FairnessResult(backlog=backlog, rate=RATE, seconds=time.time() - began)
     result.bulk_rss_idle_mb, result.bulk_rss_peak_mb = idle, peak.stop()
     missing = _judge(result, receiver.snapshot(), sent, run)
-    lane = await _on_lane(settings, "b")
+    lane = await on_lanes(settings, "b")
     result.b_bulk_lane_ms = [
         (lane[r] - t) * 1000 for r, t in sent.items() if r.startswith("bb") and r in lane
     ]
