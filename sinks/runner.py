@@ -39,6 +39,7 @@ from streams.settings import Settings
 __all__ = ["SinkRunner", "run_sinks"]
 
 log = logging.getLogger("postwire.sinks")
+SINK_FETCH_MIN_BYTES = 64 * 1024
 # the record field holding its request's created_at, for tables whose rows end a request's path
 BORN = {
     "EmailRequest": "created_at",
@@ -125,6 +126,11 @@ class SinkRunner:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_poll_records=self.settings.sink_batch_size,
+            # a sink writes in batches anyway: the broker holds each fetch until it has a batch's
+            # worth or the linger passed, rather than answering every few records (under load,
+            # the broker's busiest work was answering the sinks' fetches)
+            fetch_min_bytes=SINK_FETCH_MIN_BYTES,
+            fetch_max_wait_ms=max(int(self.settings.sink_linger * 1000), 1),
             session_timeout_ms=int(self.settings.session_timeout * 1000),
             heartbeat_interval_ms=int(self.settings.heartbeat_interval * 1000),
         )

@@ -34,8 +34,10 @@ __all__ = [
     "RecoveryStalledError",
     "RenderError",
     "ReplayError",
+    "ReportError",
     "RequestLimitError",
     "RequestTooLargeError",
+    "ReturnPathError",
     "RuntimeProduceError",
     "SchemaMismatchError",
     "SecretError",
@@ -444,3 +446,21 @@ class SelectorTakenError(SenderConflictError):
     """The DKIM selector of that domain is in use (one DNS name holds one key)."""
 
     code = "sender.selector_taken"
+
+
+class ReturnPathError(PostwireError):
+    """A VERP return path (``<token>@<bounce domain>``) this install did not issue: another
+    prefix, not base32, cut off, or a signature that does not match."""
+
+    code = "inbound.bad_return_path"
+
+
+class ReportError(PostwireError):
+    """Mail at a return path that is neither a delivery status notification, a feedback report
+    nor a bounce a detector recognises; ``code`` says which part failed."""
+
+    code = "inbound.unparseable"
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import hmac
 import os
 import secrets
@@ -109,7 +108,7 @@ class ServerSecret:
     def mac(self, purpose: str, *parts: str | bytes) -> bytes:
         """HMAC-SHA256 over ``parts`` joined by a unit separator, under the purpose's subkey."""
         data = _SEP.join(p.encode() if isinstance(p, str) else p for p in parts)
-        return hmac.new(self.subkey(purpose), data, hashlib.sha256).digest()
+        return hmac.digest(self.subkey(purpose), data, "sha256")  # one C call, same bytes
 
     def seal(self, purpose: str, plaintext: bytes, *, context: str = "") -> bytes:
         """``plaintext`` encrypted and authenticated; ``context`` must match to open it."""

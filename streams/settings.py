@@ -37,11 +37,13 @@ __all__ = [
     "ApiSettings",
     "DeliverySettings",
     "GateSettings",
+    "InboundSettings",
     "RestartSettings",
     "Settings",
     "SinkSettings",
     "StackSettings",
     "VerifySettings",
+    "WebhookSettings",
 ]
 
 
@@ -114,11 +116,47 @@ class DeliverySettings:
     retry_tiers: tuple[int, ...]
     breaker_threshold: int
     breaker_cool_down: float
+    shaping_file: Path | None  # the operator's shaping rules, merged over the shipped ones
     concurrency: int
     # the MX lookups delivery makes go through the same resolver settings as verification
     nameservers: tuple[str, ...]
     dns_timeout: float
     dns_tries: int
+    # MAIL FROM is a VERP return path <token>@bounce_domain when set; empty: the From address
+    bounce_domain: str = ""
+
+
+@dataclass(frozen=True)
+class InboundSettings:
+    """`postwire inbound`: the SMTP server of the bounce domain (streams/inbound/)."""
+
+    bounce_domain: str
+    host: str
+    port: int
+    max_bytes: int
+    web_host: str
+    web_port: int
+    hostname: str
+
+
+@dataclass(frozen=True)
+class WebhookSettings:
+    """The event webhook stage: batches, posts, the per-endpoint limits, the retry window."""
+
+    batch_events: int
+    batch_bytes: int
+    timeout: float
+    concurrency: int
+    endpoint_concurrency: int
+    retry_first: float
+    retry_factor: float
+    retry_cap: float
+    retry_max_age: float
+    retry_tiers: tuple[int, ...]
+    breaker_threshold: int
+    breaker_cool_down: float
+    refresh: float
+    allow_private: bool
 
 
 @dataclass(frozen=True)
@@ -362,10 +400,50 @@ class Settings(BaseSettings):
     # consecutive connection failures that pause a destination, and the first pause
     breaker_threshold: int = Field(default=5, ge=1)
     breaker_cool_down: float = Field(default=60.0, gt=0)
+    # the operator's shaping rules (TOML), merged over the shipped ones for the large providers
+    # (streams/deliver/data/shaping.toml); unset: the shipped ones alone
+    shaping_file: Path | None = None
     deliver_concurrency: int = Field(default=64, ge=1)
     # tasks a delivery lane reads past a backlog and keeps in memory, waiting for their turn
     # at their site (fair across tenants); after a crash they are read again
     deliver_read_ahead: int = Field(default=20_000, ge=1)
+
+    # return path and asynchronous bounces: with a bounce domain, MAIL FROM is
+    # <token>@<bounce domain> (a signed reference to the message and recipient, see
+    # streams/mail/verp.py) and `postwire up` runs `postwire inbound`, the SMTP server the
+    # domain's MX points at, which turns DSNs and feedback reports into events and suppressions.
+    # Empty: MAIL FROM is the From address, and no inbound server runs.
+    bounce_domain: str = ""
+    inbound_host: str = "127.0.0.1"  # 0.0.0.0 (or a public address) to receive from the world
+    inbound_port: int = Field(default=2525, ge=1, le=65535)
+    # a DSN that carries the whole original message can be large; larger mail is refused (552)
+    inbound_max_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+    # /metrics and /healthz of the inbound server (0: none)
+    inbound_web_port: int = Field(default=6064, ge=0)
+    # event webhooks: a post is a JSON array of at most this many events and bytes (SendGrid
+    # posts up to 768 KB), answered within webhook_timeout or retried
+    webhook_batch_events: int = Field(default=1000, ge=1)
+    webhook_batch_bytes: int = Field(default=768 * 1024, ge=256)
+    webhook_timeout: float = Field(default=10.0, gt=0)
+    # posts in flight in the webhook stage, and to one endpoint (as many more wait for a slot;
+    # past that they wait in a delay tier)
+    webhook_concurrency: int = Field(default=64, ge=1)
+    webhook_endpoint_concurrency: int = Field(default=4, ge=1)
+    # a failed post is tried again after 30 s, doubling up to an hour apart, for 24 hours (as
+    # SendGrid does), then dead-lettered; the delay topics are postwire.webhooks.retry.<tier>
+    webhook_retry_first: float = Field(default=30.0, gt=0)
+    webhook_retry_factor: float = Field(default=2.0, ge=1)
+    webhook_retry_cap: float = Field(default=3600.0, gt=0)
+    webhook_retry_max_age: float = Field(default=86400.0, gt=0)
+    webhook_retry_tiers: str = "30,60,120,300,600,1200,3600"
+    # consecutive failed posts that pause an endpoint, and the first pause
+    webhook_breaker_threshold: int = Field(default=5, ge=1)
+    webhook_breaker_cool_down: float = Field(default=30.0, gt=0)
+    # how often the stage reloads the endpoints (a changed URL or event choice takes this long)
+    webhook_refresh: float = Field(default=5.0, gt=0)
+    # tenants choose the URLs: only public addresses are posted to unless this says otherwise
+    # (a webhook receiver on the same host or network, tests)
+    webhook_allow_private: bool = False
 
     # sinks
     sink_batch_size: int = Field(default=2000, ge=1)
@@ -393,6 +471,15 @@ class Settings(BaseSettings):
         # refused (a ConfigError naming the variable) when the settings are read, not when the
         # first client connects
         _ = self.kafka_security
+        return self
+
+    @model_validator(mode="after")
+    def _bounce_domain_is_a_domain(self) -> Settings:
+        domain = self.bounce_domain.strip()
+        if domain and (any(c in domain for c in "@ <>[];,") or "." not in domain):
+            raise ConfigError(
+                f"POSTWIRE_BOUNCE_DOMAIN={domain!r} is not a domain name (e.g. bounces.example.com)"
+            )
         return self
 
     @model_validator(mode="after")
@@ -527,10 +614,43 @@ class Settings(BaseSettings):
             retry_tiers=tuple(int(t) for t in self.retry_tiers.split(",") if t.strip()),
             breaker_threshold=self.breaker_threshold,
             breaker_cool_down=self.breaker_cool_down,
+            shaping_file=self.shaping_file,
             concurrency=self.deliver_concurrency,
             nameservers=tuple(self.nameservers),
             dns_timeout=self.dns_timeout,
             dns_tries=self.dns_tries,
+            bounce_domain=self.bounce_domain.strip().lower(),
+        )
+
+    @cached_property
+    def inbound(self) -> InboundSettings:
+        return InboundSettings(
+            bounce_domain=self.bounce_domain.strip().lower(),
+            host=self.inbound_host,
+            port=self.inbound_port,
+            max_bytes=self.inbound_max_bytes,
+            web_host=self.web_host,
+            web_port=self.inbound_web_port,
+            hostname=self.smtp_helo,
+        )
+
+    @cached_property
+    def webhooks(self) -> WebhookSettings:
+        return WebhookSettings(
+            batch_events=self.webhook_batch_events,
+            batch_bytes=self.webhook_batch_bytes,
+            timeout=self.webhook_timeout,
+            concurrency=self.webhook_concurrency,
+            endpoint_concurrency=self.webhook_endpoint_concurrency,
+            retry_first=self.webhook_retry_first,
+            retry_factor=self.webhook_retry_factor,
+            retry_cap=self.webhook_retry_cap,
+            retry_max_age=self.webhook_retry_max_age,
+            retry_tiers=tuple(int(t) for t in self.webhook_retry_tiers.split(",") if t.strip()),
+            breaker_threshold=self.webhook_breaker_threshold,
+            breaker_cool_down=self.webhook_breaker_cool_down,
+            refresh=self.webhook_refresh,
+            allow_private=self.webhook_allow_private,
         )
 
     @cached_property

@@ -33,7 +33,8 @@ def stack_settings(data_dir: Path, **overrides: object) -> Settings:
         "kafka_port": free_port(),
         "kafka_controller_port": free_port(),
         "postgres_port": free_port(),
-        "worker_web_port": free_port_block(3 * int(str(overrides.get("worker_processes", 1)))),
+        # three workers per slot, then the webhooks process
+        "worker_web_port": free_port_block(3 * int(str(overrides.get("worker_processes", 1))) + 1),
         "api_port": free_port(),
         "sinks_web_port": free_port(),
         "lag_interval": 1.0,
@@ -78,6 +79,15 @@ def pipeline_overrides(world: World) -> dict[str, object]:
         smtp_probe_port=world.smtp_port,
         smtp_probe_timeout=1.5,
         directory_refresh=0.3,
+        # webhooks: retries a second apart, given up on after 8 s, endpoints reloaded often
+        webhook_timeout=4.0,
+        webhook_retry_first=1.0,
+        webhook_retry_cap=2.0,
+        webhook_retry_max_age=8.0,
+        webhook_retry_tiers="1,2",
+        webhook_breaker_threshold=50,
+        webhook_refresh=0.3,
+        webhook_allow_private=True,  # the receivers are on loopback
         # small enough that the ingress tests can cross them cheaply
         api_max_body=256 * 1024,
         api_rate=5.0,

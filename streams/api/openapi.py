@@ -206,6 +206,23 @@ def _json(description: str, schema: dict[str, Any] = _OBJECT) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
+_HOOK_FLAGS: Final[dict[str, Any]] = {
+    name: {"type": "boolean"}
+    for name in (
+        "enabled", "processed", "dropped", "deferred", "delivered", "bounce", "open", "click",
+        "unsubscribe", "spam_report", "group_unsubscribe", "group_resubscribe",
+    )
+}  # fmt: skip
+_HOOK_URL: Final[dict[str, Any]] = {"type": "string", "maxLength": 2048, "pattern": "^https?://"}
+_HOOK_SETTINGS: Final[dict[str, Any]] = {
+    "type": "object",
+    "properties": {**_HOOK_FLAGS, "url": _HOOK_URL},
+}
+_PUBLIC_KEY: Final[dict[str, Any]] = {
+    "type": "object",
+    "properties": {"public_key": {"type": "string"}},
+}
+
 _PAGE = (_query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}),)
 
 SPEC: Final[dict[str, Any]] = {
@@ -373,6 +390,41 @@ SPEC: Final[dict[str, Any]] = {
                 {"200": _json("valid, and validation_results per record with the reason")},
                 parameters=(_DOMAIN_ID,),
                 not_found=True,
+            )
+        },
+        "/v3/user/webhooks/event/settings": {
+            "get": _op(
+                "The caller's event webhook: enabled, url and which events it is sent; scope send",
+                {"200": _json("SendGrid's event webhook settings", _HOOK_SETTINGS)},
+            ),
+            "patch": _op(
+                "Change the event webhook (what is left out stays as it is); scope send",
+                {"200": _json("The settings as they are now", _HOOK_SETTINGS)},
+                body=_HOOK_SETTINGS,
+            ),
+        },
+        "/v3/user/webhooks/event/settings/signed": {
+            "get": _op(
+                "The public key posts are signed with (ECDSA P-256, base64 DER); empty when"
+                " posts are not signed; scope send",
+                {"200": _json("public_key", _PUBLIC_KEY)},
+            ),
+            "patch": _op(
+                "Sign the posts (a key is made the first time) or stop signing them; scope send",
+                {"200": _json("public_key", _PUBLIC_KEY)},
+                body={
+                    "type": "object",
+                    "required": ["enabled"],
+                    "properties": {"enabled": {"type": "boolean"}},
+                },
+            ),
+        },
+        "/v3/user/webhooks/event/test": {
+            "post": _op(
+                "Post SendGrid's test event to url (or the url set), signed as posts are;"
+                " scope send",
+                {"204": {"description": "The endpoint answered 2xx"}},
+                body={"type": "object", "properties": {"url": _HOOK_URL}},
             )
         },
         "/healthz": {

@@ -182,13 +182,14 @@ async def job(conn: Any, tenant: str, job_id: str) -> Json | None:
     if head is None:
         return None
     counts = await conn.fetch(
-        "SELECT is_reachable, count(*) AS n FROM verifications "
+        "SELECT is_reachable, count(*) AS n, max(verified_at) AS latest FROM verifications "
         "WHERE request_id = ANY($1) AND tenant_id = $2 GROUP BY is_reachable",
         head["request_ids"],
         tenant,
     )
     by_verdict = {r["is_reachable"]: r["n"] for r in counts}
     done = sum(by_verdict.values())
+    latest = max((r["latest"] for r in counts), default=None)
     return {
         "id": job_id,
         "status": "done" if done >= head["total"] else "pending",
@@ -197,6 +198,8 @@ async def job(conn: Any, tenant: str, job_id: str) -> Json | None:
         "counts": by_verdict,
         "created_at": _iso(head["created_at"]),
         "request_ids": list(head["request_ids"]),
+        # when its newest result was written: with the counts, the version of every page
+        "latest": None if latest is None else _iso(latest),
     }
 
 

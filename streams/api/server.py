@@ -17,6 +17,7 @@ import signal
 import orjson
 from aiohttp import web
 
+from streams.api.conditional import conditional_middleware
 from streams.api.context import Api, Handler
 from streams.api.mail import mail_send
 from streams.api.openapi import SPEC
@@ -36,6 +37,13 @@ from streams.api.suppression_routes import (
     remove_suppression,
 )
 from streams.api.verify_routes import WAITER, ResultWaiter, verify_batch, verify_job, verify_one
+from streams.api.webhook_routes import (
+    get_settings,
+    get_signed,
+    patch_settings,
+    patch_signed,
+    send_test,
+)
 from streams.kafka.config import client_options
 from streams.mail.dns import MxResolver
 from streams.obs.health import Check, Probe, Verdict, verdict
@@ -67,6 +75,11 @@ ROUTES: tuple[tuple[str, str, str, Handler], ...] = (
     ("GET", "/v3/whitelabel/domains/{id}", "send", get_domain),
     ("DELETE", "/v3/whitelabel/domains/{id}", "send", delete_domain),
     ("POST", "/v3/whitelabel/domains/{id}/validate", "send", validate_domain),
+    ("GET", "/v3/user/webhooks/event/settings", "send", get_settings),
+    ("PATCH", "/v3/user/webhooks/event/settings", "send", patch_settings),
+    ("GET", "/v3/user/webhooks/event/settings/signed", "send", get_signed),
+    ("PATCH", "/v3/user/webhooks/event/settings/signed", "send", patch_signed),
+    ("POST", "/v3/user/webhooks/event/test", "send", send_test),
 )
 
 
@@ -76,7 +89,8 @@ class Ingress(Api):
 
     def app(self) -> web.Application:
         app = web.Application(
-            client_max_size=self.settings.api_max_body, middlewares=[metrics_middleware]
+            client_max_size=self.settings.api_max_body,
+            middlewares=[metrics_middleware, conditional_middleware],
         )
         for method, path, scope, handler in ROUTES:
             app.router.add_route(method, path, self.guard(scope, handler))

@@ -11,6 +11,7 @@ import asyncpg
 from aiohttp import web
 
 from streams.api import params, queries
+from streams.api.conditional import not_modified, version_tag
 from streams.api.context import Api, Caller, json_body, problem, reply
 from streams.api.mail import idempotency_key
 from streams.api.sendgrid import PRIORITIES
@@ -122,8 +123,14 @@ async def verify_job(api: Api, request: web.Request, caller: Caller) -> web.Stre
         if found is None:
             return problem(404, ("job_id", "no verification job with this id"))
         ids = found.pop("request_ids")
+        # a page changes only when a result lands: a client polling a job it already has gets
+        # its 304 without the page being read (10,000 rows) or serialized
+        version = version_tag(found["id"], found.pop("latest"), found["counts"], offset, limit)
+        unchanged = not_modified(request, version)
+        if unchanged is not None:
+            return unchanged
         results = await queries.job_results(conn, caller.tenant, ids, offset=offset, limit=limit)
     following = offset + len(results)
     found["results"] = results
     found["next_offset"] = following if following < found["done"] else None
-    return reply(found)
+    return reply(found, ETag=version)

@@ -23,6 +23,7 @@ import asyncpg
 from aiokafka import AIOKafkaProducer
 
 from streams.api.sendgrid import translate
+from streams.bench.load_stack import wait_healthy
 from streams.bench.stacks import Credentials, bench_settings
 from streams.contract.codec import default_codec
 from streams.contract.signing import sign
@@ -128,20 +129,6 @@ async def _raw(
         await producer.stop()
 
 
-async def _healthy(base: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    async with aiohttp.ClientSession() as session:
-        while time.monotonic() < deadline:
-            try:
-                async with session.get(f"{base}/healthz") as r:
-                    if r.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.2)
-    raise BenchError(f"the API at {base} did not become healthy within {timeout:.0f}s")
-
-
 async def run_api_bench(requests: int, concurrency: int, progress: Any = None) -> ApiBenchResult:
     say = progress or (lambda _m: None)
     data_dir = Path(tempfile.mkdtemp(prefix="postwire-bench-api-"))
@@ -161,7 +148,7 @@ async def run_api_bench(requests: int, concurrency: int, progress: Any = None) -
         finally:
             await conn.close()
         api.start(detach=False)
-        await _healthy(settings.api_base)
+        await wait_healthy(settings.api_base)
         say(f"raw aiokafka: {requests:,} records, {concurrency} at a time, acks=all")
         raw_rate, raw_ms = await _raw(settings, key, requests, concurrency)
         say(f"HTTP API: {requests:,} POST /v3/mail/send, {concurrency} at a time")

@@ -18,7 +18,8 @@ from streams.contract.records import Suppression
 __all__ = ["queue_app", "suppression_app", "template_app"]
 
 queue_app = typer.Typer(
-    help="The mail queue, like Postfix: list (mailq), flush, hold, release, delete.",
+    help="The mail queue, like Postfix: list (mailq), flush, hold, release, delete; the sites "
+    "shaping holds (sites, resume-site).",
     no_args_is_help=True,
 )
 suppression_app = typer.Typer(help="Per-tenant suppression lists.", no_args_is_help=True)
@@ -121,6 +122,57 @@ def queue_list(tenant: TenantOpt = None, domain: DomainOpt = None, json: JsonOpt
     out.print(grid)
     held = sum(1 for e in entries if e["state"] == "held")
     out.print(f"{len(entries)} queued: {len(entries) - held} deferred, {held} held")
+
+
+@queue_app.command("sites")
+def queue_sites(
+    all_: Annotated[
+        bool, typer.Option("--all", help="Also sites whose suspension or cut has ended.")
+    ] = False,
+    json: JsonOpt = False,
+) -> None:
+    """Destination sites shaping holds: suspended or slowed, by which rule, after which reply,
+    until when."""
+    from streams.deliver.shaping_feed import read_sites
+
+    now = time.time()
+    states = [st for st in run(read_sites(settings().kafka)) if all_ or st.active(now)]
+    states.sort(key=lambda st: (-max(st.suspended_until, st.slowed_until), st.site))
+    if json:
+        out.print_json(orjson.dumps([st.to_json() for st in states]).decode())
+        return
+    grid = Table("site", "state", "rule", "until", "reply")
+    for st in states:
+        if st.suspended(now) or (all_ and st.suspended_until):
+            shown = "suspended" if st.suspended(now) else "suspended (ended)"
+            until = _when(int(st.suspended_until * 1000))
+            grid.add_row(st.site, shown, st.suspend_rule, until, st.suspend_reply)
+        if st.slowed(now) or (all_ and st.slowed_until):
+            shown = f"slowed x{st.factor:g}" + ("" if st.slowed(now) else " (ended)")
+            until = _when(int(st.slowed_until * 1000))
+            grid.add_row(st.site, shown, st.slow_rule, until, st.slow_reply)
+    out.print(grid)
+    suspended = sum(1 for st in states if st.suspended(now))
+    slowed = sum(1 for st in states if st.slowed(now))
+    out.print(f"{suspended} suspended, {slowed} slowed")
+
+
+@queue_app.command("resume-site")
+def queue_resume_site(
+    site: Annotated[str, typer.Argument(help="The site, as `postwire queue sites` names it.")],
+) -> None:
+    """Lift a site's suspension and rate cut in every worker now, before they end by themselves.
+    Mail already put back keeps its time; new mail goes at once."""
+    from streams.deliver.shaping import normalise_site
+    from streams.deliver.shaping_feed import publish_site, read_sites
+
+    s = settings()
+    name = normalise_site(site)
+    known = {st.site for st in run(read_sites(s.kafka))}
+    if name not in known:
+        raise fail(f"shaping holds no site {name!r}; `postwire queue sites --all` lists them", 1)
+    run(publish_site(s.kafka, name, None))
+    out.print(f"{name}: resumed in every worker")
 
 
 async def _publish_suppression(tenant: str, address: str, value: Suppression | None) -> None:

@@ -16,6 +16,7 @@ from streams.cli.keys import keys_app
 from streams.cli.mail import queue_app, suppression_app, template_app
 from streams.cli.replay import replay
 from streams.cli.senders import dkim_app, sender_app
+from streams.cli.webhooks import webhooks_app
 
 __all__ = ["app", "main"]
 
@@ -40,6 +41,7 @@ app.add_typer(sender_app, name="sender")
 app.add_typer(dkim_app, name="dkim")
 app.add_typer(template_app, name="template")
 app.add_typer(keys_app, name="keys")
+app.add_typer(webhooks_app, name="webhooks")
 app.command("replay")(replay)
 
 _run = run
@@ -99,6 +101,11 @@ def _print_up(info: Any, settings: Any, *, workers: bool) -> None:
         out.print(
             f"  http ingress    : http://{settings.api_host}:{settings.api_port}/v3/mail/send"
         )
+        if settings.inbound.bounce_domain:
+            inbound = settings.inbound
+            out.print(
+                f"  bounces (smtp)  : {inbound.host}:{inbound.port} for @{inbound.bounce_domain}"
+            )
     out.print(f"  data dir        : {info.data_dir}")
     for name, pid in info.pids.items():
         out.print(f"  {name:<16}: pid {pid}")
@@ -242,6 +249,22 @@ def api(
 
 
 @app.command()
+def inbound(
+    port: Annotated[int | None, typer.Option(help="Port; default POSTWIRE_INBOUND_PORT.")] = None,
+) -> None:
+    """Receive the bounces and feedback reports sent to VERP return paths on the bounce domain
+    (POSTWIRE_BOUNCE_DOMAIN) and turn them into events and suppressions, until SIGINT/SIGTERM."""
+    from streams.inbound.server import run_inbound
+
+    settings = _settings()
+    if port is not None:
+        settings = settings.model_copy(update={"inbound_port": port})
+    if not settings.inbound.bounce_domain:
+        raise fail("set POSTWIRE_BOUNCE_DOMAIN (the domain whose MX points at this server) first")
+    run_inbound(settings)
+
+
+@app.command()
 def worker(
     stage: Annotated[list[str] | None, typer.Option(help="Stage(s) to run; default all.")] = None,
 ) -> None:
@@ -282,13 +305,14 @@ def topics(
     from the settings (`drift`); existing topics are never changed."""
     from streams.kafka.drift import TopicState, read_topics, topic_drift
     from streams.kafka.topics import ensure_topics, topic_specs
-    from streams.stages.policies import delay_topics
+    from streams.stages.policies import delay_topics, webhook_delay_topics
 
     settings = _settings()
-    specs = topic_specs(settings.kafka, delay_topics(settings))
+    delays, hooks = delay_topics(settings), webhook_delay_topics(settings)
+    specs = topic_specs(settings.kafka, delays, hooks)
 
     async def work() -> tuple[set[str], dict[str, TopicState]]:
-        made = set(await ensure_topics(settings.kafka, delay_topics(settings)))
+        made = set(await ensure_topics(settings.kafka, delays, hooks))
         return made, await read_topics(settings.kafka, [spec.name for spec in specs])
 
     created, states = _run(work())
@@ -512,6 +536,40 @@ def bench_api(
         f"{result.raw_p99_ms:.1f} ms",
     )
     grid.add_row("API / raw", f"{result.vs_raw:.2f}", "", "")
+    out.print(grid)
+
+
+@bench_app.command("reads")
+def bench_reads(
+    addresses: Annotated[int, typer.Option(help="Results on the verify job page.")] = 10000,
+    rounds: Annotated[int, typer.Option(help="GETs per way of reading.")] = 20,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
+) -> None:
+    """A verify job page read in full, with gzip, and revalidated with If-None-Match (304)."""
+    import dataclasses
+    import json
+
+    from streams.bench.reads import run_reads_bench
+
+    def progress(message: str) -> None:
+        if not as_json:
+            err.print(f"[dim]{message}[/]")
+
+    result = _run(run_reads_bench(addresses, rounds, progress))
+    if as_json:
+        out.print(json.dumps(dataclasses.asdict(result)))
+        return
+    grid = Table(
+        "read", "status", "bytes on the wire", "p50", "max", title=f"{addresses:,}-result page"
+    )
+    for way in result.ways:
+        grid.add_row(
+            way.name,
+            str(way.status),
+            f"{way.wire_bytes:,}",
+            f"{way.p50_ms:.1f} ms",
+            f"{way.max_ms:.1f} ms",
+        )
     out.print(grid)
 
 

@@ -24,6 +24,7 @@ from streams.contract.records import (
     Suppression,
     VerificationResult,
     VerifyTask,
+    WebhookBatch,
 )
 from streams.contract.registry import SchemaSet, SchemaVersion, load_schema_set
 from streams.errors import (
@@ -157,6 +158,8 @@ class Codec:
     def decode_as(self, data: bytes, expected: Literal["Rejection"]) -> Rejection: ...
     @overload
     def decode_as(self, data: bytes, expected: Literal["Suppression"]) -> Suppression: ...
+    @overload
+    def decode_as(self, data: bytes, expected: Literal["WebhookBatch"]) -> WebhookBatch: ...
     def decode_as(self, data: bytes, expected: str) -> Any:
         """``decode`` for one expected record type, typed as that record (mypy checks fields)."""
         return self.decode(data, expected)[1]

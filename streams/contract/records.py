@@ -33,6 +33,7 @@ __all__ = [
     "VerificationResult",
     "VerifyOperation",
     "VerifyTask",
+    "WebhookBatch",
 ]
 
 
@@ -265,3 +266,14 @@ class VerifyTask(TypedDict):
     idempotency_key: str | None
     recipient_count: int
     categories: list[str]
+
+
+class WebhookBatch(TypedDict):
+    batch_id: str
+    tenant: str
+    payload: bytes
+    events: int
+    attempt: int
+    first_at: datetime
+    not_before: datetime | None
+    last_error: str | None

@@ -34,6 +34,7 @@ RECORD_NAMES: tuple[str, ...] = (
     "Rejection",
     "VerifyTask",
     "Suppression",
+    "WebhookBatch",
 )
 _NAMESPACE = "io.postwire"
 _PRIMITIVES = {"null", "boolean", "int", "long", "float", "double", "bytes", "string"}

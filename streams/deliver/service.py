@@ -7,10 +7,11 @@ I/O glue around them, free of faust so it can be driven directly in tests and be
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from datetime import timedelta
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
 
 from streams.clock import Clock
 from streams.contract.records import DeliveryTask
@@ -19,11 +20,15 @@ from streams.deliver.core import Conclusion, conclude, postpone
 from streams.deliver.dkim import Signer
 from streams.deliver.mime import Prepared, StoredTemplate, prepare
 from streams.deliver.retry import RetryPolicy
+from streams.deliver.returnpath import ReturnPath, from_address
+from streams.deliver.shaping import Fired, Reply, Shaping
 from streams.deliver.throttle import DestinationThrottle
 from streams.deliver.transport import Transport
-from streams.obs.metrics import smtp_result
+from streams.obs.metrics import shaping_fired, shaping_sites, smtp_result
 
 __all__ = ["Deliverer", "DeliveryRules", "SiteCapacity"]
+
+log = logging.getLogger("postwire.deliver")
 
 TemplateLookup = Callable[[str, str], StoredTemplate | None]
 SIGN_AHEAD = 2  # turns granted per session a site may have: one on the wire, one being signed
@@ -37,12 +42,14 @@ def _same_domain(domain: str) -> str:
 @dataclass(frozen=True)
 class DeliveryRules:
     """How delivery behaves: the retry ladder, when a destination's breaker opens, how long a
-    throttled send waits in place, and where a domain's mail goes (itself, or the relay)."""
+    throttled send waits in place, where a domain's mail goes (itself, or the relay), and the
+    envelope sender (the From, or a VERP return path on the bounce domain)."""
 
     retry: RetryPolicy
     breaker: BreakerPolicy = field(default_factory=BreakerPolicy)
     throttle_max_wait: float = 5.0
     destination: Callable[[str], str] = _same_domain
+    return_path: ReturnPath = from_address
 
 
 class Deliverer:
@@ -55,6 +62,7 @@ class Deliverer:
         *,
         templates: TemplateLookup | None = None,
         clock: Clock,
+        shaping: Shaping | None = None,
     ) -> None:
         self.transport = transport
         self.signer = signer
@@ -63,9 +71,11 @@ class Deliverer:
         self.breaker_policy = rules.breaker
         self.destination = rules.destination
         self.throttle_max_wait = rules.throttle_max_wait
+        self.return_path = rules.return_path
         self.templates = templates or (lambda _tenant, _template_id: None)
         self.clock = clock
         self.breakers: dict[str, Breaker] = {}
+        self.shaping = shaping or Shaping()
         self._prepared: OrderedDict[str, Prepared] = OrderedDict()
 
     def prepared(self, task: DeliveryTask) -> Prepared:
@@ -104,9 +114,15 @@ class Deliverer:
         Raises RenderError / DkimError for a message that cannot be built."""
         self.prepared(task)  # a message that cannot be built fails before any wait
         destination = self.destination(task["domain"])
+        site = self.throttle.key(destination)
         now = self.clock()
-        # an open breaker is send_now's to report; no point waiting for a rate first
-        if self.breaker(destination).retry_after(now.timestamp()) <= 0:
+        # an open breaker or a suspended site is send_now's to report; no rate to wait for
+        if (
+            self.breaker(destination).retry_after(now.timestamp()) <= 0
+            and self.shaping.suspension(site, now.timestamp()) is None
+        ):
+            factor = self.shaping.rate_factor(site, now.timestamp())
+            self.throttle.scale(site, factor, now.timestamp())
             while True:
                 wait = self.throttle.take(task["tenant"], destination, now.timestamp())
                 if wait <= 0:
@@ -117,6 +133,8 @@ class Deliverer:
                     )
                 await asyncio.sleep(wait)
                 now = self.clock()
+                if self.shaping.suspension(site, now.timestamp()) is not None:
+                    break  # another attempt's reply, meanwhile: send_now puts it back
         return await self.send_now(task)
 
     async def send_now(self, task: DeliveryTask) -> Conclusion:
@@ -124,8 +142,12 @@ class Deliverer:
         Raises RenderError / DkimError for a message that cannot be built."""
         prepared = self.prepared(task)
         destination = self.destination(task["domain"])
+        site = self.throttle.key(destination)
         breaker = self.breaker(destination)
         now = self.clock()
+        held = self._suspended(task, site, now)
+        if held is not None:
+            return held
         if not breaker.allow(now.timestamp()):
             wait = max(breaker.retry_after(now.timestamp()), 1.0)
             return postpone(
@@ -138,7 +160,7 @@ class Deliverer:
         message = prepared.render(task["recipient"], header_id)
         signed = await self.signer.sign_async(message, task["tenant"], prepared.sender_domain, now)
         delivery = await self.transport.send(
-            task["domain"], task["from"]["email"], task["recipient"]["email"], signed
+            task["domain"], self.return_path(task), task["recipient"]["email"], signed
         )
         outcome = delivery.outcome
         smtp_result(str(outcome.disposition), outcome.category)
@@ -147,10 +169,63 @@ class Deliverer:
             breaker.record_failure(done.timestamp())
         else:
             breaker.record_success(done.timestamp())
-        return conclude(task, outcome, done, self.policy, delivery.host)
+        reply = Reply(outcome.code, outcome.enhanced, outcome.text, delivery.host)
+        self._fired(self.shaping.observe(site, reply, done.timestamp()), done)
+        return self._not_before_resume(
+            conclude(task, outcome, done, self.policy, delivery.host), site, done
+        )
+
+    def _suspended(self, task: DeliveryTask, site: str, now: datetime) -> Conclusion | None:
+        """The task put back until its site's suspension ends, without spending an attempt."""
+        state = self.shaping.suspension(site, now.timestamp())
+        if state is None:
+            return None
+        until = datetime.fromtimestamp(state.suspended_until, UTC)
+        return postpone(task, until, f"suspended: {state.suspend_rule}", now)
+
+    def _not_before_resume(self, conclusion: Conclusion, site: str, now: datetime) -> Conclusion:
+        """A retry due while its site is suspended would only be postponed again on arrival."""
+        state = self.shaping.suspension(site, now.timestamp())
+        retry = conclusion.retry
+        if state is None or retry is None:
+            return conclusion
+        resume = datetime.fromtimestamp(state.suspended_until, UTC)
+        if retry["not_before"] is not None and retry["not_before"] >= resume:
+            return conclusion
+        wait_ms = max(int((resume - now).total_seconds() * 1000), 0)
+        return replace(
+            conclusion,
+            retry={**retry, "not_before": resume},
+            event={**conclusion.event, "retry_after_ms": wait_ms},
+        )
+
+    def _fired(self, fired: list[Fired], now: datetime) -> None:
+        for action in fired:
+            shaping_fired(action.rule, action.action)
+            until = datetime.fromtimestamp(action.until, UTC).isoformat(timespec="seconds")
+            how = "suspended" if action.action == "suspend" else f"slowed to x{action.factor:g}"
+            log.warning(
+                "shaping: %s %s until %s by rule %s after %r",
+                action.site,
+                how,
+                until,
+                action.rule,
+                action.reply,
+            )
+        if fired:
+            self.shaping_changed(now)
+
+    def shaping_changed(self, now: datetime) -> None:
+        """Refresh the gauge of shaped sites (after a rule fired, at expiry)."""
+        shaping_sites(*self.shaping.counts(now.timestamp()))
 
     def prune(self) -> None:
-        now = self.clock().timestamp()
+        clock = self.clock()
+        now = clock.timestamp()
+        for site in self.shaping.prune(now):
+            self.throttle.scale(site, 1.0, now)
+            log.info("shaping: %s restored", site)
+        self.shaping_changed(clock)
         self.throttle.prune(now)
         idle = [d for d, b in self.breakers.items() if b.idle(now)]
         for destination in idle:
@@ -176,9 +251,15 @@ class SiteCapacity:
         return SIGN_AHEAD * self.throttle.limits.for_destination(site).connections
 
     def site_wait(self, site: str, now: float) -> float:
-        breaker = self.deliverer.breakers.get(site)
+        deliverer = self.deliverer
+        suspended = deliverer.shaping.suspension(site, now)
+        if suspended is not None:  # a receiver said to stop (shaping, in every process)
+            return max(suspended.suspended_until - now, 0.001)
+        breaker = deliverer.breakers.get(site)
         if breaker is not None and (wait := breaker.retry_after(now)) > 0:
             return wait
+        # a rate cut by shaping applies before the next token is counted
+        self.throttle.scale(site, deliverer.shaping.rate_factor(site, now), now)
         return self.throttle.destination_wait(site, now)
 
     def tenant_wait(self, tenant: str, now: float) -> float:

@@ -68,6 +68,15 @@ class TokenBucket:
         self._refill(now)
         return self._tokens
 
+    def retune(self, rate: float, burst: float, now: float) -> None:
+        """Go on at another rate and burst, keeping the tokens earned so far (up to the burst)."""
+        if not (math.isfinite(rate) and rate > 0) or not (math.isfinite(burst) and burst >= 1):
+            raise ValueError(f"token bucket: cannot retune to rate {rate!r}, burst {burst!r}")
+        self._refill(now)
+        self.rate = rate
+        self.burst = burst
+        self._tokens = min(self._tokens, burst)
+
 
 @dataclass(frozen=True)
 class Limit:
@@ -159,6 +168,8 @@ class DestinationThrottle:
         self._destinations: dict[str, TokenBucket] = {}
         self._tenants: dict[str, TokenBucket] = {}
         self._open: dict[str, int] = {}
+        # sites whose rate shaping has cut (streams/deliver/shaping.py): key -> factor
+        self._factors: dict[str, float] = {}
 
     def key(self, destination: str) -> str:
         return self.limits.match(destination) or _normalise(destination)
@@ -166,9 +177,32 @@ class DestinationThrottle:
     def _bucket(self, key: str) -> TokenBucket:
         bucket = self._destinations.get(key)
         if bucket is None:
-            limit = self.limits.for_destination(key)
-            bucket = self._destinations[key] = TokenBucket(limit.rate, limit.burst)
+            rate, burst = self._scaled(key)
+            bucket = self._destinations[key] = TokenBucket(rate, burst)
         return bucket
+
+    def _scaled(self, key: str) -> tuple[float, float]:
+        limit = self.limits.for_destination(key)
+        factor = self._factors.get(key, 1.0)
+        return limit.rate * factor, max(1.0, limit.burst * factor)
+
+    def scale(self, key: str, factor: float, now: float) -> None:
+        """Run the bucket of ``key`` (a ``key()``) at ``factor`` times its limit's rate and
+        burst, as shaping asks after a provider's "slow down"; 1 restores the limit."""
+        if not (math.isfinite(factor) and 0 < factor <= 1):
+            raise ValueError(f"throttle: a rate factor is in (0, 1], not {factor!r}")
+        if self._factors.get(key, 1.0) == factor:
+            return
+        if factor == 1.0:
+            del self._factors[key]
+        else:
+            self._factors[key] = factor
+        bucket = self._destinations.get(key)
+        if bucket is not None:
+            bucket.retune(*self._scaled(key), now)
+
+    def factor(self, key: str) -> float:
+        return self._factors.get(key, 1.0)
 
     def take(self, tenant: str, destination: str, now: float, n: int = 1) -> float:
         """Take ``n`` messages' worth from both the tenant's and the destination's bucket and

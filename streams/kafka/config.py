@@ -57,6 +57,11 @@ class TopicNames:
         self.deliveries_tx = f"{prefix}.deliveries.tx"
         # the mail queue as operators see it (mailq): latest state per deferred or held task
         self.queue = f"{prefix}.queue"
+        # what shaping does to each destination site (suspended, slowed), latest per site
+        self.shaping = f"{prefix}.shaping"
+        # event webhook posts (WebhookBatch, key = tenant); their delay tiers are
+        # ``<prefix>.webhooks.retry.<tier>``
+        self.webhooks = f"{prefix}.webhooks"
 
     def lane(self, lane: str) -> str:
         return self.deliveries_tx if lane == "tx" else self.deliveries

@@ -19,6 +19,7 @@ __all__ = [
     "changelog_topic",
     "ensure_topics",
     "topic_specs",
+    "webhook_tier_topic",
 ]
 
 # state changelogs are rewritten all the time, and a restart reads a changelog from a table's
@@ -67,8 +68,13 @@ class TopicSpec:
         return self.config.get("cleanup.policy") == "compact"
 
 
-def topic_specs(kafka: KafkaSettings, delay_topics: Sequence[str] = ()) -> list[TopicSpec]:
-    """Every topic postwire owns; ``delay_topics``: the retry ladder's, which delivery names."""
+def topic_specs(
+    kafka: KafkaSettings,
+    delay_topics: Sequence[str] = (),
+    webhook_delays: Sequence[str] = (),
+) -> list[TopicSpec]:
+    """Every topic postwire owns; ``delay_topics``: the retry ladder's, which delivery names;
+    ``webhook_delays``: the webhook retry tiers' (``webhook_tier_topic``)."""
     t, n = kafka.topics, kafka.partitions
     log = {"cleanup.policy": "delete", "retention.ms": str(_WEEK_MS)}
     # latest value per key is the truth (like a table changelog): compaction keeps it forever
@@ -88,6 +94,11 @@ def topic_specs(kafka: KafkaSettings, delay_topics: Sequence[str] = ()) -> list[
         ),
         TopicSpec(t.queue, n, table, "deferred and held tasks (mailq), key = task id"),
         TopicSpec(t.events, n, log, "DeliveryEvent"),
+        TopicSpec(t.webhooks, n, log, "WebhookBatch: a post to a tenant's webhook, key = tenant"),
+        *(
+            TopicSpec(name, n, log, "WebhookBatch waiting for its next post, key = tenant")
+            for name in webhook_delays
+        ),
         TopicSpec(
             t.deferred, n, log, "rate-limited requests waiting for their window, key = tenant"
         ),
@@ -98,6 +109,8 @@ def topic_specs(kafka: KafkaSettings, delay_topics: Sequence[str] = ()) -> list[
             {"cleanup.policy": "delete", "retention.ms": "-1"},
             "queue control commands the workers obey",
         ),
+        # one partition: every delivery process reads all of it, like the control topic
+        TopicSpec(t.shaping, 1, table, "shaping state per destination site, key = site"),
         TopicSpec(t.suppressions, n, table, "suppression list, key = tenant + address digest"),
         TopicSpec(t.tenants, 1, table, "tenant settings, key = tenant"),
         # made before any worker joins: a store's changelog must exist when its stage starts
@@ -114,14 +127,23 @@ def topic_specs(kafka: KafkaSettings, delay_topics: Sequence[str] = ()) -> list[
     ]
 
 
-async def ensure_topics(kafka: KafkaSettings, delay_topics: Sequence[str] = ()) -> list[str]:
+def webhook_tier_topic(prefix: str, name: str) -> str:
+    """``("postwire", "30s")`` -> ``"postwire.webhooks.retry.30s"``."""
+    return f"{prefix}.webhooks.retry.{name}"
+
+
+async def ensure_topics(
+    kafka: KafkaSettings, delay_topics: Sequence[str] = (), webhook_delays: Sequence[str] = ()
+) -> list[str]:
     """Create missing topics; return the names created. Existing topics are left as they are."""
     options = client_options(kafka)
     admin = AIOKafkaAdminClient(**options, request_timeout_ms=10000)
     try:
         await start_client(admin, options)
         existing = set(await admin.list_topics())
-        missing = [s for s in topic_specs(kafka, delay_topics) if s.name not in existing]
+        missing = [
+            s for s in topic_specs(kafka, delay_topics, webhook_delays) if s.name not in existing
+        ]
         if missing:
             new = [
                 NewTopic(s.name, s.partitions, s.replication, topic_configs=s.config)

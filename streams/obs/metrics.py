@@ -26,6 +26,8 @@ __all__ = [
     "HTTP_REQUESTS",
     "HTTP_SECONDS",
     "RECORDS",
+    "SHAPING_ACTIONS",
+    "SHAPING_SITES",
     "SINCE_COMMIT",
     "SINK_BATCH_ROWS",
     "SINK_FLUSH_SECONDS",
@@ -34,8 +36,13 @@ __all__ = [
     "STAGE_SECONDS",
     "STATE_ENTRIES",
     "UNCOMMITTED",
+    "WEBHOOK_POSTS",
+    "WEBHOOK_POST_SECONDS",
+    "WEBHOOK_RETRY_BACKLOG",
     "EndToEnd",
     "StageMeter",
+    "shaping_fired",
+    "shaping_sites",
     "smtp_result",
 ]
 
@@ -125,6 +132,18 @@ SMTP_RESULTS = Counter(
     "deferral category, none when delivered).",
     ["result", "class"],
 )
+SHAPING_ACTIONS = Counter(
+    "postwire_shaping_actions_total",
+    "Shaping rules that fired in this process, by rule name (from the shaping file) and action "
+    "(suspend, slow).",
+    ["rule", "action"],
+)
+SHAPING_SITES = Gauge(
+    "postwire_shaping_sites",
+    "Destination sites this process holds suspended or slowed (every delivery process knows "
+    "every site's state: take the max over instances, not the sum).",
+    ["state"],
+)
 HTTP_REQUESTS = Counter(
     "postwire_http_requests_total",
     "HTTP requests served, by route pattern (never the raw path), method and status.",
@@ -135,6 +154,24 @@ HTTP_SECONDS = Histogram(
     "Time to answer one HTTP request, by route pattern.",
     ["route"],
     buckets=_HTTP_BUCKETS,
+)
+
+WEBHOOK_POSTS = Counter(
+    "postwire_webhook_posts_total",
+    "Event webhook posts by outcome: accepted (2xx), rejected (another status), timeout, "
+    "refused (no connection); busy and paused batches (the endpoint's concurrency full, its "
+    "breaker open) were not posted and wait in a delay tier.",
+    ["outcome"],
+)
+WEBHOOK_POST_SECONDS = Histogram(
+    "postwire_webhook_post_seconds",
+    "Time from sending an event webhook post to its answer (or its failure).",
+    buckets=_HTTP_BUCKETS,
+)
+WEBHOOK_RETRY_BACKLOG = Gauge(
+    "postwire_webhook_retry_backlog",
+    "Webhook batches this process handed to a delay tier minus those it took back out (the "
+    "consumer lag of the webhook.delay groups says the same across processes).",
 )
 
 ALL: tuple[MetricWrapperBase, ...] = (
@@ -150,8 +187,13 @@ ALL: tuple[MetricWrapperBase, ...] = (
     SINK_FLUSH_SECONDS,
     SINK_WRITE_FAILURES,
     SMTP_RESULTS,
+    SHAPING_ACTIONS,
+    SHAPING_SITES,
     HTTP_REQUESTS,
     HTTP_SECONDS,
+    WEBHOOK_POSTS,
+    WEBHOOK_POST_SECONDS,
+    WEBHOOK_RETRY_BACKLOG,
 )
 
 
@@ -212,3 +254,12 @@ def smtp_result(result: str, category: str | None) -> None:
     if counter is None:
         counter = _SMTP_CHILDREN[key] = SMTP_RESULTS.labels(*key)
     counter.inc()
+
+
+def shaping_fired(rule: str, action: str) -> None:
+    SHAPING_ACTIONS.labels(rule, action).inc()
+
+
+def shaping_sites(suspended: int, slowed: int) -> None:
+    SHAPING_SITES.labels("suspended").set(suspended)
+    SHAPING_SITES.labels("slowed").set(slowed)

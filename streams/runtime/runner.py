@@ -13,7 +13,6 @@ A batch that raises is retried record by record; a record that raises on its own
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import time
@@ -72,6 +71,9 @@ class RunnerConfig:
     max_uncommitted_records: int = 10_000
     max_uncommitted_seconds: float = 5.0
     recovery_stall_timeout: float = 60.0
+    # concurrent stages: how long a finished record may wait for others to share its flush
+    # (one produce of the outputs, one changelog write, one offset commit for all of them)
+    flush_wait: float = 0.02
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -134,6 +136,8 @@ class StageRunner:
         self._done: dict[TopicPartition, set[int]] = {}
         self._high: dict[TopicPartition, int] = {}
         self._started: dict[TopicPartition, int] = {}
+        self._first_finished: float | None = None  # when the oldest unflushed one finished
+        self._commit_seen = asyncio.Event()  # set by the committer after each commit
         # batch stages: batches sent but not yet acknowledged and committed (bounded)
         self._pending: asyncio.Queue[_Checkpoint] = asyncio.Queue(maxsize=PIPELINE)
         self._committer: asyncio.Future[None] | None = None
@@ -246,12 +250,19 @@ class StageRunner:
     async def _run_concurrent(self, consumer: AIOKafkaConsumer, stop: asyncio.Event) -> None:
         """For stages that wait on the network per record (SMTP): up to the stage's read-ahead
         (its ``read_ahead``, or ``concurrency`` records each in a task of its own) admitted and
-        not finished; whatever finished is flushed together, and a partition is committed up to
-        its oldest record not finished, so a slow destination delays only its own records (and
-        the commit point), never the records behind it."""
+        not finished; what finished within ``flush_wait`` of each other is flushed together
+        (one produce of the outputs, one changelog write, the commit shared with the flushes
+        waiting behind it), and a partition is committed up to its oldest record not finished,
+        so a slow destination delays only its own records (and the commit point), never the
+        records behind it. A record counts against the read-ahead until its flush is committed,
+        and a stage that schedules its own sends hears of that commit (``flushed``): the lane
+        holds each send's slot until then, so a crash repeats at most ``concurrency`` sends."""
+        assert self._committer is not None
         while not stop.is_set():
             self._raise_if_failed()
-            room = self._ahead - len(self._open)
+            if self._committer.done():
+                self._committer.result()  # Kafka refused a flush: stop here
+            room = self._ahead - len(self._open) - self.budget.records
             wait = 1 if self._open else self._fetch_wait_ms()
             # a backlog is admitted several batches at a time, not one per flush: the records
             # behind it (another tenant's) reach the scheduler sooner
@@ -265,19 +276,62 @@ class StageRunner:
                     break
                 async with self.lock:
                     await self._admit(consumer, fetched)
-                room, wait = self._ahead - len(self._open), 0
-            if self._open and not self._finished:
-                # with room to read ahead, look for new records soon (a password reset behind
-                # a slow session); when full, only a finished record makes room
-                timeout = min(self.config.fetch_wait, 0.01) if room > 0 else self.config.fetch_wait
-                self._finished_event.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._finished_event.wait(), timeout)
+                room, wait = self._ahead - len(self._open) - self.budget.records, 0
+            await self._next_finish_or_commit(room > 0)
             async with self.lock:
-                await self._flush_finished(consumer)
+                if self._flush_due():
+                    await self._flush_finished(consumer)
                 await self._housekeeping()
         async with self.lock:
             await self.drain()
+
+            async with self.lock:
+                if self._flush_due():
+                    await self._flush_finished(consumer)
+                await self._housekeeping()
+        async with self.lock:
+            await self.drain()
+
+    async def _next_finish_or_commit(self, room: bool) -> None:
+        """Wait until a record finishes, a flush is due or a commit makes room; with room to
+        read ahead, only briefly (a password reset behind a slow session)."""
+        finished = len(self._finished)
+        if finished and (len(self._open) == finished or self._until_flush() <= 0):
+            return
+        timeout = self._until_flush() if finished else self.config.fetch_wait
+        if room and self._open:
+            timeout = min(timeout, 0.01)
+        waits: list[asyncio.Future[Any]] = []
+        if len(self._open) > finished:
+            self._finished_event.clear()
+            waits.append(asyncio.ensure_future(self._finished_event.wait()))
+        if self.budget.records:
+            self._commit_seen.clear()
+            waits.append(asyncio.ensure_future(self._commit_seen.wait()))
+        if not waits:
+            return
+        try:
+            await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiting in waits:
+                waiting.cancel()
+
+    def _until_flush(self) -> float:
+        """Seconds to wait for more records to finish before the finished ones are flushed."""
+        if self._first_finished is None:
+            return self.config.fetch_wait
+        return max(self._first_finished + self.config.flush_wait - time.monotonic(), 0.0)
+
+    def _flush_due(self) -> bool:
+        finished = len(self._finished)
+        if not finished:
+            return False
+        # nothing else admitted (or everything done) is worth no wait; so is a full flush
+        return (
+            len(self._open) == finished
+            or finished >= max(self.stage.concurrency // 4, 1)
+            or self._until_flush() <= 0
+        )
 
     async def _admit(self, consumer: AIOKafkaConsumer, fetched: dict[Any, list[Any]]) -> None:
         batch = self._owned_records(consumer, fetched)
@@ -317,6 +371,8 @@ class StageRunner:
         return futures
 
     def _on_finished(self, record: Consumed, future: asyncio.Future[Step]) -> None:
+        if not self._finished:
+            self._first_finished = time.monotonic()
         self._finished.append((record, future))
         self._finished_event.set()
 
@@ -368,6 +424,7 @@ class StageRunner:
 
     async def _flush_finished(self, consumer: AIOKafkaConsumer) -> None:
         finished, self._finished = self._finished, []
+        self._first_finished = None
         if not finished:
             return
         step = Step()
@@ -396,20 +453,26 @@ class StageRunner:
             self._done.setdefault(tp, set()).add(record.offset)
             self._high[tp] = max(record.offset + 1, self._high.get(tp, 0))
             touched.add(tp)
+        if not settled:
+            return  # all given up: nothing to write, nothing to commit
         futures = await self.producer.send(step.outputs)
         acks = await self._send_changes()
-        await self.producer.settle([*futures, *(f for _, fs in acks for f in fs)])
-        _acknowledge(acks)
         offsets = {}
         for tp in touched:
             order, done = self._order[tp], self._done[tp]
             while order and order[0] in done:
                 done.discard(order.popleft())
             offsets[tp] = order[0] if order else self._high[tp]
-        if offsets:
-            await commit_owned(consumer, offsets, f"stage {self.stage.name}")
-        if isinstance(self.stage, Admitting):
-            self.stage.flushed(settled)
+        self.budget.processed(len(settled), time.monotonic())
+        checkpoint = _Checkpoint(
+            [*futures, *(f for _, fs in acks for f in fs)],
+            offsets,
+            acks,
+            self.budget.seal(),
+            settled,
+        )
+        self._last_commit = time.monotonic()
+        await self._enqueue(checkpoint)
         self._limit_spans(consumer)
         self._observe(step, len(finished), None)
 
@@ -425,6 +488,7 @@ class StageRunner:
         await asyncio.sleep(0)  # the done callbacks of what was just cancelled
         if self._consumer is not None:
             await self._flush_finished(self._consumer)
+            await self.settled()
             assigned = self._consumer.assignment()
             for tp, order in self._order.items():
                 if order and tp in assigned:
@@ -517,19 +581,36 @@ class StageRunner:
         return acks
 
     async def _commit_in_order(self, consumer: AIOKafkaConsumer) -> None:
+        """Commit the checkpoints in order, each once Kafka acknowledged all its records; the
+        ones already waiting behind it share its commit (the later offsets include theirs)."""
         while True:
-            checkpoint = await self._pending.get()
+            checkpoints = [await self._pending.get()]
             try:
-                await self.producer.settle(checkpoint.futures)
-                # the tables take the changes only now that the changelog has them (and in
-                # the order they were sent): a table never holds what its changelog does not
-                _acknowledge(checkpoint.acks)
-                await commit_owned(consumer, checkpoint.offsets, f"stage {self.stage.name}")
-                self.budget.committed(checkpoint.group, time.monotonic())
+                await self._settle(checkpoints[0])
+                while not self._pending.empty():
+                    checkpoints.append(self._pending.get_nowait())
+                    await self._settle(checkpoints[-1])
+                offsets: dict[TopicPartition, int] = {}
+                for checkpoint in checkpoints:
+                    offsets.update(checkpoint.offsets)
+                await commit_owned(consumer, offsets, f"stage {self.stage.name}")
+                now = time.monotonic()
+                for checkpoint in checkpoints:
+                    self.budget.committed(checkpoint.group, now)
+                    if checkpoint.settled and isinstance(self.stage, Admitting):
+                        self.stage.flushed(checkpoint.settled)
                 self._uncommitted_gauge.set(self.budget.records)
                 self._since_commit_gauge.set(0.0)
+                self._commit_seen.set()
             finally:
-                self._pending.task_done()
+                for _ in checkpoints:
+                    self._pending.task_done()
+
+    async def _settle(self, checkpoint: _Checkpoint) -> None:
+        await self.producer.settle(checkpoint.futures)
+        # the tables take the changes only now that the changelog has them (and in the order
+        # they were sent): a table never holds what its changelog does not
+        _acknowledge(checkpoint.acks)
 
     async def _catch_up(self) -> None:
         """Over the commit budget: fetch nothing more until everything is committed."""
@@ -656,6 +737,8 @@ class _Checkpoint:
     offsets: dict[TopicPartition, int]
     acks: list[tuple[Store, list[asyncio.Future[Any]]]]
     group: Group
+    # a concurrent stage's records this checkpoint settles (told once it is committed)
+    settled: list[asyncio.Future[Step]] = field(default_factory=list)
 
 
 def _acknowledge(acks: list[tuple[Store, list[asyncio.Future[Any]]]]) -> None:

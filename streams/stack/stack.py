@@ -22,8 +22,8 @@ from streams.settings import Settings
 from streams.stack.kafka import EmbeddedKafka
 from streams.stack.postgres import EmbeddedPostgres
 from streams.stack.process import ManagedProcess, pid_alive, stop_pid
-from streams.stages.names import BULK_STAGES, FRONT_STAGES, TX_STAGES
-from streams.stages.policies import delay_topics
+from streams.stages.names import BULK_STAGES, FRONT_STAGES, TX_STAGES, WEBHOOK_STAGES
+from streams.stages.policies import delay_topics, shaping_rules, webhook_delay_topics
 
 __all__ = [
     "STOP_ORDER",
@@ -34,13 +34,16 @@ __all__ = [
     "stop_detached",
     "stop_rank",
     "supervisor_pid",
+    "webhooks_port",
     "worker_port",
 ]
 
 # applications first so they flush and commit while Kafka and PostgreSQL are still there
 STOP_ORDER = (
     "api",
+    "inbound",
     "sinks",
+    "webhooks",
     "worker",
     *(f"worker{i}" for i in range(1, 16)),
     "tx",
@@ -69,6 +72,11 @@ def worker_port(settings: Settings, role: str, slot: int) -> int:
     """The web port (metrics, health) of a worker process: the front ones first, then the
     transactional lanes, then the bulk ones."""
     return settings.worker_web_port + WORKER_ROLES.index(role) * settings.worker_processes + slot
+
+
+def webhooks_port(settings: Settings) -> int:
+    """The webhooks process's web port: the one after every worker's."""
+    return settings.worker_web_port + len(WORKER_ROLES) * settings.worker_processes
 
 
 def _stages(stages: tuple[str, ...]) -> list[str]:
@@ -215,7 +223,19 @@ class Stack:
                 if role == "bulk":
                     env["POSTWIRE_APP_ID"] = f"{self.settings.app_id}-bulk"
                 workers.append(self.process(f"{role}{suffix}", "worker", *_stages(stages), env=env))
+        # one webhooks process whatever the slots: its posts wait on tenants' endpoints, and
+        # on a loop of its own they never slow a stage that moves mail
+        env = {"POSTWIRE_WORKER_WEB_PORT": str(webhooks_port(self.settings))}
+        workers.append(self.process("webhooks", "worker", *_stages(WEBHOOK_STAGES), env=env))
         return workers
+
+    def applications(self) -> list[ManagedProcess]:
+        """The workers, the sinks, the API and, with a bounce domain, the inbound SMTP server
+        (it runs only where mail goes out with return paths on that domain)."""
+        apps = [*self._workers(), self.process("sinks", "sink"), self.process("api", "api")]
+        if self.settings.inbound.bounce_domain:
+            apps.append(self.process("inbound", "inbound"))
+        return apps
 
     def _all(self) -> dict[str, ManagedProcess]:
         found = {p.name: p for p in self.apps}
@@ -237,6 +257,9 @@ class Stack:
                 f"a stack is already running from {self.settings.data_dir}: {names}; "
                 "run `postwire down` first."
             )
+        if self.workers:
+            # a bad shaping file is refused here, not by every worker restarting on it
+            shaping_rules(self.settings.delivery)
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
         try:
             # start both servers before waiting on either: their start-ups overlap
@@ -251,15 +274,13 @@ class Stack:
                 waits.append(self.postgres.wait_ready())
             await asyncio.gather(*waits)
             self.info.topics_created = await ensure_topics(
-                self.settings.kafka, delay_topics(self.settings)
+                self.settings.kafka,
+                delay_topics(self.settings),
+                webhook_delay_topics(self.settings),
             )
             await apply_migrations(self.settings.dsn)
             if self.workers:
-                self.apps = [
-                    *self._workers(),
-                    self.process("sinks", "sink"),
-                    self.process("api", "api"),
-                ]
+                self.apps = self.applications()
                 for app in self.apps:
                     app.start(detach=detach)
         except BaseException:

@@ -48,6 +48,7 @@ from streams.deliver.queue import ControlFeed, index_entry, task_meta_of_entry
 from streams.deliver.retry import delay_tier, tier_name, tier_topic
 from streams.deliver.schedule import Scheduler
 from streams.deliver.service import Deliverer, DeliveryRules
+from streams.deliver.shaping import Shaping
 from streams.deliver.throttle import DestinationThrottle
 from streams.deliver.transport import Transport, TransportConfig
 from streams.errors import CodecError, DkimError, RenderError, StageCrashError
@@ -62,9 +63,16 @@ from streams.runtime.records import Consumed, Out, header
 from streams.runtime.stage import Held, Step
 from streams.runtime.state import Store
 from streams.runtime.tables import TableFactory
+from streams.secret import ServerSecret
 from streams.settings import DeliverySettings, Settings
 from streams.stages.dispatch import Dispatcher
-from streams.stages.policies import breaker_policy, destination_limits, retry_policy
+from streams.stages.policies import (
+    breaker_policy,
+    destination_limits,
+    retry_policy,
+    return_path,
+    shaping_rules,
+)
 
 __all__ = [
     "STAGE",
@@ -137,8 +145,16 @@ def warn_of_key_files(legacy_dir: Path) -> None:
 
 
 def build_deliverer(
-    delivery: DeliverySettings, clock: Clock, signer: Signer, templates: Any = None
+    delivery: DeliverySettings,
+    clock: Clock,
+    signer: Signer,
+    templates: Any = None,
+    shaping: Shaping | None = None,
+    *,
+    secret: ServerSecret | None = None,
 ) -> Deliverer:
+    """The deliverer of ``delivery``; with a bounce domain (and the ``secret`` that signs its
+    tokens) MAIL FROM is a VERP return path."""
     throttle = DestinationThrottle(destination_limits(delivery))
     resolver = MxResolver(delivery.nameservers, delivery.dns_timeout, delivery.dns_tries)
     relay = delivery.mode == "relay"
@@ -147,6 +163,7 @@ def build_deliverer(
         breaker_policy(delivery),
         delivery.throttle_max_wait,
         (lambda _domain: delivery.relay_host) if relay else (lambda d: d),
+        return_path(delivery, secret),
     )
     return Deliverer(
         Transport(transport_config(delivery), throttle, None if relay else resolver),
@@ -155,6 +172,7 @@ def build_deliverer(
         rules,
         templates=templates,
         clock=clock,
+        shaping=shaping if shaping is not None else Shaping(shaping_rules(delivery)),
     )
 
 
@@ -212,11 +230,19 @@ class Outputs:
         self.lanes = {lane: _Topic(topics.lane(lane)) for lane in ("tx", "bulk")}
         self.queue = _Topic(topics.queue)
         self.suppressions = _Topic(topics.suppressions)
+        self.shaping = _Topic(topics.shaping)
         self.tiers = {name: _Topic(name) for name in tiers}
 
     def names(self) -> tuple[str, ...]:
         """Every topic a delivery stage may write."""
-        fixed = (self.events, self.rejections, *self.lanes.values(), self.queue, self.suppressions)
+        fixed = (
+            self.events,
+            self.rejections,
+            *self.lanes.values(),
+            self.queue,
+            self.suppressions,
+            self.shaping,
+        )
         return tuple(t.name for t in (*fixed, *self.tiers.values()))
 
     async def event(self, record: DeliveryEvent) -> None:
@@ -447,6 +473,9 @@ class DeliverShell:
             if ready.queued:
                 await self.index(task, None)
             return "failed"
+        for state in self.deliverer.shaping.take_published():
+            # every delivery process reads these and holds the site as this one does
+            await self.outputs.shaping.send(key=state.site.encode(), value=state.encode())
         if result.delivered:
             # before the event: the ledger is what stops a second send
             self.ledger.put(
@@ -752,6 +781,7 @@ def deliver_stages(
     control: ControlFeed,
     lanes: tuple[str, ...],
     tables: TableFactory | None = None,
+    shaping: Shaping | None = None,
 ) -> list[LaneStage | DelayStage | ControlStage]:
     """The lane stages named; with the bulk lane also the delay tiers and the queue commands
     (mail leaves the delay topics into either lane)."""
@@ -764,7 +794,14 @@ def deliver_stages(
     tiers = {s: tier_topic(settings.topics.prefix, tier_name(s)) for s in policy.tiers}
     outputs = Outputs(codec, settings.topics, list(tiers.values()))
     warn_of_key_files(settings.data_dir / "dkim")
-    deliverer = build_deliverer(settings.delivery, clock, directory_signer(directory), template)
+    deliverer = build_deliverer(
+        settings.delivery,
+        clock,
+        directory_signer(directory),
+        template,
+        shaping,
+        secret=settings.secret,
+    )
     # kept a day longer than a message can live
     keep = settings.retry_max_age + 86400.0
     stages: list[LaneStage | DelayStage | ControlStage] = []

@@ -10,6 +10,7 @@ __all__ = [
     "KNOWN_STAGES",
     "STAGES",
     "TX_STAGES",
+    "WEBHOOK_STAGES",
 ]
 
 STAGES = ("gate", "verify", "deliver")
@@ -20,10 +21,13 @@ DELIVER_PARTS = {
     "deliver.tx": ("tx",),
     "deliver.bulk": ("bulk",),
 }
-KNOWN_STAGES = (*STAGES, "deliver.tx", "deliver.bulk")
+# the event webhooks (batching, posting, their delay tiers): not in STAGES, since a worker
+# started without --stage moves mail; `postwire up` runs them in a process of their own
+KNOWN_STAGES = (*STAGES, "deliver.tx", "deliver.bulk", "webhooks")
 # `postwire up` runs each group in a process of its own: on one event loop the
 # transactional lane's SMTP and Kafka work and the gate's batches took turns, and at 2,000
 # requests/s one core was not enough for both
 FRONT_STAGES = ("gate", "verify")
 TX_STAGES = ("deliver.tx",)
 BULK_STAGES = ("deliver.bulk",)
+WEBHOOK_STAGES = ("webhooks",)

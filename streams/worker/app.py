@@ -18,6 +18,8 @@ from streams.clock import Clock, wall_clock
 from streams.contract.codec import Codec, default_codec
 from streams.db.directory import DirectoryHolder
 from streams.deliver.queue import ControlFeed
+from streams.deliver.shaping import Shaping
+from streams.deliver.shaping_feed import ShapingFeed, preload_sites
 from streams.kafka.config import client_options
 from streams.kafka.limits import (
     DEFAULT_LIMIT,
@@ -40,8 +42,9 @@ from streams.settings import Settings
 from streams.stages.deliver import deliver_stages
 from streams.stages.gate_stage import DeferralStage, GateStage
 from streams.stages.names import DELIVER_PARTS, KNOWN_STAGES, STAGES
-from streams.stages.policies import gate_trust
+from streams.stages.policies import gate_trust, shaping_rules
 from streams.stages.verify import VerifyStage, build_verifier
+from streams.stages.webhooks import webhook_stages
 from streams.worker.broker import broker_credentials
 from streams.worker.shell import install_directory
 from streams.worker.web import install_pages
@@ -157,6 +160,7 @@ def create_app(
     control: ControlFeed | None = None,
     on_failure: Any = None,
     limit: RecordLimit = DEFAULT_LIMIT,
+    shaping: Shaping | None = None,
 ) -> faust.App:
     app = faust.App(
         settings.app_id,
@@ -194,10 +198,23 @@ def create_app(
     if lanes:
         feed = control or ControlFeed(settings.kafka)
         flags["queue_control_loaded"] = feed.ready.is_set
+        # one Shaping per process, shared by its lanes and fed by every other process's rules
+        if shaping is None:
+            shaping = Shaping(shaping_rules(settings.delivery))
         # the delay topics and queue commands go with the bulk lane: one process group
         # re-queues released mail, so it is not re-queued twice
-        found.extend(deliver_stages(settings, codec, directory, clock, feed, lanes, tables))
+        found.extend(
+            deliver_stages(settings, codec, directory, clock, feed, lanes, tables, shaping)
+        )
         background.append(_control_feed(feed))
+        background.append(_shaping_feed(ShapingFeed(settings.kafka, shaping)))
+    if "webhooks" in stages:
+        shell, hooks = webhook_stages(
+            settings.webhooks, settings.topics, codec, settings.dsn, settings.secret
+        )
+        found.extend(hooks)
+        background.append(shell.run)
+        flags["webhook_endpoints_loaded"] = shell.book.ready.is_set
     kafka = kafka_probe(
         client_options(settings.kafka),
         interval=settings.health_interval,
@@ -270,6 +287,19 @@ def _control_feed(feed: ControlFeed) -> Any:
     return run
 
 
+def _shaping_feed(feed: ShapingFeed) -> Any:
+    """Fold every process's shaping states into this one's for as long as the host runs."""
+
+    async def run(stop: asyncio.Event, _host: StageHost) -> None:
+        feed.start()
+        try:
+            await stop.wait()
+        finally:
+            await feed.stop()
+
+    return run
+
+
 async def _no_failure_hook(exc: BaseException) -> None:
     raise exc
 
@@ -292,9 +322,13 @@ def run_worker(settings: Settings, stages: tuple[str, ...] = STAGES) -> None:
     directory = stage_directory(settings, stages)
     directory.preload()
     control = None
+    shaping = None
     if any(part in DELIVER_PARTS for part in stages):
         control = ControlFeed(settings.kafka)
         control.preload()
+        # a bad shaping file stops the worker here, before it joins any group
+        shaping = Shaping(shaping_rules(settings.delivery))
+        preload_sites(settings.kafka, shaping)
     worker: faust.Worker | None = None
 
     async def crash(exc: BaseException) -> None:
@@ -308,7 +342,13 @@ def run_worker(settings: Settings, stages: tuple[str, ...] = STAGES) -> None:
     asyncio.run(wait_for_cluster(client, settings.kafka.start_wait))
     limit = asyncio.run(read_or_default(client, flow_topics(settings.topics)))
     app = create_app(
-        settings, stages, directory=directory, control=control, on_failure=crash, limit=limit
+        settings,
+        stages,
+        directory=directory,
+        control=control,
+        on_failure=crash,
+        limit=limit,
+        shaping=shaping,
     )
     tune_gc()
     # override_logging=False: mode's Worker would otherwise replace our root handler with its

@@ -30,7 +30,7 @@ from streams.contract.codec import Codec
 from streams.kafka.config import client_options
 from streams.settings import Settings
 from streams.stack.process import ManagedProcess
-from streams.stack.stack import WORKER_ROLES, Stack, worker_port
+from streams.stack.stack import WORKER_ROLES, Stack, webhooks_port, worker_port
 from streams.stack.supervisor import Supervisor, SupervisorLog, restart_policy
 from tests.conftest import SENDER_DOMAIN
 from tests.integration.helpers import signer
@@ -290,6 +290,7 @@ def health_urls(stack: Stack) -> list[str]:
         for role in WORKER_ROLES
         for slot in range(settings.worker_processes)
     ]
+    urls.append(f"http://{host}:{webhooks_port(settings)}/healthz")
     urls.append(f"http://{host}:{settings.sinks_web_port}/healthz")
     urls.append(f"{settings.api_base}/healthz")
     return urls

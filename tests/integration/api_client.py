@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+from multidict import CIMultiDict
 
 from tests.integration.helpers import eventually
 
@@ -14,7 +15,7 @@ from tests.integration.helpers import eventually
 @dataclass
 class Answer:
     status: int
-    headers: dict[str, str]
+    headers: CIMultiDict[str]  # names compare case-insensitively, as HTTP's do
     body: Any
 
 
@@ -40,7 +41,7 @@ class ApiClient:
                 method, f"{self.base}{path}", json=json, data=data, headers=headers
             ) as r:
                 payload = await r.json() if r.content_type == "application/json" else None
-                answer = Answer(r.status, dict(r.headers), payload)
+                answer = Answer(r.status, CIMultiDict(r.headers), payload)
             if answer.status != 429 or not patient:
                 return answer
             await asyncio.sleep(float(answer.headers.get("Retry-After", "1")))

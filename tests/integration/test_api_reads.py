@@ -246,3 +246,40 @@ async def test_the_api_counts_requests_by_route_on_metrics(stack: Settings, api:
     )
     assert "some-id" not in text
     assert "postwire_http_request_seconds_bucket" in text
+
+
+async def test_reads_answer_304_while_unchanged_and_gzip_when_large(
+    stack: Settings, api: ApiClient
+) -> None:
+    _tenant, key = await new_tenant(stack, "etag")
+    client = api.as_key(key)
+    recipients = [f"r{i}@inbox.example" for i in range(30)]
+    message_id = await _send(client, mail(*recipients))
+    path = f"/v1/messages/{message_id}"
+
+    def delivered(answer: Answer) -> bool:
+        states = [r["state"] for r in (answer.body or {}).get("recipients", [])]
+        return len(states) == len(recipients) and set(states) == {"delivered"}
+
+    status = await client.until(path, delivered)
+    assert delivered(status), status.body
+    etag = status.headers["ETag"]
+    assert status.headers["Cache-Control"] == "private, no-cache"
+    # the client asks for gzip by default, and 30 timelines are well past a kilobyte
+    assert status.headers.get("Content-Encoding") == "gzip", status.headers
+    again = await client.call("GET", path, **{"If-None-Match": etag})
+    assert again.status == 304
+    assert again.body is None
+    assert again.headers["ETag"] == etag
+    plain = await client.call("GET", path, **{"Accept-Encoding": "identity"})
+    assert "Content-Encoding" not in plain.headers
+    assert plain.body == status.body
+    assert plain.headers["ETag"] != etag  # another representation of the same content
+    # a tag that is not the current one gets the whole answer
+    stale = await client.call("GET", path, **{"If-None-Match": '"not-this-one"'})
+    assert stale.status == 200
+    assert stale.body == status.body
+    # another tenant learns nothing from a tag either
+    _other, other_key = await new_tenant(stack, "etag-other")
+    foreign = await api.as_key(other_key).call("GET", path, **{"If-None-Match": etag})
+    assert foreign.status == 404

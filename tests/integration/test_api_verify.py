@@ -74,6 +74,16 @@ async def test_a_batch_job_reports_progress_and_pages_results(
     assert second.body["next_offset"] is None
     paged = [r["email"] for r in first.body["results"] + second.body["results"]]
     assert sorted(paged) == sorted(set(emails))
+    # a done job's page is tagged by its version: the same page revalidates (304), another
+    # page of it has another tag
+    tag = first.headers["ETag"]
+    again = await client.call("GET", f"{url}?limit=4", **{"If-None-Match": tag})
+    assert again.status == 304
+    assert again.body is None
+    assert second.headers["ETag"] != tag
+    other = await client.call("GET", f"{url}?offset=4&limit=4", **{"If-None-Match": tag})
+    assert other.status == 200
+    assert other.body["results"] == second.body["results"]
 
 
 async def test_bad_bodies_scopes_and_other_tenants(stack: Settings, api: ApiClient) -> None:

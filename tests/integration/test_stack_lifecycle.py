@@ -113,7 +113,7 @@ async def test_foreground_up_stops_every_child_on_sigint(tmp_path: Path) -> None
             break
     assert any("postwire is up" in line for line in lines), "".join(lines)
     pids = _pids(settings)
-    assert set(pids) == {"kafka", "postgres", "worker", "tx", "bulk", "sinks", "api"}
+    assert set(pids) == {"kafka", "postgres", "worker", "tx", "bulk", "webhooks", "sinks", "api"}
     assert all(pid_alive(pid) for pid in pids.values())
     assert int((settings.data_dir / "run" / "supervisor.pid").read_text()) == proc.pid
     proc.send_signal(signal.SIGINT)

@@ -1,0 +1,84 @@
+"""Resolving a return path's reference to its message and recipient, in PostgreSQL.
+
+The token names the message and a tag of one recipient (streams/mail/verp.py); the ``messages``
+table (the sinks' latest state per message and recipient) holds the candidates, and the one
+whose tag this server computes for its tenant is the recipient. The categories and custom args
+of the last event about it go on the bounce event too, as the deliver stage puts them on its own.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Mapping
+
+import asyncpg
+import orjson
+
+from streams.errors import UnreachableError
+from streams.inbound.decide import Target
+from streams.mail.verp import Reference, recipient_tag
+from streams.secret import ServerSecret
+
+__all__ = ["Resolver"]
+
+_CANDIDATES = "SELECT tenant_id, recipient, request_id FROM messages WHERE message_id = $1"
+_LAST_EVENT = (
+    "SELECT detail FROM events WHERE message_id = $1 AND recipient = $2 AND tenant_id = $3"
+    " ORDER BY occurred_at DESC LIMIT 1"
+)
+
+
+def _strings(value: object) -> Mapping[str, str]:
+    if not isinstance(value, dict):
+        return {}
+    return {str(k): str(v) for k, v in value.items()}
+
+
+class Resolver:
+    def __init__(self, dsn: str, secret: ServerSecret, *, pool_size: int = 4) -> None:
+        self.dsn = dsn
+        self.secret = secret
+        self.pool_size = pool_size
+        self.pool: asyncpg.Pool | None = None
+
+    async def start(self) -> None:
+        try:
+            self.pool = await asyncpg.create_pool(
+                self.dsn, min_size=1, max_size=self.pool_size, command_timeout=10
+            )
+        except (OSError, asyncpg.PostgresError) as exc:
+            raise UnreachableError("postgres.unreachable", f"PostgreSQL: {exc}") from exc
+
+    async def stop(self) -> None:
+        if self.pool is not None:
+            await self.pool.close()
+            self.pool = None
+
+    async def target(self, reference: Reference) -> Target | None:
+        """The message and recipient ``reference`` names, or None when no recipient of the
+        message on record has its tag. UnreachableError when PostgreSQL does not answer."""
+        if self.pool is None:
+            raise UnreachableError("postgres.unreachable", "the resolver is not started")
+        message_id = reference.message_id
+        try:
+            async with self.pool.acquire() as conn:
+                for row in await conn.fetch(_CANDIDATES, message_id):
+                    tenant, recipient = row["tenant_id"], row["recipient"]
+                    tag = recipient_tag(self.secret, tenant, message_id, recipient)
+                    if not hmac.compare_digest(tag, reference.tag):
+                        continue
+                    detail = await conn.fetchval(_LAST_EVENT, message_id, recipient, tenant)
+                    found = orjson.loads(detail) if isinstance(detail, str | bytes) else {}
+                    categories = found.get("categories") if isinstance(found, dict) else None
+                    args = found.get("custom_args") if isinstance(found, dict) else None
+                    return Target(
+                        tenant=tenant,
+                        message_id=message_id,
+                        recipient=recipient.lower(),
+                        request_id=row["request_id"] or None,
+                        categories=tuple(str(c) for c in categories or ()),
+                        custom_args=_strings(args),
+                    )
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+            raise UnreachableError("postgres.unreachable", f"PostgreSQL: {exc}") from exc
+        return None
