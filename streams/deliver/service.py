@@ -105,6 +105,16 @@ class Deliverer:
         its destination (the relay, or the domain itself); the one place that says so."""
         return self.throttle.key(self.destination(domain))
 
+    def held_reason(self, site: str, now: float) -> str:
+        """Why the scheduler handed back a task of ``site`` (its queue stopped too long)."""
+        state = self.shaping.suspension(site, now)
+        if state is not None:
+            return f"suspended: {state.suspend_rule}"
+        breaker = self.breakers.get(site)
+        if breaker is not None and breaker.retry_after(now) > 0:
+            return f"circuit_open: {site} is paused after repeated connection failures"
+        return f"throttled: {site} rate"
+
     def capacity(self) -> SiteCapacity:
         """What the sites allow, for the scheduler (``schedule.Capacity``)."""
         return SiteCapacity(self)

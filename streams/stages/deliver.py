@@ -646,7 +646,9 @@ class LaneStage:
         await self._settle(waiting, self.shell.send(waiting.ready, self.shell.deliverer.send_now))
 
     async def _postpone(self, waiting: _Waiting, until: float) -> None:
-        reason = f"throttled: {waiting.ready.task['domain']} is rate-limited or paused"
+        deliverer = self.shell.deliverer
+        site = await deliverer.site(waiting.ready.task["domain"])
+        reason = deliverer.held_reason(site, self.shell.clock().timestamp())
         await self._settle(waiting, self.shell.postponed(waiting.ready, until, reason))
 
     @staticmethod
