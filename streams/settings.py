@@ -425,6 +425,9 @@ class Settings(BaseSettings):
     # (streams/deliver/data/shaping.toml); unset: the shipped ones alone
     shaping_file: Path | None = None
     deliver_concurrency: int = Field(default=64, ge=1)
+    # tasks a delivery lane reads past a backlog and keeps in memory, waiting for their turn
+    # at their site (fair across tenants); after a crash they are read again
+    deliver_read_ahead: int = Field(default=20_000, ge=1)
 
     # return path and asynchronous bounces: with a bounce domain, MAIL FROM is
     # <token>@<bounce domain> (a signed reference to the message and recipient, see

@@ -93,7 +93,7 @@ def _request(tenant: str, run: str, i: int, n: int, priority: Priority) -> Email
     )
 
 
-async def _publish(settings: Settings, requests: list[EmailRequest], key: Credentials) -> None:
+async def publish(settings: Settings, requests: list[EmailRequest], key: Credentials) -> None:
     codec = default_codec()
     producer = AIOKafkaProducer(**client_options(settings.kafka), acks="all", linger_ms=5)
     await producer.start()
@@ -144,7 +144,7 @@ async def _lane_probe(
     bulk = [
         _request(tenant, f"{run}b", i, PER_REQUEST, "bulk") for i in range(backlog // PER_REQUEST)
     ]
-    await _publish(settings, bulk, key)
+    await publish(settings, bulk, key)
     # the backlog is measured from the lanes on: wait until the gate has fanned it out
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
@@ -157,7 +157,7 @@ async def _lane_probe(
     probes = []
     for i in range(20):
         probe = _request(tenant, f"{run}p", i, 1, "high")
-        await _publish(settings, [probe], key)
+        await publish(settings, [probe], key)
         probes.append(probe)
         await asyncio.sleep(0.5)
     sent = {p["request_id"]: p["created_at"] for p in probes}
@@ -217,7 +217,7 @@ async def _measure(
     say("warm-up: 1,000 messages (workers joined, connections open)")
     warm = uuid.uuid4().hex[:8]
     base = sink.accepted()
-    await _publish(
+    await publish(
         settings, [_request("bench", warm, i, PER_REQUEST, "bulk") for i in range(10)], key
     )
     await sink.wait_for(base + 1000, 300)
@@ -226,7 +226,7 @@ async def _measure(
     base = sink.accepted()
     requests = [_request("bench", run, i, PER_REQUEST, "bulk") for i in range(n // PER_REQUEST)]
     began = time.perf_counter()
-    await _publish(settings, requests, key)
+    await publish(settings, requests, key)
     done = await sink.wait_for(base + n, 1800)
     await _wait_rows(conn, run, n, 600)
     return done - began, time.perf_counter() - began

@@ -587,12 +587,23 @@ def bench_deliver(
     dkim: Annotated[
         str, typer.Option(help="DKIM key of the bench sender: rsa (2048) or ed25519.")
     ] = "rsa",
+    fairness: Annotated[
+        bool,
+        typer.Option(
+            help="Instead: tenant B's mail to a site while tenant A's backlog drains there."
+        ),
+    ] = False,
+    backlog: Annotated[int, typer.Option(help="With --fairness: tenant A's backlog.")] = 10_000,
     as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
 ) -> None:
     """DKIM-signed delivery to smtp-sink vs raw aiosmtplib and Postfix (needs the postfix
     package)."""
     import dataclasses
     import json
+
+    if fairness:
+        _bench_fairness(backlog, partitions, as_json)
+        return
 
     from streams.bench.deliver import run_deliver_bench
     from streams.deliver.dkim import key_type
@@ -649,6 +660,61 @@ def bench_deliver(
         if f"{name}_p50_ms" in result.extra:
             p50, worst = result.extra[f"{name}_p50_ms"], result.extra[f"{name}_max_ms"]
             grid.add_row(label, f"p50 {p50:,.0f} ms, max {worst:,.0f} ms")
+    out.print(grid)
+
+
+def _bench_fairness(backlog: int, partitions: int, as_json: bool) -> None:
+    import json
+
+    from streams.bench.fairness import run_fairness_bench
+
+    def progress(message: str) -> None:
+        if not as_json:
+            err.print(f"[dim]{message}[/]")
+
+    result = _run(run_fairness_bench(backlog, partitions, progress=progress))
+    figures = result.figures()
+    if as_json:
+        out.print_json(
+            json.dumps(
+                {
+                    **figures,
+                    "backlog": result.backlog,
+                    "rate": result.rate,
+                    "a_before_b": result.a_before_b,
+                    "duplicates": result.duplicates,
+                    "bulk_rss_idle_mb": result.bulk_rss_idle_mb,
+                    "bulk_rss_peak_mb": result.bulk_rss_peak_mb,
+                    "seconds": result.seconds,
+                }
+            )
+        )
+        return
+    grid = Table("measure", "value")
+    grid.add_row("tenant A's backlog", f"{result.backlog:,} bulk, site limited to {result.rate}/s")
+    grid.add_row(
+        "B bulk to the receiver's 250",
+        f"p50 {figures['b_bulk_p50_ms']:,.0f} ms, p99 {figures['b_bulk_p99_ms']:,.0f} ms"
+        f" ({len(result.b_bulk_ms)} messages)",
+    )
+    grid.add_row(
+        "B high to the receiver's 250",
+        f"p50 {figures['b_high_p50_ms']:,.0f} ms, p99 {figures['b_high_p99_ms']:,.0f} ms"
+        f" ({len(result.b_high_ms)} messages)",
+    )
+    grid.add_row(
+        "  of which until on the lane (p50)",
+        f"bulk {figures['b_bulk_to_lane_p50_ms']:,.0f} ms,"
+        f" high {figures['b_high_to_lane_p50_ms']:,.0f} ms",
+    )
+    grid.add_row("A's messages before B's last bulk one", f"{result.a_before_b:,}")
+    grid.add_row("messages received twice", str(result.duplicates))
+    if result.bulk_rss_idle_mb is not None and result.bulk_rss_peak_mb is not None:
+        grid.add_row(
+            "bulk worker RSS",
+            f"{result.bulk_rss_idle_mb:,.0f} MB idle, {result.bulk_rss_peak_mb:,.0f} MB at most",
+        )
+    grid.add_row("run", f"{result.seconds:,.1f} s")
     out.print(grid)
 
 

@@ -28,11 +28,12 @@ from streams.deliver.transport import Transport
 from streams.deliver.unsubscribe import Unsubscribe, no_unsubscribe
 from streams.obs.metrics import shaping_fired, shaping_sites, smtp_result
 
-__all__ = ["Deliverer", "DeliveryRules"]
+__all__ = ["Deliverer", "DeliveryRules", "SiteCapacity"]
 
 log = logging.getLogger("postwire.deliver")
 
 TemplateLookup = Callable[[str, str], StoredTemplate | None]
+SIGN_AHEAD = 2  # turns granted per session a site may have: one on the wire, one being signed
 PREPARED_CACHE = 256  # requests whose invariant part is kept; a bulk campaign needs one
 
 
@@ -118,27 +119,28 @@ class Deliverer:
         scheduler in front of ``attempt`` queues a task by, and shaping keys its states by."""
         return await self.transport.site(domain)
 
+    def held_reason(self, site: str, now: float) -> str:
+        """Why the scheduler handed back a task of ``site`` (its queue stopped too long)."""
+        state = self.shaping.suspension(site, now)
+        if state is not None:
+            return f"suspended: {state.suspend_rule}"
+        return f"throttled: {site} rate"
+
+    def capacity(self) -> SiteCapacity:
+        """What the sites allow, for the scheduler (``schedule.Capacity``)."""
+        return SiteCapacity(self)
+
     async def attempt(self, task: DeliveryTask) -> Conclusion:
-        """Try ``task`` once. Raises RenderError / DkimError for a message that cannot be built."""
-        prepared = self.prepared(task)
-        destination = self.destination(task["domain"])
+        """Try ``task`` once, waiting out its tenant's rate of up to ``throttle_max_wait`` in
+        place (the site's rate is the transport's). Raises RenderError / DkimError for a
+        message that cannot be built."""
+        self.prepared(task)  # a message that cannot be built fails before any wait
         site = await self.site(task["domain"])
-        breaker = self.breaker(destination)
-        now = self.clock()
-        held = self._suspended(task, site, now)
-        if held is not None:
-            return held
-        if not breaker.allow(now.timestamp()):
-            wait = max(breaker.retry_after(now.timestamp()), 1.0)
-            return postpone(
-                task,
-                now + timedelta(seconds=wait),
-                f"circuit_open: {destination} is paused after repeated connection failures",
-                now,
-            )
         tenant = task["tenant"]
-        self.throttle.scale(site, self.shaping.rate_factor(site, now.timestamp()), now.timestamp())
+        now = self.clock()
         while True:
+            if self._suspended(task, site, now) is not None:
+                break  # send_now puts it back
             wait = self.throttle.take_tenant(tenant, now.timestamp())
             if wait <= 0:
                 break
@@ -148,9 +150,32 @@ class Deliverer:
                 )
             await asyncio.sleep(wait)
             now = self.clock()
-            held = self._suspended(task, site, now)  # another attempt's reply, meanwhile
-            if held is not None:
-                return held
+        return await self.send_now(task)
+
+    async def send_now(self, task: DeliveryTask) -> Conclusion:
+        """Send ``task`` now: its turn was granted (its tenant's token taken; the site's rate and
+        a connection are waited for in the transport). Raises RenderError / DkimError for a
+        message that cannot be built."""
+        prepared = self.prepared(task)
+        destination = self.destination(task["domain"])
+        site = await self.site(task["domain"])
+        breaker = self.breaker(destination)
+        now = self.clock()
+        tenant = task["tenant"]
+        held = self._suspended(task, site, now)
+        if held is not None:
+            self.throttle.give_back_tenant(tenant)
+            return held
+        if not breaker.allow(now.timestamp()):
+            self.throttle.give_back_tenant(tenant)
+            wait = max(breaker.retry_after(now.timestamp()), 1.0)
+            return postpone(
+                task,
+                now + timedelta(seconds=wait),
+                f"circuit_open: {destination} is paused after repeated connection failures",
+                now,
+            )
+        self.throttle.scale(site, self.shaping.rate_factor(site, now.timestamp()), now.timestamp())
         header_id = f"<{task['task_id']}@{prepared.sender_domain}>"
         message = prepared.render(
             task["recipient"],
@@ -241,3 +266,35 @@ class Deliverer:
         await self.transport.close()
         await self.throttle.slots.close()
         self.signer.close()
+
+
+class SiteCapacity:
+    """The scheduler's view of the sites (``schedule.Capacity``): connection limits from the
+    throttle (held across processes by its slots), a suspended site waits for its end, the
+    site's rate (this process's share of it) and the tenant's."""
+
+    def __init__(self, deliverer: Deliverer) -> None:
+        self.deliverer = deliverer
+        self.throttle = deliverer.throttle
+
+    def connections(self, site: str) -> int:
+        # twice the site's connection limit: a turn renders and signs before it needs its
+        # session, so each session has the next message signed while one goes over the wire;
+        # the pool keeps the sessions themselves to the limit (a turn waits there, in order)
+        return SIGN_AHEAD * self.throttle.limit(site).connections
+
+    def site_wait(self, site: str, now: float) -> float:
+        deliverer = self.deliverer
+        suspended = deliverer.shaping.suspension(site, now)
+        if suspended is not None:  # a receiver said to stop (shaping, in every process)
+            return max(suspended.suspended_until - now, 0.001)
+        # a rate cut by shaping applies before the next token is counted
+        self.throttle.scale(site, deliverer.shaping.rate_factor(site, now), now)
+        return self.throttle.site_wait(site, now)
+
+    def tenant_wait(self, tenant: str, now: float) -> float:
+        return self.throttle.tenant_wait(tenant, now)
+
+    def take(self, tenant: str, site: str, now: float) -> None:
+        # the tenant's token now; the site's is taken by the transport with the session held
+        self.throttle.take_tenant(tenant, now)

@@ -13,9 +13,11 @@ A batch that raises is retried record by record; a record that raises on its own
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 import traceback
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,7 +40,7 @@ from streams.runtime.cadence import CommitBudget, Group
 from streams.runtime.producer import BatchProducer
 from streams.runtime.records import Consumed
 from streams.runtime.recovery import recover
-from streams.runtime.stage import Stage, Step
+from streams.runtime.stage import Admitting, Stage, Step
 from streams.runtime.state import Store
 
 __all__ = ["RunnerConfig", "StageRunner"]
@@ -46,6 +48,7 @@ __all__ = ["RunnerConfig", "StageRunner"]
 log = logging.getLogger("postwire.runtime")
 SLOW_BATCH = 10.0
 PIPELINE = 4  # batches a stage may have sent and not yet seen acknowledged
+ADMIT_ROUNDS = 8  # fetches a concurrent stage may admit between two flushes
 
 
 @dataclass(frozen=True)
@@ -121,10 +124,16 @@ class StageRunner:
         self._seconds = STAGE_SECONDS.labels(stage.name)
         self._sizes = BATCH_RECORDS.labels(stage.name)
         self._outcomes: dict[str, Any] = {}
-        # concurrent stages: records in flight, and per partition what is in flight / done /
-        # started
-        self._tasks: dict[asyncio.Future[Step], Consumed] = {}
-        self._in_flight: dict[TopicPartition, set[int]] = {}
+        # concurrent stages: records admitted and not finished (their futures), the finished
+        # ones waiting for the next flush, and per partition the offsets admitted in order
+        # (the first not finished is the commit point), the finished ones among them, the
+        # highest finished and the next to admit
+        self._ahead = stage.read_ahead if isinstance(stage, Admitting) else stage.concurrency
+        self._open: set[asyncio.Future[Step]] = set()
+        self._finished: list[tuple[Consumed, asyncio.Future[Step]]] = []
+        self._finished_event = asyncio.Event()
+        self._order: dict[TopicPartition, deque[int]] = {}
+        self._done: dict[TopicPartition, set[int]] = {}
         self._high: dict[TopicPartition, int] = {}
         self._started: dict[TopicPartition, int] = {}
         self._first_finished: float | None = None  # when the oldest unflushed one finished
@@ -239,26 +248,36 @@ class StageRunner:
             await consumer.stop()
 
     async def _run_concurrent(self, consumer: AIOKafkaConsumer, stop: asyncio.Event) -> None:
-        """For stages that wait on the network per record (SMTP): up to ``concurrency`` records
-        in flight, each its own task; what finished within ``flush_wait`` of each other is
-        flushed together, and a partition is committed up to its oldest record still in flight,
+        """For stages that wait on the network per record (SMTP): up to the stage's read-ahead
+        (its ``read_ahead``, or ``concurrency`` records each in a task of its own) admitted and
+        not finished; what finished within ``flush_wait`` of each other is flushed together
+        (one produce of the outputs, one changelog write, the commit shared with the flushes
+        waiting behind it), and a partition is committed up to its oldest record not finished,
         so a slow destination delays only its own records (and the commit point), never the
-        records behind it. A record counts against ``concurrency`` until its flush is committed:
-        a crash repeats at most ``concurrency`` records' work (what was in flight, and what
-        finished but whose outcome Kafka had not yet acknowledged)."""
+        records behind it. A record counts against the read-ahead until its flush is committed,
+        and a stage that schedules its own sends hears of that commit (``flushed``): the lane
+        holds each send's slot until then, so a crash repeats at most ``concurrency`` sends."""
         assert self._committer is not None
         while not stop.is_set():
             self._raise_if_failed()
             if self._committer.done():
                 self._committer.result()  # Kafka refused a flush: stop here
-            room = self.stage.concurrency - len(self._tasks) - self.budget.records
-            if room > 0:
-                wait = 1 if self._tasks else self._fetch_wait_ms()
-                fetched = await consumer.getmany(timeout_ms=wait, max_records=room)
-                if fetched:
-                    async with self.lock:
-                        self._start(consumer, fetched)
-            await self._next_finish_or_commit()
+            room = self._ahead - len(self._open) - self.budget.records
+            wait = 1 if self._open else self._fetch_wait_ms()
+            # a backlog is admitted several batches at a time, not one per flush: the records
+            # behind it (another tenant's) reach the scheduler sooner
+            for _ in range(ADMIT_ROUNDS):
+                if room <= 0:
+                    break
+                fetched = await consumer.getmany(
+                    timeout_ms=wait, max_records=min(room, self.stage.max_batch)
+                )
+                if not fetched:
+                    break
+                async with self.lock:
+                    await self._admit(consumer, fetched)
+                room, wait = self._ahead - len(self._open) - self.budget.records, 0
+            await self._next_finish_or_commit(room > 0)
             async with self.lock:
                 if self._flush_due():
                     await self._flush_finished(consumer)
@@ -266,22 +285,36 @@ class StageRunner:
         async with self.lock:
             await self.drain()
 
-    async def _next_finish_or_commit(self) -> None:
-        """Wait until a record finishes, a flush is due, or a commit makes room."""
-        if self._flush_due():
-            return  # what finished during the fetch is flushed without waiting
-        waits: list[asyncio.Future[Any]] = [task for task in self._tasks if not task.done()]
-        committed: asyncio.Future[Any] | None = None
+            async with self.lock:
+                if self._flush_due():
+                    await self._flush_finished(consumer)
+                await self._housekeeping()
+        async with self.lock:
+            await self.drain()
+
+    async def _next_finish_or_commit(self, room: bool) -> None:
+        """Wait until a record finishes, a flush is due or a commit makes room; with room to
+        read ahead, only briefly (a password reset behind a slow session)."""
+        finished = len(self._finished)
+        if finished and (len(self._open) == finished or self._until_flush() <= 0):
+            return
+        timeout = self._until_flush() if finished else self.config.fetch_wait
+        if room and self._open:
+            timeout = min(timeout, 0.01)
+        waits: list[asyncio.Future[Any]] = []
+        if len(self._open) > finished:
+            self._finished_event.clear()
+            waits.append(asyncio.ensure_future(self._finished_event.wait()))
         if self.budget.records:
             self._commit_seen.clear()
-            committed = asyncio.ensure_future(self._commit_seen.wait())
-            waits.append(committed)
-        if waits:
-            await asyncio.wait(
-                waits, timeout=self._until_flush(), return_when=asyncio.FIRST_COMPLETED
-            )
-        if committed is not None:
-            committed.cancel()
+            waits.append(asyncio.ensure_future(self._commit_seen.wait()))
+        if not waits:
+            return
+        try:
+            await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiting in waits:
+                waiting.cancel()
 
     def _until_flush(self) -> float:
         """Seconds to wait for more records to finish before the finished ones are flushed."""
@@ -290,44 +323,75 @@ class StageRunner:
         return max(self._first_finished + self.config.flush_wait - time.monotonic(), 0.0)
 
     def _flush_due(self) -> bool:
-        finished = sum(1 for task in self._tasks if task.done())
+        finished = len(self._finished)
         if not finished:
             return False
-        now = time.monotonic()
-        if self._first_finished is None:
-            self._first_finished = now
-        waiting = len(self._tasks) - finished
-        # nothing else running (or everything done) is worth no wait; so is a full flush
+        # nothing else admitted (or everything done) is worth no wait; so is a full flush
         return (
-            waiting == 0
+            len(self._open) == finished
             or finished >= max(self.stage.concurrency // 4, 1)
-            or now - self._first_finished >= self.config.flush_wait
+            or self._until_flush() <= 0
         )
 
-    def _start(self, consumer: AIOKafkaConsumer, fetched: dict[Any, list[Any]]) -> None:
-        for record in self._owned_records(consumer, fetched):
+    async def _admit(self, consumer: AIOKafkaConsumer, fetched: dict[Any, list[Any]]) -> None:
+        batch = self._owned_records(consumer, fetched)
+        if not batch:
+            return
+        for record in batch:
             tp = TopicPartition(record.topic, record.partition)
-            self._in_flight.setdefault(tp, set()).add(record.offset)
+            self._order.setdefault(tp, deque()).append(record.offset)
             self._started[tp] = max(self._started.get(tp, 0), record.offset + 1)
-            task = asyncio.ensure_future(self._one(record))
-            self._tasks[task] = record
+        futures = await self._admitted(batch)
+        for record, future in zip(batch, futures, strict=True):
+            self._open.add(future)
+            future.add_done_callback(functools.partial(self._on_finished, record))
         self._limit_spans(consumer)
 
+    async def _admitted(self, batch: list[Consumed]) -> list[asyncio.Future[Step]]:
+        """The stage's futures for ``batch``; a stage without ``admit`` gets a task per record."""
+        stage = self.stage
+        if not isinstance(stage, Admitting):
+            return [asyncio.ensure_future(self._one(record)) for record in batch]
+        try:
+            return await stage.admit(batch, self.clock())
+        except Exception:
+            log.exception(
+                "stage %s: admitting %d records raised; admitting them one by one",
+                stage.name,
+                len(batch),
+            )
+        futures: list[asyncio.Future[Step]] = []
+        for record in batch:
+            try:
+                futures.extend(await stage.admit([record], self.clock()))
+            except Exception as exc:  # noqa: BLE001 - the record would be lost: its dead letter
+                failed: asyncio.Future[Step] = asyncio.get_running_loop().create_future()
+                failed.set_result(stage.crashed(record, exc, self.clock()))
+                futures.append(failed)
+        return futures
+
+    def _on_finished(self, record: Consumed, future: asyncio.Future[Step]) -> None:
+        if not self._finished:
+            self._first_finished = time.monotonic()
+        self._finished.append((record, future))
+        self._finished_event.set()
+
     def _limit_spans(self, consumer: AIOKafkaConsumer) -> None:
-        """A partition commits up to its oldest record in flight; one slow record (an SMTP
+        """A partition commits up to its oldest record not finished; one slow record (an SMTP
         session up to its timeouts) with many finished behind it would leave all of them to
-        be repeated after a crash. Past ``max_uncommitted_records`` between the two, the
-        partition starts no new records until the slow one is done."""
-        limit = self.config.max_uncommitted_records
+        be repeated after a crash. Past ``max_uncommitted_records`` (or the stage's read-ahead,
+        if larger: what it reads ahead is meant to wait) between the two, the partition admits
+        no new records until the slow one is done."""
+        limit = max(self.config.max_uncommitted_records, self._ahead)
         assigned = consumer.assignment()
         for tp, started in self._started.items():
-            waiting = self._in_flight.get(tp)
-            span = started - min(waiting) if waiting else 0
+            order = self._order.get(tp)
+            span = started - order[0] if order else 0
             if span >= limit and tp not in self._span_paused and tp in assigned:
                 self._span_paused.add(tp)
                 consumer.pause(tp)
                 log.warning(
-                    "stage %s: %s[%d] has %d records past its oldest in flight; paused",
+                    "stage %s: %s[%d] has %d records past its oldest not finished; paused",
                     self.stage.name,
                     tp.topic,
                     tp.partition,
@@ -359,30 +423,53 @@ class StageRunner:
             return self.stage.crashed(record, exc, self.clock())
 
     async def _flush_finished(self, consumer: AIOKafkaConsumer) -> None:
-        """Send the outcomes of every finished record and their stores' changes, and hand the
-        offsets they complete to the committer (which commits once Kafka acknowledged them)."""
-        finished = [task for task in self._tasks if task.done()]
+        finished, self._finished = self._finished, []
         self._first_finished = None
         if not finished:
             return
         step = Step()
-        done: dict[TopicPartition, int] = {}
-        for task in finished:
-            record = self._tasks.pop(task)
-            step.extend(task.result())
+        touched: set[TopicPartition] = set()
+        settled: list[asyncio.Future[Step]] = []
+        for record, future in finished:
+            self._open.discard(future)
+            if future.cancelled():
+                continue  # given up by the stage: not finished, read again from the commit
+            error = future.exception()
+            if error is not None:
+                log.error(
+                    "stage %s: record %s:%d:%d raised",
+                    self.stage.name,
+                    record.topic,
+                    record.partition,
+                    record.offset,
+                    exc_info=error,
+                )
+                error = error if isinstance(error, Exception) else RuntimeError(str(error))
+                step.extend(self.stage.crashed(record, error, self.clock()))
+            else:
+                step.extend(future.result())
+            settled.append(future)
             tp = TopicPartition(record.topic, record.partition)
-            self._in_flight[tp].discard(record.offset)
-            done[tp] = max(done.get(tp, 0), record.offset + 1)
+            self._done.setdefault(tp, set()).add(record.offset)
+            self._high[tp] = max(record.offset + 1, self._high.get(tp, 0))
+            touched.add(tp)
+        if not settled:
+            return  # all given up: nothing to write, nothing to commit
         futures = await self.producer.send(step.outputs)
         acks = await self._send_changes()
         offsets = {}
-        for tp, high in done.items():
-            waiting = self._in_flight.get(tp)
-            offsets[tp] = min(waiting) if waiting else max(high, self._high.get(tp, 0))
-            self._high[tp] = max(high, self._high.get(tp, 0))
-        self.budget.processed(len(finished), time.monotonic())
+        for tp in touched:
+            order, done = self._order[tp], self._done[tp]
+            while order and order[0] in done:
+                done.discard(order.popleft())
+            offsets[tp] = order[0] if order else self._high[tp]
+        self.budget.processed(len(settled), time.monotonic())
         checkpoint = _Checkpoint(
-            [*futures, *(f for _, fs in acks for f in fs)], offsets, acks, self.budget.seal()
+            [*futures, *(f for _, fs in acks for f in fs)],
+            offsets,
+            acks,
+            self.budget.seal(),
+            settled,
         )
         self._last_commit = time.monotonic()
         await self._enqueue(checkpoint)
@@ -390,14 +477,26 @@ class StageRunner:
         self._observe(step, len(finished), None)
 
     async def drain(self) -> None:
-        """Finish every record in flight and commit (before a rebalance or a stop)."""
+        """Finish the work started and commit (before a rebalance or a stop): a stage that reads
+        ahead gives up what has not started, and its partitions are read again from the
+        commit point."""
         await self.settled()
-        if self._tasks:
-            await asyncio.wait(self._tasks)
+        if isinstance(self.stage, Admitting):
+            self.stage.release()
+        if self._open:
+            await asyncio.wait(self._open)
+        await asyncio.sleep(0)  # the done callbacks of what was just cancelled
         if self._consumer is not None:
             await self._flush_finished(self._consumer)
             await self.settled()
-        self._in_flight.clear()
+            assigned = self._consumer.assignment()
+            for tp, order in self._order.items():
+                if order and tp in assigned:
+                    self._consumer.seek(tp, order[0])
+        self._open.clear()
+        self._finished.clear()
+        self._order.clear()
+        self._done.clear()
         self._high.clear()
         self._started.clear()
 
@@ -498,6 +597,8 @@ class StageRunner:
                 now = time.monotonic()
                 for checkpoint in checkpoints:
                     self.budget.committed(checkpoint.group, now)
+                    if checkpoint.settled and isinstance(self.stage, Admitting):
+                        self.stage.flushed(checkpoint.settled)
                 self._uncommitted_gauge.set(self.budget.records)
                 self._since_commit_gauge.set(0.0)
                 self._commit_seen.set()
@@ -636,6 +737,8 @@ class _Checkpoint:
     offsets: dict[TopicPartition, int]
     acks: list[tuple[Store, list[asyncio.Future[Any]]]]
     group: Group
+    # a concurrent stage's records this checkpoint settles (told once it is committed)
+    settled: list[asyncio.Future[Step]] = field(default_factory=list)
 
 
 def _acknowledge(acks: list[tuple[Store, list[asyncio.Future[Any]]]]) -> None:

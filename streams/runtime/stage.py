@@ -6,16 +6,17 @@ time, take the records it returns."""
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from streams.runtime.records import Consumed, Out
 from streams.runtime.state import Store
 
-__all__ = ["Held", "Stage", "Step"]
+__all__ = ["Admitting", "Held", "Stage", "Step"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,4 +62,29 @@ class Stage(Protocol):
 
     def crashed(self, record: Consumed, error: Exception, now: datetime) -> Step:
         """The dead letter for a record whose processing raised unexpectedly."""
+        ...
+
+
+@runtime_checkable
+class Admitting(Protocol):
+    """A concurrent stage that takes records ahead of their turn and finishes them in an order
+    of its own (the delivery lane's scheduler): up to ``read_ahead`` records admitted and not
+    finished. The runner commits a partition up to its oldest record not finished, so what
+    was admitted and not finished is read again after a crash."""
+
+    read_ahead: int
+
+    async def admit(self, batch: Sequence[Consumed], now: datetime) -> list[asyncio.Future[Step]]:
+        """One future per record of ``batch``, in its order: its result is the record's Step
+        once finished; cancelled when the stage gave the record up (``release``)."""
+        ...
+
+    def release(self) -> None:
+        """Give up every admitted record whose work has not started (cancel its future): the
+        partitions are being revoked or the stage stops. Work already started finishes."""
+        ...
+
+    def flushed(self, futures: Sequence[asyncio.Future[Step]]) -> None:
+        """These records' outputs and store changes are acknowledged by Kafka (and the offsets
+        committed as far as they go): what a crash can no longer make the stage repeat."""
         ...

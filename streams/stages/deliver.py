@@ -3,8 +3,9 @@
 Stages:
 - one per lane (``deliveries.tx`` for critical/high, ``deliveries`` for normal/bulk), each with
   its own consumer group and records in flight, so a bulk backlog never delays transactional
-  mail; records run concurrently (SMTP waits on the network) and a partition is committed up to
-  its oldest record still in flight;
+  mail; the lane reads ahead, triages each batch and queues what is to be sent per (site,
+  tenant), where the scheduler hands out send turns fairly (``streams/deliver/schedule.py``);
+  a partition is committed up to its oldest record not finished;
 - one per delay tier (``retry.5m`` ...): holds its partitions at the first record not yet due (or
   flushed), then puts it back on its lane;
 - one on the control topic, doing what a release or delete does to the parked tasks.
@@ -13,17 +14,22 @@ The ledger store (task id -> accepted, per lane partition) is the no-double-send
 whose 250 was recorded is never sent again, even when a crash makes Kafka deliver it twice. Its
 changelog is flushed before the offsets are committed, so what remains is the RFC 1047 window:
 the receiver accepted the message but the worker died (or lost Kafka) before the ledger record
-reached Kafka. That task is sent again: at most the transactions in flight at that moment, since
-the runtime starts none while the finished ones wait for their acknowledgement.
+reached Kafka. That task is sent again: at most the transactions in flight at that moment or
+finished and not yet acknowledged, since a send's turn holds its slot in the scheduler until the
+runner's flush of its outcome is acknowledged (``LaneStage.flushed``); its site's connection is
+free for the next send as soon as its transaction ends.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextvars
 import logging
 import time
-from collections.abc import Awaitable, Mapping, Sequence
+from collections import Counter
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -31,17 +37,18 @@ from typing import Any, TypeVar
 from streams.clock import Clock
 from streams.contract.build import lane_of, make_event, make_suppression, rejection, suppression_key
 from streams.contract.codec import Codec
-from streams.contract.records import DeliveryEvent, DeliveryTask, Rejection
+from streams.contract.records import Content, DeliveryEvent, DeliveryTask, Rejection
 from streams.db.config import DatabaseSettings
 from streams.db.directory import DirectoryHolder
 from streams.db.slots import PgSlots
 from streams.deliver.control import Command
-from streams.deliver.core import Conclusion, failed, flush_now, task_meta, triage
+from streams.deliver.core import Conclusion, failed, flush_now, postpone, task_meta, triage
 from streams.deliver.dkim import Signer
 from streams.deliver.keyring import KeyRing
 from streams.deliver.mime import StoredTemplate
 from streams.deliver.queue import ControlFeed, index_entry, task_meta_of_entry
 from streams.deliver.retry import delay_tier, tier_name, tier_topic
+from streams.deliver.schedule import Scheduler
 from streams.deliver.service import Deliverer, DeliveryRules
 from streams.deliver.shaping import Shaping
 from streams.deliver.throttle import DestinationThrottle
@@ -61,6 +68,7 @@ from streams.runtime.state import Store
 from streams.runtime.tables import TableFactory
 from streams.secret import ServerSecret
 from streams.settings import DeliverySettings, Settings
+from streams.stages.dispatch import Dispatcher
 from streams.stages.policies import (
     breaker_policy,
     destination_limits,
@@ -85,6 +93,7 @@ STAGE = "deliver"
 log = logging.getLogger("postwire.deliver")
 RELEASED = "postwire-released-at"
 ENQUEUED = "postwire-enqueued-at"
+CONTENTS_KEPT = 1024  # requests whose content the tasks waiting in memory share
 LOCAL_SUPPRESSION_TTL = 120.0  # until the sink and the directory refresh know it everywhere
 # what became of a task that was not sent, for postwire_records_total{outcome}
 _NOT_SENT = {
@@ -270,6 +279,18 @@ def _ms(value: datetime) -> int:
     return int(value.timestamp() * 1000)
 
 
+@dataclass(slots=True)
+class Ready:
+    """A task triage said to send, with where it came from, waiting for its turn."""
+
+    task: DeliveryTask
+    raw: bytes
+    key: bytes | None
+    position: SourcePosition
+    headers: Any
+    queued: bool = False  # it came from a delay topic or a release: its queue entry goes
+
+
 class DeliverShell:
     """What the agents share: outputs, the ledger, the control feed, local suppressions."""
 
@@ -298,6 +319,7 @@ class DeliverShell:
         self.tier_outputs = outputs.tiers
         self._local_suppressed: dict[tuple[str, str], float] = {}
         self._inflight: set[str] = set()
+        self._contents: dict[str, Content] = {}
         self._delivered = EndToEnd("delivered")
 
     async def control_loaded(self) -> None:
@@ -338,7 +360,18 @@ class DeliverShell:
     async def handle(
         self, raw: bytes | None, key: bytes | None, position: SourcePosition, headers: Any
     ) -> str:
-        """Deal with one task; return what became of it (an event type or a step name)."""
+        """Deal with one task now, a throttle waited out in place; return what became of it
+        (an event type or a step name). The lane's scheduler uses ``judge`` and ``send``."""
+        judged = await self.judge(raw, key, position, headers)
+        if isinstance(judged, str):
+            return judged
+        return await self.send(judged, self.deliverer.attempt)
+
+    async def judge(
+        self, raw: bytes | None, key: bytes | None, position: SourcePosition, headers: Any
+    ) -> str | Ready:
+        """Triage one task: what became of it when it is not to be sent (its outputs are
+        collected), or the task ready to be sent when its turn comes."""
         now = self.clock()
         try:
             task = self.codec.decode_as(raw or b"", "DeliveryTask")
@@ -348,35 +381,87 @@ class DeliverShell:
         tid = task["task_id"]
         if tid in self._inflight:
             return "in_flight"  # the same task twice at once (a redelivery racing a release)
-        self._inflight.add(tid)
         try:
-            return await self._handle(task, raw or b"", position, headers, now)
-        except Exception as exc:  # a crashed faust agent would drop the record
-            log.exception("deliver: unexpected failure on %s:%d:%d", *position.__dict__.values())
-            crash = StageCrashError(f"{type(exc).__name__}: {exc}")
-            await self.outputs.rejection(
-                rejection(position, STAGE, crash, key, raw or b"", now, task["tenant"])
-            )
-            return "crashed"
-        finally:
-            self._inflight.discard(tid)
+            ready = Ready(task, raw or b"", key, position, headers)
+            step = await self._triage(ready, now)
+        except Exception as exc:  # noqa: BLE001 - dead-lettered with the reason
+            return await self._crash(ready, exc, now)
+        if step is None:
+            self._inflight.add(tid)
+            task["content"] = self._shared_content(task)
+            return ready
+        return step
 
-    async def _handle(
-        self, task: DeliveryTask, raw: bytes, position: SourcePosition, headers: Any, now: datetime
+    def _shared_content(self, task: DeliveryTask) -> Content:
+        """One copy of a request's content for all its recipients waiting in memory (a read-
+        ahead of 20,000 tasks would otherwise hold 20,000 copies of the same body)."""
+        key = task["message_id"]
+        found = self._contents.get(key)
+        if found is None:
+            found = self._contents[key] = task["content"]
+            if len(self._contents) > CONTENTS_KEPT:
+                self._contents.pop(next(iter(self._contents)))
+        return found
+
+    async def send(
+        self, ready: Ready, attempt: Callable[[DeliveryTask], Awaitable[Conclusion]]
     ) -> str:
-        released = int(header(headers, RELEASED) or b"0")
+        """Send a task ``judge`` found ready (``attempt`` is the deliverer's: ``send_now`` when
+        the scheduler granted the turn); triage again first, since a queue command, the ledger
+        or a suppression may have changed while it waited for its turn."""
+        task = ready.task
+        try:
+            now = self.clock()
+            step = await self._triage(ready, now)
+            if step is not None:
+                return step
+            return await self._send(ready, attempt)
+        except Exception as exc:  # noqa: BLE001 - dead-lettered with the reason
+            return await self._crash(ready, exc, self.clock())
+        finally:
+            self._inflight.discard(task["task_id"])
+
+    async def postponed(self, ready: Ready, until: float, reason: str) -> str:
+        """The scheduler found ``ready``'s queue stopped past the wait allowed in memory: to a
+        delay topic, without spending an attempt."""
+        task = ready.task
+        try:
+            now = self.clock()
+            at = datetime.fromtimestamp(until, tz=now.tzinfo)
+            return await self._concluded(task, postpone(task, at, reason, now), ready.queued)
+        finally:
+            self._inflight.discard(task["task_id"])
+
+    def given_up(self, ready: Ready) -> None:
+        """``ready`` will be read again (its partition is revoked or the stage stops)."""
+        self._inflight.discard(ready.task["task_id"])
+
+    async def _crash(self, ready: Ready, exc: Exception, now: datetime) -> str:
+        position = ready.position
+        log.exception("deliver: unexpected failure on %s:%d:%d", *position.__dict__.values())
+        crash = StageCrashError(f"{type(exc).__name__}: {exc}")
+        await self.outputs.rejection(
+            rejection(position, STAGE, crash, ready.key, ready.raw, now, ready.task["tenant"])
+        )
+        return "crashed"
+
+    async def _triage(self, ready: Ready, now: datetime) -> str | None:
+        """None when ``ready`` is to be sent; else what became of it (outputs collected)."""
+        task, raw = ready.task, ready.raw
+        released = int(header(ready.headers, RELEASED) or b"0")
         queued = task["attempt"] > 0 or released > 0
         step = triage(
             task,
             now,
             verdict=self.control.state.verdict(task_meta(task, released)),
-            already_sent=self.ledger.get(position.partition, task["task_id"]) is not None,
+            already_sent=self.ledger.get(ready.position.partition, task["task_id"]) is not None,
             suppressed=self.suppressed(task["tenant"], task["recipient"]["email"]),
             policy=self.policy,
         )
         lane = lane_of(task["priority"])
         if step.step == "send":
-            return await self._send(task, raw, position, lane, queued)
+            ready.queued = queued
+            return None
         if step.event is not None:
             await self.outputs.event(step.event)
         if step.step == "wait" and step.until is not None:
@@ -391,22 +476,23 @@ class DeliverShell:
         return _NOT_SENT[step.step]
 
     async def _send(
-        self, task: DeliveryTask, raw: bytes, position: SourcePosition, lane: str, queued: bool
+        self, ready: Ready, attempt: Callable[[DeliveryTask], Awaitable[Conclusion]]
     ) -> str:
+        task, raw, position = ready.task, ready.raw, ready.position
         tenant = task["tenant"]
         if not self.directory.current.verified_sender(tenant, task["from"]["email"]):
             # verified since this process's last refresh (the gate said so): fetch the tenant's
             # senders and keys now rather than send this one unsigned
             await self.directory.lookup_senders(tenant)
         try:
-            result: Conclusion = await self.deliverer.attempt(task)
+            result: Conclusion = await attempt(task)
         except (RenderError, DkimError) as exc:
             now = self.clock()
             await self.outputs.rejection(
                 rejection(position, STAGE, exc, task["domain"].encode(), raw, now, task["tenant"])
             )
             await self.outputs.event(failed(task, now, f"{exc.code}: {exc}"))
-            if queued:
+            if ready.queued:
                 await self.index(task, None)
             return "failed"
         for state in self.deliverer.shaping.take_published():
@@ -418,6 +504,11 @@ class DeliverShell:
                 position.partition, task["task_id"], result.event["occurred_at"].timestamp()
             )
             self._delivered.since(task["created_at"], result.event["occurred_at"])
+        return await self._concluded(task, result, ready.queued)
+
+    async def _concluded(self, task: DeliveryTask, result: Conclusion, queued: bool) -> str:
+        """The event, suppression, retry and queue entry that follow an attempt's conclusion."""
+        lane = lane_of(task["priority"])
         await self.outputs.event(result.event)
         if result.suppress:
             await self.suppress(
@@ -509,19 +600,93 @@ class DeliverShell:
 
 
 class LaneStage:
-    """One lane's tasks, up to ``concurrency`` in flight."""
+    """One lane's tasks: up to ``read_ahead`` admitted and not finished, waiting in memory for
+    a send turn that the scheduler hands out fairly across the tenants of each site, at most
+    ``concurrency`` SMTP transactions in flight (``streams/deliver/schedule.py``)."""
 
     max_batch = 500
 
-    def __init__(self, shell: DeliverShell, lane: str, topic: str, concurrency: int) -> None:
+    def __init__(
+        self, shell: DeliverShell, lane: str, topic: str, concurrency: int, read_ahead: int
+    ) -> None:
         self.shell = shell
         self.name = f"{STAGE}.{lane}"
         self.inputs: tuple[str, ...] = (topic,)
         self.writes: tuple[str, ...] = shell.outputs.names()
         self.stores: tuple[Store, ...] = (shell.ledger.store,)
         self.concurrency = concurrency
+        self.read_ahead = max(read_ahead, concurrency)
+        deliverer = shell.deliverer
+        self.scheduler: Scheduler[_Waiting] = Scheduler(concurrency, deliverer.throttle_max_wait)
+        self.dispatcher = Dispatcher(
+            self.scheduler,
+            deliverer.capacity(),
+            self._turn,
+            self._postpone,
+            lambda: shell.clock().timestamp(),
+        )
+        # sends granted a turn, until the runner says their outcome is acknowledged
+        self._granted: set[asyncio.Future[Step]] = set()
+
+    async def admit(self, batch: Sequence[Consumed], now: datetime) -> list[asyncio.Future[Step]]:
+        """Triage the batch: what is not to be sent is finished at once, the rest waits for
+        its site's turn."""
+        await self.shell.control_loaded()
+        loop = asyncio.get_running_loop()
+        futures: list[asyncio.Future[Step]] = []
+        for record in batch:
+            future: asyncio.Future[Step] = loop.create_future()
+            futures.append(future)
+            position = SourcePosition(record.topic, record.partition, record.offset)
+            judged, outputs = await collected(
+                self.shell.judge(record.value, record.key, position, record.headers)
+            )
+            if isinstance(judged, str):
+                future.set_result(Step(outputs=outputs, outcomes=Counter({judged: 1})))
+                continue
+            task = judged.task
+            site = await self.shell.deliverer.site(task["domain"])
+            self.dispatcher.push(site, task["tenant"], _Waiting(judged, future))
+        return futures
+
+    def release(self) -> None:
+        for waiting in self.dispatcher.release():
+            self.shell.given_up(waiting.ready)
+            waiting.future.cancel()
+
+    def flushed(self, futures: Sequence[asyncio.Future[Step]]) -> None:
+        granted = self._granted
+        settled = 0
+        for future in futures:
+            if future in granted:
+                granted.discard(future)
+                settled += 1
+        self.dispatcher.settled(settled)
+
+    async def _turn(self, waiting: _Waiting) -> None:
+        self._granted.add(waiting.future)
+        await self._settle(waiting, self.shell.send(waiting.ready, self.shell.deliverer.send_now))
+
+    async def _postpone(self, waiting: _Waiting, until: float) -> None:
+        deliverer = self.shell.deliverer
+        site = await deliverer.site(waiting.ready.task["domain"])
+        reason = deliverer.held_reason(site, self.shell.clock().timestamp())
+        await self._settle(waiting, self.shell.postponed(waiting.ready, until, reason))
+
+    @staticmethod
+    async def _settle(waiting: _Waiting, work: Awaitable[str]) -> None:
+        future = waiting.future
+        try:
+            outcome, outputs = await collected(work)
+        except Exception as exc:  # noqa: BLE001 - the runner dead-letters the record
+            if not future.done():
+                future.set_exception(exc)
+            return
+        if not future.done():
+            future.set_result(Step(outputs=outputs, outcomes=Counter({outcome: 1})))
 
     async def process(self, batch: Sequence[Consumed], now: datetime) -> Step:
+        """The batch one record at a time, each sent now (a replay, a test): no scheduler."""
         await self.shell.control_loaded()
         step = Step()
         for record in batch:
@@ -543,6 +708,12 @@ class LaneStage:
 
     def crashed(self, record: Consumed, error: Exception, now: datetime) -> Step:
         return _crashed(self.shell, record, error, now)
+
+
+@dataclass(slots=True)
+class _Waiting:
+    ready: Ready
+    future: asyncio.Future[Step]
 
 
 def _crashed(shell: DeliverShell, record: Consumed, error: Exception, now: datetime) -> Step:
@@ -668,8 +839,9 @@ def deliver_stages(
         shell = DeliverShell(
             settings, codec, outputs, directory, clock, Ledger(store, keep), control, deliverer
         )
+        topic = settings.topics.lane(lane)
         stages.append(
-            LaneStage(shell, lane, settings.topics.lane(lane), settings.deliver_concurrency)
+            LaneStage(shell, lane, topic, settings.deliver_concurrency, settings.deliver_read_ahead)
         )
     if "bulk" in lanes:
         shell = next(s.shell for s in stages if isinstance(s, LaneStage))
