@@ -69,8 +69,22 @@ SETTING_NAMES: tuple[str, ...] = (*EVENT_SETTINGS, "group_unsubscribe", "group_r
 _BLOCKED = frozenset({"block", "blocked", "policy", "spam", "reputation"})
 
 
+# a deferral postwire makes for a limit of its own (a site's rate or connections, a tenant's
+# rate, a suspended site, an open breaker) carries no receiver's reply: SendGrid reports only
+# what the receiver deferred, so these stay in the events table and off the webhook
+_OWN_LIMITS = ("throttled:", "connection limit:", "suspended:", "circuit_open:")
+
+
+def own_deferral(event: DeliveryEvent) -> bool:
+    """Whether ``event`` is a deferral of postwire's own limits, not a receiver's answer."""
+    reason = event["reason"] or ""
+    return event["type"] == "deferred" and event["smtp"] is None and reason.startswith(_OWN_LIMITS)
+
+
 def wanted(event: DeliveryEvent, enabled: Iterable[str]) -> bool:
     """Does an endpoint with the setting names ``enabled`` switched on take this event?"""
+    if own_deferral(event):
+        return False
     name = EVENT_NAMES[event["type"]]
     return any(EVENT_SETTINGS.get(setting) == name for setting in enabled)
 

@@ -130,6 +130,20 @@ def test_wanted_follows_the_settings_booleans() -> None:
     assert wanted(_event("throttled"), {"dropped"})
 
 
+def test_deferrals_of_postwires_own_limits_stay_off_the_webhook() -> None:
+    ours = _event("deferred", reason="connection limit: no session to mx.example came free in 30s")
+    assert not wanted(ours, {"deferred"})
+    paced = _event("deferred", reason="throttled: mx.example rate, next message in 2.0s")
+    assert not wanted(paced, {"deferred"})
+    receivers = _event(
+        "deferred",
+        reason="throttled: try again later",
+        smtp={"code": 421, "enhanced_code": "4.7.0", "message": "try again later"},
+    )
+    assert wanted(receivers, {"deferred"})
+    assert wanted(_event("deferred", reason="greylisted"), {"deferred"})
+
+
 def test_a_request_wide_event_names_its_request_as_the_message() -> None:
     event = make_event("processed", "acme", NOW, request_id="xmsg.0")
     out = sendgrid_event(event)
