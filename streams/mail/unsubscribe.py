@@ -19,13 +19,20 @@ local part (RFC 5321). A longer one (a raw message id) still makes the https URI
 
 from __future__ import annotations
 
-import base64
-import hmac
 from dataclasses import dataclass
 from typing import Final
 
 from streams.errors import ReturnPathError, UnsubscribeTokenError
-from streams.mail.verp import MAX_LOCAL_PART, b32, pack_id, read_varint, unpack_id, varint
+from streams.mail.verp import (
+    MAX_LOCAL_PART,
+    Sealed,
+    b32,
+    pack_id,
+    read_varint,
+    unpack_id,
+    unseal,
+    varint,
+)
 from streams.secret import ServerSecret
 
 __all__ = [
@@ -97,23 +104,13 @@ def fits_local_part(token: str) -> bool:
 
 def decode(secret: ServerSecret, token: str) -> Unsubscribe:
     """What ``token`` names; UnsubscribeTokenError saying why it is not one this install issued."""
-    text = token.strip().lower()
-    if not text.startswith(PREFIX) or len(text) > _MAX_CHARS:
-        raise UnsubscribeTokenError("not an unsubscribe token of this server")
-    body = text[len(PREFIX) :]
-    try:
-        data = base64.b32decode(body.upper() + "=" * (-len(body) % 8))
-    except ValueError as exc:
-        raise UnsubscribeTokenError("not an unsubscribe token of this server (base32)") from exc
-    if b32(data) != body:
-        raise UnsubscribeTokenError("not an unsubscribe token of this server (not canonical)")
-    if len(data) < 3 + _TAG + _MAC:
-        raise UnsubscribeTokenError("the unsubscribe token is too short")
-    payload, mac = data[:-_MAC], data[-_MAC:]
-    if not hmac.compare_digest(_mac(secret, payload), mac):
-        raise UnsubscribeTokenError("the unsubscribe token's signature does not match")
-    if payload[0] != _VERSION:
-        raise UnsubscribeTokenError(f"the unsubscribe token has an unknown version ({payload[0]})")
+    payload = unseal(
+        token.strip().lower(),
+        Sealed(
+            PREFIX, _MAX_CHARS, 3 + _TAG, "an unsubscribe token", UnsubscribeTokenError, _VERSION
+        ),
+        lambda data: _mac(secret, data),
+    )
     try:
         message_id, rest = unpack_id(payload[1:])
         if len(rest) < _TAG + 1:

@@ -26,6 +26,7 @@ import base64
 import hmac
 import re
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
@@ -168,29 +169,56 @@ def return_path(
     return None if local is None else f"{local}@{domain}"
 
 
-def decode(secret: ServerSecret, local_part: str) -> Reference:
-    """The reference a local part carries; ReturnPathError saying why it is not a token this
-    install issued (another prefix, not base32, cut off, a MAC that does not match)."""
-    text = local_part.lower()
-    if not text.startswith(PREFIX) or len(text) >= MAX_LOCAL_PART:
-        raise ReturnPathError("not a return path of this server")
-    body = text[len(PREFIX) :]
+@dataclass(frozen=True)
+class Sealed:
+    """The frame of a base32 token: ``prefix`` + base32(version byte + payload + MAC); what a
+    return path and an unsubscribe token share. ``least`` counts the version and the payload
+    (not the MAC); ``what`` names the token in errors (``a return path``), raised as ``error``."""
+
+    prefix: str
+    longest: int
+    least: int
+    what: str
+    error: type[Exception]
+    version: int = _VERSION
+
+
+def unseal(text: str, frame: Sealed, mac: Callable[[bytes], bytes]) -> bytes:
+    """The version byte and payload of ``text`` (lower case) once its MAC checks, or
+    ``frame.error`` saying why it is not such a token (another prefix, not base32, not its one
+    spelling, cut off, a MAC that does not match, an unknown version)."""
+    noun = frame.what.split(" ", 1)[1]
+    fail = frame.error
+    if not text.startswith(frame.prefix) or len(text) > frame.longest:
+        raise fail(f"not {frame.what} of this server")
+    body = text[len(frame.prefix) :]
     if _BASE32.fullmatch(body) is None:
-        raise ReturnPathError("not a return path of this server (not base32)")
+        raise fail(f"not {frame.what} of this server (not base32)")
     try:
         data = base64.b32decode(body.upper() + "=" * (-len(body) % 8))
     except ValueError as exc:
-        raise ReturnPathError("not a return path of this server (bad base32)") from exc
+        raise fail(f"not {frame.what} of this server (bad base32)") from exc
     if b32(data) != body:
         # the last character's unused bits set: one token must have one spelling only
-        raise ReturnPathError("not a return path of this server (not canonical base32)")
-    if len(data) < 2 + _TAG + _MAC:
-        raise ReturnPathError("the return path is too short to be a token")
-    payload, mac = data[:-_MAC], data[-_MAC:]
-    if not hmac.compare_digest(_mac(secret, payload), mac):
-        raise ReturnPathError("the return path's signature does not match (forged or altered)")
-    if payload[0] != _VERSION:
-        raise ReturnPathError(f"the return path has an unknown version ({payload[0]})")
+        raise fail(f"not {frame.what} of this server (not canonical base32)")
+    if len(data) < frame.least + _MAC:
+        raise fail(f"the {noun} is too short to be a token")
+    payload, tag = data[:-_MAC], data[-_MAC:]
+    if not hmac.compare_digest(mac(payload), tag):
+        raise fail(f"the {noun}'s signature does not match (forged or altered)")
+    if payload[0] != frame.version:
+        raise fail(f"the {noun} has an unknown version ({payload[0]})")
+    return payload
+
+
+def decode(secret: ServerSecret, local_part: str) -> Reference:
+    """The reference a local part carries; ReturnPathError saying why it is not a token this
+    install issued (another prefix, not base32, cut off, a MAC that does not match)."""
+    payload = unseal(
+        local_part.lower(),
+        Sealed(PREFIX, MAX_LOCAL_PART - 1, 2 + _TAG, "a return path", ReturnPathError),
+        lambda data: _mac(secret, data),
+    )
     message_id, rest = unpack_id(payload[1:])
     if len(rest) != _TAG:
         raise ReturnPathError("the return path's recipient tag is malformed")
