@@ -73,7 +73,8 @@ def relay() -> Iterator[SinkServer]:
 
 
 async def _on_record(settings: Settings, codec: Codec, events: list[DeliveryEvent]) -> None:
-    """``events`` produced and landed in PostgreSQL (the messages table the resolver reads)."""
+    """``events`` produced and landed in PostgreSQL (the messages and events tables the resolver
+    reads)."""
     options = client_options(settings.kafka)
     producer = AIOKafkaProducer(**options, acks="all")
     await producer.start()
@@ -88,10 +89,15 @@ async def _on_record(settings: Settings, codec: Codec, events: list[DeliveryEven
     conn = await asyncpg.connect(settings.dsn)
     try:
         ids = [e["message_id"] for e in events]
-        query = "SELECT count(*) FROM messages WHERE message_id = ANY($1::text[])"
+        # two sinks land the topic (latest state and the event log) each at its own pace, and
+        # the resolver reads both: the recipient from one, its categories from the other
+        queries = [
+            f"SELECT count(*) FROM {table} WHERE message_id = ANY($1::text[])"
+            for table in ("messages", "events")
+        ]
 
         async def landed() -> int:
-            return int(await conn.fetchval(query, ids))
+            return min([int(await conn.fetchval(query, ids)) for query in queries])
 
         assert await eventually(landed, lambda n: n >= len(events)) >= len(events)
     finally:
