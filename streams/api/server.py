@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import signal
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -62,7 +61,7 @@ from streams.mail.dns import MxResolver
 from streams.obs.health import Check, Probe, Verdict, verdict
 from streams.obs.http import metrics_handler, metrics_middleware
 from streams.obs.logs import configure_logging
-from streams.runtime.eventloop import install_fast_loop
+from streams.runtime.eventloop import install_fast_loop, stop_on_signals
 from streams.runtime.probes import kafka_probe, postgres_probe
 from streams.settings import Settings
 
@@ -211,10 +210,7 @@ def run_api(settings: Settings) -> None:
         site = web.TCPSite(runner, settings.api_host, settings.api_port)
         await site.start()
         log.info("ingress on http://%s:%d", settings.api_host, settings.api_port)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+        stop = stop_on_signals()
         try:
             await stop.wait()
         finally:

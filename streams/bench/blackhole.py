@@ -9,10 +9,11 @@ just enough SMTP for the pipeline's relay client: EHLO/HELO, MAIL, RCPT, DATA, R
 from __future__ import annotations
 
 import asyncio
-import signal
 import sys
 from collections.abc import Sequence
 from typing import cast
+
+from streams.runtime.eventloop import stop_on_signals
 
 __all__ = ["SmtpBlackhole", "main"]
 
@@ -88,9 +89,7 @@ class SmtpBlackhole(asyncio.Protocol):
 async def _serve(host: str, port: int) -> None:
     loop = asyncio.get_running_loop()
     server = await loop.create_server(SmtpBlackhole, host, port, backlog=4096)
-    stop = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop_on_signals()
     print("listening", flush=True)
     async with server:
         await stop.wait()

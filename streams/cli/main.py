@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
-import signal
 from typing import Annotated, Any
 
 import typer
@@ -125,13 +123,10 @@ def _echo_event(line: str, tail: str) -> None:
 async def _up(stack: Any) -> int:
     from rich.markup import escape
 
+    from streams.runtime.eventloop import stop_on_signals
     from streams.stack.supervisor import supervise
 
-    stop = asyncio.Event()
-    # installed before anything starts: a Ctrl-C at any moment goes through the orderly stop
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop_on_signals()
     info = await stack.start(detach=False)
 
     def ready() -> None:
@@ -283,17 +278,14 @@ def sink(
     """Run the Kafka -> PostgreSQL sinks until SIGINT/SIGTERM."""
     from sinks.runner import run_sinks
     from streams.obs.logs import configure_logging
-    from streams.runtime.eventloop import install_fast_loop
+    from streams.runtime.eventloop import install_fast_loop, stop_on_signals
 
     settings = _settings()
     configure_logging(settings.logs, "sinks")
     install_fast_loop(kafka_tls=settings.kafka.security.tls)
 
     async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+        stop = stop_on_signals()
         await run_sinks(settings, tuple(table) if table else None, stop)
 
     _run(main())

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import signal
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -55,7 +54,7 @@ from streams.obs.health import Verdict as Health
 from streams.obs.http import metrics_app, serve
 from streams.obs.logs import configure_logging
 from streams.obs.metrics import RECORDS
-from streams.runtime.eventloop import install_fast_loop
+from streams.runtime.eventloop import install_fast_loop, stop_on_signals
 from streams.secret import ServerSecret
 from streams.settings import InboundSettings, Settings
 
@@ -406,10 +405,7 @@ def run_inbound(settings: Settings) -> None:
     async def main() -> None:
         server = InboundServer(settings)
         await server.start()
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+        stop = stop_on_signals()
         try:
             await stop.wait()
         finally:

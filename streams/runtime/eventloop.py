@@ -12,8 +12,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 
-__all__ = ["install_fast_loop"]
+__all__ = ["install_fast_loop", "stop_on_signals"]
+
+
+def stop_on_signals() -> asyncio.Event:
+    """An event the running loop sets on SIGINT or SIGTERM: what every long-running process
+    waits on before its orderly stop. Installed before anything starts, so a signal at any
+    moment goes through that stop."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
 
 
 def install_fast_loop(*, kafka_tls: bool = False) -> bool:

@@ -6,7 +6,6 @@ die, they keep running and `postwire down` still stops them by pid."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import os
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from streams.errors import PostwireError, StackError
+from streams.runtime.eventloop import stop_on_signals
 from streams.settings import Settings
 from streams.stack.process import stop_pid
 from streams.stack.stack import Stack, StackInfo
@@ -95,10 +95,7 @@ def _report(data: dict[str, Any]) -> None:
 async def run_detached_supervisor(stack: Stack) -> int:
     """The background supervisor: start the stack, report on stdout (a pipe to `up --detach`),
     then point stdout at the log and supervise until SIGTERM (`postwire down`)."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop_on_signals()
     try:
         info = await stack.start(detach=True)
     except PostwireError as exc:
