@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Final
 
 import orjson
 
@@ -111,6 +111,7 @@ _EVENT_DETAIL = (
     "ip",
     "categories",
     "custom_args",
+    "asm_group_id",
 )
 
 
@@ -205,18 +206,48 @@ def _message_row(r: DeliveryEvent, _src: SourcePosition) -> Row | None:
     )
 
 
-def _suppression_row(r: Suppression, _src: SourcePosition) -> Row:
+# what a suppression row says beyond its key (global, or of a group), each overwritten by a newer
+# record or tombstone
+_SUPPRESSION_STATE: Final = ("reason", "source", "detail", "created_at", "removed_at", "updated_at")
+
+
+def _suppression_row(r: Suppression, _src: SourcePosition) -> Row | None:
+    if r["group_id"] is not None:
+        return None  # a group's member: group_suppressions
     at = r["created_at"]
     return (r["tenant"], r["address"].lower(), r["reason"], r["source"], r["detail"], at, None, at)
 
 
-def _suppression_removed(key: bytes | None, src: SourcePosition) -> Row:
+def _group_suppression_row(r: Suppression, _src: SourcePosition) -> Row | None:
+    if r["group_id"] is None:
+        return None
+    at, group = r["created_at"], r["group_id"]
+    address = r["address"].lower()
+    return (r["tenant"], group, address, r["reason"], r["source"], r["detail"], at, None, at)
+
+
+def _removed(key: bytes | None, src: SourcePosition) -> tuple[str, str, int | None, datetime]:
     parsed = parse_suppression_key(key)
     if parsed is None:
-        raise ValueError(f"a suppression tombstone needs a key tenant\\x1faddress, not {key!r}")
-    tenant, address = parsed
-    at = datetime.fromtimestamp(src.timestamp_ms / 1000, UTC)
+        raise ValueError(
+            f"a suppression tombstone needs a key tenant\\x1faddress[\\x1fgroup], not {key!r}"
+        )
+    tenant, address, group = parsed
+    return tenant, address, group, datetime.fromtimestamp(src.timestamp_ms / 1000, UTC)
+
+
+def _suppression_removed(key: bytes | None, src: SourcePosition) -> Row | None:
+    tenant, address, group, at = _removed(key, src)
+    if group is not None:
+        return None
     return (tenant, address, "removed", "tombstone", None, at, at, at)
+
+
+def _group_suppression_removed(key: bytes | None, src: SourcePosition) -> Row | None:
+    tenant, address, group, at = _removed(key, src)
+    if group is None:
+        return None
+    return (tenant, group, address, "removed", "tombstone", None, at, at, at)
 
 
 def table_specs(settings: Settings) -> dict[str, TableSpec]:
@@ -314,21 +345,23 @@ def table_specs(settings: Settings) -> dict[str, TableSpec]:
             table="suppressions",
             topic=t.suppressions,
             record="Suppression",
-            columns=(
-                "tenant_id",
-                "address",
-                "reason",
-                "source",
-                "detail",
-                "created_at",
-                "removed_at",
-                "updated_at",
-            ),
+            columns=("tenant_id", "address", *_SUPPRESSION_STATE),
             key=("tenant_id", "address"),
             to_row=_suppression_row,
-            update=("reason", "source", "detail", "created_at", "removed_at", "updated_at"),
+            update=_SUPPRESSION_STATE,
             newest="updated_at",
             tombstone=_suppression_removed,
+        ),
+        TableSpec(
+            table="group_suppressions",
+            topic=t.suppressions,
+            record="Suppression",
+            columns=("tenant_id", "group_id", "address", *_SUPPRESSION_STATE),
+            key=("tenant_id", "group_id", "address"),
+            to_row=_group_suppression_row,
+            update=_SUPPRESSION_STATE,
+            newest="updated_at",
+            tombstone=_group_suppression_removed,
         ),
         TableSpec(
             table="rejections",

@@ -20,6 +20,7 @@ __all__ = [
     "DkimError",
     "DkimKeyError",
     "DkimMessageError",
+    "GroupLimitError",
     "HeaderInjectionError",
     "IngressValidationError",
     "InputFileError",
@@ -479,3 +480,9 @@ class UnsubscribeTokenError(PostwireError):
     issue: another prefix, not base32, cut off, or a signature that does not match."""
 
     code = "unsubscribe.bad_token"
+
+
+class GroupLimitError(PostwireError):
+    """A tenant asked for more suppression groups than one may have."""
+
+    code = "asm.too_many_groups"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from streams.api.asm_routes import group_refused
 from streams.api.context import Api, Caller, json_body
 from streams.api.sender_routes import sender_refused
 from streams.api.sendgrid import translate
@@ -41,6 +42,9 @@ async def mail_send(api: Api, request: web.Request, caller: Caller) -> web.Strea
     sender = records[0]["from"] if records else None
     refused = await sender_refused(api, caller.tenant, sender["email"]) if sender else None
     if refused is not None:
+        return refused
+    group = records[0].get("asm_group_id") if records else None
+    if group is not None and (refused := await group_refused(api, caller.tenant, group)):
         return refused
     await api.publish_requests(caller, records)
     if records[0]["sandbox"]:

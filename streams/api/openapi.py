@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any, Final
 
+from streams.api.openapi_asm import ASM_PATHS, LINK_PATHS
+from streams.api.openapi_parts import OBJECT, answer, op, path_param, query_param
 from streams.api.tracking import TRACK_TYPES
 
 __all__ = ["SPEC"]
@@ -14,29 +16,6 @@ _ADDRESS: Final[dict[str, Any]] = {
     "properties": {"email": {"type": "string", "format": "email"}, "name": {"type": "string"}},
 }
 _STRINGS: Final[dict[str, Any]] = {"type": "object", "additionalProperties": {"type": "string"}}
-_ERRORS: Final[dict[str, Any]] = {
-    "description": "SendGrid's error shape",
-    "content": {
-        "application/json": {
-            "schema": {
-                "type": "object",
-                "properties": {
-                    "errors": {
-                        "type": "array",
-                        "items": {
-                            "type": "object",
-                            "properties": {
-                                "field": {"type": ["string", "null"]},
-                                "message": {"type": "string"},
-                                "help": {"type": ["string", "null"]},
-                            },
-                        },
-                    }
-                },
-            }
-        }
-    },
-}
 _PERSONALIZATION: Final[dict[str, Any]] = {
     "type": "object",
     "required": ["to"],
@@ -120,7 +99,6 @@ _PRIORITY: Final[dict[str, Any]] = {
     "in": "header",
     "schema": {"type": "string", "enum": ["critical", "high", "normal", "bulk"]},
 }
-_OBJECT: Final[dict[str, Any]] = {"type": "object"}
 _EMAIL: Final[dict[str, Any]] = {"type": "string", "minLength": 1, "maxLength": 320}
 _JOB: Final[dict[str, Any]] = {
     "type": "object",
@@ -163,49 +141,6 @@ _NEW_DOMAIN: Final[dict[str, Any]] = {
 }
 
 
-def _query(name: str, schema: dict[str, Any]) -> dict[str, Any]:
-    return {"name": name, "in": "query", "schema": schema}
-
-
-def _path(name: str) -> dict[str, Any]:
-    return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
-
-
-def _op(
-    summary: str,
-    ok: dict[str, Any],
-    *,
-    body: dict[str, Any] | None = None,
-    parameters: tuple[dict[str, Any], ...] = (),
-    not_found: bool = False,
-) -> dict[str, Any]:
-    """An operation with the answers every guarded route can give."""
-    responses: dict[str, Any] = {
-        **ok,
-        "400": _ERRORS,
-        "401": _ERRORS,
-        "403": _ERRORS,
-        "429": {**_ERRORS, "headers": {"Retry-After": {"schema": {"type": "integer"}}}},
-        "503": _ERRORS,
-    }
-    if body is not None:
-        responses["413"] = _ERRORS
-    if not_found:
-        responses["404"] = _ERRORS
-    op: dict[str, Any] = {
-        "summary": summary,
-        "parameters": list(parameters),
-        "responses": responses,
-    }
-    if body is not None:
-        op["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
-    return op
-
-
-def _json(description: str, schema: dict[str, Any] = _OBJECT) -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"schema": schema}}}
-
-
 _HOOK_FLAGS: Final[dict[str, Any]] = {
     name: {"type": "boolean"}
     for name in (
@@ -223,7 +158,7 @@ _PUBLIC_KEY: Final[dict[str, Any]] = {
     "properties": {"public_key": {"type": "string"}},
 }
 
-_PAGE = (_query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}),)
+_PAGE = (query_param("limit", {"type": "integer", "minimum": 1, "maximum": 1000}),)
 _SUPPRESSION_LISTS: Final = ("bounces", "blocks", "spam_reports", "invalid_emails", "unsubscribes")
 _EPOCH: Final[dict[str, Any]] = {"type": "integer", "minimum": 0, "maximum": 253402300799}
 _SG_ROW: Final[dict[str, Any]] = {
@@ -264,34 +199,34 @@ def _suppression_list(name: str) -> dict[str, dict[str, Any]]:
     shown = name.replace("_", " ")
     return {
         f"/v3/suppression/{name}": {
-            "get": _op(
+            "get": op(
                 f"SendGrid's {shown}: the tenant's suppressions of that kind, newest first;"
                 " scope read",
-                {"200": _json(f"The {shown}", {"type": "array", "items": _SG_ROW})},
+                {"200": answer(f"The {shown}", {"type": "array", "items": _SG_ROW})},
                 parameters=(
-                    _query("start_time", _EPOCH),
-                    _query("end_time", _EPOCH),
-                    _query("limit", {"type": "integer", "minimum": 1, "maximum": 500}),
-                    _query("offset", {"type": "integer", "minimum": 0, "maximum": 2**31 - 1}),
+                    query_param("start_time", _EPOCH),
+                    query_param("end_time", _EPOCH),
+                    query_param("limit", {"type": "integer", "minimum": 1, "maximum": 500}),
+                    query_param("offset", {"type": "integer", "minimum": 0, "maximum": 2**31 - 1}),
                 ),
             ),
-            "delete": _op(
+            "delete": op(
                 f'Lift {shown}: {{"delete_all": true}} or {{"emails": [...]}}; scope send',
                 {"204": {"description": "Stored in Kafka"}},
                 body=_SG_DELETE,
             ),
         },
         f"/v3/suppression/{name}/{{email}}": {
-            "get": _op(
+            "get": op(
                 f"One address of the {shown}; scope read",
-                {"200": _json("A list of one", {"type": "array", "items": _SG_ROW})},
-                parameters=(_path("email"),),
+                {"200": answer("A list of one", {"type": "array", "items": _SG_ROW})},
+                parameters=(path_param("email"),),
                 not_found=True,
             ),
-            "delete": _op(
+            "delete": op(
                 f"Lift one address of the {shown}; scope send",
                 {"204": {"description": "Stored in Kafka"}},
-                parameters=(_path("email"),),
+                parameters=(path_param("email"),),
                 not_found=True,
             ),
         },
@@ -307,7 +242,7 @@ SPEC: Final[dict[str, Any]] = {
     "security": [{"bearer": []}],
     "paths": {
         "/v3/mail/send": {
-            "post": _op(
+            "post": op(
                 "Send mail (SendGrid v3 body); scope send",
                 {
                     "200": {
@@ -325,11 +260,11 @@ SPEC: Final[dict[str, Any]] = {
             )
         },
         "/v1/verify": {
-            "post": _op(
+            "post": op(
                 "Verify one address, waiting up to `timeout` s for the verdict; scope verify",
                 {
-                    "200": _json("The verdict (Reacher-like sections)"),
-                    "202": _json("Not ready within the timeout; poll the url", _JOB),
+                    "200": answer("The verdict (Reacher-like sections)"),
+                    "202": answer("Not ready within the timeout; poll the url", _JOB),
                 },
                 body={
                     "type": "object",
@@ -344,12 +279,12 @@ SPEC: Final[dict[str, Any]] = {
             )
         },
         "/v3/validations/email": {
-            "post": _op(
+            "post": op(
                 "Validate one address in SendGrid's Email Validation shape, through the verify"
                 " pipeline; scope verify",
                 {
-                    "200": _json("SendGrid's {result: {email, verdict, score, checks, ...}}"),
-                    "202": _json("Not ready within POSTWIRE_API_VERIFY_WAIT; poll the url", _JOB),
+                    "200": answer("SendGrid's {result: {email, verdict, score, checks, ...}}"),
+                    "202": answer("Not ready within POSTWIRE_API_VERIFY_WAIT; poll the url", _JOB),
                 },
                 body={
                     "type": "object",
@@ -360,9 +295,9 @@ SPEC: Final[dict[str, Any]] = {
             )
         },
         "/v1/verify/batch": {
-            "post": _op(
+            "post": op(
                 "Verify many addresses as a job; scope verify",
-                {"202": _json("The job to poll", _JOB)},
+                {"202": answer("The job to poll", _JOB)},
                 body={
                     "type": "object",
                     "required": ["emails"],
@@ -375,54 +310,54 @@ SPEC: Final[dict[str, Any]] = {
             )
         },
         "/v1/verify/batch/{job_id}": {
-            "get": _op(
+            "get": op(
                 "A verification job's progress and a page of its results; scope verify",
-                {"200": _json("Progress, counts per verdict, results")},
+                {"200": answer("Progress, counts per verdict, results")},
                 parameters=(
-                    _path("job_id"),
-                    _query("offset", {"type": "integer", "minimum": 0}),
-                    _query("limit", {"type": "integer", "minimum": 1, "maximum": 10000}),
+                    path_param("job_id"),
+                    query_param("offset", {"type": "integer", "minimum": 0}),
+                    query_param("limit", {"type": "integer", "minimum": 1, "maximum": 10000}),
                 ),
                 not_found=True,
             )
         },
         "/v1/messages/{message_id}": {
-            "get": _op(
+            "get": op(
                 "State and event timeline per recipient of a message; scope read",
-                {"200": _json("The message")},
-                parameters=(_path("message_id"),),
+                {"200": answer("The message")},
+                parameters=(path_param("message_id"),),
                 not_found=True,
             )
         },
         "/v1/events": {
-            "get": _op(
+            "get": op(
                 "Events in landing order; pass next_cursor back as cursor; scope read",
-                {"200": _json("A page of events")},
+                {"200": answer("A page of events")},
                 parameters=(
                     *_PAGE,
-                    _query("cursor", {"type": "string", "pattern": "^[0-9]+$"}),
-                    _query("since", {"type": "string", "format": "date-time"}),
-                    _query("type", {"type": "string"}),
+                    query_param("cursor", {"type": "string", "pattern": "^[0-9]+$"}),
+                    query_param("since", {"type": "string", "format": "date-time"}),
+                    query_param("type", {"type": "string"}),
                 ),
             )
         },
         "/v1/events/webhook": {
-            "post": _op(
+            "post": op(
                 "Record opens, clicks, complaints, unsubscribes about the caller's own messages"
                 " (at most 5 minutes ahead); scope send",
-                {"202": _json("The accepted events stored in Kafka; refused ones in errors[]")},
+                {"202": answer("The accepted events stored in Kafka; refused ones in errors[]")},
                 body={"type": "array", "items": _WEBHOOK_EVENT, "minItems": 1, "maxItems": 1000},
             )
         },
         "/v1/suppressions": {
-            "get": _op(
+            "get": op(
                 "The tenant's suppressed addresses, in address order; scope read",
-                {"200": _json("A page of suppressions")},
-                parameters=(*_PAGE, _query("after", {"type": "string"})),
+                {"200": answer("A page of suppressions")},
+                parameters=(*_PAGE, query_param("after", {"type": "string"})),
             ),
-            "post": _op(
+            "post": op(
                 "Suppress addresses; scope send",
-                {"201": _json("Stored in Kafka")},
+                {"201": answer("Stored in Kafka")},
                 body={
                     "type": "object",
                     "required": ["emails"],
@@ -434,16 +369,16 @@ SPEC: Final[dict[str, Any]] = {
             ),
         },
         "/v1/suppressions/{email}": {
-            "get": _op(
+            "get": op(
                 "One suppressed address; scope read",
-                {"200": _json("The suppression")},
-                parameters=(_path("email"),),
+                {"200": answer("The suppression")},
+                parameters=(path_param("email"),),
                 not_found=True,
             ),
-            "delete": _op(
+            "delete": op(
                 "Lift a suppression; scope send",
                 {"204": {"description": "Stored in Kafka"}},
-                parameters=(_path("email"),),
+                parameters=(path_param("email"),),
             ),
         },
         **{
@@ -452,25 +387,25 @@ SPEC: Final[dict[str, Any]] = {
             for path, operations in _suppression_list(name).items()
         },
         "/v3/whitelabel/domains": {
-            "post": _op(
+            "post": op(
                 "Add a sending domain with a new DKIM key; the answer lists the TXT records to"
                 " publish (verification token, DKIM key); scope send",
-                {"201": _json("The domain, unverified, and its DNS records")},
+                {"201": answer("The domain, unverified, and its DNS records")},
                 body=_NEW_DOMAIN,
             ),
-            "get": _op(
+            "get": op(
                 "The tenant's sending domains and their DNS records; scope send",
-                {"200": _json("The domains", {"type": "array", "items": _OBJECT})},
+                {"200": answer("The domains", {"type": "array", "items": OBJECT})},
             ),
         },
         "/v3/whitelabel/domains/{id}": {
-            "get": _op(
+            "get": op(
                 "One sending domain; scope send",
-                {"200": _json("The domain and its DNS records")},
+                {"200": answer("The domain and its DNS records")},
                 parameters=(_DOMAIN_ID,),
                 not_found=True,
             ),
-            "delete": _op(
+            "delete": op(
                 "Remove a sending domain and its DKIM keys; scope send",
                 {"204": {"description": "Removed: its mail is refused and signed no more"}},
                 parameters=(_DOMAIN_ID,),
@@ -478,34 +413,34 @@ SPEC: Final[dict[str, Any]] = {
             ),
         },
         "/v3/whitelabel/domains/{id}/validate": {
-            "post": _op(
+            "post": op(
                 "Look the domain's TXT records up: the token verifies it, and says whether the"
                 " DKIM key is published; scope send",
-                {"200": _json("valid, and validation_results per record with the reason")},
+                {"200": answer("valid, and validation_results per record with the reason")},
                 parameters=(_DOMAIN_ID,),
                 not_found=True,
             )
         },
         "/v3/user/webhooks/event/settings": {
-            "get": _op(
+            "get": op(
                 "The caller's event webhook: enabled, url and which events it is sent; scope send",
-                {"200": _json("SendGrid's event webhook settings", _HOOK_SETTINGS)},
+                {"200": answer("SendGrid's event webhook settings", _HOOK_SETTINGS)},
             ),
-            "patch": _op(
+            "patch": op(
                 "Change the event webhook (what is left out stays as it is); scope send",
-                {"200": _json("The settings as they are now", _HOOK_SETTINGS)},
+                {"200": answer("The settings as they are now", _HOOK_SETTINGS)},
                 body=_HOOK_SETTINGS,
             ),
         },
         "/v3/user/webhooks/event/settings/signed": {
-            "get": _op(
+            "get": op(
                 "The public key posts are signed with (ECDSA P-256, base64 DER); empty when"
                 " posts are not signed; scope send",
-                {"200": _json("public_key", _PUBLIC_KEY)},
+                {"200": answer("public_key", _PUBLIC_KEY)},
             ),
-            "patch": _op(
+            "patch": op(
                 "Sign the posts (a key is made the first time) or stop signing them; scope send",
-                {"200": _json("public_key", _PUBLIC_KEY)},
+                {"200": answer("public_key", _PUBLIC_KEY)},
                 body={
                     "type": "object",
                     "required": ["enabled"],
@@ -514,21 +449,23 @@ SPEC: Final[dict[str, Any]] = {
             ),
         },
         "/v3/user/webhooks/event/test": {
-            "post": _op(
+            "post": op(
                 "Post SendGrid's test event to url (or the url set), signed as posts are;"
                 " scope send",
                 {"204": {"description": "The endpoint answered 2xx"}},
                 body={"type": "object", "properties": {"url": _HOOK_URL}},
             )
         },
+        **ASM_PATHS,
+        **LINK_PATHS,
         "/healthz": {
             "get": {
                 "summary": "Ready: Kafka producer, database pool, tenant directory, Kafka and"
                 " PostgreSQL answering the background probes",
                 "security": [],
                 "responses": {
-                    "200": _json('{"ok": true, "reasons": [], ...} per check'),
-                    "503": _json('{"ok": false, "reasons": ["postgres unreachable: ..."], ...}'),
+                    "200": answer('{"ok": true, "reasons": [], ...} per check'),
+                    "503": answer('{"ok": false, "reasons": ["postgres unreachable: ..."], ...}'),
                 },
             }
         },
@@ -537,7 +474,7 @@ SPEC: Final[dict[str, Any]] = {
                 "summary": "Alive: the process answers and is not stopping, whatever its"
                 " dependencies say",
                 "security": [],
-                "responses": {"200": _json("alive"), "503": _json("stopping")},
+                "responses": {"200": answer("alive"), "503": answer("stopping")},
             }
         },
         "/metrics": {
@@ -551,7 +488,7 @@ SPEC: Final[dict[str, Any]] = {
             "get": {
                 "summary": "This document",
                 "security": [],
-                "responses": {"200": _json("OpenAPI 3.1")},
+                "responses": {"200": answer("OpenAPI 3.1")},
             }
         },
     },

@@ -44,6 +44,7 @@ from streams.mail.limits import (
     check_request,
     custom_args_bytes,
 )
+from streams.mail.unsubscribe import MAX_GROUP
 
 __all__ = [
     "MAX_PERSONALIZATIONS",
@@ -52,6 +53,7 @@ __all__ = [
 ]
 
 PRIORITIES: Final = ("critical", "high", "normal", "bulk")
+MAX_GROUPS_TO_DISPLAY: Final = 25  # SendGrid's bound
 # SendGrid's settings objects: `enable` is all of each that is read; sandbox_mode, open_tracking
 # and click_tracking act
 MAIL_SETTINGS: Final = (
@@ -194,6 +196,7 @@ class _Message:
     batch_id: str | None
     sandbox: bool
     tracking: Tracking | None = None
+    asm_group_id: int | None = None
 
 
 @dataclass(frozen=True)
@@ -285,7 +288,36 @@ def _message(check: Check, root: dict[str, Any]) -> _Message:
         batch_id,
         sandbox,
         tracking=_tracking(root),
+        asm_group_id=_asm(check, root.get("asm")),
     )
+
+
+def _group_id(check: Check, value: Any, field: str) -> int | None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_GROUP:
+        check.fail(field, f"The group_id must be an integer from 1 to {MAX_GROUP}.")
+        return None
+    return value
+
+
+def _asm(check: Check, value: Any) -> int | None:
+    """The suppression group of ``asm`` (``{"group_id", "groups_to_display"?}``). Whether the
+    tenant has the group is the route's check (it needs the directory); groups_to_display is
+    checked and has no effect: postwire's unsubscribe page offers the mail's own group only."""
+    asm = check.obj(value, "asm")
+    if asm is None:
+        return None
+    if "group_id" not in asm:
+        check.fail("asm.group_id", "The asm.group_id parameter is required with asm.")
+        return None
+    group = _group_id(check, asm["group_id"], "asm.group_id")
+    shown = check.items(asm.get("groups_to_display"), "asm.groups_to_display")
+    if len(shown) > MAX_GROUPS_TO_DISPLAY:
+        check.fail(
+            "asm.groups_to_display", f"At most {MAX_GROUPS_TO_DISPLAY} groups may be displayed."
+        )
+    for i, shown_id in enumerate(shown[:MAX_GROUPS_TO_DISPLAY]):
+        _group_id(check, shown_id, f"asm.groups_to_display.{i}")
+    return group
 
 
 def _categories(check: Check, value: Any) -> list[str]:
@@ -394,4 +426,5 @@ def _personalized(
         custom_args=args,
         send_at=check.send_at(p.get("send_at"), f"{field}.send_at") or message.send_at,
         sandbox=message.sandbox,
+        asm_group_id=message.asm_group_id,
     )

@@ -29,6 +29,7 @@ from streams.mail.replies import parse_enhanced
 __all__ = [
     "KINDS",
     "NAMES",
+    "active",
     "delete_kind",
     "delete_one",
     "get_one",
@@ -142,7 +143,7 @@ async def list_kind(api: Api, request: web.Request, caller: Caller) -> web.Strea
     return reply([row(r) for r in rows])
 
 
-async def _active(api: Api, tenant: str, kind: str, addresses: list[str] | None) -> list[str]:
+async def active(api: Api, tenant: str, kind: str, addresses: list[str] | None) -> list[str]:
     """The addresses of ``kind`` on the tenant's list (of ``addresses``, or all)."""
     async with api.db.acquire() as conn:
         found = await conn.fetch(_ACTIVE_SQL, tenant, *_of_kind(kind), addresses)
@@ -169,7 +170,7 @@ async def _remove(api: Api, tenant: str, addresses: list[str]) -> None:
 async def delete_one(api: Api, request: web.Request, caller: Caller) -> web.StreamResponse:
     kind = _kind(request)
     address = request.match_info["email"].strip().lower()
-    found = await _active(api, caller.tenant, kind, [address])
+    found = await active(api, caller.tenant, kind, [address])
     if not found:
         return problem(404, ("email", f"this address is not in {kind}"))
     await _remove(api, caller.tenant, found)
@@ -203,5 +204,5 @@ def delete_body(body: object) -> list[str] | None:
 async def delete_kind(api: Api, request: web.Request, caller: Caller) -> web.StreamResponse:
     kind = _kind(request)
     addresses = delete_body(await json_body(request))
-    await _remove(api, caller.tenant, await _active(api, caller.tenant, kind, addresses))
+    await _remove(api, caller.tenant, await active(api, caller.tenant, kind, addresses))
     return web.Response(status=204)

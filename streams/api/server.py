@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from streams.api.asm_routes import ASM_ROUTES
 from streams.api.conditional import conditional_middleware
 from streams.api.context import Api, Handler
 from streams.api.mail import mail_send
@@ -96,6 +97,8 @@ ROUTES: tuple[tuple[str, str, str, Handler], ...] = (
             ("DELETE", f"/v3/suppression/{name}/{{email}}", "send", delete_one),
         )
     ),
+    # SendGrid's suppression groups and global unsubscribes
+    *ASM_ROUTES,
     ("POST", "/v3/whitelabel/domains", "send", add_domain),
     ("GET", "/v3/whitelabel/domains", "send", list_domains),
     ("GET", "/v3/whitelabel/domains/{id}", "send", get_domain),

@@ -10,7 +10,13 @@ from streams.api.check import Check
 from streams.api.context import Api, Caller, json_body, problem, reply
 from streams.contract.build import make_suppression, suppression_key
 
-__all__ = ["add_suppressions", "get_suppression", "list_suppressions", "remove_suppression"]
+__all__ = [
+    "add_suppressions",
+    "addresses_body",
+    "get_suppression",
+    "list_suppressions",
+    "remove_suppression",
+]
 
 MAX_ADD = 1000
 
@@ -32,7 +38,7 @@ async def get_suppression(api: Api, request: web.Request, caller: Caller) -> web
     return reply(found)
 
 
-def _addresses(body: object) -> tuple[list[str], str]:
+def addresses_body(body: object) -> tuple[list[str], str]:
     """(addresses, reason) of ``{"emails" | "recipient_emails": [...], "reason"?}``."""
     check = Check()
     root = check.obj(body, "body", required=True) or {}
@@ -54,7 +60,7 @@ def _addresses(body: object) -> tuple[list[str], str]:
 
 
 async def add_suppressions(api: Api, request: web.Request, caller: Caller) -> web.StreamResponse:
-    addresses, reason = _addresses(await json_body(request))
+    addresses, reason = addresses_body(await json_body(request))
     now = api.clock()
     records = [
         (

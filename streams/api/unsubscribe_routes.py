@@ -12,11 +12,14 @@ and, by its keyed tag, the recipient, found in the ``messages`` table.
   nothing from it.
 - A token this server did not issue, or whose recipient is not on record: 404, plain text.
 
-The token's ASM group is not acted on yet (no suppression groups): every unsubscribe is global.
+A token of mail sent in a suppression group (``asm.group_id``) leaves that group only: the page
+names the group (its name, as the tenant gave it), the POST records a group suppression, and the
+tenant's other mail still reaches the address. A token without a group unsubscribes from all.
 """
 
 from __future__ import annotations
 
+import html
 import logging
 from typing import Final
 
@@ -25,14 +28,15 @@ from aiohttp import web
 from aiokafka.errors import KafkaError
 
 from streams.api.context import Api
-from streams.contract.build import suppression_key
+from streams.contract.build import record_key
+from streams.db import asm
 from streams.errors import RecordTooLargeError, UnsubscribeTokenError
 from streams.inbound.decide import Target, unsubscribed
-from streams.inbound.resolve import find_target
+from streams.inbound.resolve import find_target, for_token
 from streams.mail import unsubscribe
 from streams.mail.headers import ONE_CLICK
 
-__all__ = ["CONFIRM_PAGE", "DONE_PAGE", "confirm_page", "one_click_post"]
+__all__ = ["CONFIRM_PAGE", "DONE_PAGE", "confirm_page", "group_pages", "one_click_post"]
 
 log = logging.getLogger(__name__)
 
@@ -47,17 +51,36 @@ _PAGE: Final = """<!doctype html>
 {body}
 </body></html>
 """
+_FORM: Final = (
+    f'<form method="post"><input type="hidden" name="{_FIELD}" value="{_VALUE}">\n'
+    '<button type="submit">Unsubscribe</button></form>'
+)
 CONFIRM_PAGE: Final = _PAGE.format(
     title="Unsubscribe",
-    body=(
-        "<p>Stop receiving this sender's mail at this address?</p>\n"
-        f'<form method="post"><input type="hidden" name="{_FIELD}" value="{_VALUE}">\n'
-        '<button type="submit">Unsubscribe</button></form>'
-    ),
+    body=f"<p>Stop receiving this sender's mail at this address?</p>\n{_FORM}",
 )
 DONE_PAGE: Final = _PAGE.format(
     title="Unsubscribed", body="<p>You will not receive this sender's mail here any more.</p>"
 )
+
+
+def group_pages(name: str) -> tuple[str, str]:
+    """The confirmation and done pages of an unsubscribe from the group called ``name``."""
+    shown = html.escape(name)
+    confirm = _PAGE.format(
+        title="Unsubscribe",
+        body=(
+            f"<p>Stop receiving this sender's &ldquo;{shown}&rdquo; mail at this address?"
+            f" Its other mail still comes.</p>\n{_FORM}"
+        ),
+    )
+    done = _PAGE.format(
+        title="Unsubscribed",
+        body=f"<p>You will not receive this sender's &ldquo;{shown}&rdquo; mail here any more.</p>",
+    )
+    return confirm, done
+
+
 _HEADERS: Final = {
     "Cache-Control": "no-store",
     "Referrer-Policy": "no-referrer",
@@ -86,19 +109,39 @@ def _token(api: Api, request: web.Request) -> unsubscribe.Unsubscribe | None:
 
 async def confirm_page(api: Api, request: web.Request) -> web.Response:
     """GET: the confirmation page (never an unsubscribe)."""
-    if _token(api, request) is None:
+    token = _token(api, request)
+    if token is None:
         return _not_found()
-    return _html(CONFIRM_PAGE)
+    if token.group_id is None:
+        return _html(CONFIRM_PAGE)
+    try:
+        found = await _target(api, token)
+    except (OSError, asyncpg.PostgresError) as exc:
+        log.warning("an unsubscribe page could not be looked up: %s", exc)
+        return _plain(503, "This page cannot be shown now; please try again.")
+    if found is None:
+        return _not_found()
+    return _html(found[1][0] if found[1] else CONFIRM_PAGE)
 
 
-async def _target(api: Api, token: unsubscribe.Unsubscribe) -> Target | None:
+async def _target(
+    api: Api, token: unsubscribe.Unsubscribe
+) -> tuple[Target, tuple[str, str] | None] | None:
+    """The recipient the token names and, for a group's token, the group's pages (None when
+    the tenant has deleted the group: the unsubscribe is still recorded against its id)."""
     secret = api.settings.secret
 
     def tag(tenant: str, message_id: str, recipient: str) -> bytes:
         return unsubscribe.recipient_tag(secret, tenant, message_id, recipient)
 
     async with api.db.acquire() as conn:
-        return await find_target(conn, token.message_id, token.tag, tag)
+        found = await find_target(conn, token.message_id, token.tag, tag)
+        if found is None:
+            return None
+        group = None
+        if token.group_id is not None:
+            group = await asm.group(conn, found.tenant, token.group_id)
+    return for_token(found, token), None if group is None else group_pages(group.name)
 
 
 async def one_click_post(api: Api, request: web.Request) -> web.Response:
@@ -110,17 +153,15 @@ async def one_click_post(api: Api, request: web.Request) -> web.Response:
     if form.get(_FIELD) != _VALUE:
         return _plain(400, f"A one-click unsubscribe is a POST of {ONE_CLICK}.")
     try:
-        target = await _target(api, token)
-        if target is None:
+        found = await _target(api, token)
+        if found is None:
             return _not_found()
+        target, pages = found
         verdict = unsubscribed(target, "one-click", api.clock())
         topics = api.settings.topics
         await api.publish(
             topics.suppressions,
-            [
-                (suppression_key(s["tenant"], s["address"]), api.codec.encode("Suppression", s))
-                for s in verdict.suppressions
-            ],
+            [(record_key(s), api.codec.encode("Suppression", s)) for s in verdict.suppressions],
         )
         await api.publish(
             topics.events,
@@ -129,4 +170,4 @@ async def one_click_post(api: Api, request: web.Request) -> web.Response:
     except (KafkaError, TimeoutError, RecordTooLargeError, OSError, asyncpg.PostgresError) as exc:
         log.warning("an unsubscribe could not be recorded: %s", exc)
         return _plain(503, "The unsubscribe could not be recorded now; please try again.")
-    return _html(DONE_PAGE)
+    return _html(pages[1] if pages else DONE_PAGE)

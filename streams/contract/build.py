@@ -37,6 +37,7 @@ __all__ = [
     "make_event",
     "make_suppression",
     "parse_suppression_key",
+    "record_key",
     "rejection",
     "suppression_key",
     "task_id",
@@ -69,6 +70,7 @@ class EventDetails(TypedDict, total=False):
     url: str | None
     user_agent: str | None
     ip: str | None
+    asm_group_id: int | None
 
 
 class RequestDetails(TypedDict):
@@ -77,6 +79,7 @@ class RequestDetails(TypedDict):
     request_id: str
     categories: list[str]
     custom_args: dict[str, str]
+    asm_group_id: int | None
 
 
 def make_event(
@@ -105,35 +108,55 @@ def make_event(
         "ip": details.get("ip"),
         "categories": list(details.get("categories", ())),
         "custom_args": dict(details.get("custom_args") or {}),
+        "asm_group_id": details.get("asm_group_id"),
         "occurred_at": now,
     }
 
 
 def make_suppression(
-    tenant: str, address: str, reason: str, source: str, now: datetime, detail: str | None = None
+    tenant: str,
+    address: str,
+    reason: str,
+    source: str,
+    now: datetime,
+    detail: str | None = None,
+    group_id: int | None = None,
 ) -> Suppression:
-    """A Suppression record for the compacted topic; addresses are kept lower-cased."""
+    """A Suppression record for the compacted topic; addresses are kept lower-cased. With
+    ``group_id``, the address leaves that suppression group only."""
     return {
         "tenant": tenant,
         "address": address.lower(),
         "reason": reason,
         "source": source,
+        "group_id": group_id,
         "detail": detail,
         "created_at": now,
     }
 
 
-def suppression_key(tenant: str, address: str) -> bytes:
-    """The key of a Suppression on its compacted topic: one entry per tenant and address."""
-    return f"{tenant}\x1f{address.lower()}".encode()
+def suppression_key(tenant: str, address: str, group_id: int | None = None) -> bytes:
+    """The key of a Suppression on its compacted topic: one entry per tenant and address (and
+    group, for a group's member)."""
+    key = f"{tenant}\x1f{address.lower()}"
+    return (key if group_id is None else f"{key}\x1f{group_id}").encode()
 
 
-def parse_suppression_key(key: bytes | None) -> tuple[str, str] | None:
-    """(tenant, address) of a suppression key, or None when it is not one."""
-    tenant, sep, address = (key or b"").decode().partition("\x1f")
-    if not sep or not tenant or not address:
+def record_key(suppression: Suppression) -> bytes:
+    """The topic key of ``suppression``."""
+    return suppression_key(suppression["tenant"], suppression["address"], suppression["group_id"])
+
+
+def parse_suppression_key(key: bytes | None) -> tuple[str, str, int | None] | None:
+    """(tenant, address, group or None) of a suppression key, or None when it is not one."""
+    parts = (key or b"").decode(errors="replace").split("\x1f")
+    if len(parts) not in (2, 3) or not parts[0] or not parts[1]:
         return None
-    return tenant, address
+    if len(parts) == 2:
+        return parts[0], parts[1], None
+    if not (parts[2].isascii() and parts[2].isdigit()) or len(parts[2]) > 10:
+        return None
+    return parts[0], parts[1], int(parts[2])
 
 
 def rejection(
@@ -197,6 +220,7 @@ def delivery_task(
         "substitutions": request["substitutions"],
         "categories": request["categories"],
         "custom_args": request["custom_args"],
+        "asm_group_id": request.get("asm_group_id"),
         "attempt": 0,
         "not_before": request["send_at"],
         "first_attempt_at": None,
@@ -216,6 +240,7 @@ class RequestFields(TypedDict, total=False):
     substitutions: dict[str, str]
     categories: list[str]
     custom_args: dict[str, str]
+    asm_group_id: int | None
     send_at: datetime | None
     smtp_probe: bool | None
     track: TrackEvent | None
@@ -244,6 +269,7 @@ def email_request(
         "substitutions": fields.get("substitutions", {}),
         "categories": fields.get("categories", []),
         "custom_args": fields.get("custom_args", {}),
+        "asm_group_id": fields.get("asm_group_id"),
         "send_at": fields.get("send_at"),
         "smtp_probe": fields.get("smtp_probe"),
         "track": fields.get("track"),

@@ -119,6 +119,7 @@ class DeliveryEvent(TypedDict):
     ip: str | None
     categories: list[str]
     custom_args: dict[str, str]
+    asm_group_id: int | None
     occurred_at: datetime
 
 
@@ -138,6 +139,7 @@ DeliveryTask = TypedDict(
         "substitutions": dict[str, str],
         "categories": list[str],
         "custom_args": dict[str, str],
+        "asm_group_id": int | None,
         "attempt": int,
         "not_before": datetime | None,
         "first_attempt_at": datetime | None,
@@ -178,6 +180,7 @@ EmailRequest = TypedDict(
         "substitutions": dict[str, str],
         "categories": list[str],
         "custom_args": dict[str, str],
+        "asm_group_id": int | None,
         "send_at": datetime | None,
         "smtp_probe": bool | None,
         "track": TrackEvent | None,
@@ -205,6 +208,7 @@ class Suppression(TypedDict):
     address: str
     reason: str
     source: str
+    group_id: int | None
     detail: str | None
     created_at: datetime
 

@@ -1,6 +1,6 @@
-"""Tenants, API keys, suppressions and sender identities: a snapshot loaded from PostgreSQL,
-refreshed every few seconds, and pure authorization against it (no database round trip per
-request).
+"""Tenants, API keys, suppressions (global and per suppression group) and sender identities: a
+snapshot loaded from PostgreSQL, refreshed every few seconds, and pure authorization against it
+(no database round trip per request).
 
 A key is stored twice, neither time in plaintext: its sha256 (how the HTTP API finds the key a
 caller presents) and a sealed copy (``key_sealed``, AES-GCM under the server secret), which a
@@ -89,6 +89,10 @@ class Directory:
     # tenant -> its verified domains and addresses (and, where mail is signed, its DKIM keys)
     senders: dict[str, TenantSenders] = field(default_factory=dict)
     key_ids: dict[str, ApiKey] = field(default_factory=dict)  # the same keys by id
+    # suppression groups (SendGrid's ASM): (tenant, group id, address) of who left a group,
+    # and each tenant's group ids
+    left_groups: set[tuple[str, int, str]] = field(default_factory=set)
+    groups: dict[str, frozenset[int]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.key_ids:
@@ -123,6 +127,19 @@ class Directory:
 
     def is_suppressed(self, tenant_id: str, address: str) -> bool:
         return (tenant_id, address.lower()) in self.suppressed
+
+    def suppression(self, tenant_id: str, address: str, group_id: int | None) -> str | None:
+        """Why mail of ``group_id`` (None: of no group) is not sent to ``address``: ``suppressed``
+        (the tenant's global list), ``group_suppressed`` (the address left the group), or None."""
+        address = address.lower()
+        if (tenant_id, address) in self.suppressed:
+            return "suppressed"
+        if group_id is not None and (tenant_id, group_id, address) in self.left_groups:
+            return "group_suppressed"
+        return None
+
+    def has_group(self, tenant_id: str, group_id: int) -> bool:
+        return group_id in self.groups.get(tenant_id, ())
 
     def verified_sender(self, tenant_id: str, address: str) -> bool:
         """Whether ``address`` is a From the tenant may use: its domain or the address itself is
@@ -211,7 +228,24 @@ async def load_directory(
         )
     }
     senders = await load_senders(conn, dkim_secret)
-    return Directory(tenants, keys, suppressed, templates, senders)
+    left_groups = {
+        (r["tenant_id"], r["group_id"], r["address"].lower())
+        for r in await conn.fetch(
+            "SELECT tenant_id, group_id, address FROM group_suppressions WHERE removed_at IS NULL"
+        )
+    }
+    groups: dict[str, set[int]] = {}
+    for r in await conn.fetch("SELECT tenant_id, group_id FROM asm_groups"):
+        groups.setdefault(r["tenant_id"], set()).add(r["group_id"])
+    return Directory(
+        tenants,
+        keys,
+        suppressed,
+        templates,
+        senders,
+        left_groups=left_groups,
+        groups={tenant: frozenset(ids) for tenant, ids in groups.items()},
+    )
 
 
 async def load_credentials(

@@ -72,6 +72,7 @@ def _event(
         recipient=recipient["email"],
         categories=task["categories"],
         custom_args=args,
+        asm_group_id=task.get("asm_group_id"),
         **said,
     )
 
@@ -94,7 +95,7 @@ def triage(
     *,
     verdict: Verdict,
     already_sent: bool,
-    suppressed: bool,
+    suppressed: str | None,
     policy: RetryPolicy,
 ) -> Triage:
     """Whether to send ``task`` now. The order matters: an operator's delete beats everything,
@@ -112,8 +113,8 @@ def triage(
     if first is not None and now.timestamp() >= first.timestamp() + policy.max_age:
         age = now.timestamp() - first.timestamp()
         return Triage("expire", _expired(task, now, age))
-    if suppressed:
-        return Triage("drop", _event(task, "dropped", now, reason="suppressed"))
+    if suppressed is not None:  # why: suppressed, or group_suppressed
+        return Triage("drop", _event(task, "dropped", now, reason=suppressed))
     not_before = task["not_before"]
     if not_before is not None and not_before > now:
         return Triage("wait", until=not_before)

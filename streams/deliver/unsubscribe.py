@@ -7,7 +7,8 @@
 Added to mail of the bulk lane's priorities (``normal``, ``bulk``): what Gmail and Yahoo require of
 bulk senders, and what a password reset has no use for. The mailto only with a bounce domain (it
 is `postwire inbound` that takes it). A request that states its own List-Unsubscribe keeps its
-own, and gets none of ours: the sender runs its own list. DKIM signs both
+own, and gets none of ours: the sender runs its own list. The token of mail of a suppression
+group names the group, so the click leaves that group only. DKIM signs both
 (``streams.mail.headers.SIGNED_HEADERS``).
 """
 
@@ -65,7 +66,13 @@ def one_click(
     def lines(task: DeliveryTask) -> bytes:
         if task["priority"] not in priorities or _states_its_own(task):
             return b""
-        token = encode(secret, task["tenant"], task["message_id"], task["recipient"]["email"])
+        token = encode(
+            secret,
+            task["tenant"],
+            task["message_id"],
+            task["recipient"]["email"],
+            task.get("asm_group_id"),
+        )
         if token is None:
             return b""
         mailto = None

@@ -231,6 +231,7 @@ def decide(
         "request_id": request["request_id"],
         "categories": request["categories"],
         "custom_args": request["custom_args"],
+        "asm_group_id": request.get("asm_group_id"),
     }
     dedup_key, verdict, new_entry = _dedup(request, seen.dedup_entry, ts, dedup_ttl)
     if verdict is Dedup.DUPLICATE:
@@ -259,7 +260,7 @@ def _expansion(request: EmailRequest, now: datetime, directory: Directory) -> Ex
     AuthError when its From is not a verified sender identity of its tenant."""
     if request["operation"] != "send":
         return Expansion()
-    expansion = expand(request, now, directory.is_suppressed)
+    expansion = expand(request, now, directory.suppression)
     sender = request["from"]
     # expand refused a request without a valid From; a direct producer skips the ingress's 403
     if sender is not None and not directory.verified_sender(request["tenant"], sender["email"]):

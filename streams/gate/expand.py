@@ -3,7 +3,8 @@
 The gate applies the send policy here, before anything is queued: the request must have a sender
 and content (else it is a dead letter as a whole), every recipient must be an address we can send
 to (else a ``dropped`` event with reason ``invalid_address``), and a recipient on the tenant's
-suppression list is ``dropped`` with reason ``suppressed``. What remains is keyed by the
+suppression list is ``dropped`` with reason ``suppressed``, and one who left the request's
+suppression group (``asm_group_id``) with reason ``group_suppressed``. What remains is keyed by the
 recipient's ASCII domain and put on the lane its priority chooses; a sandbox request's recipients
 are ``dropped`` with reason ``sandbox`` instead (validated and recorded, never delivered).
 """
@@ -27,7 +28,10 @@ from streams.errors import InvalidContentError
 from streams.mail.limits import address_problem
 from streams.mail.syntax import check_syntax
 
-__all__ = ["Expansion", "expand"]
+__all__ = ["Expansion", "Suppressed", "expand"]
+
+# (tenant, address, suppression group or None) -> why mail is not sent there, or None
+Suppressed = Callable[[str, str, int | None], str | None]
 
 
 @dataclass
@@ -51,9 +55,7 @@ def _check_request(request: EmailRequest) -> tuple[Address, Content]:
     return sender, content
 
 
-def expand(
-    request: EmailRequest, now: datetime, suppressed: Callable[[str, str], bool]
-) -> Expansion:
+def expand(request: EmailRequest, now: datetime, suppressed: Suppressed) -> Expansion:
     """Raises InvalidContentError for a request that cannot be sent to anyone."""
     sender, content = _check_request(request)
     tenant = request["tenant"]
@@ -76,8 +78,8 @@ def expand(
         if address.lower() in seen:
             continue
         seen.add(address.lower())
-        if suppressed(tenant, address):
-            out.events.append(_dropped(request, recipient, address, "suppressed", now))
+        if (why := suppressed(tenant, address, request.get("asm_group_id"))) is not None:
+            out.events.append(_dropped(request, recipient, address, why, now))
             continue
         if request.get("sandbox"):
             out.events.append(_dropped(request, recipient, address, "sandbox", now))
@@ -102,4 +104,5 @@ def _dropped(
         reason=reason,
         categories=request["categories"],
         custom_args={**request["custom_args"], **recipient["custom_args"]},
+        asm_group_id=request.get("asm_group_id"),
     )

@@ -55,6 +55,8 @@ class Target:
     request_id: str | None = None
     categories: tuple[str, ...] = ()
     custom_args: Mapping[str, str] = field(default_factory=dict)
+    # the message's suppression group; for an unsubscribe, the group its link leaves
+    asm_group_id: int | None = None
 
 
 @dataclass(frozen=True)
@@ -85,11 +87,14 @@ def _event(
         bounce_class=bounce_class,
         categories=target.categories,
         custom_args=target.custom_args,
+        asm_group_id=target.asm_group_id,
     )
 
 
-def _suppression(target: Target, reason: str, detail: str, now: datetime) -> Suppression:
-    return make_suppression(target.tenant, target.recipient, reason, SOURCE, now, detail)
+def _suppression(
+    target: Target, reason: str, detail: str, now: datetime, group_id: int | None = None
+) -> Suppression:
+    return make_suppression(target.tenant, target.recipient, reason, SOURCE, now, detail, group_id)
 
 
 def _about(report: DeliveryReport, recipient: str) -> tuple[RecipientStatus, ...]:
@@ -179,8 +184,11 @@ def decide(report: Report, target: Target, now: datetime) -> Verdict:
 
 def unsubscribed(target: Target, how: str, now: datetime) -> Verdict:
     """A one-click unsubscribe (the https URI's POST, or mail to the mailto): an ``unsubscribed``
-    event and an ``unsubscribe`` suppression. The event id does not depend on ``now``, so a
-    second click records nothing new. ``how`` says which door (``one-click``, ``mailto``)."""
+    event and an ``unsubscribe`` suppression, of the target's suppression group when its link
+    names one (the recipient leaves that group only), else global. The event id does not depend
+    on ``now``, so a second click records nothing new. ``how`` says which door (``one-click``,
+    ``mailto``)."""
     reason = f"list-unsubscribe {how}"
     event = _event(target, "unsubscribed", now, reason)
-    return Verdict((event,), (_suppression(target, "unsubscribe", reason, now),), "unsubscribed")
+    left = _suppression(target, "unsubscribe", reason, now, target.asm_group_id)
+    return Verdict((event,), (left,), "unsubscribed")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import Any
 
 import asyncpg
@@ -21,7 +22,7 @@ from streams.mail import unsubscribe
 from streams.mail.verp import Reference, recipient_tag
 from streams.secret import ServerSecret
 
-__all__ = ["Resolver", "find_target"]
+__all__ = ["Resolver", "find_target", "for_token"]
 
 # (tenant, message id, recipient) -> the tag a token of that kind would carry
 Tagger = Callable[[str, str, str], bytes]
@@ -65,8 +66,9 @@ class Resolver:
         return await self._find(reference.message_id, reference.tag, self._return_path_tag)
 
     async def unsubscriber(self, token: unsubscribe.Unsubscribe) -> Target | None:
-        """The recipient an unsubscribe token names, as :meth:`target`."""
-        return await self._find(token.message_id, token.tag, self._unsubscribe_tag)
+        """The recipient an unsubscribe token names, as :meth:`target`, with the token's group."""
+        found = await self._find(token.message_id, token.tag, self._unsubscribe_tag)
+        return None if found is None else for_token(found, token)
 
     def _return_path_tag(self, tenant: str, message_id: str, recipient: str) -> bytes:
         return recipient_tag(self.secret, tenant, message_id, recipient)
@@ -95,6 +97,7 @@ async def find_target(conn: Any, message_id: str, tag: bytes, tagger: Tagger) ->
         found = orjson.loads(detail) if isinstance(detail, str | bytes) else {}
         categories = found.get("categories") if isinstance(found, dict) else None
         args = found.get("custom_args") if isinstance(found, dict) else None
+        group = found.get("asm_group_id") if isinstance(found, dict) else None
         return Target(
             tenant=tenant,
             message_id=message_id,
@@ -102,5 +105,12 @@ async def find_target(conn: Any, message_id: str, tag: bytes, tagger: Tagger) ->
             request_id=row["request_id"] or None,
             categories=tuple(str(c) for c in categories or ()),
             custom_args=_strings(args),
+            asm_group_id=group if isinstance(group, int) else None,
         )
     return None
+
+
+def for_token(target: Target, token: unsubscribe.Unsubscribe) -> Target:
+    """``target`` as an unsubscribe token names it: the group is the token's (signed into the
+    link the recipient followed), whatever the last event said."""
+    return replace(target, asm_group_id=token.group_id)

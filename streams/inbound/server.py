@@ -29,7 +29,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from streams.api.producer import IngressProducer, Record
 from streams.clock import Clock, wall_clock
-from streams.contract.build import rejection, suppression_key
+from streams.contract.build import record_key, rejection
 from streams.contract.codec import Codec, default_codec
 from streams.contract.records import Rejection
 from streams.errors import (
@@ -302,7 +302,7 @@ class Publisher:
         events: list[Record] = []
         for found in verdicts:
             for s in found.suppressions:
-                key = suppression_key(s["tenant"], s["address"])
+                key = record_key(s)
                 suppressions.append((key, self.codec.encode("Suppression", s), ()))
             for e in found.events:
                 events.append((e["tenant"].encode(), self.codec.encode("DeliveryEvent", e), ()))

@@ -36,6 +36,7 @@ from streams.mail.verp import (
 from streams.secret import ServerSecret
 
 __all__ = [
+    "MAX_GROUP",
     "PREFIX",
     "Unsubscribe",
     "decode",
@@ -48,7 +49,7 @@ PREFIX: Final = "u"  # u...@<bounce domain>; return paths are b..., the feedback
 _VERSION: Final = 1
 _TAG: Final = 6
 _MAC: Final = 10
-_MAX_GROUP: Final = (1 << 21) - 2  # three varint bytes
+MAX_GROUP: Final = (1 << 21) - 2  # three varint bytes
 _MAX_CHARS: Final = 120
 
 
@@ -86,8 +87,8 @@ def encode(
 ) -> str | None:
     """The token for ``recipient`` of ``message_id`` (of ``tenant``), unsubscribing from
     ``group_id`` when given; None when the message id fits no token."""
-    if group_id is not None and not 0 <= group_id <= _MAX_GROUP:
-        raise ValueError(f"an ASM group id is 0..{_MAX_GROUP}, not {group_id}")
+    if group_id is not None and not 0 <= group_id <= MAX_GROUP:
+        raise ValueError(f"an ASM group id is 0..{MAX_GROUP}, not {group_id}")
     packed = pack_id(message_id)
     if packed is None:
         return None

@@ -327,12 +327,13 @@ class DeliverShell:
         if not self.control.ready.is_set():
             await self.control.ready.wait()
 
-    def suppressed(self, tenant: str, address: str) -> bool:
-        key = (tenant, address.lower())
-        at = self._local_suppressed.get(key)
+    def suppressed(self, task: DeliveryTask) -> str | None:
+        """Why ``task``'s recipient is not sent to now (see Directory.suppression), or None."""
+        tenant, address = task["tenant"], task["recipient"]["email"]
+        at = self._local_suppressed.get((tenant, address.lower()))
         if at is not None and time.monotonic() - at < LOCAL_SUPPRESSION_TTL:
-            return True
-        return self.directory.current.is_suppressed(tenant, address)
+            return "suppressed"
+        return self.directory.current.suppression(tenant, address, task.get("asm_group_id"))
 
     async def suppress(self, task: DeliveryTask, reason: str, detail: str | None) -> None:
         tenant, address = task["tenant"], task["recipient"]["email"].lower()
@@ -455,7 +456,7 @@ class DeliverShell:
             now,
             verdict=self.control.state.verdict(task_meta(task, released)),
             already_sent=self.ledger.get(ready.position.partition, task["task_id"]) is not None,
-            suppressed=self.suppressed(task["tenant"], task["recipient"]["email"]),
+            suppressed=self.suppressed(task),
             policy=self.policy,
         )
         lane = lane_of(task["priority"])

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from streams.contract.build import suppression_key
+from streams.contract.build import record_key
 from streams.contract.codec import Codec
 from streams.contract.records import DeliveryEvent, EmailRequest, Rejection
 from streams.contract.signing import KEY_ID, carried
@@ -87,7 +87,7 @@ class GateOutputs:
         out.extend(
             Out(
                 t.suppressions,
-                suppression_key(s["tenant"], s["address"]),
+                record_key(s),
                 encode("Suppression", s),
             )
             for s in result.suppressions

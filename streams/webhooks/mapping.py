@@ -19,6 +19,7 @@ __all__ = [
     "EVENT_SETTINGS",
     "SETTING_NAMES",
     "SendGridEvent",
+    "event_name",
     "sendgrid_event",
     "wanted",
 ]
@@ -32,6 +33,7 @@ SendGridEvent = Literal[
     "open",
     "click",
     "unsubscribe",
+    "group_unsubscribe",
     "spamreport",
 ]
 
@@ -59,11 +61,13 @@ EVENT_SETTINGS: dict[str, SendGridEvent] = {
     "open": "open",
     "click": "click",
     "unsubscribe": "unsubscribe",
+    "group_unsubscribe": "group_unsubscribe",
     "spam_report": "spamreport",
 }
-# SendGrid's settings also carry the subscription-group ones; postwire has no such events yet,
-# so they are stored and shown, and select nothing
-SETTING_NAMES: tuple[str, ...] = (*EVENT_SETTINGS, "group_unsubscribe", "group_resubscribe")
+# SendGrid's settings also carry group_resubscribe: postwire has no resubscribe page (a group's
+# member is taken off only through the API, which SendGrid reports as no event either), so it
+# is stored and shown, and selects nothing
+SETTING_NAMES: tuple[str, ...] = (*EVENT_SETTINGS, "group_resubscribe")
 
 # bounce classes the delivery stage gives that SendGrid reports as ``blocked``, not ``bounce``
 _BLOCKED = frozenset({"block", "blocked", "policy", "spam", "reputation"})
@@ -81,18 +85,27 @@ def own_deferral(event: DeliveryEvent) -> bool:
     return event["type"] == "deferred" and event["smtp"] is None and reason.startswith(_OWN_LIMITS)
 
 
+def event_name(event: DeliveryEvent) -> SendGridEvent:
+    """SendGrid's name of ``event``: an unsubscribe from one suppression group is its
+    ``group_unsubscribe``."""
+    name = EVENT_NAMES[event["type"]]
+    if name == "unsubscribe" and _optional(event, "asm_group_id") is not None:
+        return "group_unsubscribe"
+    return name
+
+
 def wanted(event: DeliveryEvent, enabled: Iterable[str]) -> bool:
     """Does an endpoint with the setting names ``enabled`` switched on take this event?"""
     if own_deferral(event):
         return False
-    name = EVENT_NAMES[event["type"]]
+    name = event_name(event)
     return any(EVENT_SETTINGS.get(setting) == name for setting in enabled)
 
 
 def sendgrid_event(event: DeliveryEvent) -> dict[str, Any]:
     """The event as SendGrid's webhook posts it. ``sg_event_id`` is the event's own stable id,
     so a batch posted again carries the same ids and a receiver can deduplicate."""
-    name = EVENT_NAMES[event["type"]]
+    name = event_name(event)
     out: dict[str, Any] = {
         "email": event["recipient"] or "",
         "timestamp": int(event["occurred_at"].timestamp()),
@@ -116,6 +129,9 @@ def sendgrid_event(event: DeliveryEvent) -> dict[str, Any]:
     ip = _optional(event, "ip")
     if ip:
         out["ip"] = ip
+    group = _optional(event, "asm_group_id")
+    if group is not None:
+        out["asm_group_id"] = group
     if name == "open":
         # SendGrid's flag for opens by mail privacy proxies; ours also covers scanners
         out["sg_machine_open"] = (event["reason"] or "").startswith("machine:")
@@ -152,5 +168,5 @@ def _outcome(event: DeliveryEvent, name: SendGridEvent) -> dict[str, Any]:
 
 
 def _optional(event: Mapping[str, Any], name: str) -> Any:
-    """A field a newer DeliveryEvent may carry (the tracking stage's client IP)."""
+    """A field a newer DeliveryEvent may carry (the tracking stage's client IP, the group)."""
     return event.get(name)

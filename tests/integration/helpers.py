@@ -1,10 +1,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import asyncpg
 
@@ -99,3 +100,18 @@ async def signer(settings: Settings, tenant: str, key: str) -> Callable[[bytes],
         return sign(value, tenant=tenant, key_id=key_id, api_key=key)
 
     return headers
+
+
+async def sendgrid_call(endpoint: Any, method: str, **kw: Any) -> tuple[int, Any]:
+    """One call of the official ``sendgrid`` client (blocking) on a thread: its status and its
+    parsed body; a 429 (the stack's tight test rate) waits and retries."""
+    from python_http_client.exceptions import TooManyRequestsError
+
+    while True:
+        try:
+            response = await asyncio.to_thread(getattr(endpoint, method), **kw)
+            break
+        except TooManyRequestsError:
+            await asyncio.sleep(1.0)
+    body = response.body
+    return response.status_code, json.loads(body) if body else None

@@ -4,19 +4,17 @@ and removes them (one, some, all) without touching the other lists or tenants.""
 
 from __future__ import annotations
 
-import asyncio
-import json
 import time
 import uuid
 from typing import Any
 
 import pytest
 import sendgrid
-from python_http_client.exceptions import BadRequestsError, NotFoundError, TooManyRequestsError
+from python_http_client.exceptions import BadRequestsError, NotFoundError
 
 from streams.settings import Settings
 from tests.integration.api_client import ApiClient
-from tests.integration.helpers import eventually, new_tenant
+from tests.integration.helpers import eventually, new_tenant, sendgrid_call
 
 pytestmark = pytest.mark.integration
 
@@ -27,18 +25,6 @@ REASONS = {
     "invalid_emails": "invalid",
     "unsubscribes": "unsubscribe",
 }
-
-
-async def _call(endpoint: Any, method: str, **kw: Any) -> tuple[int, Any]:
-    """One call on the client's thread; a 429 (the stack's tight test rate) waits and retries."""
-    while True:
-        try:
-            response = await asyncio.to_thread(getattr(endpoint, method), **kw)
-            break
-        except TooManyRequestsError:
-            await asyncio.sleep(1.0)
-    body = response.body
-    return response.status_code, json.loads(body) if body else None
 
 
 async def _suppress(client: ApiClient, addresses: list[str], reason: str) -> None:
@@ -61,7 +47,7 @@ async def test_the_five_lists_read_and_delete_with_the_sendgrid_client(
     sg = sendgrid.SendGridAPIClient(api_key=key, host=stack.api_base).client.suppression
 
     async def listed(kind: str, **query: Any) -> list[dict[str, Any]]:
-        status, body = await _call(getattr(sg, kind), "get", query_params=query or None)
+        status, body = await sendgrid_call(getattr(sg, kind), "get", query_params=query or None)
         assert status == 200
         assert isinstance(body, list)
         return body
@@ -82,23 +68,23 @@ async def test_the_five_lists_read_and_delete_with_the_sendgrid_client(
 
     # one address, and only in its own list
     spam = by_kind["spam_reports"][0]
-    status, body = await _call(sg.spam_reports._(spam), "get")
+    status, body = await sendgrid_call(sg.spam_reports._(spam), "get")
     assert status == 200
     assert [r["email"] for r in body] == [spam]
     with pytest.raises(NotFoundError):
-        await _call(sg.bounces._(spam), "get")
+        await sendgrid_call(sg.bounces._(spam), "get")
     with pytest.raises(NotFoundError):
-        await _call(sg.bounces._(spam), "delete")  # not a bounce: nothing lifted
+        await sendgrid_call(sg.bounces._(spam), "delete")  # not a bounce: nothing lifted
     with pytest.raises(NotFoundError):
-        await _call(sg.bounces._(f"theirs-{tag}@example.org"), "get")  # another tenant's
+        await sendgrid_call(sg.bounces._(f"theirs-{tag}@example.org"), "get")  # another tenant's
 
-    status, _ = await _call(sg.bounces._(by_kind["bounces"][0]), "delete")
+    status, _ = await sendgrid_call(sg.bounces._(by_kind["bounces"][0]), "delete")
     assert status == 204
-    status, _ = await _call(
+    status, _ = await sendgrid_call(
         sg.unsubscribes, "delete", request_body={"emails": [by_kind["unsubscribes"][1]]}
     )
     assert status == 204
-    status, _ = await _call(sg.invalid_emails, "delete", request_body={"delete_all": True})
+    status, _ = await sendgrid_call(sg.invalid_emails, "delete", request_body={"delete_all": True})
     assert status == 204
 
     want = {
@@ -115,9 +101,9 @@ async def test_the_five_lists_read_and_delete_with_the_sendgrid_client(
         assert sorted(r["email"] for r in rows) == addresses, kind
     # the other tenant's list is untouched
     theirs = sendgrid.SendGridAPIClient(api_key=other_key, host=stack.api_base).client.suppression
-    status, body = await _call(theirs.bounces, "get")
+    status, body = await sendgrid_call(theirs.bounces, "get")
     assert status == 200
     assert [r["email"] for r in body] == [f"theirs-{tag}@example.org"]
     with pytest.raises(BadRequestsError):
-        await _call(sg.blocks, "delete", request_body={})
+        await sendgrid_call(sg.blocks, "delete", request_body={})
     assert tenant

@@ -59,7 +59,7 @@ def test_lanes_and_stable_task_ids() -> None:
 
 
 def test_triage_order() -> None:
-    kw: dict[str, Any] = {"already_sent": False, "suppressed": False, "policy": POLICY}
+    kw: dict[str, Any] = {"already_sent": False, "suppressed": None, "policy": POLICY}
     assert triage(task(), T0, verdict="deliver", **kw).step == "send"
     dropped = triage(task(), T0, verdict="delete", **{**kw, "already_sent": True})
     assert dropped.step == "drop"
@@ -70,7 +70,7 @@ def test_triage_order() -> None:
     assert held.step == "hold"
     assert held.event is not None
     assert held.event["type"] == "deferred"
-    sup = triage(task(), T0, verdict="deliver", **{**kw, "suppressed": True})
+    sup = triage(task(), T0, verdict="deliver", **{**kw, "suppressed": "suppressed"})
     assert sup.event is not None
     assert sup.event["reason"] == "suppressed"
     later = T0 + timedelta(hours=1)
@@ -86,7 +86,7 @@ def test_triage_expires_a_task_past_its_max_age() -> None:
         T0 + timedelta(days=5),
         verdict="deliver",
         already_sent=False,
-        suppressed=True,
+        suppressed="suppressed",
         policy=POLICY,
     )
     assert step.step == "expire"
@@ -185,7 +185,7 @@ def test_flush_sends_deferred_mail_now_but_keeps_a_schedule() -> None:
     assert flushed is not None
     assert flushed["not_before"] is None
     assert flushed["attempt"] == 1
-    kw: dict[str, Any] = {"already_sent": False, "suppressed": False, "policy": POLICY}
+    kw: dict[str, Any] = {"already_sent": False, "suppressed": None, "policy": POLICY}
     assert triage(deferred, T0, verdict="deliver", **kw).step == "wait"
     assert triage(flushed, T0, verdict="deliver", **kw).step == "send"
     scheduled = task(attempt=0, not_before=T0 + timedelta(hours=1))
