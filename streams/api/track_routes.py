@@ -10,15 +10,19 @@ answered (the GIF, or the 302 to the URL the token carries, never another), even
 not take the event (the recipient's mail client is not the place to report an outage) and when
 the tenant's fetches go over its ingress rate (``POSTWIRE_API_RATE``, a bucket of their own):
 those are not recorded, so one leaked token fetched in a loop cannot flood the pipeline.
+The event carries the mail's categories, custom args and suppression group, as SendGrid's do,
+read from the last event about the recipient (one indexed lookup).
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
 import uuid
 from typing import Final
 
+import asyncpg
 from aiohttp import web
 from aiokafka.errors import KafkaError
 
@@ -26,6 +30,7 @@ from streams.api.context import Api, Caller
 from streams.api.machine import client_ip, machine_reason, networks
 from streams.contract.build import email_request
 from streams.contract.records import TrackEvent
+from streams.db.events import Labels, labels_of
 from streams.db.tenants import SCOPE_OF_OPERATION
 from streams.errors import RecordTooLargeError, TrackingTokenError
 from streams.mail.track_token import TrackKind, TrackRef, open_token
@@ -34,6 +39,7 @@ __all__ = ["PIXEL", "click_redirect", "open_pixel"]
 
 log = logging.getLogger(__name__)
 
+LABELS_WAIT: Final = 0.5  # s for the labels lookup; a pixel is never held up longer
 PIXEL: Final = base64.b64decode("R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7")
 _NO_CACHE: Final = {
     "Cache-Control": "no-store, no-cache, must-revalidate, max-age=0",
@@ -88,13 +94,33 @@ async def _record(api: Api, request: web.Request, ref: TrackRef) -> None:
         )
         return
     request_id = uuid.uuid4().hex  # every fetch is an event of its own
+    found = await _labels(api, ref)
     record = email_request(
-        request_id, ref.tenant, "track", now, idempotency_key=f"track:{request_id}", track=track
+        request_id,
+        ref.tenant,
+        "track",
+        now,
+        idempotency_key=f"track:{request_id}",
+        track=track,
+        categories=list(found.categories),
+        custom_args=dict(found.custom_args),
+        asm_group_id=found.asm_group_id,
     )
     try:
         await api.publish_requests(Caller(ref.tenant, key_id), [record])
     except (KafkaError, TimeoutError, RecordTooLargeError) as exc:
         log.warning("tracking: the %s event was not stored: %s", track["event_type"], exc)
+
+
+async def _labels(api: Api, ref: TrackRef) -> Labels:
+    """The mail's categories, custom args and group, which SendGrid puts on its opens and
+    clicks; none when PostgreSQL does not answer at once (the fetch is still recorded)."""
+    try:
+        async with asyncio.timeout(LABELS_WAIT), api.db.acquire() as conn:
+            return await labels_of(conn, ref.tenant, ref.message_id, ref.recipient)
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        log.warning("tracking: the %s event goes without its labels: %s", ref.kind, exc)
+        return Labels()
 
 
 def _ref(api: Api, request: web.Request, kind: TrackKind) -> TrackRef | None:

@@ -373,6 +373,7 @@ def track_outcome(
         user_agent=track["user_agent"],
         reason=track.get("reason"),
         ip=track["ip"],
+        asm_group_id=request.get("asm_group_id"),
     )
     reason = SUPPRESSING.get(track["event_type"])
     if reason is None:

@@ -9,13 +9,13 @@ of the last event about it go on the bounce event too, as the deliver stage puts
 from __future__ import annotations
 
 import hmac
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
 import asyncpg
-import orjson
 
+from streams.db.events import labels_of
 from streams.errors import UnreachableError
 from streams.inbound.decide import Target
 from streams.mail import unsubscribe
@@ -28,16 +28,6 @@ __all__ = ["Resolver", "find_target", "for_token"]
 Tagger = Callable[[str, str, str], bytes]
 
 _CANDIDATES = "SELECT tenant_id, recipient, request_id FROM messages WHERE message_id = $1"
-_LAST_EVENT = (
-    "SELECT detail FROM events WHERE message_id = $1 AND recipient = $2 AND tenant_id = $3"
-    " ORDER BY occurred_at DESC LIMIT 1"
-)
-
-
-def _strings(value: object) -> Mapping[str, str]:
-    if not isinstance(value, dict):
-        return {}
-    return {str(k): str(v) for k, v in value.items()}
 
 
 class Resolver:
@@ -88,24 +78,20 @@ class Resolver:
 
 async def find_target(conn: Any, message_id: str, tag: bytes, tagger: Tagger) -> Target | None:
     """Of ``message_id``'s recipients on record, the one whose tag (by ``tagger``) is ``tag``,
-    with the categories and custom args of its last event; None when none has it."""
+    with the categories, custom args and group of its last event; None when none has it."""
     for row in await conn.fetch(_CANDIDATES, message_id):
         tenant, recipient = row["tenant_id"], row["recipient"]
         if not hmac.compare_digest(tagger(tenant, message_id, recipient), tag):
             continue
-        detail = await conn.fetchval(_LAST_EVENT, message_id, recipient, tenant)
-        found = orjson.loads(detail) if isinstance(detail, str | bytes) else {}
-        categories = found.get("categories") if isinstance(found, dict) else None
-        args = found.get("custom_args") if isinstance(found, dict) else None
-        group = found.get("asm_group_id") if isinstance(found, dict) else None
+        found = await labels_of(conn, tenant, message_id, recipient)
         return Target(
             tenant=tenant,
             message_id=message_id,
             recipient=recipient.lower(),
             request_id=row["request_id"] or None,
-            categories=tuple(str(c) for c in categories or ()),
-            custom_args=_strings(args),
-            asm_group_id=group if isinstance(group, int) else None,
+            categories=found.categories,
+            custom_args=found.custom_args,
+            asm_group_id=found.asm_group_id,
         )
     return None
 

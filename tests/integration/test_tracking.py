@@ -65,6 +65,8 @@ async def test_tracked_mail_records_opens_and_clicks(
                 "open_tracking": {"enable": True},
                 "click_tracking": {"enable": True},
             },
+            "categories": ["spring-sale"],
+            "custom_args": {"campaign": "c7"},
         },
     )
     assert sent.status == 202, sent.body
@@ -84,6 +86,12 @@ async def test_tracked_mail_records_opens_and_clicks(
     assert "shop.example" not in html  # the URL travels sealed in the token
     assert to.split("@", maxsplit=1)[0] not in html
 
+    # the opens and clicks take the mail's labels from its events on record
+    delivered = await eventually(
+        lambda: client.call("GET", "/v1/events?type=delivered&limit=10"),
+        lambda page: page.status == 200 and len(page.body["events"]) == 1,
+    )
+    assert delivered.body["events"][0]["categories"] == ["spring-sale"]
     await asyncio.sleep(2.2)  # past the window in which a click is a scanner's
     async with aiohttp.ClientSession() as session:
         opened = await session.get(pixels[0], headers={"User-Agent": BROWSER})
@@ -110,6 +118,9 @@ async def test_tracked_mail_records_opens_and_clicks(
     events = await eventually(lambda: _events(client), settled)
     assert sorted(e["type"] for e in events) == ["clicked", "opened", "opened"]
     assert {e["email"] for e in events} == {to}
+    for event in events:  # as SendGrid's opens and clicks carry them
+        assert event["categories"] == ["spring-sale"], event
+        assert event["custom_args"] == {"campaign": "c7"}, event
     by_agent = {(e["type"], e.get("user_agent")): e for e in events}
     human = by_agent[("opened", BROWSER)]
     assert human["reason"] is None
