@@ -175,7 +175,31 @@ def queue_resume_site(
     out.print(f"{name}: resumed in every worker")
 
 
-async def _publish_suppression(tenant: str, address: str, value: Suppression | None) -> None:
+GroupOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--group",
+        help="A suppression group id of the tenant (`/v3/asm/groups`): that group's list only.",
+    ),
+]
+
+
+def _check_group(tenant: str, group: int | None) -> None:
+    """Fail (exit 1) unless ``group`` is None or one of the tenant's suppression groups."""
+    if group is None:
+        return
+    from streams.db.asm import group_exists
+
+    async def work(conn: Any) -> bool:
+        return await group_exists(conn, tenant, group)
+
+    if not run(with_db(work)):
+        raise fail(f"tenant {tenant!r} has no suppression group {group}", 1)
+
+
+async def _publish_suppression(
+    tenant: str, address: str, value: Suppression | None, group: int | None = None
+) -> None:
     from aiokafka import AIOKafkaProducer
     from aiokafka.errors import KafkaError
 
@@ -192,7 +216,7 @@ async def _publish_suppression(tenant: str, address: str, value: Suppression | N
     try:
         await start_client(producer, options)
         await producer.send_and_wait(
-            s.topics.suppressions, raw, key=suppression_key(tenant, address)
+            s.topics.suppressions, raw, key=suppression_key(tenant, address, group)
         )
     except KafkaError as exc:
         raise StackError(f"cannot publish to {s.topics.suppressions}: {exc}") from exc
@@ -205,31 +229,51 @@ def suppression_add(
     tenant: Annotated[str, typer.Option(help="The tenant whose list it is.")],
     address: Annotated[str, typer.Argument(help="The address never to send to.")],
     reason: Annotated[str, typer.Option(help="Why: manual, complaint, unsubscribe...")] = "manual",
+    group: GroupOpt = None,
 ) -> None:
-    """Add an address to a tenant's suppression list; sends to it are dropped from then on."""
-    record = make_suppression(tenant, address, reason, "cli", datetime.now(UTC))
-    run(_publish_suppression(tenant, address, record))
-    out.print(f"suppressed {address.lower()} for {tenant}")
+    """Add an address to a tenant's suppression list (or a group's); sends to it (of the group)
+    are dropped from then on."""
+    _check_group(tenant, group)
+    record = make_suppression(tenant, address, reason, "cli", datetime.now(UTC), group_id=group)
+    run(_publish_suppression(tenant, address, record, group))
+    where = "" if group is None else f" in group {group}"
+    out.print(f"suppressed {address.lower()} for {tenant}{where}")
 
 
 @suppression_app.command("remove")
 def suppression_remove(
     tenant: Annotated[str, typer.Option(help="The tenant whose list it is.")],
     address: Annotated[str, typer.Argument(help="The address to send to again.")],
+    group: GroupOpt = None,
 ) -> None:
-    """Take an address off a tenant's suppression list (a tombstone on the compacted topic)."""
-    run(_publish_suppression(tenant, address, None))
-    out.print(f"removed {address.lower()} from {tenant}'s suppression list")
+    """Take an address off a tenant's suppression list, or a group's (a tombstone on the
+    compacted topic)."""
+    run(_publish_suppression(tenant, address, None, group))
+    where = "suppression list" if group is None else f"suppression group {group}"
+    out.print(f"removed {address.lower()} from {tenant}'s {where}")
 
 
 @suppression_app.command("list")
 def suppression_list(
     tenant: Annotated[str, typer.Option(help="The tenant whose list it is.")],
     json: JsonOpt = False,
+    group: GroupOpt = None,
 ) -> None:
-    """The addresses a tenant does not send to, newest first."""
+    """The addresses a tenant does not send to (the mail of a group, with --group), newest
+    first."""
+    _check_group(tenant, group)
 
     async def work(conn: Any) -> list[Any]:
+        if group is not None:
+            return list(
+                await conn.fetch(
+                    "SELECT address, reason, source, detail, created_at FROM group_suppressions "
+                    "WHERE tenant_id = $1 AND group_id = $2 AND removed_at IS NULL "
+                    "ORDER BY created_at DESC",
+                    tenant,
+                    group,
+                )
+            )
         return list(
             await conn.fetch(
                 "SELECT address, reason, source, detail, created_at FROM suppressions "

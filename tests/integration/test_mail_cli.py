@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from streams.cli.main import app
 from streams.contract.codec import Codec
+from streams.db.asm import create_group
 from streams.settings import Settings
 from tests.integration.helpers import eventually
 from tests.integration.test_deliver_pipeline import _send, _states, _tenant, send_request
@@ -118,3 +119,39 @@ async def test_trace_prints_every_hop_of_a_message(stack: Settings, codec: Codec
     code, output = await _cli(stack, "trace", message_id, "--tenant", "someone-else")
     assert code == 1
     assert "no message" in output
+
+
+async def test_suppression_commands_take_a_group_of_the_tenant_only(stack: Settings) -> None:
+    tenant, _ = await _tenant(stack)
+    other, _ = await _tenant(stack)
+    conn = await asyncpg.connect(stack.dsn)
+    try:
+        made = await create_group(conn, tenant, "Digest", "", False)
+        theirs = await create_group(conn, other, "Digest", "", False)
+    finally:
+        await conn.close()
+    assert made is not None
+    assert theirs is not None
+    group = str(made.group_id)
+    code, output = await _cli(
+        stack, "suppression", "add", "--tenant", tenant, "--group", group, "Left@X.example"
+    )
+    assert code == 0, output
+    assert f"in group {group}" in output
+    code, output = await _cli(
+        stack, "suppression", "add", "--tenant", tenant, "--group", str(theirs.group_id), "a@x.org"
+    )
+    assert code == 1
+    assert "no suppression group" in output
+
+    async def listed(*group_args: str) -> list[str]:
+        _, out = await _cli(stack, "suppression", "list", "--tenant", tenant, "--json", *group_args)
+        return [r["address"] for r in json.loads(out)]
+
+    assert await eventually(lambda: listed("--group", group), lambda a: a == ["left@x.example"])
+    assert await listed() == []  # the global list does not hold a group's member
+    code, output = await _cli(
+        stack, "suppression", "remove", "--tenant", tenant, "--group", group, "left@x.example"
+    )
+    assert code == 0, output
+    assert await eventually(lambda: listed("--group", group), lambda a: a == []) == []
