@@ -13,8 +13,11 @@ however many requests touched them."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import Any
+
+from opentelemetry.trace import Span
 
 from streams.contract.build import suppression_key
 from streams.contract.codec import Codec
@@ -38,6 +41,7 @@ from streams.gate.core import (
 from streams.gate.trust import Trust
 from streams.kafka.config import TopicNames
 from streams.kafka.limits import DEFAULT_LIMIT, LimitReader, RecordLimit
+from streams.obs import tracing
 from streams.runtime.deadletter import dead_letter
 from streams.runtime.records import Consumed, Out
 from streams.runtime.stage import Held, Step
@@ -157,8 +161,12 @@ class GateStage:
         state = Overlay(self.store)
         step = Step()
         for record in batch:
-            result, deferrals = await self._one(state, record, now)
-            step.outputs.extend(self.outputs.of(record, result, now, deferrals))
+            with _span(record) as span:
+                result, deferrals = await self._one(state, record, now)
+                mark = len(step.outputs)
+                step.outputs.extend(self.outputs.of(record, result, now, deferrals))
+                if span.is_recording():
+                    _traced(span, result, step.outputs, mark)
             step.outcomes[result.outcome] += 1
         state.apply()
         return step
@@ -250,6 +258,21 @@ class GateStage:
         return _crashed(self.outputs, record, error, now)
 
 
+def _span(record: Consumed, stage: str = STAGE) -> AbstractContextManager[Span]:
+    return tracing.record_span(stage, record.topic, record.partition, record.offset, record.headers)
+
+
+def _traced(span: Span, result: GateResult, outputs: list[Out], since: int) -> None:
+    """The gate's span names the message and its decision; what it produced carries it."""
+    message_id = next((task["message_id"] for _, _, task in result.deliveries), None)
+    if message_id is None:
+        message_id = next((ev["message_id"] for ev in result.events if ev["message_id"]), None)
+    if message_id:
+        span.set_attribute(tracing.MESSAGE_ID, message_id)
+    span.set_attribute("postwire.outcome", result.outcome)
+    tracing.stamp(outputs, since)
+
+
 def _crashed(outputs: GateOutputs, record: Consumed, error: Exception, now: datetime) -> Step:
     topic = outputs.topics.rejections
     step = Step(outputs=[dead_letter(outputs.codec, topic, STAGE, record, error, now)])
@@ -286,7 +309,9 @@ class DeferralStage:
                 continue
             deferrals = record.header(DEFERRALS) or b"1"
             headers = (*carried(record.headers), (DEFERRALS, deferrals))
-            step.outputs.append(Out(self.topics.requests, record.key, record.value, headers))
+            with _span(record, self.name):
+                traced = tracing.with_context(headers)
+            step.outputs.append(Out(self.topics.requests, record.key, record.value, traced))
             step.outcomes["released"] += 1
         return step
 
