@@ -349,6 +349,8 @@ class Settings(BaseSettings):
     # the share of traces that start here which are kept (a parent's decision is followed)
     tracing_sample_ratio: float = Field(default=1.0, ge=0, le=1)
     tracing_service_prefix: str = "postwire"
+    # the trace UI's base URL (Jaeger), for the search `postwire trace` prints; display only
+    tracing_ui: str | None = None
     # the install's server secret (hex or base64, 32 bytes or more): message ids, API keys and
     # DKIM keys sealed at rest derive their keys from it. Unset: a random one made once under
     # data_dir (mode 0600). Every machine of one install must share it.
