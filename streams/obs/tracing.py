@@ -19,6 +19,7 @@ import os
 import socket
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -32,8 +33,10 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 __all__ = [
     "MESSAGE_ID",
+    "ORIGIN",
     "TRACE_HEADERS",
     "TracingSettings",
+    "attempt_span",
     "batch_span",
     "enabled",
     "extract",
@@ -52,6 +55,10 @@ __all__ = [
 ]
 
 TRACE_HEADERS = ("traceparent", "tracestate")
+# the traceparent a delivery task first entered its lane with (the gate's span): a retry's
+# attempt is its child, linked to the attempt that deferred it (the record's traceparent)
+ORIGIN = "postwire-trace-origin"
+_REPLACED = frozenset((*TRACE_HEADERS, ORIGIN))
 MESSAGE_ID = "postwire.message_id"  # searchable as a tag in Jaeger
 EXPORT_DELAY_MS = 1000  # spans wait at most this long in the process before they are sent
 NAME = "postwire"
@@ -98,8 +105,13 @@ class _State:
         self.tracer: Tracer = trace.NoOpTracer()
         self.provider: Any = None  # the SDK's TracerProvider once set up (imported only then)
 
+    def reset(self) -> None:
+        self.on, self.tracer, self.provider = False, trace.NoOpTracer(), None
+
 
 _state = _State()
+# the origin the records produced now carry (set in an attempt's span, or resumed)
+_origin: ContextVar[bytes | None] = ContextVar("postwire_trace_origin", default=None)
 
 
 def enabled() -> bool:
@@ -157,7 +169,7 @@ def uninstall() -> None:
     """Back to off, spans still buffered sent first."""
     if _state.provider is not None:
         _state.provider.force_flush()
-    _state.__init__()  # type: ignore[misc]
+    _state.reset()
 
 
 # -- the carrier
@@ -184,12 +196,22 @@ def link_of(headers: Headers | None) -> Link | None:
 def _current_headers() -> list[tuple[str, bytes]]:
     carrier: list[tuple[str, bytes]] = []
     _PROPAGATOR.inject(carrier, setter=_SETTER)
+    origin = _origin.get()
+    if carrier and origin is not None:
+        carrier.append((ORIGIN, origin))
     return carrier
 
 
 def _merged(headers: Headers, carrier: list[tuple[str, bytes]]) -> tuple[tuple[str, bytes], ...]:
-    kept = [(k, bytes(v)) for k, v in headers if k not in TRACE_HEADERS and v is not None]
+    kept = [(k, bytes(v)) for k, v in headers if k not in _REPLACED and v is not None]
     return (*kept, *carrier)
+
+
+def _header(headers: Headers | None, name: str) -> bytes | None:
+    for key, value in headers or ():
+        if key == name and value is not None:
+            return bytes(value)
+    return None
 
 
 def with_context(headers: Produced) -> Produced:
@@ -214,11 +236,13 @@ def stamp(outputs: list[Any], since: int = 0) -> None:
 
 
 @contextlib.contextmanager
-def _attached(found: Context) -> Iterator[None]:
+def _attached(found: Context, origin: bytes | None) -> Iterator[None]:
     token = otel_context.attach(found)
+    kept = _origin.set(origin)
     try:
         yield
     finally:
+        _origin.reset(kept)
         otel_context.detach(token)
 
 
@@ -228,7 +252,7 @@ def resumed(headers: Headers | None) -> contextlib.AbstractContextManager[Any]:
     if not _state.on:
         return _NOOP
     found = extract(headers)
-    return _NOOP if found is None else _attached(found)
+    return _NOOP if found is None else _attached(found, _header(headers, ORIGIN))
 
 
 # -- spans
@@ -243,6 +267,18 @@ def _messaging(topic: str, operation: str) -> dict[str, Any]:
     }
 
 
+def _record_attributes(
+    stage: str, topic: str, partition: int, offset: int, message_id: str | None
+) -> dict[str, Any]:
+    attributes = _messaging(topic, "process")
+    attributes["messaging.kafka.destination.partition"] = partition
+    attributes["messaging.kafka.message.offset"] = offset
+    attributes["postwire.stage"] = stage
+    if message_id:
+        attributes[MESSAGE_ID] = message_id
+    return attributes
+
+
 def record_span(
     stage: str,
     topic: str,
@@ -251,23 +287,67 @@ def record_span(
     headers: Headers | None,
     message_id: str | None = None,
 ) -> contextlib.AbstractContextManager[Span]:
-    """One record through one stage (gate, verify, a deliver attempt): a child of the span that
-    produced the record, so the record's trace goes on; current while the stage produces the
-    record's outputs (``stamp``, the deliver shell's topics)."""
+    """One record through one stage (gate, deferral, verify): a child of the span that produced
+    the record, so the record's trace goes on; current while the stage produces the record's
+    outputs (``stamp``, ``with_context``)."""
     if not _state.on:
         return _NOOP
-    attributes = _messaging(topic, "process")
-    attributes["messaging.kafka.destination.partition"] = partition
-    attributes["messaging.kafka.message.offset"] = offset
-    attributes["postwire.stage"] = stage
-    if message_id:
-        attributes[MESSAGE_ID] = message_id
     return _state.tracer.start_as_current_span(
         f"{stage} process",
         context=extract(headers),  # None: under the current span (the batch's), a new trace
         kind=SpanKind.CONSUMER,
-        attributes=attributes,
+        attributes=_record_attributes(stage, topic, partition, offset, message_id),
     )
+
+
+def attempt_span(
+    stage: str,
+    topic: str,
+    partition: int,
+    offset: int,
+    headers: Headers | None,
+    message_id: str | None = None,
+) -> contextlib.AbstractContextManager[Span]:
+    """One delivery attempt. The first is a child of the record's span (the gate's); a retry,
+    back from a delay topic, is a child of that same origin and links the attempt that deferred
+    it, so a message's attempts are siblings in its trace, each retry linked to the one before."""
+    if not _state.on:
+        return _NOOP
+    return _attempt(stage, topic, partition, offset, headers, message_id)
+
+
+@contextlib.contextmanager
+def _attempt(
+    stage: str,
+    topic: str,
+    partition: int,
+    offset: int,
+    headers: Headers | None,
+    message_id: str | None,
+) -> Iterator[Span]:
+    carried = extract(headers)
+    raw_origin = _header(headers, ORIGIN)
+    origin = extract([("traceparent", raw_origin)]) if raw_origin else None
+    links: list[Link] = []
+    parent: Context | None = origin
+    if origin is not None:
+        if carried is not None:
+            links.append(Link(trace.get_current_span(carried).get_span_context()))
+    else:
+        parent, raw_origin = carried, _header(headers, "traceparent")
+    attributes = _record_attributes(stage, topic, partition, offset, message_id)
+    token = _origin.set(raw_origin)  # what this attempt produces (a retry) keeps the origin
+    try:
+        with _state.tracer.start_as_current_span(
+            f"{stage} process",
+            context=parent,
+            kind=SpanKind.CONSUMER,
+            links=links,
+            attributes=attributes,
+        ) as span:
+            yield span
+    finally:
+        _origin.reset(token)
 
 
 def batch_span(
@@ -339,13 +419,14 @@ def producer_span(topic: str, count: int) -> contextlib.AbstractContextManager[S
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+UNTRACED = frozenset({"/healthz", "/livez", "/metrics"})  # probes and scrapes: noise in a trace
 
 
 @web.middleware
 async def http_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """A SERVER span per request, HTTP semantic conventions; the route's pattern, never its
     values, names it (an address in a suppression path stays out)."""
-    if not _state.on:
+    if not _state.on or request.path in UNTRACED:
         return await handler(request)
     resource = request.match_info.route.resource
     route = resource.canonical if resource is not None else None

@@ -421,7 +421,7 @@ class DeliverShell:
             if step is not None:
                 return step
             where = ready.position
-            with tracing.record_span(
+            with tracing.attempt_span(
                 STAGE, where.topic, where.partition, where.offset, ready.headers, task["message_id"]
             ) as span:
                 return await self._send(ready, attempt, span)

@@ -150,6 +150,40 @@ async def test_what_a_forwarding_hop_produces_stays_in_the_records_trace(
     assert bare[0].headers == ()  # no context current: nothing invented
 
 
+def test_a_retry_is_a_sibling_of_the_attempt_it_follows_and_links_it(
+    spans: InMemorySpanExporter,
+) -> None:
+    with tracing.producer_span("pw.requests", 1):
+        pass
+    with tracing.record_span("gate", "pw.requests", 0, 1, ()) as gate:
+        task = tracing.with_context(())
+    where = ("pw.deliveries.tx", 0, 5)
+    with tracing.attempt_span("deliver", *where, task, "m-1") as first:
+        retry = tracing.with_context((("postwire-enqueued-at", b"1"),))
+    names = [n for n, _ in retry]
+    assert names == ["postwire-enqueued-at", "traceparent", tracing.ORIGIN]
+    # the delay tier forwards it as it came (its context and its origin)
+    with tracing.resumed(retry):
+        forwarded = tracing.with_context(())
+    assert dict(forwarded) == {k: v for k, v in retry if k != "postwire-enqueued-at"}
+    with tracing.attempt_span("deliver", "pw.deliveries.tx", 0, 9, forwarded, "m-1") as second:
+        again = tracing.with_context(())
+    done = [s for s in spans.get_finished_spans() if s.name == "deliver process"]
+    one, two = sorted(done, key=lambda s: s.start_time or 0)
+    gate_id = gate.get_span_context().span_id
+    assert one.context.span_id == first.get_span_context().span_id
+    assert two.context.span_id == second.get_span_context().span_id
+    assert one.parent is not None
+    assert one.parent.span_id == gate_id
+    assert not one.links
+    assert two.parent is not None
+    assert two.parent.span_id == gate_id  # a sibling, not a child of the first
+    assert [x.context.span_id for x in two.links] == [one.context.span_id]
+    assert one.context.trace_id == two.context.trace_id == gate.get_span_context().trace_id
+    # the second attempt's own retry still points at the gate
+    assert dict(again)[tracing.ORIGIN] == dict(retry)[tracing.ORIGIN] == dict(task)["traceparent"]
+
+
 async def test_write_span_links_the_batch_it_writes(spans: InMemorySpanExporter) -> None:
     with tracing.producer_span("pw.events", 1):
         headers = tracing.with_context(())
