@@ -224,12 +224,18 @@ _BUCKET: contextvars.ContextVar[list[Out]] = contextvars.ContextVar("postwire_de
 T = TypeVar("T")
 
 
-async def collected(work: Awaitable[T]) -> tuple[T, list[Out]]:
-    """Run ``work`` and return what it produced through the outputs below."""
+async def collected(work: Awaitable[T], headers: Any = None) -> tuple[T, list[Out]]:
+    """Run ``work`` and return what it produced through the outputs below; with tracing on,
+    in the context of the record whose ``headers`` are given (what it produces stays in the
+    record's trace)."""
     bucket: list[Out] = []
     token = _BUCKET.set(bucket)
     try:
-        result = await work
+        if headers and tracing.enabled():
+            with tracing.resumed(headers):
+                result = await work
+        else:
+            result = await work
     finally:
         _BUCKET.reset(token)
     return result, bucket
@@ -671,10 +677,10 @@ class LaneStage:
             future: asyncio.Future[Step] = loop.create_future()
             futures.append(future)
             position = SourcePosition(record.topic, record.partition, record.offset)
-            with tracing.resumed(record.headers):
-                judged, outputs = await collected(
-                    self.shell.judge(record.value, record.key, position, record.headers)
-                )
+            judged, outputs = await collected(
+                self.shell.judge(record.value, record.key, position, record.headers),
+                record.headers,
+            )
             if isinstance(judged, str):
                 future.set_result(Step(outputs=outputs, outcomes=Counter({judged: 1})))
                 continue
@@ -725,10 +731,10 @@ class LaneStage:
         step = Step()
         for record in batch:
             position = SourcePosition(record.topic, record.partition, record.offset)
-            with tracing.resumed(record.headers):
-                outcome, outputs = await collected(
-                    self.shell.handle(record.value, record.key, position, record.headers)
-                )
+            outcome, outputs = await collected(
+                self.shell.handle(record.value, record.key, position, record.headers),
+                record.headers,
+            )
             step.outputs.extend(outputs)
             step.outcomes[outcome] += 1
         return step
@@ -781,10 +787,10 @@ class DelayStage:
             if tp in step.held:
                 continue
             # back on its lane in its own trace (the tier's batch span links it)
-            with tracing.resumed(record.headers):
-                until, outputs = await collected(
-                    self.shell.delay(self.seconds, record.value or b"", record.key, record.headers)
-                )
+            until, outputs = await collected(
+                self.shell.delay(self.seconds, record.value or b"", record.key, record.headers),
+                record.headers,
+            )
             step.outputs.extend(outputs)
             if until is None:
                 step.outcomes["released"] += 1

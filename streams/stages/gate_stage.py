@@ -160,16 +160,27 @@ class GateStage:
             await self.directory.ready.wait()
         state = Overlay(self.store)
         step = Step()
+        traced = tracing.enabled()  # off: not even a no-op span per record
         for record in batch:
-            with _span(record) as span:
+            if traced:
+                result, deferrals = await self._traced(state, record, now, step.outputs)
+            else:
                 result, deferrals = await self._one(state, record, now)
-                mark = len(step.outputs)
                 step.outputs.extend(self.outputs.of(record, result, now, deferrals))
-                if span.is_recording():
-                    _traced(span, result, step.outputs, mark)
             step.outcomes[result.outcome] += 1
         state.apply()
         return step
+
+    async def _traced(
+        self, state: Overlay, record: Consumed, now: datetime, outputs: list[Out]
+    ) -> tuple[GateResult, int]:
+        """``_one`` in the record's span, its outputs carrying the span."""
+        with _span(record) as span:
+            result, deferrals = await self._one(state, record, now)
+            mark = len(outputs)
+            outputs.extend(self.outputs.of(record, result, now, deferrals))
+            _annotate(span, result, outputs, mark)
+        return result, deferrals
 
     async def _one(self, state: Overlay, record: Consumed, now: datetime) -> tuple[GateResult, int]:
         decoded = admit(self.codec, record.value, record.key, record.position, now, self.limit)
@@ -262,7 +273,7 @@ def _span(record: Consumed, stage: str = STAGE) -> AbstractContextManager[Span]:
     return tracing.record_span(stage, record.topic, record.partition, record.offset, record.headers)
 
 
-def _traced(span: Span, result: GateResult, outputs: list[Out], since: int) -> None:
+def _annotate(span: Span, result: GateResult, outputs: list[Out], since: int) -> None:
     """The gate's span names the message and its decision; what it produced carries it."""
     message_id = next((task["message_id"] for _, _, task in result.deliveries), None)
     if message_id is None:
@@ -309,9 +320,10 @@ class DeferralStage:
                 continue
             deferrals = record.header(DEFERRALS) or b"1"
             headers = (*carried(record.headers), (DEFERRALS, deferrals))
-            with _span(record, self.name):
-                traced = tracing.with_context(headers)
-            step.outputs.append(Out(self.topics.requests, record.key, record.value, traced))
+            if tracing.enabled():
+                with _span(record, self.name):
+                    headers = (*tracing.with_context(headers),)
+            step.outputs.append(Out(self.topics.requests, record.key, record.value, headers))
             step.outcomes["released"] += 1
         return step
 

@@ -19,7 +19,7 @@ from streams.obs import tracing
 from streams.obs.metrics import EndToEnd
 from streams.runtime.cache import BoundedCache
 from streams.runtime.deadletter import dead_letter
-from streams.runtime.records import Consumed, Out
+from streams.runtime.records import Consumed, Headers, Out
 from streams.runtime.stage import Step
 from streams.runtime.state import Store
 from streams.settings import VerifySettings
@@ -152,16 +152,20 @@ class VerifyStage:
     async def _verify(
         self, record: Consumed, task: VerifyTask, now: datetime
     ) -> tuple[VerificationResult, Out]:
-        """One verification and its record, in the span of its own record."""
+        """One verification and its record; with tracing on, in the span of its own record."""
+        if not tracing.enabled():
+            result = await self.verifier.verify(task, now, self._durable(record))
+            return result, self._output(result, ())
         where = (record.topic, record.partition, record.offset)
         with tracing.record_span(STAGE, *where, record.headers) as span:
             result = await self.verifier.verify(task, now, self._durable(record))
-            if span.is_recording():
-                span.set_attribute("postwire.verdict", result["is_reachable"])
-            value = self.codec.encode("VerificationResult", result)
-            key = result["request_id"].encode()
-            out = Out(self.topics.verifications, key, value, tracing.with_context(()))
+            span.set_attribute("postwire.verdict", result["is_reachable"])
+            out = self._output(result, tracing.with_context(()))
         return result, out
+
+    def _output(self, result: VerificationResult, headers: Headers) -> Out:
+        value = self.codec.encode("VerificationResult", result)
+        return Out(self.topics.verifications, result["request_id"].encode(), value, headers)
 
     def _durable(self, record: Consumed) -> MutableMapping[str, Any] | None:
         return None if self.store is None else _PartitionView(self.store, record.partition)
