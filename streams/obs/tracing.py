@@ -437,7 +437,7 @@ async def http_middleware(request: web.Request, handler: Handler) -> web.StreamR
     }
     if route:
         attributes["http.route"] = route
-    parent = _PROPAGATOR.extract(dict(request.headers))  # a caller's traceparent, if any
+    parent = _PROPAGATOR.extract(request.headers)  # a caller's traceparent (any case)
     name = f"{request.method} {route}" if route else request.method
     with _state.tracer.start_as_current_span(
         name, context=parent, kind=SpanKind.SERVER, attributes=attributes

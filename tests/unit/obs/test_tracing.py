@@ -252,3 +252,23 @@ def test_traces_url_appends_the_otlp_path_once() -> None:
 def test_setup_with_no_endpoint_installs_nothing() -> None:
     assert tracing.setup(tracing.TracingSettings(), "api") is False
     assert not tracing.enabled()
+
+
+async def test_the_http_span_joins_a_callers_traceparent(spans: InMemorySpanExporter) -> None:
+    async def handler(request: web.Request) -> web.Response:
+        return web.Response(status=200)
+
+    app = web.Application(middlewares=[tracing.http_middleware])
+    app.router.add_get("/v1/events", handler)
+    app.router.add_get("/healthz", handler)
+    caller = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    async with TestServer(app, host="127.0.0.1") as server, aiohttp.ClientSession() as session:
+        async with session.get(server.make_url("/v1/events"), headers={"TraceParent": caller}):
+            pass
+        async with session.get(server.make_url("/healthz")):
+            pass
+    (http,) = spans.get_finished_spans()  # the health check is not traced
+    assert http.name == "GET /v1/events"
+    assert f"{http.context.trace_id:032x}" == "0af7651916cd43dd8448eb211c80319c"
+    assert http.parent is not None
+    assert f"{http.parent.span_id:016x}" == "b7ad6b7169203331"
