@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
+from opentelemetry.trace import Link
 
 from sinks.batching import Batch, BatchBuffer
 from sinks.mapping import dead_letter_row, map_record, origin_of
@@ -23,6 +24,7 @@ from streams.kafka.commit import commit_owned
 from streams.kafka.config import client_options
 from streams.kafka.connect import start_client
 from streams.kafka.metadata import wait_for_cluster
+from streams.obs import tracing
 from streams.obs.health import Check, Probe, phase_checks, verdict
 from streams.obs.http import metrics_app, serve
 from streams.obs.lag import LagMonitor
@@ -88,6 +90,7 @@ class SinkRunner:
         # epoch seconds of the requests behind the buffered rows, for end-to-end latency
         self._born: list[float] = []
         self._born_field = BORN.get(spec.record)
+        self._links: list[Link] = []  # to the spans of the buffered records (tracing on)
         self._row_latency = EndToEnd(f"row.{spec.table}")
         self._meter = StageMeter(f"sink.{spec.table}")
         self._batch_rows = SINK_BATCH_ROWS.labels(spec.table)
@@ -142,11 +145,14 @@ class SinkRunner:
             while not stop.is_set():
                 fetched = await consumer.getmany(timeout_ms=int(self.settings.sink_linger * 1000))
                 now = time.monotonic()
+                traced = tracing.enabled()
                 for tp, messages in fetched.items():
                     for msg in messages:
                         table, row = self._map(msg)
                         origin = origin_of(msg)
                         self.buffer.add(tp, msg.offset, table, row, now, origin)
+                        if traced:
+                            self._link(msg)
                 if self.buffer.due(time.monotonic()):
                     await self._flush(consumer, stop)
             if self.buffer.due(float("inf")):
@@ -157,9 +163,21 @@ class SinkRunner:
             await consumer.stop()
             log.info("sink %s stopped after %d rows", self.spec.table, self.rows_written)
 
+    def _link(self, msg: ConsumerRecord[bytes, bytes]) -> None:
+        link = tracing.link_of(msg.headers)
+        if link is not None:
+            self._links.append(link)
+
     async def _flush(self, consumer: AIOKafkaConsumer, stop: asyncio.Event) -> None:
         batch = self.buffer.take()
         born, self._born = self._born, []
+        links, self._links = self._links, []
+        with tracing.write_span(self.spec.table, self.spec.topic, len(batch), links):
+            await self._write(consumer, stop, batch, born)
+
+    async def _write(
+        self, consumer: AIOKafkaConsumer, stop: asyncio.Event, batch: Batch, born: list[float]
+    ) -> None:
         delay = 0.5
         while True:
             try:

@@ -2,11 +2,12 @@
 
 The knobs are flat (their names are the environment's), and grouped by the part they configure:
 ``settings.kafka``, ``.database``, ``.gate``, ``.verify``, ``.delivery``, ``.api``, ``.sinks``,
-``.logs`` and ``.stack`` are small frozen value objects, and a part is handed only its group.
+``.logs``, ``.tracing`` and ``.stack`` are small frozen value objects, and a part is handed only
+its group.
 The groups of the bottom layer are defined there (``KafkaSettings``, ``DatabaseSettings``,
-``LogSettings``); the domain's policies (retry ladder, destination limits, breaker) are built
-from ``.delivery`` by the runtime (``streams.stages.policies``), so this module imports no
-domain code."""
+``LogSettings``, ``TracingSettings``); the domain's policies (retry ladder, destination
+limits, breaker) are built from ``.delivery`` by the runtime (``streams.stages.policies``), so
+this module imports no domain code."""
 
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ from streams.kafka.config import (
     TopicNames,
 )
 from streams.obs.logs import LogSettings
+from streams.obs.tracing import TracingSettings
 from streams.secret import SECRET_FILE, ServerSecret, load_server_secret
 
 __all__ = [
@@ -340,6 +342,15 @@ class Settings(BaseSettings):
     # so every process of one install hashes an address the same way. Set it to correlate
     # across machines (and keep it secret: with it, a guessed address can be confirmed).
     log_hash_key: SecretStr | None = None
+    # OpenTelemetry traces (streams/obs/tracing.py): the OTLP/HTTP collector's base URL (the
+    # spans go to <url>/v1/traces); unset: tracing is off and costs nothing. Each process is
+    # the service <tracing_service_prefix>-<role> (api, worker, sinks, inbound).
+    tracing_endpoint: str | None = None
+    # the share of traces that start here which are kept (a parent's decision is followed)
+    tracing_sample_ratio: float = Field(default=1.0, ge=0, le=1)
+    tracing_service_prefix: str = "postwire"
+    # the trace UI's base URL (Jaeger), for the search `postwire trace` prints; display only
+    tracing_ui: str | None = None
     # the install's server secret (hex or base64, 32 bytes or more): message ids, API keys and
     # DKIM keys sealed at rest derive their keys from it. Unset: a random one made once under
     # data_dir (mode 0600). Every machine of one install must share it.
@@ -711,6 +722,12 @@ class Settings(BaseSettings):
     @cached_property
     def logs(self) -> LogSettings:
         return LogSettings(self.log_level, self.log_format, self.log_hash_key, self.data_dir)
+
+    @cached_property
+    def tracing(self) -> TracingSettings:
+        return TracingSettings(
+            self.tracing_endpoint, self.tracing_sample_ratio, self.tracing_service_prefix
+        )
 
     @cached_property
     def stack(self) -> StackSettings:

@@ -39,6 +39,7 @@ from streams.errors import (
 from streams.kafka.config import client_options
 from streams.kafka.limits import flow_topics
 from streams.kafka.metadata import wait_for_cluster
+from streams.obs import tracing
 from streams.settings import Settings
 
 __all__ = ["Api", "Caller", "Handler", "json_body", "problem", "reply"]
@@ -177,10 +178,15 @@ class Api:
         """Produce (key, value) records (with ``headers[i]`` for the i-th, if given) and wait
         until Kafka acknowledged all of them; a record too large for the pipeline raises
         RecordTooLargeError before any is sent."""
-        await self.producer.send_all(
-            topic,
-            [(key, value, headers[i] if headers else ()) for i, (key, value) in enumerate(records)],
-        )
+        with tracing.producer_span(topic, len(records)):
+            # each record carries the publish span (the request's trace goes on at the gate)
+            await self.producer.send_all(
+                topic,
+                [
+                    (key, value, tracing.with_context(headers[i] if headers else ()))
+                    for i, (key, value) in enumerate(records)
+                ],
+            )
 
     async def publish_requests(self, caller: Caller, records: Sequence[EmailRequest]) -> None:
         """The caller's requests onto ``requests``, each signed by the ingress for its key id."""

@@ -59,6 +59,7 @@ from streams.api.webhook_routes import (
 )
 from streams.kafka.config import client_options
 from streams.mail.dns import MxResolver
+from streams.obs import tracing
 from streams.obs.health import Check, Probe, Verdict, verdict
 from streams.obs.http import metrics_handler, metrics_middleware
 from streams.obs.logs import configure_logging
@@ -119,7 +120,7 @@ class Ingress(Api):
     def app(self) -> web.Application:
         app = web.Application(
             client_max_size=self.settings.api_max_body,
-            middlewares=[metrics_middleware, conditional_middleware],
+            middlewares=[tracing.http_middleware, metrics_middleware, conditional_middleware],
         )
         for method, path, scope, handler in ROUTES:
             app.router.add_route(method, path, self.guard(scope, handler))
@@ -206,6 +207,7 @@ class Ingress(Api):
 def run_api(settings: Settings) -> None:
     """Serve until SIGINT/SIGTERM."""
     configure_logging(settings.logs, "api")
+    tracing.setup(settings.tracing, "api")
 
     async def main() -> None:
         runner = web.AppRunner(Ingress(settings).app(), access_log=None)

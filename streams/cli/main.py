@@ -277,11 +277,13 @@ def sink(
 ) -> None:
     """Run the Kafka -> PostgreSQL sinks until SIGINT/SIGTERM."""
     from sinks.runner import run_sinks
+    from streams.obs import tracing
     from streams.obs.logs import configure_logging
     from streams.runtime.eventloop import install_fast_loop, stop_on_signals
 
     settings = _settings()
     configure_logging(settings.logs, "sinks")
+    tracing.setup(settings.tracing, "sinks")
     install_fast_loop(kafka_tls=settings.kafka.security.tls)
 
     async def main() -> None:

@@ -5,21 +5,27 @@ Each hop is a point in time the pipeline recorded: the request was made, the gat
 (`processed`), every attempt (`deferred` with the receiver's reply, `delivered`, `bounced`),
 and when each event's row reached PostgreSQL. The gaps between them are where the time went:
 a long wait before `processed` is the gate (or a deferral), between attempts the retry ladder,
-between an event and its row the sinks."""
+between an event and its row the sinks.
+
+With tracing on (``POSTWIRE_TRACING_ENDPOINT``) the same path is a trace whose spans carry the
+message id as ``postwire.message_id``: the command says so, with a Jaeger search for it when
+``POSTWIRE_TRACING_UI`` names the UI."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any
+from urllib.parse import urlencode
 
 import orjson
 import typer
 from rich.table import Table
 
-from streams.cli.common import fail, out, run, with_db
+from streams.cli.common import fail, out, run, settings, with_db
+from streams.obs.tracing import MESSAGE_ID
 
-__all__ = ["Hop", "hops", "trace"]
+__all__ = ["Hop", "hops", "jaeger_search", "trace", "traces_hint"]
 
 
 @dataclass(frozen=True)
@@ -57,6 +63,24 @@ def hops(requests: list[dict[str, Any]], events: list[dict[str, Any]]) -> list[H
         if e.get("landed_at") is not None:
             found.append(Hop(e["landed_at"], f"{e['type']} row", recipient, "in PostgreSQL"))
     return sorted(found, key=lambda h: h.at)
+
+
+def jaeger_search(ui: str, service: str, message_id: str) -> str:
+    """Jaeger's search page for the spans of ``message_id`` (pure)."""
+    query = urlencode({"service": service, "tags": orjson.dumps({MESSAGE_ID: message_id})})
+    return f"{ui.rstrip('/')}/search?{query}"
+
+
+def traces_hint(
+    endpoint: str | None, ui: str | None, service_prefix: str, message_id: str
+) -> str | None:
+    """Where the message's spans are, when tracing is on (pure); None when it is off."""
+    if not endpoint:
+        return None
+    where = f"tag {MESSAGE_ID}={message_id}"
+    if ui:
+        where += f": {jaeger_search(ui, f'{service_prefix}-api', message_id)}"
+    return f"traces (exported to {endpoint}): search the spans by {where}"
 
 
 def _ms(seconds: float) -> str:
@@ -108,3 +132,9 @@ def trace(
         )
         previous = hop.at
     out.print(grid)
+    current = settings()
+    hint = traces_hint(
+        current.tracing_endpoint, current.tracing_ui, current.tracing_service_prefix, message_id
+    )
+    if hint:
+        out.print(hint, markup=False, highlight=False)

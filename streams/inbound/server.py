@@ -49,6 +49,7 @@ from streams.kafka.records import SourcePosition
 from streams.mail import unsubscribe
 from streams.mail.reports import FeedbackReport, Report, parse_report
 from streams.mail.verp import decode
+from streams.obs import tracing
 from streams.obs.health import Check, verdict
 from streams.obs.health import Verdict as Health
 from streams.obs.http import metrics_app, serve
@@ -401,6 +402,7 @@ class InboundServer:
 def run_inbound(settings: Settings) -> None:
     """Serve until SIGINT/SIGTERM."""
     configure_logging(settings.logs, "inbound")
+    tracing.setup(settings.tracing, "inbound")
 
     async def main() -> None:
         server = InboundServer(settings)

@@ -28,6 +28,7 @@ from streams.clock import Clock, wall_clock
 from streams.kafka.commit import commit_owned
 from streams.kafka.config import ClientOptions
 from streams.kafka.connect import start_client
+from streams.obs import tracing
 from streams.obs.metrics import (
     BATCH_RECORDS,
     RECORDS,
@@ -341,7 +342,8 @@ class StageRunner:
             tp = TopicPartition(record.topic, record.partition)
             self._order.setdefault(tp, deque()).append(record.offset)
             self._started[tp] = max(self._started.get(tp, 0), record.offset + 1)
-        futures = await self._admitted(batch)
+        with tracing.batch_span(self.stage.name, batch[0].topic, batch):
+            futures = await self._admitted(batch)
         for record, future in zip(batch, futures, strict=True):
             self._open.add(future)
             future.add_done_callback(functools.partial(self._on_finished, record))
@@ -549,7 +551,8 @@ class StageRunner:
         if not batch:
             return
         started = time.perf_counter()
-        step = await self._watched(self._process(batch), len(batch))
+        with tracing.batch_span(self.stage.name, batch[0].topic, batch):
+            step = await self._watched(self._process(batch), len(batch))
         # outputs leave at once (the next stage is waiting for them); the next batch is fetched
         # and decided while Kafka acknowledges these
         self._unsettled.extend(await self.producer.send(step.outputs))

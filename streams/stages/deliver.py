@@ -34,6 +34,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
+from opentelemetry.trace import Span
+
 from streams.clock import Clock
 from streams.contract.build import lane_of, make_event, make_suppression, rejection, suppression_key
 from streams.contract.codec import Codec
@@ -60,6 +62,7 @@ from streams.kafka.read import read_compacted
 from streams.kafka.records import SourcePosition
 from streams.kafka.topics import changelog_topic
 from streams.mail.dns import MxResolver
+from streams.obs import tracing
 from streams.obs.metrics import EndToEnd
 from streams.runtime.deadletter import dead_letter
 from streams.runtime.records import Consumed, Out, header
@@ -221,12 +224,18 @@ _BUCKET: contextvars.ContextVar[list[Out]] = contextvars.ContextVar("postwire_de
 T = TypeVar("T")
 
 
-async def collected(work: Awaitable[T]) -> tuple[T, list[Out]]:
-    """Run ``work`` and return what it produced through the outputs below."""
+async def collected(work: Awaitable[T], headers: Any = None) -> tuple[T, list[Out]]:
+    """Run ``work`` and return what it produced through the outputs below; with tracing on,
+    in the context of the record whose ``headers`` are given (what it produces stays in the
+    record's trace)."""
     bucket: list[Out] = []
     token = _BUCKET.set(bucket)
     try:
-        result = await work
+        if headers and tracing.enabled():
+            with tracing.resumed(headers):
+                result = await work
+        else:
+            result = await work
     finally:
         _BUCKET.reset(token)
     return result, bucket
@@ -239,7 +248,9 @@ class _Topic:
     async def send(
         self, *, key: bytes | None, value: bytes | None, headers: Mapping[str, bytes] | None = None
     ) -> None:
-        _BUCKET.get().append(Out(self.name, key, value, tuple(headers.items()) if headers else ()))
+        # in the span of the record being worked on: the record goes on in its trace
+        pairs = tracing.with_context(tuple(headers.items()) if headers else ())
+        _BUCKET.get().append(Out(self.name, key, value, pairs))
 
 
 class Outputs:
@@ -416,7 +427,11 @@ class DeliverShell:
             step = await self._triage(ready, now)
             if step is not None:
                 return step
-            return await self._send(ready, attempt)
+            where = ready.position
+            with tracing.attempt_span(
+                STAGE, where.topic, where.partition, where.offset, ready.headers, task["message_id"]
+            ) as span:
+                return await self._send(ready, attempt, span)
         except Exception as exc:  # noqa: BLE001 - dead-lettered with the reason
             return await self._crash(ready, exc, self.clock())
         finally:
@@ -429,7 +444,8 @@ class DeliverShell:
         try:
             now = self.clock()
             at = datetime.fromtimestamp(until, tz=now.tzinfo)
-            return await self._concluded(task, postpone(task, at, reason, now), ready.queued)
+            with tracing.resumed(ready.headers):
+                return await self._concluded(task, postpone(task, at, reason, now), ready.queued)
         finally:
             self._inflight.discard(task["task_id"])
 
@@ -477,7 +493,10 @@ class DeliverShell:
         return _NOT_SENT[step.step]
 
     async def _send(
-        self, ready: Ready, attempt: Callable[[DeliveryTask], Awaitable[Conclusion]]
+        self,
+        ready: Ready,
+        attempt: Callable[[DeliveryTask], Awaitable[Conclusion]],
+        span: Span,
     ) -> str:
         task, raw, position = ready.task, ready.raw, ready.position
         tenant = task["tenant"]
@@ -495,6 +514,8 @@ class DeliverShell:
             await self.outputs.event(failed(task, now, f"{exc.code}: {exc}"))
             if ready.queued:
                 await self.index(task, None)
+            if span.is_recording():
+                span.set_attribute("postwire.outcome", "failed")
             return "failed"
         for state in self.deliverer.shaping.take_published():
             # every delivery process reads these and holds the site as this one does
@@ -505,6 +526,8 @@ class DeliverShell:
                 position.partition, task["task_id"], result.event["occurred_at"].timestamp()
             )
             self._delivered.since(task["created_at"], result.event["occurred_at"])
+        if span.is_recording():
+            _attempted(span, task, result)
         return await self._concluded(task, result, ready.queued)
 
     async def _concluded(self, task: DeliveryTask, result: Conclusion, queued: bool) -> str:
@@ -600,6 +623,22 @@ class DeliverShell:
                 await self.outputs.queue.send(key=key, value=None)
 
 
+def _attempted(span: Span, task: DeliveryTask, result: Conclusion) -> None:
+    """What an attempt's span says of it: the reply code, never the reply's text (it may quote
+    the address)."""
+    event = result.event
+    span.set_attribute("postwire.outcome", str(event["type"]))
+    span.set_attribute("postwire.attempt", task["attempt"])
+    span.set_attribute("postwire.tenant", task["tenant"])
+    smtp = event["smtp"]
+    if smtp is not None:
+        span.set_attribute("postwire.smtp.code", smtp["code"])
+        if smtp["enhanced_code"]:
+            span.set_attribute("postwire.smtp.enhanced_code", smtp["enhanced_code"])
+    if result.retry is not None:
+        span.set_attribute("postwire.retry", True)
+
+
 class LaneStage:
     """One lane's tasks: up to ``read_ahead`` admitted and not finished, waiting in memory for
     a send turn that the scheduler hands out fairly across the tenants of each site, at most
@@ -640,7 +679,8 @@ class LaneStage:
             futures.append(future)
             position = SourcePosition(record.topic, record.partition, record.offset)
             judged, outputs = await collected(
-                self.shell.judge(record.value, record.key, position, record.headers)
+                self.shell.judge(record.value, record.key, position, record.headers),
+                record.headers,
             )
             if isinstance(judged, str):
                 future.set_result(Step(outputs=outputs, outcomes=Counter({judged: 1})))
@@ -693,7 +733,8 @@ class LaneStage:
         for record in batch:
             position = SourcePosition(record.topic, record.partition, record.offset)
             outcome, outputs = await collected(
-                self.shell.handle(record.value, record.key, position, record.headers)
+                self.shell.handle(record.value, record.key, position, record.headers),
+                record.headers,
             )
             step.outputs.extend(outputs)
             step.outcomes[outcome] += 1
@@ -746,8 +787,10 @@ class DelayStage:
             tp = (record.topic, record.partition)
             if tp in step.held:
                 continue
+            # back on its lane in its own trace (the tier's batch span links it)
             until, outputs = await collected(
-                self.shell.delay(self.seconds, record.value or b"", record.key, record.headers)
+                self.shell.delay(self.seconds, record.value or b"", record.key, record.headers),
+                record.headers,
             )
             step.outputs.extend(outputs)
             if until is None:

@@ -13,8 +13,11 @@ however many requests touched them."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import Any
+
+from opentelemetry.trace import Span
 
 from streams.contract.build import record_key
 from streams.contract.codec import Codec
@@ -38,6 +41,7 @@ from streams.gate.core import (
 from streams.gate.trust import Trust
 from streams.kafka.config import TopicNames
 from streams.kafka.limits import DEFAULT_LIMIT, LimitReader, RecordLimit
+from streams.obs import tracing
 from streams.runtime.deadletter import dead_letter
 from streams.runtime.records import Consumed, Out
 from streams.runtime.stage import Held, Step
@@ -156,12 +160,27 @@ class GateStage:
             await self.directory.ready.wait()
         state = Overlay(self.store)
         step = Step()
+        traced = tracing.enabled()  # off: not even a no-op span per record
         for record in batch:
-            result, deferrals = await self._one(state, record, now)
-            step.outputs.extend(self.outputs.of(record, result, now, deferrals))
+            if traced:
+                result, deferrals = await self._traced(state, record, now, step.outputs)
+            else:
+                result, deferrals = await self._one(state, record, now)
+                step.outputs.extend(self.outputs.of(record, result, now, deferrals))
             step.outcomes[result.outcome] += 1
         state.apply()
         return step
+
+    async def _traced(
+        self, state: Overlay, record: Consumed, now: datetime, outputs: list[Out]
+    ) -> tuple[GateResult, int]:
+        """``_one`` in the record's span, its outputs carrying the span."""
+        with _span(record) as span:
+            result, deferrals = await self._one(state, record, now)
+            mark = len(outputs)
+            outputs.extend(self.outputs.of(record, result, now, deferrals))
+            _annotate(span, result, outputs, mark)
+        return result, deferrals
 
     async def _one(self, state: Overlay, record: Consumed, now: datetime) -> tuple[GateResult, int]:
         decoded = admit(self.codec, record.value, record.key, record.position, now, self.limit)
@@ -250,6 +269,21 @@ class GateStage:
         return _crashed(self.outputs, record, error, now)
 
 
+def _span(record: Consumed, stage: str = STAGE) -> AbstractContextManager[Span]:
+    return tracing.record_span(stage, record.topic, record.partition, record.offset, record.headers)
+
+
+def _annotate(span: Span, result: GateResult, outputs: list[Out], since: int) -> None:
+    """The gate's span names the message and its decision; what it produced carries it."""
+    message_id = next((task["message_id"] for _, _, task in result.deliveries), None)
+    if message_id is None:
+        message_id = next((ev["message_id"] for ev in result.events if ev["message_id"]), None)
+    if message_id:
+        span.set_attribute(tracing.MESSAGE_ID, message_id)
+    span.set_attribute("postwire.outcome", result.outcome)
+    tracing.stamp(outputs, since)
+
+
 def _crashed(outputs: GateOutputs, record: Consumed, error: Exception, now: datetime) -> Step:
     topic = outputs.topics.rejections
     step = Step(outputs=[dead_letter(outputs.codec, topic, STAGE, record, error, now)])
@@ -286,6 +320,9 @@ class DeferralStage:
                 continue
             deferrals = record.header(DEFERRALS) or b"1"
             headers = (*carried(record.headers), (DEFERRALS, deferrals))
+            if tracing.enabled():
+                with _span(record, self.name):
+                    headers = (*tracing.with_context(headers),)
             step.outputs.append(Out(self.topics.requests, record.key, record.value, headers))
             step.outcomes["released"] += 1
         return step

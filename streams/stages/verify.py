@@ -15,10 +15,11 @@ from streams.db.directory import DirectoryHolder
 from streams.errors import CodecError
 from streams.kafka.config import TopicNames
 from streams.mail.dns import MxCache, MxResolver
+from streams.obs import tracing
 from streams.obs.metrics import EndToEnd
 from streams.runtime.cache import BoundedCache
 from streams.runtime.deadletter import dead_letter
-from streams.runtime.records import Consumed, Out
+from streams.runtime.records import Consumed, Headers, Out
 from streams.runtime.stage import Step
 from streams.runtime.state import Store
 from streams.settings import VerifySettings
@@ -129,31 +130,42 @@ class VerifyStage:
             domain = task["address"].rpartition("@")[2]
             fast = not task["smtp_probe"] and self.verifier.mx_is_cached(domain)
             (ready if fast else waiting).append((record, task))
-        results: list[VerificationResult] = []
+        verified: list[tuple[VerificationResult, Out]] = []
         # no network needed: awaiting in turn costs less than a task each
         for record, task in ready:
-            results.append(await self.verifier.verify(task, now, self._durable(record)))
+            verified.append(await self._verify(record, task, now))
         if waiting:
             limit = asyncio.Semaphore(self.lookups)
 
-            async def one(record: Consumed, task: VerifyTask) -> VerificationResult:
+            async def one(record: Consumed, task: VerifyTask) -> tuple[VerificationResult, Out]:
                 async with limit:
-                    return await self.verifier.verify(task, now, self._durable(record))
+                    return await self._verify(record, task, now)
 
-            results.extend(await asyncio.gather(*(one(r, t) for r, t in waiting)))
-        encode = self.codec.encode
-        for result in results:
-            step.outputs.append(
-                Out(
-                    self.topics.verifications,
-                    result["request_id"].encode(),
-                    encode("VerificationResult", result),
-                )
-            )
+            verified.extend(await asyncio.gather(*(one(r, t) for r, t in waiting)))
+        for result, out in verified:
+            step.outputs.append(out)
             # is_reachable is a schema enum (safe, risky, invalid, unknown): a bounded label
             step.outcomes[result["is_reachable"]] += 1
             self._verified.since(result["requested_at"], now)
         return step
+
+    async def _verify(
+        self, record: Consumed, task: VerifyTask, now: datetime
+    ) -> tuple[VerificationResult, Out]:
+        """One verification and its record; with tracing on, in the span of its own record."""
+        if not tracing.enabled():
+            result = await self.verifier.verify(task, now, self._durable(record))
+            return result, self._output(result, ())
+        where = (record.topic, record.partition, record.offset)
+        with tracing.record_span(STAGE, *where, record.headers) as span:
+            result = await self.verifier.verify(task, now, self._durable(record))
+            span.set_attribute("postwire.verdict", result["is_reachable"])
+            out = self._output(result, tracing.with_context(()))
+        return result, out
+
+    def _output(self, result: VerificationResult, headers: Headers) -> Out:
+        value = self.codec.encode("VerificationResult", result)
+        return Out(self.topics.verifications, result["request_id"].encode(), value, headers)
 
     def _durable(self, record: Consumed) -> MutableMapping[str, Any] | None:
         return None if self.store is None else _PartitionView(self.store, record.partition)

@@ -31,6 +31,7 @@ from streams.kafka.limits import (
 )
 from streams.kafka.metadata import wait_for_cluster
 from streams.kafka.topics import changelog_topic
+from streams.obs import tracing
 from streams.obs.health import Check, Probe
 from streams.obs.logs import configure_logging
 from streams.runtime.eventloop import install_fast_loop
@@ -324,6 +325,7 @@ def tune_gc() -> None:
 def run_worker(settings: Settings, stages: tuple[str, ...] = STAGES) -> None:
     """Run the faust worker in this process until SIGINT/SIGTERM."""
     configure_logging(settings.logs, "worker", app=settings.app_id, stages=",".join(stages))
+    tracing.setup(settings.tracing, "worker." + "+".join(stages))
     install_fast_loop(kafka_tls=settings.kafka.security.tls)
     # faust and aiokafka build debug records on every send even when nobody prints them
     logging.disable(logging.DEBUG)

@@ -86,6 +86,7 @@ class MxServer:
     def __init__(self, host: str, port: int, behaviour: MxBehaviour) -> None:
         self.host = host
         self.port = port
+        self.behaviour = behaviour  # a test may add mailboxes of its own to ``users``
         self.stats: dict[str, int] = {}
         self.received: list[tuple[list[str], bytes]] = []
         self._lock = threading.Lock()

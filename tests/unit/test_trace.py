@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
+from urllib.parse import parse_qs, urlparse
 
-from streams.cli.trace import hops
+from streams.cli.trace import hops, jaeger_search, traces_hint
 
 T0 = datetime(2026, 12, 2, 10, 0, tzinfo=UTC)
 
@@ -57,3 +59,26 @@ def test_hops_are_in_time_order_with_replies_and_row_landings() -> None:
     )
     assert repeated[0].detail == "250 2.0.0 OK"
     assert found[-1].at - found[0].at == timedelta(seconds=61.05)
+
+
+def test_with_tracing_off_there_is_no_traces_hint() -> None:
+    assert traces_hint(None, "http://jaeger:16686", "postwire", "m1") is None
+
+
+def test_the_traces_hint_names_the_tag_and_a_jaeger_search() -> None:
+    hint = traces_hint("http://collector:4318", None, "postwire", "abc.def")
+    assert hint == (
+        "traces (exported to http://collector:4318): search the spans by tag"
+        " postwire.message_id=abc.def"
+    )
+    linked = traces_hint("http://collector:4318", "http://localhost:16686/", "pw", "abc.def")
+    assert linked is not None
+    url = linked.rpartition(": ")[2]
+    parsed = urlparse(url)
+    assert parsed.path == "/search"
+    query = parse_qs(parsed.query)
+    assert query["service"] == ["pw-api"]
+    assert json.loads(query["tags"][0]) == {"postwire.message_id": "abc.def"}
+    assert jaeger_search("http://j", "pw-api", "x") == url.replace(
+        "http://localhost:16686", "http://j"
+    ).replace("abc.def", "x")
