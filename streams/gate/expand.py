@@ -78,7 +78,7 @@ def expand(request: EmailRequest, now: datetime, suppressed: Suppressed) -> Expa
         if address.lower() in seen:
             continue
         seen.add(address.lower())
-        if (why := suppressed(tenant, address, request.get("asm_group_id"))) is not None:
+        if why := suppressed(tenant, address, request.get("asm_group_id")):
             out.events.append(_dropped(request, recipient, address, why, now))
             continue
         if request.get("sandbox"):

@@ -266,7 +266,7 @@ async def test_flush_sends_deferred_mail_now(
     request = send_request(tenant, ["joe@normal.example"])
     now = datetime.now(UTC)
     [(domain, _lane, task)] = expand(
-        {**request, "send_at": None, "reply_to": None, "substitutions": {}}, now, lambda *_: False
+        {**request, "send_at": None, "reply_to": None, "substitutions": {}}, now, lambda *_: None
     ).tasks
     # deferred once, next attempt an hour away: it waits in the longest delay topic
     deferred = {
@@ -349,7 +349,7 @@ async def test_a_redelivered_task_is_not_sent_twice(
     expansion = expand(
         {**request, "send_at": None, "reply_to": None, "substitutions": {}},
         datetime.now(UTC),
-        lambda *_: False,
+        lambda *_: None,
     )
     [(domain, lane, task)] = expansion.tasks
     # the lane's worker restarts (its ledger comes back from the changelog), then Kafka hands
