@@ -24,6 +24,7 @@ from streams.api.suppression_routes import addresses_body
 from streams.contract.build import make_suppression, record_key, suppression_key
 from streams.db import asm
 from streams.errors import GroupLimitError, IngressValidationError
+from streams.mail.headers import check_line
 from streams.mail.unsubscribe import MAX_GROUP
 
 __all__ = [
@@ -71,11 +72,14 @@ def _fields(body: object, *, creating: bool) -> tuple[str | None, str | None, bo
         name = name.strip()
         if not 1 <= len(name) <= MAX_NAME:
             check.fail("name", f"The name must be 1 to {MAX_NAME} characters.")
+        check.rule(check_line, "name", name)
     elif creating:
         check.fail("name", "The name parameter is required.")
     description = check.text(root.get("description"), "description")
     if description is not None and len(description) > MAX_DESCRIPTION:
         check.fail("description", f"The description may have {MAX_DESCRIPTION} characters.")
+    if description is not None:
+        check.rule(check_line, "description", description)
     is_default = root.get("is_default")
     if is_default is not None and not isinstance(is_default, bool):
         check.fail("is_default", "The is_default parameter must be a boolean.")
@@ -95,6 +99,16 @@ def _group_id(request: web.Request) -> int | None:
     if not _digits(raw) or not 1 <= int(raw) <= MAX_GROUP:
         return None
     return int(raw)
+
+
+def _email(request: web.Request) -> str:
+    """The path's address; a 400 for one with a control character (0x1f separates the parts
+    of a suppression's topic key)."""
+    address = request.match_info["email"].strip().lower()
+    check = Check()
+    check.rule(check_line, "email", address)
+    check.done()
+    return address
 
 
 def _no_group() -> web.Response:
@@ -229,7 +243,7 @@ async def delete_member(api: Api, request: web.Request, caller: Caller) -> web.S
     group_id = await _own_group(api, request, caller)
     if group_id is None:
         return _no_group()
-    address = request.match_info["email"].strip().lower()
+    address = _email(request)
     key = suppression_key(caller.tenant, address, group_id)
     await api.publish(api.settings.topics.suppressions, [(key, None)])
     return web.Response(status=204)
@@ -252,7 +266,7 @@ async def all_members(api: Api, request: web.Request, caller: Caller) -> web.Str
 
 
 async def groups_of_address(api: Api, request: web.Request, caller: Caller) -> web.StreamResponse:
-    address = request.match_info["email"].strip().lower()
+    address = _email(request)
     async with api.db.acquire() as conn:
         found = await asm.groups_of_address(conn, caller.tenant, address)
     return reply(
@@ -272,10 +286,14 @@ async def groups_of_address(api: Api, request: web.Request, caller: Caller) -> w
 
 
 async def add_global(api: Api, request: web.Request, caller: Caller) -> web.StreamResponse:
+    """An address already on the list (a bounce, a complaint) keeps its entry: rewriting it as
+    an unsubscribe would let a later lift of the unsubscribe send to a hard bounce again."""
     addresses, _reason = addresses_body(await json_body(request))
     now = api.clock()
+    async with api.db.acquire() as conn:
+        listed = set(await asm.globally_suppressed(conn, caller.tenant, addresses))
     records = []
-    for address in addresses:
+    for address in (a for a in addresses if a not in listed):
         record = make_suppression(caller.tenant, address, REASON, "api", now)
         records.append((record_key(record), api.codec.encode("Suppression", record)))
     await api.publish(api.settings.topics.suppressions, records)
@@ -284,14 +302,14 @@ async def add_global(api: Api, request: web.Request, caller: Caller) -> web.Stre
 
 async def get_global(api: Api, request: web.Request, caller: Caller) -> web.StreamResponse:
     """SendGrid's answer: the address when it is a global unsubscribe, ``{}`` when not."""
-    address = request.match_info["email"].strip().lower()
+    address = _email(request)
     found = await active(api, caller.tenant, UNSUBSCRIBES, [address])
     return reply({"recipient_email": address} if found else {})
 
 
 async def delete_global(api: Api, request: web.Request, caller: Caller) -> web.StreamResponse:
     """Only an unsubscribe is lifted here; a bounce of the same address stays."""
-    address = request.match_info["email"].strip().lower()
+    address = _email(request)
     if await active(api, caller.tenant, UNSUBSCRIBES, [address]):
         await api.publish(
             api.settings.topics.suppressions, [(suppression_key(caller.tenant, address), None)]

@@ -9,6 +9,7 @@ from streams.api import params, queries
 from streams.api.check import Check
 from streams.api.context import Api, Caller, json_body, problem, reply
 from streams.contract.build import make_suppression, suppression_key
+from streams.mail.headers import check_line
 
 __all__ = [
     "add_suppressions",
@@ -52,7 +53,8 @@ def addresses_body(body: object) -> tuple[list[str], str]:
     for i, value in enumerate(items[:MAX_ADD]):
         if not isinstance(value, str) or "@" not in value:
             check.fail(f"{field}.{i}", "Does not contain a valid address.")
-        else:
+        elif check.rule(check_line, f"{field}.{i}", value):
+            # no control character: 0x1f separates the parts of a suppression's topic key
             found.append(value.strip().lower())
     reason = check.text(root.get("reason"), "reason") or "manual"
     check.done()

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import html
 import logging
+from dataclasses import replace
 from typing import Final
 
 import asyncpg
@@ -127,8 +128,8 @@ async def confirm_page(api: Api, request: web.Request) -> web.Response:
 async def _target(
     api: Api, token: unsubscribe.Unsubscribe
 ) -> tuple[Target, tuple[str, str] | None] | None:
-    """The recipient the token names and, for a group's token, the group's pages (None when
-    the tenant has deleted the group: the unsubscribe is still recorded against its id)."""
+    """The recipient the token names and, for a group's token, the group's pages; when the
+    tenant has deleted the group, the recipient with no group (a global unsubscribe)."""
     secret = api.settings.secret
 
     def tag(tenant: str, message_id: str, recipient: str) -> bytes:
@@ -141,7 +142,12 @@ async def _target(
         group = None
         if token.group_id is not None:
             group = await asm.group(conn, found.tenant, token.group_id)
-    return for_token(found, token), None if group is None else group_pages(group.name)
+    target = for_token(found, token)
+    if group is None:
+        # a group deleted since the mail went out guards nothing any more: as SendGrid does,
+        # the click unsubscribes from everything
+        return replace(target, asm_group_id=None), None
+    return target, group_pages(group.name)
 
 
 async def one_click_post(api: Api, request: web.Request) -> web.Response:

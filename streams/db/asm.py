@@ -17,6 +17,7 @@ __all__ = [
     "GroupMember",
     "create_group",
     "delete_group",
+    "globally_suppressed",
     "group",
     "group_exists",
     "groups",
@@ -121,6 +122,8 @@ async def update_group(
     """The group with the fields given changed; None when the tenant has no such group.
     asyncpg.UniqueViolationError when the new name is another group's."""
     async with conn.transaction():
+        # as in create_group: the tenant's row serializes its changes of the default group
+        await conn.execute("SELECT 1 FROM tenants WHERE tenant_id = $1 FOR UPDATE", tenant)
         if is_default:
             await _undefault(conn, tenant)
         done = await conn.execute(
@@ -162,6 +165,17 @@ async def members(
         addresses,
     )
     return [GroupMember(r["address"], r["group_id"], r["name"], r["created_at"]) for r in rows]
+
+
+async def globally_suppressed(conn: Any, tenant: str, addresses: list[str]) -> list[str]:
+    """Which of ``addresses`` are on the tenant's global list, for any reason."""
+    rows = await conn.fetch(
+        "SELECT address FROM suppressions WHERE tenant_id = $1 AND removed_at IS NULL"
+        " AND address = ANY($2::text[])",
+        tenant,
+        addresses,
+    )
+    return [r["address"] for r in rows]
 
 
 async def groups_of_address(conn: Any, tenant: str, address: str) -> list[tuple[Group, bool]]:

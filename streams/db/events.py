@@ -14,6 +14,9 @@ __all__ = ["Labels", "labels", "labels_of"]
 
 _LAST_EVENT: Final = (
     "SELECT detail FROM events WHERE message_id = $1 AND recipient = $2 AND tenant_id = $3"
+    # the deliver stage's events carry the mail's labels; an open or a click recorded without
+    # them (its lookup timed out) must not hide them from later ones
+    " AND type IN ('delivered', 'deferred', 'bounced', 'dropped', 'failed')"
     " ORDER BY occurred_at DESC LIMIT 1"
 )
 

@@ -141,6 +141,36 @@ async def test_groups_and_their_members_through_the_sendgrid_client(
     assert (await sendgrid_call(asm.suppressions._("global")._(bob), "delete"))[0] == 204
     assert await eventually(is_global, lambda r: r == {}) == {}
 
+    # control characters never reach a name or a topic key (0x1f separates a key's parts)
+    assert isinstance(
+        await _refused(asm.groups, "post", request_body={"name": "a\u0000b"}), BadRequestsError
+    )
+    assert isinstance(
+        await _refused(
+            asm.groups._(offers["id"]).suppressions,
+            "post",
+            request_body={"recipient_emails": [f"a\x1f{offers['id']}@example.org"]},
+        ),
+        BadRequestsError,
+    )
+    # a bounce stays a bounce: a global unsubscribe of it changes nothing
+    gone = f"gone-{tag}@example.org"
+    answer = await api.as_key(key).call(
+        "POST", "/v1/suppressions", {"emails": [gone], "reason": "user_unknown"}
+    )
+    assert answer.status == 201
+
+    async def bounce() -> int:
+        return (await api.as_key(key).call("GET", f"/v3/suppression/bounces/{gone}")).status
+
+    assert await eventually(bounce, lambda s: s == 200) == 200
+    await sendgrid_call(
+        asm.suppressions._("global"), "post", request_body={"recipient_emails": [gone]}
+    )
+    await asyncio.sleep(1.0)
+    assert (await sendgrid_call(asm.suppressions._("global")._(gone), "get"))[1] == {}
+    assert await bounce() == 200
+
     # deleting the group forgets it and its members
     assert (await sendgrid_call(asm.groups._(news["id"]), "delete"))[0] == 204
     assert isinstance(await _refused(asm.groups._(news["id"]), "get"), NotFoundError)
