@@ -192,6 +192,9 @@ async def delete_group(api: Api, request: web.Request, caller: Caller) -> web.St
         left = await asm.members(conn, caller.tenant, group_id)
         if not await asm.delete_group(conn, caller.tenant, group_id):
             return _no_group()
+    # mail naming it is refused from now on, not from the directory's next refresh
+    current = api.directory.current
+    current.groups[caller.tenant] = current.groups.get(caller.tenant, frozenset()) - {group_id}
     tombstones = [(suppression_key(caller.tenant, m.address, group_id), None) for m in left]
     if tombstones:
         await api.publish(api.settings.topics.suppressions, tombstones)
