@@ -20,8 +20,8 @@ from aiohttp import web
 from streams.api.check import Check
 from streams.api.context import Api, Caller, Handler, json_body, problem, reply
 from streams.api.sendgrid_suppressions import active
-from streams.api.suppression_routes import addresses_body
-from streams.contract.build import make_suppression, record_key, suppression_key
+from streams.api.suppression_routes import addresses_body, publish_suppressions
+from streams.contract.build import make_suppression, suppression_key
 from streams.db import asm
 from streams.errors import GroupLimitError, IngressValidationError
 from streams.mail.headers import check_line
@@ -215,11 +215,13 @@ async def add_members(api: Api, request: web.Request, caller: Caller) -> web.Str
     if group_id is None:
         return _no_group()
     now = api.clock()
-    records = []
-    for address in addresses:
-        left = make_suppression(caller.tenant, address, REASON, "api", now, group_id=group_id)
-        records.append((record_key(left), api.codec.encode("Suppression", left)))
-    await api.publish(api.settings.topics.suppressions, records)
+    await publish_suppressions(
+        api,
+        (
+            make_suppression(caller.tenant, a, REASON, "api", now, group_id=group_id)
+            for a in addresses
+        ),
+    )
     return reply({"recipient_emails": addresses}, 201)
 
 
@@ -295,11 +297,14 @@ async def add_global(api: Api, request: web.Request, caller: Caller) -> web.Stre
     now = api.clock()
     async with api.db.acquire() as conn:
         listed = set(await asm.globally_suppressed(conn, caller.tenant, addresses))
-    records = []
-    for address in (a for a in addresses if a not in listed):
-        record = make_suppression(caller.tenant, address, REASON, "api", now)
-        records.append((record_key(record), api.codec.encode("Suppression", record)))
-    await api.publish(api.settings.topics.suppressions, records)
+    await publish_suppressions(
+        api,
+        (
+            make_suppression(caller.tenant, a, REASON, "api", now)
+            for a in addresses
+            if a not in listed
+        ),
+    )
     return reply({"recipient_emails": addresses}, 201)
 
 

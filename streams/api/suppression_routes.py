@@ -3,12 +3,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from aiohttp import web
 
 from streams.api import params, queries
 from streams.api.check import Check
 from streams.api.context import Api, Caller, json_body, problem, reply
-from streams.contract.build import make_suppression, suppression_key
+from streams.contract.build import make_suppression, record_key, suppression_key
+from streams.contract.records import Suppression
 from streams.mail.headers import check_line
 
 __all__ = [
@@ -16,6 +19,7 @@ __all__ = [
     "addresses_body",
     "get_suppression",
     "list_suppressions",
+    "publish_suppressions",
     "remove_suppression",
 ]
 
@@ -61,17 +65,18 @@ def addresses_body(body: object) -> tuple[list[str], str]:
     return list(dict.fromkeys(found)), reason
 
 
+async def publish_suppressions(api: Api, records: Iterable[Suppression]) -> None:
+    """``records`` onto the compacted topic, each under its own key (global, or of a group)."""
+    encoded = [(record_key(r), api.codec.encode("Suppression", r)) for r in records]
+    await api.publish(api.settings.topics.suppressions, encoded)
+
+
 async def add_suppressions(api: Api, request: web.Request, caller: Caller) -> web.StreamResponse:
     addresses, reason = addresses_body(await json_body(request))
     now = api.clock()
-    records = [
-        (
-            suppression_key(caller.tenant, a),
-            api.codec.encode("Suppression", make_suppression(caller.tenant, a, reason, "api", now)),
-        )
-        for a in addresses
-    ]
-    await api.publish(api.settings.topics.suppressions, records)
+    await publish_suppressions(
+        api, (make_suppression(caller.tenant, a, reason, "api", now) for a in addresses)
+    )
     return reply({"recipient_emails": addresses}, 201)
 
 

@@ -29,7 +29,7 @@ from aiohttp import web
 from aiokafka.errors import KafkaError
 
 from streams.api.context import Api
-from streams.contract.build import record_key
+from streams.api.suppression_routes import publish_suppressions
 from streams.db import asm
 from streams.errors import RecordTooLargeError, UnsubscribeTokenError
 from streams.inbound.decide import Target, unsubscribed
@@ -164,13 +164,9 @@ async def one_click_post(api: Api, request: web.Request) -> web.Response:
             return _not_found()
         target, pages = found
         verdict = unsubscribed(target, "one-click", api.clock())
-        topics = api.settings.topics
+        await publish_suppressions(api, verdict.suppressions)
         await api.publish(
-            topics.suppressions,
-            [(record_key(s), api.codec.encode("Suppression", s)) for s in verdict.suppressions],
-        )
-        await api.publish(
-            topics.events,
+            api.settings.topics.events,
             [(e["tenant"].encode(), api.codec.encode("DeliveryEvent", e)) for e in verdict.events],
         )
     except (KafkaError, TimeoutError, RecordTooLargeError, OSError, asyncpg.PostgresError) as exc:
